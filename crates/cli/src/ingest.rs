@@ -1,0 +1,178 @@
+//! Ingesting a source directory: scan, chunk, upload the chunks the site
+//! lacks, then commit the version (the site signs it).
+//!
+//! Chunking runs on a blocking thread while the previous batch uploads, so
+//! reading the disk and using the network overlap.
+
+use anyhow::{Context, Result};
+use bytes::BytesMut;
+use cascade_content::{chunk_file, scan, ChunkHash, Entry, EntryKind, SourceEntry};
+use cascade_protocol::frames::put_frame;
+use cascade_protocol::{Client, NewVersionRequest, VersionInfo, VersionIntent};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::path::Path;
+
+/// Raw chunk bytes per upload batch.
+const BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// What an ingest did.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestReport {
+    /// The committed version.
+    pub version: VersionInfo,
+    /// Chunks the site already held (stored once across all versions).
+    pub chunks_reused: u64,
+    /// Chunks uploaded.
+    pub chunks_uploaded: u64,
+    /// Bytes sent for them (encoded form).
+    pub bytes_uploaded: u64,
+}
+
+/// Ingests `source` as a new version of `name`.
+pub async fn ingest(
+    client: &Client,
+    name: &str,
+    source: &Path,
+    intent: VersionIntent,
+    progress: bool,
+) -> Result<IngestReport> {
+    cascade_domain::PackageName::new(name)?;
+    // Fail early, before reading gigabytes, if the intent cannot succeed.
+    match (intent, client.package(name).await) {
+        (VersionIntent::Create, Ok(_)) => {
+            anyhow::bail!("package {name} already exists; use `cascade package update {name}` for a new version")
+        }
+        (VersionIntent::Update, Err(err)) if err.status() == Some(404) => {
+            anyhow::bail!("unknown package {name:?}; use `cascade package create {name}` first")
+        }
+        (_, Err(err)) if err.status() != Some(404) => return Err(err.into()),
+        _ => {}
+    }
+    let source = source.to_owned();
+    let listing = tokio::task::spawn_blocking({
+        let source = source.clone();
+        move || scan(&source)
+    })
+    .await?
+    .with_context(|| format!("reading source directory {}", source.display()))?;
+    let total: u64 = listing
+        .iter()
+        .map(|entry| match entry {
+            SourceEntry::File(file) => file.size,
+            _ => 0,
+        })
+        .sum();
+    let bar = if progress {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message("ingesting");
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<(ChunkHash, Vec<u8>)>>(2);
+    let producer_bar = bar.clone();
+    let producer = tokio::task::spawn_blocking(move || -> Result<Vec<Entry>> {
+        let mut entries = Vec::with_capacity(listing.len());
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0usize;
+        for item in listing {
+            match item {
+                SourceEntry::File(file) => {
+                    let kind = chunk_file(&file, |chunk| {
+                        batch_bytes += chunk.data.len();
+                        batch.push((chunk.hash, chunk.data.clone()));
+                        producer_bar.inc(chunk.data.len() as u64);
+                        if batch_bytes >= BATCH_BYTES {
+                            batch_bytes = 0;
+                            if sender.blocking_send(std::mem::take(&mut batch)).is_err() {
+                                return Err(cascade_content::Error::Chunking {
+                                    source: std::io::Error::other("upload stopped"),
+                                });
+                            }
+                        }
+                        Ok(())
+                    })?;
+                    entries.push(Entry {
+                        path: file.path,
+                        kind,
+                    });
+                }
+                SourceEntry::Dir { path, mode } => entries.push(Entry {
+                    path,
+                    kind: EntryKind::Dir { mode },
+                }),
+                SourceEntry::Symlink { path, target } => entries.push(Entry {
+                    path,
+                    kind: EntryKind::Symlink { target },
+                }),
+            }
+        }
+        if !batch.is_empty() {
+            let _ = sender.blocking_send(batch);
+        }
+        Ok(entries)
+    });
+
+    let mut sent: HashSet<ChunkHash> = HashSet::new();
+    let (mut reused, mut uploaded, mut bytes_uploaded) = (0u64, 0u64, 0u64);
+    while let Some(batch) = receiver.recv().await {
+        let mut fresh: Vec<(ChunkHash, Vec<u8>)> = Vec::new();
+        for (hash, data) in batch {
+            if sent.insert(hash) {
+                fresh.push((hash, data));
+            }
+        }
+        if fresh.is_empty() {
+            continue;
+        }
+        let hashes: Vec<ChunkHash> = fresh.iter().map(|(hash, _)| *hash).collect();
+        let mut missing: HashSet<ChunkHash> = HashSet::new();
+        for part in hashes.chunks(cascade_protocol::MAX_HASHES_PER_REQUEST) {
+            missing.extend(client.missing_chunks(part).await?);
+        }
+        reused += (fresh.len() - missing.len()) as u64;
+        let frames = tokio::task::spawn_blocking(move || {
+            let mut frames = BytesMut::new();
+            let mut count = 0u64;
+            for (hash, data) in &fresh {
+                if missing.contains(hash) {
+                    put_frame(&mut frames, hash, &cascade_content::encode(data));
+                    count += 1;
+                }
+            }
+            (frames.freeze(), count)
+        })
+        .await?;
+        if frames.1 > 0 {
+            bytes_uploaded += frames.0.len() as u64;
+            uploaded += frames.1;
+            client.upload_chunks(frames.0).await?;
+        }
+    }
+    let entries = producer.await??;
+    bar.set_message("committing");
+    let version = client
+        .new_version(&NewVersionRequest {
+            name: name.to_owned(),
+            intent,
+            entries,
+        })
+        .await?;
+    bar.finish_and_clear();
+    Ok(IngestReport {
+        version,
+        chunks_reused: reused,
+        chunks_uploaded: uploaded,
+        bytes_uploaded,
+    })
+}

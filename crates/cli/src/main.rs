@@ -1,0 +1,376 @@
+//! The `cascade` command: runs site servers and distribution points, and
+//! administers a site. Thin: parsing, output, and wiring to the library crates.
+
+mod ingest;
+mod output;
+mod quickstart;
+
+use anyhow::{bail, Context, Result};
+use cascade_protocol::{Client, DistributeRequest, RefreshRequest, VersionIntent};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use output::Output;
+use std::path::PathBuf;
+
+/// Cascade: software distribution for a hierarchy of sites.
+#[derive(Parser)]
+#[command(name = "cascade", version, about, long_about = None)]
+struct Cli {
+    /// Output format of administrative commands.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Text)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// Where the site server is and the credential to use.
+#[derive(Args, Clone)]
+struct Connection {
+    /// URL of the site server.
+    #[arg(long, env = "CASCADE_SERVER", global = true)]
+    server: Option<String>,
+    /// Administrator token.
+    #[arg(long, env = "CASCADE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Connection {
+    fn client(&self) -> Result<Client> {
+        let Some(server) = &self.server else {
+            bail!("no site server given: pass --server URL or set CASCADE_SERVER (a site writes its URL to DIR/url)");
+        };
+        let Some(token) = &self.token else {
+            bail!("no credential given: pass --token TOKEN or set CASCADE_TOKEN (the site's admin token is in DIR/admin.token)");
+        };
+        Ok(Client::new(server, Some(token.trim()))?)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create and run site servers.
+    #[command(subcommand)]
+    Site(SiteCommand),
+    /// Distribution points: enroll, run, list.
+    #[command(subcommand)]
+    Dp(DpCommand),
+    /// Packages: create, update, distribute, status.
+    #[command(subcommand)]
+    Package(PackageCommand),
+    /// Start a site and two DPs in a temporary directory, distribute a
+    /// sample package and show the result.
+    Quickstart(quickstart::QuickstartArgs),
+}
+
+#[derive(Subcommand)]
+enum SiteCommand {
+    /// Create a site's data directory: database, signing key, tokens.
+    Init {
+        /// The data directory.
+        dir: PathBuf,
+        /// The site code: 3 characters, uppercase letters and digits.
+        #[arg(long)]
+        code: String,
+    },
+    /// Serve the site's API until SIGTERM or Ctrl-C.
+    Run {
+        /// The data directory.
+        dir: PathBuf,
+        /// Address to listen on; port 0 picks a free port (the URL is
+        /// printed and written to DIR/url).
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DpCommand {
+    /// Enroll a new DP with its site and create its data directory.
+    Init {
+        /// The DP's data directory.
+        dir: PathBuf,
+        /// URL of the site server.
+        #[arg(long)]
+        site: String,
+        /// The site's join token (DIR/join.token of the site).
+        #[arg(long)]
+        join_token: String,
+        /// The DP's name, unique in its site.
+        #[arg(long)]
+        name: String,
+        /// Where the DP serves content (port 0 picks a free port each start).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+    /// Run the DP until SIGTERM or Ctrl-C.
+    Run {
+        /// The DP's data directory.
+        dir: PathBuf,
+        /// Override the address given at init.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// List the site's DPs.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Subcommand)]
+enum PackageCommand {
+    /// Create version 1 of a new package from a directory.
+    Create {
+        /// Package name.
+        name: String,
+        /// The directory to package.
+        #[arg(long)]
+        source: PathBuf,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Add the next version of a package from a directory; DPs holding it
+    /// move to the new version by themselves.
+    Update {
+        /// Package name.
+        name: String,
+        /// The directory to package.
+        #[arg(long)]
+        source: PathBuf,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List packages.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show a package: versions, DPs, files.
+    Show {
+        /// Package name.
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Place a package on DPs.
+    Distribute {
+        /// Package name.
+        name: String,
+        /// A DP to place it on (repeatable).
+        #[arg(
+            long = "dp",
+            required_unless_present = "all_dps",
+            conflicts_with = "all_dps"
+        )]
+        dps: Vec<String>,
+        /// Every DP of the site, including DPs added later.
+        #[arg(long)]
+        all_dps: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Re-verify a package on DPs that hold it and repair damaged content.
+    Refresh {
+        /// Package name.
+        name: String,
+        /// Only this DP (repeatable); default every DP holding it.
+        #[arg(long = "dp")]
+        dps: Vec<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Per-DP status of a package, derived from status messages.
+    Status {
+        /// Package name.
+        name: String,
+        /// Refresh live until every DP holds the newest version.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let out = Output {
+        json: cli.output == Format::Json,
+    };
+    match runtime.block_on(dispatch(cli.command, out)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CASCADE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    match command {
+        Command::Site(SiteCommand::Init { dir, code }) => {
+            init_logging("warn");
+            let report = cascade_site::init(&dir, &code)
+                .await
+                .with_context(|| format!("creating site {code} in {}", dir.display()))?;
+            out.site_init(&report);
+        }
+        Command::Site(SiteCommand::Run { dir, listen }) => {
+            init_logging("info");
+            cascade_site::run(&dir, &listen, shutdown_signal(), |running| {
+                out.listening("site", &running.url);
+            })
+            .await
+            .with_context(|| format!("running the site in {}", dir.display()))?;
+        }
+        Command::Dp(DpCommand::Init {
+            dir,
+            site,
+            join_token,
+            name,
+            listen,
+        }) => {
+            init_logging("warn");
+            let config = cascade_dp::init(&dir, &site, &join_token, &name, &listen)
+                .await
+                .with_context(|| format!("enrolling dp {name} with {site}"))?;
+            out.dp_init(&dir, &config);
+        }
+        Command::Dp(DpCommand::Run { dir, listen }) => {
+            init_logging("info");
+            cascade_dp::run(&dir, listen.as_deref(), shutdown_signal(), |running| {
+                out.listening("dp", &running.url);
+            })
+            .await
+            .with_context(|| format!("running the dp in {}", dir.display()))?;
+        }
+        Command::Dp(DpCommand::List { connection }) => {
+            init_logging("warn");
+            let dps = connection.client()?.dps().await?;
+            out.dps(&dps);
+        }
+        Command::Package(command) => {
+            init_logging("warn");
+            return package(command, out).await;
+        }
+        Command::Quickstart(args) => {
+            init_logging("warn");
+            return quickstart::run(args, out).await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn package(command: PackageCommand, out: Output) -> Result<std::process::ExitCode> {
+    match command {
+        PackageCommand::Create {
+            name,
+            source,
+            connection,
+        } => {
+            let client = connection.client()?;
+            let report =
+                ingest::ingest(&client, &name, &source, VersionIntent::Create, !out.json).await?;
+            out.ingested(&report);
+        }
+        PackageCommand::Update {
+            name,
+            source,
+            connection,
+        } => {
+            let client = connection.client()?;
+            let report =
+                ingest::ingest(&client, &name, &source, VersionIntent::Update, !out.json).await?;
+            out.ingested(&report);
+        }
+        PackageCommand::List { connection } => {
+            out.packages(&connection.client()?.packages().await?);
+        }
+        PackageCommand::Show { name, connection } => {
+            out.package(&connection.client()?.package(&name).await?);
+        }
+        PackageCommand::Distribute {
+            name,
+            dps,
+            all_dps,
+            connection,
+        } => {
+            let report = connection
+                .client()?
+                .distribute(&name, &DistributeRequest { dps, all_dps })
+                .await?;
+            out.targets("distributed", &report);
+        }
+        PackageCommand::Refresh {
+            name,
+            dps,
+            connection,
+        } => {
+            let report = connection
+                .client()?
+                .refresh(&name, &RefreshRequest { dps })
+                .await?;
+            out.targets("refresh requested", &report);
+        }
+        PackageCommand::Status {
+            name,
+            watch,
+            connection,
+        } => {
+            let client = connection.client()?;
+            if watch {
+                let status = output::watch_package(
+                    &client,
+                    &name,
+                    std::time::Duration::from_secs(24 * 3600),
+                    !out.json,
+                )
+                .await?;
+                out.package_status(&status);
+            } else {
+                out.package_status(&client.package_status(&name).await?);
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

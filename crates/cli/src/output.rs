@@ -1,0 +1,341 @@
+//! What the CLI prints: tables for people, one JSON document with `-o json`.
+
+use crate::ingest::IngestReport;
+use anyhow::Result;
+use cascade_protocol::*;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+/// The chosen output format.
+#[derive(Clone, Copy)]
+pub struct Output {
+    /// `-o json`.
+    pub json: bool,
+}
+
+/// A time for people: RFC 3339 to the second, UTC.
+pub fn time(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".to_owned();
+    }
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+}
+
+/// Bytes for people.
+pub fn bytes(n: u64) -> String {
+    indicatif::HumanBytes(n).to_string()
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
+}
+
+fn opt(value: Option<u64>) -> String {
+    value.map_or("-".to_owned(), |v| v.to_string())
+}
+
+/// Prints rows as aligned columns.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+impl Output {
+    pub fn site_init(&self, report: &cascade_site::InitReport) {
+        if self.json {
+            print_json(&serde_json::json!({
+                "dir": report.dir,
+                "code": report.code,
+                "admin_token": report.admin_token,
+                "join_token": report.join_token,
+                "public_key": report.public_key,
+            }));
+            return;
+        }
+        println!("created site {} in {}", report.code, report.dir.display());
+        println!(
+            "admin token: {}   (also in {}/admin.token)",
+            report.admin_token,
+            report.dir.display()
+        );
+        println!(
+            "join token:  {}   (also in {}/join.token)",
+            report.join_token,
+            report.dir.display()
+        );
+        println!("signing key: {}", report.public_key);
+        println!("next: cascade site run {}", report.dir.display());
+    }
+
+    pub fn listening(&self, what: &str, url: &str) {
+        if self.json {
+            print_json(&serde_json::json!({ "role": what, "url": url }));
+        } else {
+            println!("{what} listening on {url}");
+        }
+    }
+
+    pub fn dp_init(&self, dir: &Path, config: &cascade_dp::Config) {
+        if self.json {
+            print_json(&serde_json::json!({
+                "dir": dir,
+                "name": config.name,
+                "site": config.site_code,
+                "site_url": config.site_url,
+            }));
+            return;
+        }
+        println!(
+            "enrolled dp {} with site {} ({}); credential stored in {}/dp.json",
+            config.name,
+            config.site_code,
+            config.site_url,
+            dir.display()
+        );
+        println!("next: cascade dp run {}", dir.display());
+    }
+
+    pub fn dps(&self, dps: &[DpInfo]) {
+        if self.json {
+            return print_json(&dps);
+        }
+        let rows: Vec<Vec<String>> = dps
+            .iter()
+            .map(|dp| {
+                vec![
+                    dp.name.clone(),
+                    dp.url.clone().unwrap_or_else(|| "-".into()),
+                    dp.packages.to_string(),
+                    time(dp.enrolled_at_ms),
+                    dp.last_seen_ms.map_or("never".into(), time),
+                ]
+            })
+            .collect();
+        table(&["DP", "URL", "PACKAGES", "ENROLLED", "LAST SEEN"], &rows);
+    }
+
+    pub fn ingested(&self, report: &IngestReport) {
+        if self.json {
+            return print_json(report);
+        }
+        let v = &report.version;
+        println!(
+            "package {} version {}: {} files, {}, {} chunks ({} uploaded, {} sent; {} already stored)",
+            v.package,
+            v.version,
+            v.file_count,
+            bytes(v.total_size),
+            v.chunk_count,
+            report.chunks_uploaded,
+            bytes(report.bytes_uploaded),
+            report.chunks_reused
+        );
+    }
+
+    pub fn packages(&self, packages: &[PackageSummary]) {
+        if self.json {
+            return print_json(&packages);
+        }
+        let rows: Vec<Vec<String>> = packages
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.latest.version.to_string(),
+                    p.latest.file_count.to_string(),
+                    bytes(p.latest.total_size),
+                    p.dp_count.to_string(),
+                    time(p.latest.created_at_ms),
+                ]
+            })
+            .collect();
+        table(
+            &["PACKAGE", "VERSION", "FILES", "SIZE", "DPS", "UPDATED"],
+            &rows,
+        );
+    }
+
+    pub fn package(&self, detail: &PackageDetail) {
+        if self.json {
+            return print_json(detail);
+        }
+        println!("package {}", detail.name);
+        let rows: Vec<Vec<String>> = detail
+            .versions
+            .iter()
+            .map(|v| {
+                vec![
+                    v.version.to_string(),
+                    v.file_count.to_string(),
+                    bytes(v.total_size),
+                    v.chunk_count.to_string(),
+                    time(v.created_at_ms),
+                ]
+            })
+            .collect();
+        table(&["VERSION", "FILES", "SIZE", "CHUNKS", "CREATED"], &rows);
+        println!(
+            "distributed to: {}",
+            if detail.dps.is_empty() {
+                "-".to_owned()
+            } else {
+                detail.dps.join(", ")
+            }
+        );
+        println!("files of the newest version:");
+        for entry in &detail.entries {
+            match &entry.kind {
+                cascade_content::EntryKind::File { mode, size, .. } => {
+                    println!("  {:o}  {:>10}  {}", mode, bytes(*size), entry.path)
+                }
+                cascade_content::EntryKind::Dir { mode } => {
+                    println!("  {:o}  {:>10}  {}/", mode, "dir", entry.path)
+                }
+                cascade_content::EntryKind::Symlink { target } => {
+                    println!("  {:>4}  {:>10}  {} -> {}", "", "link", entry.path, target)
+                }
+            }
+        }
+    }
+
+    pub fn targets(&self, verb: &str, report: &TargetReport) {
+        if self.json {
+            return print_json(report);
+        }
+        for change in &report.dps {
+            let note = if change.changed {
+                ""
+            } else {
+                " (already there: nothing sent)"
+            };
+            println!(
+                "{verb}: {} v{} -> {}{note}",
+                report.package, change.version, change.dp
+            );
+        }
+    }
+
+    pub fn package_status(&self, status: &PackageStatus) {
+        if self.json {
+            return print_json(status);
+        }
+        println!(
+            "package {}  newest version {}",
+            status.package, status.latest_version
+        );
+        let rows: Vec<Vec<String>> = status
+            .dps
+            .iter()
+            .map(|dp| {
+                let detail = match (&dp.reason, dp.bytes_done, dp.bytes_total) {
+                    (Some(reason), _, _) => reason.clone(),
+                    (None, Some(done), Some(total)) => {
+                        format!("{} / {}", bytes(done), bytes(total))
+                    }
+                    _ => String::new(),
+                };
+                vec![
+                    dp.dp.clone(),
+                    opt(dp.target_version),
+                    opt(dp.installed_version),
+                    dp.state.clone(),
+                    time(dp.since_ms),
+                    detail,
+                ]
+            })
+            .collect();
+        table(
+            &["DP", "TARGET", "INSTALLED", "STATE", "SINCE", "DETAIL"],
+            &rows,
+        );
+    }
+}
+
+/// True when every DP holds the newest version.
+pub fn all_installed(status: &PackageStatus) -> bool {
+    !status.dps.is_empty()
+        && status.dps.iter().all(|dp| {
+            dp.state == "installed" && dp.installed_version == Some(status.latest_version)
+        })
+}
+
+/// Shows live per-DP progress bars until every DP holds the newest version
+/// or `timeout` passes; returns the last status.
+pub async fn watch_package(
+    client: &Client,
+    name: &str,
+    timeout: Duration,
+    show: bool,
+) -> Result<PackageStatus> {
+    let multi = MultiProgress::new();
+    if !show {
+        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {percent:>3}% {msg}")
+        .expect("valid template")
+        .progress_chars("=> ");
+    let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    let started = Instant::now();
+    loop {
+        let status = client.package_status(name).await?;
+        for dp in &status.dps {
+            let bar = bars.entry(dp.dp.clone()).or_insert_with(|| {
+                let bar = multi.add(ProgressBar::new(100));
+                bar.set_style(style.clone());
+                bar.set_prefix(dp.dp.clone());
+                bar
+            });
+            let (position, message) = match (dp.state.as_str(), dp.bytes_done, dp.bytes_total) {
+                ("installed", _, _) => (100, format!("installed v{}", opt(dp.installed_version))),
+                ("transferring", Some(done), Some(total)) if total > 0 => (
+                    done * 100 / total,
+                    format!(
+                        "transferring v{}: {} / {}",
+                        opt(dp.target_version),
+                        bytes(done),
+                        bytes(total)
+                    ),
+                ),
+                (state, _, _) => (
+                    0,
+                    match &dp.reason {
+                        Some(reason) => format!("{state}: {reason}"),
+                        None => format!("{state} v{}", opt(dp.target_version)),
+                    },
+                ),
+            };
+            bar.set_position(position);
+            bar.set_message(message);
+        }
+        if all_installed(&status) || started.elapsed() >= timeout {
+            for bar in bars.values() {
+                bar.finish();
+            }
+            let _ = multi.clear();
+            return Ok(status);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -1,0 +1,228 @@
+//! `cascade quickstart`: a site server and two DPs as separate processes in a
+//! temporary directory, a sample package ingested and distributed, live
+//! per-DP progress and the final status table.
+
+use crate::ingest;
+use crate::output::{self, Output};
+use anyhow::{bail, Context, Result};
+use cascade_protocol::{Client, DistributeRequest, VersionIntent};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// Options of `cascade quickstart`.
+#[derive(clap::Args)]
+pub struct QuickstartArgs {
+    /// Leave the site and DPs running and print how to use the CLI against
+    /// them; stop with Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
+    /// Use this directory instead of a temporary one (kept afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// The child processes, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Children(Vec<(String, Child)>);
+
+impl Children {
+    fn spawn(&mut self, name: &str, args: &[&str], logs: &Path) -> Result<()> {
+        let log = std::fs::File::create(logs.join(format!("{name}.log")))
+            .with_context(|| format!("creating the log of {name}"))?;
+        let child = Command::new(std::env::current_exe().context("finding the cascade binary")?)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.0.push((name.to_owned(), child));
+        Ok(())
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            // SAFETY: kill(2) on a child we started and have not yet reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, child) in &mut self.0 {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits for a process to write its URL file.
+async fn wait_for_url(path: &Path, children: &mut Children) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.trim().is_empty() {
+                return Ok(text.trim().to_owned());
+            }
+        }
+        for (name, child) in &mut children.0 {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("{name} exited early ({status}); see its log");
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not appear within 30 s", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes the sample package: a script, configuration, documents and one
+/// larger binary.
+fn write_sample(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir.join("bin"))?;
+    std::fs::create_dir_all(dir.join("docs"))?;
+    std::fs::write(
+        dir.join("install.sh"),
+        "#!/bin/sh\n# Installs the sample tool.\nset -e\nmkdir -p \"${PREFIX:-/tmp/cascade-sample}\"\ncp bin/tool \"${PREFIX:-/tmp/cascade-sample}/\"\necho installed\n",
+    )?;
+    std::fs::set_permissions(
+        dir.join("install.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    std::fs::write(dir.join("tool.conf"), "level = 3\nserver = cascade\n")?;
+    for i in 0..20 {
+        std::fs::write(
+            dir.join("docs").join(format!("chapter-{i:02}.txt")),
+            format!(
+                "Chapter {i}\n{}",
+                "Cascade carries content down the tree. ".repeat(200 + i * 10)
+            ),
+        )?;
+    }
+    // 8 MiB of pseudo-random bytes (xorshift), incompressible like a real binary.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut data = Vec::with_capacity(8 << 20);
+    while data.len() < 8 << 20 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    std::fs::write(dir.join("bin").join("tool"), data)?;
+    Ok(())
+}
+
+/// Runs the quickstart; exit 0 when every DP holds the sample package.
+pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
+    let temp;
+    let root = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("cascade-quickstart-")
+                .tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    let logs = root.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let say = |text: &str| {
+        if !out.json {
+            println!("{text}");
+        }
+    };
+    say(&format!("quickstart in {}", root.display()));
+
+    let site_dir = root.join("site");
+    let site = cascade_site::init(&site_dir, "CEN").await?;
+    let mut children = Children(Vec::new());
+    children.spawn(
+        "site",
+        &[
+            "site",
+            "run",
+            path_str(&site_dir)?,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &logs,
+    )?;
+    let site_url = wait_for_url(&site_dir.join(cascade_site::layout::URL), &mut children).await?;
+    say(&format!("site CEN listening on {site_url}"));
+
+    for name in ["dp1", "dp2"] {
+        let dir = root.join(name);
+        cascade_dp::init(&dir, &site_url, &site.join_token, name, "127.0.0.1:0").await?;
+        children.spawn(name, &["dp", "run", path_str(&dir)?], &logs)?;
+        let url = wait_for_url(&dir.join(cascade_dp::layout::URL), &mut children).await?;
+        say(&format!("dp {name} enrolled, serving on {url}"));
+    }
+
+    let sample = root.join("sample");
+    write_sample(&sample)?;
+    let client = Client::new(&site_url, Some(&site.admin_token))?;
+    let report =
+        ingest::ingest(&client, "sample", &sample, VersionIntent::Create, !out.json).await?;
+    say(&format!(
+        "ingested package sample v{}: {} files, {}",
+        report.version.version,
+        report.version.file_count,
+        output::bytes(report.version.total_size)
+    ));
+    client
+        .distribute(
+            "sample",
+            &DistributeRequest {
+                dps: Vec::new(),
+                all_dps: true,
+            },
+        )
+        .await?;
+    say("distributing to all dps:");
+    let status =
+        output::watch_package(&client, "sample", Duration::from_secs(120), !out.json).await?;
+    out.package_status(&status);
+    let ok = output::all_installed(&status);
+    if !ok {
+        eprintln!(
+            "error: not every dp holds the package after 120 s; logs are in {}",
+            logs.display()
+        );
+    }
+    if args.keep_running {
+        println!();
+        println!("everything keeps running; in another shell:");
+        println!("  export CASCADE_SERVER={site_url}");
+        println!("  export CASCADE_TOKEN={}", site.admin_token);
+        println!("  cascade package status sample");
+        println!("  cascade dp list");
+        println!(
+            "  cascade package update sample --source {}",
+            sample.display()
+        );
+        println!("logs: {}   stop with Ctrl-C", logs.display());
+        crate::shutdown_signal().await;
+    }
+    drop(children);
+    if args.dir.is_none() && args.keep_running {
+        say("stopped; the temporary directory is removed");
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not valid UTF-8", path.display()))
+}

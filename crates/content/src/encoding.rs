@@ -1,0 +1,165 @@
+//! The stored and wire form of a chunk: a tag byte, then raw or zstd bytes.
+
+use crate::chunk::{ChunkHash, MAX_CHUNK_SIZE};
+use crate::error::{Error, Result};
+
+/// Tag byte: the payload is the chunk's bytes as they are.
+const TAG_RAW: u8 = 0;
+/// Tag byte: the payload is one zstd frame of the chunk's bytes.
+const TAG_ZSTD: u8 = 1;
+/// zstd level used for chunks: fast, and most of the gain on text and binaries.
+const ZSTD_LEVEL: i32 = 1;
+
+/// Encoded form: one tag byte (0 = raw, 1 = zstd) followed by the payload.
+/// Compress with zstd level 1; keep raw when the compressed form is not at
+/// least ~3% smaller.
+pub fn encode(data: &[u8]) -> Vec<u8> {
+    if let Ok(compressed) = zstd::bulk::compress(data, ZSTD_LEVEL) {
+        // Worth it only when it saves at least 3% (compressed <= 97% of raw).
+        if (compressed.len() as u64) * 100 <= (data.len() as u64) * 97 {
+            let mut encoded = Vec::with_capacity(compressed.len() + 1);
+            encoded.push(TAG_ZSTD);
+            encoded.extend_from_slice(&compressed);
+            return encoded;
+        }
+    }
+    let mut encoded = Vec::with_capacity(data.len() + 1);
+    encoded.push(TAG_RAW);
+    encoded.extend_from_slice(data);
+    encoded
+}
+
+/// Decodes and verifies against `expected`: error [`Error::Corrupt`] if the
+/// tag is unknown, decompression fails, the decoded size exceeds
+/// [`MAX_CHUNK_SIZE`] (decompression is bounded, so a zip bomb costs at most
+/// that much memory), or the hash differs.
+pub fn decode_verified(expected: &ChunkHash, encoded: &[u8]) -> Result<Vec<u8>> {
+    let corrupt = |reason: String| Error::Corrupt {
+        hash: *expected,
+        reason,
+    };
+    let max = MAX_CHUNK_SIZE as usize;
+    let (&tag, payload) = encoded
+        .split_first()
+        .ok_or_else(|| corrupt("empty encoded chunk".to_string()))?;
+    let data = match tag {
+        TAG_RAW => {
+            if payload.len() > max {
+                return Err(corrupt(format!(
+                    "raw chunk of {} bytes exceeds the {max}-byte limit",
+                    payload.len()
+                )));
+            }
+            payload.to_vec()
+        }
+        TAG_ZSTD => zstd::bulk::decompress(payload, max).map_err(|error| {
+            corrupt(format!(
+                "zstd decompression failed (or exceeds {max} bytes): {error}"
+            ))
+        })?,
+        other => return Err(corrupt(format!("unknown encoding tag {other}"))),
+    };
+    let actual = ChunkHash::of(&data);
+    if actual != *expected {
+        return Err(corrupt(format!("content hashes to {actual}")));
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngCore, SeedableRng};
+
+    fn random_bytes(len: usize) -> Vec<u8> {
+        let mut data = vec![0u8; len];
+        rand::rngs::StdRng::seed_from_u64(7).fill_bytes(&mut data);
+        data
+    }
+
+    fn assert_corrupt(result: Result<Vec<u8>>) {
+        match result {
+            Err(Error::Corrupt { .. }) => {}
+            other => panic!("expected Error::Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn incompressible_data_stays_raw() {
+        let data = random_bytes(64 * 1024);
+        let encoded = encode(&data);
+        assert_eq!(encoded[0], TAG_RAW);
+        assert_eq!(&encoded[1..], &data[..]);
+        let hash = ChunkHash::of(&data);
+        assert_eq!(decode_verified(&hash, &encoded).unwrap(), data);
+    }
+
+    #[test]
+    fn compressible_data_is_compressed() {
+        let data: Vec<u8> = b"the quick brown fox ".repeat(4000);
+        let encoded = encode(&data);
+        assert_eq!(encoded[0], TAG_ZSTD);
+        assert!(encoded.len() < data.len() / 10);
+        let hash = ChunkHash::of(&data);
+        assert_eq!(decode_verified(&hash, &encoded).unwrap(), data);
+    }
+
+    #[test]
+    fn empty_and_max_size_round_trip() {
+        for data in [Vec::new(), random_bytes(MAX_CHUNK_SIZE as usize)] {
+            let hash = ChunkHash::of(&data);
+            assert_eq!(decode_verified(&hash, &encode(&data)).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn flipped_bytes_are_detected() {
+        for data in [random_bytes(5000), b"abcabcabc".repeat(1000)] {
+            let hash = ChunkHash::of(&data);
+            let encoded = encode(&data);
+            for position in [1, encoded.len() / 2, encoded.len() - 1] {
+                let mut damaged = encoded.clone();
+                damaged[position] ^= 0x40;
+                assert_corrupt(decode_verified(&hash, &damaged));
+            }
+            assert_corrupt(decode_verified(&hash, &encoded[..encoded.len() - 1]));
+        }
+    }
+
+    #[test]
+    fn wrong_hash_unknown_tag_and_empty_are_refused() {
+        let data = b"some bytes".to_vec();
+        let encoded = encode(&data);
+        assert_corrupt(decode_verified(&ChunkHash::of(b"other"), &encoded));
+        let mut bad_tag = encoded.clone();
+        bad_tag[0] = 7;
+        assert_corrupt(decode_verified(&ChunkHash::of(&data), &bad_tag));
+        assert_corrupt(decode_verified(&ChunkHash::of(&data), &[]));
+    }
+
+    #[test]
+    fn oversized_content_is_refused() {
+        // A zip bomb: a tiny frame that would expand past the chunk limit.
+        let big = vec![0u8; MAX_CHUNK_SIZE as usize + 1];
+        let hash = ChunkHash::of(&big);
+        let mut bomb = vec![TAG_ZSTD];
+        bomb.extend(zstd::bulk::compress(&big, 1).unwrap());
+        assert!(bomb.len() < 1000);
+        assert_corrupt(decode_verified(&hash, &bomb));
+
+        let mut raw = vec![TAG_RAW];
+        raw.extend_from_slice(&big);
+        assert_corrupt(decode_verified(&hash, &raw));
+    }
+
+    #[test]
+    fn streamed_bomb_without_declared_size_is_refused() {
+        // A frame written by the streaming encoder does not declare its
+        // content size up front; the bound must still hold.
+        let big = vec![0u8; 4 * MAX_CHUNK_SIZE as usize];
+        let frame = zstd::stream::encode_all(&big[..], 1).unwrap();
+        let mut bomb = vec![TAG_ZSTD];
+        bomb.extend(frame);
+        assert_corrupt(decode_verified(&ChunkHash::of(&big), &bomb));
+    }
+}

@@ -1,0 +1,353 @@
+//! The chunk store on disk: one file per chunk, named by its hash, written
+//! crash-safely and verified on every read.
+//!
+//! Layout: `root/ab/abcdef...` (two-hex-digit shard directory, then the full
+//! 64-digit hash), each file holding the chunk's encoded form (see
+//! [`crate::encoding`]). Temporary files live in `root/tmp/` and are removed
+//! when the store is opened.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::chunk::ChunkHash;
+use crate::encoding::{decode_verified, encode};
+use crate::error::{Error, Result};
+
+/// Name of the directory holding in-progress writes.
+const TMP_DIR: &str = "tmp";
+
+/// A content-addressed chunk store rooted at one directory. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ChunkStore {
+    root: PathBuf,
+}
+
+/// What a put did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// Size of the chunk's stored (encoded) file.
+    pub stored_bytes: u64,
+    /// False when the chunk was already present and nothing was written.
+    pub newly_stored: bool,
+}
+
+impl ChunkStore {
+    /// Opens the store at `root`, creating it if missing, and removes
+    /// leftovers of interrupted writes from `root/tmp/`.
+    pub fn open(root: &Path) -> Result<Self> {
+        let io_error = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        fs::create_dir_all(root).map_err(io_error("creating chunk store", root))?;
+        let tmp = root.join(TMP_DIR);
+        match fs::remove_dir_all(&tmp) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error("cleaning temporary directory", &tmp)(error)),
+        }
+        fs::create_dir(&tmp).map_err(io_error("creating temporary directory", &tmp))?;
+        Ok(ChunkStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The directory the store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the chunk named `hash` is (or would be) stored.
+    pub fn path_of(&self, hash: &ChunkHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.root.join(&hex[..2]).join(hex)
+    }
+
+    /// Whether the chunk's file exists (its contents are checked on read).
+    pub fn contains(&self, hash: &ChunkHash) -> bool {
+        self.path_of(hash).is_file()
+    }
+
+    /// Stores `data` under `hash`, which must be its BLAKE3 hash (else
+    /// [`Error::Corrupt`]). A no-op when the chunk is already present.
+    pub fn put(&self, hash: &ChunkHash, data: &[u8]) -> Result<PutOutcome> {
+        let actual = ChunkHash::of(data);
+        if actual != *hash {
+            return Err(Error::Corrupt {
+                hash: *hash,
+                reason: format!("data to store hashes to {actual}"),
+            });
+        }
+        if let Some(outcome) = self.already_stored(hash) {
+            return Ok(outcome);
+        }
+        self.write(hash, &encode(data))
+    }
+
+    /// Stores an already encoded chunk (as received over the wire) after
+    /// decoding and verifying it: bad bytes are never stored.
+    pub fn put_encoded(&self, hash: &ChunkHash, encoded: &[u8]) -> Result<PutOutcome> {
+        decode_verified(hash, encoded)?;
+        if let Some(outcome) = self.already_stored(hash) {
+            return Ok(outcome);
+        }
+        self.write(hash, encoded)
+    }
+
+    /// Reads, decodes and verifies a chunk. [`Error::NotFound`] when absent,
+    /// [`Error::Corrupt`] when the stored bytes are damaged.
+    pub fn get(&self, hash: &ChunkHash) -> Result<Vec<u8>> {
+        let encoded = self.read(hash)?;
+        decode_verified(hash, &encoded)
+    }
+
+    /// Reads a chunk's stored (encoded) form, verifies it, and returns the
+    /// encoded bytes, ready to ship over the wire.
+    pub fn get_encoded(&self, hash: &ChunkHash) -> Result<Vec<u8>> {
+        let encoded = self.read(hash)?;
+        decode_verified(hash, &encoded)?;
+        Ok(encoded)
+    }
+
+    /// Removes a chunk; removing a missing chunk is not an error.
+    pub fn remove(&self, hash: &ChunkHash) -> Result<()> {
+        let path = self.path_of(hash);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::RemoveChunk {
+                hash: *hash,
+                path,
+                source,
+            }),
+        }
+    }
+
+    fn already_stored(&self, hash: &ChunkHash) -> Option<PutOutcome> {
+        let metadata = fs::metadata(self.path_of(hash)).ok()?;
+        metadata.is_file().then_some(PutOutcome {
+            stored_bytes: metadata.len(),
+            newly_stored: false,
+        })
+    }
+
+    fn read(&self, hash: &ChunkHash) -> Result<Vec<u8>> {
+        let path = self.path_of(hash);
+        fs::read(&path).map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                Error::NotFound { hash: *hash }
+            } else {
+                Error::ReadChunk {
+                    hash: *hash,
+                    path,
+                    source,
+                }
+            }
+        })
+    }
+
+    /// Writes crash-safely: temporary file in `root/tmp`, write, fsync,
+    /// rename into place, fsync the shard directory (and the root when the
+    /// shard directory is new). A crash leaves either no chunk file or a
+    /// complete one.
+    fn write(&self, hash: &ChunkHash, encoded: &[u8]) -> Result<PutOutcome> {
+        let final_path = self.path_of(hash);
+        let shard = final_path
+            .parent()
+            .expect("chunk paths have a shard directory")
+            .to_path_buf();
+        let write_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::WriteChunk {
+                hash: *hash,
+                path,
+                source,
+            }
+        };
+
+        let new_shard = !shard.is_dir();
+        if new_shard {
+            fs::create_dir_all(&shard).map_err(write_error(&shard))?;
+        }
+
+        let tmp_dir = self.root.join(TMP_DIR);
+        let mut temp = tempfile::Builder::new()
+            .prefix(&hash.to_hex())
+            .tempfile_in(&tmp_dir)
+            .map_err(write_error(&tmp_dir))?;
+        temp.write_all(encoded)
+            .and_then(|()| temp.as_file().sync_all())
+            .map_err(write_error(temp.path()))?;
+        temp.persist(&final_path)
+            .map_err(|error| write_error(&final_path)(error.error))?;
+
+        sync_dir(&shard).map_err(write_error(&shard))?;
+        if new_shard {
+            sync_dir(&self.root).map_err(write_error(&self.root))?;
+        }
+        Ok(PutOutcome {
+            stored_bytes: encoded.len() as u64,
+            newly_stored: true,
+        })
+    }
+}
+
+/// Makes a directory's entries (renames, creations) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoding::encode;
+    use rand::{RngCore, SeedableRng};
+
+    fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut data = vec![0u8; len];
+        rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+        data
+    }
+
+    #[test]
+    fn put_then_get() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(&dir.path().join("store")).unwrap();
+        for data in [random_bytes(1, 70_000), b"abc".repeat(10_000)] {
+            let hash = ChunkHash::of(&data);
+            assert!(!store.contains(&hash));
+            let first = store.put(&hash, &data).unwrap();
+            assert!(first.newly_stored);
+            assert_eq!(
+                first.stored_bytes,
+                fs::metadata(store.path_of(&hash)).unwrap().len()
+            );
+            assert!(store.contains(&hash));
+            let second = store.put(&hash, &data).unwrap();
+            assert_eq!(
+                second,
+                PutOutcome {
+                    stored_bytes: first.stored_bytes,
+                    newly_stored: false
+                }
+            );
+            assert_eq!(store.get(&hash).unwrap(), data);
+            assert_eq!(store.get_encoded(&hash).unwrap(), encode(&data));
+        }
+    }
+
+    #[test]
+    fn layout_is_sharded_by_hash_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let hash = ChunkHash::of(b"layout");
+        let hex = hash.to_hex();
+        assert_eq!(store.path_of(&hash), dir.path().join(&hex[..2]).join(&hex));
+        store.put(&hash, b"layout").unwrap();
+        assert!(dir.path().join(&hex[..2]).join(&hex).is_file());
+    }
+
+    #[test]
+    fn put_of_wrong_hash_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let hash = ChunkHash::of(b"right");
+        assert!(matches!(
+            store.put(&hash, b"wrong"),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(!store.contains(&hash));
+        assert!(matches!(
+            store.put_encoded(&hash, &encode(b"wrong")),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(!store.contains(&hash));
+    }
+
+    #[test]
+    fn put_encoded_stores_bytes_as_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let data = b"wire form ".repeat(500);
+        let hash = ChunkHash::of(&data);
+        let encoded = encode(&data);
+        let outcome = store.put_encoded(&hash, &encoded).unwrap();
+        assert!(outcome.newly_stored);
+        assert_eq!(outcome.stored_bytes, encoded.len() as u64);
+        assert_eq!(fs::read(store.path_of(&hash)).unwrap(), encoded);
+        assert_eq!(store.get(&hash).unwrap(), data);
+        assert!(!store.put_encoded(&hash, &encoded).unwrap().newly_stored);
+    }
+
+    #[test]
+    fn corruption_on_disk_is_detected_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let data = random_bytes(2, 10_000);
+        let hash = ChunkHash::of(&data);
+        store.put(&hash, &data).unwrap();
+        let path = store.path_of(&hash);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[5000] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(store.get(&hash), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            store.get_encoded(&hash),
+            Err(Error::Corrupt { .. })
+        ));
+        // A truncated file too.
+        fs::write(&path, &bytes[..100]).unwrap();
+        assert!(matches!(store.get(&hash), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn missing_chunk_is_not_found_and_remove_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let hash = ChunkHash::of(b"gone");
+        assert!(matches!(store.get(&hash), Err(Error::NotFound { .. })));
+        assert!(matches!(
+            store.get_encoded(&hash),
+            Err(Error::NotFound { .. })
+        ));
+        store.remove(&hash).unwrap();
+        store.put(&hash, b"gone").unwrap();
+        store.remove(&hash).unwrap();
+        assert!(!store.contains(&hash));
+        assert!(matches!(store.get(&hash), Err(Error::NotFound { .. })));
+    }
+
+    #[test]
+    fn open_cleans_temporary_files_and_keeps_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let hash = ChunkHash::of(b"keep");
+        store.put(&hash, b"keep").unwrap();
+        // Leftovers of a crash in the middle of a write.
+        fs::write(dir.path().join(TMP_DIR).join("abc.partial"), b"half").unwrap();
+        fs::create_dir(dir.path().join(TMP_DIR).join("odd")).unwrap();
+
+        let reopened = ChunkStore::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+        assert_eq!(reopened.get(&hash).unwrap(), b"keep");
+        // Writes leave nothing behind in tmp.
+        reopened.put(&ChunkHash::of(b"more"), b"more").unwrap();
+        assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn clones_share_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let clone = store.clone();
+        let hash = ChunkHash::of(b"shared");
+        store.put(&hash, b"shared").unwrap();
+        assert_eq!(clone.get(&hash).unwrap(), b"shared");
+        assert_eq!(clone.root(), dir.path());
+    }
+}

@@ -1,0 +1,23 @@
+//! The domain layer's error type.
+
+/// Everything the domain rules can refuse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// A name (package, DP, site code) does not follow the naming rules.
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidName {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    /// A version that would move a package backwards (or stand still).
+    #[error("version {offered} of {package} is not newer than version {current}")]
+    VersionNotNewer {
+        package: String,
+        current: u64,
+        offered: u64,
+    },
+}
+
+/// Result with the domain [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,277 @@
+//! The distribution point: a separate process that enrolls with its site
+//! once, then opens every connection to the site itself (a long poll for its
+//! assignments, chunk fetches, status delivery), keeps the package versions it
+//! is assigned in its own content library, and serves them over HTTP with
+//! Range support. It keeps serving what it holds while its site is down.
+
+mod db;
+mod error;
+mod serve;
+mod sync;
+
+pub use error::{Error, Result};
+
+use cascade_content::{ChunkStore, VerifyingKey};
+use cascade_protocol::{Client, DpHello, EnrollRequest, StatusBody};
+use cascade_store::{Db, Outbox};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{watch, Notify};
+
+/// Files and folders of a DP's data directory.
+pub mod layout {
+    /// The DP's configuration and credential (mode 0600).
+    pub const CONFIG: &str = "dp.json";
+    /// The DP's database.
+    pub const DB: &str = "dp.db";
+    /// The content library.
+    pub const CHUNKS: &str = "chunks";
+    /// The URL the content server listens on, written at start.
+    pub const URL: &str = "url";
+}
+
+/// What `cascade dp init` stores: who the DP is and how to reach its site.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Config {
+    /// The DP's name.
+    pub name: String,
+    /// The site server's URL.
+    pub site_url: String,
+    /// The site's code.
+    pub site_code: String,
+    /// The DP's own credential.
+    pub credential: String,
+    /// Hex of the key every manifest must be signed with.
+    pub site_public_key: String,
+    /// Where to serve content unless `run --listen` says otherwise.
+    pub listen: String,
+}
+
+impl Config {
+    fn load(dir: &Path) -> Result<Config> {
+        let path = dir.join(layout::CONFIG);
+        let text = std::fs::read_to_string(&path).map_err(|err| {
+            Error::Config(format!(
+                "reading {}: {err} (is this a DP directory? run `cascade dp init` first)",
+                path.display()
+            ))
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|err| Error::Config(format!("{} is damaged: {err}", path.display())))
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Enrolls a new DP with its site and creates its data directory.
+///
+/// Refuses a directory that already holds a DP. The database is created
+/// before enrolling and the configuration written right after, so a failed
+/// enrollment leaves nothing behind that claims to be a DP.
+pub async fn init(
+    dir: &Path,
+    site_url: &str,
+    join_token: &str,
+    name: &str,
+    listen: &str,
+) -> Result<Config> {
+    cascade_domain::DpName::new(name).map_err(|err| Error::Config(err.to_string()))?;
+    let config_path = dir.join(layout::CONFIG);
+    if config_path.exists() {
+        return Err(Error::Config(format!(
+            "{} already holds a DP; refusing to overwrite it",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    let db = Db::open(&dir.join(layout::DB), true, db::MIGRATIONS).await?;
+    db.close().await;
+    ChunkStore::open(&dir.join(layout::CHUNKS))?;
+    let client = Client::new(site_url, None)?;
+    let enrolled = client
+        .enroll_dp(&EnrollRequest {
+            name: name.to_owned(),
+            join_token: join_token.trim().to_owned(),
+        })
+        .await?;
+    let config = Config {
+        name: name.to_owned(),
+        site_url: client.base().to_owned(),
+        site_code: enrolled.site.code,
+        credential: enrolled.credential,
+        site_public_key: enrolled.site.public_key,
+        listen: listen.to_owned(),
+    };
+    let text =
+        serde_json::to_string_pretty(&config).map_err(|err| Error::Config(err.to_string()))?;
+    write_private(&config_path, &text)?;
+    Ok(config)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let context = format!("writing {}", path.display());
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(Error::io(context.clone()))?;
+    temp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| temp.write_all(text.as_bytes()))
+        .and_then(|()| temp.as_file().sync_all())
+        .map_err(Error::io(context.clone()))?;
+    temp.persist(path)
+        .map_err(|err| Error::io(context)(err.error))?;
+    Ok(())
+}
+
+/// State shared by the DP's workers and its content server.
+#[derive(Clone)]
+pub(crate) struct Dp {
+    config: Arc<Config>,
+    db: Db,
+    store: ChunkStore,
+    outbox: Outbox,
+    site_key: VerifyingKey,
+    client: Client,
+    /// Notified when a status message was pushed.
+    status_wake: Arc<Notify>,
+    /// Packages with chunks found corrupt while serving, awaiting repair.
+    repairs: Arc<Mutex<BTreeSet<String>>>,
+    /// Notified when a repair is wanted.
+    repair_wake: Arc<Notify>,
+}
+
+impl Dp {
+    /// Records a status message in the outbox and wakes the forwarder.
+    async fn emit(&self, body: StatusBody) -> Result<()> {
+        let text = serde_json::to_string(&body).map_err(|err| Error::Config(err.to_string()))?;
+        self.outbox.push(now_ms(), &text).await?;
+        self.status_wake.notify_one();
+        Ok(())
+    }
+
+    /// Records a status message inside `tx`; call [`Dp::wake_forwarder`] after commit.
+    async fn emit_in(&self, tx: &mut cascade_store::WriteTx<'_>, body: StatusBody) -> Result<()> {
+        let text = serde_json::to_string(&body).map_err(|err| Error::Config(err.to_string()))?;
+        Outbox::push_in(tx, now_ms(), &text).await?;
+        Ok(())
+    }
+
+    fn wake_forwarder(&self) {
+        self.status_wake.notify_one();
+    }
+
+    /// Marks a package for repair after a chunk failed verification.
+    fn request_repair(&self, package: &str) {
+        self.repairs
+            .lock()
+            .expect("repairs lock")
+            .insert(package.to_owned());
+        self.repair_wake.notify_one();
+    }
+}
+
+/// What the running DP tells its caller once it listens.
+pub struct Running {
+    /// The content server's URL.
+    pub url: String,
+    /// The DP's name.
+    pub name: String,
+}
+
+/// Runs the DP in `dir` until `shutdown` resolves: the content server, the
+/// assignment sync and the status forwarder.
+pub async fn run(
+    dir: &Path,
+    listen: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Running),
+) -> Result<()> {
+    let config = Config::load(dir)?;
+    let db = Db::open(&dir.join(layout::DB), false, db::MIGRATIONS).await?;
+    let store = ChunkStore::open(&dir.join(layout::CHUNKS))?;
+    let site_key = cascade_content::public_key_from_hex(&config.site_public_key)?;
+    let client = Client::new(&config.site_url, Some(&config.credential))?;
+    let dp = Dp {
+        config: Arc::new(config.clone()),
+        outbox: Outbox::new(db.clone()),
+        db: db.clone(),
+        store,
+        site_key,
+        client: client.clone(),
+        status_wake: Arc::new(Notify::new()),
+        repairs: Default::default(),
+        repair_wake: Arc::new(Notify::new()),
+    };
+    let listen = listen.unwrap_or(&config.listen);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(Error::io(format!("binding {listen}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(Error::io("reading the bound address"))?;
+    let url = cascade_site_url_for(addr);
+    let url_path: PathBuf = dir.join(layout::URL);
+    std::fs::write(&url_path, format!("{url}\n"))
+        .map_err(Error::io(format!("writing {}", url_path.display())))?;
+    on_ready(&Running {
+        url: url.clone(),
+        name: config.name.clone(),
+    });
+    tracing::info!(dp = %config.name, %url, site = %config.site_url, "dp serving content");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let forwarder = tokio::spawn(cascade_protocol::forward::forward_status(
+        dp.outbox.clone(),
+        client,
+        dp.status_wake.clone(),
+        stop_rx.clone(),
+    ));
+    let syncer = tokio::spawn(sync::run(dp.clone(), url.clone(), stop_rx.clone()));
+    let app = serve::router(dp.clone());
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await
+        .map_err(Error::io("serving HTTP"));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = syncer.await;
+        let _ = forwarder.await;
+    })
+    .await;
+    db.close().await;
+    result
+}
+
+fn cascade_site_url_for(addr: std::net::SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    format!("http://{host}:{}", addr.port())
+}
+
+/// Announces the DP's content URL to its site (retried by the sync loop).
+async fn hello(dp: &Dp, url: &str) -> Result<()> {
+    dp.client
+        .dp_hello(&DpHello {
+            url: url.to_owned(),
+        })
+        .await?;
+    Ok(())
+}

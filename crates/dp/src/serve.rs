@@ -1,0 +1,229 @@
+//! The DP's content server: what it holds, signed manifests, and files with
+//! HTTP Range support, assembled from verified chunks.
+
+use crate::db;
+use crate::error::{Error, Result};
+use crate::sync::held_manifest;
+use crate::Dp;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use cascade_content::{ChunkRef, EntryKind};
+use cascade_protocol::{DpCounters, DpHeldPackage, DpSelfInfo, SignedManifestWire};
+
+/// The content server's routes.
+pub fn router(dp: Dp) -> Router {
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/packages/{name}/manifest", get(manifest))
+        .route("/v1/packages/{name}/files/{*path}", get(file))
+        .with_state(dp)
+}
+
+async fn info(State(dp): State<Dp>) -> Result<Json<DpSelfInfo>> {
+    let packages = db::all_held(&dp.db)
+        .await?
+        .into_iter()
+        .map(|held| DpHeldPackage {
+            package: held.name,
+            version: held.version,
+        })
+        .collect();
+    Ok(Json(DpSelfInfo {
+        name: dp.config.name.clone(),
+        site: dp.config.site_code.clone(),
+        packages,
+        counters: DpCounters {
+            bytes_received: db::counter(&dp.db, "bytes_received").await?,
+            chunks_received: db::counter(&dp.db, "chunks_received").await?,
+            bytes_served: db::counter(&dp.db, "bytes_served").await?,
+            chunks_repaired: db::counter(&dp.db, "chunks_repaired").await?,
+        },
+    }))
+}
+
+async fn held(dp: &Dp, name: &str) -> Result<db::Held> {
+    db::held(&dp.db, name)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("this dp does not hold package {name:?}")))
+}
+
+async fn manifest(
+    State(dp): State<Dp>,
+    Path(name): Path<String>,
+) -> Result<Json<SignedManifestWire>> {
+    let held = held(&dp, &name).await?;
+    let signed = cascade_content::SignedManifest {
+        bytes: held.manifest.clone(),
+        signature: held
+            .signature
+            .clone()
+            .try_into()
+            .map_err(|_| Error::Refused(format!("stored signature of {name} is damaged")))?,
+    };
+    Ok(Json(SignedManifestWire::from_signed(&signed)))
+}
+
+/// Parses a single `bytes=` range against a file of `size` bytes; returns
+/// the half-open interval.
+fn parse_range(value: &str, size: u64) -> Result<(u64, u64)> {
+    let unsatisfiable = || {
+        Error::RangeNotSatisfiable(format!(
+            "range {value:?} does not fit a file of {size} bytes"
+        ))
+    };
+    let spec = value.strip_prefix("bytes=").ok_or_else(|| {
+        Error::BadRequest(format!("unsupported range {value:?}: only bytes= ranges"))
+    })?;
+    if spec.contains(',') {
+        return Err(Error::BadRequest(
+            "multiple ranges are not supported".into(),
+        ));
+    }
+    let (start, end) = spec
+        .split_once('-')
+        .ok_or_else(|| Error::BadRequest(format!("malformed range {value:?}")))?;
+    let number = |text: &str| {
+        text.trim()
+            .parse::<u64>()
+            .map_err(|_| Error::BadRequest(format!("malformed range {value:?}")))
+    };
+    let (start, end) = match (start.trim().is_empty(), end.trim().is_empty()) {
+        (true, false) => {
+            let suffix = number(end)?;
+            if suffix == 0 {
+                return Err(unsatisfiable());
+            }
+            (size.saturating_sub(suffix), size)
+        }
+        (false, true) => (number(start)?, size),
+        (false, false) => (number(start)?, number(end)?.saturating_add(1).min(size)),
+        (true, true) => return Err(Error::BadRequest(format!("malformed range {value:?}"))),
+    };
+    if start >= size || start >= end {
+        return Err(unsatisfiable());
+    }
+    Ok((start, end))
+}
+
+async fn file(
+    State(dp): State<Dp>,
+    Path((name, path)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let held = held(&dp, &name).await?;
+    let manifest = held_manifest(&dp, &held)?;
+    let entry = manifest.file(&path).ok_or_else(|| {
+        Error::NotFound(format!(
+            "package {name} v{} has no file {path:?}",
+            held.version
+        ))
+    })?;
+    let EntryKind::File { size, chunks, .. } = &entry.kind else {
+        return Err(Error::NotFound(format!(
+            "{path:?} in package {name} is not a regular file"
+        )));
+    };
+    let size = *size;
+    let range = match headers.get(header::RANGE) {
+        Some(value) => {
+            let text = value
+                .to_str()
+                .map_err(|_| Error::BadRequest("range header is not text".into()))?;
+            Some(parse_range(text, size)?)
+        }
+        None => None,
+    };
+    let (start, end) = range.unwrap_or((0, size));
+    let body = stream_range(dp.clone(), name.clone(), chunks.clone(), start, end);
+    let mut response = Response::builder()
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    response = if range.is_some() {
+        response.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", end - 1),
+        )
+    } else {
+        response.status(StatusCode::OK)
+    };
+    response
+        .body(body)
+        .map_err(|err| Error::BadRequest(err.to_string()))
+}
+
+/// Streams bytes [start, end) of a file from its chunks, verifying each. A
+/// chunk that fails verification is removed, the package is queued for
+/// repair, and the response is cut short so the client never receives bad
+/// bytes as good.
+fn stream_range(dp: Dp, package: String, chunks: Vec<ChunkRef>, start: u64, end: u64) -> Body {
+    let (sender, receiver) =
+        tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(4);
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut offset = 0u64;
+        let mut served = 0u64;
+        for chunk in &chunks {
+            let chunk_end = offset + chunk.size as u64;
+            if chunk_end <= start {
+                offset = chunk_end;
+                continue;
+            }
+            if offset >= end {
+                break;
+            }
+            let data = match dp.store.get(&chunk.hash) {
+                Ok(data) => data,
+                Err(err) => {
+                    tracing::error!(%package, chunk = %chunk.hash, error = %err, "chunk failed verification while serving; repairing");
+                    if matches!(err, cascade_content::Error::Corrupt { .. }) {
+                        let _ = dp.store.remove(&chunk.hash);
+                    }
+                    dp.request_repair(&package);
+                    let _ = sender.blocking_send(Err(std::io::Error::other(err.to_string())));
+                    return;
+                }
+            };
+            let from = start.saturating_sub(offset) as usize;
+            let to = (end.min(chunk_end) - offset) as usize;
+            served += (to - from) as u64;
+            if sender
+                .blocking_send(Ok(Bytes::copy_from_slice(&data[from..to])))
+                .is_err()
+            {
+                break;
+            }
+            offset = chunk_end;
+        }
+        let db = dp.db.clone();
+        runtime.spawn(async move {
+            let _ = db::add_counters(&db, &[("bytes_served", served)]).await;
+        });
+    });
+    Body::from_stream(futures_util::stream::unfold(
+        receiver,
+        |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range("bytes=0-99", 1000).unwrap(), (0, 100));
+        assert_eq!(parse_range("bytes=900-", 1000).unwrap(), (900, 1000));
+        assert_eq!(parse_range("bytes=-100", 1000).unwrap(), (900, 1000));
+        assert_eq!(parse_range("bytes=990-2000", 1000).unwrap(), (990, 1000));
+        assert!(parse_range("bytes=1000-", 1000).is_err());
+        assert!(parse_range("bytes=5-1", 1000).is_err());
+        assert!(parse_range("items=0-1", 1000).is_err());
+        assert!(parse_range("bytes=0-1,5-6", 1000).is_err());
+        assert!(parse_range("bytes=x-1", 1000).is_err());
+    }
+}

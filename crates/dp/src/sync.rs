@@ -1,0 +1,370 @@
+//! The sync worker: long-polls the site for the DP's assignments and brings
+//! the content library to match them — fetching only the chunks it lacks,
+//! verifying every one, re-verifying on an explicit refresh, and repairing
+//! chunks found corrupt while serving.
+
+use crate::db::{self, Held};
+use crate::error::{Error, Result};
+use crate::{now_ms, Dp};
+use cascade_content::{ChunkHash, ChunkRef, Manifest, SignedManifest};
+use cascade_protocol::{Assignment, StatusBody};
+use futures_util::StreamExt;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How long one long poll waits for a change.
+const POLL_WAIT: Duration = Duration::from_secs(30);
+/// Longest wait between attempts while the site is unreachable or a
+/// transfer keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Chunk bytes asked for in one fetch request.
+const FETCH_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// Fetch requests in flight at once.
+const FETCH_PARALLEL: usize = 4;
+/// Least time between two progress messages.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// Runs until `stop` turns true.
+pub async fn run(dp: Dp, url: String, mut stop: watch::Receiver<bool>) {
+    let mut revision = 0u64;
+    let mut assignments: Vec<Assignment> = Vec::new();
+    let mut backoff = Duration::from_millis(250);
+    let mut announced = false;
+    let mut failing = false;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if !announced {
+            match crate::hello(&dp, &url).await {
+                Ok(()) => announced = true,
+                Err(err) => tracing::warn!(error = %err, "cannot announce to the site yet"),
+            }
+        }
+        // Poll: at once on start, then wait for a change, or only for the
+        // backoff when the last round failed and must be retried.
+        let wait = if failing { backoff } else { POLL_WAIT };
+        let polled = tokio::select! {
+            result = dp.client.assignments(revision, wait) => Some(result),
+            _ = dp.repair_wake.notified() => None,
+            _ = stop.changed() => return,
+        };
+        match polled {
+            Some(Ok(answer)) => {
+                revision = answer.revision;
+                assignments = answer.assignments;
+            }
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "site unreachable; still serving held content");
+                announced = false;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if assignments.is_empty() {
+                    continue;
+                }
+            }
+            None => {}
+        }
+        failing = false;
+        for assignment in &assignments {
+            if *stop.borrow() {
+                return;
+            }
+            if let Err(err) = apply(&dp, assignment).await {
+                failing = true;
+                tracing::warn!(package = %assignment.package, version = assignment.version, error = %err, "assignment failed; will retry");
+                let _ = dp
+                    .emit(StatusBody::DpFailed {
+                        package: assignment.package.clone(),
+                        version: assignment.version,
+                        reason: err.to_string(),
+                    })
+                    .await;
+            }
+        }
+        if failing {
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        } else {
+            backoff = Duration::from_millis(250);
+        }
+    }
+}
+
+/// Brings one assignment about: install, refresh or repair as needed.
+async fn apply(dp: &Dp, assignment: &Assignment) -> Result<()> {
+    let held = db::held(&dp.db, &assignment.package).await?;
+    let repair = dp
+        .repairs
+        .lock()
+        .expect("repairs lock")
+        .remove(&assignment.package);
+    let (install, refresh) = match &held {
+        Some(held) if held.version > assignment.version => {
+            return Err(Error::Refused(format!(
+                "site asks for version {} of {} but this dp holds newer version {}; versions never go backwards",
+                assignment.version, assignment.package, held.version
+            )));
+        }
+        Some(held) if held.version == assignment.version => {
+            (false, assignment.refresh > held.refresh_done)
+        }
+        _ => (true, false),
+    };
+    if !install && !refresh && !repair {
+        return Ok(());
+    }
+    let result = bring(dp, assignment, held, install, refresh || repair).await;
+    if result.is_err() && repair {
+        dp.request_repair(&assignment.package);
+    }
+    result
+}
+
+async fn bring(
+    dp: &Dp,
+    assignment: &Assignment,
+    held: Option<Held>,
+    install: bool,
+    verify_all: bool,
+) -> Result<()> {
+    let package = &assignment.package;
+    let version = assignment.version;
+    let signed =
+        match (&held, install) {
+            (Some(held), false) => SignedManifest {
+                bytes: held.manifest.clone(),
+                signature: held.signature.clone().try_into().map_err(|_| {
+                    Error::Refused(format!("stored signature of {package} is damaged"))
+                })?,
+            },
+            _ => {
+                let wire = dp.client.manifest(package, version).await?;
+                wire.to_signed().ok_or_else(|| {
+                    Error::Refused(format!(
+                        "manifest of {package} v{version} has a malformed signature"
+                    ))
+                })?
+            }
+        };
+    let manifest = signed.verify(&dp.site_key).map_err(|err| {
+        Error::Refused(format!("manifest of {package} v{version} refused: {err}"))
+    })?;
+    if manifest.package != *package || manifest.version != version {
+        return Err(Error::Refused(format!(
+            "site sent the manifest of {} v{} when asked for {package} v{version}",
+            manifest.package, manifest.version
+        )));
+    }
+    let chunks = manifest.unique_chunks();
+
+    // Which chunks must cross the network: the absent ones, plus, when
+    // verifying, the ones that fail verification (removed here).
+    let store = dp.store.clone();
+    let (missing, corrupt) = tokio::task::spawn_blocking({
+        let chunks = chunks.clone();
+        move || -> Result<(Vec<ChunkRef>, u64)> {
+            let mut missing = Vec::new();
+            let mut corrupt = 0;
+            for chunk in chunks {
+                let present = store.contains(&chunk.hash);
+                if present && verify_all {
+                    match store.get(&chunk.hash) {
+                        Ok(_) => continue,
+                        Err(cascade_content::Error::Corrupt { .. }) => {
+                            store.remove(&chunk.hash)?;
+                            corrupt += 1;
+                        }
+                        Err(err) => return Err(err.into()),
+                    }
+                } else if present {
+                    continue;
+                }
+                missing.push(chunk);
+            }
+            Ok((missing, corrupt))
+        }
+    })
+    .await
+    .map_err(|err| Error::Config(format!("verification task failed: {err}")))??;
+    if corrupt > 0 {
+        tracing::warn!(%package, version, chunks = corrupt, "corrupt chunks found; fetching them again");
+        db::add_counters(&dp.db, &[("chunks_repaired", corrupt)]).await?;
+        dp.emit(StatusBody::DpCorruptionFound {
+            package: package.clone(),
+            version,
+            chunks: corrupt,
+        })
+        .await?;
+    }
+    let bytes_needed: u64 = missing.iter().map(|chunk| chunk.size as u64).sum();
+    if install {
+        dp.emit(StatusBody::DpTransferStarted {
+            package: package.clone(),
+            version,
+            bytes_total: manifest.total_size(),
+            bytes_needed,
+        })
+        .await?;
+    }
+    let received = fetch(dp, package, version, &missing, bytes_needed).await?;
+
+    let mut tx = dp.db.write().await?;
+    let refresh_done = if install {
+        assignment.refresh
+    } else {
+        held.as_ref()
+            .map_or(0, |held| held.refresh_done)
+            .max(assignment.refresh)
+    };
+    db::store_held(
+        &mut tx,
+        &Held {
+            name: package.clone(),
+            version,
+            manifest: signed.bytes.clone(),
+            signature: signed.signature.to_vec(),
+            refresh_done,
+        },
+        now_ms(),
+    )
+    .await?;
+    let body = if install {
+        StatusBody::DpInstalled {
+            package: package.clone(),
+            version,
+            bytes_received: received,
+        }
+    } else {
+        StatusBody::DpRefreshed {
+            package: package.clone(),
+            version,
+            refresh: refresh_done,
+            repaired: corrupt,
+        }
+    };
+    dp.emit_in(&mut tx, body).await?;
+    tx.commit().await?;
+    dp.wake_forwarder();
+    tracing::info!(%package, version, bytes_received = received, repaired = corrupt, "package in place");
+    Ok(())
+}
+
+/// Fetches `missing` from the site, verifying and storing every chunk.
+/// Returns the bytes received on the wire.
+async fn fetch(
+    dp: &Dp,
+    package: &str,
+    version: u64,
+    missing: &[ChunkRef],
+    bytes_needed: u64,
+) -> Result<u64> {
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    let mut batches: Vec<Vec<ChunkHash>> = Vec::new();
+    let mut current = Vec::new();
+    let mut current_bytes = 0u64;
+    for chunk in missing {
+        current.push(chunk.hash);
+        current_bytes += chunk.size as u64;
+        if current_bytes >= FETCH_BATCH_BYTES
+            || current.len() >= cascade_protocol::MAX_HASHES_PER_REQUEST
+        {
+            batches.push(std::mem::take(&mut current));
+            current_bytes = 0;
+        }
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    let sizes: std::collections::HashMap<ChunkHash, u64> = missing
+        .iter()
+        .map(|chunk| (chunk.hash, chunk.size as u64))
+        .collect();
+    let mut results = futures_util::stream::iter(batches)
+        .map(|batch| fetch_batch(dp, batch))
+        .buffer_unordered(FETCH_PARALLEL);
+    let (mut wire_total, mut bytes_done) = (0u64, 0u64);
+    let mut last_progress = Instant::now();
+    while let Some(result) = results.next().await {
+        let (wire, hashes) = result?;
+        wire_total += wire;
+        bytes_done += hashes
+            .iter()
+            .map(|hash| sizes.get(hash).copied().unwrap_or(0))
+            .sum::<u64>();
+        db::add_counters(
+            &dp.db,
+            &[
+                ("bytes_received", wire),
+                ("chunks_received", hashes.len() as u64),
+            ],
+        )
+        .await?;
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            dp.emit(StatusBody::DpProgress {
+                package: package.to_owned(),
+                version,
+                bytes_done,
+                bytes_needed,
+            })
+            .await?;
+        }
+    }
+    Ok(wire_total)
+}
+
+/// One fetch request: streams the frames, then verifies and stores them off
+/// the async threads.
+async fn fetch_batch(dp: &Dp, batch: Vec<ChunkHash>) -> Result<(u64, Vec<ChunkHash>)> {
+    let wanted: HashSet<ChunkHash> = batch.iter().copied().collect();
+    let mut frames = Vec::with_capacity(batch.len());
+    let wire = dp
+        .client
+        .fetch_chunks(&batch, |frame| {
+            frames.push(frame);
+            Ok(())
+        })
+        .await?;
+    let store = dp.store.clone();
+    tokio::task::spawn_blocking(move || -> Result<(u64, Vec<ChunkHash>)> {
+        let mut got = Vec::with_capacity(frames.len());
+        for frame in frames {
+            if !wanted.contains(&frame.hash) {
+                return Err(Error::Refused(format!(
+                    "site sent chunk {} that was not asked for",
+                    frame.hash
+                )));
+            }
+            store.put_encoded(&frame.hash, &frame.encoded)?;
+            got.push(frame.hash);
+        }
+        if got.len() != wanted.len() {
+            return Err(Error::Refused(format!(
+                "site sent {} of the {} chunks asked for",
+                got.len(),
+                wanted.len()
+            )));
+        }
+        Ok((wire, got))
+    })
+    .await
+    .map_err(|err| Error::Config(format!("store task failed: {err}")))?
+}
+
+/// The manifest of a held package, verified again (it is read from disk).
+pub fn held_manifest(dp: &Dp, held: &Held) -> Result<Manifest> {
+    let signed =
+        SignedManifest {
+            bytes: held.manifest.clone(),
+            signature: held.signature.clone().try_into().map_err(|_| {
+                Error::Refused(format!("stored signature of {} is damaged", held.name))
+            })?,
+        };
+    Ok(signed.verify(&dp.site_key)?)
+}

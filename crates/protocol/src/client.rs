@@ -1,0 +1,246 @@
+//! The HTTP client for a site server's API, used by the CLI, DPs and (later)
+//! agents and child sites.
+
+use crate::error::{Error, Result};
+use crate::frames::{Frame, FrameDecoder};
+use crate::types::*;
+use crate::API;
+use cascade_content::ChunkHash;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+/// A client of one site server, with one credential (admin token or a DP's
+/// credential) or none.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:7400`).
+    pub fn new(base: &str, token: Option<&str>) -> Result<Client> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|source| Error::Unreachable {
+                url: base.to_owned(),
+                source,
+            })?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.map(str::to_owned),
+            http,
+        })
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{API}{path}", self.base)
+    }
+
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, url);
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    async fn send(&self, url: &str, builder: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let response = builder.send().await.map_err(|source| Error::Unreachable {
+            url: url.to_owned(),
+            source,
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => (body.error.code, body.error.message),
+            Err(_) => ("http_error".to_owned(), text.trim().to_owned()),
+        };
+        Err(Error::Refused {
+            url: url.to_owned(),
+            status,
+            code,
+            message,
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(url: &str, response: reqwest::Response) -> Result<T> {
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| Error::Unreachable {
+                url: url.to_owned(),
+                source,
+            })?;
+        serde_json::from_slice(&bytes).map_err(|err| Error::BadAnswer {
+            url: url.to_owned(),
+            reason: err.to_string(),
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = self.url(path);
+        let response = self
+            .send(&url, self.request(reqwest::Method::GET, &url))
+            .await?;
+        Self::json(&url, response).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let url = self.url(path);
+        let response = self
+            .send(&url, self.request(reqwest::Method::POST, &url).json(body))
+            .await?;
+        Self::json(&url, response).await
+    }
+
+    /// Who the site is. Needs no credential.
+    pub async fn site_info(&self) -> Result<SiteInfo> {
+        self.get("/site").await
+    }
+
+    /// Which of `hashes` the site's library lacks.
+    pub async fn missing_chunks(&self, hashes: &[ChunkHash]) -> Result<Vec<ChunkHash>> {
+        let list: ChunkList = self
+            .post(
+                "/content/missing",
+                &ChunkList {
+                    hashes: hashes.to_vec(),
+                },
+            )
+            .await?;
+        Ok(list.hashes)
+    }
+
+    /// Uploads chunk frames (see [`crate::frames`]) into the site's library.
+    pub async fn upload_chunks(&self, frames: bytes::Bytes) -> Result<UploadReport> {
+        let url = self.url("/content/chunks");
+        let response = self
+            .send(
+                &url,
+                self.request(reqwest::Method::POST, &url)
+                    .header("content-type", "application/octet-stream")
+                    .body(frames),
+            )
+            .await?;
+        Self::json(&url, response).await
+    }
+
+    /// Commits a new package version from chunks already uploaded.
+    pub async fn new_version(&self, request: &NewVersionRequest) -> Result<VersionInfo> {
+        self.post("/packages", request).await
+    }
+
+    /// Every package.
+    pub async fn packages(&self) -> Result<Vec<PackageSummary>> {
+        self.get("/packages").await
+    }
+
+    /// One package in detail.
+    pub async fn package(&self, name: &str) -> Result<PackageDetail> {
+        self.get(&format!("/packages/{name}")).await
+    }
+
+    /// The signed manifest of one version.
+    pub async fn manifest(&self, name: &str, version: u64) -> Result<SignedManifestWire> {
+        self.get(&format!("/packages/{name}/versions/{version}/manifest"))
+            .await
+    }
+
+    /// Places a package on DPs.
+    pub async fn distribute(
+        &self,
+        name: &str,
+        request: &DistributeRequest,
+    ) -> Result<TargetReport> {
+        self.post(&format!("/packages/{name}/distribute"), request)
+            .await
+    }
+
+    /// Asks DPs to re-verify and repair a package they hold.
+    pub async fn refresh(&self, name: &str, request: &RefreshRequest) -> Result<TargetReport> {
+        self.post(&format!("/packages/{name}/refresh"), request)
+            .await
+    }
+
+    /// Per-DP status of a package.
+    pub async fn package_status(&self, name: &str) -> Result<PackageStatus> {
+        self.get(&format!("/packages/{name}/status")).await
+    }
+
+    /// Every DP of the site.
+    pub async fn dps(&self) -> Result<Vec<DpInfo>> {
+        self.get("/dps").await
+    }
+
+    /// Enrolls a DP with the join token.
+    pub async fn enroll_dp(&self, request: &EnrollRequest) -> Result<EnrollResponse> {
+        self.post("/dps/enroll", request).await
+    }
+
+    /// A DP announces its content URL.
+    pub async fn dp_hello(&self, hello: &DpHello) -> Result<()> {
+        let _: serde_json::Value = self.post("/dp/hello", hello).await?;
+        Ok(())
+    }
+
+    /// Long poll for a DP's assignments: answers at once if the set changed
+    /// since `after`, otherwise after a change or `wait`.
+    pub async fn assignments(&self, after: u64, wait: Duration) -> Result<Assignments> {
+        let path = format!("/dp/assignments?after={after}&wait_ms={}", wait.as_millis());
+        self.get(&path).await
+    }
+
+    /// Fetches chunks as frames, calling `on_frame` for each as it arrives.
+    /// Returns the bytes received on the wire.
+    pub async fn fetch_chunks(
+        &self,
+        hashes: &[ChunkHash],
+        mut on_frame: impl FnMut(Frame) -> Result<()>,
+    ) -> Result<u64> {
+        let url = self.url("/content/fetch");
+        let response = self
+            .send(
+                &url,
+                self.request(reqwest::Method::POST, &url).json(&ChunkList {
+                    hashes: hashes.to_vec(),
+                }),
+            )
+            .await?;
+        let mut decoder = FrameDecoder::default();
+        let mut received = 0u64;
+        let mut stream = response.bytes_stream();
+        while let Some(piece) = stream.next().await {
+            let piece = piece.map_err(|source| Error::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+            received += piece.len() as u64;
+            decoder.push(&piece);
+            while let Some(frame) = decoder.next_frame().map_err(Error::Frame)? {
+                on_frame(frame)?;
+            }
+        }
+        decoder.finish().map_err(Error::Frame)?;
+        Ok(received)
+    }
+
+    /// Delivers a batch of status messages.
+    pub async fn post_status(&self, batch: &StatusBatch) -> Result<StatusAck> {
+        self.post("/status", batch).await
+    }
+}

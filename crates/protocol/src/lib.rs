@@ -1,0 +1,34 @@
+//! The wire: every type that crosses a process boundary between the CLI, a
+//! site server, a DP (and later agents and child sites), the chunk frame
+//! codec, and the HTTP client that speaks it.
+//!
+//! **Architecture Invariant:** JSON shapes are defined here and nowhere else.
+//! The site server and the DP serialize only these types.
+
+pub mod client;
+mod error;
+pub mod forward;
+pub mod frames;
+pub mod types;
+
+pub use client::Client;
+pub use error::{Error, Result};
+pub use types::*;
+
+/// Prefix of every API route of a site server.
+pub const API: &str = "/api/v1";
+
+/// Largest JSON body a site accepts on control routes.
+pub const MAX_CONTROL_BODY: usize = 1024 * 1024;
+
+/// Largest manifest upload a site accepts (about 40 GiB of package content).
+pub const MAX_MANIFEST_BODY: usize = 64 * 1024 * 1024;
+
+/// Largest chunk-frame body accepted in one upload request.
+pub const MAX_UPLOAD_BODY: usize = 64 * 1024 * 1024;
+
+/// Most chunk hashes asked for in one request.
+pub const MAX_HASHES_PER_REQUEST: usize = 4096;
+
+/// The header that carries a credential: `Authorization: Bearer <token>`.
+pub const AUTHORIZATION: &str = "authorization";

@@ -1,0 +1,506 @@
+//! Request and response bodies of the site server's API.
+
+use cascade_content::{ChunkHash, Entry};
+use serde::{Deserialize, Serialize};
+
+/// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A refusal: a stable machine-readable code and a message for people.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `unknown_package`, `invalid_name`, `unauthorized`.
+    pub code: String,
+    /// What was wrong, naming the offending input.
+    pub message: String,
+}
+
+/// `GET /api/v1/site`: who this site is. Public.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SiteInfo {
+    /// The site code.
+    pub code: String,
+    /// `central`, `primary` or `secondary`.
+    pub kind: String,
+    /// Hex of the ed25519 key that signs manifests.
+    pub public_key: String,
+    /// The Cascade version the server runs.
+    pub server_version: String,
+}
+
+/// A list of chunk hashes (`POST /api/v1/content/missing`, `/content/fetch`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChunkList {
+    /// The chunks.
+    pub hashes: Vec<ChunkHash>,
+}
+
+/// `POST /api/v1/content/chunks`: what an upload stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadReport {
+    /// Chunks received in the request.
+    pub received: u64,
+    /// Chunks that were new to the library.
+    pub stored: u64,
+    /// Bytes written to disk for the new chunks.
+    pub stored_bytes: u64,
+}
+
+/// Whether a package version starts a new package or updates one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionIntent {
+    /// Version 1 of a package that must not exist yet.
+    Create,
+    /// The next version of a package that must exist.
+    Update,
+}
+
+/// `POST /api/v1/packages`: commit a new version from uploaded chunks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewVersionRequest {
+    /// Package name.
+    pub name: String,
+    /// Create or update.
+    pub intent: VersionIntent,
+    /// The tree, sorted by path; every chunk must already be in the library.
+    pub entries: Vec<Entry>,
+}
+
+/// A stored package version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// Package name.
+    pub package: String,
+    /// Version number.
+    pub version: u64,
+    /// Sum of file sizes.
+    pub total_size: u64,
+    /// Number of files.
+    pub file_count: u64,
+    /// Number of distinct chunks.
+    pub chunk_count: u64,
+    /// When the version was committed.
+    pub created_at_ms: i64,
+}
+
+/// One line of `GET /api/v1/packages`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PackageSummary {
+    /// Package name.
+    pub name: String,
+    /// The newest version.
+    pub latest: VersionInfo,
+    /// DPs the package is distributed to.
+    pub dp_count: u64,
+}
+
+/// `GET /api/v1/packages/{name}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PackageDetail {
+    /// Package name.
+    pub name: String,
+    /// Every version, oldest first.
+    pub versions: Vec<VersionInfo>,
+    /// DPs the package is distributed to.
+    pub dps: Vec<String>,
+    /// The newest version's tree.
+    pub entries: Vec<Entry>,
+}
+
+/// A signed manifest as it travels: the exact signed JSON text and the hex
+/// ed25519 signature over its bytes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignedManifestWire {
+    /// The manifest JSON, byte for byte as signed.
+    pub manifest: String,
+    /// Hex of the 64-byte signature.
+    pub signature: String,
+}
+
+impl SignedManifestWire {
+    /// Wraps a signed manifest for the wire.
+    pub fn from_signed(signed: &cascade_content::SignedManifest) -> Self {
+        SignedManifestWire {
+            manifest: String::from_utf8_lossy(&signed.bytes).into_owned(),
+            signature: hex::encode(signed.signature),
+        }
+    }
+
+    /// Unwraps it; the signature is not checked here.
+    pub fn to_signed(&self) -> Option<cascade_content::SignedManifest> {
+        let signature = hex::decode(&self.signature).ok()?;
+        Some(cascade_content::SignedManifest {
+            bytes: self.manifest.as_bytes().to_vec(),
+            signature: signature.try_into().ok()?,
+        })
+    }
+}
+
+/// `POST /api/v1/packages/{name}/distribute`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DistributeRequest {
+    /// DPs by name.
+    #[serde(default)]
+    pub dps: Vec<String>,
+    /// Every DP of the site, now and added later.
+    #[serde(default)]
+    pub all_dps: bool,
+}
+
+/// `POST /api/v1/packages/{name}/refresh`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RefreshRequest {
+    /// DPs by name; empty means every DP that holds the package.
+    #[serde(default)]
+    pub dps: Vec<String>,
+}
+
+/// What a distribute or refresh call did to one DP.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetChange {
+    /// The DP.
+    pub dp: String,
+    /// The version it must now hold.
+    pub version: u64,
+    /// False when the DP was already targeted at this version (nothing new
+    /// is sent to it).
+    pub changed: bool,
+}
+
+/// Answer to distribute and refresh.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetReport {
+    /// Package name.
+    pub package: String,
+    /// One line per DP named or implied.
+    pub dps: Vec<TargetChange>,
+}
+
+/// `GET /api/v1/packages/{name}/status`: one line per DP, derived from status
+/// messages.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PackageStatus {
+    /// Package name.
+    pub package: String,
+    /// The newest version.
+    pub latest_version: u64,
+    /// Per DP.
+    pub dps: Vec<DpPackageStatus>,
+}
+
+/// One DP's line in a package status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DpPackageStatus {
+    /// The DP.
+    pub dp: String,
+    /// The version it must hold.
+    pub target_version: Option<u64>,
+    /// The newest version it reported holding.
+    pub installed_version: Option<u64>,
+    /// `pending`, `transferring`, `installed`, `failed`, `refresh-pending`,
+    /// `repairing`.
+    pub state: String,
+    /// Bytes transferred so far, while transferring.
+    pub bytes_done: Option<u64>,
+    /// Bytes to transfer, while transferring.
+    pub bytes_total: Option<u64>,
+    /// Why, when failed.
+    pub reason: Option<String>,
+    /// When the state began.
+    pub since_ms: i64,
+}
+
+/// `POST /api/v1/dps/enroll`: a new DP presents the join token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The DP's name, unique in the site.
+    pub name: String,
+    /// The site's join token.
+    pub join_token: String,
+}
+
+/// The site's answer to an enrollment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    /// The DP's own credential, shown once.
+    pub credential: String,
+    /// The site.
+    pub site: SiteInfo,
+}
+
+/// `POST /api/v1/dp/hello`: a DP announces where it serves content.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DpHello {
+    /// Base URL of the DP's content server.
+    pub url: String,
+}
+
+/// `GET /api/v1/dps`: one line per DP.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DpInfo {
+    /// Name.
+    pub name: String,
+    /// Where it serves content, as it last announced.
+    pub url: Option<String>,
+    /// When it enrolled.
+    pub enrolled_at_ms: i64,
+    /// When it last talked to the site.
+    pub last_seen_ms: Option<i64>,
+    /// Packages distributed to it.
+    pub packages: u64,
+}
+
+/// `GET /api/v1/dp/assignments?after=R&wait_ms=W`: what a DP must hold.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Assignments {
+    /// Changes whenever the set changes; pass it back as `after`.
+    pub revision: u64,
+    /// Every package the DP must hold, at which version.
+    pub assignments: Vec<Assignment>,
+}
+
+/// One package a DP must hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Package name.
+    pub package: String,
+    /// The version to hold.
+    pub version: u64,
+    /// Explicit refresh requests so far; a higher number than the DP last
+    /// handled means: re-verify every chunk and repair.
+    pub refresh: u64,
+}
+
+/// Query of the assignments long poll.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AssignmentsQuery {
+    /// The revision the DP already has; the call waits while it is current.
+    #[serde(default)]
+    pub after: u64,
+    /// How long to wait for a change, at most 60 s.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// A status message as it travels: the source's sequence number, when the
+/// source recorded it, and what happened. The source itself is the
+/// authenticated sender.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusMessage {
+    /// Per-source sequence number, from 1, without gaps.
+    pub seq: u64,
+    /// When the source recorded it (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// What happened.
+    #[serde(flatten)]
+    pub body: StatusBody,
+}
+
+/// What a status message reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StatusBody {
+    /// Site: `dp` must hold `version` of `package`.
+    DistributionTargeted {
+        package: String,
+        dp: String,
+        version: u64,
+        refresh: u64,
+    },
+    /// DP: started bringing a version in.
+    DpTransferStarted {
+        package: String,
+        version: u64,
+        bytes_total: u64,
+        bytes_needed: u64,
+    },
+    /// DP: transfer progress.
+    DpProgress {
+        package: String,
+        version: u64,
+        bytes_done: u64,
+        bytes_needed: u64,
+    },
+    /// DP: the version is stored and verified.
+    DpInstalled {
+        package: String,
+        version: u64,
+        bytes_received: u64,
+    },
+    /// DP: an attempt failed; it retries.
+    DpFailed {
+        package: String,
+        version: u64,
+        reason: String,
+    },
+    /// DP: stored chunks failed verification and are fetched again.
+    DpCorruptionFound {
+        package: String,
+        version: u64,
+        chunks: u64,
+    },
+    /// DP: an explicit refresh finished.
+    DpRefreshed {
+        package: String,
+        version: u64,
+        refresh: u64,
+        repaired: u64,
+    },
+}
+
+impl StatusBody {
+    /// The package the message is about.
+    pub fn package(&self) -> &str {
+        match self {
+            StatusBody::DistributionTargeted { package, .. }
+            | StatusBody::DpTransferStarted { package, .. }
+            | StatusBody::DpProgress { package, .. }
+            | StatusBody::DpInstalled { package, .. }
+            | StatusBody::DpFailed { package, .. }
+            | StatusBody::DpCorruptionFound { package, .. }
+            | StatusBody::DpRefreshed { package, .. } => package,
+        }
+    }
+
+    /// The stable name of the message kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StatusBody::DistributionTargeted { .. } => "distribution_targeted",
+            StatusBody::DpTransferStarted { .. } => "dp_transfer_started",
+            StatusBody::DpProgress { .. } => "dp_progress",
+            StatusBody::DpInstalled { .. } => "dp_installed",
+            StatusBody::DpFailed { .. } => "dp_failed",
+            StatusBody::DpCorruptionFound { .. } => "dp_corruption_found",
+            StatusBody::DpRefreshed { .. } => "dp_refreshed",
+        }
+    }
+
+    /// True for the messages a DP may send about itself.
+    pub fn is_from_dp(&self) -> bool {
+        !matches!(self, StatusBody::DistributionTargeted { .. })
+    }
+
+    /// The distribution event this message carries, if its version is valid.
+    pub fn distribution_event(&self) -> Option<cascade_domain::status::DistributionEvent> {
+        use cascade_domain::status::DistributionEvent as E;
+        use cascade_domain::Version;
+        let v = Version::new;
+        Some(match self {
+            StatusBody::DistributionTargeted {
+                version, refresh, ..
+            } => E::Targeted {
+                version: v(*version)?,
+                refresh: *refresh,
+            },
+            StatusBody::DpTransferStarted {
+                version,
+                bytes_total,
+                bytes_needed,
+                ..
+            } => E::TransferStarted {
+                version: v(*version)?,
+                bytes_total: *bytes_total,
+                bytes_needed: *bytes_needed,
+            },
+            StatusBody::DpProgress {
+                version,
+                bytes_done,
+                bytes_needed,
+                ..
+            } => E::Progress {
+                version: v(*version)?,
+                bytes_done: *bytes_done,
+                bytes_needed: *bytes_needed,
+            },
+            StatusBody::DpInstalled {
+                version,
+                bytes_received,
+                ..
+            } => E::Installed {
+                version: v(*version)?,
+                bytes_received: *bytes_received,
+            },
+            StatusBody::DpFailed {
+                version, reason, ..
+            } => E::Failed {
+                version: v(*version)?,
+                reason: reason.clone(),
+            },
+            StatusBody::DpCorruptionFound {
+                version, chunks, ..
+            } => E::CorruptionFound {
+                version: v(*version)?,
+                chunks: *chunks,
+            },
+            StatusBody::DpRefreshed {
+                version,
+                refresh,
+                repaired,
+                ..
+            } => E::Refreshed {
+                version: v(*version)?,
+                refresh: *refresh,
+                repaired: *repaired,
+            },
+        })
+    }
+}
+
+/// `POST /api/v1/status`: a batch of one source's messages, in order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusBatch {
+    /// The messages.
+    pub messages: Vec<StatusMessage>,
+}
+
+/// The receiver's answer: every message up to `acked_seq` is durably stored
+/// and may be dropped from the sender's outbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusAck {
+    /// Highest sequence number stored for this source.
+    pub acked_seq: u64,
+    /// Messages newly stored by this call.
+    pub stored: u64,
+    /// Messages already stored before (resent after a lost answer).
+    pub duplicates: u64,
+}
+
+/// `GET /v1/info` on a DP: what it holds and its transfer counters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DpSelfInfo {
+    /// The DP's name.
+    pub name: String,
+    /// Its site.
+    pub site: String,
+    /// What it holds.
+    pub packages: Vec<DpHeldPackage>,
+    /// Transfer counters, kept across restarts.
+    pub counters: DpCounters,
+}
+
+/// A package held by a DP.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DpHeldPackage {
+    /// Package name.
+    pub package: String,
+    /// Installed version.
+    pub version: u64,
+}
+
+/// Transfer counters of a DP.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DpCounters {
+    /// Chunk bytes received from the site (as sent, compressed or not).
+    pub bytes_received: u64,
+    /// Chunks received from the site.
+    pub chunks_received: u64,
+    /// Bytes of file content served to clients.
+    pub bytes_served: u64,
+    /// Stored chunks found corrupt and repaired.
+    pub chunks_repaired: u64,
+}

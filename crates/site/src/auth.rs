@@ -1,0 +1,100 @@
+//! Credentials: minting tokens, storing their hashes, and the extractor that
+//! turns an `Authorization: Bearer` header into a [`Principal`].
+
+use crate::error::{Error, Result};
+use crate::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use rand::RngCore;
+use sqlx::Row;
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// An administrator (the site's admin token).
+    Admin,
+    /// A distribution point, by its database id and name.
+    Dp { id: i64, name: String },
+}
+
+impl Principal {
+    /// Refuses anyone but an administrator.
+    pub fn require_admin(&self) -> Result<()> {
+        match self {
+            Principal::Admin => Ok(()),
+            Principal::Dp { name, .. } => Err(Error::Forbidden(format!(
+                "dp {name} may not call administrator routes"
+            ))),
+        }
+    }
+
+    /// Refuses anyone but a DP; returns its id and name.
+    pub fn require_dp(&self) -> Result<(i64, &str)> {
+        match self {
+            Principal::Dp { id, name } => Ok((*id, name)),
+            Principal::Admin => Err(Error::Forbidden(
+                "this route is for distribution points; the admin token may not call it".into(),
+            )),
+        }
+    }
+}
+
+/// A new random token with a readable prefix saying what it is for.
+pub fn mint_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{prefix}_{}", hex::encode(bytes))
+}
+
+/// What is stored for a token.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    blake3::hash(token.as_bytes()).as_bytes().to_vec()
+}
+
+/// Looks up a token: its role and principal name.
+pub async fn lookup(state: &AppState, token: &str) -> Result<Option<(String, String)>> {
+    let row = sqlx::query("SELECT role, principal FROM credentials WHERE token_hash = ?")
+        .bind(token_hash(token))
+        .fetch_optional(state.db.pool())
+        .await?;
+    Ok(row.map(|row| (row.get(0), row.get(1))))
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Principal> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| {
+                Error::Unauthorized("missing credential: send Authorization: Bearer <token>".into())
+            })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| {
+                Error::Unauthorized(
+                    "malformed Authorization header: expected Bearer <token>".into(),
+                )
+            })?;
+        match lookup(state, token).await? {
+            Some((role, _)) if role == "admin" => Ok(Principal::Admin),
+            Some((role, name)) if role == "dp" => {
+                let dp = crate::db::dp_by_name(state.db.pool(), &name)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::Unauthorized(format!("dp {name} is no longer enrolled"))
+                    })?;
+                Ok(Principal::Dp { id: dp.id, name })
+            }
+            Some((role, _)) => Err(Error::Unauthorized(format!(
+                "a {role} token is not a credential for this API"
+            ))),
+            None => Err(Error::Unauthorized("unknown credential".into())),
+        }
+    }
+}

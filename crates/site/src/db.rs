@@ -1,0 +1,374 @@
+//! The site database: its schema and every query.
+//!
+//! Multi-statement writes go through [`Db::write`], which serializes writers.
+
+use crate::error::{Error, Result};
+pub use cascade_store::{Db, WriteTx};
+use sqlx::{Row, Sqlite, Transaction};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how
+/// many have run. Never edit a released migration: add one.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE site (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    code TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+-- Credentials are stored as BLAKE3 hashes; the tokens themselves never are.
+CREATE TABLE credentials (
+    token_hash BLOB PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('admin', 'join', 'dp')),
+    principal TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE packages (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    all_dps INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE package_versions (
+    package_id INTEGER NOT NULL REFERENCES packages(id),
+    version INTEGER NOT NULL CHECK (version > 0),
+    manifest BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    total_size INTEGER NOT NULL,
+    file_count INTEGER NOT NULL,
+    chunk_count INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (package_id, version)
+);
+CREATE TABLE dps (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    url TEXT,
+    enrolled_at_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER,
+    revision INTEGER NOT NULL DEFAULT 0
+);
+-- The distribution queue: one entry per (package, DP) saying which version
+-- the DP must hold. A newer version supersedes the entry in place, so there
+-- is never a stale entry for an older version left to process.
+CREATE TABLE distributions (
+    package_id INTEGER NOT NULL REFERENCES packages(id),
+    dp_id INTEGER NOT NULL REFERENCES dps(id),
+    version INTEGER NOT NULL,
+    refresh INTEGER NOT NULL DEFAULT 0,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (package_id, dp_id)
+);
+-- Status messages, immutable, one row per (source, seq).
+CREATE TABLE status_messages (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    package TEXT,
+    dp TEXT,
+    body TEXT NOT NULL,
+    UNIQUE (source, seq)
+);
+CREATE INDEX status_messages_by_package ON status_messages (package, id);
+-- Per source: the highest sequence number stored (for acks), and for the
+-- site's own messages the last number handed out.
+CREATE TABLE status_sources (
+    source TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+);
+"#];
+
+/// A stored package.
+#[derive(Clone, Debug)]
+pub struct PackageRow {
+    pub id: i64,
+    pub name: String,
+    pub all_dps: bool,
+}
+
+/// A stored DP.
+#[derive(Clone, Debug)]
+pub struct DpRow {
+    pub id: i64,
+    pub name: String,
+    pub url: Option<String>,
+    pub enrolled_at_ms: i64,
+    pub last_seen_ms: Option<i64>,
+    pub revision: i64,
+}
+
+/// A stored package version, without its manifest.
+#[derive(Clone, Debug)]
+pub struct VersionRow {
+    pub version: i64,
+    pub total_size: i64,
+    pub file_count: i64,
+    pub chunk_count: i64,
+    pub created_at_ms: i64,
+}
+
+pub async fn package_by_name<'e, E>(executor: E, name: &str) -> Result<Option<PackageRow>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let row = sqlx::query("SELECT id, name, all_dps FROM packages WHERE name = ?")
+        .bind(name)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.map(|row| PackageRow {
+        id: row.get(0),
+        name: row.get(1),
+        all_dps: row.get::<i64, _>(2) != 0,
+    }))
+}
+
+/// The package, or a "unknown package" error.
+pub async fn require_package<'e, E>(executor: E, name: &str) -> Result<PackageRow>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    package_by_name(executor, name)
+        .await?
+        .ok_or(Error::NotFound {
+            what: "package",
+            name: name.to_owned(),
+        })
+}
+
+pub async fn all_packages<'e, E>(executor: E) -> Result<Vec<PackageRow>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let rows = sqlx::query("SELECT id, name, all_dps FROM packages ORDER BY name")
+        .fetch_all(executor)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| PackageRow {
+            id: row.get(0),
+            name: row.get(1),
+            all_dps: row.get::<i64, _>(2) != 0,
+        })
+        .collect())
+}
+
+pub async fn latest_version<'e, E>(executor: E, package_id: i64) -> Result<Option<i64>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(
+        sqlx::query_scalar("SELECT MAX(version) FROM package_versions WHERE package_id = ?")
+            .bind(package_id)
+            .fetch_one(executor)
+            .await?,
+    )
+}
+
+pub async fn versions<'e, E>(executor: E, package_id: i64) -> Result<Vec<VersionRow>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let rows = sqlx::query(
+        "SELECT version, total_size, file_count, chunk_count, created_at_ms
+         FROM package_versions WHERE package_id = ? ORDER BY version",
+    )
+    .bind(package_id)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| VersionRow {
+            version: row.get(0),
+            total_size: row.get(1),
+            file_count: row.get(2),
+            chunk_count: row.get(3),
+            created_at_ms: row.get(4),
+        })
+        .collect())
+}
+
+/// The signed manifest of one version: (manifest bytes, signature).
+pub async fn manifest<'e, E>(
+    executor: E,
+    package_id: i64,
+    version: i64,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let row = sqlx::query(
+        "SELECT manifest, signature FROM package_versions WHERE package_id = ? AND version = ?",
+    )
+    .bind(package_id)
+    .bind(version)
+    .fetch_optional(executor)
+    .await?;
+    Ok(row.map(|row| (row.get(0), row.get(1))))
+}
+
+fn dp_from_row(row: sqlx::sqlite::SqliteRow) -> DpRow {
+    DpRow {
+        id: row.get(0),
+        name: row.get(1),
+        url: row.get(2),
+        enrolled_at_ms: row.get(3),
+        last_seen_ms: row.get(4),
+        revision: row.get(5),
+    }
+}
+
+const DP_COLUMNS: &str = "id, name, url, enrolled_at_ms, last_seen_ms, revision";
+
+pub async fn all_dps<'e, E>(executor: E) -> Result<Vec<DpRow>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let rows = sqlx::query(&format!("SELECT {DP_COLUMNS} FROM dps ORDER BY name"))
+        .fetch_all(executor)
+        .await?;
+    Ok(rows.into_iter().map(dp_from_row).collect())
+}
+
+pub async fn dp_by_name<'e, E>(executor: E, name: &str) -> Result<Option<DpRow>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let row = sqlx::query(&format!("SELECT {DP_COLUMNS} FROM dps WHERE name = ?"))
+        .bind(name)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.map(dp_from_row))
+}
+
+pub async fn dp_by_id<'e, E>(executor: E, id: i64) -> Result<DpRow>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let row = sqlx::query(&format!("SELECT {DP_COLUMNS} FROM dps WHERE id = ?"))
+        .bind(id)
+        .fetch_one(executor)
+        .await?;
+    Ok(dp_from_row(row))
+}
+
+/// One entry of the distribution queue.
+#[derive(Clone, Debug)]
+pub struct DistributionRow {
+    pub package: String,
+    pub dp: String,
+    pub version: i64,
+    pub refresh: i64,
+}
+
+pub async fn distributions_of_dp<'e, E>(executor: E, dp_id: i64) -> Result<Vec<DistributionRow>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let rows = sqlx::query(
+        "SELECT p.name, d.name, q.version, q.refresh FROM distributions q
+         JOIN packages p ON p.id = q.package_id JOIN dps d ON d.id = q.dp_id
+         WHERE q.dp_id = ? ORDER BY p.name",
+    )
+    .bind(dp_id)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows.into_iter().map(distribution_from_row).collect())
+}
+
+pub async fn distributions_of_package<'e, E>(
+    executor: E,
+    package_id: i64,
+) -> Result<Vec<DistributionRow>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let rows = sqlx::query(
+        "SELECT p.name, d.name, q.version, q.refresh FROM distributions q
+         JOIN packages p ON p.id = q.package_id JOIN dps d ON d.id = q.dp_id
+         WHERE q.package_id = ? ORDER BY d.name",
+    )
+    .bind(package_id)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows.into_iter().map(distribution_from_row).collect())
+}
+
+fn distribution_from_row(row: sqlx::sqlite::SqliteRow) -> DistributionRow {
+    DistributionRow {
+        package: row.get(0),
+        dp: row.get(1),
+        version: row.get(2),
+        refresh: row.get(3),
+    }
+}
+
+/// Hands out the next sequence number of `source` (the site's own messages).
+pub async fn next_seq(tx: &mut Transaction<'static, Sqlite>, source: &str) -> Result<i64> {
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO status_sources (source, last_seq) VALUES (?, 1)
+         ON CONFLICT (source) DO UPDATE SET last_seq = last_seq + 1
+         RETURNING last_seq",
+    )
+    .bind(source)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(seq)
+}
+
+/// A status message as stored.
+pub struct StoredMessage<'a> {
+    pub source: &'a str,
+    pub seq: i64,
+    pub at_ms: i64,
+    pub kind: &'a str,
+    pub package: Option<&'a str>,
+    pub dp: Option<&'a str>,
+    pub body: String,
+}
+
+/// Stores a message unless (source, seq) is already stored. Returns whether
+/// it was new.
+pub async fn insert_message(
+    tx: &mut Transaction<'static, Sqlite>,
+    message: &StoredMessage<'_>,
+    received_at_ms: i64,
+) -> Result<bool> {
+    let result = sqlx::query(
+        "INSERT OR IGNORE INTO status_messages
+         (source, seq, at_ms, received_at_ms, kind, package, dp, body)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(message.source)
+    .bind(message.seq)
+    .bind(message.at_ms)
+    .bind(received_at_ms)
+    .bind(message.kind)
+    .bind(message.package)
+    .bind(message.dp)
+    .bind(&message.body)
+    .execute(&mut **tx)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Status messages about a package, in arrival order: (source, at_ms, dp, body).
+pub async fn messages_of_package<'e, E>(
+    executor: E,
+    package: &str,
+) -> Result<Vec<(String, i64, Option<String>, String)>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let rows = sqlx::query(
+        "SELECT source, at_ms, dp, body FROM status_messages WHERE package = ? ORDER BY id",
+    )
+    .bind(package)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+        .collect())
+}

@@ -1,0 +1,244 @@
+//! The site server: one per site. It owns the site's database and content
+//! library, serves the HTTP API to administrators and distribution points,
+//! and keeps the distribution queue that tells every DP what to hold.
+//!
+//! Data flows down as assignments (which package version each DP must hold)
+//! that DPs pull with a long poll, and as chunks they fetch; status flows up
+//! as status messages the DPs post, from which every status view is derived.
+
+mod api;
+mod auth;
+mod content;
+pub mod db;
+mod distribution;
+mod error;
+mod status;
+
+pub use error::{Error, Result};
+
+use cascade_content::{ChunkStore, SigningKey};
+use cascade_domain::SiteCode;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Files and folders of a site's data directory.
+pub mod layout {
+    /// The SQLite database.
+    pub const DB: &str = "site.db";
+    /// The ed25519 signing key (hex, mode 0600).
+    pub const KEY: &str = "site.key";
+    /// The content library.
+    pub const CHUNKS: &str = "chunks";
+    /// The URL the running server listens on, written at start.
+    pub const URL: &str = "url";
+    /// The administrator token (mode 0600).
+    pub const ADMIN_TOKEN: &str = "admin.token";
+    /// The token DPs enroll with (mode 0600).
+    pub const JOIN_TOKEN: &str = "join.token";
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Shared state of the running server.
+#[derive(Clone)]
+pub struct AppState {
+    db: db::Db,
+    store: ChunkStore,
+    key: Arc<SigningKey>,
+    code: SiteCode,
+    kind: String,
+    /// Bumped whenever any DP's assignments change; long polls wait on it.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Set when the server is shutting down, to end long polls.
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AppState {
+    fn notify_assignments_changed(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+}
+
+/// What `cascade site init` created and must show once.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    /// The data directory.
+    pub dir: PathBuf,
+    /// The site code.
+    pub code: String,
+    /// The administrator token.
+    pub admin_token: String,
+    /// The DP join token.
+    pub join_token: String,
+    /// Hex of the signing key's public half.
+    pub public_key: String,
+}
+
+/// Creates a site's data directory: database, signing key, tokens.
+///
+/// Refuses a directory that already holds a site, so nothing stored is ever
+/// overwritten.
+pub async fn init(dir: &Path, code: &str) -> Result<InitReport> {
+    let code = SiteCode::new(code)?;
+    if dir.join(layout::DB).exists() || dir.join(layout::KEY).exists() {
+        return Err(Error::Conflict(format!(
+            "{} already holds a site; refusing to overwrite it",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    let key = cascade_content::generate_key();
+    cascade_content::write_key(&dir.join(layout::KEY), &key)?;
+    ChunkStore::open(&dir.join(layout::CHUNKS))?;
+    let db = db::Db::open(&dir.join(layout::DB), true, db::MIGRATIONS).await?;
+    let admin_token = auth::mint_token("cas_admin");
+    let join_token = auth::mint_token("cas_join");
+    let now = now_ms();
+    let mut tx = db.write().await?;
+    sqlx::query("INSERT INTO site (id, code, kind, created_at_ms) VALUES (1, ?, 'central', ?)")
+        .bind(code.as_str())
+        .bind(now)
+        .execute(&mut *tx.tx)
+        .await?;
+    for (token, role) in [(&admin_token, "admin"), (&join_token, "join")] {
+        sqlx::query("INSERT INTO credentials (token_hash, role, principal, created_at_ms) VALUES (?, ?, ?, ?)")
+            .bind(auth::token_hash(token))
+            .bind(role)
+            .bind(role)
+            .bind(now)
+            .execute(&mut *tx.tx)
+            .await?;
+    }
+    tx.commit().await?;
+    db.close().await;
+    write_secret(&dir.join(layout::ADMIN_TOKEN), &admin_token)?;
+    write_secret(&dir.join(layout::JOIN_TOKEN), &join_token)?;
+    Ok(InitReport {
+        dir: dir.to_owned(),
+        code: code.to_string(),
+        admin_token,
+        join_token,
+        public_key: cascade_content::public_key_hex(&key.verifying_key()),
+    })
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::io(format!("creating {}", path.display())))?;
+    file.write_all(format!("{text}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(Error::io(format!("writing {}", path.display())))
+}
+
+/// Writes `text` to `path` atomically (temp file, fsync, rename).
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    temp.write_all(text.as_bytes())?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|err| err.error)?;
+    Ok(())
+}
+
+/// A running site server's address.
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The URL clients use.
+    pub url: String,
+}
+
+/// Serves the site in `dir` on `listen` until `shutdown` resolves.
+///
+/// `on_ready` is called once the socket is bound and `DIR/url` written.
+pub async fn run(
+    dir: &Path,
+    listen: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Running),
+) -> Result<()> {
+    let db_path = dir.join(layout::DB);
+    if !db_path.exists() {
+        return Err(Error::invalid(
+            "not_a_site",
+            format!(
+                "{} holds no site: run `cascade site init` first",
+                dir.display()
+            ),
+        ));
+    }
+    let db = db::Db::open(&db_path, false, db::MIGRATIONS).await?;
+    let (code, kind): (String, String) = sqlx::query_as("SELECT code, kind FROM site WHERE id = 1")
+        .fetch_one(db.pool())
+        .await?;
+    let key = cascade_content::read_key(&dir.join(layout::KEY))?;
+    let store = ChunkStore::open(&dir.join(layout::CHUNKS))?;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let state = AppState {
+        db: db.clone(),
+        store,
+        key: Arc::new(key),
+        code: SiteCode::new(&code)?,
+        kind,
+        changes: Arc::new(tokio::sync::watch::channel(0).0),
+        shutdown: shutdown_rx,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(Error::io(format!("binding {listen}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(Error::io("reading the bound address"))?;
+    let url = url_for(addr);
+    write_atomically(&dir.join(layout::URL), &format!("{url}\n")).map_err(Error::io(format!(
+        "writing {}",
+        dir.join(layout::URL).display()
+    )))?;
+    on_ready(&Running {
+        addr,
+        url: url.clone(),
+    });
+    tracing::info!(site = %code, %url, "site server listening");
+    let app = api::router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = shutdown_tx.send(true);
+            tracing::info!("shutting down");
+        })
+        .await
+        .map_err(Error::io("serving HTTP"))?;
+    db.close().await;
+    Ok(())
+}
+
+/// The URL for a bound address; an unspecified address is reached on loopback.
+pub fn url_for(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        match addr {
+            SocketAddr::V4(_) => "127.0.0.1".to_owned(),
+            SocketAddr::V6(_) => "[::1]".to_owned(),
+        }
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    format!("http://{ip}:{}", addr.port())
+}

@@ -1,0 +1,212 @@
+//! Status messages: storing the site's own, ingesting those of DPs, and the
+//! views derived from them.
+//!
+//! **Architecture Invariant:** no status view is stored. `package_status`
+//! folds the stored messages every time it is asked.
+
+use crate::api::ApiJson;
+use crate::auth::Principal;
+use crate::db::{self, StoredMessage, WriteTx};
+use crate::error::{Error, Result};
+use crate::{now_ms, AppState};
+use axum::extract::{Path, State};
+use axum::Json;
+use cascade_domain::status::{DistributionFold, DistributionState, Timed};
+use cascade_protocol::*;
+use std::collections::BTreeMap;
+
+/// The source name of a DP of this site in status messages.
+pub fn dp_source(state: &AppState, dp: &str) -> String {
+    format!("{}/dp/{dp}", state.code)
+}
+
+/// Records a message whose source is this site, inside `tx`.
+pub async fn record_site_message(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    body: StatusBody,
+    dp: Option<&str>,
+) -> Result<()> {
+    let source = state.code.to_string();
+    let seq = db::next_seq(&mut tx.tx, &source).await?;
+    let at_ms = now_ms();
+    let package = body.package().to_owned();
+    let message = StatusMessage {
+        seq: seq as u64,
+        at_ms,
+        body,
+    };
+    let text = serde_json::to_string(&message).map_err(|err| Error::Internal(err.to_string()))?;
+    db::insert_message(
+        &mut tx.tx,
+        &StoredMessage {
+            source: &source,
+            seq,
+            at_ms,
+            kind: message.body.kind(),
+            package: Some(&package),
+            dp,
+            body: text,
+        },
+        at_ms,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Largest batch of status messages accepted in one call.
+const MAX_BATCH: usize = 10_000;
+
+/// `POST /api/v1/status`: a DP delivers its messages. Idempotent: a message
+/// already stored (same source and sequence number) is counted as a
+/// duplicate and changes nothing.
+pub async fn ingest(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(batch): ApiJson<StatusBatch>,
+) -> Result<Json<StatusAck>> {
+    let (dp_id, dp_name) = principal.require_dp()?;
+    if batch.messages.len() > MAX_BATCH {
+        return Err(Error::TooLarge(format!(
+            "{} status messages in one batch; at most {MAX_BATCH}",
+            batch.messages.len()
+        )));
+    }
+    for message in &batch.messages {
+        if !message.body.is_from_dp() {
+            return Err(Error::Forbidden(format!(
+                "dp {dp_name} may not report {} messages",
+                message.body.kind()
+            )));
+        }
+        if message.seq == 0 {
+            return Err(Error::invalid(
+                "malformed_request",
+                "status sequence numbers start at 1",
+            ));
+        }
+    }
+    let source = dp_source(&state, dp_name);
+    let received = now_ms();
+    let mut tx = state.db.write().await?;
+    let mut known_packages = BTreeMap::new();
+    let (mut stored, mut duplicates) = (0u64, 0u64);
+    let mut highest = 0i64;
+    for message in &batch.messages {
+        let package = message.body.package();
+        if !known_packages.contains_key(package) {
+            let exists = db::package_by_name(&mut *tx.tx, package).await?.is_some();
+            known_packages.insert(package.to_owned(), exists);
+        }
+        if !known_packages[package] {
+            return Err(Error::NotFound {
+                what: "package",
+                name: package.to_owned(),
+            });
+        }
+        let text =
+            serde_json::to_string(message).map_err(|err| Error::Internal(err.to_string()))?;
+        let new = db::insert_message(
+            &mut tx.tx,
+            &StoredMessage {
+                source: &source,
+                seq: message.seq as i64,
+                at_ms: message.at_ms,
+                kind: message.body.kind(),
+                package: Some(package),
+                dp: Some(dp_name),
+                body: text,
+            },
+            received,
+        )
+        .await?;
+        if new {
+            stored += 1;
+        } else {
+            duplicates += 1;
+        }
+        highest = highest.max(message.seq as i64);
+    }
+    let acked: i64 = sqlx::query_scalar(
+        "INSERT INTO status_sources (source, last_seq) VALUES (?, ?)
+         ON CONFLICT (source) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)
+         RETURNING last_seq",
+    )
+    .bind(&source)
+    .bind(highest)
+    .fetch_one(&mut *tx.tx)
+    .await?;
+    sqlx::query("UPDATE dps SET last_seen_ms = ? WHERE id = ?")
+        .bind(received)
+        .bind(dp_id)
+        .execute(&mut *tx.tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Json(StatusAck {
+        acked_seq: acked as u64,
+        stored,
+        duplicates,
+    }))
+}
+
+/// `GET /api/v1/packages/{name}/status`: per DP, folded from the messages.
+pub async fn package_status(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<PackageStatus>> {
+    principal.require_admin()?;
+    let pool = state.db.pool();
+    let package = db::require_package(pool, &name).await?;
+    let latest = db::latest_version(pool, package.id).await?.unwrap_or(0);
+    let mut folds: BTreeMap<String, DistributionFold> =
+        db::distributions_of_package(pool, package.id)
+            .await?
+            .into_iter()
+            .map(|row| (row.dp, DistributionFold::default()))
+            .collect();
+    for (_source, at_ms, dp, body) in db::messages_of_package(pool, &package.name).await? {
+        let Some(dp) = dp else { continue };
+        let message: StatusMessage = serde_json::from_str(&body).map_err(|err| {
+            Error::Internal(format!("stored status message does not parse: {err}"))
+        })?;
+        if let Some(event) = message.body.distribution_event() {
+            folds
+                .entry(dp)
+                .or_default()
+                .apply(&Timed { at: at_ms, event });
+        }
+    }
+    let dps = folds
+        .into_iter()
+        .map(|(dp, fold)| {
+            let view = fold.view();
+            let (bytes_done, bytes_total) = match view.state {
+                DistributionState::Transferring {
+                    bytes_done,
+                    bytes_needed,
+                } => (Some(bytes_done), Some(bytes_needed)),
+                _ => (None, None),
+            };
+            let reason = match &view.state {
+                DistributionState::Failed { reason } => Some(reason.clone()),
+                _ => None,
+            };
+            DpPackageStatus {
+                dp,
+                target_version: view.target.map(|v| v.get()),
+                installed_version: view.installed.map(|v| v.get()),
+                state: view.state.name().to_owned(),
+                bytes_done,
+                bytes_total,
+                reason,
+                since_ms: view.since,
+            }
+        })
+        .collect();
+    Ok(Json(PackageStatus {
+        package: package.name,
+        latest_version: latest as u64,
+        dps,
+    }))
+}

@@ -1,0 +1,184 @@
+//! Storage: the embedded database every Cascade process keeps (site server,
+//! DP, and later agents), its migrations, one-writer-at-a-time transactions,
+//! and the durable outbox through which status messages leave a process.
+//!
+//! SQLite through sqlx, in WAL mode with `synchronous = FULL`: a transaction
+//! that returned is on disk. sqlx also speaks PostgreSQL, which is where a
+//! large site's database will go.
+
+mod outbox;
+
+pub use outbox::{Outbox, OutboxEntry, OUTBOX_SCHEMA};
+pub use sqlx;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What can go wrong with the database.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database could not be opened.
+    #[error("opening database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database was written by a newer Cascade.
+    #[error("database {path} has schema version {found}, newer than this cascade knows ({known}); upgrade cascade")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
+    /// A migration failed.
+    #[error("migrating database {path} to schema version {version}: {source}")]
+    Migrate {
+        path: PathBuf,
+        version: usize,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A query failed.
+    #[error(transparent)]
+    Query(#[from] sqlx::Error),
+}
+
+/// Result with the storage [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A process's database.
+#[derive(Clone)]
+pub struct Db {
+    pool: SqlitePool,
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction, holding the writer lock until it ends.
+pub struct WriteTx<'a> {
+    /// The transaction.
+    pub tx: Transaction<'static, Sqlite>,
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl WriteTx<'_> {
+    /// Commits.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Db {
+    /// Opens (creating it when `create`) the database at `path` and applies
+    /// the `migrations` not yet applied. `PRAGMA user_version` records how
+    /// many have run; a released migration is never edited, only appended to.
+    pub async fn open(path: &Path, create: bool, migrations: &[&str]) -> Result<Db> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(create)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| Error::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let db = Db {
+            pool,
+            writer: Default::default(),
+        };
+        db.migrate(path, migrations).await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self, path: &Path, migrations: &[&str]) -> Result<()> {
+        let _guard = self.writer.lock().await;
+        let applied: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&self.pool)
+            .await?;
+        if applied as usize > migrations.len() {
+            return Err(Error::TooNew {
+                path: path.to_owned(),
+                found: applied,
+                known: migrations.len(),
+            });
+        }
+        for (index, sql) in migrations.iter().enumerate().skip(applied as usize) {
+            let version = index + 1;
+            let wrap = |source| Error::Migrate {
+                path: path.to_owned(),
+                version,
+                source,
+            };
+            let mut tx = self.pool.begin().await.map_err(wrap)?;
+            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(wrap)?;
+            sqlx::raw_sql(&format!("PRAGMA user_version = {version}"))
+                .execute(&mut *tx)
+                .await
+                .map_err(wrap)?;
+            tx.commit().await.map_err(wrap)?;
+        }
+        Ok(())
+    }
+
+    /// The pool, for reads.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Starts a write transaction; writers run one at a time, so no
+    /// transaction ever meets `SQLITE_BUSY`.
+    pub async fn write(&self) -> Result<WriteTx<'_>> {
+        let guard = self.writer.lock().await;
+        let tx = self.pool.begin().await?;
+        Ok(WriteTx { tx, _guard: guard })
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &[&str] = &[
+        "CREATE TABLE t (x INTEGER);",
+        "ALTER TABLE t ADD COLUMN y INTEGER;",
+    ];
+
+    #[tokio::test]
+    async fn migrations_apply_once_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.db");
+        let db = Db::open(&path, true, &SCHEMA[..1]).await.unwrap();
+        db.close().await;
+        let db = Db::open(&path, false, SCHEMA).await.unwrap();
+        sqlx::query("INSERT INTO t (x, y) VALUES (1, 2)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        db.close().await;
+        let err = Db::open(&path, false, &SCHEMA[..1]).await.err().unwrap();
+        assert!(matches!(err, Error::TooNew { found: 2, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_database_is_not_created_unless_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Db::open(&dir.path().join("nope.db"), false, SCHEMA)
+            .await
+            .is_err());
+    }
+}

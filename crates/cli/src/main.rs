@@ -184,6 +184,13 @@ enum PackageCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Every status message about a package: the history behind `status`.
+    History {
+        /// Package name.
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Per-DP status of a package, derived from status messages.
     Status {
         /// Package name.
@@ -351,6 +358,9 @@ async fn package(command: PackageCommand, out: Output) -> Result<std::process::E
                 .refresh(&name, &RefreshRequest { dps })
                 .await?;
             out.targets("refresh requested", &report);
+        }
+        PackageCommand::History { name, connection } => {
+            out.history(&connection.client()?.package_messages(&name).await?);
         }
         PackageCommand::Status {
             name,

@@ -237,6 +237,37 @@ impl Output {
         }
     }
 
+    pub fn history(&self, records: &[StatusRecord]) {
+        if self.json {
+            return print_json(&records);
+        }
+        let rows: Vec<Vec<String>> = records
+            .iter()
+            .map(|record| {
+                let detail = serde_json::to_value(&record.body)
+                    .ok()
+                    .and_then(|value| value.as_object().cloned())
+                    .map(|fields| {
+                        fields
+                            .iter()
+                            .filter(|(key, _)| !matches!(key.as_str(), "kind" | "package"))
+                            .map(|(key, value)| format!("{key}={value}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default();
+                vec![
+                    time(record.at_ms),
+                    record.source.clone(),
+                    record.seq.to_string(),
+                    record.body.kind().to_owned(),
+                    detail,
+                ]
+            })
+            .collect();
+        table(&["TIME", "SOURCE", "SEQ", "KIND", "DETAIL"], &rows);
+    }
+
     pub fn package_status(&self, status: &PackageStatus) {
         if self.json {
             return print_json(status);

@@ -156,10 +156,9 @@ async fn file(
         .map_err(|err| Error::BadRequest(err.to_string()))
 }
 
-/// Streams bytes [start, end) of a file from its chunks, verifying each. A
-/// chunk that fails verification is removed, the package is queued for
-/// repair, and the response is cut short so the client never receives bad
-/// bytes as good.
+/// Streams bytes [start, end) of a file from its chunks, verifying each. On
+/// a chunk that fails verification the package is queued for repair and the
+/// response is cut short, so the client never receives bad bytes as good.
 fn stream_range(dp: Dp, package: String, chunks: Vec<ChunkRef>, start: u64, end: u64) -> Body {
     let (sender, receiver) =
         tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(4);
@@ -180,9 +179,8 @@ fn stream_range(dp: Dp, package: String, chunks: Vec<ChunkRef>, start: u64, end:
                 Ok(data) => data,
                 Err(err) => {
                     tracing::error!(%package, chunk = %chunk.hash, error = %err, "chunk failed verification while serving; repairing");
-                    if matches!(err, cascade_content::Error::Corrupt { .. }) {
-                        let _ = dp.store.remove(&chunk.hash);
-                    }
+                    // The sync worker re-verifies the package, removes what
+                    // is corrupt, reports it and fetches it again.
                     dp.request_repair(&package);
                     let _ = sender.blocking_send(Err(std::io::Error::other(err.to_string())));
                     return;

@@ -182,6 +182,11 @@ impl Client {
         self.get(&format!("/packages/{name}/status")).await
     }
 
+    /// Every status message about a package, in arrival order.
+    pub async fn package_messages(&self, name: &str) -> Result<Vec<StatusRecord>> {
+        self.get(&format!("/packages/{name}/messages")).await
+    }
+
     /// Every DP of the site.
     pub async fn dps(&self) -> Result<Vec<DpInfo>> {
         self.get("/dps").await

@@ -451,6 +451,23 @@ impl StatusBody {
     }
 }
 
+/// One stored status message, as listed by
+/// `GET /api/v1/packages/{name}/messages`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusRecord {
+    /// Who reported it (`CEN`, `CEN/dp/dp1`).
+    pub source: String,
+    /// The source's sequence number.
+    pub seq: u64,
+    /// When the source recorded it.
+    pub at_ms: i64,
+    /// When this site stored it.
+    pub received_at_ms: i64,
+    /// What happened.
+    #[serde(flatten)]
+    pub body: StatusBody,
+}
+
 /// `POST /api/v1/status`: a batch of one source's messages, in order.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatusBatch {

@@ -41,6 +41,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/packages/{name}/status",
             get(status::package_status),
         )
+        .route(
+            "/api/v1/packages/{name}/messages",
+            get(status::package_messages),
+        )
         .route("/api/v1/dps", get(list_dps))
         .route("/api/v1/dps/enroll", post(enroll))
         .route("/api/v1/dp/hello", post(dp_hello))

@@ -210,3 +210,30 @@ pub async fn package_status(
         dps,
     }))
 }
+
+/// `GET /api/v1/packages/{name}/messages`: the raw history behind the views.
+pub async fn package_messages(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<StatusRecord>>> {
+    principal.require_admin()?;
+    let pool = state.db.pool();
+    let package = db::require_package(pool, &name).await?;
+    let mut out = Vec::new();
+    for (source, seq, at_ms, received_at_ms, body) in
+        db::records_of_package(pool, &package.name).await?
+    {
+        let message: StatusMessage = serde_json::from_str(&body).map_err(|err| {
+            Error::Internal(format!("stored status message does not parse: {err}"))
+        })?;
+        out.push(StatusRecord {
+            source,
+            seq: seq as u64,
+            at_ms,
+            received_at_ms,
+            body: message.body,
+        });
+    }
+    Ok(Json(out))
+}

@@ -1,0 +1,419 @@
+//! Starting real site and DP processes from `CARGO_BIN_EXE_cascade`, running
+//! CLI commands against them, and making test data.
+
+use rand::{RngCore, SeedableRng};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cascade");
+
+/// A child process killed when dropped.
+pub struct Process {
+    child: Option<Child>,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(args: &[&str], log: &Path) -> Process {
+        let mut process = Process {
+            child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            log: log.to_owned(),
+        };
+        process.start();
+        process
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(&self.args)
+            .env("CASCADE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start cascade");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a clean shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let status = child.wait().unwrap();
+            assert!(
+                status.success(),
+                "clean shutdown failed: {status}; log {}",
+                self.log.display()
+            );
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `path` holds a URL written after `since` (a restart rewrites it).
+fn wait_for_url(path: &Path, previous: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let text = text.trim().to_owned();
+            if !text.is_empty() && Some(text.as_str()) != previous {
+                return text;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running site server.
+pub struct Site {
+    pub dir: PathBuf,
+    pub url: String,
+    pub admin_token: String,
+    pub join_token: String,
+    pub process: Process,
+    root: PathBuf,
+}
+
+impl Site {
+    pub fn start(root: &Path) -> Site {
+        let dir = root.join("site");
+        let out = run_ok(
+            Command::new(BIN)
+                .args(["-o", "json", "site", "init"])
+                .arg(&dir)
+                .args(["--code", "CEN"]),
+        );
+        let init: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let process = Process::spawn(
+            &[
+                "site",
+                "run",
+                dir.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &root.join("site.log"),
+        );
+        let url = wait_for_url(&dir.join("url"), None);
+        Site {
+            url,
+            admin_token: init["admin_token"].as_str().unwrap().to_owned(),
+            join_token: init["join_token"].as_str().unwrap().to_owned(),
+            dir,
+            process,
+            root: root.to_owned(),
+        }
+    }
+
+    /// Starts the site again (after `process.stop()` or `kill()`) on the
+    /// same address, as a real site with a fixed port would come back.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        std::fs::remove_file(self.dir.join("url")).unwrap();
+        self.process = Process::spawn(
+            &["site", "run", self.dir.to_str().unwrap(), "--listen", &addr],
+            &self.root.join("site.log"),
+        );
+        self.url = wait_for_url(&self.dir.join("url"), None);
+    }
+
+    /// A `cascade` command with this site as server and the admin token.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .env("CASCADE_SERVER", &self.url)
+            .env("CASCADE_TOKEN", &self.admin_token)
+            .env_remove("CASCADE_LOG");
+        command
+    }
+
+    /// Runs a command that must succeed; returns its JSON output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["-o", "json"];
+        full.extend_from_slice(args);
+        let out = run_ok(&mut self.cmd(&full));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
+            panic!(
+                "{args:?} printed no JSON ({err}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Enrolls and starts a DP.
+    pub fn add_dp(&self, name: &str) -> Dp {
+        let dir = self.root.join(name);
+        run_ok(Command::new(BIN).args(["dp", "init"]).arg(&dir).args([
+            "--site",
+            &self.url,
+            "--join-token",
+            &self.join_token,
+            "--name",
+            name,
+        ]));
+        let process = Process::spawn(
+            &["dp", "run", dir.to_str().unwrap()],
+            &self.root.join(format!("{name}.log")),
+        );
+        let url = wait_for_url(&dir.join("url"), None);
+        Dp {
+            name: name.to_owned(),
+            dir,
+            url,
+            process,
+        }
+    }
+
+    /// The package's status, as JSON.
+    pub fn status(&self, package: &str) -> Value {
+        self.json(&["package", "status", package])
+    }
+
+    /// Waits until every listed DP reports `version` installed.
+    pub fn wait_installed(
+        &self,
+        package: &str,
+        dps: &[&Dp],
+        version: u64,
+        timeout: Duration,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status(package);
+            let done = dps.iter().all(|dp| {
+                status["dps"].as_array().unwrap().iter().any(|row| {
+                    row["dp"] == dp.name.as_str()
+                        && row["state"] == "installed"
+                        && row["installed_version"] == version
+                        && row["target_version"] == version
+                })
+            });
+            if done {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not installed in time: {status:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every status message about a package.
+    pub fn history(&self, package: &str) -> Vec<Value> {
+        self.json(&["package", "history", package])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+/// A running DP.
+pub struct Dp {
+    pub name: String,
+    pub dir: PathBuf,
+    pub url: String,
+    pub process: Process,
+}
+
+impl Dp {
+    pub fn restart(&mut self) {
+        self.process.kill();
+        let previous = self.url.clone();
+        std::fs::remove_file(self.dir.join("url")).unwrap();
+        self.process.start();
+        self.url = wait_for_url(&self.dir.join("url"), Some(&previous));
+    }
+
+    /// `GET /v1/info`.
+    pub fn info(&self) -> Value {
+        let body = http_get(&format!("{}/v1/info", self.url)).expect("dp info");
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    pub fn bytes_received(&self) -> u64 {
+        self.info()["counters"]["bytes_received"].as_u64().unwrap()
+    }
+
+    /// Downloads one file of a package from the DP.
+    pub fn file(&self, package: &str, path: &str) -> Result<Vec<u8>, String> {
+        http_get(&format!("{}/v1/packages/{package}/files/{path}", self.url))
+    }
+
+    /// Checks every file of `source` byte for byte against the DP's copy.
+    pub fn verify_against(&self, package: &str, source: &Path) {
+        for (path, expected) in files_of(source) {
+            let got = self
+                .file(package, &path)
+                .unwrap_or_else(|err| panic!("{} {path}: {err}", self.name));
+            assert!(
+                got == expected,
+                "{}: {path} differs from the source",
+                self.name
+            );
+        }
+    }
+}
+
+/// A blocking GET (a fresh runtime per call keeps tests synchronous).
+pub fn http_get(url: &str) -> Result<Vec<u8>, String> {
+    http(reqwest::Method::GET, url, None, None, &[])
+}
+
+/// Any request; returns the body of a 2xx, or "STATUS: body".
+pub fn http(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Vec<u8>>,
+    headers: &[(&str, &str)],
+) -> Result<Vec<u8>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut request = client.request(method, url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.map_err(|err| err.to_string())?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|err| format!("{status}: body cut short: {err}"))?;
+        if status.is_success() {
+            Ok(bytes.to_vec())
+        } else {
+            Err(format!(
+                "{}: {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&bytes)
+            ))
+        }
+    })
+}
+
+pub fn run_ok(command: &mut Command) -> Output {
+    let out = command.output().expect("run cascade");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Deterministic incompressible bytes.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut data = vec![0u8; len];
+    rng.fill_bytes(&mut data);
+    data
+}
+
+/// Writes a source tree: `small` text and binary files in subdirectories
+/// plus, if `big` > 0, one file `big.bin` of that many random bytes.
+pub fn make_tree(dir: &Path, small: usize, big: usize, seed: u64) {
+    for i in 0..small {
+        let sub = dir.join(format!("dir{}", i % 7));
+        std::fs::create_dir_all(&sub).unwrap();
+        let content = if i % 3 == 0 {
+            random_bytes(seed + i as u64, 1000 + i * 37)
+        } else {
+            format!("file {i} of seed {seed}\n")
+                .repeat(20 + i)
+                .into_bytes()
+        };
+        std::fs::write(sub.join(format!("file{i:03}.dat")), content).unwrap();
+    }
+    if big > 0 {
+        std::fs::write(dir.join("big.bin"), random_bytes(seed ^ 0xb16, big)).unwrap();
+    }
+}
+
+/// Every regular file under `root`, by relative path.
+pub fn files_of(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                let rel = entry
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                out.push((rel, std::fs::read(entry.path()).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The path of a chunk file on a DP's disk that belongs to `data`'s first chunk.
+pub fn chunk_path(dp_dir: &Path, data: &[u8]) -> PathBuf {
+    let first = cascade_content::chunks(data).next().unwrap().unwrap();
+    let hex = first.hash.to_hex();
+    dp_dir.join("chunks").join(&hex[..2]).join(&hex)
+}

@@ -1,0 +1,8 @@
+//! Scenario tests: real `cascade` processes (site server, DPs) on loopback,
+//! driven through the CLI and HTTP as an administrator would.
+
+mod harness;
+
+mod bad_input;
+mod distribution;
+mod repair;

@@ -98,6 +98,34 @@ fn bad_input_is_refused_clearly_and_damages_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already enrolled"));
 
+    // Initialising over an existing site or DP refuses and changes nothing.
+    for dir in [&site.dir, &dp.dir] {
+        let out = std::process::Command::new(BIN)
+            .args(["site", "init", dir.to_str().unwrap(), "--code", "XYZ"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    }
+    let err = site.fails(&[
+        "site",
+        "init",
+        root.path().join("new").to_str().unwrap(),
+        "--code",
+        "cen",
+    ]);
+    assert!(err.contains("invalid site code"), "{err}");
+    assert!(!root.path().join("new").exists());
+
+    // Unknown routes and methods.
+    let err = http(Method::GET, &format!("{api}/nothing"), admin, None, &[]).unwrap_err();
+    assert!(
+        err.starts_with("404") && err.contains("no_such_route"),
+        "{err}"
+    );
+    let err = http(Method::DELETE, &format!("{api}/packages"), admin, None, &[]).unwrap_err();
+    assert!(err.starts_with("405"), "{err}");
+
     // Unknown package and DP.
     let err = site.fails(&["package", "status", "nope"]);
     assert!(err.contains("unknown package \"nope\""), "{err}");

@@ -31,14 +31,13 @@ fn corrupted_chunk_is_detected_when_served_and_repaired() {
     let chunk = chunk_path(&dp.dir, &big);
     corrupt(&chunk);
 
-    // Serving detects it: the client never gets the bad bytes as good.
-    match dp.file("pkg", "big.bin") {
-        Ok(bytes) => assert!(
-            bytes != big || !chunk.exists(),
-            "corrupt content served as good"
-        ),
-        Err(_) => {}
-    }
+    // Serving detects it: the client never gets the bad bytes as good, but
+    // a 503 telling it to retry or use another DP.
+    let err = dp.file("pkg", "big.bin").unwrap_err();
+    assert!(
+        err.starts_with("503") && err.contains("being repaired"),
+        "{err}"
+    );
     // The DP repairs by itself.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

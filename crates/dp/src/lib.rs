@@ -75,9 +75,10 @@ pub fn now_ms() -> i64 {
 
 /// Enrolls a new DP with its site and creates its data directory.
 ///
-/// Refuses a directory that already holds a DP. The database is created
-/// before enrolling and the configuration written right after, so a failed
-/// enrollment leaves nothing behind that claims to be a DP.
+/// Refuses a directory that exists and is not empty. Everything is prepared
+/// in a hidden sibling directory and moved into place only after the site
+/// accepted the enrollment, so a failure leaves nothing behind that claims
+/// to be a DP.
 pub async fn init(
     dir: &Path,
     site_url: &str,
@@ -86,14 +87,10 @@ pub async fn init(
     listen: &str,
 ) -> Result<Config> {
     cascade_domain::DpName::new(name).map_err(|err| Error::Config(err.to_string()))?;
-    let config_path = dir.join(layout::CONFIG);
-    if config_path.exists() {
-        return Err(Error::Config(format!(
-            "{} already holds a DP; refusing to overwrite it",
-            dir.display()
-        )));
-    }
-    std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    let new_dir = cascade_store::NewDir::prepare(dir)
+        .map_err(|err| Error::Config(format!("cannot create dp directory: {err}")))?;
+    let target = dir;
+    let dir = new_dir.path();
     let db = Db::open(&dir.join(layout::DB), true, db::MIGRATIONS).await?;
     db.close().await;
     ChunkStore::open(&dir.join(layout::CHUNKS))?;
@@ -114,24 +111,17 @@ pub async fn init(
     };
     let text =
         serde_json::to_string_pretty(&config).map_err(|err| Error::Config(err.to_string()))?;
-    write_private(&config_path, &text)?;
+    write_private(&dir.join(layout::CONFIG), &text)?;
+    new_dir.commit().map_err(Error::io(format!(
+        "moving the new dp into {}",
+        target.display()
+    )))?;
     Ok(config)
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let context = format!("writing {}", path.display());
-    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(Error::io(context.clone()))?;
-    temp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| temp.write_all(text.as_bytes()))
-        .and_then(|()| temp.as_file().sync_all())
-        .map_err(Error::io(context.clone()))?;
-    temp.persist(path)
-        .map_err(|err| Error::io(context)(err.error))?;
-    Ok(())
+    cascade_store::write_atomically(path, text.as_bytes(), 0o600)
+        .map_err(Error::io(format!("writing {}", path.display())))
 }
 
 /// State shared by the DP's workers and its content server.
@@ -220,9 +210,9 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(Error::io("reading the bound address"))?;
-    let url = cascade_site_url_for(addr);
+    let url = cascade_protocol::url_for(addr);
     let url_path: PathBuf = dir.join(layout::URL);
-    std::fs::write(&url_path, format!("{url}\n"))
+    cascade_store::write_atomically(&url_path, format!("{url}\n").as_bytes(), 0o644)
         .map_err(Error::io(format!("writing {}", url_path.display())))?;
     on_ready(&Running {
         url: url.clone(),
@@ -253,17 +243,6 @@ pub async fn run(
     .await;
     db.close().await;
     result
-}
-
-fn cascade_site_url_for(addr: std::net::SocketAddr) -> String {
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else if addr.is_ipv6() {
-        format!("[{}]", addr.ip())
-    } else {
-        addr.ip().to_string()
-    };
-    format!("http://{host}:{}", addr.port())
 }
 
 /// Announces the DP's content URL to its site (retried by the sync loop).

@@ -138,6 +138,7 @@ async fn file(
         None => None,
     };
     let (start, end) = range.unwrap_or((0, size));
+    check_first_chunk(&dp, &name, chunks, start).await?;
     let body = stream_range(dp.clone(), name.clone(), chunks.clone(), start, end);
     let mut response = Response::builder()
         .header(header::ACCEPT_RANGES, "bytes")
@@ -154,6 +155,32 @@ async fn file(
     response
         .body(body)
         .map_err(|err| Error::BadRequest(err.to_string()))
+}
+
+/// Verifies the chunk holding byte `start` before any header is sent, so
+/// that a corrupt chunk found there is answered with a 503 (the client tries
+/// another DP) rather than with a body cut short.
+async fn check_first_chunk(dp: &Dp, package: &str, chunks: &[ChunkRef], start: u64) -> Result<()> {
+    let mut offset = 0u64;
+    let Some(first) = chunks.iter().find(|chunk| {
+        offset += chunk.size as u64;
+        offset > start
+    }) else {
+        return Ok(());
+    };
+    let hash = first.hash;
+    let store = dp.store.clone();
+    let checked = tokio::task::spawn_blocking(move || store.get(&hash).map(drop))
+        .await
+        .map_err(|err| Error::Unavailable(format!("verification task failed: {err}")))?;
+    if let Err(err) = checked {
+        tracing::error!(%package, chunk = %hash, error = %err, "chunk failed verification while serving; repairing");
+        dp.request_repair(package);
+        return Err(Error::Unavailable(format!(
+            "package {package} is being repaired on this dp ({err}); retry shortly or use another dp"
+        )));
+    }
+    Ok(())
 }
 
 /// Streams bytes [start, end) of a file from its chunks, verifying each. On

@@ -7,9 +7,10 @@ use crate::db::{self, Held};
 use crate::error::{Error, Result};
 use crate::{now_ms, Dp};
 use cascade_content::{ChunkHash, ChunkRef, Manifest, SignedManifest};
+use cascade_domain::Version;
 use cascade_protocol::{Assignment, StatusBody};
 use futures_util::StreamExt;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -32,6 +33,9 @@ pub async fn run(dp: Dp, url: String, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(250);
     let mut announced = false;
     let mut failing = false;
+    // The last failure reported per package, so that a failure repeating
+    // on every retry is reported once, not once per attempt.
+    let mut reported: HashMap<String, String> = HashMap::new();
     loop {
         if *stop.borrow() {
             return;
@@ -56,6 +60,9 @@ pub async fn run(dp: Dp, url: String, mut stop: watch::Receiver<bool>) {
                 assignments = answer.assignments;
             }
             Some(Err(err)) => {
+                // The site is unreachable: keep serving what is held, retry
+                // with a growing backoff, and apply nothing meanwhile (every
+                // transfer would fail the same way).
                 tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "site unreachable; still serving held content");
                 announced = false;
                 tokio::select! {
@@ -63,9 +70,7 @@ pub async fn run(dp: Dp, url: String, mut stop: watch::Receiver<bool>) {
                     _ = stop.changed() => return,
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
-                if assignments.is_empty() {
-                    continue;
-                }
+                continue;
             }
             None => {}
         }
@@ -74,23 +79,32 @@ pub async fn run(dp: Dp, url: String, mut stop: watch::Receiver<bool>) {
             if *stop.borrow() {
                 return;
             }
-            if let Err(err) = apply(&dp, assignment).await {
-                failing = true;
-                tracing::warn!(package = %assignment.package, version = assignment.version, error = %err, "assignment failed; will retry");
-                let _ = dp
-                    .emit(StatusBody::DpFailed {
-                        package: assignment.package.clone(),
-                        version: assignment.version,
-                        reason: err.to_string(),
-                    })
-                    .await;
+            match apply(&dp, assignment).await {
+                Ok(()) => {
+                    reported.remove(&assignment.package);
+                }
+                Err(err) => {
+                    failing = true;
+                    let reason = err.to_string();
+                    tracing::warn!(package = %assignment.package, version = assignment.version, error = %reason, "assignment failed; will retry");
+                    if reported.get(&assignment.package) != Some(&reason) {
+                        reported.insert(assignment.package.clone(), reason.clone());
+                        let _ = dp
+                            .emit(StatusBody::DpFailed {
+                                package: assignment.package.clone(),
+                                version: assignment.version,
+                                reason,
+                            })
+                            .await;
+                    }
+                }
             }
         }
-        if failing {
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff = if failing {
+            (backoff * 2).min(MAX_BACKOFF)
         } else {
-            backoff = Duration::from_millis(250);
-        }
+            Duration::from_millis(250)
+        };
     }
 }
 
@@ -103,16 +117,19 @@ async fn apply(dp: &Dp, assignment: &Assignment) -> Result<()> {
         .expect("repairs lock")
         .remove(&assignment.package);
     let (install, refresh) = match &held {
-        Some(held) if held.version > assignment.version => {
-            return Err(Error::Refused(format!(
-                "site asks for version {} of {} but this dp holds newer version {}; versions never go backwards",
-                assignment.version, assignment.package, held.version
-            )));
-        }
         Some(held) if held.version == assignment.version => {
             (false, assignment.refresh > held.refresh_done)
         }
-        _ => (true, false),
+        Some(held) => {
+            // A version never goes backwards, whatever the site asks.
+            let offered = Version::new(assignment.version).ok_or_else(|| {
+                Error::Refused(format!("site assigned version 0 of {}", assignment.package))
+            })?;
+            Version::check_newer(&assignment.package, Version::new(held.version), offered)
+                .map_err(|err| Error::Refused(format!("refusing the assignment: {err}")))?;
+            (true, false)
+        }
+        None => (true, false),
     };
     if !install && !refresh && !repair {
         return Ok(());

@@ -32,3 +32,16 @@ pub const MAX_HASHES_PER_REQUEST: usize = 4096;
 
 /// The header that carries a credential: `Authorization: Bearer <token>`.
 pub const AUTHORIZATION: &str = "authorization";
+
+/// The URL clients use to reach a bound address; an unspecified address
+/// (`0.0.0.0`, `[::]`) is reached on loopback.
+pub fn url_for(addr: std::net::SocketAddr) -> String {
+    let ip = addr.ip();
+    let host = match (ip.is_unspecified(), ip) {
+        (true, std::net::IpAddr::V4(_)) => "127.0.0.1".to_owned(),
+        (true, std::net::IpAddr::V6(_)) => "[::1]".to_owned(),
+        (false, std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        (false, std::net::IpAddr::V4(v4)) => v4.to_string(),
+    };
+    format!("http://{host}:{}", addr.port())
+}

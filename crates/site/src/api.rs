@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/dp/assignments", get(assignments))
         .route("/api/v1/status", post(status::ingest))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_CONTROL_BODY))
         .with_state(state)
 }
@@ -80,8 +81,12 @@ fn query_rejection(rejection: QueryRejection) -> Error {
     Error::invalid("malformed_request", rejection.body_text())
 }
 
-async fn not_found() -> Error {
-    Error::invalid("no_such_route", "no such API route")
+async fn not_found(uri: axum::http::Uri) -> Error {
+    Error::NoRoute(format!("no such API route: {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Error {
+    Error::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
 }
 
 async fn site_info(State(state): State<AppState>) -> Json<SiteInfo> {

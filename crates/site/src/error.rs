@@ -16,6 +16,12 @@ pub enum Error {
     /// A named thing that does not exist.
     #[error("unknown {what} {name:?}")]
     NotFound { what: &'static str, name: String },
+    /// No route has this path.
+    #[error("{0}")]
+    NoRoute(String),
+    /// The route exists but not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// The request conflicts with what is stored.
     #[error("{0}")]
     Conflict(String),
@@ -71,6 +77,8 @@ impl Error {
                     _ => "not_found",
                 },
             ),
+            Error::NoRoute(_) => (StatusCode::NOT_FOUND, "no_such_route"),
+            Error::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),

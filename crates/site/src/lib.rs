@@ -85,17 +85,14 @@ pub struct InitReport {
 
 /// Creates a site's data directory: database, signing key, tokens.
 ///
-/// Refuses a directory that already holds a site, so nothing stored is ever
-/// overwritten.
+/// Refuses a directory that exists and is not empty, so nothing stored is
+/// ever overwritten; a failure half-way leaves nothing behind.
 pub async fn init(dir: &Path, code: &str) -> Result<InitReport> {
     let code = SiteCode::new(code)?;
-    if dir.join(layout::DB).exists() || dir.join(layout::KEY).exists() {
-        return Err(Error::Conflict(format!(
-            "{} already holds a site; refusing to overwrite it",
-            dir.display()
-        )));
-    }
-    std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    let new_dir = cascade_store::NewDir::prepare(dir)
+        .map_err(|err| Error::Conflict(format!("cannot create site directory: {err}")))?;
+    let target = dir;
+    let dir = new_dir.path();
     let key = cascade_content::generate_key();
     cascade_content::write_key(&dir.join(layout::KEY), &key)?;
     ChunkStore::open(&dir.join(layout::CHUNKS))?;
@@ -122,8 +119,12 @@ pub async fn init(dir: &Path, code: &str) -> Result<InitReport> {
     db.close().await;
     write_secret(&dir.join(layout::ADMIN_TOKEN), &admin_token)?;
     write_secret(&dir.join(layout::JOIN_TOKEN), &join_token)?;
+    new_dir.commit().map_err(Error::io(format!(
+        "moving the new site into {}",
+        target.display()
+    )))?;
     Ok(InitReport {
-        dir: dir.to_owned(),
+        dir: target.to_owned(),
         code: code.to_string(),
         admin_token,
         join_token,
@@ -143,17 +144,6 @@ fn write_secret(path: &Path, text: &str) -> Result<()> {
     file.write_all(format!("{text}\n").as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(Error::io(format!("writing {}", path.display())))
-}
-
-/// Writes `text` to `path` atomically (temp file, fsync, rename).
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
-    temp.write_all(text.as_bytes())?;
-    temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|err| err.error)?;
-    Ok(())
 }
 
 /// A running site server's address.
@@ -205,8 +195,9 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(Error::io("reading the bound address"))?;
-    let url = url_for(addr);
-    write_atomically(&dir.join(layout::URL), &format!("{url}\n")).map_err(Error::io(format!(
+    let url = cascade_protocol::url_for(addr);
+    cascade_store::write_atomically(&dir.join(layout::URL), format!("{url}\n").as_bytes(), 0o644)
+        .map_err(Error::io(format!(
         "writing {}",
         dir.join(layout::URL).display()
     )))?;
@@ -226,19 +217,4 @@ pub async fn run(
         .map_err(Error::io("serving HTTP"))?;
     db.close().await;
     Ok(())
-}
-
-/// The URL for a bound address; an unspecified address is reached on loopback.
-pub fn url_for(addr: SocketAddr) -> String {
-    let ip = if addr.ip().is_unspecified() {
-        match addr {
-            SocketAddr::V4(_) => "127.0.0.1".to_owned(),
-            SocketAddr::V6(_) => "[::1]".to_owned(),
-        }
-    } else if addr.is_ipv6() {
-        format!("[{}]", addr.ip())
-    } else {
-        addr.ip().to_string()
-    };
-    format!("http://{ip}:{}", addr.port())
 }

@@ -89,21 +89,13 @@ pub async fn ingest(
     let source = dp_source(&state, dp_name);
     let received = now_ms();
     let mut tx = state.db.write().await?;
-    let mut known_packages = BTreeMap::new();
     let (mut stored, mut duplicates) = (0u64, 0u64);
     let mut highest = 0i64;
     for message in &batch.messages {
+        // A message about a package this site does not know is stored all
+        // the same: it is a fact the DP reported, and refusing it would block
+        // every later message of the DP behind it.
         let package = message.body.package();
-        if !known_packages.contains_key(package) {
-            let exists = db::package_by_name(&mut *tx.tx, package).await?.is_some();
-            known_packages.insert(package.to_owned(), exists);
-        }
-        if !known_packages[package] {
-            return Err(Error::NotFound {
-                what: "package",
-                name: package.to_owned(),
-            });
-        }
         let text =
             serde_json::to_string(message).map_err(|err| Error::Internal(err.to_string()))?;
         let new = db::insert_message(

@@ -17,6 +17,86 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Writes `bytes` to `path` so that a crash leaves either the old file or
+/// the new one, never a torn one: a temp file beside it, fsync, rename, fsync
+/// of the directory. `mode` is the new file's permission bits.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    temp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|err| err.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A data directory being created: everything is written into a hidden
+/// sibling first and renamed into place by [`NewDir::commit`], so a crash or
+/// error half-way leaves no directory that claims to be initialised.
+pub struct NewDir {
+    temp: tempfile::TempDir,
+    target: PathBuf,
+}
+
+impl NewDir {
+    /// Prepares to create `target`, which must not exist or be empty.
+    pub fn prepare(target: &Path) -> std::io::Result<NewDir> {
+        if let Ok(mut entries) = std::fs::read_dir(target) {
+            if entries.next().is_some() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} already exists and is not empty; refusing to overwrite it",
+                        target.display()
+                    ),
+                ));
+            }
+        }
+        let parent = target
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)?;
+        let temp = tempfile::Builder::new()
+            .prefix(".cascade-init-")
+            .tempdir_in(parent)?;
+        Ok(NewDir {
+            temp,
+            target: target.to_owned(),
+        })
+    }
+
+    /// Where to write the directory's contents until commit.
+    pub fn path(&self) -> &Path {
+        self.temp.path()
+    }
+
+    /// Moves the finished directory into place.
+    pub fn commit(self) -> std::io::Result<()> {
+        if self.target.exists() {
+            // Only an empty directory gets here (checked in `prepare`);
+            // rename cannot replace it on every platform, so remove it.
+            std::fs::remove_dir(&self.target)?;
+        }
+        let temp = self.temp.keep();
+        std::fs::rename(&temp, &self.target)?;
+        if let Some(parent) = self
+            .target
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+        {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
 /// What can go wrong with the database.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -172,6 +252,22 @@ mod tests {
         db.close().await;
         let err = Db::open(&path, false, &SCHEMA[..1]).await.err().unwrap();
         assert!(matches!(err, Error::TooNew { found: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_new_dir_appears_only_on_commit_and_never_over_content() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("data");
+        let new = NewDir::prepare(&target).unwrap();
+        std::fs::write(new.path().join("file"), b"x").unwrap();
+        assert!(!target.exists());
+        new.commit().unwrap();
+        assert_eq!(std::fs::read(target.join("file")).unwrap(), b"x");
+        assert!(NewDir::prepare(&target).is_err());
+        // Dropped without commit: nothing is left behind.
+        let other = root.path().join("other");
+        drop(NewDir::prepare(&other).unwrap());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
     }
 
     #[tokio::test]

@@ -308,28 +308,31 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+async fn ingest_version(
+    connection: &Connection,
+    name: &str,
+    source: &std::path::Path,
+    intent: VersionIntent,
+    out: Output,
+) -> Result<()> {
+    let client = connection.client()?;
+    let report = ingest::ingest(&client, name, source, intent, !out.json).await?;
+    out.ingested(&report);
+    Ok(())
+}
+
 async fn package(command: PackageCommand, out: Output) -> Result<std::process::ExitCode> {
     match command {
         PackageCommand::Create {
             name,
             source,
             connection,
-        } => {
-            let client = connection.client()?;
-            let report =
-                ingest::ingest(&client, &name, &source, VersionIntent::Create, !out.json).await?;
-            out.ingested(&report);
-        }
+        } => ingest_version(&connection, &name, &source, VersionIntent::Create, out).await?,
         PackageCommand::Update {
             name,
             source,
             connection,
-        } => {
-            let client = connection.client()?;
-            let report =
-                ingest::ingest(&client, &name, &source, VersionIntent::Update, !out.json).await?;
-            out.ingested(&report);
-        }
+        } => ingest_version(&connection, &name, &source, VersionIntent::Update, out).await?,
         PackageCommand::List { connection } => {
             out.packages(&connection.client()?.packages().await?);
         }

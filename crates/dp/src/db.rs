@@ -34,6 +34,18 @@ pub struct Held {
     pub refresh_done: u64,
 }
 
+impl Held {
+    /// The stored signed manifest (its signature is checked by the caller).
+    pub fn signed(&self) -> Result<cascade_content::SignedManifest> {
+        Ok(cascade_content::SignedManifest {
+            bytes: self.manifest.clone(),
+            signature: self.signature.clone().try_into().map_err(|_| {
+                crate::Error::Refused(format!("stored signature of {} is damaged", self.name))
+            })?,
+        })
+    }
+}
+
 pub async fn held(db: &Db, name: &str) -> Result<Option<Held>> {
     let row = sqlx::query(
         "SELECT name, version, manifest, signature, refresh_done FROM packages WHERE name = ?",

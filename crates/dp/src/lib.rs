@@ -19,7 +19,6 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Notify};
 
 /// Files and folders of a DP's data directory.
@@ -65,13 +64,7 @@ impl Config {
     }
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use cascade_store::now_ms;
 
 /// Enrolls a new DP with its site and creates its data directory.
 ///

@@ -56,14 +56,7 @@ async fn manifest(
     Path(name): Path<String>,
 ) -> Result<Json<SignedManifestWire>> {
     let held = held(&dp, &name).await?;
-    let signed = cascade_content::SignedManifest {
-        bytes: held.manifest.clone(),
-        signature: held
-            .signature
-            .clone()
-            .try_into()
-            .map_err(|_| Error::Refused(format!("stored signature of {name} is damaged")))?,
-    };
+    let signed = held.signed()?;
     Ok(Json(SignedManifestWire::from_signed(&signed)))
 }
 

@@ -6,7 +6,7 @@
 use crate::db::{self, Held};
 use crate::error::{Error, Result};
 use crate::{now_ms, Dp};
-use cascade_content::{ChunkHash, ChunkRef, Manifest, SignedManifest};
+use cascade_content::{ChunkHash, ChunkRef, Manifest};
 use cascade_domain::Version;
 use cascade_protocol::{Assignment, StatusBody};
 use futures_util::StreamExt;
@@ -150,23 +150,17 @@ async fn bring(
 ) -> Result<()> {
     let package = &assignment.package;
     let version = assignment.version;
-    let signed =
-        match (&held, install) {
-            (Some(held), false) => SignedManifest {
-                bytes: held.manifest.clone(),
-                signature: held.signature.clone().try_into().map_err(|_| {
-                    Error::Refused(format!("stored signature of {package} is damaged"))
-                })?,
-            },
-            _ => {
-                let wire = dp.client.manifest(package, version).await?;
-                wire.to_signed().ok_or_else(|| {
-                    Error::Refused(format!(
-                        "manifest of {package} v{version} has a malformed signature"
-                    ))
-                })?
-            }
-        };
+    let signed = match (&held, install) {
+        (Some(held), false) => held.signed()?,
+        _ => {
+            let wire = dp.client.manifest(package, version).await?;
+            wire.to_signed().ok_or_else(|| {
+                Error::Refused(format!(
+                    "manifest of {package} v{version} has a malformed signature"
+                ))
+            })?
+        }
+    };
     let manifest = signed.verify(&dp.site_key).map_err(|err| {
         Error::Refused(format!("manifest of {package} v{version} refused: {err}"))
     })?;
@@ -376,12 +370,5 @@ async fn fetch_batch(dp: &Dp, batch: Vec<ChunkHash>) -> Result<(u64, Vec<ChunkHa
 
 /// The manifest of a held package, verified again (it is read from disk).
 pub fn held_manifest(dp: &Dp, held: &Held) -> Result<Manifest> {
-    let signed =
-        SignedManifest {
-            bytes: held.manifest.clone(),
-            signature: held.signature.clone().try_into().map_err(|_| {
-                Error::Refused(format!("stored signature of {} is damaged", held.name))
-            })?,
-        };
-    Ok(signed.verify(&dp.site_key)?)
+    Ok(held.signed()?.verify(&dp.site_key)?)
 }

@@ -262,21 +262,15 @@ pub struct DistributionRow {
     pub refresh: i64,
 }
 
+/// The queue entries of one DP, by package name.
 pub async fn distributions_of_dp<'e, E>(executor: E, dp_id: i64) -> Result<Vec<DistributionRow>>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
-    let rows = sqlx::query(
-        "SELECT p.name, d.name, q.version, q.refresh FROM distributions q
-         JOIN packages p ON p.id = q.package_id JOIN dps d ON d.id = q.dp_id
-         WHERE q.dp_id = ? ORDER BY p.name",
-    )
-    .bind(dp_id)
-    .fetch_all(executor)
-    .await?;
-    Ok(rows.into_iter().map(distribution_from_row).collect())
+    distributions_where(executor, "q.dp_id = ? ORDER BY p.name", dp_id).await
 }
 
+/// The queue entries of one package, by DP name.
 pub async fn distributions_of_package<'e, E>(
     executor: E,
     package_id: i64,
@@ -284,12 +278,23 @@ pub async fn distributions_of_package<'e, E>(
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
-    let rows = sqlx::query(
+    distributions_where(executor, "q.package_id = ? ORDER BY d.name", package_id).await
+}
+
+async fn distributions_where<'e, E>(
+    executor: E,
+    condition: &str,
+    id: i64,
+) -> Result<Vec<DistributionRow>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let rows = sqlx::query(&format!(
         "SELECT p.name, d.name, q.version, q.refresh FROM distributions q
          JOIN packages p ON p.id = q.package_id JOIN dps d ON d.id = q.dp_id
-         WHERE q.package_id = ? ORDER BY d.name",
-    )
-    .bind(package_id)
+         WHERE {condition}"
+    ))
+    .bind(id)
     .fetch_all(executor)
     .await?;
     Ok(rows.into_iter().map(distribution_from_row).collect())

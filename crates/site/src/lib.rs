@@ -22,7 +22,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Files and folders of a site's data directory.
 pub mod layout {
@@ -40,13 +39,7 @@ pub mod layout {
     pub const JOIN_TOKEN: &str = "join.token";
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use cascade_store::now_ms;
 
 /// Shared state of the running server.
 #[derive(Clone)]

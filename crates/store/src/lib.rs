@@ -36,6 +36,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Milliseconds since the Unix epoch, now: the timestamps every Cascade
+/// process stores and sends.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// A data directory being created: everything is written into a hidden
 /// sibling first and renamed into place by [`NewDir::commit`], so a crash or
 /// error half-way leaves no directory that claims to be initialised.

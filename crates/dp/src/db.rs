@@ -56,6 +56,15 @@ pub async fn held(db: &Db, name: &str) -> Result<Option<Held>> {
     Ok(row.map(held_from_row))
 }
 
+/// Only the held version of a package (no manifest bytes).
+pub async fn held_version(db: &Db, name: &str) -> Result<Option<u64>> {
+    let version: Option<i64> = sqlx::query_scalar("SELECT version FROM packages WHERE name = ?")
+        .bind(name)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(version.map(|v| v as u64))
+}
+
 pub async fn all_held(db: &Db) -> Result<Vec<Held>> {
     let rows = sqlx::query(
         "SELECT name, version, manifest, signature, refresh_done FROM packages ORDER BY name",

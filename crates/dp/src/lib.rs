@@ -15,7 +15,7 @@ use cascade_content::{ChunkStore, VerifyingKey};
 use cascade_protocol::{Client, DpHello, EnrollRequest, StatusBody};
 use cascade_store::{Db, Outbox};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -117,6 +117,9 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .map_err(Error::io(format!("writing {}", path.display())))
 }
 
+/// Verified manifests by package name, with the version they belong to.
+type ManifestCache = HashMap<String, (u64, Arc<cascade_content::Manifest>)>;
+
 /// State shared by the DP's workers and its content server.
 #[derive(Clone)]
 pub(crate) struct Dp {
@@ -132,6 +135,9 @@ pub(crate) struct Dp {
     repairs: Arc<Mutex<BTreeSet<String>>>,
     /// Notified when a repair is wanted.
     repair_wake: Arc<Notify>,
+    /// Verified manifests of held versions, so that serving a file does not
+    /// re-read and re-verify the manifest on every request.
+    manifests: Arc<Mutex<ManifestCache>>,
 }
 
 impl Dp {
@@ -195,6 +201,7 @@ pub async fn run(
         status_wake: Arc::new(Notify::new()),
         repairs: Default::default(),
         repair_wake: Arc::new(Notify::new()),
+        manifests: Default::default(),
     };
     let listen = listen.unwrap_or(&config.listen);
     let listener = tokio::net::TcpListener::bind(listen)

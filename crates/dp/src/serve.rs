@@ -11,8 +11,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use cascade_content::{ChunkRef, EntryKind};
+use cascade_content::{ChunkRef, EntryKind, Manifest};
 use cascade_protocol::{DpCounters, DpHeldPackage, DpSelfInfo, SignedManifestWire};
+use std::sync::Arc;
 
 /// The content server's routes.
 pub fn router(dp: Dp) -> Router {
@@ -58,6 +59,30 @@ async fn manifest(
     let held = held(&dp, &name).await?;
     let signed = held.signed()?;
     Ok(Json(SignedManifestWire::from_signed(&signed)))
+}
+
+/// The verified manifest of the held version of `name`, from the cache when
+/// the held version has not changed since it was verified.
+async fn held_manifest_cached(dp: &Dp, name: &str) -> Result<(u64, Arc<Manifest>)> {
+    let version = db::held_version(&dp.db, name)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("this dp does not hold package {name:?}")))?;
+    if let Some((cached, manifest)) = dp.manifests.lock().expect("manifest cache").get(name) {
+        if *cached == version {
+            return Ok((version, manifest.clone()));
+        }
+    }
+    let held = held(dp, name).await?;
+    let verifier = dp.clone();
+    let manifest = tokio::task::spawn_blocking(move || held_manifest(&verifier, &held))
+        .await
+        .map_err(|err| Error::Unavailable(format!("verification task failed: {err}")))??;
+    let manifest = Arc::new(manifest);
+    dp.manifests
+        .lock()
+        .expect("manifest cache")
+        .insert(name.to_owned(), (manifest.version, manifest.clone()));
+    Ok((manifest.version, manifest))
 }
 
 /// Parses a single `bytes=` range against a file of `size` bytes; returns
@@ -107,13 +132,9 @@ async fn file(
     Path((name, path)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let held = held(&dp, &name).await?;
-    let manifest = held_manifest(&dp, &held)?;
+    let (version, manifest) = held_manifest_cached(&dp, &name).await?;
     let entry = manifest.file(&path).ok_or_else(|| {
-        Error::NotFound(format!(
-            "package {name} v{} has no file {path:?}",
-            held.version
-        ))
+        Error::NotFound(format!("package {name} v{version} has no file {path:?}",))
     })?;
     let EntryKind::File { size, chunks, .. } = &entry.kind else {
         return Err(Error::NotFound(format!(

@@ -145,7 +145,11 @@ pub async fn fetch(
 ) -> Result<Response> {
     principal.require_dp()?;
     check_list(&list)?;
-    if let Some(unknown) = list.hashes.iter().find(|hash| !state.store.contains(hash)) {
+    let store = state.store.clone();
+    let hashes = list.hashes.clone();
+    let unknown =
+        blocking(move || Ok(hashes.into_iter().find(|hash| !store.contains(hash)))).await?;
+    if let Some(unknown) = unknown {
         return Err(Error::invalid(
             "unknown_chunk",
             format!("chunk {unknown} is not in this site's library"),

@@ -198,17 +198,18 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
         );
     }
     if args.keep_running {
-        println!();
-        println!("everything keeps running; in another shell:");
-        println!("  export CASCADE_SERVER={site_url}");
-        println!("  export CASCADE_TOKEN={}", site.admin_token);
-        println!("  cascade package status sample");
-        println!("  cascade dp list");
-        println!(
+        // On stderr, so that `-o json` keeps stdout to one JSON document.
+        eprintln!();
+        eprintln!("everything keeps running; in another shell:");
+        eprintln!("  export CASCADE_SERVER={site_url}");
+        eprintln!("  export CASCADE_TOKEN={}", site.admin_token);
+        eprintln!("  cascade package status sample");
+        eprintln!("  cascade dp list");
+        eprintln!(
             "  cascade package update sample --source {}",
             sample.display()
         );
-        println!("logs: {}   stop with Ctrl-C", logs.display());
+        eprintln!("logs: {}   stop with Ctrl-C", logs.display());
         crate::shutdown_signal().await;
     }
     drop(children);

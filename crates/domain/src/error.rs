@@ -10,6 +10,13 @@ pub enum Error {
         value: String,
         reason: &'static str,
     },
+    /// A collection rule that does not parse.
+    #[error("invalid rule {rule:?} at character {position}: {reason}")]
+    InvalidRule {
+        rule: String,
+        position: usize,
+        reason: String,
+    },
     /// A version that would move a package backwards (or stand still).
     #[error("version {offered} of {package} is not newer than version {current}")]
     VersionNotNewer {

@@ -7,6 +7,7 @@
 
 mod error;
 mod names;
+pub mod rule;
 pub mod run;
 pub mod status;
 mod version;

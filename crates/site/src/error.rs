@@ -101,6 +101,9 @@ impl From<cascade_domain::Error> for Error {
             cascade_domain::Error::InvalidName { .. } => {
                 Error::invalid("invalid_name", err.to_string())
             }
+            cascade_domain::Error::InvalidRule { .. } => {
+                Error::invalid("invalid_rule", err.to_string())
+            }
             cascade_domain::Error::VersionNotNewer { .. } => Error::Conflict(err.to_string()),
         }
     }

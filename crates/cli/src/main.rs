@@ -62,6 +62,12 @@ enum Command {
     /// Packages: create, update, distribute, status.
     #[command(subcommand)]
     Package(PackageCommand),
+    /// Workstation agents: enroll, run, approve, list.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Collections of workstations, listed or by rule.
+    #[command(subcommand)]
+    Collection(CollectionCommand),
     /// Start a site and two DPs in a temporary directory, distribute a
     /// sample package and show the result.
     Quickstart(quickstart::QuickstartArgs),
@@ -77,6 +83,17 @@ enum SiteCommand {
         #[arg(long)]
         code: String,
     },
+    /// Show the site's settings, or change them.
+    Settings {
+        /// Hold new agents until `cascade agent approve` (true or false).
+        #[arg(long)]
+        require_approval: Option<bool>,
+        /// How often agents poll for policy (e.g. 60s, 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        agent_poll_interval: Option<std::time::Duration>,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Serve the site's API until SIGTERM or Ctrl-C.
     Run {
         /// The data directory.
@@ -85,6 +102,78 @@ enum SiteCommand {
         /// printed and written to DIR/url).
         #[arg(long, default_value = "127.0.0.1:7400")]
         listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Enroll this workstation with its site and create the agent's directory.
+    Init {
+        /// The agent's data directory.
+        dir: PathBuf,
+        /// URL of the site server.
+        #[arg(long)]
+        site: String,
+        /// The site's join token.
+        #[arg(long)]
+        join_token: String,
+        /// The workstation's name, unique in its site.
+        #[arg(long)]
+        name: String,
+        /// A tag collections can select on, key=value (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// Run the agent until SIGTERM or Ctrl-C.
+    Run {
+        /// The agent's data directory.
+        dir: PathBuf,
+    },
+    /// Approve an agent waiting for approval.
+    Approve {
+        /// The agent's name.
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List the site's agents with their attributes and reachability.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Subcommand)]
+enum CollectionCommand {
+    /// Create a collection from names or a rule over agent attributes.
+    Create {
+        /// Collection name.
+        name: String,
+        /// Workstations by name, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "rule",
+            conflicts_with = "rule"
+        )]
+        machines: Vec<String>,
+        /// A rule such as `tag.role = kiosk and os = linux`.
+        #[arg(long)]
+        rule: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List collections with their current members.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show one collection and its current members.
+    Show {
+        /// Collection name.
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
     },
 }
 
@@ -295,6 +384,80 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             init_logging("warn");
             let dps = connection.client()?.dps().await?;
             out.dps(&dps);
+        }
+        Command::Site(SiteCommand::Settings {
+            require_approval,
+            agent_poll_interval,
+            connection,
+        }) => {
+            init_logging("warn");
+            let client = connection.client()?;
+            let mut settings = client.settings().await?;
+            if require_approval.is_some() || agent_poll_interval.is_some() {
+                if let Some(require) = require_approval {
+                    settings.require_approval = require;
+                }
+                if let Some(interval) = agent_poll_interval {
+                    settings.agent_poll_interval_ms = interval.as_millis() as u64;
+                }
+                settings = client.put_settings(&settings).await?;
+            }
+            out.settings(&settings);
+        }
+        Command::Agent(AgentCommand::Init {
+            dir,
+            site,
+            join_token,
+            name,
+            tags,
+        }) => {
+            init_logging("warn");
+            let enrolled = cascade_agent::init(&dir, &site, &join_token, &name, &tags)
+                .await
+                .with_context(|| format!("enrolling agent {name} with {site}"))?;
+            out.agent_init(&dir, &enrolled);
+        }
+        Command::Agent(AgentCommand::Run { dir }) => {
+            init_logging("info");
+            cascade_agent::run(&dir, shutdown_signal())
+                .await
+                .with_context(|| format!("running the agent in {}", dir.display()))?;
+        }
+        Command::Agent(AgentCommand::Approve { name, connection }) => {
+            init_logging("warn");
+            let agent = connection.client()?.approve_agent(&name).await?;
+            out.agents(&[agent]);
+        }
+        Command::Agent(AgentCommand::List { connection }) => {
+            init_logging("warn");
+            out.agents(&connection.client()?.agents().await?);
+        }
+        Command::Collection(command) => {
+            init_logging("warn");
+            match command {
+                CollectionCommand::Create {
+                    name,
+                    machines,
+                    rule,
+                    connection,
+                } => {
+                    let info = connection
+                        .client()?
+                        .create_collection(&cascade_protocol::CollectionRequest {
+                            name,
+                            machines,
+                            rule,
+                        })
+                        .await?;
+                    out.collections(&[info]);
+                }
+                CollectionCommand::List { connection } => {
+                    out.collections(&connection.client()?.collections().await?);
+                }
+                CollectionCommand::Show { name, connection } => {
+                    out.collections(&[connection.client()?.collection(&name).await?]);
+                }
+            }
         }
         Command::Package(command) => {
             init_logging("warn");

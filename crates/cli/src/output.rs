@@ -117,6 +117,114 @@ impl Output {
         println!("next: cascade dp run {}", dir.display());
     }
 
+    pub fn settings(&self, settings: &SiteSettings) {
+        if self.json {
+            return print_json(settings);
+        }
+        println!("require approval:    {}", settings.require_approval);
+        println!(
+            "agent poll interval: {}",
+            humantime::format_duration(Duration::from_millis(settings.agent_poll_interval_ms))
+        );
+    }
+
+    pub fn agent_init(&self, dir: &Path, enrolled: &cascade_agent::Enrolled) {
+        let config = &enrolled.config;
+        if self.json {
+            print_json(&serde_json::json!({
+                "dir": dir,
+                "name": config.name,
+                "site": config.site_code,
+                "site_url": config.site_url,
+                "approved": enrolled.approved,
+            }));
+            return;
+        }
+        println!(
+            "enrolled agent {} with site {} ({}); credential stored in {}/agent.json",
+            config.name,
+            config.site_code,
+            config.site_url,
+            dir.display()
+        );
+        if !enrolled.approved {
+            println!(
+                "the site requires approval: cascade agent approve {}",
+                config.name
+            );
+        }
+        println!("next: cascade agent run {}", dir.display());
+    }
+
+    pub fn agents(&self, agents: &[AgentInfo]) {
+        if self.json {
+            return print_json(&agents);
+        }
+        let rows: Vec<Vec<String>> = agents
+            .iter()
+            .map(|agent| {
+                let tags: Vec<String> = agent
+                    .report
+                    .tags
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let reach = match agent.unreachable_since_ms {
+                    Some(since) => format!("unreachable since {}", time(since)),
+                    None => agent.reachability.clone(),
+                };
+                vec![
+                    agent.name.clone(),
+                    format!("{}/{}", agent.report.os, agent.report.arch),
+                    agent.report.hostname.clone(),
+                    tags.join(","),
+                    if agent.approved {
+                        "yes".into()
+                    } else {
+                        "waiting".into()
+                    },
+                    reach,
+                    agent.last_seen_ms.map_or("never".into(), time),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "AGENT",
+                "OS",
+                "HOSTNAME",
+                "TAGS",
+                "APPROVED",
+                "REACHABILITY",
+                "LAST SEEN",
+            ],
+            &rows,
+        );
+    }
+
+    pub fn collections(&self, collections: &[CollectionInfo]) {
+        if self.json {
+            return print_json(&collections);
+        }
+        let rows: Vec<Vec<String>> = collections
+            .iter()
+            .map(|collection| {
+                let definition = match (&collection.machines, &collection.rule) {
+                    (Some(machines), _) => format!("machines {}", machines.join(",")),
+                    (None, Some(rule)) => format!("rule {rule}"),
+                    (None, None) => "-".into(),
+                };
+                vec![
+                    collection.name.clone(),
+                    definition,
+                    collection.members.len().to_string(),
+                    collection.members.join(","),
+                ]
+            })
+            .collect();
+        table(&["COLLECTION", "DEFINITION", "COUNT", "MEMBERS"], &rows);
+    }
+
     pub fn dps(&self, dps: &[DpInfo]) {
         if self.json {
             return print_json(&dps);

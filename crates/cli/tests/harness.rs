@@ -250,6 +250,42 @@ impl Site {
     }
 }
 
+/// A running agent.
+pub struct Agent {
+    pub name: String,
+    pub dir: PathBuf,
+    pub process: Process,
+}
+
+impl Site {
+    /// Enrolls and starts an agent with `key=value` tags.
+    pub fn add_agent(&self, name: &str, tags: &[&str]) -> Agent {
+        let dir = self.root.join(format!("agent-{name}"));
+        let mut command = Command::new(BIN);
+        command.args(["agent", "init"]).arg(&dir).args([
+            "--site",
+            &self.url,
+            "--join-token",
+            &self.join_token,
+            "--name",
+            name,
+        ]);
+        for tag in tags {
+            command.args(["--tag", tag]);
+        }
+        run_ok(&mut command);
+        let process = Process::spawn(
+            &["agent", "run", dir.to_str().unwrap()],
+            &self.root.join(format!("agent-{name}.log")),
+        );
+        Agent {
+            name: name.to_owned(),
+            dir,
+            process,
+        }
+    }
+}
+
 /// A running DP.
 pub struct Dp {
     pub name: String,

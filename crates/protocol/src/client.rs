@@ -108,6 +108,14 @@ impl Client {
         Self::json(&url, response).await
     }
 
+    async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let url = self.url(path);
+        let response = self
+            .send(&url, self.request(reqwest::Method::PUT, &url).json(body))
+            .await?;
+        Self::json(&url, response).await
+    }
+
     /// Who the site is. Needs no credential.
     pub async fn site_info(&self) -> Result<SiteInfo> {
         self.get("/site").await
@@ -247,5 +255,61 @@ impl Client {
     /// Delivers a batch of status messages.
     pub async fn post_status(&self, batch: &StatusBatch) -> Result<StatusAck> {
         self.post("/status", batch).await
+    }
+
+    /// Enrolls an agent with the join token.
+    pub async fn enroll_agent(&self, request: &AgentEnrollRequest) -> Result<AgentEnrollResponse> {
+        self.post("/agents/enroll", request).await
+    }
+
+    /// An agent reports its current attributes.
+    pub async fn agent_hello(&self, report: &AgentReport) -> Result<()> {
+        let _: serde_json::Value = self.post("/agent/hello", report).await?;
+        Ok(())
+    }
+
+    /// Long poll for an agent's policy.
+    pub async fn agent_policy(&self, after: u64, wait: Duration) -> Result<AgentPolicy> {
+        self.get(&format!(
+            "/agent/policy?after={after}&wait_ms={}",
+            wait.as_millis()
+        ))
+        .await
+    }
+
+    /// Every agent of the site.
+    pub async fn agents(&self) -> Result<Vec<AgentInfo>> {
+        self.get("/agents").await
+    }
+
+    /// Approves an agent waiting for approval.
+    pub async fn approve_agent(&self, name: &str) -> Result<AgentInfo> {
+        self.post(&format!("/agents/{name}/approve"), &serde_json::json!({}))
+            .await
+    }
+
+    /// Creates a collection.
+    pub async fn create_collection(&self, request: &CollectionRequest) -> Result<CollectionInfo> {
+        self.post("/collections", request).await
+    }
+
+    /// Every collection with its members.
+    pub async fn collections(&self) -> Result<Vec<CollectionInfo>> {
+        self.get("/collections").await
+    }
+
+    /// One collection with its members.
+    pub async fn collection(&self, name: &str) -> Result<CollectionInfo> {
+        self.get(&format!("/collections/{name}")).await
+    }
+
+    /// The site's settings.
+    pub async fn settings(&self) -> Result<SiteSettings> {
+        self.get("/settings").await
+    }
+
+    /// Changes the site's settings.
+    pub async fn put_settings(&self, settings: &SiteSettings) -> Result<SiteSettings> {
+        self.put("/settings", settings).await
     }
 }

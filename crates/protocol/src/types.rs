@@ -521,3 +521,115 @@ pub struct DpCounters {
     /// Stored chunks found corrupt and repaired.
     pub chunks_repaired: u64,
 }
+
+/// What an agent reports about its workstation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentReport {
+    /// Operating system (`linux`, `windows`, `macos`).
+    pub os: String,
+    /// CPU architecture (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// Host name.
+    pub hostname: String,
+    /// Administrator-given tags (`--tag key=value`).
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /api/v1/agents/enroll`: a new agent presents the join token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentEnrollRequest {
+    /// The workstation's name, unique in the site.
+    pub name: String,
+    /// The site's join token.
+    pub join_token: String,
+    /// The workstation's attributes.
+    pub report: AgentReport,
+}
+
+/// The site's answer to an agent's enrollment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentEnrollResponse {
+    /// The agent's own credential, shown once.
+    pub credential: String,
+    /// False while the site requires approval and nobody approved it yet.
+    pub approved: bool,
+    /// The site.
+    pub site: SiteInfo,
+}
+
+/// `GET /api/v1/agents`: one line per agent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Name.
+    pub name: String,
+    /// Its attributes, as last reported.
+    pub report: AgentReport,
+    /// Whether it may receive policy.
+    pub approved: bool,
+    /// When it enrolled.
+    pub enrolled_at_ms: i64,
+    /// When it last polled.
+    pub last_seen_ms: Option<i64>,
+    /// `reachable`, `unreachable` (silent for several poll intervals) or `never`.
+    pub reachability: String,
+    /// Since when it is silent, when unreachable.
+    pub unreachable_since_ms: Option<i64>,
+}
+
+/// `GET /api/v1/agent/policy?after=R&wait_ms=W`: what an agent must do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentPolicy {
+    /// Changes whenever the policy changes; pass it back as `after`.
+    pub revision: u64,
+    /// Whether the agent is approved; an unapproved agent gets nothing else.
+    pub approved: bool,
+    /// How often to poll, in milliseconds (the agent adds jitter).
+    pub poll_interval_ms: u64,
+}
+
+/// Query of the policy long poll.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PolicyQuery {
+    /// The revision the agent already has.
+    #[serde(default)]
+    pub after: u64,
+    /// How long to wait for a change, at most 60 s.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// `POST /api/v1/collections`: a named set of workstations, listed or by rule.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CollectionRequest {
+    /// Name.
+    pub name: String,
+    /// Workstations by name (exclusive with `rule`).
+    #[serde(default)]
+    pub machines: Vec<String>,
+    /// A rule over agent attributes (exclusive with `machines`).
+    #[serde(default)]
+    pub rule: Option<String>,
+}
+
+/// A collection with its current members.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CollectionInfo {
+    /// Name.
+    pub name: String,
+    /// Listed workstations, for a listed collection.
+    pub machines: Option<Vec<String>>,
+    /// The rule, for a rule collection.
+    pub rule: Option<String>,
+    /// Enrolled agents that belong now.
+    pub members: Vec<String>,
+}
+
+/// `GET`/`PUT /api/v1/settings`: site settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SiteSettings {
+    /// New agents wait for `cascade agent approve` before receiving policy.
+    pub require_approval: bool,
+    /// How often agents poll, in milliseconds.
+    pub agent_poll_interval_ms: u64,
+}

@@ -2,7 +2,7 @@
 
 use crate::auth::{self, Principal};
 use crate::error::{Error, Result};
-use crate::{content, db, distribution, now_ms, status, AppState};
+use crate::{agents, content, db, distribution, now_ms, status, AppState};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -50,6 +50,20 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/dp/hello", post(dp_hello))
         .route("/api/v1/dp/assignments", get(assignments))
         .route("/api/v1/status", post(status::ingest))
+        .route(
+            "/api/v1/settings",
+            get(agents::get_settings).put(agents::put_settings),
+        )
+        .route("/api/v1/agents", get(agents::list))
+        .route("/api/v1/agents/enroll", post(agents::enroll))
+        .route("/api/v1/agents/{name}/approve", post(agents::approve))
+        .route("/api/v1/agent/hello", post(agents::hello))
+        .route("/api/v1/agent/policy", get(agents::policy))
+        .route(
+            "/api/v1/collections",
+            get(agents::list_collections).post(agents::create_collection),
+        )
+        .route("/api/v1/collections/{name}", get(agents::show_collection))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_CONTROL_BODY))

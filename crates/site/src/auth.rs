@@ -15,6 +15,8 @@ pub enum Principal {
     Admin,
     /// A distribution point, by its database id and name.
     Dp { id: i64, name: String },
+    /// A workstation's agent, by its database id and name.
+    Agent { id: i64, name: String },
 }
 
 impl Principal {
@@ -25,6 +27,9 @@ impl Principal {
             Principal::Dp { name, .. } => Err(Error::Forbidden(format!(
                 "dp {name} may not call administrator routes"
             ))),
+            Principal::Agent { name, .. } => Err(Error::Forbidden(format!(
+                "agent {name} may not call administrator routes"
+            ))),
         }
     }
 
@@ -32,9 +37,29 @@ impl Principal {
     pub fn require_dp(&self) -> Result<(i64, &str)> {
         match self {
             Principal::Dp { id, name } => Ok((*id, name)),
-            Principal::Admin => Err(Error::Forbidden(
-                "this route is for distribution points; the admin token may not call it".into(),
-            )),
+            other => Err(Error::Forbidden(format!(
+                "this route is for distribution points; {} may not call it",
+                other.describe()
+            ))),
+        }
+    }
+
+    /// Refuses anyone but an agent; returns its id and name.
+    pub fn require_agent(&self) -> Result<(i64, &str)> {
+        match self {
+            Principal::Agent { id, name } => Ok((*id, name)),
+            other => Err(Error::Forbidden(format!(
+                "this route is for agents; {} may not call it",
+                other.describe()
+            ))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Principal::Admin => "the admin token".to_owned(),
+            Principal::Dp { name, .. } => format!("dp {name}"),
+            Principal::Agent { name, .. } => format!("agent {name}"),
         }
     }
 }
@@ -90,6 +115,16 @@ impl FromRequestParts<AppState> for Principal {
                         Error::Unauthorized(format!("dp {name} is no longer enrolled"))
                     })?;
                 Ok(Principal::Dp { id: dp.id, name })
+            }
+            Some((role, name)) if role == "agent" => {
+                let id: i64 = sqlx::query_scalar("SELECT id FROM agents WHERE name = ?")
+                    .bind(&name)
+                    .fetch_optional(state.db.pool())
+                    .await?
+                    .ok_or_else(|| {
+                        Error::Unauthorized(format!("agent {name} is no longer enrolled"))
+                    })?;
+                Ok(Principal::Agent { id, name })
             }
             Some((role, _)) => Err(Error::Unauthorized(format!(
                 "a {role} token is not a credential for this API"

@@ -8,7 +8,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run. Never edit a released migration: add one.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE site (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     code TEXT NOT NULL,
@@ -78,7 +79,45 @@ CREATE TABLE status_sources (
     source TEXT PRIMARY KEY,
     last_seq INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Agents: one per managed workstation.
+CREATE TABLE credentials_v2 (
+    token_hash BLOB PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('admin', 'join', 'dp', 'agent')),
+    principal TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+INSERT INTO credentials_v2 SELECT token_hash, role, principal, created_at_ms FROM credentials;
+DROP TABLE credentials;
+ALTER TABLE credentials_v2 RENAME TO credentials;
+CREATE TABLE agents (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    os TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    approved INTEGER NOT NULL,
+    enrolled_at_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER,
+    revision INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+-- A collection is either a list of workstation names or a rule.
+CREATE TABLE collections (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    machines TEXT,
+    rule TEXT,
+    created_at_ms INTEGER NOT NULL,
+    CHECK ((machines IS NULL) <> (rule IS NULL))
+);
+"#,
+];
 
 /// A stored package.
 #[derive(Clone, Debug)]

@@ -74,6 +74,8 @@ impl Error {
                     "package" => "unknown_package",
                     "dp" => "unknown_dp",
                     "version" => "unknown_version",
+                    "agent" => "unknown_agent",
+                    "collection" => "unknown_collection",
                     _ => "not_found",
                 },
             ),

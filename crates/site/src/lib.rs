@@ -6,6 +6,7 @@
 //! that DPs pull with a long poll, and as chunks they fetch; status flows up
 //! as status messages the DPs post, from which every status view is derived.
 
+mod agents;
 mod api;
 mod auth;
 mod content;
@@ -51,6 +52,8 @@ pub struct AppState {
     kind: String,
     /// Bumped whenever any DP's assignments change; long polls wait on it.
     changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Bumped whenever any agent's policy changes; policy polls wait on it.
+    agent_changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Set when the server is shutting down, to end long polls.
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -58,6 +61,11 @@ pub struct AppState {
 impl AppState {
     fn notify_assignments_changed(&self) {
         self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    fn notify_agents_changed(&self) {
+        self.agent_changes
+            .send_modify(|generation| *generation += 1);
     }
 }
 
@@ -180,6 +188,7 @@ pub async fn run(
         code: SiteCode::new(&code)?,
         kind,
         changes: Arc::new(tokio::sync::watch::channel(0).0),
+        agent_changes: Arc::new(tokio::sync::watch::channel(0).0),
         shutdown: shutdown_rx,
     };
     let listener = tokio::net::TcpListener::bind(listen)

@@ -1,0 +1,245 @@
+//! The agent that runs on every managed workstation. It enrolls with its
+//! site once (its own credential; the site may hold it for approval),
+//! reports the workstation's attributes, and keeps a long poll open for its
+//! policy, reconnecting at the site's poll interval with jitter so that a
+//! fleet of agents does not poll in step.
+//!
+//! The run phase (jobs: download from a DP, verify, run, report) builds on
+//! this loop.
+
+use cascade_protocol::{AgentEnrollRequest, AgentReport, Client};
+use cascade_store::{Db, NewDir, OUTBOX_SCHEMA};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+/// Files of an agent's data directory.
+pub mod layout {
+    /// Configuration and credential (mode 0600).
+    pub const CONFIG: &str = "agent.json";
+    /// The agent's durable store.
+    pub const DB: &str = "agent.db";
+}
+
+/// Schema of the agent's store.
+const MIGRATIONS: &[&str] = &[
+    OUTBOX_SCHEMA,
+    "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+];
+
+/// Everything an agent can fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Talking to the site failed.
+    #[error(transparent)]
+    Site(#[from] cascade_protocol::Error),
+    /// The agent's store failed.
+    #[error("agent store: {0}")]
+    Db(#[from] cascade_store::Error),
+    /// The agent is not set up as asked.
+    #[error("{0}")]
+    Config(String),
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result with the agent [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+/// What `cascade agent init` stores.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Config {
+    /// The workstation's name.
+    pub name: String,
+    /// The site server's URL.
+    pub site_url: String,
+    /// The site's code.
+    pub site_code: String,
+    /// The agent's own credential.
+    pub credential: String,
+    /// Hex of the key every manifest must be signed with.
+    pub site_public_key: String,
+    /// Administrator-given tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Reads `DIR/agent.json`.
+    pub fn load(dir: &Path) -> Result<Config> {
+        let path = dir.join(layout::CONFIG);
+        let text = std::fs::read_to_string(&path).map_err(|err| {
+            Error::Config(format!(
+                "reading {}: {err} (is this an agent directory? run `cascade agent init` first)",
+                path.display()
+            ))
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|err| Error::Config(format!("{} is damaged: {err}", path.display())))
+    }
+}
+
+/// Parses `key=value` tags.
+pub fn parse_tags(tags: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for tag in tags {
+        let (key, value) = tag
+            .split_once('=')
+            .ok_or_else(|| Error::Config(format!("tag {tag:?} is not key=value")))?;
+        cascade_domain::validate_name("tag key", key)
+            .map_err(|err| Error::Config(err.to_string()))?;
+        if out.insert(key.to_owned(), value.to_owned()).is_some() {
+            return Err(Error::Config(format!("tag {key} given twice")));
+        }
+    }
+    Ok(out)
+}
+
+/// The workstation's attributes as reported to the site.
+pub fn report(tags: &BTreeMap<String, String>) -> AgentReport {
+    AgentReport {
+        os: std::env::consts::OS.to_owned(),
+        arch: std::env::consts::ARCH.to_owned(),
+        hostname: hostname(),
+        tags: tags.clone(),
+    }
+}
+
+fn hostname() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer.
+    let ok = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0;
+    let end = buffer.iter().position(|b| *b == 0).unwrap_or(buffer.len());
+    if ok {
+        String::from_utf8_lossy(&buffer[..end]).into_owned()
+    } else {
+        "unknown".to_owned()
+    }
+}
+
+/// What `init` did.
+pub struct Enrolled {
+    /// The configuration written.
+    pub config: Config,
+    /// False while the site waits for `cascade agent approve`.
+    pub approved: bool,
+}
+
+/// Enrolls a new agent and creates its data directory (which must not exist
+/// or be empty; nothing is left behind on failure).
+pub async fn init(
+    dir: &Path,
+    site_url: &str,
+    join_token: &str,
+    name: &str,
+    tags: &[String],
+) -> Result<Enrolled> {
+    cascade_domain::validate_name("agent name", name)
+        .map_err(|err| Error::Config(err.to_string()))?;
+    let tags = parse_tags(tags)?;
+    let new_dir = NewDir::prepare(dir)
+        .map_err(|err| Error::Config(format!("cannot create agent directory: {err}")))?;
+    let db = Db::open(&new_dir.path().join(layout::DB), true, MIGRATIONS).await?;
+    db.close().await;
+    let client = Client::new(site_url, None)?;
+    let enrolled = client
+        .enroll_agent(&AgentEnrollRequest {
+            name: name.to_owned(),
+            join_token: join_token.trim().to_owned(),
+            report: report(&tags),
+        })
+        .await?;
+    let config = Config {
+        name: name.to_owned(),
+        site_url: client.base().to_owned(),
+        site_code: enrolled.site.code,
+        credential: enrolled.credential,
+        site_public_key: enrolled.site.public_key,
+        tags,
+    };
+    let text =
+        serde_json::to_string_pretty(&config).map_err(|err| Error::Config(err.to_string()))?;
+    let config_path = new_dir.path().join(layout::CONFIG);
+    cascade_store::write_atomically(&config_path, text.as_bytes(), 0o600)
+        .map_err(io("writing agent.json"))?;
+    new_dir
+        .commit()
+        .map_err(io(format!("moving the new agent into {}", dir.display())))?;
+    Ok(Enrolled {
+        config,
+        approved: enrolled.approved,
+    })
+}
+
+/// Longest wait between attempts while the site is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Runs the agent in `dir` until `shutdown` resolves.
+pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    let config = Config::load(dir)?;
+    let db = Db::open(&dir.join(layout::DB), false, MIGRATIONS).await?;
+    let client = Client::new(&config.site_url, Some(&config.credential))?;
+    tracing::info!(agent = %config.name, site = %config.site_url, "agent running");
+    tokio::pin!(shutdown);
+    let mut revision = 0u64;
+    let mut interval = Duration::from_secs(60);
+    let mut backoff = Duration::from_millis(500);
+    let mut announced = false;
+    let mut approved: Option<bool> = None;
+    loop {
+        if !announced {
+            match client.agent_hello(&report(&config.tags)).await {
+                Ok(()) => announced = true,
+                Err(err) => tracing::warn!(error = %err, "cannot report to the site yet"),
+            }
+        }
+        // Hold the poll open for about one interval, with ±10% jitter.
+        let jitter = rand::random::<f64>() * 0.2 - 0.1;
+        let wait = interval.mul_f64(1.0 + jitter);
+        let polled = tokio::select! {
+            polled = client.agent_policy(revision, wait) => polled,
+            _ = &mut shutdown => break,
+        };
+        match polled {
+            Ok(policy) => {
+                backoff = Duration::from_millis(500);
+                revision = policy.revision;
+                interval = Duration::from_millis(policy.poll_interval_ms.max(1000));
+                if approved != Some(policy.approved) {
+                    approved = Some(policy.approved);
+                    if policy.approved {
+                        tracing::info!("approved by the site");
+                    } else {
+                        tracing::info!(
+                            "waiting for approval: `cascade agent approve {}`",
+                            config.name
+                        );
+                    }
+                }
+            }
+            Err(err) => {
+                announced = false;
+                let delay = backoff.mul_f64(1.0 + rand::random::<f64>() * 0.5);
+                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "site unreachable");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = &mut shutdown => break,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    db.close().await;
+    Ok(())
+}

@@ -1,0 +1,523 @@
+//! Agents and collections: enrollment (with optional approval), the policy
+//! long poll agents keep open, site settings, and collections whose
+//! membership follows agents as they enroll or change.
+
+use crate::api::ApiJson;
+use crate::auth::{self, Principal};
+use crate::db::WriteTx;
+use crate::error::{Error, Result};
+use crate::{now_ms, AppState};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use cascade_domain::rule::{AgentAttributes, Rule};
+use cascade_domain::run::{reachability, Reachability};
+use cascade_domain::validate_name;
+use cascade_protocol::*;
+use sqlx::Row;
+use std::time::Duration;
+
+/// Poll interval agents are told unless the administrator set another.
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 60_000;
+/// Most tags an agent may report, and their sizes.
+const MAX_TAGS: usize = 64;
+const MAX_ATTRIBUTE_LEN: usize = 256;
+
+/// Reads the site settings.
+pub async fn read_settings<'e, E>(executor: E) -> Result<SiteSettings>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT key, value FROM settings")
+        .fetch_all(executor)
+        .await?;
+    let mut settings = SiteSettings {
+        require_approval: false,
+        agent_poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
+    };
+    for (key, value) in rows {
+        match key.as_str() {
+            "require_approval" => settings.require_approval = value == "true",
+            "agent_poll_interval_ms" => {
+                settings.agent_poll_interval_ms = value.parse().unwrap_or(DEFAULT_POLL_INTERVAL_MS)
+            }
+            _ => {}
+        }
+    }
+    Ok(settings)
+}
+
+/// `GET /api/v1/settings`.
+pub async fn get_settings(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<SiteSettings>> {
+    principal.require_admin()?;
+    Ok(Json(read_settings(state.db.pool()).await?))
+}
+
+/// `PUT /api/v1/settings`.
+pub async fn put_settings(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(settings): ApiJson<SiteSettings>,
+) -> Result<Json<SiteSettings>> {
+    principal.require_admin()?;
+    if !(1_000..=86_400_000).contains(&settings.agent_poll_interval_ms) {
+        return Err(Error::invalid(
+            "invalid_setting",
+            format!(
+                "agent poll interval {} ms is outside 1 s to 24 h",
+                settings.agent_poll_interval_ms
+            ),
+        ));
+    }
+    let mut tx = state.db.write().await?;
+    for (key, value) in [
+        ("require_approval", settings.require_approval.to_string()),
+        (
+            "agent_poll_interval_ms",
+            settings.agent_poll_interval_ms.to_string(),
+        ),
+    ] {
+        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx.tx)
+            .await?;
+    }
+    // Every agent's policy carries the poll interval.
+    sqlx::query("UPDATE agents SET revision = revision + 1")
+        .execute(&mut *tx.tx)
+        .await?;
+    tx.commit().await?;
+    state.notify_agents_changed();
+    Ok(Json(settings))
+}
+
+fn check_report(report: &AgentReport) -> Result<()> {
+    let too_long = |what: &str, value: &str| {
+        (value.len() > MAX_ATTRIBUTE_LEN).then(|| {
+            Error::invalid(
+                "invalid_attributes",
+                format!("{what} is longer than {MAX_ATTRIBUTE_LEN} bytes"),
+            )
+        })
+    };
+    for (what, value) in [
+        ("os", &report.os),
+        ("arch", &report.arch),
+        ("hostname", &report.hostname),
+    ] {
+        if let Some(err) = too_long(what, value) {
+            return Err(err);
+        }
+    }
+    if report.tags.len() > MAX_TAGS {
+        return Err(Error::invalid(
+            "invalid_attributes",
+            format!("{} tags; at most {MAX_TAGS}", report.tags.len()),
+        ));
+    }
+    for (key, value) in &report.tags {
+        validate_name("tag key", key)?;
+        if let Some(err) = too_long("tag value", value) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+fn tags_json(report: &AgentReport) -> Result<String> {
+    serde_json::to_string(&report.tags).map_err(|err| Error::Internal(err.to_string()))
+}
+
+/// `POST /api/v1/agents/enroll`.
+pub async fn enroll(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<AgentEnrollRequest>,
+) -> Result<Json<AgentEnrollResponse>> {
+    validate_name("agent name", &request.name)?;
+    check_report(&request.report)?;
+    match auth::lookup(&state, request.join_token.trim()).await? {
+        Some((role, _)) if role == "join" => {}
+        _ => {
+            return Err(Error::Unauthorized(
+                "invalid join token: use the one `cascade site init` printed (DIR/join.token)"
+                    .into(),
+            ))
+        }
+    }
+    let credential = auth::mint_token("cas_agent");
+    let mut tx = state.db.write().await?;
+    let settings = read_settings(&mut *tx.tx).await?;
+    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM agents WHERE name = ?")
+        .bind(&request.name)
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+    if exists.is_some() {
+        return Err(Error::Conflict(format!(
+            "agent {} is already enrolled",
+            request.name
+        )));
+    }
+    let now = now_ms();
+    let approved = !settings.require_approval;
+    sqlx::query(
+        "INSERT INTO agents (name, os, arch, hostname, tags, approved, enrolled_at_ms, last_seen_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&request.name)
+    .bind(&request.report.os)
+    .bind(&request.report.arch)
+    .bind(&request.report.hostname)
+    .bind(tags_json(&request.report)?)
+    .bind(approved)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *tx.tx)
+    .await?;
+    sqlx::query("INSERT INTO credentials (token_hash, role, principal, created_at_ms) VALUES (?, 'agent', ?, ?)")
+        .bind(auth::token_hash(&credential))
+        .bind(&request.name)
+        .bind(now)
+        .execute(&mut *tx.tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(agent = %request.name, approved, "agent enrolled");
+    Ok(Json(AgentEnrollResponse {
+        credential,
+        approved,
+        site: crate::api::site_info_of(&state),
+    }))
+}
+
+/// `POST /api/v1/agent/hello`: the agent reports its attributes (at start).
+pub async fn hello(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(report): ApiJson<AgentReport>,
+) -> Result<Json<serde_json::Value>> {
+    let (agent_id, _) = principal.require_agent()?;
+    check_report(&report)?;
+    let mut tx = state.db.write().await?;
+    sqlx::query(
+        "UPDATE agents SET os = ?, arch = ?, hostname = ?, tags = ?, last_seen_ms = ? WHERE id = ?",
+    )
+    .bind(&report.os)
+    .bind(&report.arch)
+    .bind(&report.hostname)
+    .bind(tags_json(&report)?)
+    .bind(now_ms())
+    .bind(agent_id)
+    .execute(&mut *tx.tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// Longest a policy poll may be held.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// `GET /api/v1/agent/policy`: long poll.
+pub async fn policy(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: std::result::Result<Query<PolicyQuery>, QueryRejection>,
+) -> Result<Json<AgentPolicy>> {
+    let Query(query) =
+        query.map_err(|rejection| Error::invalid("malformed_request", rejection.body_text()))?;
+    let (agent_id, _) = principal.require_agent()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms).min(MAX_WAIT);
+    let mut changes = state.agent_changes.subscribe();
+    let mut shutdown = state.shutdown.clone();
+    touch(&state, agent_id).await?;
+    loop {
+        changes.borrow_and_update();
+        let (revision, approved): (i64, bool) =
+            sqlx::query_as("SELECT revision, approved FROM agents WHERE id = ?")
+                .bind(agent_id)
+                .fetch_one(state.db.pool())
+                .await?;
+        if revision as u64 > query.after
+            || tokio::time::Instant::now() >= deadline
+            || *shutdown.borrow()
+        {
+            let settings = read_settings(state.db.pool()).await?;
+            return Ok(Json(AgentPolicy {
+                revision: revision as u64,
+                approved,
+                poll_interval_ms: settings.agent_poll_interval_ms,
+            }));
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+async fn touch(state: &AppState, agent_id: i64) -> Result<()> {
+    let mut tx = state.db.write().await?;
+    sqlx::query("UPDATE agents SET last_seen_ms = ? WHERE id = ?")
+        .bind(now_ms())
+        .bind(agent_id)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(tx.commit().await?)
+}
+
+/// A stored agent.
+struct AgentRow {
+    name: String,
+    report: AgentReport,
+    approved: bool,
+    enrolled_at_ms: i64,
+    last_seen_ms: Option<i64>,
+}
+
+async fn all_agents<'e, E>(executor: E) -> Result<Vec<AgentRow>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let rows = sqlx::query(
+        "SELECT name, os, arch, hostname, tags, approved, enrolled_at_ms, last_seen_ms FROM agents ORDER BY name",
+    )
+    .fetch_all(executor)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let tags: String = row.get(4);
+            Ok(AgentRow {
+                name: row.get(0),
+                report: AgentReport {
+                    os: row.get(1),
+                    arch: row.get(2),
+                    hostname: row.get(3),
+                    tags: serde_json::from_str(&tags).map_err(|err| {
+                        Error::Internal(format!("stored tags do not parse: {err}"))
+                    })?,
+                },
+                approved: row.get(5),
+                enrolled_at_ms: row.get(6),
+                last_seen_ms: row.get(7),
+            })
+        })
+        .collect()
+}
+
+fn agent_info(row: AgentRow, poll_interval_ms: u64, now: i64) -> AgentInfo {
+    let (reachability, unreachable_since_ms) =
+        match reachability(row.last_seen_ms, poll_interval_ms as i64, now) {
+            Reachability::Reachable => ("reachable", None),
+            Reachability::UnreachableSince(since) => ("unreachable", Some(since)),
+            Reachability::Never => ("never", None),
+        };
+    AgentInfo {
+        name: row.name,
+        report: row.report,
+        approved: row.approved,
+        enrolled_at_ms: row.enrolled_at_ms,
+        last_seen_ms: row.last_seen_ms,
+        reachability: reachability.to_owned(),
+        unreachable_since_ms,
+    }
+}
+
+/// `GET /api/v1/agents`.
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Vec<AgentInfo>>> {
+    principal.require_admin()?;
+    let settings = read_settings(state.db.pool()).await?;
+    let now = now_ms();
+    Ok(Json(
+        all_agents(state.db.pool())
+            .await?
+            .into_iter()
+            .map(|row| agent_info(row, settings.agent_poll_interval_ms, now))
+            .collect(),
+    ))
+}
+
+/// `POST /api/v1/agents/{name}/approve`.
+pub async fn approve(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<AgentInfo>> {
+    principal.require_admin()?;
+    let mut tx = state.db.write().await?;
+    let changed =
+        sqlx::query("UPDATE agents SET approved = 1, revision = revision + 1 WHERE name = ?")
+            .bind(&name)
+            .execute(&mut *tx.tx)
+            .await?
+            .rows_affected();
+    if changed == 0 {
+        return Err(Error::NotFound {
+            what: "agent",
+            name,
+        });
+    }
+    let settings = read_settings(&mut *tx.tx).await?;
+    let row = all_agents(&mut *tx.tx)
+        .await?
+        .into_iter()
+        .find(|row| row.name == name)
+        .ok_or_else(|| Error::Internal(format!("agent {name} vanished")))?;
+    tx.commit().await?;
+    state.notify_agents_changed();
+    tracing::info!(agent = %name, "agent approved");
+    Ok(Json(agent_info(
+        row,
+        settings.agent_poll_interval_ms,
+        now_ms(),
+    )))
+}
+
+/// `POST /api/v1/collections`.
+pub async fn create_collection(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(request): ApiJson<CollectionRequest>,
+) -> Result<Json<CollectionInfo>> {
+    principal.require_admin()?;
+    validate_name("collection name", &request.name)?;
+    let (machines, rule) = match (&request.rule, request.machines.is_empty()) {
+        (Some(_), false) => {
+            return Err(Error::invalid(
+                "conflicting_members",
+                "give either --machines or --rule, not both",
+            ))
+        }
+        (None, true) => {
+            return Err(Error::invalid(
+                "no_members",
+                "give --machines a,b,c or --rule RULE",
+            ));
+        }
+        (Some(text), true) => {
+            Rule::parse(text)?;
+            (None, Some(text.clone()))
+        }
+        (None, false) => {
+            for machine in &request.machines {
+                validate_name("machine name", machine)?;
+            }
+            let json = serde_json::to_string(&request.machines)
+                .map_err(|err| Error::Internal(err.to_string()))?;
+            (Some(json), None)
+        }
+    };
+    let mut tx = state.db.write().await?;
+    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM collections WHERE name = ?")
+        .bind(&request.name)
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+    if exists.is_some() {
+        return Err(Error::Conflict(format!(
+            "collection {} already exists",
+            request.name
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO collections (name, machines, rule, created_at_ms) VALUES (?, ?, ?, ?)",
+    )
+    .bind(&request.name)
+    .bind(machines)
+    .bind(rule)
+    .bind(now_ms())
+    .execute(&mut *tx.tx)
+    .await?;
+    let info = collection_info(&state, &mut tx, &request.name).await?;
+    tx.commit().await?;
+    Ok(Json(info))
+}
+
+/// A collection and its members now.
+async fn collection_info(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    name: &str,
+) -> Result<CollectionInfo> {
+    let row: Option<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT machines, rule FROM collections WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+    let (machines, rule) = row.ok_or_else(|| Error::NotFound {
+        what: "collection",
+        name: name.to_owned(),
+    })?;
+    let agents = all_agents(&mut *tx.tx).await?;
+    let machines: Option<Vec<String>> = machines
+        .map(|json| serde_json::from_str(&json))
+        .transpose()
+        .map_err(|err| Error::Internal(format!("stored machine list does not parse: {err}")))?;
+    let members = match (&machines, &rule) {
+        (Some(machines), _) => agents
+            .iter()
+            .filter(|agent| machines.contains(&agent.name))
+            .map(|agent| agent.name.clone())
+            .collect(),
+        (None, Some(rule)) => {
+            let rule = Rule::parse(rule)?;
+            agents
+                .iter()
+                .filter(|agent| {
+                    rule.matches(&AgentAttributes {
+                        name: agent.name.clone(),
+                        site: state.code.to_string(),
+                        os: agent.report.os.clone(),
+                        arch: agent.report.arch.clone(),
+                        hostname: agent.report.hostname.clone(),
+                        tags: agent.report.tags.clone(),
+                    })
+                })
+                .map(|agent| agent.name.clone())
+                .collect()
+        }
+        (None, None) => Vec::new(),
+    };
+    Ok(CollectionInfo {
+        name: name.to_owned(),
+        machines,
+        rule,
+        members,
+    })
+}
+
+/// `GET /api/v1/collections`.
+pub async fn list_collections(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Vec<CollectionInfo>>> {
+    principal.require_admin()?;
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM collections ORDER BY name")
+        .fetch_all(state.db.pool())
+        .await?;
+    // Read in one transaction so every collection sees the same agents.
+    let mut tx = state.db.write().await?;
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        out.push(collection_info(&state, &mut tx, &name).await?);
+    }
+    tx.commit().await?;
+    Ok(Json(out))
+}
+
+/// `GET /api/v1/collections/{name}`.
+pub async fn show_collection(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<CollectionInfo>> {
+    principal.require_admin()?;
+    let mut tx = state.db.write().await?;
+    let info = collection_info(&state, &mut tx, &name).await?;
+    tx.commit().await?;
+    Ok(Json(info))
+}

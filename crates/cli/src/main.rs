@@ -294,10 +294,14 @@ enum PackageCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The agent idles on every workstation: one thread is all it needs and
+    // keeps its memory small. Servers and the CLI use every core.
+    let mut builder = if matches!(cli.command, Command::Agent(AgentCommand::Run { .. })) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -7,7 +7,7 @@
 //! The run phase (jobs: download from a DP, verify, run, report) builds on
 //! this loop.
 
-use cascade_protocol::{AgentEnrollRequest, AgentReport, Client};
+use cascade_protocol::{AgentEnrollRequest, AgentReport, Client, Enrollment};
 use cascade_store::{Db, NewDir, OUTBOX_SCHEMA};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -61,33 +61,11 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 /// What `cascade agent init` stores.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
-    /// The workstation's name.
-    pub name: String,
-    /// The site server's URL.
-    pub site_url: String,
-    /// The site's code.
-    pub site_code: String,
-    /// The agent's own credential.
-    pub credential: String,
-    /// Hex of the key every manifest must be signed with.
-    pub site_public_key: String,
+    /// Name, site, credential, pinned site key.
+    #[serde(flatten)]
+    pub enrollment: Enrollment,
     /// Administrator-given tags.
     pub tags: BTreeMap<String, String>,
-}
-
-impl Config {
-    /// Reads `DIR/agent.json`.
-    pub fn load(dir: &Path) -> Result<Config> {
-        let path = dir.join(layout::CONFIG);
-        let text = std::fs::read_to_string(&path).map_err(|err| {
-            Error::Config(format!(
-                "reading {}: {err} (is this an agent directory? run `cascade agent init` first)",
-                path.display()
-            ))
-        })?;
-        serde_json::from_str(&text)
-            .map_err(|err| Error::Config(format!("{} is damaged: {err}", path.display())))
-    }
 }
 
 /// Parses `key=value` tags.
@@ -161,11 +139,7 @@ pub async fn init(
         })
         .await?;
     let config = Config {
-        name: name.to_owned(),
-        site_url: client.base().to_owned(),
-        site_code: enrolled.site.code,
-        credential: enrolled.credential,
-        site_public_key: enrolled.site.public_key,
+        enrollment: Enrollment::granted(name, client.base(), enrolled.credential, enrolled.site),
         tags,
     };
     let text =
@@ -187,10 +161,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Runs the agent in `dir` until `shutdown` resolves.
 pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-    let config = Config::load(dir)?;
+    let config: Config =
+        cascade_protocol::read_config(&dir.join(layout::CONFIG), "cascade agent init")
+            .map_err(Error::Config)?;
+    let enrollment = &config.enrollment;
     let db = Db::open(&dir.join(layout::DB), false, MIGRATIONS).await?;
-    let client = Client::new(&config.site_url, Some(&config.credential))?;
-    tracing::info!(agent = %config.name, site = %config.site_url, "agent running");
+    let client = enrollment.client()?;
+    tracing::info!(agent = %enrollment.name, site = %enrollment.site_url, "agent running");
     tokio::pin!(shutdown);
     let mut revision = 0u64;
     let mut interval = Duration::from_secs(60);
@@ -223,7 +200,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
                     } else {
                         tracing::info!(
                             "waiting for approval: `cascade agent approve {}`",
-                            config.name
+                            enrollment.name
                         );
                     }
                 }

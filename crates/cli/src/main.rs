@@ -374,7 +374,13 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             let config = cascade_dp::init(&dir, &site, &join_token, &name, &listen)
                 .await
                 .with_context(|| format!("enrolling dp {name} with {site}"))?;
-            out.dp_init(&dir, &config);
+            out.enrolled(
+                "dp",
+                &dir,
+                &config.enrollment,
+                cascade_dp::layout::CONFIG,
+                None,
+            );
         }
         Command::Dp(DpCommand::Run { dir, listen }) => {
             init_logging("info");
@@ -419,7 +425,13 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             let enrolled = cascade_agent::init(&dir, &site, &join_token, &name, &tags)
                 .await
                 .with_context(|| format!("enrolling agent {name} with {site}"))?;
-            out.agent_init(&dir, &enrolled);
+            out.enrolled(
+                "agent",
+                &dir,
+                &enrolled.config.enrollment,
+                cascade_agent::layout::CONFIG,
+                Some(enrolled.approved),
+            );
         }
         Command::Agent(AgentCommand::Run { dir }) => {
             init_logging("info");

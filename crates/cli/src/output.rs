@@ -97,24 +97,41 @@ impl Output {
         }
     }
 
-    pub fn dp_init(&self, dir: &Path, config: &cascade_dp::Config) {
+    /// What `dp init` and `agent init` print. `approved` is `None` for a DP.
+    pub fn enrolled(
+        &self,
+        what: &str,
+        dir: &Path,
+        enrollment: &Enrollment,
+        file: &str,
+        approved: Option<bool>,
+    ) {
         if self.json {
-            print_json(&serde_json::json!({
+            let mut value = serde_json::json!({
                 "dir": dir,
-                "name": config.name,
-                "site": config.site_code,
-                "site_url": config.site_url,
-            }));
-            return;
+                "name": enrollment.name,
+                "site": enrollment.site_code,
+                "site_url": enrollment.site_url,
+            });
+            if let Some(approved) = approved {
+                value["approved"] = approved.into();
+            }
+            return print_json(&value);
         }
         println!(
-            "enrolled dp {} with site {} ({}); credential stored in {}/dp.json",
-            config.name,
-            config.site_code,
-            config.site_url,
+            "enrolled {what} {} with site {} ({}); credential stored in {}/{file}",
+            enrollment.name,
+            enrollment.site_code,
+            enrollment.site_url,
             dir.display()
         );
-        println!("next: cascade dp run {}", dir.display());
+        if approved == Some(false) {
+            println!(
+                "the site requires approval: cascade agent approve {}",
+                enrollment.name
+            );
+        }
+        println!("next: cascade {what} run {}", dir.display());
     }
 
     pub fn settings(&self, settings: &SiteSettings) {
@@ -126,34 +143,6 @@ impl Output {
             "agent poll interval: {}",
             humantime::format_duration(Duration::from_millis(settings.agent_poll_interval_ms))
         );
-    }
-
-    pub fn agent_init(&self, dir: &Path, enrolled: &cascade_agent::Enrolled) {
-        let config = &enrolled.config;
-        if self.json {
-            print_json(&serde_json::json!({
-                "dir": dir,
-                "name": config.name,
-                "site": config.site_code,
-                "site_url": config.site_url,
-                "approved": enrolled.approved,
-            }));
-            return;
-        }
-        println!(
-            "enrolled agent {} with site {} ({}); credential stored in {}/agent.json",
-            config.name,
-            config.site_code,
-            config.site_url,
-            dir.display()
-        );
-        if !enrolled.approved {
-            println!(
-                "the site requires approval: cascade agent approve {}",
-                config.name
-            );
-        }
-        println!("next: cascade agent run {}", dir.display());
     }
 
     pub fn agents(&self, agents: &[AgentInfo]) {

@@ -12,7 +12,7 @@ mod sync;
 pub use error::{Error, Result};
 
 use cascade_content::{ChunkStore, VerifyingKey};
-use cascade_protocol::{Client, DpHello, EnrollRequest, StatusBody};
+use cascade_protocol::{Client, DpHello, EnrollRequest, Enrollment, StatusBody};
 use cascade_store::{Db, Outbox};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -36,32 +36,11 @@ pub mod layout {
 /// What `cascade dp init` stores: who the DP is and how to reach its site.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
-    /// The DP's name.
-    pub name: String,
-    /// The site server's URL.
-    pub site_url: String,
-    /// The site's code.
-    pub site_code: String,
-    /// The DP's own credential.
-    pub credential: String,
-    /// Hex of the key every manifest must be signed with.
-    pub site_public_key: String,
+    /// Name, site, credential, pinned site key.
+    #[serde(flatten)]
+    pub enrollment: Enrollment,
     /// Where to serve content unless `run --listen` says otherwise.
     pub listen: String,
-}
-
-impl Config {
-    fn load(dir: &Path) -> Result<Config> {
-        let path = dir.join(layout::CONFIG);
-        let text = std::fs::read_to_string(&path).map_err(|err| {
-            Error::Config(format!(
-                "reading {}: {err} (is this a DP directory? run `cascade dp init` first)",
-                path.display()
-            ))
-        })?;
-        serde_json::from_str(&text)
-            .map_err(|err| Error::Config(format!("{} is damaged: {err}", path.display())))
-    }
 }
 
 pub use cascade_store::now_ms;
@@ -95,11 +74,7 @@ pub async fn init(
         })
         .await?;
     let config = Config {
-        name: name.to_owned(),
-        site_url: client.base().to_owned(),
-        site_code: enrolled.site.code,
-        credential: enrolled.credential,
-        site_public_key: enrolled.site.public_key,
+        enrollment: Enrollment::granted(name, client.base(), enrolled.credential, enrolled.site),
         listen: listen.to_owned(),
     };
     let text =
@@ -186,11 +161,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&Running),
 ) -> Result<()> {
-    let config = Config::load(dir)?;
+    let config: Config =
+        cascade_protocol::read_config(&dir.join(layout::CONFIG), "cascade dp init")
+            .map_err(Error::Config)?;
+    let enrollment = &config.enrollment;
     let db = Db::open(&dir.join(layout::DB), false, db::MIGRATIONS).await?;
     let store = ChunkStore::open(&dir.join(layout::CHUNKS))?;
-    let site_key = cascade_content::public_key_from_hex(&config.site_public_key)?;
-    let client = Client::new(&config.site_url, Some(&config.credential))?;
+    let site_key = cascade_content::public_key_from_hex(&enrollment.site_public_key)?;
+    let client = enrollment.client()?;
     let dp = Dp {
         config: Arc::new(config.clone()),
         outbox: Outbox::new(db.clone()),
@@ -216,9 +194,9 @@ pub async fn run(
         .map_err(Error::io(format!("writing {}", url_path.display())))?;
     on_ready(&Running {
         url: url.clone(),
-        name: config.name.clone(),
+        name: enrollment.name.clone(),
     });
-    tracing::info!(dp = %config.name, %url, site = %config.site_url, "dp serving content");
+    tracing::info!(dp = %enrollment.name, %url, site = %enrollment.site_url, "dp serving content");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let forwarder = tokio::spawn(cascade_protocol::forward::forward_status(

@@ -34,8 +34,8 @@ async fn info(State(dp): State<Dp>) -> Result<Json<DpSelfInfo>> {
         })
         .collect();
     Ok(Json(DpSelfInfo {
-        name: dp.config.name.clone(),
-        site: dp.config.site_code.clone(),
+        name: dp.config.enrollment.name.clone(),
+        site: dp.config.enrollment.site_code.clone(),
         packages,
         counters: DpCounters {
             bytes_received: db::counter(&dp.db, "bytes_received").await?,

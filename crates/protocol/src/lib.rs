@@ -6,12 +6,14 @@
 //! The site server and the DP serialize only these types.
 
 pub mod client;
+mod enrollment;
 mod error;
 pub mod forward;
 pub mod frames;
 pub mod types;
 
 pub use client::Client;
+pub use enrollment::{read_config, Enrollment};
 pub use error::{Error, Result};
 pub use types::*;
 

@@ -139,15 +139,7 @@ pub async fn enroll(
 ) -> Result<Json<AgentEnrollResponse>> {
     validate_name("agent name", &request.name)?;
     check_report(&request.report)?;
-    match auth::lookup(&state, request.join_token.trim()).await? {
-        Some((role, _)) if role == "join" => {}
-        _ => {
-            return Err(Error::Unauthorized(
-                "invalid join token: use the one `cascade site init` printed (DIR/join.token)"
-                    .into(),
-            ))
-        }
-    }
+    auth::require_join_token(&state, &request.join_token).await?;
     let credential = auth::mint_token("cas_agent");
     let mut tx = state.db.write().await?;
     let settings = read_settings(&mut *tx.tx).await?;
@@ -177,12 +169,7 @@ pub async fn enroll(
     .bind(now)
     .execute(&mut *tx.tx)
     .await?;
-    sqlx::query("INSERT INTO credentials (token_hash, role, principal, created_at_ms) VALUES (?, 'agent', ?, ?)")
-        .bind(auth::token_hash(&credential))
-        .bind(&request.name)
-        .bind(now)
-        .execute(&mut *tx.tx)
-        .await?;
+    auth::store_credential(&mut tx, &credential, "agent", &request.name, now).await?;
     tx.commit().await?;
     tracing::info!(agent = %request.name, approved, "agent enrolled");
     Ok(Json(AgentEnrollResponse {

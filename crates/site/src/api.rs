@@ -362,15 +362,7 @@ async fn enroll(
     ApiJson(request): ApiJson<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>> {
     let name = DpName::new(&request.name)?;
-    match auth::lookup(&state, request.join_token.trim()).await? {
-        Some((role, _)) if role == "join" => {}
-        _ => {
-            return Err(Error::Unauthorized(
-                "invalid join token: use the one `cascade site init` printed (DIR/join.token)"
-                    .into(),
-            ))
-        }
-    }
+    auth::require_join_token(&state, &request.join_token).await?;
     let credential = auth::mint_token("cas_dp");
     let mut tx = state.db.write().await?;
     if db::dp_by_name(&mut *tx.tx, name.as_str()).await?.is_some() {
@@ -383,12 +375,7 @@ async fn enroll(
             .bind(now)
             .fetch_one(&mut *tx.tx)
             .await?;
-    sqlx::query("INSERT INTO credentials (token_hash, role, principal, created_at_ms) VALUES (?, 'dp', ?, ?)")
-        .bind(auth::token_hash(&credential))
-        .bind(name.as_str())
-        .bind(now)
-        .execute(&mut *tx.tx)
-        .await?;
+    auth::store_credential(&mut tx, &credential, "dp", name.as_str(), now).await?;
     let placed =
         distribution::place_all_dps_packages(&state, &mut tx, dp_id, name.as_str()).await?;
     tx.commit().await?;

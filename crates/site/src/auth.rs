@@ -76,6 +76,36 @@ pub fn token_hash(token: &str) -> Vec<u8> {
     blake3::hash(token.as_bytes()).as_bytes().to_vec()
 }
 
+/// Refuses anything but the site's join token.
+pub async fn require_join_token(state: &AppState, token: &str) -> Result<()> {
+    match lookup(state, token.trim()).await? {
+        Some((role, _)) if role == "join" => Ok(()),
+        _ => Err(Error::Unauthorized(
+            "invalid join token: use the one `cascade site init` printed (DIR/join.token)".into(),
+        )),
+    }
+}
+
+/// Stores a credential's hash for `principal` in `role`, inside `tx`.
+pub async fn store_credential(
+    tx: &mut crate::db::WriteTx<'_>,
+    token: &str,
+    role: &str,
+    principal: &str,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO credentials (token_hash, role, principal, created_at_ms) VALUES (?, ?, ?, ?)",
+    )
+    .bind(token_hash(token))
+    .bind(role)
+    .bind(principal)
+    .bind(now_ms)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
+}
+
 /// Looks up a token: its role and principal name.
 pub async fn lookup(state: &AppState, token: &str) -> Result<Option<(String, String)>> {
     let row = sqlx::query("SELECT role, principal FROM credentials WHERE token_hash = ?")

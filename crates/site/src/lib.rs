@@ -108,13 +108,7 @@ pub async fn init(dir: &Path, code: &str) -> Result<InitReport> {
         .execute(&mut *tx.tx)
         .await?;
     for (token, role) in [(&admin_token, "admin"), (&join_token, "join")] {
-        sqlx::query("INSERT INTO credentials (token_hash, role, principal, created_at_ms) VALUES (?, ?, ?, ?)")
-            .bind(auth::token_hash(token))
-            .bind(role)
-            .bind(role)
-            .bind(now)
-            .execute(&mut *tx.tx)
-            .await?;
+        auth::store_credential(&mut tx, token, role, role, now).await?;
     }
     tx.commit().await?;
     db.close().await;

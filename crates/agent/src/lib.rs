@@ -7,12 +7,13 @@
 //! The run phase (jobs: download from a DP, verify, run, report) builds on
 //! this loop.
 
-use cascade_protocol::{AgentEnrollRequest, AgentReport, Client, Enrollment};
-use cascade_store::{Db, NewDir, OUTBOX_SCHEMA};
+use cascade_protocol::{AgentEnrollRequest, AgentReport, Client, Enrollment, JobOffer, StatusBody};
+use cascade_store::{Db, NewDir, Outbox, OUTBOX_SCHEMA};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Files of an agent's data directory.
@@ -27,6 +28,14 @@ pub mod layout {
 const MIGRATIONS: &[&str] = &[
     OUTBOX_SCHEMA,
     "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // Jobs this agent was offered: the offer as received, and when it was
+    // withdrawn (canceled or expired at the site).
+    "CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        offer TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        withdrawn_at_ms INTEGER
+    );",
 ];
 
 /// Everything an agent can fail at.
@@ -156,6 +165,82 @@ pub async fn init(
     })
 }
 
+/// Records the jobs of a policy: new offers are stored and reported as
+/// `job_offered` in the same transaction; stored offers missing from the
+/// policy are withdrawn. Returns whether anything was reported.
+async fn apply_policy(db: &Db, jobs: &[JobOffer]) -> Result<bool> {
+    let now = cascade_store::now_ms();
+    let mut tx = db.write().await?;
+    let mut reported = false;
+    for offer in jobs {
+        let known: Option<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ?")
+            .bind(offer.id as i64)
+            .fetch_optional(&mut *tx.tx)
+            .await
+            .map_err(cascade_store::Error::from)?;
+        if known.is_some() {
+            continue;
+        }
+        let text = serde_json::to_string(offer).map_err(|err| Error::Config(err.to_string()))?;
+        sqlx::query("INSERT INTO jobs (id, offer, first_seen_ms) VALUES (?, ?, ?)")
+            .bind(offer.id as i64)
+            .bind(text)
+            .bind(now)
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(cascade_store::Error::from)?;
+        let body = StatusBody::JobOffered {
+            job: offer.id,
+            package: offer.package.clone(),
+        };
+        let body = serde_json::to_string(&body).map_err(|err| Error::Config(err.to_string()))?;
+        Outbox::push_in(&mut tx, now, &body).await?;
+        reported = true;
+        tracing::info!(job = offer.id, package = %offer.package, optional = offer.optional, "job offered");
+    }
+    let offered: Vec<i64> = jobs.iter().map(|offer| offer.id as i64).collect();
+    let active: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE withdrawn_at_ms IS NULL")
+        .fetch_all(&mut *tx.tx)
+        .await
+        .map_err(cascade_store::Error::from)?;
+    for id in active.into_iter().filter(|id| !offered.contains(id)) {
+        sqlx::query("UPDATE jobs SET withdrawn_at_ms = ? WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(cascade_store::Error::from)?;
+        tracing::info!(job = id, "job withdrawn");
+    }
+    tx.commit().await?;
+    Ok(reported)
+}
+
+/// The offers this workstation holds now (read from the agent's store,
+/// without the site): not withdrawn and not past their expiry by the local
+/// clock, which the agent enforces even while it cannot reach its site.
+pub async fn offers(dir: &Path) -> Result<Vec<JobOffer>> {
+    let db = Db::open(&dir.join(layout::DB), false, MIGRATIONS).await?;
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT offer FROM jobs WHERE withdrawn_at_ms IS NULL ORDER BY id")
+            .fetch_all(db.pool())
+            .await
+            .map_err(cascade_store::Error::from)?;
+    db.close().await;
+    let now = cascade_store::now_ms();
+    rows.iter()
+        .map(|text| {
+            serde_json::from_str::<JobOffer>(text)
+                .map_err(|err| Error::Config(format!("stored offer is damaged: {err}")))
+        })
+        .filter(|offer| {
+            offer
+                .as_ref()
+                .map_or(true, |offer| offer.expires_at_ms.is_none_or(|at| at > now))
+        })
+        .collect()
+}
+
 /// Longest wait between attempts while the site is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -168,6 +253,14 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
     let db = Db::open(&dir.join(layout::DB), false, MIGRATIONS).await?;
     let client = enrollment.client()?;
     tracing::info!(agent = %enrollment.name, site = %enrollment.site_url, "agent running");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let forwarder = tokio::spawn(cascade_protocol::forward::forward_status(
+        Outbox::new(db.clone()),
+        client.clone(),
+        wake.clone(),
+        stop_rx,
+    ));
     tokio::pin!(shutdown);
     let mut revision = 0u64;
     let mut interval = Duration::from_secs(60);
@@ -193,6 +286,15 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
                 backoff = Duration::from_millis(500);
                 revision = policy.revision;
                 interval = Duration::from_millis(policy.poll_interval_ms.max(1000));
+                match apply_policy(&db, &policy.jobs).await {
+                    Ok(true) => wake.notify_one(),
+                    Ok(false) => {}
+                    Err(err) => {
+                        // Ask again at once rather than wait for the next change.
+                        revision = 0;
+                        tracing::warn!(error = %err, "recording the policy failed; will retry");
+                    }
+                }
                 if approved != Some(policy.approved) {
                     approved = Some(policy.approved);
                     if policy.approved {
@@ -217,6 +319,8 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
             }
         }
     }
+    let _ = stop_tx.send(true);
+    let _ = forwarder.await;
     db.close().await;
     Ok(())
 }

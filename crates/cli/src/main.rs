@@ -68,6 +68,9 @@ enum Command {
     /// Collections of workstations, listed or by rule.
     #[command(subcommand)]
     Collection(CollectionCommand),
+    /// Jobs: run a command from a package on a collection.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Start a site and two DPs in a temporary directory, distribute a
     /// sample package and show the result.
     Quickstart(quickstart::QuickstartArgs),
@@ -129,6 +132,11 @@ enum AgentCommand {
         /// The agent's data directory.
         dir: PathBuf,
     },
+    /// List the job offers this workstation holds (read locally).
+    Offers {
+        /// The agent's data directory.
+        dir: PathBuf,
+    },
     /// Approve an agent waiting for approval.
     Approve {
         /// The agent's name.
@@ -138,6 +146,70 @@ enum AgentCommand {
     },
     /// List the site's agents with their attributes and reachability.
     List {
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Create a job; the package goes to the site's DPs that lack it.
+    Create {
+        /// Package name.
+        #[arg(long)]
+        package: String,
+        /// Pinned package version (default: the newest).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Target collection.
+        #[arg(long)]
+        collection: String,
+        /// The command line, run by `sh -c` in the package's directory.
+        #[arg(long)]
+        command: String,
+        /// When the job may run, RFC 3339 (default: now).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        offer_at: Option<std::time::SystemTime>,
+        /// When the offer is withdrawn for good, RFC 3339.
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak, conflicts_with = "expires_in")]
+        expires_at: Option<std::time::SystemTime>,
+        /// Expiry relative to the offer time (e.g. 2d, 90m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+        /// Offer only: runs when requested on the workstation.
+        #[arg(long)]
+        optional: bool,
+        /// Further attempts after a failure.
+        #[arg(long, default_value_t = 0)]
+        retries: u32,
+        /// Wait between attempts (e.g. 30s).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        retry_delay: std::time::Duration,
+        /// Longest a download or a run may take (e.g. 10m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Exit codes that mean success, comma-separated (default: 0).
+        #[arg(long, value_delimiter = ',')]
+        success_codes: Vec<i32>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List jobs.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Cancel a job: withdrawn everywhere, never runs afterwards.
+    Cancel {
+        /// Job id.
+        id: u64,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Per-workstation and per-DP status of a job, derived from status messages.
+    Status {
+        /// Job id.
+        id: u64,
         #[command(flatten)]
         connection: Connection,
     },
@@ -439,6 +511,17 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                 .await
                 .with_context(|| format!("running the agent in {}", dir.display()))?;
         }
+        Command::Agent(AgentCommand::Offers { dir }) => {
+            init_logging("warn");
+            let offers = cascade_agent::offers(&dir)
+                .await
+                .with_context(|| format!("reading the offers in {}", dir.display()))?;
+            out.offers(&offers);
+        }
+        Command::Job(command) => {
+            init_logging("warn");
+            job(command, out).await?;
+        }
         Command::Agent(AgentCommand::Approve { name, connection }) => {
             init_logging("warn");
             let agent = connection.client()?.approve_agent(&name).await?;
@@ -485,6 +568,67 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn ms(time: std::time::SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn job(command: JobCommand, out: Output) -> Result<()> {
+    match command {
+        JobCommand::Create {
+            package,
+            version,
+            collection,
+            command,
+            offer_at,
+            expires_at,
+            expires_in,
+            optional,
+            retries,
+            retry_delay,
+            timeout,
+            success_codes,
+            connection,
+        } => {
+            let offer_at_ms = offer_at.map(ms);
+            let expires_at_ms = match (expires_at, expires_in) {
+                (Some(at), _) => Some(ms(at)),
+                (None, Some(after)) => Some(
+                    offer_at_ms.unwrap_or_else(|| ms(std::time::SystemTime::now()))
+                        + after.as_millis() as i64,
+                ),
+                (None, None) => None,
+            };
+            let info = connection
+                .client()?
+                .create_job(&cascade_protocol::JobRequest {
+                    package,
+                    version,
+                    collection,
+                    command,
+                    offer_at_ms,
+                    expires_at_ms,
+                    optional,
+                    retries,
+                    retry_delay_ms: retry_delay.as_millis() as u64,
+                    timeout_ms: timeout.map(|t| t.as_millis() as u64),
+                    success_codes,
+                })
+                .await?;
+            out.jobs(&[info]);
+        }
+        JobCommand::List { connection } => out.jobs(&connection.client()?.jobs().await?),
+        JobCommand::Cancel { id, connection } => {
+            out.jobs(&[connection.client()?.cancel_job(id).await?])
+        }
+        JobCommand::Status { id, connection } => {
+            out.job_status(&connection.client()?.job_status(id).await?)
+        }
+    }
+    Ok(())
 }
 
 async fn ingest_version(

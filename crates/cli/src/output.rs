@@ -214,6 +214,128 @@ impl Output {
         table(&["COLLECTION", "DEFINITION", "COUNT", "MEMBERS"], &rows);
     }
 
+    pub fn offers(&self, offers: &[JobOffer]) {
+        if self.json {
+            return print_json(&offers);
+        }
+        let rows: Vec<Vec<String>> = offers
+            .iter()
+            .map(|offer| {
+                vec![
+                    offer.id.to_string(),
+                    format!("{} v{}", offer.package, offer.version),
+                    if offer.optional {
+                        "optional".into()
+                    } else {
+                        "mandatory".into()
+                    },
+                    time(offer.offer_at_ms),
+                    offer.expires_at_ms.map_or("-".into(), time),
+                    offer.command.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &["JOB", "PACKAGE", "KIND", "OFFERED", "EXPIRES", "COMMAND"],
+            &rows,
+        );
+    }
+
+    pub fn jobs(&self, jobs: &[JobInfo]) {
+        if self.json {
+            return print_json(&jobs);
+        }
+        let rows: Vec<Vec<String>> = jobs
+            .iter()
+            .map(|job| {
+                vec![
+                    job.offer.id.to_string(),
+                    job.state.clone(),
+                    format!("{} v{}", job.offer.package, job.offer.version),
+                    job.collection.clone(),
+                    time(job.offer.offer_at_ms),
+                    job.offer.expires_at_ms.map_or("-".into(), time),
+                    job.offer.command.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "JOB",
+                "STATE",
+                "PACKAGE",
+                "COLLECTION",
+                "OFFER AT",
+                "EXPIRES",
+                "COMMAND",
+            ],
+            &rows,
+        );
+    }
+
+    pub fn job_status(&self, status: &JobStatus) {
+        if self.json {
+            return print_json(status);
+        }
+        let job = &status.job;
+        println!(
+            "job {} ({})  {} v{} on {}: {}",
+            job.offer.id,
+            job.state,
+            job.offer.package,
+            job.offer.version,
+            job.collection,
+            job.offer.command
+        );
+        let counts: Vec<String> = status
+            .counts
+            .iter()
+            .map(|(state, n)| format!("{state} {n}"))
+            .collect();
+        println!(
+            "workstations: {}",
+            if counts.is_empty() {
+                "none".into()
+            } else {
+                counts.join(", ")
+            }
+        );
+        let rows: Vec<Vec<String>> = status
+            .workstations
+            .iter()
+            .map(|ws| {
+                let mut flags = Vec::new();
+                if let Some(at) = ws.expired_at_ms {
+                    flags.push(format!("expired {}", time(at)));
+                }
+                if let Some(at) = ws.canceled_at_ms {
+                    flags.push(format!("canceled {}", time(at)));
+                }
+                vec![
+                    ws.agent.clone(),
+                    ws.state.clone(),
+                    ws.exit_code.map_or("-".into(), |code| code.to_string()),
+                    ws.attempts.to_string(),
+                    time(ws.since_ms),
+                    flags.join(", "),
+                ]
+            })
+            .collect();
+        table(
+            &["WORKSTATION", "STATE", "EXIT", "ATTEMPTS", "SINCE", "FLAGS"],
+            &rows,
+        );
+        if !status.distribution.is_empty() {
+            println!("distribution:");
+            let rows: Vec<Vec<String>> = status
+                .distribution
+                .iter()
+                .map(|dp| vec![dp.dp.clone(), opt(dp.installed_version), dp.state.clone()])
+                .collect();
+            table(&["DP", "INSTALLED", "STATE"], &rows);
+        }
+    }
+
     pub fn dps(&self, dps: &[DpInfo]) {
         if self.json {
             return print_json(&dps);

@@ -17,7 +17,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(args: &[&str], log: &Path) -> Process {
+    /// Starts `cascade ARGS`, logging to `log`.
+    pub fn spawn(args: &[&str], log: &Path) -> Process {
         let mut process = Process {
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),

@@ -6,5 +6,6 @@ mod harness;
 mod agents;
 mod bad_input;
 mod distribution;
+mod jobs;
 mod repair;
 mod tidy;

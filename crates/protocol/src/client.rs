@@ -312,4 +312,25 @@ impl Client {
     pub async fn put_settings(&self, settings: &SiteSettings) -> Result<SiteSettings> {
         self.put("/settings", settings).await
     }
+
+    /// Creates a job.
+    pub async fn create_job(&self, request: &JobRequest) -> Result<JobInfo> {
+        self.post("/jobs", request).await
+    }
+
+    /// Every job.
+    pub async fn jobs(&self) -> Result<Vec<JobInfo>> {
+        self.get("/jobs").await
+    }
+
+    /// Cancels a job.
+    pub async fn cancel_job(&self, id: u64) -> Result<JobInfo> {
+        self.post(&format!("/jobs/{id}/cancel"), &serde_json::json!({}))
+            .await
+    }
+
+    /// A job's status, per workstation and per DP.
+    pub async fn job_status(&self, id: u64) -> Result<JobStatus> {
+        self.get(&format!("/jobs/{id}/status")).await
+    }
 }

@@ -351,6 +351,12 @@ pub enum StatusBody {
         refresh: u64,
         repaired: u64,
     },
+    /// Site: the job expired; its offers are withdrawn everywhere.
+    JobExpired { job: u64, package: String },
+    /// Site: an administrator canceled the job.
+    JobCanceled { job: u64, package: String },
+    /// Agent: it received the job's offer.
+    JobOffered { job: u64, package: String },
 }
 
 impl StatusBody {
@@ -363,7 +369,10 @@ impl StatusBody {
             | StatusBody::DpInstalled { package, .. }
             | StatusBody::DpFailed { package, .. }
             | StatusBody::DpCorruptionFound { package, .. }
-            | StatusBody::DpRefreshed { package, .. } => package,
+            | StatusBody::DpRefreshed { package, .. }
+            | StatusBody::JobExpired { package, .. }
+            | StatusBody::JobCanceled { package, .. }
+            | StatusBody::JobOffered { package, .. } => package,
         }
     }
 
@@ -377,12 +386,52 @@ impl StatusBody {
             StatusBody::DpFailed { .. } => "dp_failed",
             StatusBody::DpCorruptionFound { .. } => "dp_corruption_found",
             StatusBody::DpRefreshed { .. } => "dp_refreshed",
+            StatusBody::JobExpired { .. } => "job_expired",
+            StatusBody::JobCanceled { .. } => "job_canceled",
+            StatusBody::JobOffered { .. } => "job_offered",
         }
     }
 
     /// True for the messages a DP may send about itself.
     pub fn is_from_dp(&self) -> bool {
-        !matches!(self, StatusBody::DistributionTargeted { .. })
+        matches!(
+            self,
+            StatusBody::DpTransferStarted { .. }
+                | StatusBody::DpProgress { .. }
+                | StatusBody::DpInstalled { .. }
+                | StatusBody::DpFailed { .. }
+                | StatusBody::DpCorruptionFound { .. }
+                | StatusBody::DpRefreshed { .. }
+        )
+    }
+
+    /// The job an agent's message is about, if it is one an agent may send.
+    pub fn agent_job(&self) -> Option<u64> {
+        match self {
+            StatusBody::JobOffered { job, .. } => Some(*job),
+            _ => None,
+        }
+    }
+
+    /// The job a message is about, if any.
+    pub fn job(&self) -> Option<u64> {
+        match self {
+            StatusBody::JobExpired { job, .. }
+            | StatusBody::JobCanceled { job, .. }
+            | StatusBody::JobOffered { job, .. } => Some(*job),
+            _ => None,
+        }
+    }
+
+    /// The run event this message carries, if it is about a job.
+    pub fn run_event(&self) -> Option<cascade_domain::run::RunEvent> {
+        use cascade_domain::run::RunEvent;
+        Some(match self {
+            StatusBody::JobExpired { .. } => RunEvent::Expired,
+            StatusBody::JobCanceled { .. } => RunEvent::Canceled,
+            StatusBody::JobOffered { .. } => RunEvent::Offered,
+            _ => return None,
+        })
     }
 
     /// The distribution event this message carries, if its version is valid.
@@ -447,6 +496,9 @@ impl StatusBody {
                 refresh: *refresh,
                 repaired: *repaired,
             },
+            StatusBody::JobExpired { .. }
+            | StatusBody::JobCanceled { .. }
+            | StatusBody::JobOffered { .. } => return None,
         })
     }
 }
@@ -586,6 +638,124 @@ pub struct AgentPolicy {
     pub approved: bool,
     /// How often to poll, in milliseconds (the agent adds jitter).
     pub poll_interval_ms: u64,
+    /// The jobs offered to this agent now; a job missing here is withdrawn.
+    #[serde(default)]
+    pub jobs: Vec<JobOffer>,
+}
+
+/// One job offered to an agent, as its policy carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobOffer {
+    /// Job id.
+    pub id: u64,
+    /// Package name.
+    pub package: String,
+    /// Package version.
+    pub version: u64,
+    /// The command line, run by `sh -c` in the package's directory.
+    pub command: String,
+    /// When the job may run.
+    pub offer_at_ms: i64,
+    /// After this the job never runs.
+    pub expires_at_ms: Option<i64>,
+    /// Runs only when requested on the workstation.
+    pub optional: bool,
+    /// Further attempts after a failure.
+    pub retries: u32,
+    /// Wait between attempts.
+    pub retry_delay_ms: u64,
+    /// Longest a download or a run may take.
+    pub timeout_ms: Option<u64>,
+    /// Exit codes that mean success.
+    pub success_codes: Vec<i32>,
+}
+
+/// `POST /api/v1/jobs`: run a command from a package on a collection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobRequest {
+    /// Package name.
+    pub package: String,
+    /// Pinned version; the newest when absent.
+    #[serde(default)]
+    pub version: Option<u64>,
+    /// Target collection.
+    pub collection: String,
+    /// The command line.
+    pub command: String,
+    /// When the job may run (now when absent).
+    #[serde(default)]
+    pub offer_at_ms: Option<i64>,
+    /// When the offer is withdrawn for good.
+    #[serde(default)]
+    pub expires_at_ms: Option<i64>,
+    /// Runs only when requested on the workstation.
+    #[serde(default)]
+    pub optional: bool,
+    /// Further attempts after a failure.
+    #[serde(default)]
+    pub retries: u32,
+    /// Wait between attempts.
+    #[serde(default)]
+    pub retry_delay_ms: u64,
+    /// Longest a download or a run may take.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Exit codes that mean success (default: 0).
+    #[serde(default)]
+    pub success_codes: Vec<i32>,
+}
+
+/// A stored job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// What agents receive.
+    #[serde(flatten)]
+    pub offer: JobOffer,
+    /// Target collection.
+    pub collection: String,
+    /// When it was created.
+    pub created_at_ms: i64,
+    /// When it was canceled.
+    pub canceled_at_ms: Option<i64>,
+    /// `scheduled` (before its offer time), `active`, `expired` or `canceled`.
+    pub state: String,
+}
+
+/// One workstation's row in a job's status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkstationStatus {
+    /// The agent.
+    pub agent: String,
+    /// Its last reported state: none, offered, downloading, running,
+    /// complete, failed, retrying.
+    pub state: String,
+    /// When that state was reported.
+    pub since_ms: i64,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Exit code of the last finished attempt.
+    pub exit_code: Option<i32>,
+    /// Why the last attempt failed.
+    pub reason: Option<String>,
+    /// Output tail of the last finished attempt.
+    pub output_tail: Option<String>,
+    /// When the job expired, shown beside the state.
+    pub expired_at_ms: Option<i64>,
+    /// When the job was canceled, shown beside the state.
+    pub canceled_at_ms: Option<i64>,
+}
+
+/// `GET /api/v1/jobs/{id}/status`, derived from status messages.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The job.
+    pub job: JobInfo,
+    /// Workstations per state.
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// One row per targeted workstation.
+    pub workstations: Vec<WorkstationStatus>,
+    /// The distribute phase: the package on the site's DPs.
+    pub distribution: Vec<DpPackageStatus>,
 }
 
 /// Query of the policy long poll.

@@ -231,10 +231,16 @@ pub async fn policy(
             || *shutdown.borrow()
         {
             let settings = read_settings(state.db.pool()).await?;
+            let jobs = if approved {
+                crate::jobs::offers_for(&state, agent_id).await?
+            } else {
+                Vec::new()
+            };
             return Ok(Json(AgentPolicy {
                 revision: revision as u64,
                 approved,
                 poll_interval_ms: settings.agent_poll_interval_ms,
+                jobs,
             }));
         }
         tokio::select! {
@@ -255,16 +261,68 @@ async fn touch(state: &AppState, agent_id: i64) -> Result<()> {
     Ok(tx.commit().await?)
 }
 
-/// A stored agent.
-struct AgentRow {
-    name: String,
-    report: AgentReport,
-    approved: bool,
-    enrolled_at_ms: i64,
-    last_seen_ms: Option<i64>,
+/// Who belongs to a collection: a list of names or a rule.
+pub enum Membership {
+    /// Listed workstations.
+    Listed(Vec<String>),
+    /// A rule over attributes.
+    Rule(Rule),
 }
 
-async fn all_agents<'e, E>(executor: E) -> Result<Vec<AgentRow>>
+impl Membership {
+    /// From a collection's stored definition.
+    pub fn new(machines: Option<Vec<String>>, rule: Option<&str>) -> Result<Membership> {
+        match (machines, rule) {
+            (Some(machines), _) => Ok(Membership::Listed(machines)),
+            (None, Some(rule)) => Ok(Membership::Rule(Rule::parse(rule)?)),
+            (None, None) => Ok(Membership::Listed(Vec::new())),
+        }
+    }
+
+    /// Whether the agent belongs now.
+    pub fn contains(&self, site: &str, agent: &AgentRow) -> bool {
+        match self {
+            Membership::Listed(machines) => machines.contains(&agent.name),
+            Membership::Rule(rule) => rule.matches(&AgentAttributes {
+                name: agent.name.clone(),
+                site: site.to_owned(),
+                os: agent.report.os.clone(),
+                arch: agent.report.arch.clone(),
+                hostname: agent.report.hostname.clone(),
+                tags: agent.report.tags.clone(),
+            }),
+        }
+    }
+}
+
+/// Loads a collection's membership by id.
+pub async fn membership<'e, E>(executor: E, collection_id: i64) -> Result<Membership>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let (machines, rule): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT machines, rule FROM collections WHERE id = ?")
+            .bind(collection_id)
+            .fetch_one(executor)
+            .await?;
+    let machines: Option<Vec<String>> = machines
+        .map(|json| serde_json::from_str(&json))
+        .transpose()
+        .map_err(|err| Error::Internal(format!("stored machine list does not parse: {err}")))?;
+    Membership::new(machines, rule.as_deref())
+}
+
+/// A stored agent.
+pub struct AgentRow {
+    pub name: String,
+    pub report: AgentReport,
+    pub approved: bool,
+    pub enrolled_at_ms: i64,
+    pub last_seen_ms: Option<i64>,
+}
+
+/// Every agent, by name.
+pub async fn all_agents<'e, E>(executor: E) -> Result<Vec<AgentRow>>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
@@ -444,31 +502,12 @@ async fn collection_info(
         .map(|json| serde_json::from_str(&json))
         .transpose()
         .map_err(|err| Error::Internal(format!("stored machine list does not parse: {err}")))?;
-    let members = match (&machines, &rule) {
-        (Some(machines), _) => agents
-            .iter()
-            .filter(|agent| machines.contains(&agent.name))
-            .map(|agent| agent.name.clone())
-            .collect(),
-        (None, Some(rule)) => {
-            let rule = Rule::parse(rule)?;
-            agents
-                .iter()
-                .filter(|agent| {
-                    rule.matches(&AgentAttributes {
-                        name: agent.name.clone(),
-                        site: state.code.to_string(),
-                        os: agent.report.os.clone(),
-                        arch: agent.report.arch.clone(),
-                        hostname: agent.report.hostname.clone(),
-                        tags: agent.report.tags.clone(),
-                    })
-                })
-                .map(|agent| agent.name.clone())
-                .collect()
-        }
-        (None, None) => Vec::new(),
-    };
+    let membership = Membership::new(machines.clone(), rule.as_deref())?;
+    let members = agents
+        .iter()
+        .filter(|agent| membership.contains(&state.code.to_string(), agent))
+        .map(|agent| agent.name.clone())
+        .collect();
     Ok(CollectionInfo {
         name: name.to_owned(),
         machines,

@@ -2,7 +2,7 @@
 
 use crate::auth::{self, Principal};
 use crate::error::{Error, Result};
-use crate::{agents, content, db, distribution, now_ms, status, AppState};
+use crate::{agents, content, db, distribution, jobs, now_ms, status, AppState};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -64,6 +64,9 @@ pub fn router(state: AppState) -> Router {
             get(agents::list_collections).post(agents::create_collection),
         )
         .route("/api/v1/collections/{name}", get(agents::show_collection))
+        .route("/api/v1/jobs", get(jobs::list).post(jobs::create))
+        .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/v1/jobs/{id}/status", get(jobs::job_status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_CONTROL_BODY))

@@ -117,6 +117,30 @@ CREATE TABLE collections (
     CHECK ((machines IS NULL) <> (rule IS NULL))
 );
 "#,
+    r#"
+-- Jobs: run a command from a package version on a collection.
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    package_id INTEGER NOT NULL REFERENCES packages(id),
+    version INTEGER NOT NULL,
+    collection_id INTEGER NOT NULL REFERENCES collections(id),
+    command TEXT NOT NULL,
+    offer_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    optional INTEGER NOT NULL,
+    retries INTEGER NOT NULL,
+    retry_delay_ms INTEGER NOT NULL,
+    timeout_ms INTEGER,
+    success_codes TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    canceled_at_ms INTEGER,
+    -- Bookkeeping of the expiry worker: the job_expired message is recorded.
+    expiry_recorded INTEGER NOT NULL DEFAULT 0
+);
+ALTER TABLE status_messages ADD COLUMN job INTEGER;
+ALTER TABLE status_messages ADD COLUMN agent TEXT;
+CREATE INDEX status_messages_by_job ON status_messages (job, id);
+"#,
 ];
 
 /// A stored package.
@@ -369,6 +393,8 @@ pub struct StoredMessage<'a> {
     pub kind: &'a str,
     pub package: Option<&'a str>,
     pub dp: Option<&'a str>,
+    pub job: Option<i64>,
+    pub agent: Option<&'a str>,
     pub body: String,
 }
 
@@ -381,8 +407,8 @@ pub async fn insert_message(
 ) -> Result<bool> {
     let result = sqlx::query(
         "INSERT OR IGNORE INTO status_messages
-         (source, seq, at_ms, received_at_ms, kind, package, dp, body)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         (source, seq, at_ms, received_at_ms, kind, package, dp, job, agent, body)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(message.source)
     .bind(message.seq)
@@ -391,6 +417,8 @@ pub async fn insert_message(
     .bind(message.kind)
     .bind(message.package)
     .bind(message.dp)
+    .bind(message.job)
+    .bind(message.agent)
     .bind(&message.body)
     .execute(&mut **tx)
     .await?;

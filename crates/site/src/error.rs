@@ -76,6 +76,7 @@ impl Error {
                     "version" => "unknown_version",
                     "agent" => "unknown_agent",
                     "collection" => "unknown_collection",
+                    "job" => "unknown_job",
                     _ => "not_found",
                 },
             ),

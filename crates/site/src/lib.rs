@@ -13,6 +13,7 @@ mod content;
 pub mod db;
 mod distribution;
 mod error;
+mod jobs;
 mod status;
 
 pub use error::{Error, Result};
@@ -202,6 +203,7 @@ pub async fn run(
         url: url.clone(),
     });
     tracing::info!(site = %code, %url, "site server listening");
+    tokio::spawn(jobs::expiry_worker(state.clone()));
     let app = api::router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -46,6 +46,8 @@ pub async fn record_site_message(
             kind: message.body.kind(),
             package: Some(&package),
             dp,
+            job: message.body.job().map(|job| job as i64),
+            agent: None,
             body: text,
         },
         at_ms,
@@ -65,7 +67,22 @@ pub async fn ingest(
     principal: Principal,
     ApiJson(batch): ApiJson<StatusBatch>,
 ) -> Result<Json<StatusAck>> {
-    let (dp_id, dp_name) = principal.require_dp()?;
+    // The source is the authenticated sender: a DP or an agent reports
+    // only for itself, and only messages of its own kinds.
+    let (source, dp, agent) = match &principal {
+        Principal::Dp { name, .. } => (dp_source(&state, name), Some(name.as_str()), None),
+        Principal::Agent { name, .. } => (
+            format!("{}/agent/{name}", state.code),
+            None,
+            Some(name.as_str()),
+        ),
+        Principal::Admin => {
+            return Err(Error::Forbidden(
+                "status messages come from DPs and agents; the admin token may not send them"
+                    .into(),
+            ))
+        }
+    };
     if batch.messages.len() > MAX_BATCH {
         return Err(Error::TooLarge(format!(
             "{} status messages in one batch; at most {MAX_BATCH}",
@@ -73,20 +90,32 @@ pub async fn ingest(
         )));
     }
     for message in &batch.messages {
-        if !message.body.is_from_dp() {
-            return Err(Error::Forbidden(format!(
-                "dp {dp_name} may not report {} messages",
-                message.body.kind()
-            )));
-        }
         if message.seq == 0 {
             return Err(Error::invalid(
                 "malformed_request",
                 "status sequence numbers start at 1",
             ));
         }
+        let allowed = match (dp, agent) {
+            (Some(_), _) => message.body.is_from_dp(),
+            (_, Some(agent)) => match message.body.agent_job() {
+                Some(job) => crate::jobs::targets(&state, job, agent).await?,
+                None => false,
+            },
+            _ => false,
+        };
+        if !allowed {
+            let who = dp
+                .map(|d| format!("dp {d}"))
+                .or(agent.map(|a| format!("agent {a}")))
+                .unwrap_or_default();
+            tracing::warn!(%who, kind = message.body.kind(), "refused a status message");
+            return Err(Error::Forbidden(format!(
+                "{who} may not report this {} message",
+                message.body.kind()
+            )));
+        }
     }
-    let source = dp_source(&state, dp_name);
     let received = now_ms();
     let mut tx = state.db.write().await?;
     let (mut stored, mut duplicates) = (0u64, 0u64);
@@ -106,7 +135,9 @@ pub async fn ingest(
                 at_ms: message.at_ms,
                 kind: message.body.kind(),
                 package: Some(package),
-                dp: Some(dp_name),
+                dp,
+                job: message.body.job().map(|job| job as i64),
+                agent,
                 body: text,
             },
             received,
@@ -128,9 +159,14 @@ pub async fn ingest(
     .bind(highest)
     .fetch_one(&mut *tx.tx)
     .await?;
-    sqlx::query("UPDATE dps SET last_seen_ms = ? WHERE id = ?")
+    let (table, id) = match &principal {
+        Principal::Dp { id, .. } => ("dps", *id),
+        Principal::Agent { id, .. } => ("agents", *id),
+        Principal::Admin => unreachable!("refused above"),
+    };
+    sqlx::query(&format!("UPDATE {table} SET last_seen_ms = ? WHERE id = ?"))
         .bind(received)
-        .bind(dp_id)
+        .bind(id)
         .execute(&mut *tx.tx)
         .await?;
     tx.commit().await?;
@@ -148,8 +184,49 @@ pub async fn package_status(
     Path(name): Path<String>,
 ) -> Result<Json<PackageStatus>> {
     principal.require_admin()?;
+    let (package, latest, dps) = distribution_rows(&state, &name).await?;
+    Ok(Json(PackageStatus {
+        package,
+        latest_version: latest,
+        dps,
+    }))
+}
+
+/// `GET /api/v1/packages/{name}/messages`: the raw history behind the views.
+pub async fn package_messages(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<StatusRecord>>> {
+    principal.require_admin()?;
     let pool = state.db.pool();
     let package = db::require_package(pool, &name).await?;
+    let mut out = Vec::new();
+    for (source, seq, at_ms, received_at_ms, body) in
+        db::records_of_package(pool, &package.name).await?
+    {
+        let message: StatusMessage = serde_json::from_str(&body).map_err(|err| {
+            Error::Internal(format!("stored status message does not parse: {err}"))
+        })?;
+        out.push(StatusRecord {
+            source,
+            seq: seq as u64,
+            at_ms,
+            received_at_ms,
+            body: message.body,
+        });
+    }
+    Ok(Json(out))
+}
+
+/// Per-DP rows of a package, folded from its status messages: (name, newest
+/// version, rows).
+pub async fn distribution_rows(
+    state: &AppState,
+    name: &str,
+) -> Result<(String, u64, Vec<DpPackageStatus>)> {
+    let pool = state.db.pool();
+    let package = db::require_package(pool, name).await?;
     let latest = db::latest_version(pool, package.id).await?.unwrap_or(0);
     let mut folds: BTreeMap<String, DistributionFold> =
         db::distributions_of_package(pool, package.id)
@@ -196,36 +273,5 @@ pub async fn package_status(
             }
         })
         .collect();
-    Ok(Json(PackageStatus {
-        package: package.name,
-        latest_version: latest as u64,
-        dps,
-    }))
-}
-
-/// `GET /api/v1/packages/{name}/messages`: the raw history behind the views.
-pub async fn package_messages(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(name): Path<String>,
-) -> Result<Json<Vec<StatusRecord>>> {
-    principal.require_admin()?;
-    let pool = state.db.pool();
-    let package = db::require_package(pool, &name).await?;
-    let mut out = Vec::new();
-    for (source, seq, at_ms, received_at_ms, body) in
-        db::records_of_package(pool, &package.name).await?
-    {
-        let message: StatusMessage = serde_json::from_str(&body).map_err(|err| {
-            Error::Internal(format!("stored status message does not parse: {err}"))
-        })?;
-        out.push(StatusRecord {
-            source,
-            seq: seq as u64,
-            at_ms,
-            received_at_ms,
-            body: message.body,
-        });
-    }
-    Ok(Json(out))
+    Ok((package.name, latest as u64, dps))
 }

@@ -7,6 +7,8 @@
 //! The run phase (jobs: download from a DP, verify, run, report) builds on
 //! this loop.
 
+mod execute;
+
 use cascade_protocol::{AgentEnrollRequest, AgentReport, Client, Enrollment, JobOffer, StatusBody};
 use cascade_store::{Db, NewDir, Outbox, OUTBOX_SCHEMA};
 use serde::{Deserialize, Serialize};
@@ -22,6 +24,11 @@ pub mod layout {
     pub const CONFIG: &str = "agent.json";
     /// The agent's durable store.
     pub const DB: &str = "agent.db";
+    /// Chunks downloaded for jobs, kept so that a later version fetches only
+    /// what changed.
+    pub const CHUNKS: &str = "chunks";
+    /// One directory per job, where its package is materialised and run.
+    pub const JOBS: &str = "jobs";
 }
 
 /// Schema of the agent's store.
@@ -36,6 +43,11 @@ const MIGRATIONS: &[&str] = &[
         first_seen_ms INTEGER NOT NULL,
         withdrawn_at_ms INTEGER
     );",
+    // Run bookkeeping: offered → requested (optional jobs) → done (complete
+    // or failed for good: never run again), attempts so far, next retry.
+    "ALTER TABLE jobs ADD COLUMN state TEXT NOT NULL DEFAULT 'offered';
+     ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE jobs ADD COLUMN next_attempt_at_ms INTEGER;",
 ];
 
 /// Everything an agent can fail at.
@@ -50,6 +62,10 @@ pub enum Error {
     /// The agent is not set up as asked.
     #[error("{0}")]
     Config(String),
+    /// No DP holds the content yet (the distribute phase is still running):
+    /// not a failed attempt, the agent tries again shortly.
+    #[error("{0}")]
+    NotYetAvailable(String),
     /// A file operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -241,6 +257,15 @@ pub async fn offers(dir: &Path) -> Result<Vec<JobOffer>> {
         .collect()
 }
 
+/// `cascade agent run-offer`: asks the running agent to run an optional
+/// offer it holds.
+pub async fn run_offer(dir: &Path, job: u64) -> Result<()> {
+    let db = Db::open(&dir.join(layout::DB), false, MIGRATIONS).await?;
+    let result = execute::request(&db, job).await;
+    db.close().await;
+    result
+}
+
 /// Longest wait between attempts while the site is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -259,8 +284,25 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         Outbox::new(db.clone()),
         client.clone(),
         wake.clone(),
-        stop_rx,
+        stop_rx.clone(),
     ));
+    let dps = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let nudge = Arc::new(tokio::sync::Notify::new());
+    let executor = execute::Executor {
+        name: enrollment.name.clone(),
+        dir: dir.to_owned(),
+        db: db.clone(),
+        client: client.clone(),
+        site_key: cascade_content::public_key_from_hex(&enrollment.site_public_key)
+            .map_err(|err| Error::Config(format!("agent.json holds a bad site key: {err}")))?,
+        store: cascade_content::ChunkStore::open(&dir.join(layout::CHUNKS))
+            .map_err(|err| Error::Config(format!("opening the chunk store: {err}")))?,
+        dps: dps.clone(),
+        wake: wake.clone(),
+        nudge: nudge.clone(),
+        http: execute::dp_client(),
+    };
+    let executor = tokio::spawn(executor.run(stop_rx));
     tokio::pin!(shutdown);
     let mut revision = 0u64;
     let mut interval = Duration::from_secs(60);
@@ -286,9 +328,13 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
                 backoff = Duration::from_millis(500);
                 revision = policy.revision;
                 interval = Duration::from_millis(policy.poll_interval_ms.max(1000));
+                *dps.lock().await = policy.dps.clone();
                 match apply_policy(&db, &policy.jobs).await {
-                    Ok(true) => wake.notify_one(),
-                    Ok(false) => {}
+                    Ok(true) => {
+                        wake.notify_one();
+                        nudge.notify_one();
+                    }
+                    Ok(false) => nudge.notify_one(),
                     Err(err) => {
                         // Ask again at once rather than wait for the next change.
                         revision = 0;
@@ -320,6 +366,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         }
     }
     let _ = stop_tx.send(true);
+    let _ = executor.await;
     let _ = forwarder.await;
     db.close().await;
     Ok(())

@@ -137,6 +137,13 @@ enum AgentCommand {
         /// The agent's data directory.
         dir: PathBuf,
     },
+    /// Run an optional offer now (the running agent picks it up).
+    RunOffer {
+        /// The agent's data directory.
+        dir: PathBuf,
+        /// Job id.
+        job: u64,
+    },
     /// Approve an agent waiting for approval.
     Approve {
         /// The agent's name.
@@ -517,6 +524,13 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                 .await
                 .with_context(|| format!("reading the offers in {}", dir.display()))?;
             out.offers(&offers);
+        }
+        Command::Agent(AgentCommand::RunOffer { dir, job }) => {
+            init_logging("warn");
+            cascade_agent::run_offer(&dir, job).await?;
+            if !out.json {
+                println!("job {job} requested; the running agent starts it within a second");
+            }
         }
         Command::Job(command) => {
             init_logging("warn");

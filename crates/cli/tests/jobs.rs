@@ -38,8 +38,31 @@ fn offers(agent: &Agent) -> Vec<u64> {
         .collect()
 }
 
+fn enroll_offline(site: &Site, root: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let dir = root.join(format!("agent-{name}"));
+    run_ok(
+        std::process::Command::new(BIN)
+            .args(["agent", "init"])
+            .arg(&dir)
+            .args([
+                "--site",
+                &site.url,
+                "--join-token",
+                &site.join_token,
+                "--name",
+                name,
+                "--tag",
+                "role=kiosk",
+            ]),
+    );
+    dir
+}
+
+/// Seed 003 (Q152229): of five workstations three succeed, one fails and one
+/// is offline; after expiry each keeps its last state, marked expired, and
+/// the offline one, started after expiry, never runs the job.
 #[test]
-fn jobs_are_offered_then_withdrawn_on_cancel_and_expiry_keeping_the_last_state() {
+fn q152229_expiry_keeps_last_status() {
     let root = tempfile::tempdir().unwrap();
     let site = Site::start(root.path());
     site.json(&["site", "settings", "--agent-poll-interval", "2s"]);
@@ -53,26 +76,11 @@ fn jobs_are_offered_then_withdrawn_on_cancel_and_expiry_keeping_the_last_state()
         "--source",
         source.to_str().unwrap(),
     ]);
-    let agents: Vec<Agent> = (1..=3)
+    let agents: Vec<Agent> = (1..=4)
         .map(|i| site.add_agent(&format!("ws{i}"), &["role=kiosk"]))
         .collect();
+    let offline = enroll_offline(&site, root.path(), "ws5");
     let office = site.add_agent("office1", &["role=office"]);
-    // ws4 is enrolled but offline.
-    run_ok(
-        std::process::Command::new(BIN)
-            .args(["agent", "init"])
-            .arg(root.path().join("agent-ws4"))
-            .args([
-                "--site",
-                &site.url,
-                "--join-token",
-                &site.join_token,
-                "--name",
-                "ws4",
-                "--tag",
-                "role=kiosk",
-            ]),
-    );
     site.json(&[
         "collection",
         "create",
@@ -81,6 +89,7 @@ fn jobs_are_offered_then_withdrawn_on_cancel_and_expiry_keeping_the_last_state()
         "tag.role = kiosk",
     ]);
 
+    // ws4 fails; the others succeed after checking their files arrived.
     let job = site.json(&[
         "job",
         "create",
@@ -89,59 +98,32 @@ fn jobs_are_offered_then_withdrawn_on_cancel_and_expiry_keeping_the_last_state()
         "--collection",
         "kiosks",
         "--command",
-        "sh install.sh",
+        "test -f big.bin && echo ran on $CASCADE_AGENT && test $CASCADE_AGENT != ws4",
         "--expires-in",
-        "5s",
+        "8s",
     ]);
     let id = job[0]["id"].as_u64().unwrap().to_string();
-    let optional = site.json(&[
-        "job",
-        "create",
-        "--package",
-        "tool",
-        "--collection",
-        "kiosks",
-        "--command",
-        "true",
-        "--optional",
-    ]);
-    let optional_id = optional[0]["id"].as_u64().unwrap();
-
-    // Offered to the three running kiosks; the offline one shows none.
-    wait_for(&site, "three offers", |site| {
-        site.json(&["job", "status", &id])["counts"]["offered"] == 3
+    wait_for(&site, "three complete and one failed", |site| {
+        let status = site.json(&["job", "status", &id]);
+        status["counts"]["complete"] == 3 && status["counts"]["failed"] == 1
     });
     let status = site.json(&["job", "status", &id]);
-    assert_eq!(row(&status, "ws4")["state"], "none");
+    assert_eq!(row(&status, "ws4")["exit_code"], 1);
+    assert!(row(&status, "ws4")["output_tail"]
+        .as_str()
+        .unwrap()
+        .contains("ran on ws4"));
+    assert_eq!(row(&status, "ws1")["exit_code"], 0);
+    assert_eq!(row(&status, "ws5")["state"], "none");
     assert!(status["workstations"]
         .as_array()
         .unwrap()
         .iter()
         .all(|r| r["agent"] != "office1"));
-    site.wait_installed("tool", &[&dp], 1, Duration::from_secs(30));
-    assert_eq!(
-        site.json(&["job", "status", &id])["distribution"][0]["state"],
-        "installed"
-    );
+    assert_eq!(status["distribution"][0]["state"], "installed");
+    let _ = &dp;
 
-    // The optional job waits on the workstation until canceled.
-    wait_for(&site, "the optional offer on ws1", |_| {
-        offers(&agents[0]).contains(&optional_id)
-    });
-    let canceled = site.json(&["job", "cancel", &optional_id.to_string()]);
-    assert_eq!(canceled[0]["state"], "canceled");
-    wait_for(&site, "the optional offer withdrawn", |_| {
-        !offers(&agents[0]).contains(&optional_id)
-    });
-    let status = site.json(&["job", "status", &optional_id.to_string()]);
-    let ws1 = row(&status, "ws1");
-    assert_eq!(
-        ws1["state"], "offered",
-        "cancel must not replace the last state"
-    );
-    assert!(ws1["canceled_at_ms"].as_i64().is_some());
-
-    // Expiry: every row keeps its last state, marked expired.
+    // After expiry every row keeps its last state, marked expired.
     wait_for(&site, "expiry", |site| {
         site.json(&["job", "status", &id])["workstations"]
             .as_array()
@@ -150,36 +132,56 @@ fn jobs_are_offered_then_withdrawn_on_cancel_and_expiry_keeping_the_last_state()
             .all(|r| r["expired_at_ms"].as_i64().is_some())
     });
     let status = site.json(&["job", "status", &id]);
-    for agent in ["ws1", "ws2", "ws3"] {
-        assert_eq!(row(&status, agent)["state"], "offered");
+    for (agent, state) in [
+        ("ws1", "complete"),
+        ("ws2", "complete"),
+        ("ws3", "complete"),
+        ("ws4", "failed"),
+        ("ws5", "none"),
+    ] {
+        assert_eq!(row(&status, agent)["state"], state, "{status:#}");
     }
-    assert_eq!(row(&status, "ws4")["state"], "none");
+    assert_eq!(status["counts"]["complete"], 3);
     assert_eq!(site.json(&["job", "list"])[0]["state"], "expired");
 
-    // The offline agent, started after expiry, is never offered the job.
-    let ws4 = Agent {
-        name: "ws4".into(),
-        dir: root.path().join("agent-ws4"),
+    // The offline agent, started after expiry, never runs the job.
+    let ws5 = Agent {
+        name: "ws5".into(),
+        dir: offline.clone(),
         process: Process::spawn(
-            &[
-                "agent",
-                "run",
-                root.path().join("agent-ws4").to_str().unwrap(),
-            ],
-            &root.path().join("ws4.log"),
+            &["agent", "run", offline.to_str().unwrap()],
+            &root.path().join("ws5.log"),
         ),
     };
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(offers(&ws4).is_empty());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(offers(&ws5).is_empty());
+    assert!(
+        !offline.join("jobs").join(&id).exists(),
+        "the expired job ran"
+    );
     assert_eq!(
-        row(&site.json(&["job", "status", &id]), "ws4")["state"],
+        row(&site.json(&["job", "status", &id]), "ws5")["state"],
         "none"
+    );
+
+    // A restarted agent never runs a completed job again.
+    let mut ws1 = agents.into_iter().next().unwrap();
+    let marker = ws1.dir.join("jobs").join(&id);
+    std::fs::remove_dir_all(&marker).unwrap();
+    ws1.process.kill();
+    let log = root.path().join("ws1-again.log");
+    ws1.process = Process::spawn(&["agent", "run", ws1.dir.to_str().unwrap()], &log);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !marker.exists(),
+        "a completed job ran again after a restart"
     );
 
     // An agent may report only about jobs offered to it.
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(office.dir.join("agent.json")).unwrap()).unwrap();
-    let body = serde_json::json!({"messages": [{"seq": 1, "at_ms": 1, "kind": "job_offered", "job": id.parse::<u64>().unwrap(), "package": "tool"}]});
+    let body = serde_json::json!({"messages": [{"seq": 1, "at_ms": 1, "kind": "job_completed",
+        "job": id.parse::<u64>().unwrap(), "package": "tool", "attempt": 1, "exit_code": 0}]});
     let err = http(
         Method::POST,
         &format!("{}/api/v1/status", site.url),
@@ -189,17 +191,106 @@ fn jobs_are_offered_then_withdrawn_on_cancel_and_expiry_keeping_the_last_state()
     )
     .unwrap_err();
     assert!(err.starts_with("403"), "{err}");
-    let err = site.fails(&[
-        "job",
+}
+
+/// Optional jobs run only when requested; canceled jobs never run; failures
+/// retry and then fail with their exit code and output; a hanging command
+/// ends failed (timeout).
+#[test]
+fn optional_cancel_retry_and_timeout() {
+    let root = tempfile::tempdir().unwrap();
+    let site = Site::start(root.path());
+    site.json(&["site", "settings", "--agent-poll-interval", "2s"]);
+    let _dp = site.add_dp("dp1");
+    let source = root.path().join("src");
+    make_tree(&source, 2, 10_000, 12);
+    site.json(&[
+        "package",
         "create",
-        "--package",
         "tool",
-        "--collection",
-        "nope",
-        "--command",
-        "x",
+        "--source",
+        source.to_str().unwrap(),
     ]);
-    assert!(err.contains("unknown collection"), "{err}");
-    let err = site.fails(&["job", "cancel", "999"]);
-    assert!(err.contains("unknown job"), "{err}");
+    let ws1 = site.add_agent("ws1", &["role=kiosk"]);
+    site.json(&["collection", "create", "one", "--machines", "ws1"]);
+    let create = |extra: &[&str]| -> String {
+        let mut args = vec!["job", "create", "--package", "tool", "--collection", "one"];
+        args.extend_from_slice(extra);
+        site.json(&args)[0]["id"].as_u64().unwrap().to_string()
+    };
+
+    let optional = create(&["--command", "true", "--optional"]);
+    let canceled = create(&["--command", "true", "--optional"]);
+    let retried = create(&[
+        "--command",
+        "echo try $CASCADE_ATTEMPT; exit 3",
+        "--retries",
+        "2",
+        "--retry-delay",
+        "1s",
+    ]);
+    let hangs = create(&["--command", "sleep 600", "--timeout", "2s"]);
+
+    wait_for(&site, "retries to end", |site| {
+        site.json(&["job", "status", &retried])["counts"]["failed"] == 1
+    });
+    let row_retried = site.json(&["job", "status", &retried]);
+    let ws = row(&row_retried, "ws1");
+    assert_eq!(ws["attempts"], 3);
+    assert_eq!(ws["exit_code"], 3);
+    assert!(
+        ws["output_tail"].as_str().unwrap().contains("try 3"),
+        "{ws:#}"
+    );
+    let history = site.history("tool");
+    assert!(
+        history.iter().any(|m| m["kind"] == "job_retrying"),
+        "no retrying in between"
+    );
+
+    wait_for(&site, "the timeout", |site| {
+        site.json(&["job", "status", &hangs])["counts"]["failed"] == 1
+    });
+    let status = site.json(&["job", "status", &hangs]);
+    assert!(
+        row(&status, "ws1")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timeout"),
+        "{status:#}"
+    );
+
+    // The optional job waits until requested.
+    assert_eq!(
+        row(&site.json(&["job", "status", &optional]), "ws1")["state"],
+        "offered"
+    );
+    site.json(&["job", "cancel", &canceled]);
+    wait_for(&site, "the canceled offer withdrawn", |_| {
+        !offers(&ws1).contains(&canceled.parse().unwrap())
+    });
+    let out = std::process::Command::new(BIN)
+        .args(["agent", "run-offer"])
+        .arg(&ws1.dir)
+        .arg(&canceled)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("withdrawn"));
+    run_ok(
+        std::process::Command::new(BIN)
+            .args(["agent", "run-offer"])
+            .arg(&ws1.dir)
+            .arg(&optional),
+    );
+    wait_for(&site, "the requested optional job", |site| {
+        site.json(&["job", "status", &optional])["counts"]["complete"] == 1
+    });
+    let status = site.json(&["job", "status", &canceled]);
+    assert_eq!(
+        row(&status, "ws1")["state"],
+        "offered",
+        "a canceled job ran"
+    );
+    assert!(row(&status, "ws1")["canceled_at_ms"].as_i64().is_some());
 }

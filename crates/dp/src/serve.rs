@@ -21,6 +21,7 @@ pub fn router(dp: Dp) -> Router {
         .route("/v1/info", get(info))
         .route("/v1/packages/{name}/manifest", get(manifest))
         .route("/v1/packages/{name}/files/{*path}", get(file))
+        .route("/v1/chunks/{hash}", get(chunk))
         .with_state(dp)
 }
 
@@ -83,6 +84,43 @@ async fn held_manifest_cached(dp: &Dp, name: &str) -> Result<(u64, Arc<Manifest>
         .expect("manifest cache")
         .insert(name.to_owned(), (manifest.version, manifest.clone()));
     Ok((manifest.version, manifest))
+}
+
+/// `GET /v1/chunks/{hash}`: a chunk's encoded form (see
+/// `cascade_content::encode`), verified on the way out, for agents that
+/// fetch only the chunks they lack.
+async fn chunk(State(dp): State<Dp>, Path(hash): Path<String>) -> Result<Response> {
+    let hash = cascade_content::ChunkHash::from_hex(&hash)
+        .map_err(|err| Error::BadRequest(format!("{hash:?} is not a chunk hash: {err}")))?;
+    let store = dp.store.clone();
+    let encoded = tokio::task::spawn_blocking(move || store.get_encoded(&hash))
+        .await
+        .map_err(|err| Error::Unavailable(format!("read task failed: {err}")))?;
+    match encoded {
+        Ok(encoded) => {
+            let served = encoded.len() as u64;
+            let db = dp.db.clone();
+            tokio::spawn(async move {
+                let _ = db::add_counters(&db, &[("bytes_served", served)]).await;
+            });
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .body(Body::from(encoded))
+                .map_err(|err| Error::BadRequest(err.to_string()))
+        }
+        Err(cascade_content::Error::NotFound { .. }) => Err(Error::NotFound(format!(
+            "this dp does not hold chunk {hash}"
+        ))),
+        Err(err) => {
+            // Which package needs repair is not known from a hash: verify them all.
+            for held in db::all_held(&dp.db).await? {
+                dp.request_repair(&held.name);
+            }
+            Err(Error::Unavailable(format!(
+                "chunk {hash} is being repaired on this dp ({err})"
+            )))
+        }
+    }
 }
 
 /// Parses a single `bytes=` range against a file of `size` bytes; returns

@@ -357,6 +357,45 @@ pub enum StatusBody {
     JobCanceled { job: u64, package: String },
     /// Agent: it received the job's offer.
     JobOffered { job: u64, package: String },
+    /// Agent: downloading the package.
+    JobDownloading {
+        job: u64,
+        package: String,
+        bytes_done: u64,
+        bytes_total: u64,
+    },
+    /// Agent: attempt `attempt` started.
+    JobRunning {
+        job: u64,
+        package: String,
+        attempt: u32,
+    },
+    /// Agent: the command succeeded.
+    JobCompleted {
+        job: u64,
+        package: String,
+        attempt: u32,
+        exit_code: i32,
+    },
+    /// Agent: the job failed for good.
+    JobFailed {
+        job: u64,
+        package: String,
+        attempt: u32,
+        exit_code: Option<i32>,
+        reason: String,
+        output_tail: String,
+    },
+    /// Agent: an attempt failed; another follows.
+    JobRetrying {
+        job: u64,
+        package: String,
+        attempt: u32,
+        of: u32,
+        exit_code: Option<i32>,
+        reason: String,
+        output_tail: String,
+    },
 }
 
 impl StatusBody {
@@ -372,7 +411,12 @@ impl StatusBody {
             | StatusBody::DpRefreshed { package, .. }
             | StatusBody::JobExpired { package, .. }
             | StatusBody::JobCanceled { package, .. }
-            | StatusBody::JobOffered { package, .. } => package,
+            | StatusBody::JobOffered { package, .. }
+            | StatusBody::JobDownloading { package, .. }
+            | StatusBody::JobRunning { package, .. }
+            | StatusBody::JobCompleted { package, .. }
+            | StatusBody::JobFailed { package, .. }
+            | StatusBody::JobRetrying { package, .. } => package,
         }
     }
 
@@ -389,6 +433,11 @@ impl StatusBody {
             StatusBody::JobExpired { .. } => "job_expired",
             StatusBody::JobCanceled { .. } => "job_canceled",
             StatusBody::JobOffered { .. } => "job_offered",
+            StatusBody::JobDownloading { .. } => "job_downloading",
+            StatusBody::JobRunning { .. } => "job_running",
+            StatusBody::JobCompleted { .. } => "job_completed",
+            StatusBody::JobFailed { .. } => "job_failed",
+            StatusBody::JobRetrying { .. } => "job_retrying",
         }
     }
 
@@ -408,8 +457,8 @@ impl StatusBody {
     /// The job an agent's message is about, if it is one an agent may send.
     pub fn agent_job(&self) -> Option<u64> {
         match self {
-            StatusBody::JobOffered { job, .. } => Some(*job),
-            _ => None,
+            StatusBody::JobExpired { .. } | StatusBody::JobCanceled { .. } => None,
+            other => other.job(),
         }
     }
 
@@ -418,7 +467,12 @@ impl StatusBody {
         match self {
             StatusBody::JobExpired { job, .. }
             | StatusBody::JobCanceled { job, .. }
-            | StatusBody::JobOffered { job, .. } => Some(*job),
+            | StatusBody::JobOffered { job, .. }
+            | StatusBody::JobDownloading { job, .. }
+            | StatusBody::JobRunning { job, .. }
+            | StatusBody::JobCompleted { job, .. }
+            | StatusBody::JobFailed { job, .. }
+            | StatusBody::JobRetrying { job, .. } => Some(*job),
             _ => None,
         }
     }
@@ -430,6 +484,47 @@ impl StatusBody {
             StatusBody::JobExpired { .. } => RunEvent::Expired,
             StatusBody::JobCanceled { .. } => RunEvent::Canceled,
             StatusBody::JobOffered { .. } => RunEvent::Offered,
+            StatusBody::JobDownloading {
+                bytes_done,
+                bytes_total,
+                ..
+            } => RunEvent::Downloading {
+                bytes_done: *bytes_done,
+                bytes_total: *bytes_total,
+            },
+            StatusBody::JobRunning { attempt, .. } => RunEvent::Running { attempt: *attempt },
+            StatusBody::JobCompleted {
+                attempt, exit_code, ..
+            } => RunEvent::Completed {
+                attempt: *attempt,
+                exit_code: *exit_code,
+            },
+            StatusBody::JobFailed {
+                attempt,
+                exit_code,
+                reason,
+                output_tail,
+                ..
+            } => RunEvent::Failed {
+                attempt: *attempt,
+                exit_code: *exit_code,
+                reason: reason.clone(),
+                output_tail: output_tail.clone(),
+            },
+            StatusBody::JobRetrying {
+                attempt,
+                of,
+                exit_code,
+                reason,
+                output_tail,
+                ..
+            } => RunEvent::Retrying {
+                attempt: *attempt,
+                of: *of,
+                exit_code: *exit_code,
+                reason: reason.clone(),
+                output_tail: output_tail.clone(),
+            },
             _ => return None,
         })
     }
@@ -498,7 +593,12 @@ impl StatusBody {
             },
             StatusBody::JobExpired { .. }
             | StatusBody::JobCanceled { .. }
-            | StatusBody::JobOffered { .. } => return None,
+            | StatusBody::JobOffered { .. }
+            | StatusBody::JobDownloading { .. }
+            | StatusBody::JobRunning { .. }
+            | StatusBody::JobCompleted { .. }
+            | StatusBody::JobFailed { .. }
+            | StatusBody::JobRetrying { .. } => return None,
         })
     }
 }
@@ -641,6 +741,9 @@ pub struct AgentPolicy {
     /// The jobs offered to this agent now; a job missing here is withdrawn.
     #[serde(default)]
     pub jobs: Vec<JobOffer>,
+    /// Content URLs of the site's DPs, to download from.
+    #[serde(default)]
+    pub dps: Vec<String>,
 }
 
 /// One job offered to an agent, as its policy carries it.

@@ -236,11 +236,17 @@ pub async fn policy(
             } else {
                 Vec::new()
             };
+            let dps = crate::db::all_dps(state.db.pool())
+                .await?
+                .into_iter()
+                .filter_map(|dp| dp.url)
+                .collect();
             return Ok(Json(AgentPolicy {
                 revision: revision as u64,
                 approved,
                 poll_interval_ms: settings.agent_poll_interval_ms,
                 jobs,
+                dps,
             }));
         }
         tokio::select! {

@@ -217,6 +217,13 @@ enum JobCommand {
     Status {
         /// Job id.
         id: u64,
+        /// Refresh live with a progress bar until the job is finished,
+        /// expired or canceled.
+        #[arg(long)]
+        watch: bool,
+        /// Show one workstation in detail, with its output tail.
+        #[arg(long)]
+        machine: Option<String>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -638,8 +645,28 @@ async fn job(command: JobCommand, out: Output) -> Result<()> {
         JobCommand::Cancel { id, connection } => {
             out.jobs(&[connection.client()?.cancel_job(id).await?])
         }
-        JobCommand::Status { id, connection } => {
-            out.job_status(&connection.client()?.job_status(id).await?)
+        JobCommand::Status {
+            id,
+            watch,
+            machine,
+            connection,
+        } => {
+            let client = connection.client()?;
+            let status = if watch {
+                output::watch_job(
+                    &client,
+                    id,
+                    std::time::Duration::from_secs(7 * 24 * 3600),
+                    !out.json,
+                )
+                .await?
+            } else {
+                client.job_status(id).await?
+            };
+            match machine {
+                Some(name) => out.workstation(&status, &name)?,
+                None => out.job_status(&status),
+            }
         }
     }
     Ok(())

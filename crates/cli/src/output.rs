@@ -336,6 +336,44 @@ impl Output {
         }
     }
 
+    /// One workstation of a job in detail.
+    pub fn workstation(&self, status: &JobStatus, name: &str) -> Result<()> {
+        let Some(ws) = status.workstations.iter().find(|ws| ws.agent == name) else {
+            anyhow::bail!(
+                "workstation {name:?} is not targeted by job {}",
+                status.job.offer.id
+            );
+        };
+        if self.json {
+            print_json(ws);
+            return Ok(());
+        }
+        println!("job {} on {}", status.job.offer.id, ws.agent);
+        println!("state:     {} since {}", ws.state, time(ws.since_ms));
+        println!("attempts:  {}", ws.attempts);
+        println!(
+            "exit code: {}",
+            ws.exit_code.map_or("-".into(), |code| code.to_string())
+        );
+        if let Some(reason) = &ws.reason {
+            println!("reason:    {reason}");
+        }
+        if let Some(at) = ws.expired_at_ms {
+            println!("expired:   {}", time(at));
+        }
+        if let Some(at) = ws.canceled_at_ms {
+            println!("canceled:  {}", time(at));
+        }
+        if let Some(tail) = ws.output_tail.as_deref().filter(|tail| !tail.is_empty()) {
+            println!("output (last 4 KiB):");
+            print!("{tail}");
+            if !tail.ends_with('\n') {
+                println!();
+            }
+        }
+        Ok(())
+    }
+
     pub fn dps(&self, dps: &[DpInfo]) {
         if self.json {
             return print_json(&dps);
@@ -520,6 +558,60 @@ impl Output {
             &["DP", "TARGET", "INSTALLED", "STATE", "SINCE", "DETAIL"],
             &rows,
         );
+    }
+}
+
+/// True once nothing more will happen to the job on its own: every
+/// workstation finished, or the job expired or was canceled.
+pub fn job_finished(status: &JobStatus) -> bool {
+    matches!(status.job.state.as_str(), "expired" | "canceled")
+        || (!status.workstations.is_empty()
+            && status
+                .workstations
+                .iter()
+                .all(|ws| matches!(ws.state.as_str(), "complete" | "failed")))
+}
+
+/// Shows a live progress bar of a job until it is finished or `timeout`
+/// passes; returns the last status.
+pub async fn watch_job(
+    client: &Client,
+    id: u64,
+    timeout: Duration,
+    show: bool,
+) -> Result<JobStatus> {
+    let bar = if show {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("job {prefix} [{bar:30}] {pos}/{len} finished  {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(id.to_string());
+    let started = Instant::now();
+    loop {
+        let status = client.job_status(id).await?;
+        let finished = status
+            .workstations
+            .iter()
+            .filter(|ws| matches!(ws.state.as_str(), "complete" | "failed"))
+            .count();
+        bar.set_length(status.workstations.len() as u64);
+        bar.set_position(finished as u64);
+        let counts: Vec<String> = status
+            .counts
+            .iter()
+            .map(|(state, n)| format!("{state} {n}"))
+            .collect();
+        bar.set_message(counts.join(", "));
+        if job_finished(&status) || started.elapsed() >= timeout {
+            bar.finish_and_clear();
+            return Ok(status);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 

@@ -247,11 +247,18 @@ fn optional_cancel_retry_and_timeout() {
         history.iter().any(|m| m["kind"] == "job_retrying"),
         "no retrying in between"
     );
+    let out = run_ok(&mut site.cmd(&["job", "status", &retried, "--machine", "ws1"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("exit code: 3") && text.contains("try 3"),
+        "{text}"
+    );
+    let err = site.fails(&["job", "status", &retried, "--machine", "nobody"]);
+    assert!(err.contains("not targeted"), "{err}");
 
-    wait_for(&site, "the timeout", |site| {
-        site.json(&["job", "status", &hangs])["counts"]["failed"] == 1
-    });
-    let status = site.json(&["job", "status", &hangs]);
+    // `--watch` returns once the job is finished.
+    let status = site.json(&["job", "status", &hangs, "--watch"]);
+    assert_eq!(status["counts"]["failed"], 1, "{status:#}");
     assert!(
         row(&status, "ws1")["reason"]
             .as_str()

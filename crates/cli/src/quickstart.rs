@@ -1,14 +1,18 @@
-//! `cascade quickstart`: a site server and two DPs as separate processes in a
-//! temporary directory, a sample package ingested and distributed, live
-//! per-DP progress and the final status table.
+//! `cascade quickstart`: a site server, two DPs and ten agents as separate
+//! processes in a temporary directory, a sample package ingested and
+//! distributed, a mandatory job to all ten workstations, live progress and
+//! the final per-DP and per-workstation tables.
 
 use crate::ingest;
 use crate::output::{self, Output};
 use anyhow::{bail, Context, Result};
-use cascade_protocol::{Client, DistributeRequest, VersionIntent};
+use cascade_protocol::{Client, CollectionRequest, DistributeRequest, JobRequest, VersionIntent};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+/// Workstations the quickstart starts.
+const AGENTS: usize = 10;
 
 /// Options of `cascade quickstart`.
 #[derive(clap::Args)]
@@ -91,7 +95,7 @@ fn write_sample(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir.join("docs"))?;
     std::fs::write(
         dir.join("install.sh"),
-        "#!/bin/sh\n# Installs the sample tool.\nset -e\nmkdir -p \"${PREFIX:-/tmp/cascade-sample}\"\ncp bin/tool \"${PREFIX:-/tmp/cascade-sample}/\"\necho installed\n",
+        "#!/bin/sh\n# Installs the sample tool into the job's directory.\nset -e\nprefix=\"${PREFIX:-$PWD/installed}\"\nmkdir -p \"$prefix\"\ncp bin/tool tool.conf \"$prefix/\"\necho \"installed on $CASCADE_AGENT\"\n",
     )?;
     std::fs::set_permissions(
         dir.join("install.sh"),
@@ -189,14 +193,68 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
     say("distributing to all dps:");
     let status =
         output::watch_package(&client, "sample", Duration::from_secs(120), !out.json).await?;
-    out.package_status(&status);
-    let ok = output::all_installed(&status);
-    if !ok {
+    if !out.json {
+        out.package_status(&status);
+    }
+    let distributed = output::all_installed(&status);
+    if !distributed {
         eprintln!(
             "error: not every dp holds the package after 120 s; logs are in {}",
             logs.display()
         );
     }
+
+    // Ten workstations, each its own agent process, and one mandatory job.
+    for i in 1..=AGENTS {
+        let name = format!("ws{i:02}");
+        let dir = root.join(&name);
+        let role = if i % 2 == 0 {
+            "role=kiosk"
+        } else {
+            "role=office"
+        };
+        cascade_agent::init(&dir, &site_url, &site.join_token, &name, &[role.to_owned()]).await?;
+        children.spawn(&name, &["agent", "run", path_str(&dir)?], &logs)?;
+    }
+    say(&format!("{AGENTS} agents enrolled and running"));
+    client
+        .create_collection(&CollectionRequest {
+            name: "all".into(),
+            machines: Vec::new(),
+            rule: Some("site = CEN".into()),
+        })
+        .await?;
+    let job = client
+        .create_job(&JobRequest {
+            package: "sample".into(),
+            version: None,
+            collection: "all".into(),
+            command: "sh install.sh".into(),
+            offer_at_ms: None,
+            expires_at_ms: None,
+            optional: false,
+            retries: 1,
+            retry_delay_ms: 2000,
+            timeout_ms: Some(120_000),
+            success_codes: Vec::new(),
+        })
+        .await?;
+    say(&format!(
+        "job {}: sh install.sh on collection all (rule: site = CEN):",
+        job.offer.id
+    ));
+    let job_status =
+        output::watch_job(&client, job.offer.id, Duration::from_secs(120), !out.json).await?;
+    out.job_status(&job_status);
+    let complete = job_status.counts.get("complete").copied().unwrap_or(0);
+    let ran = complete == AGENTS as u64 && job_status.workstations.len() == AGENTS;
+    if !ran {
+        eprintln!(
+            "error: {complete} of {AGENTS} workstations completed the job; logs are in {}",
+            logs.display()
+        );
+    }
+    let ok = distributed && ran;
     if args.keep_running {
         // On stderr, so that `-o json` keeps stdout to one JSON document.
         eprintln!();
@@ -204,6 +262,8 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
         eprintln!("  export CASCADE_SERVER={site_url}");
         eprintln!("  export CASCADE_TOKEN={}", site.admin_token);
         eprintln!("  cascade package status sample");
+        eprintln!("  cascade job status 1 --watch");
+        eprintln!("  cascade agent list");
         eprintln!("  cascade dp list");
         eprintln!(
             "  cascade package update sample --source {}",

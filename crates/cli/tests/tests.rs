@@ -7,5 +7,6 @@ mod agents;
 mod bad_input;
 mod distribution;
 mod jobs;
+mod quickstart;
 mod repair;
 mod tidy;

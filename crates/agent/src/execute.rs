@@ -256,6 +256,21 @@ impl Executor {
         }
     }
 
+    /// Reports that a DP's content was refused; the run goes on elsewhere.
+    async fn refused(&self, offer: &JobOffer, dp: &str, reason: String) -> Result<()> {
+        self.report(
+            offer.id,
+            StatusBody::JobContentRefused {
+                job: offer.id,
+                package: offer.package.clone(),
+                dp: dp.to_owned(),
+                reason,
+            },
+            None,
+        )
+        .await
+    }
+
     /// Fetches and verifies the manifest, then every chunk not yet held,
     /// trying the site's DPs in turn.
     async fn download(&self, offer: &JobOffer) -> Result<Manifest> {
@@ -327,6 +342,8 @@ impl Executor {
                             }
                             Err(err) => {
                                 tracing::warn!(%dp, chunk = %chunk.hash, error = %err, "content from this dp refused");
+                                self.refused(offer, dp, format!("chunk {}: {err}", chunk.hash))
+                                    .await?;
                                 errors.push(format!("{dp}: {err}"));
                             }
                         }
@@ -334,6 +351,9 @@ impl Executor {
                     Err(err) => {
                         if err.starts_with("404") {
                             absent += 1;
+                        } else {
+                            self.refused(offer, dp, format!("chunk {}: {err}", chunk.hash))
+                                .await?;
                         }
                         errors.push(format!("{dp}: {err}"))
                     }

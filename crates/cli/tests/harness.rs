@@ -448,6 +448,15 @@ pub fn files_of(root: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// Flips bytes of a stored chunk file, as disk damage or tampering would.
+pub fn corrupt(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    bytes[1] ^= 0x55;
+    std::fs::write(path, bytes).unwrap();
+}
+
 /// The path of a chunk file on a DP's disk that belongs to `data`'s first chunk.
 pub fn chunk_path(dp_dir: &Path, data: &[u8]) -> PathBuf {
     let first = cascade_content::chunks(data).next().unwrap().unwrap();

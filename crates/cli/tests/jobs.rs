@@ -301,3 +301,57 @@ fn optional_cancel_retry_and_timeout() {
     );
     assert!(row(&status, "ws1")["canceled_at_ms"].as_i64().is_some());
 }
+
+/// Content tampered on one DP is refused, the refusal is reported, and the
+/// job completes from another DP with the right bytes.
+#[test]
+fn tampered_content_on_one_dp_is_refused_and_the_job_completes_from_another() {
+    let root = tempfile::tempdir().unwrap();
+    let site = Site::start(root.path());
+    site.json(&["site", "settings", "--agent-poll-interval", "2s"]);
+    let dp1 = site.add_dp("dp1");
+    let dp2 = site.add_dp("dp2");
+    let source = root.path().join("src");
+    make_tree(&source, 2, 1024 * 1024, 13);
+    site.json(&[
+        "package",
+        "create",
+        "tool",
+        "--source",
+        source.to_str().unwrap(),
+    ]);
+    site.json(&["package", "distribute", "tool", "--all-dps"]);
+    site.wait_installed("tool", &[&dp1, &dp2], 1, Duration::from_secs(30));
+    let big = std::fs::read(source.join("big.bin")).unwrap();
+    corrupt(&chunk_path(&dp1.dir, &big));
+
+    let ws1 = site.add_agent("ws1", &[]);
+    site.json(&["collection", "create", "one", "--machines", "ws1"]);
+    let id = site.json(&[
+        "job",
+        "create",
+        "--package",
+        "tool",
+        "--collection",
+        "one",
+        "--command",
+        "test -f big.bin",
+    ])[0]["id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    wait_for(&site, "the job to complete", |site| {
+        site.json(&["job", "status", &id])["counts"]["complete"] == 1
+    });
+    let got = std::fs::read(ws1.dir.join("jobs").join(&id).join("big.bin")).unwrap();
+    assert!(got == big, "the workstation holds wrong bytes");
+    let refused: Vec<_> = site
+        .history("tool")
+        .into_iter()
+        .filter(|m| m["kind"] == "job_content_refused")
+        .collect();
+    assert!(
+        refused.iter().any(|m| m["dp"] == dp1.url.as_str()),
+        "no refusal of dp1 reported: {refused:#?}"
+    );
+}

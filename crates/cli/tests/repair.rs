@@ -3,14 +3,6 @@
 use crate::harness::*;
 use std::time::{Duration, Instant};
 
-fn corrupt(path: &std::path::Path) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    bytes[1] ^= 0x55;
-    std::fs::write(path, bytes).unwrap();
-}
-
 #[test]
 fn corrupted_chunk_is_detected_when_served_and_repaired() {
     let root = tempfile::tempdir().unwrap();

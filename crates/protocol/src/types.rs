@@ -364,6 +364,14 @@ pub enum StatusBody {
         bytes_done: u64,
         bytes_total: u64,
     },
+    /// Agent: a DP's content was refused (it failed verification, or the DP
+    /// could not serve it); the agent goes on with another DP.
+    JobContentRefused {
+        job: u64,
+        package: String,
+        dp: String,
+        reason: String,
+    },
     /// Agent: attempt `attempt` started.
     JobRunning {
         job: u64,
@@ -413,6 +421,7 @@ impl StatusBody {
             | StatusBody::JobCanceled { package, .. }
             | StatusBody::JobOffered { package, .. }
             | StatusBody::JobDownloading { package, .. }
+            | StatusBody::JobContentRefused { package, .. }
             | StatusBody::JobRunning { package, .. }
             | StatusBody::JobCompleted { package, .. }
             | StatusBody::JobFailed { package, .. }
@@ -434,6 +443,7 @@ impl StatusBody {
             StatusBody::JobCanceled { .. } => "job_canceled",
             StatusBody::JobOffered { .. } => "job_offered",
             StatusBody::JobDownloading { .. } => "job_downloading",
+            StatusBody::JobContentRefused { .. } => "job_content_refused",
             StatusBody::JobRunning { .. } => "job_running",
             StatusBody::JobCompleted { .. } => "job_completed",
             StatusBody::JobFailed { .. } => "job_failed",
@@ -469,6 +479,7 @@ impl StatusBody {
             | StatusBody::JobCanceled { job, .. }
             | StatusBody::JobOffered { job, .. }
             | StatusBody::JobDownloading { job, .. }
+            | StatusBody::JobContentRefused { job, .. }
             | StatusBody::JobRunning { job, .. }
             | StatusBody::JobCompleted { job, .. }
             | StatusBody::JobFailed { job, .. }
@@ -595,6 +606,7 @@ impl StatusBody {
             | StatusBody::JobCanceled { .. }
             | StatusBody::JobOffered { .. }
             | StatusBody::JobDownloading { .. }
+            | StatusBody::JobContentRefused { .. }
             | StatusBody::JobRunning { .. }
             | StatusBody::JobCompleted { .. }
             | StatusBody::JobFailed { .. }

@@ -311,6 +311,9 @@ impl Output {
                 if let Some(at) = ws.canceled_at_ms {
                     flags.push(format!("canceled {}", time(at)));
                 }
+                if let Some(at) = ws.unreachable_since_ms {
+                    flags.push(format!("unreachable since {}", time(at)));
+                }
                 vec![
                     ws.agent.clone(),
                     ws.state.clone(),
@@ -363,6 +366,9 @@ impl Output {
         }
         if let Some(at) = ws.canceled_at_ms {
             println!("canceled:  {}", time(at));
+        }
+        if let Some(at) = ws.unreachable_since_ms {
+            println!("unreachable since {}", time(at));
         }
         if let Some(tail) = ws.output_tail.as_deref().filter(|tail| !tail.is_empty()) {
             println!("output (last 4 KiB):");

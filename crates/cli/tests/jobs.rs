@@ -143,6 +143,17 @@ fn q152229_expiry_keeps_last_status() {
     }
     assert_eq!(status["counts"]["complete"], 3);
     assert_eq!(site.json(&["job", "list"])[0]["state"], "expired");
+    // The offline workstation is shown unreachable beside its state.
+    assert!(
+        row(&status, "ws5")["unreachable_since_ms"]
+            .as_i64()
+            .is_some(),
+        "{status:#}"
+    );
+    assert!(
+        row(&status, "ws1")["unreachable_since_ms"].is_null(),
+        "{status:#}"
+    );
 
     // The offline agent, started after expiry, never runs the job.
     let ws5 = Agent {

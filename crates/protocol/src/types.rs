@@ -858,6 +858,10 @@ pub struct WorkstationStatus {
     pub expired_at_ms: Option<i64>,
     /// When the job was canceled, shown beside the state.
     pub canceled_at_ms: Option<i64>,
+    /// Since when the agent is silent (several poll intervals without a
+    /// poll), shown beside the state; absent while it is heard from.
+    #[serde(default)]
+    pub unreachable_since_ms: Option<i64>,
 }
 
 /// `GET /api/v1/jobs/{id}/status`, derived from status messages.

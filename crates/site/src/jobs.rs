@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::{distribution, now_ms, status, AppState};
 use axum::extract::{Path, State};
 use axum::Json;
-use cascade_domain::run::RunFold;
+use cascade_domain::run::{reachability, Reachability, RunFold};
 use cascade_protocol::*;
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -357,12 +357,23 @@ pub async fn job_status(
     let pool = state.db.pool();
     let (job, collection_id) = job_by_id(pool, id).await?;
     let members = membership(pool, collection_id).await?;
-    let mut folds: BTreeMap<String, RunFold> = all_agents(pool)
-        .await?
+    let agents = all_agents(pool).await?;
+    let mut folds: BTreeMap<String, RunFold> = agents
         .iter()
         .filter(|agent| members.contains(state.code.as_str(), agent))
         .map(|agent| (agent.name.clone(), RunFold::default()))
         .collect();
+    let poll_interval = crate::agents::read_settings(pool)
+        .await?
+        .agent_poll_interval_ms as i64;
+    let now = now_ms();
+    let silent_since = |name: &str| {
+        let last_seen = agents.iter().find(|agent| agent.name == name)?.last_seen_ms;
+        match reachability(last_seen, poll_interval, now) {
+            Reachability::UnreachableSince(since) => Some(since),
+            _ => None,
+        }
+    };
     let rows =
         sqlx::query("SELECT at_ms, agent, body FROM status_messages WHERE job = ? ORDER BY id")
             .bind(id as i64)
@@ -394,6 +405,7 @@ pub async fn job_status(
             let view = fold.view();
             *counts.entry(view.state.name().to_owned()).or_default() += 1;
             WorkstationStatus {
+                unreachable_since_ms: silent_since(&agent),
                 agent,
                 state: view.state.name().to_owned(),
                 since_ms: view.since,

@@ -266,6 +266,9 @@ pub async fn run_offer(dir: &Path, job: u64) -> Result<()> {
     result
 }
 
+/// Database connections the running agent keeps: few, to stay small.
+const AGENT_CONNECTIONS: u32 = 2;
+
 /// Longest wait between attempts while the site is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -275,7 +278,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         cascade_protocol::read_config(&dir.join(layout::CONFIG), "cascade agent init")
             .map_err(Error::Config)?;
     let enrollment = &config.enrollment;
-    let db = Db::open(&dir.join(layout::DB), false, MIGRATIONS).await?;
+    let db = Db::open_with(&dir.join(layout::DB), false, MIGRATIONS, AGENT_CONNECTIONS).await?;
     let client = enrollment.client()?;
     tracing::info!(agent = %enrollment.name, site = %enrollment.site_url, "agent running");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

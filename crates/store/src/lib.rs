@@ -166,6 +166,18 @@ impl Db {
     /// the `migrations` not yet applied. `PRAGMA user_version` records how
     /// many have run; a released migration is never edited, only appended to.
     pub async fn open(path: &Path, create: bool, migrations: &[&str]) -> Result<Db> {
+        Self::open_with(path, create, migrations, 4).await
+    }
+
+    /// [`Db::open`] with at most `connections` connections (each has its own
+    /// worker thread and page cache): a small process such as the agent
+    /// uses few.
+    pub async fn open_with(
+        path: &Path,
+        create: bool,
+        migrations: &[&str],
+        connections: u32,
+    ) -> Result<Db> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(create)
@@ -174,7 +186,7 @@ impl Db {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections.max(1))
             .connect_with(options)
             .await
             .map_err(|source| Error::Open {

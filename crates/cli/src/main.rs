@@ -192,7 +192,7 @@ enum JobCommand {
         /// Wait between attempts (e.g. 30s).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
         retry_delay: std::time::Duration,
-        /// Longest a download or a run may take (e.g. 10m).
+        /// Longest a download and run may take (e.g. 10m; default 1h).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<std::time::Duration>,
         /// Exit codes that mean success, comma-separated (default: 0).

@@ -21,6 +21,10 @@ use sqlx::Row;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// Deadline of a job's download and run when none is given, so that no
+/// workstation can stay "running" forever.
+pub const DEFAULT_TIMEOUT_MS: u64 = 60 * 60 * 1000;
+
 /// Longest command line accepted.
 const MAX_COMMAND_LEN: usize = 8192;
 
@@ -115,6 +119,12 @@ pub async fn create(
             ));
         }
     }
+    if request.timeout_ms == Some(0) {
+        return Err(Error::invalid(
+            "invalid_timeout",
+            "the timeout must be longer than 0",
+        ));
+    }
     if request.retries > 100 {
         return Err(Error::invalid("invalid_retries", "at most 100 retries"));
     }
@@ -160,7 +170,7 @@ pub async fn create(
     .bind(request.optional)
     .bind(request.retries as i64)
     .bind(request.retry_delay_ms as i64)
-    .bind(request.timeout_ms.map(|t| t as i64))
+    .bind(request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS) as i64)
     .bind(serde_json::to_string(&success_codes).map_err(|err| Error::Internal(err.to_string()))?)
     .bind(now)
     .fetch_one(&mut *tx.tx)

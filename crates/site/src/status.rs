@@ -69,12 +69,18 @@ pub async fn ingest(
 ) -> Result<Json<StatusAck>> {
     // The source is the authenticated sender: a DP or an agent reports
     // only for itself, and only messages of its own kinds.
-    let (source, dp, agent) = match &principal {
-        Principal::Dp { name, .. } => (dp_source(&state, name), Some(name.as_str()), None),
-        Principal::Agent { name, .. } => (
+    let (source, dp, agent, (table, sender_id)) = match &principal {
+        Principal::Dp { id, name } => (
+            dp_source(&state, name),
+            Some(name.as_str()),
+            None,
+            ("dps", *id),
+        ),
+        Principal::Agent { id, name } => (
             format!("{}/agent/{name}", state.code),
             None,
             Some(name.as_str()),
+            ("agents", *id),
         ),
         Principal::Admin => {
             return Err(Error::Forbidden(
@@ -159,14 +165,9 @@ pub async fn ingest(
     .bind(highest)
     .fetch_one(&mut *tx.tx)
     .await?;
-    let (table, id) = match &principal {
-        Principal::Dp { id, .. } => ("dps", *id),
-        Principal::Agent { id, .. } => ("agents", *id),
-        Principal::Admin => unreachable!("refused above"),
-    };
     sqlx::query(&format!("UPDATE {table} SET last_seen_ms = ? WHERE id = ?"))
         .bind(received)
-        .bind(id)
+        .bind(sender_id)
         .execute(&mut *tx.tx)
         .await?;
     tx.commit().await?;

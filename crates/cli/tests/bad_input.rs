@@ -300,13 +300,7 @@ fn range_requests_return_exact_slices() {
     let dp = site.add_dp("dp1");
     let source = root.path().join("src");
     make_tree(&source, 1, 1024 * 1024, 9);
-    site.json(&[
-        "package",
-        "create",
-        "r",
-        "--source",
-        source.to_str().unwrap(),
-    ]);
+    site.create_package("r", &source);
     site.json(&["package", "distribute", "r", "--dp", "dp1"]);
     site.wait_installed("r", &[&dp], 1, Duration::from_secs(60));
     let big = std::fs::read(source.join("big.bin")).unwrap();
@@ -329,13 +323,7 @@ fn clean_shutdown_on_sigterm_and_restart_keeps_everything() {
     let dp = site.add_dp("dp1");
     let source = root.path().join("src");
     make_tree(&source, 3, 200_000, 10);
-    site.json(&[
-        "package",
-        "create",
-        "p",
-        "--source",
-        source.to_str().unwrap(),
-    ]);
+    site.create_package("p", &source);
     site.json(&["package", "distribute", "p", "--dp", "dp1"]);
     site.wait_installed("p", &[&dp], 1, Duration::from_secs(60));
     site.process.stop();

@@ -15,13 +15,7 @@ fn large_package_reaches_three_dps_and_updates_move_only_deltas() {
     let dps = [site.add_dp("dp1"), site.add_dp("dp2"), site.add_dp("dp3")];
     let source = root.path().join("src");
     make_tree(&source, 199, 100 * MIB, 1);
-    let created = site.json(&[
-        "package",
-        "create",
-        "big",
-        "--source",
-        source.to_str().unwrap(),
-    ]);
+    let created = site.create_package("big", &source);
     assert_eq!(created["version"]["version"], 1);
     assert_eq!(created["version"]["file_count"], 200);
     site.json(&[
@@ -115,13 +109,7 @@ fn q235157_new_dp_only() {
     let old = [site.add_dp("dp1"), site.add_dp("dp2"), site.add_dp("dp3")];
     let source = root.path().join("src");
     make_tree(&source, 20, 4 * MIB, 3);
-    site.json(&[
-        "package",
-        "create",
-        "tool",
-        "--source",
-        source.to_str().unwrap(),
-    ]);
+    site.create_package("tool", &source);
     site.json(&["package", "distribute", "tool", "--all-dps"]);
     let refs: Vec<&Dp> = old.iter().collect();
     site.wait_installed("tool", &refs, 1, Duration::from_secs(60));
@@ -161,13 +149,7 @@ fn dp_killed_mid_transfer_resumes_and_converges() {
     let mut dp = site.add_dp("dp1");
     let source = root.path().join("src");
     make_tree(&source, 5, 120 * MIB, 4);
-    let created = site.json(&[
-        "package",
-        "create",
-        "huge",
-        "--source",
-        source.to_str().unwrap(),
-    ]);
+    let created = site.create_package("huge", &source);
     let total = created["version"]["total_size"].as_u64().unwrap();
     site.json(&["package", "distribute", "huge", "--dp", "dp1"]);
     // Kill as soon as some, but not all, chunks arrived.

@@ -207,6 +207,17 @@ impl Site {
         }
     }
 
+    /// `cascade package create NAME --source DIR`; returns its JSON report.
+    pub fn create_package(&self, name: &str, source: &Path) -> Value {
+        self.json(&[
+            "package",
+            "create",
+            name,
+            "--source",
+            source.to_str().unwrap(),
+        ])
+    }
+
     /// The package's status, as JSON.
     pub fn status(&self, package: &str) -> Value {
         self.json(&["package", "status", package])
@@ -259,8 +270,9 @@ pub struct Agent {
 }
 
 impl Site {
-    /// Enrolls and starts an agent with `key=value` tags.
-    pub fn add_agent(&self, name: &str, tags: &[&str]) -> Agent {
+    /// Enrolls an agent with `key=value` tags without starting it (an
+    /// offline workstation); returns its directory.
+    pub fn init_agent(&self, name: &str, tags: &[&str]) -> PathBuf {
         let dir = self.root.join(format!("agent-{name}"));
         let mut command = Command::new(BIN);
         command.args(["agent", "init"]).arg(&dir).args([
@@ -275,6 +287,12 @@ impl Site {
             command.args(["--tag", tag]);
         }
         run_ok(&mut command);
+        dir
+    }
+
+    /// Enrolls and starts an agent with `key=value` tags.
+    pub fn add_agent(&self, name: &str, tags: &[&str]) -> Agent {
+        let dir = self.init_agent(name, tags);
         let process = Process::spawn(
             &["agent", "run", dir.to_str().unwrap()],
             &self.root.join(format!("agent-{name}.log")),

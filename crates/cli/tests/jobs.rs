@@ -38,26 +38,6 @@ fn offers(agent: &Agent) -> Vec<u64> {
         .collect()
 }
 
-fn enroll_offline(site: &Site, root: &std::path::Path, name: &str) -> std::path::PathBuf {
-    let dir = root.join(format!("agent-{name}"));
-    run_ok(
-        std::process::Command::new(BIN)
-            .args(["agent", "init"])
-            .arg(&dir)
-            .args([
-                "--site",
-                &site.url,
-                "--join-token",
-                &site.join_token,
-                "--name",
-                name,
-                "--tag",
-                "role=kiosk",
-            ]),
-    );
-    dir
-}
-
 /// Seed 003 (Q152229): of five workstations three succeed, one fails and one
 /// is offline; after expiry each keeps its last state, marked expired, and
 /// the offline one, started after expiry, never runs the job.
@@ -69,17 +49,11 @@ fn q152229_expiry_keeps_last_status() {
     let dp = site.add_dp("dp1");
     let source = root.path().join("src");
     make_tree(&source, 3, 100_000, 11);
-    site.json(&[
-        "package",
-        "create",
-        "tool",
-        "--source",
-        source.to_str().unwrap(),
-    ]);
+    site.create_package("tool", &source);
     let agents: Vec<Agent> = (1..=4)
         .map(|i| site.add_agent(&format!("ws{i}"), &["role=kiosk"]))
         .collect();
-    let offline = enroll_offline(&site, root.path(), "ws5");
+    let offline = site.init_agent("ws5", &["role=kiosk"]);
     let office = site.add_agent("office1", &["role=office"]);
     site.json(&[
         "collection",
@@ -215,13 +189,7 @@ fn optional_cancel_retry_and_timeout() {
     let _dp = site.add_dp("dp1");
     let source = root.path().join("src");
     make_tree(&source, 2, 10_000, 12);
-    site.json(&[
-        "package",
-        "create",
-        "tool",
-        "--source",
-        source.to_str().unwrap(),
-    ]);
+    site.create_package("tool", &source);
     let ws1 = site.add_agent("ws1", &["role=kiosk"]);
     site.json(&["collection", "create", "one", "--machines", "ws1"]);
     let create = |extra: &[&str]| -> String {
@@ -304,6 +272,61 @@ fn optional_cancel_retry_and_timeout() {
     wait_for(&site, "the requested optional job", |site| {
         site.json(&["job", "status", &optional])["counts"]["complete"] == 1
     });
+    // Requesting it again, or an unknown job, is refused on the workstation.
+    for (job, expected) in [
+        (optional.as_str(), "already ran"),
+        ("999", "no offer of job 999"),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["agent", "run-offer"])
+            .arg(&ws1.dir)
+            .arg(job)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(expected),
+            "{out:?}"
+        );
+    }
+    // Jobs that could never run are refused when created.
+    let err = site.fails(&[
+        "job",
+        "create",
+        "--package",
+        "tool",
+        "--collection",
+        "one",
+        "--command",
+        "true",
+        "--expires-in",
+        "0s",
+    ]);
+    assert!(err.contains("expire before it is offered"), "{err}");
+    let err = site.fails(&[
+        "job",
+        "create",
+        "--package",
+        "tool",
+        "--collection",
+        "one",
+        "--command",
+        " ",
+    ]);
+    assert!(err.contains("the command must be"), "{err}");
+    let err = site.fails(&[
+        "job",
+        "create",
+        "--package",
+        "tool",
+        "--version",
+        "9",
+        "--collection",
+        "one",
+        "--command",
+        "true",
+    ]);
+    assert!(err.contains("unknown version"), "{err}");
     let status = site.json(&["job", "status", &canceled]);
     assert_eq!(
         row(&status, "ws1")["state"],
@@ -324,13 +347,7 @@ fn tampered_content_on_one_dp_is_refused_and_the_job_completes_from_another() {
     let dp2 = site.add_dp("dp2");
     let source = root.path().join("src");
     make_tree(&source, 2, 1024 * 1024, 13);
-    site.json(&[
-        "package",
-        "create",
-        "tool",
-        "--source",
-        source.to_str().unwrap(),
-    ]);
+    site.create_package("tool", &source);
     site.json(&["package", "distribute", "tool", "--all-dps"]);
     site.wait_installed("tool", &[&dp1, &dp2], 1, Duration::from_secs(30));
     let big = std::fs::read(source.join("big.bin")).unwrap();
@@ -377,13 +394,7 @@ fn agent_killed_mid_download_resumes() {
     let dp = site.add_dp("dp1");
     let source = root.path().join("src");
     make_tree(&source, 2, 60 * 1024 * 1024, 14);
-    let created = site.json(&[
-        "package",
-        "create",
-        "big",
-        "--source",
-        source.to_str().unwrap(),
-    ]);
+    let created = site.create_package("big", &source);
     let total = created["version"]["total_size"].as_u64().unwrap();
     site.json(&["package", "distribute", "big", "--dp", "dp1"]);
     site.wait_installed("big", &[&dp], 1, Duration::from_secs(60));

@@ -10,13 +10,7 @@ fn corrupted_chunk_is_detected_when_served_and_repaired() {
     let dp = site.add_dp("dp1");
     let source = root.path().join("src");
     make_tree(&source, 10, 3 * 1024 * 1024, 5);
-    site.json(&[
-        "package",
-        "create",
-        "pkg",
-        "--source",
-        source.to_str().unwrap(),
-    ]);
+    site.create_package("pkg", &source);
     site.json(&["package", "distribute", "pkg", "--dp", "dp1"]);
     site.wait_installed("pkg", &[&dp], 1, Duration::from_secs(60));
     let big = std::fs::read(source.join("big.bin")).unwrap();
@@ -57,13 +51,7 @@ fn refresh_reverifies_and_repairs_without_touching_other_dps() {
     let dp2 = site.add_dp("dp2");
     let source = root.path().join("src");
     make_tree(&source, 10, 3 * 1024 * 1024, 6);
-    site.json(&[
-        "package",
-        "create",
-        "pkg",
-        "--source",
-        source.to_str().unwrap(),
-    ]);
+    site.create_package("pkg", &source);
     site.json(&["package", "distribute", "pkg", "--all-dps"]);
     site.wait_installed("pkg", &[&dp1, &dp2], 1, Duration::from_secs(60));
     let big = std::fs::read(source.join("big.bin")).unwrap();

@@ -214,7 +214,7 @@ pub async fn policy(
 ) -> Result<Json<AgentPolicy>> {
     let Query(query) =
         query.map_err(|rejection| Error::invalid("malformed_request", rejection.body_text()))?;
-    let (agent_id, _) = principal.require_agent()?;
+    let (agent_id, agent_name) = principal.require_agent()?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms).min(MAX_WAIT);
     let mut changes = state.agent_changes.subscribe();
     let mut shutdown = state.shutdown.clone();
@@ -232,7 +232,7 @@ pub async fn policy(
         {
             let settings = read_settings(state.db.pool()).await?;
             let jobs = if approved {
-                crate::jobs::offers_for(&state, agent_id).await?
+                crate::jobs::offers_for(&state, agent_name).await?
             } else {
                 Vec::new()
             };
@@ -327,35 +327,52 @@ pub struct AgentRow {
     pub last_seen_ms: Option<i64>,
 }
 
+const AGENT_COLUMNS: &str =
+    "name, os, arch, hostname, tags, approved, enrolled_at_ms, last_seen_ms";
+
+fn agent_from_row(row: sqlx::sqlite::SqliteRow) -> Result<AgentRow> {
+    let tags: String = row.get(4);
+    Ok(AgentRow {
+        name: row.get(0),
+        report: AgentReport {
+            os: row.get(1),
+            arch: row.get(2),
+            hostname: row.get(3),
+            tags: serde_json::from_str(&tags)
+                .map_err(|err| Error::Internal(format!("stored tags do not parse: {err}")))?,
+        },
+        approved: row.get(5),
+        enrolled_at_ms: row.get(6),
+        last_seen_ms: row.get(7),
+    })
+}
+
 /// Every agent, by name.
 pub async fn all_agents<'e, E>(executor: E) -> Result<Vec<AgentRow>>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
-    let rows = sqlx::query(
-        "SELECT name, os, arch, hostname, tags, approved, enrolled_at_ms, last_seen_ms FROM agents ORDER BY name",
-    )
-    .fetch_all(executor)
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            let tags: String = row.get(4);
-            Ok(AgentRow {
-                name: row.get(0),
-                report: AgentReport {
-                    os: row.get(1),
-                    arch: row.get(2),
-                    hostname: row.get(3),
-                    tags: serde_json::from_str(&tags).map_err(|err| {
-                        Error::Internal(format!("stored tags do not parse: {err}"))
-                    })?,
-                },
-                approved: row.get(5),
-                enrolled_at_ms: row.get(6),
-                last_seen_ms: row.get(7),
-            })
-        })
+    sqlx::query(&format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY name"))
+        .fetch_all(executor)
+        .await?
+        .into_iter()
+        .map(agent_from_row)
         .collect()
+}
+
+/// One agent by name.
+pub async fn agent_by_name<'e, E>(executor: E, name: &str) -> Result<Option<AgentRow>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query(&format!(
+        "SELECT {AGENT_COLUMNS} FROM agents WHERE name = ?"
+    ))
+    .bind(name)
+    .fetch_optional(executor)
+    .await?
+    .map(agent_from_row)
+    .transpose()
 }
 
 fn agent_info(row: AgentRow, poll_interval_ms: u64, now: i64) -> AgentInfo {
@@ -414,10 +431,8 @@ pub async fn approve(
         });
     }
     let settings = read_settings(&mut *tx.tx).await?;
-    let row = all_agents(&mut *tx.tx)
+    let row = agent_by_name(&mut *tx.tx, &name)
         .await?
-        .into_iter()
-        .find(|row| row.name == name)
         .ok_or_else(|| Error::Internal(format!("agent {name} vanished")))?;
     tx.commit().await?;
     state.notify_agents_changed();

@@ -425,43 +425,37 @@ pub async fn insert_message(
     Ok(result.rows_affected() == 1)
 }
 
-/// Status messages about a package, in arrival order:
-/// (source, seq, at_ms, received_at_ms, body).
-pub async fn records_of_package<'e, E>(
-    executor: E,
-    package: &str,
-) -> Result<Vec<(String, i64, i64, i64, String)>>
-where
-    E: sqlx::Executor<'e, Database = Sqlite>,
-{
-    let rows = sqlx::query(
-        "SELECT source, seq, at_ms, received_at_ms, body FROM status_messages WHERE package = ? ORDER BY id",
-    )
-    .bind(package)
-    .fetch_all(executor)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
-        .collect())
+/// A stored status message.
+pub struct MessageRow {
+    pub source: String,
+    pub seq: i64,
+    pub at_ms: i64,
+    pub received_at_ms: i64,
+    pub dp: Option<String>,
+    pub body: String,
 }
 
-/// Status messages about a package, in arrival order: (source, at_ms, dp, body).
-pub async fn messages_of_package<'e, E>(
-    executor: E,
-    package: &str,
-) -> Result<Vec<(String, i64, Option<String>, String)>>
+/// Status messages about a package, in arrival order.
+pub async fn messages_of_package<'e, E>(executor: E, package: &str) -> Result<Vec<MessageRow>>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
     let rows = sqlx::query(
-        "SELECT source, at_ms, dp, body FROM status_messages WHERE package = ? ORDER BY id",
+        "SELECT source, seq, at_ms, received_at_ms, dp, body FROM status_messages
+         WHERE package = ? ORDER BY id",
     )
     .bind(package)
     .fetch_all(executor)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+        .map(|row| MessageRow {
+            source: row.get(0),
+            seq: row.get(1),
+            at_ms: row.get(2),
+            received_at_ms: row.get(3),
+            dp: row.get(4),
+            body: row.get(5),
+        })
         .collect())
 }

@@ -7,7 +7,7 @@
 //! flags beside each workstation's last reported state, never in its place
 //! (Q152229).
 
-use crate::agents::{all_agents, membership};
+use crate::agents::{agent_by_name, all_agents, membership};
 use crate::api::ApiJson;
 use crate::auth::Principal;
 use crate::db::{self, WriteTx};
@@ -255,7 +255,7 @@ pub async fn cancel(
 
 /// The jobs offered to an agent now: neither canceled nor expired, and its
 /// collection holds the agent.
-pub async fn offers_for(state: &AppState, agent_id: i64) -> Result<Vec<JobOffer>> {
+pub async fn offers_for(state: &AppState, agent: &str) -> Result<Vec<JobOffer>> {
     let now = now_ms();
     let rows = sqlx::query(&format!(
         "SELECT {JOB_COLUMNS} FROM {JOB_FROM}
@@ -267,15 +267,9 @@ pub async fn offers_for(state: &AppState, agent_id: i64) -> Result<Vec<JobOffer>
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let name: String = sqlx::query_scalar("SELECT name FROM agents WHERE id = ?")
-        .bind(agent_id)
-        .fetch_one(state.db.pool())
-        .await?;
-    let agent = all_agents(state.db.pool())
+    let agent = agent_by_name(state.db.pool(), agent)
         .await?
-        .into_iter()
-        .find(|row| row.name == name)
-        .ok_or_else(|| Error::Internal(format!("agent {name} vanished")))?;
+        .ok_or_else(|| Error::Internal(format!("agent {agent} vanished")))?;
     let mut offers = Vec::new();
     for row in rows {
         let (info, collection_id) = job_from_row(row, now)?;
@@ -295,11 +289,7 @@ pub async fn targets(state: &AppState, job: u64, agent: &str) -> Result<bool> {
     let Ok((_, collection_id)) = job_by_id(state.db.pool(), job).await else {
         return Ok(false);
     };
-    let Some(row) = all_agents(state.db.pool())
-        .await?
-        .into_iter()
-        .find(|row| row.name == agent)
-    else {
+    let Some(row) = agent_by_name(state.db.pool(), agent).await? else {
         return Ok(false);
     };
     Ok(membership(state.db.pool(), collection_id)
@@ -394,9 +384,7 @@ pub async fn job_status(
         let at: i64 = row.get(0);
         let agent: Option<String> = row.get(1);
         let body: String = row.get(2);
-        let message: StatusMessage = serde_json::from_str(&body).map_err(|err| {
-            Error::Internal(format!("stored status message does not parse: {err}"))
-        })?;
+        let message = status::parse_stored(&body)?;
         let Some(event) = message.body.run_event() else {
             continue;
         };

@@ -20,6 +20,13 @@ pub fn dp_source(state: &AppState, dp: &str) -> String {
     format!("{}/dp/{dp}", state.code)
 }
 
+/// Parses a stored status message (stored by this site, so a failure is the
+/// server's fault).
+pub fn parse_stored(body: &str) -> Result<StatusMessage> {
+    serde_json::from_str(body)
+        .map_err(|err| Error::Internal(format!("stored status message does not parse: {err}")))
+}
+
 /// Records a message whose source is this site, inside `tx`.
 pub async fn record_site_message(
     state: &AppState,
@@ -203,18 +210,13 @@ pub async fn package_messages(
     let pool = state.db.pool();
     let package = db::require_package(pool, &name).await?;
     let mut out = Vec::new();
-    for (source, seq, at_ms, received_at_ms, body) in
-        db::records_of_package(pool, &package.name).await?
-    {
-        let message: StatusMessage = serde_json::from_str(&body).map_err(|err| {
-            Error::Internal(format!("stored status message does not parse: {err}"))
-        })?;
+    for row in db::messages_of_package(pool, &package.name).await? {
         out.push(StatusRecord {
-            source,
-            seq: seq as u64,
-            at_ms,
-            received_at_ms,
-            body: message.body,
+            body: parse_stored(&row.body)?.body,
+            source: row.source,
+            seq: row.seq as u64,
+            at_ms: row.at_ms,
+            received_at_ms: row.received_at_ms,
         });
     }
     Ok(Json(out))
@@ -235,11 +237,10 @@ pub async fn distribution_rows(
             .into_iter()
             .map(|row| (row.dp, DistributionFold::default()))
             .collect();
-    for (_source, at_ms, dp, body) in db::messages_of_package(pool, &package.name).await? {
-        let Some(dp) = dp else { continue };
-        let message: StatusMessage = serde_json::from_str(&body).map_err(|err| {
-            Error::Internal(format!("stored status message does not parse: {err}"))
-        })?;
+    for row in db::messages_of_package(pool, &package.name).await? {
+        let Some(dp) = row.dp else { continue };
+        let at_ms = row.at_ms;
+        let message = parse_stored(&row.body)?;
         if let Some(event) = message.body.distribution_event() {
             folds
                 .entry(dp)

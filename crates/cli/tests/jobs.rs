@@ -290,43 +290,22 @@ fn optional_cancel_retry_and_timeout() {
         );
     }
     // Jobs that could never run are refused when created.
-    let err = site.fails(&[
-        "job",
-        "create",
-        "--package",
-        "tool",
-        "--collection",
-        "one",
-        "--command",
-        "true",
-        "--expires-in",
-        "0s",
-    ]);
-    assert!(err.contains("expire before it is offered"), "{err}");
-    let err = site.fails(&[
-        "job",
-        "create",
-        "--package",
-        "tool",
-        "--collection",
-        "one",
-        "--command",
-        " ",
-    ]);
-    assert!(err.contains("the command must be"), "{err}");
-    let err = site.fails(&[
-        "job",
-        "create",
-        "--package",
-        "tool",
-        "--version",
-        "9",
-        "--collection",
-        "one",
-        "--command",
-        "true",
-    ]);
-    assert!(err.contains("unknown version"), "{err}");
+    for (extra, expected) in [
+        (
+            &["--command", "true", "--expires-in", "0s"][..],
+            "expire before it is offered",
+        ),
+        (&["--command", " "][..], "the command must be"),
+        (
+            &["--command", "true", "--version", "9"][..],
+            "unknown version",
+        ),
+    ] {
+        let mut args = vec!["job", "create", "--package", "tool", "--collection", "one"];
+        args.extend_from_slice(extra);
+        let err = site.fails(&args);
+        assert!(err.contains(expected), "{err}");
+    }
     let status = site.json(&["job", "status", &canceled]);
     assert_eq!(
         row(&status, "ws1")["state"],

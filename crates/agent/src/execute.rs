@@ -32,14 +32,52 @@ pub struct Executor {
     pub client: Client,
     pub site_key: VerifyingKey,
     pub store: ChunkStore,
-    /// The site's DP URLs, from the latest policy.
-    pub dps: Arc<Mutex<Vec<String>>>,
+    /// Where to download from, from the latest policy.
+    pub sources: Arc<Mutex<Sources>>,
     /// Wakes the status forwarder.
     pub wake: Arc<Notify>,
     /// Wakes the executor (new policy, a requested offer).
     pub nudge: Arc<Notify>,
     /// The client for DPs' content servers.
     pub http: reqwest::Client,
+}
+
+/// Content sources from the latest policy: DP URLs change when DPs
+/// restart, so they are taken from the policy, not from the stored offer.
+#[derive(Default)]
+pub struct Sources {
+    /// Every DP of the site.
+    site_dps: Vec<String>,
+    /// Per job: the DPs it distributes to at this site.
+    jobs: std::collections::HashMap<u64, Vec<String>>,
+}
+
+impl Sources {
+    /// The sources a policy names.
+    pub fn of(policy: &cascade_protocol::AgentPolicy) -> Sources {
+        Sources {
+            site_dps: policy.dps.clone(),
+            jobs: policy
+                .jobs
+                .iter()
+                .map(|offer| (offer.id, offer.dps.clone()))
+                .collect(),
+        }
+    }
+
+    /// Where to fetch a job's chunks, in order: the DPs the job
+    /// distributes to here, then the site server itself, which holds the
+    /// content of every job that targets its workstations (a site without
+    /// a DP in the job's DP group, or DPs still receiving it).
+    fn for_job(&self, offer: &JobOffer, site: &str) -> Vec<String> {
+        let mut sources = match self.jobs.get(&offer.id) {
+            Some(dps) => dps.clone(),
+            None if !offer.dps.is_empty() => offer.dps.clone(),
+            None => self.site_dps.clone(),
+        };
+        sources.push(site.to_owned());
+        sources
+    }
 }
 
 struct Due {
@@ -272,7 +310,7 @@ impl Executor {
     }
 
     /// Fetches and verifies the manifest, then every chunk not yet held,
-    /// trying the site's DPs in turn.
+    /// trying the job's DPs in turn and the site server last.
     async fn download(&self, offer: &JobOffer) -> Result<Manifest> {
         let wire = self.client.manifest(&offer.package, offer.version).await?;
         let signed = wire.to_signed().ok_or_else(|| {
@@ -299,12 +337,7 @@ impl Executor {
             .filter(|chunk| !self.store.contains(&chunk.hash))
             .collect();
         let total: u64 = chunks.iter().map(|chunk| chunk.size as u64).sum();
-        let dps = self.dps.lock().await.clone();
-        if !chunks.is_empty() && dps.is_empty() {
-            return Err(Error::NotYetAvailable(
-                "no distribution point is known yet".into(),
-            ));
-        }
+        let dps = self.sources.lock().await.for_job(offer, self.client.base());
         self.report(
             offer.id,
             StatusBody::JobDownloading {
@@ -361,7 +394,7 @@ impl Executor {
             }
             if !stored && absent == dps.len() {
                 return Err(Error::NotYetAvailable(format!(
-                    "no distribution point holds chunk {} yet",
+                    "neither a distribution point nor the site holds chunk {} yet",
                     chunk.hash
                 )));
             }

@@ -289,7 +289,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         wake.clone(),
         stop_rx.clone(),
     ));
-    let dps = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let sources = Arc::new(tokio::sync::Mutex::new(execute::Sources::default()));
     let nudge = Arc::new(tokio::sync::Notify::new());
     let executor = execute::Executor {
         name: enrollment.name.clone(),
@@ -300,7 +300,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
             .map_err(|err| Error::Config(format!("agent.json holds a bad site key: {err}")))?,
         store: cascade_content::ChunkStore::open(&dir.join(layout::CHUNKS))
             .map_err(|err| Error::Config(format!("opening the chunk store: {err}")))?,
-        dps: dps.clone(),
+        sources: sources.clone(),
         wake: wake.clone(),
         nudge: nudge.clone(),
         http: execute::dp_client(),
@@ -331,7 +331,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
                 backoff = Duration::from_millis(500);
                 revision = policy.revision;
                 interval = Duration::from_millis(policy.poll_interval_ms.max(1000));
-                *dps.lock().await = policy.dps.clone();
+                *sources.lock().await = execute::Sources::of(&policy);
                 match apply_policy(&db, &policy.jobs).await {
                     Ok(true) => {
                         wake.notify_one();

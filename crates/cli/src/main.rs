@@ -71,20 +71,65 @@ enum Command {
     /// Jobs: run a command from a package on a collection.
     #[command(subcommand)]
     Job(JobCommand),
-    /// Start a site and two DPs in a temporary directory, distribute a
-    /// sample package and show the result.
+    /// DP groups: named sets of DPs of any site of the hierarchy.
+    #[command(subcommand, name = "dp-group")]
+    DpGroup(DpGroupCommand),
+    /// Start a three-level hierarchy of sites with DPs and agents in a
+    /// temporary directory, run a job on every workstation and show the
+    /// result per site.
     Quickstart(quickstart::QuickstartArgs),
 }
 
 #[derive(Subcommand)]
 enum SiteCommand {
-    /// Create a site's data directory: database, signing key, tokens.
+    /// Create a site's data directory: a new central site, or a child site
+    /// joining its parent (--kind, --parent, --join-token).
     Init {
         /// The data directory.
         dir: PathBuf,
-        /// The site code: 3 characters, uppercase letters and digits.
+        /// The site code: 3 characters, uppercase letters and digits,
+        /// unique in the hierarchy.
         #[arg(long)]
         code: String,
+        /// Join a parent as a primary or a secondary site.
+        #[arg(long, value_enum, requires = "parent")]
+        kind: Option<ChildKind>,
+        /// URL of the parent site server.
+        #[arg(long, requires_all = ["kind", "join_token"])]
+        parent: Option<String>,
+        /// The parent's join token (its DIR/join.token).
+        #[arg(long, requires = "parent")]
+        join_token: Option<String>,
+        /// Hex of the central site's public key: join only if the parent
+        /// answers with this key.
+        #[arg(long, requires = "parent")]
+        central_key: Option<String>,
+        /// Bytes per second the parent may send this site (e.g. 10MiB).
+        #[arg(long, requires = "parent", value_parser = parse_rate)]
+        max_rate: Option<u64>,
+    },
+    /// This site and every site below it, with the links to its children.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// What waits at this site and why: instructions, content, status.
+    Queues {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Rate-limit the content this site sends to a child site.
+    Link {
+        /// The child site's code.
+        code: String,
+        /// Bytes per second (e.g. 10MiB).
+        #[arg(long, value_parser = parse_rate, required_unless_present = "no_limit", conflicts_with = "no_limit")]
+        max_rate: Option<u64>,
+        /// Remove the limit.
+        #[arg(long)]
+        no_limit: bool,
+        #[command(flatten)]
+        connection: Connection,
     },
     /// Show the site's settings, or change them.
     Settings {
@@ -105,6 +150,44 @@ enum SiteCommand {
         /// printed and written to DIR/url).
         #[arg(long, default_value = "127.0.0.1:7400")]
         listen: String,
+    },
+}
+
+/// The kind of a site joining a parent.
+#[derive(Clone, Copy, ValueEnum)]
+enum ChildKind {
+    Primary,
+    Secondary,
+}
+
+/// Parses a rate such as `10MiB`, `500KB` or `1048576` (bytes per second).
+fn parse_rate(text: &str) -> std::result::Result<u64, String> {
+    let size: bytesize::ByteSize = text
+        .trim_end_matches("/s")
+        .parse()
+        .map_err(|err| format!("{text:?} is not a rate such as 10MiB or 500KB: {err}"))?;
+    match size.as_u64() {
+        0 => Err("a rate limit must be more than 0 bytes per second".into()),
+        bytes => Ok(bytes),
+    }
+}
+
+#[derive(Subcommand)]
+enum DpGroupCommand {
+    /// Create a DP group from DPs of any site (central site only).
+    Create {
+        /// Group name.
+        name: String,
+        /// A DP as SITE/DP, e.g. P01/dp1 (repeatable).
+        #[arg(long = "dp", required = true)]
+        dps: Vec<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List DP groups.
+    List {
+        #[command(flatten)]
+        connection: Connection,
     },
 }
 
@@ -198,6 +281,10 @@ enum JobCommand {
         /// Exit codes that mean success, comma-separated (default: 0).
         #[arg(long, value_delimiter = ',')]
         success_codes: Vec<i32>,
+        /// Distribute to this DP group's DPs (default: the DPs of each site
+        /// whose workstations the job targets).
+        #[arg(long)]
+        dp_group: Option<String>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -336,16 +423,19 @@ enum PackageCommand {
     Distribute {
         /// Package name.
         name: String,
-        /// A DP to place it on (repeatable).
+        /// A DP of this site to place it on (repeatable).
         #[arg(
             long = "dp",
-            required_unless_present = "all_dps",
-            conflicts_with = "all_dps"
+            required_unless_present_any = ["all_dps", "dp_group"],
+            conflicts_with_all = ["all_dps", "dp_group"]
         )]
         dps: Vec<String>,
         /// Every DP of the site, including DPs added later.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dp_group")]
         all_dps: bool,
+        /// The DPs of a DP group, at every site (central site only).
+        #[arg(long)]
+        dp_group: Option<String>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -434,12 +524,74 @@ pub async fn shutdown_signal() {
 async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCode> {
     use std::process::ExitCode;
     match command {
-        Command::Site(SiteCommand::Init { dir, code }) => {
+        Command::Site(SiteCommand::Init {
+            dir,
+            code,
+            kind,
+            parent,
+            join_token,
+            central_key,
+            max_rate,
+        }) => {
             init_logging("warn");
-            let report = cascade_site::init(&dir, &code)
+            let join = match (kind, parent, join_token) {
+                (Some(kind), Some(parent_url), Some(join_token)) => Some(cascade_site::Join {
+                    kind: match kind {
+                        ChildKind::Primary => "primary",
+                        ChildKind::Secondary => "secondary",
+                    }
+                    .to_owned(),
+                    parent_url,
+                    join_token,
+                    central_key,
+                    max_rate,
+                }),
+                _ => None,
+            };
+            let report = cascade_site::init(&dir, &code, join.as_ref())
                 .await
                 .with_context(|| format!("creating site {code} in {}", dir.display()))?;
             out.site_init(&report);
+        }
+        Command::Site(SiteCommand::List { connection }) => {
+            init_logging("warn");
+            out.sites(&connection.client()?.sites().await?);
+        }
+        Command::Site(SiteCommand::Queues { connection }) => {
+            init_logging("warn");
+            out.queues(&connection.client()?.queues().await?);
+        }
+        Command::Site(SiteCommand::Link {
+            code,
+            max_rate,
+            no_limit: _,
+            connection,
+        }) => {
+            init_logging("warn");
+            let summary = connection
+                .client()?
+                .set_link(&code, &cascade_protocol::LinkRequest { max_rate })
+                .await?;
+            out.sites(&[summary]);
+        }
+        Command::DpGroup(command) => {
+            init_logging("warn");
+            match command {
+                DpGroupCommand::Create {
+                    name,
+                    dps,
+                    connection,
+                } => {
+                    let group = connection
+                        .client()?
+                        .create_dp_group(&cascade_protocol::DpGroupRequest { name, dps })
+                        .await?;
+                    out.dp_groups(&[group]);
+                }
+                DpGroupCommand::List { connection } => {
+                    out.dp_groups(&connection.client()?.dp_groups().await?);
+                }
+            }
         }
         Command::Site(SiteCommand::Run { dir, listen }) => {
             init_logging("info");
@@ -612,6 +764,7 @@ async fn job(command: JobCommand, out: Output) -> Result<()> {
             retry_delay,
             timeout,
             success_codes,
+            dp_group,
             connection,
         } => {
             let offer_at_ms = offer_at.map(ms);
@@ -637,6 +790,7 @@ async fn job(command: JobCommand, out: Output) -> Result<()> {
                     retry_delay_ms: retry_delay.as_millis() as u64,
                     timeout_ms: timeout.map(|t| t.as_millis() as u64),
                     success_codes,
+                    dp_group,
                 })
                 .await?;
             out.jobs(&[info]);
@@ -707,11 +861,19 @@ async fn package(command: PackageCommand, out: Output) -> Result<std::process::E
             name,
             dps,
             all_dps,
+            dp_group,
             connection,
         } => {
             let report = connection
                 .client()?
-                .distribute(&name, &DistributeRequest { dps, all_dps })
+                .distribute(
+                    &name,
+                    &DistributeRequest {
+                        dps,
+                        all_dps,
+                        dp_group,
+                    },
+                )
                 .await?;
             out.targets("distributed", &report);
         }

@@ -71,10 +71,24 @@ impl Output {
                 "admin_token": report.admin_token,
                 "join_token": report.join_token,
                 "public_key": report.public_key,
+                "kind": report.kind,
+                "parent": report.parent,
             }));
             return;
         }
-        println!("created site {} in {}", report.code, report.dir.display());
+        match &report.parent {
+            Some(parent) => println!(
+                "created {} site {} under {parent} in {}",
+                report.kind,
+                report.code,
+                report.dir.display()
+            ),
+            None => println!(
+                "created central site {} in {}",
+                report.code,
+                report.dir.display()
+            ),
+        }
         println!(
             "admin token: {}   (also in {}/admin.token)",
             report.admin_token,
@@ -85,7 +99,13 @@ impl Output {
             report.join_token,
             report.dir.display()
         );
-        println!("signing key: {}", report.public_key);
+        match report.parent {
+            Some(_) => println!(
+                "central key: {}   (every manifest is checked against it)",
+                report.public_key
+            ),
+            None => println!("signing key: {}", report.public_key),
+        }
         println!("next: cascade site run {}", report.dir.display());
     }
 
@@ -279,27 +299,24 @@ impl Output {
         }
         let job = &status.job;
         println!(
-            "job {} ({})  {} v{} on {}: {}",
+            "job {} ({}, {})  {} v{} on {}: {}",
             job.offer.id,
             job.state,
+            status.outcome.replace('_', " "),
             job.offer.package,
             job.offer.version,
             job.collection,
             job.offer.command
         );
-        let counts: Vec<String> = status
-            .counts
-            .iter()
-            .map(|(state, n)| format!("{state} {n}"))
-            .collect();
-        println!(
-            "workstations: {}",
-            if counts.is_empty() {
-                "none".into()
-            } else {
-                counts.join(", ")
-            }
+        if let Some(group) = &job.dp_group {
+            println!("distributes to dp group {group}");
+        }
+        let rows: Vec<Vec<String>> = status.sites.iter().map(site_job_row).collect();
+        table(
+            &["SITE", "INSTRUCTION", "TARGETS", "DISTRIBUTION", "RUNS"],
+            &rows,
         );
+        println!("workstations: {}", counts(&status.counts));
         let rows: Vec<Vec<String>> = status
             .workstations
             .iter()
@@ -315,6 +332,7 @@ impl Output {
                     flags.push(format!("unreachable since {}", time(at)));
                 }
                 vec![
+                    ws.site.clone(),
                     ws.agent.clone(),
                     ws.state.clone(),
                     ws.exit_code.map_or("-".into(), |code| code.to_string()),
@@ -325,7 +343,15 @@ impl Output {
             })
             .collect();
         table(
-            &["WORKSTATION", "STATE", "EXIT", "ATTEMPTS", "SINCE", "FLAGS"],
+            &[
+                "SITE",
+                "WORKSTATION",
+                "STATE",
+                "EXIT",
+                "ATTEMPTS",
+                "SINCE",
+                "FLAGS",
+            ],
             &rows,
         );
         if !status.distribution.is_empty() {
@@ -333,9 +359,16 @@ impl Output {
             let rows: Vec<Vec<String>> = status
                 .distribution
                 .iter()
-                .map(|dp| vec![dp.dp.clone(), opt(dp.installed_version), dp.state.clone()])
+                .map(|dp| {
+                    vec![
+                        dp.site.clone(),
+                        dp.dp.clone(),
+                        opt(dp.installed_version),
+                        dp.state.clone(),
+                    ]
+                })
                 .collect();
-            table(&["DP", "INSTALLED", "STATE"], &rows);
+            table(&["SITE", "DP", "INSTALLED", "STATE"], &rows);
         }
     }
 
@@ -488,16 +521,139 @@ impl Output {
             return print_json(report);
         }
         for change in &report.dps {
-            let note = if change.changed {
-                ""
-            } else {
-                " (already there: nothing sent)"
+            let note = match (change.changed, change.version) {
+                (false, _) => " (already there: nothing sent)",
+                (true, 0) => " (once its content reaches this site)",
+                (true, _) => "",
             };
+            let version = match change.version {
+                0 => String::new(),
+                version => format!(" v{version}"),
+            };
+            println!("{verb}: {}{version} -> {}{note}", report.package, change.dp);
+        }
+        if !report.sites.is_empty() {
             println!(
-                "{verb}: {} v{} -> {}{note}",
-                report.package, change.version, change.dp
+                "{verb}: {} -> sent on to {} (each places it on its own DPs of the group)",
+                report.package,
+                report.sites.join(", ")
             );
         }
+    }
+
+    pub fn sites(&self, sites: &[SiteSummary]) {
+        if self.json {
+            return print_json(&sites);
+        }
+        let rows: Vec<Vec<String>> = sites
+            .iter()
+            .map(|site| {
+                vec![
+                    site.code.clone(),
+                    site.kind.clone(),
+                    site.parent.clone().unwrap_or_else(|| "-".into()),
+                    time(site.registered_at_ms),
+                    site.last_seen_ms.map_or("-".into(), time),
+                    site.max_rate
+                        .map_or("-".into(), |rate| format!("{}/s", bytes(rate))),
+                    bytes(site.bytes_sent),
+                    site.pending_instructions.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "SITE",
+                "KIND",
+                "PARENT",
+                "JOINED",
+                "LAST SEEN",
+                "MAX RATE",
+                "SENT",
+                "PENDING",
+            ],
+            &rows,
+        );
+    }
+
+    pub fn queues(&self, queues: &SiteQueues) {
+        if self.json {
+            return print_json(queues);
+        }
+        println!("site {}", queues.site);
+        if let Some(parent) = &queues.parent {
+            let contact = parent
+                .last_contact_ms
+                .map_or("never since start".into(), time);
+            match &parent.error {
+                Some(error) => println!(
+                    "parent {} ({}): unreachable, last answer {contact}: {error}",
+                    parent.code, parent.url
+                ),
+                None => println!(
+                    "parent {} ({}): last answer {contact}",
+                    parent.code, parent.url
+                ),
+            }
+        }
+        println!("inbox (from the parent): {} waiting", queues.inbox.len());
+        for item in &queues.inbox {
+            println!(
+                "  #{} {} (received {}): {}",
+                item.seq,
+                item.description,
+                time(item.received_at_ms),
+                item.why
+            );
+        }
+        let pending: u64 = queues.outbox.iter().map(|queue| queue.pending).sum();
+        println!("outbox (to child sites): {pending} waiting");
+        for queue in &queues.outbox {
+            println!(
+                "  {}: {} since {}: {}",
+                queue.child,
+                queue.pending,
+                queue.oldest_ms.map_or("-".into(), time),
+                queue.why
+            );
+        }
+        println!("content being brought in: {}", queues.content.len());
+        for item in &queues.content {
+            println!(
+                "  {} v{} for {}: {} missing; {}",
+                item.package,
+                item.version,
+                item.needed_by.join(", "),
+                bytes(item.bytes_missing),
+                item.why
+            );
+        }
+        if queues.parent.is_some() {
+            println!(
+                "status messages not yet relayed up: {}{}",
+                queues.status_pending,
+                queues
+                    .status_oldest_ms
+                    .map_or(String::new(), |at| format!(" (oldest {})", time(at)))
+            );
+        }
+    }
+
+    pub fn dp_groups(&self, groups: &[DpGroupInfo]) {
+        if self.json {
+            return print_json(&groups);
+        }
+        let rows: Vec<Vec<String>> = groups
+            .iter()
+            .map(|group| {
+                vec![
+                    group.name.clone(),
+                    group.dps.join(", "),
+                    time(group.created_at_ms),
+                ]
+            })
+            .collect();
+        table(&["GROUP", "DPS", "CREATED"], &rows);
     }
 
     pub fn history(&self, records: &[StatusRecord]) {
@@ -551,6 +707,7 @@ impl Output {
                     _ => String::new(),
                 };
                 vec![
+                    dp.site.clone(),
                     dp.dp.clone(),
                     opt(dp.target_version),
                     opt(dp.installed_version),
@@ -561,24 +718,85 @@ impl Output {
             })
             .collect();
         table(
-            &["DP", "TARGET", "INSTALLED", "STATE", "SINCE", "DETAIL"],
+            &[
+                "SITE",
+                "DP",
+                "TARGET",
+                "INSTALLED",
+                "STATE",
+                "SINCE",
+                "DETAIL",
+            ],
             &rows,
         );
     }
 }
 
-/// True once nothing more will happen to the job on its own: every
-/// workstation finished, or the job expired or was canceled.
-pub fn job_finished(status: &JobStatus) -> bool {
-    matches!(status.job.state.as_str(), "expired" | "canceled")
-        || (!status.workstations.is_empty()
-            && status
-                .workstations
-                .iter()
-                .all(|ws| matches!(ws.state.as_str(), "complete" | "failed")))
+/// `complete 3, failed 1`, or `none`.
+fn counts(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts
+        .iter()
+        .map(|(state, n)| format!("{state} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-/// Shows a live progress bar of a job until it is finished or `timeout`
+/// One site's line of a job: instruction, targets, distribution, runs.
+fn site_job_row(site: &SiteJobStatus) -> Vec<String> {
+    let instruction = match site.arrived_at_ms {
+        Some(at) => format!("arrived {}", time(at)),
+        None => site.instruction.clone(),
+    };
+    let dps: Vec<String> = site
+        .dps
+        .iter()
+        .map(
+            |dp| match (dp.state.as_str(), dp.bytes_done, dp.bytes_total) {
+                ("transferring", Some(done), Some(total)) => {
+                    format!("{} {}/{}", dp.dp, bytes(done), bytes(total))
+                }
+                (state, _, _) => format!(
+                    "{} {state}{}",
+                    dp.dp,
+                    dp.installed_version
+                        .map_or(String::new(), |version| format!(" v{version}"))
+                ),
+            },
+        )
+        .collect();
+    let distribution = if dps.is_empty() {
+        site.distribution.replace('_', " ")
+    } else {
+        format!(
+            "{} ({})",
+            site.distribution.replace('_', " "),
+            dps.join(", ")
+        )
+    };
+    vec![
+        site.site.clone(),
+        instruction,
+        site.targets.to_string(),
+        distribution,
+        if site.runs.is_empty() {
+            "-".into()
+        } else {
+            counts(&site.runs)
+        },
+    ]
+}
+
+/// True once nothing more will happen to the job on its own: it is
+/// complete or failed everywhere, or it expired or was canceled.
+pub fn job_finished(status: &JobStatus) -> bool {
+    matches!(status.job.state.as_str(), "expired" | "canceled")
+        || matches!(status.outcome.as_str(), "complete" | "failed")
+}
+
+/// Shows a live line per site of a job until it is finished or `timeout`
 /// passes; returns the last status.
 pub async fn watch_job(
     client: &Client,
@@ -586,35 +804,40 @@ pub async fn watch_job(
     timeout: Duration,
     show: bool,
 ) -> Result<JobStatus> {
-    let bar = if show {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("job {prefix} [{bar:30}] {pos}/{len} finished  {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(id.to_string());
+    let multi = MultiProgress::new();
+    if !show {
+        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{prefix:>4} [{bar:24}] {pos}/{len} finished  {msg}")
+        .expect("valid template")
+        .progress_chars("=> ");
+    let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
     let started = Instant::now();
     loop {
         let status = client.job_status(id).await?;
-        let finished = status
-            .workstations
-            .iter()
-            .filter(|ws| matches!(ws.state.as_str(), "complete" | "failed"))
-            .count();
-        bar.set_length(status.workstations.len() as u64);
-        bar.set_position(finished as u64);
-        let counts: Vec<String> = status
-            .counts
-            .iter()
-            .map(|(state, n)| format!("{state} {n}"))
-            .collect();
-        bar.set_message(counts.join(", "));
+        for site in &status.sites {
+            let bar = bars.entry(site.site.clone()).or_insert_with(|| {
+                let bar = multi.add(ProgressBar::new(0));
+                bar.set_style(style.clone());
+                bar.set_prefix(site.site.clone());
+                bar
+            });
+            let finished: u64 = site
+                .runs
+                .iter()
+                .filter(|(state, _)| matches!(state.as_str(), "complete" | "failed"))
+                .map(|(_, n)| n)
+                .sum();
+            let row = site_job_row(site);
+            bar.set_length(site.targets);
+            bar.set_position(finished);
+            bar.set_message(format!("{}; distribution {}; {}", row[1], row[3], row[4]));
+        }
         if job_finished(&status) || started.elapsed() >= timeout {
-            bar.finish_and_clear();
+            for bar in bars.values() {
+                bar.finish();
+            }
+            let _ = multi.clear();
             return Ok(status);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -649,10 +872,11 @@ pub async fn watch_package(
     loop {
         let status = client.package_status(name).await?;
         for dp in &status.dps {
-            let bar = bars.entry(dp.dp.clone()).or_insert_with(|| {
+            let name = format!("{}/{}", dp.site, dp.dp);
+            let bar = bars.entry(name.clone()).or_insert_with(|| {
                 let bar = multi.add(ProgressBar::new(100));
                 bar.set_style(style.clone());
-                bar.set_prefix(dp.dp.clone());
+                bar.set_prefix(name);
                 bar
             });
             let (position, message) = match (dp.state.as_str(), dp.bytes_done, dp.bytes_total) {

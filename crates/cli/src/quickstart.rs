@@ -146,7 +146,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
     say(&format!("quickstart in {}", root.display()));
 
     let site_dir = root.join("site");
-    let site = cascade_site::init(&site_dir, "CEN").await?;
+    let site = cascade_site::init(&site_dir, "CEN", None).await?;
     let mut children = Children(Vec::new());
     children.spawn(
         "site",
@@ -187,6 +187,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
             &DistributeRequest {
                 dps: Vec::new(),
                 all_dps: true,
+                dp_group: None,
             },
         )
         .await?;
@@ -237,6 +238,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
             retry_delay_ms: 2000,
             timeout_ms: Some(120_000),
             success_codes: Vec::new(),
+            dp_group: None,
         })
         .await?;
     say(&format!(

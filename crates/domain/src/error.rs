@@ -17,6 +17,10 @@ pub enum Error {
         position: usize,
         reason: String,
     },
+    /// A site that cannot join where it asked to, or a malformed status
+    /// source.
+    #[error("{0}")]
+    Hierarchy(String),
     /// A version that would move a package backwards (or stand still).
     #[error("version {offered} of {package} is not newer than version {current}")]
     VersionNotNewer {

@@ -6,6 +6,7 @@
 //! what lets the status views be tested exhaustively and derived anywhere.
 
 mod error;
+pub mod hierarchy;
 mod names;
 pub mod rule;
 pub mod run;

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::frames::{Frame, FrameDecoder};
+use crate::sites::*;
 use crate::types::*;
 use crate::API;
 use cascade_content::ChunkHash;
@@ -124,12 +125,7 @@ impl Client {
     /// Which of `hashes` the site's library lacks.
     pub async fn missing_chunks(&self, hashes: &[ChunkHash]) -> Result<Vec<ChunkHash>> {
         let list: ChunkList = self
-            .post(
-                "/content/missing",
-                &ChunkList {
-                    hashes: hashes.to_vec(),
-                },
-            )
+            .post("/content/missing", &ChunkList::of(hashes.to_vec()))
             .await?;
         Ok(list.hashes)
     }
@@ -229,9 +225,8 @@ impl Client {
         let response = self
             .send(
                 &url,
-                self.request(reqwest::Method::POST, &url).json(&ChunkList {
-                    hashes: hashes.to_vec(),
-                }),
+                self.request(reqwest::Method::POST, &url)
+                    .json(&ChunkList::of(hashes.to_vec())),
             )
             .await?;
         let mut decoder = FrameDecoder::default();
@@ -250,6 +245,22 @@ impl Client {
         }
         decoder.finish().map_err(Error::Frame)?;
         Ok(received)
+    }
+
+    /// Opens a chunk fetch and returns the frames as they arrive (a child
+    /// site stores each one as it comes, so an interrupted transfer loses
+    /// at most the frames in flight).
+    pub async fn open_chunks(&self, list: &ChunkList) -> Result<ChunkStream> {
+        let url = self.url("/content/fetch");
+        let response = self
+            .send(&url, self.request(reqwest::Method::POST, &url).json(list))
+            .await?;
+        Ok(ChunkStream {
+            url,
+            response,
+            decoder: FrameDecoder::default(),
+            received: 0,
+        })
     }
 
     /// Delivers a batch of status messages.
@@ -329,8 +340,106 @@ impl Client {
             .await
     }
 
-    /// A job's status, per workstation and per DP.
+    /// A job's status, per site, per workstation and per DP.
     pub async fn job_status(&self, id: u64) -> Result<JobStatus> {
         self.get(&format!("/jobs/{id}/status")).await
+    }
+
+    /// A child site joins this site with its join token.
+    pub async fn enroll_site(&self, request: &SiteEnrollRequest) -> Result<SiteEnrollResponse> {
+        self.post("/sites/enroll", request).await
+    }
+
+    /// A site registers a site that joined below it.
+    pub async fn register_site(&self, registration: &SiteRegistration) -> Result<()> {
+        let _: serde_json::Value = self.post("/sites/register", registration).await?;
+        Ok(())
+    }
+
+    /// This site and every site below it.
+    pub async fn sites(&self) -> Result<Vec<SiteSummary>> {
+        self.get("/sites").await
+    }
+
+    /// Sets the rate limit of the link to a direct child.
+    pub async fn set_link(&self, child: &str, request: &LinkRequest) -> Result<SiteSummary> {
+        self.put(&format!("/sites/{child}/link"), request).await
+    }
+
+    /// Long poll of a child site for its instructions after `after`.
+    pub async fn instructions(&self, after: u64, wait: Duration) -> Result<Instructions> {
+        self.get(&format!(
+            "/site/instructions?after={after}&wait_ms={}",
+            wait.as_millis()
+        ))
+        .await
+    }
+
+    /// A child site tells its parent which content it needs.
+    pub async fn put_wants(&self, wants: &ContentWants) -> Result<()> {
+        let _: serde_json::Value = self.put("/site/wants", wants).await?;
+        Ok(())
+    }
+
+    /// A child site relays status messages up.
+    pub async fn relay_status(&self, batch: &RelayBatch) -> Result<RelayAck> {
+        self.post("/site/status", batch).await
+    }
+
+    /// What waits at the site, and why.
+    pub async fn queues(&self) -> Result<SiteQueues> {
+        self.get("/site/queues").await
+    }
+
+    /// Every DP group.
+    pub async fn dp_groups(&self) -> Result<Vec<DpGroupInfo>> {
+        self.get("/dp-groups").await
+    }
+
+    /// Creates a DP group.
+    pub async fn create_dp_group(&self, request: &DpGroupRequest) -> Result<DpGroupInfo> {
+        self.post("/dp-groups", request).await
+    }
+}
+
+/// Chunk frames arriving from `/content/fetch`.
+pub struct ChunkStream {
+    url: String,
+    response: reqwest::Response,
+    decoder: FrameDecoder,
+    received: u64,
+}
+
+impl ChunkStream {
+    /// The next frame, or none at the end of the answer.
+    pub async fn next_frame(&mut self) -> Result<Option<Frame>> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame().map_err(Error::Frame)? {
+                return Ok(Some(frame));
+            }
+            let piece = self
+                .response
+                .chunk()
+                .await
+                .map_err(|source| Error::Unreachable {
+                    url: self.url.clone(),
+                    source,
+                })?;
+            match piece {
+                Some(piece) => {
+                    self.received += piece.len() as u64;
+                    self.decoder.push(&piece);
+                }
+                None => {
+                    self.decoder.finish().map_err(Error::Frame)?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Bytes received on the wire so far.
+    pub fn received(&self) -> u64 {
+        self.received
     }
 }

@@ -1,5 +1,5 @@
 //! The wire: every type that crosses a process boundary between the CLI, a
-//! site server, a DP (and later agents and child sites), the chunk frame
+//! site server, a DP, an agent and child sites, the chunk frame
 //! codec, and the HTTP client that speaks it.
 //!
 //! **Architecture Invariant:** JSON shapes are defined here and nowhere else.
@@ -10,11 +10,13 @@ mod enrollment;
 mod error;
 pub mod forward;
 pub mod frames;
+pub mod sites;
 pub mod types;
 
 pub use client::Client;
 pub use enrollment::{read_config, Enrollment};
 pub use error::{Error, Result};
+pub use sites::*;
 pub use types::*;
 
 /// Prefix of every API route of a site server.

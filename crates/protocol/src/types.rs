@@ -26,10 +26,17 @@ pub struct SiteInfo {
     pub code: String,
     /// `central`, `primary` or `secondary`.
     pub kind: String,
-    /// Hex of the ed25519 key that signs manifests.
+    /// Hex of the ed25519 key that signs manifests: the central site's key,
+    /// the same at every site of a hierarchy.
     pub public_key: String,
     /// The Cascade version the server runs.
     pub server_version: String,
+    /// The parent site's code (none for the central site).
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// The central site's code.
+    #[serde(default)]
+    pub central: Option<String>,
 }
 
 /// A list of chunk hashes (`POST /api/v1/content/missing`, `/content/fetch`).
@@ -37,6 +44,21 @@ pub struct SiteInfo {
 pub struct ChunkList {
     /// The chunks.
     pub hashes: Vec<ChunkHash>,
+    /// `/content/fetch` for a child site: send the chunks held and skip the
+    /// others (the parent may still be bringing them in) instead of
+    /// refusing the request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+}
+
+impl ChunkList {
+    /// A list of hashes.
+    pub fn of(hashes: Vec<ChunkHash>) -> ChunkList {
+        ChunkList {
+            hashes,
+            partial: false,
+        }
+    }
 }
 
 /// `POST /api/v1/content/chunks`: what an upload stored.
@@ -86,6 +108,14 @@ pub struct VersionInfo {
     pub chunk_count: u64,
     /// When the version was committed.
     pub created_at_ms: i64,
+    /// Whether the site holds every chunk of it (a child site receives
+    /// content only where it is needed).
+    #[serde(default = "yes")]
+    pub complete: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One line of `GET /api/v1/packages`.
@@ -150,6 +180,9 @@ pub struct DistributeRequest {
     /// Every DP of the site, now and added later.
     #[serde(default)]
     pub all_dps: bool,
+    /// The DPs of a DP group, at every site of the hierarchy (central site only).
+    #[serde(default)]
+    pub dp_group: Option<String>,
 }
 
 /// `POST /api/v1/packages/{name}/refresh`.
@@ -177,8 +210,12 @@ pub struct TargetChange {
 pub struct TargetReport {
     /// Package name.
     pub package: String,
-    /// One line per DP named or implied.
+    /// One line per DP of this site named or implied.
     pub dps: Vec<TargetChange>,
+    /// The child sites the distribution was sent on to (a DP group spans
+    /// sites; each places the package on its own DPs of the group).
+    #[serde(default)]
+    pub sites: Vec<String>,
 }
 
 /// `GET /api/v1/packages/{name}/status`: one line per DP, derived from status
@@ -196,6 +233,9 @@ pub struct PackageStatus {
 /// One DP's line in a package status.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DpPackageStatus {
+    /// The DP's site.
+    #[serde(default)]
+    pub site: String,
     /// The DP.
     pub dp: String,
     /// The version it must hold.
@@ -385,6 +425,52 @@ pub enum StatusBody {
         attempt: u32,
         exit_code: i32,
     },
+    /// Site: a DP enrolled at the site (DP groups name DPs of any site).
+    DpEnrolled { dp: String },
+    /// Site: a job's instruction arrived (or, at the site it was created
+    /// at, was created): the site's workstations it targets and the site's
+    /// DPs it distributes to (none: distribution is not applicable here).
+    JobArrived {
+        job: u64,
+        package: String,
+        version: u64,
+        targets: Vec<String>,
+        dps: Vec<String>,
+    },
+    /// Site: started bringing a package version's content in from its parent.
+    ContentStarted {
+        package: String,
+        version: u64,
+        bytes_total: u64,
+        bytes_needed: u64,
+    },
+    /// Site: content transfer progress.
+    ContentProgress {
+        package: String,
+        version: u64,
+        bytes_done: u64,
+        bytes_needed: u64,
+    },
+    /// Site: every chunk of the version is in the site's library, verified.
+    ContentComplete {
+        package: String,
+        version: u64,
+        bytes_received: u64,
+    },
+    /// Site: bringing the content in failed; it retries.
+    ContentFailed {
+        package: String,
+        version: u64,
+        reason: String,
+    },
+    /// Site: an instruction from the parent was refused (a manifest not
+    /// signed by the central site, an older version, an unknown name).
+    InstructionRefused {
+        instruction: String,
+        package: Option<String>,
+        version: Option<u64>,
+        reason: String,
+    },
     /// Agent: the job failed for good.
     JobFailed {
         job: u64,
@@ -407,8 +493,8 @@ pub enum StatusBody {
 }
 
 impl StatusBody {
-    /// The package the message is about.
-    pub fn package(&self) -> &str {
+    /// The package the message is about, if any.
+    pub fn package(&self) -> Option<&str> {
         match self {
             StatusBody::DistributionTargeted { package, .. }
             | StatusBody::DpTransferStarted { package, .. }
@@ -417,6 +503,11 @@ impl StatusBody {
             | StatusBody::DpFailed { package, .. }
             | StatusBody::DpCorruptionFound { package, .. }
             | StatusBody::DpRefreshed { package, .. }
+            | StatusBody::JobArrived { package, .. }
+            | StatusBody::ContentStarted { package, .. }
+            | StatusBody::ContentProgress { package, .. }
+            | StatusBody::ContentComplete { package, .. }
+            | StatusBody::ContentFailed { package, .. }
             | StatusBody::JobExpired { package, .. }
             | StatusBody::JobCanceled { package, .. }
             | StatusBody::JobOffered { package, .. }
@@ -425,7 +516,17 @@ impl StatusBody {
             | StatusBody::JobRunning { package, .. }
             | StatusBody::JobCompleted { package, .. }
             | StatusBody::JobFailed { package, .. }
-            | StatusBody::JobRetrying { package, .. } => package,
+            | StatusBody::JobRetrying { package, .. } => Some(package),
+            StatusBody::InstructionRefused { package, .. } => package.as_deref(),
+            StatusBody::DpEnrolled { .. } => None,
+        }
+    }
+
+    /// The DP a message is about, for the site's messages about one DP.
+    pub fn dp(&self) -> Option<&str> {
+        match self {
+            StatusBody::DistributionTargeted { dp, .. } | StatusBody::DpEnrolled { dp } => Some(dp),
+            _ => None,
         }
     }
 
@@ -439,6 +540,13 @@ impl StatusBody {
             StatusBody::DpFailed { .. } => "dp_failed",
             StatusBody::DpCorruptionFound { .. } => "dp_corruption_found",
             StatusBody::DpRefreshed { .. } => "dp_refreshed",
+            StatusBody::DpEnrolled { .. } => "dp_enrolled",
+            StatusBody::JobArrived { .. } => "job_arrived",
+            StatusBody::ContentStarted { .. } => "content_started",
+            StatusBody::ContentProgress { .. } => "content_progress",
+            StatusBody::ContentComplete { .. } => "content_complete",
+            StatusBody::ContentFailed { .. } => "content_failed",
+            StatusBody::InstructionRefused { .. } => "instruction_refused",
             StatusBody::JobExpired { .. } => "job_expired",
             StatusBody::JobCanceled { .. } => "job_canceled",
             StatusBody::JobOffered { .. } => "job_offered",
@@ -467,8 +575,14 @@ impl StatusBody {
     /// The job an agent's message is about, if it is one an agent may send.
     pub fn agent_job(&self) -> Option<u64> {
         match self {
-            StatusBody::JobExpired { .. } | StatusBody::JobCanceled { .. } => None,
-            other => other.job(),
+            StatusBody::JobOffered { job, .. }
+            | StatusBody::JobDownloading { job, .. }
+            | StatusBody::JobContentRefused { job, .. }
+            | StatusBody::JobRunning { job, .. }
+            | StatusBody::JobCompleted { job, .. }
+            | StatusBody::JobFailed { job, .. }
+            | StatusBody::JobRetrying { job, .. } => Some(*job),
+            _ => None,
         }
     }
 
@@ -477,6 +591,7 @@ impl StatusBody {
         match self {
             StatusBody::JobExpired { job, .. }
             | StatusBody::JobCanceled { job, .. }
+            | StatusBody::JobArrived { job, .. }
             | StatusBody::JobOffered { job, .. }
             | StatusBody::JobDownloading { job, .. }
             | StatusBody::JobContentRefused { job, .. }
@@ -602,15 +717,7 @@ impl StatusBody {
                 refresh: *refresh,
                 repaired: *repaired,
             },
-            StatusBody::JobExpired { .. }
-            | StatusBody::JobCanceled { .. }
-            | StatusBody::JobOffered { .. }
-            | StatusBody::JobDownloading { .. }
-            | StatusBody::JobContentRefused { .. }
-            | StatusBody::JobRunning { .. }
-            | StatusBody::JobCompleted { .. }
-            | StatusBody::JobFailed { .. }
-            | StatusBody::JobRetrying { .. } => return None,
+            _ => return None,
         })
     }
 }
@@ -783,6 +890,11 @@ pub struct JobOffer {
     pub timeout_ms: Option<u64>,
     /// Exit codes that mean success.
     pub success_codes: Vec<i32>,
+    /// Content URLs to download from, in order: the DPs the job distributes
+    /// to at the agent's site. Empty: the site's DPs from the policy; the
+    /// agent's own site server comes last either way.
+    #[serde(default)]
+    pub dps: Vec<String>,
 }
 
 /// `POST /api/v1/jobs`: run a command from a package on a collection.
@@ -818,6 +930,9 @@ pub struct JobRequest {
     /// Exit codes that mean success (default: 0).
     #[serde(default)]
     pub success_codes: Vec<i32>,
+    /// Distribute to this DP group's DPs instead of each target site's DPs.
+    #[serde(default)]
+    pub dp_group: Option<String>,
 }
 
 /// A stored job.
@@ -834,11 +949,17 @@ pub struct JobInfo {
     pub canceled_at_ms: Option<i64>,
     /// `scheduled` (before its offer time), `active`, `expired` or `canceled`.
     pub state: String,
+    /// The DP group it distributes to; none: each target site's DPs.
+    #[serde(default)]
+    pub dp_group: Option<String>,
 }
 
 /// One workstation's row in a job's status.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkstationStatus {
+    /// The workstation's site.
+    #[serde(default)]
+    pub site: String,
     /// The agent.
     pub agent: String,
     /// Its last reported state: none, offered, downloading, running,
@@ -873,8 +994,17 @@ pub struct JobStatus {
     pub counts: std::collections::BTreeMap<String, u64>,
     /// One row per targeted workstation.
     pub workstations: Vec<WorkstationStatus>,
-    /// The distribute phase: the package on the site's DPs.
+    /// The distribute phase: the package on the DPs the job distributes to.
     pub distribution: Vec<DpPackageStatus>,
+    /// One row per site of this site's subtree.
+    #[serde(default)]
+    pub sites: Vec<crate::sites::SiteJobStatus>,
+    /// `complete` once every site has the instruction, no distribution is
+    /// pending or failing and every targeted workstation completed;
+    /// `failed` once every workstation finished and one failed;
+    /// `in_progress` otherwise.
+    #[serde(default)]
+    pub outcome: String,
 }
 
 /// Query of the policy long poll.

@@ -451,6 +451,7 @@ pub async fn create_collection(
     ApiJson(request): ApiJson<CollectionRequest>,
 ) -> Result<Json<CollectionInfo>> {
     principal.require_admin()?;
+    state.require_central("creating collections")?;
     validate_name("collection name", &request.name)?;
     let (machines, rule) = match (&request.rule, request.machines.is_empty()) {
         (Some(_), false) => {
@@ -473,9 +474,7 @@ pub async fn create_collection(
             for machine in &request.machines {
                 validate_name("machine name", machine)?;
             }
-            let json = serde_json::to_string(&request.machines)
-                .map_err(|err| Error::Internal(err.to_string()))?;
-            (Some(json), None)
+            (Some(request.machines.clone()), None)
         }
     };
     let mut tx = state.db.write().await?;
@@ -489,18 +488,57 @@ pub async fn create_collection(
             request.name
         )));
     }
+    apply_collection(&state, &mut tx, &request.name, machines, rule).await?;
+    let info = collection_info(&state, &mut tx, &request.name).await?;
+    tx.commit().await?;
+    state.notify_outbox_changed();
+    Ok(Json(info))
+}
+
+/// Stores a collection (replacing one of the same name: applying it twice
+/// changes nothing) and passes it on to the child sites.
+pub async fn apply_collection(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    name: &str,
+    machines: Option<Vec<String>>,
+    rule: Option<String>,
+) -> Result<()> {
+    validate_name("collection name", name)?;
+    if let Some(rule) = &rule {
+        Rule::parse(rule)?;
+    }
+    if machines.is_some() == rule.is_some() {
+        return Err(Error::invalid(
+            "conflicting_members",
+            format!("collection {name} needs either machines or a rule"),
+        ));
+    }
+    let machines_json = machines
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|err| Error::Internal(err.to_string()))?;
     sqlx::query(
-        "INSERT INTO collections (name, machines, rule, created_at_ms) VALUES (?, ?, ?, ?)",
+        "INSERT INTO collections (name, machines, rule, created_at_ms) VALUES (?, ?, ?, ?)
+         ON CONFLICT (name) DO UPDATE SET machines = excluded.machines, rule = excluded.rule",
     )
-    .bind(&request.name)
-    .bind(machines)
-    .bind(rule)
+    .bind(name)
+    .bind(machines_json)
+    .bind(&rule)
     .bind(now_ms())
     .execute(&mut *tx.tx)
     .await?;
-    let info = collection_info(&state, &mut tx, &request.name).await?;
-    tx.commit().await?;
-    Ok(Json(info))
+    crate::send::send_down(
+        state,
+        tx,
+        &cascade_protocol::Instruction::Collection {
+            name: name.to_owned(),
+            machines,
+            rule,
+        },
+    )
+    .await
 }
 
 /// A collection and its members now.

@@ -2,11 +2,14 @@
 
 use crate::auth::{self, Principal};
 use crate::error::{Error, Result};
-use crate::{agents, content, db, distribution, jobs, now_ms, status, AppState};
+use crate::{
+    agents, content, db, distribution, groups, hierarchy, jobs, now_ms, queues, receive, relay,
+    send, status, AppState,
+};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cascade_content::{Manifest, MANIFEST_FORMAT};
 use cascade_domain::{DpName, PackageName};
@@ -67,6 +70,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs", get(jobs::list).post(jobs::create))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/v1/jobs/{id}/status", get(jobs::job_status))
+        .route("/api/v1/sites", get(hierarchy::list))
+        .route("/api/v1/sites/enroll", post(hierarchy::enroll))
+        .route("/api/v1/sites/register", post(hierarchy::register))
+        .route("/api/v1/sites/{code}/link", put(hierarchy::set_link))
+        .route("/api/v1/site/instructions", get(send::instructions))
+        .route("/api/v1/site/wants", put(receive::put_wants))
+        .route(
+            "/api/v1/site/status",
+            post(relay::ingest_relayed).layer(DefaultBodyLimit::max(relay::MAX_RELAY_BODY)),
+        )
+        .route("/api/v1/site/queues", get(queues::queues))
+        .route("/api/v1/dp-groups", get(groups::list).post(groups::create))
+        .route("/v1/chunks/{hash}", get(content::serve_chunk))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_CONTROL_BODY))
@@ -113,9 +129,11 @@ async fn site_info(State(state): State<AppState>) -> Json<SiteInfo> {
 pub(crate) fn site_info_of(state: &AppState) -> SiteInfo {
     SiteInfo {
         code: state.code.to_string(),
-        kind: state.kind.clone(),
-        public_key: cascade_content::public_key_hex(&state.key.verifying_key()),
+        kind: state.kind.name().to_owned(),
+        public_key: cascade_content::public_key_hex(&state.trust),
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        parent: state.parent.as_ref().map(|parent| parent.code().to_owned()),
+        central: Some(state.central.to_string()),
     }
 }
 
@@ -127,6 +145,7 @@ fn version_info(package: &str, row: &db::VersionRow) -> VersionInfo {
         file_count: row.file_count as u64,
         chunk_count: row.chunk_count as u64,
         created_at_ms: row.created_at_ms,
+        complete: row.complete,
     }
 }
 
@@ -136,6 +155,11 @@ async fn new_version(
     ApiJson(request): ApiJson<NewVersionRequest>,
 ) -> Result<Json<VersionInfo>> {
     principal.require_admin()?;
+    state.require_central("creating and updating packages")?;
+    let key = state
+        .key
+        .clone()
+        .ok_or_else(|| Error::Internal("the central site holds no signing key".into()))?;
     let name = PackageName::new(&request.name)?;
     // Validate the tree before anything is stored; version and origin are
     // filled in below and do not affect validity.
@@ -203,37 +227,60 @@ async fn new_version(
         }
     };
     manifest.version = version as u64;
-    let signed = cascade_content::sign(&manifest, &state.key)?;
+    let signed = cascade_content::sign(&manifest, &key)?;
+    let row = insert_version(&mut tx, package_id, &manifest, &signed, true).await?;
+    let superseded =
+        distribution::supersede(&state, &mut tx, package_id, name.as_str(), version).await?;
+    send::send_down(
+        &state,
+        &mut tx,
+        &Instruction::PackageVersion {
+            package: name.to_string(),
+            version: version as u64,
+            manifest: SignedManifestWire::from_signed(&signed),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    state.notify_everything();
+    tracing::info!(package = %name, version, superseded, "package version committed");
+    Ok(Json(version_info(name.as_str(), &row)))
+}
+
+/// Stores a verified package version; `complete` when every chunk of it is
+/// in the library.
+pub(crate) async fn insert_version(
+    tx: &mut db::WriteTx<'_>,
+    package_id: i64,
+    manifest: &Manifest,
+    signed: &cascade_content::SignedManifest,
+    complete: bool,
+) -> Result<db::VersionRow> {
     let row = db::VersionRow {
-        version,
+        version: manifest.version as i64,
         total_size: manifest.total_size() as i64,
         file_count: manifest.file_count() as i64,
         chunk_count: manifest.unique_chunks().len() as i64,
         created_at_ms: manifest.created_at_ms,
+        complete,
     };
     sqlx::query(
         "INSERT INTO package_versions
-         (package_id, version, manifest, signature, total_size, file_count, chunk_count, created_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         (package_id, version, manifest, signature, total_size, file_count, chunk_count, created_at_ms, complete)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(package_id)
-    .bind(version)
+    .bind(row.version)
     .bind(&signed.bytes)
     .bind(&signed.signature[..])
     .bind(row.total_size)
     .bind(row.file_count)
     .bind(row.chunk_count)
     .bind(row.created_at_ms)
+    .bind(complete)
     .execute(&mut *tx.tx)
     .await?;
-    let superseded =
-        distribution::supersede(&state, &mut tx, package_id, name.as_str(), version).await?;
-    tx.commit().await?;
-    if superseded > 0 {
-        state.notify_assignments_changed();
-    }
-    tracing::info!(package = %name, version, superseded, "package version committed");
-    Ok(Json(version_info(name.as_str(), &row)))
+    Ok(row)
 }
 
 async fn list_packages(
@@ -379,12 +426,17 @@ async fn enroll(
             .fetch_one(&mut *tx.tx)
             .await?;
     auth::store_credential(&mut tx, &credential, "dp", name.as_str(), now).await?;
-    let placed =
-        distribution::place_all_dps_packages(&state, &mut tx, dp_id, name.as_str()).await?;
+    status::record_site_message(
+        &state,
+        &mut tx,
+        StatusBody::DpEnrolled {
+            dp: name.to_string(),
+        },
+    )
+    .await?;
+    let placed = distribution::place_on_new_dp(&state, &mut tx, dp_id, name.as_str()).await?;
     tx.commit().await?;
-    if placed > 0 {
-        state.notify_assignments_changed();
-    }
+    state.notify_everything();
     tracing::info!(dp = %name, packages = placed, "dp enrolled");
     Ok(Json(EnrollResponse {
         credential,

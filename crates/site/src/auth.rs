@@ -17,6 +17,8 @@ pub enum Principal {
     Dp { id: i64, name: String },
     /// A workstation's agent, by its database id and name.
     Agent { id: i64, name: String },
+    /// A direct child site, by its code.
+    Site { code: String },
 }
 
 impl Principal {
@@ -29,6 +31,20 @@ impl Principal {
             ))),
             Principal::Agent { name, .. } => Err(Error::Forbidden(format!(
                 "agent {name} may not call administrator routes"
+            ))),
+            Principal::Site { code } => Err(Error::Forbidden(format!(
+                "site {code} may not call administrator routes"
+            ))),
+        }
+    }
+
+    /// Refuses anyone but a direct child site; returns its code.
+    pub fn require_site(&self) -> Result<&str> {
+        match self {
+            Principal::Site { code } => Ok(code),
+            other => Err(Error::Forbidden(format!(
+                "this route is for child sites; {} may not call it",
+                other.describe()
             ))),
         }
     }
@@ -60,6 +76,7 @@ impl Principal {
             Principal::Admin => "the admin token".to_owned(),
             Principal::Dp { name, .. } => format!("dp {name}"),
             Principal::Agent { name, .. } => format!("agent {name}"),
+            Principal::Site { code } => format!("site {code}"),
         }
     }
 }
@@ -155,6 +172,18 @@ impl FromRequestParts<AppState> for Principal {
                         Error::Unauthorized(format!("agent {name} is no longer enrolled"))
                     })?;
                 Ok(Principal::Agent { id, name })
+            }
+            Some((role, code)) if role == "site" => {
+                let child: Option<String> =
+                    sqlx::query_scalar("SELECT code FROM sites WHERE code = ? AND parent = ?")
+                        .bind(&code)
+                        .bind(state.code.as_str())
+                        .fetch_optional(state.db.pool())
+                        .await?;
+                child.ok_or_else(|| {
+                    Error::Unauthorized(format!("site {code} is no longer a child of this site"))
+                })?;
+                Ok(Principal::Site { code })
             }
             Some((role, _)) => Err(Error::Unauthorized(format!(
                 "a {role} token is not a credential for this API"

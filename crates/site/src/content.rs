@@ -1,5 +1,6 @@
 //! Content routes: which chunks the library lacks, uploading chunks into it,
-//! and streaming chunks out to DPs.
+//! streaming chunks out to DPs and child sites, and single chunks to the
+//! site's agents.
 
 use crate::api::ApiJson;
 use crate::auth::Principal;
@@ -39,6 +40,7 @@ pub async fn missing(
     ApiJson(list): ApiJson<ChunkList>,
 ) -> Result<Json<ChunkList>> {
     principal.require_admin()?;
+    state.require_central("uploading package content")?;
     check_list(&list)?;
     let store = state.store.clone();
     let hashes = blocking(move || {
@@ -49,7 +51,7 @@ pub async fn missing(
             .collect())
     })
     .await?;
-    Ok(Json(ChunkList { hashes }))
+    Ok(Json(ChunkList::of(hashes)))
 }
 
 /// Bytes of frames verified and stored per blocking batch.
@@ -65,6 +67,7 @@ pub async fn upload(
     body: Body,
 ) -> Result<Json<UploadReport>> {
     principal.require_admin()?;
+    state.require_central("uploading package content")?;
     let mut stream = body.into_data_stream();
     let mut decoder = FrameDecoder::default();
     let mut total = 0usize;
@@ -133,34 +136,79 @@ pub async fn upload(
     }
 }
 
-/// Bytes of frames sent per body piece.
+/// Bytes of frames sent per body piece to a DP.
 const SEND_PIECE_BYTES: usize = 1024 * 1024;
+/// Bytes of frames sent per body piece to a child site: small, so that the
+/// rate limit paces smoothly and a transfer cut short loses little.
+const CHILD_PIECE_BYTES: usize = 128 * 1024;
 
 /// `POST /api/v1/content/fetch`: streams the asked chunks as frames, each
-/// read from the library and verified on the way out.
+/// read from the library and verified on the way out. A DP gets every chunk
+/// or an error naming the first one missing; a child site asking `partial`
+/// gets the chunks held here and none of the others (this site may still be
+/// bringing them in from its own parent), paced to its link's rate limit.
 pub async fn fetch(
     State(state): State<AppState>,
     principal: Principal,
     ApiJson(list): ApiJson<ChunkList>,
 ) -> Result<Response> {
-    principal.require_dp()?;
+    let child = match &principal {
+        Principal::Dp { .. } => None,
+        Principal::Site { code } => Some(code.clone()),
+        other => {
+            other.require_dp()?;
+            None
+        }
+    };
     check_list(&list)?;
     let store = state.store.clone();
     let hashes = list.hashes.clone();
-    let unknown =
-        blocking(move || Ok(hashes.into_iter().find(|hash| !store.contains(hash)))).await?;
-    if let Some(unknown) = unknown {
-        return Err(Error::invalid(
-            "unknown_chunk",
-            format!("chunk {unknown} is not in this site's library"),
-        ));
-    }
+    let partial = list.partial && child.is_some();
+    let held: Vec<ChunkHash> = blocking(move || {
+        let mut held = Vec::with_capacity(hashes.len());
+        for hash in hashes {
+            if store.contains(&hash) {
+                held.push(hash);
+            } else if !partial {
+                return Err(Error::invalid(
+                    "unknown_chunk",
+                    format!("chunk {hash} is not in this site's library"),
+                ));
+            }
+        }
+        Ok(held)
+    })
+    .await?;
+    let (piece_bytes, pacing) = match &child {
+        Some(code) => {
+            crate::hierarchy::touch(&state, code).await?;
+            let rate: Option<i64> = sqlx::query_scalar("SELECT max_rate FROM sites WHERE code = ?")
+                .bind(code)
+                .fetch_one(state.db.pool())
+                .await?;
+            (
+                CHILD_PIECE_BYTES,
+                Some((
+                    code.clone(),
+                    rate.map(|rate| rate as u64),
+                    state.links.clone(),
+                )),
+            )
+        }
+        None => (SEND_PIECE_BYTES, None),
+    };
     let (sender, receiver) =
-        tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(4);
+        tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(2);
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || {
+        let send = |piece: Bytes| {
+            if let Some((child, rate, links)) = &pacing {
+                std::thread::sleep(links.reserve(child, piece.len() as u64, *rate));
+            }
+            sender.blocking_send(Ok(piece)).is_ok()
+        };
         let mut piece = bytes::BytesMut::new();
-        for hash in &list.hashes {
+        for hash in &held {
             match store.get_encoded(hash) {
                 Ok(encoded) => put_frame(&mut piece, hash, &encoded),
                 Err(err) => {
@@ -169,14 +217,12 @@ pub async fn fetch(
                     return;
                 }
             }
-            if piece.len() >= SEND_PIECE_BYTES
-                && sender.blocking_send(Ok(piece.split().freeze())).is_err()
-            {
+            if piece.len() >= piece_bytes && !send(piece.split().freeze()) {
                 return;
             }
         }
         if !piece.is_empty() {
-            let _ = sender.blocking_send(Ok(piece.freeze()));
+            send(piece.freeze());
         }
     });
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
@@ -185,5 +231,36 @@ pub async fn fetch(
     Response::builder()
         .header("content-type", "application/octet-stream")
         .body(Body::from_stream(stream))
+        .map_err(|err| Error::Internal(err.to_string()))
+}
+
+/// `GET /v1/chunks/{hash}`: one chunk's encoded form, verified on the way
+/// out, as a DP serves it. The site is its agents' source of last resort: a
+/// job whose DPs do not hold the content (none at this site, or still
+/// transferring) is downloaded from here.
+pub async fn serve_chunk(
+    State(state): State<AppState>,
+    axum::extract::Path(hash): axum::extract::Path<String>,
+) -> Result<Response> {
+    let hash = ChunkHash::from_hex(&hash).map_err(|err| {
+        Error::invalid(
+            "malformed_request",
+            format!("{hash:?} is not a chunk hash: {err}"),
+        )
+    })?;
+    let store = state.store.clone();
+    let encoded = blocking(move || match store.get_encoded(&hash) {
+        Ok(encoded) => Ok(Some(encoded)),
+        Err(cascade_content::Error::NotFound { .. }) => Ok(None),
+        Err(err) => Err(err.into()),
+    })
+    .await?
+    .ok_or_else(|| Error::NotFound {
+        what: "chunk",
+        name: hash.to_string(),
+    })?;
+    Response::builder()
+        .header("content-type", "application/octet-stream")
+        .body(Body::from(encoded))
         .map_err(|err| Error::Internal(err.to_string()))
 }

@@ -3,6 +3,8 @@
 //! Multi-statement writes go through [`Db::write`], which serializes writers.
 
 use crate::error::{Error, Result};
+use cascade_domain::hierarchy::StatusSource;
+use cascade_protocol::StatusMessage;
 pub use cascade_store::{Db, WriteTx};
 use sqlx::{Row, Sqlite, Transaction};
 
@@ -141,6 +143,88 @@ ALTER TABLE status_messages ADD COLUMN job INTEGER;
 ALTER TABLE status_messages ADD COLUMN agent TEXT;
 CREATE INDEX status_messages_by_job ON status_messages (job, id);
 "#,
+    r#"
+-- The hierarchy. The parent and central codes are NULL at a central site.
+ALTER TABLE site ADD COLUMN parent_code TEXT;
+ALTER TABLE site ADD COLUMN central_code TEXT;
+CREATE TABLE credentials_v3 (
+    token_hash BLOB PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('admin', 'join', 'dp', 'agent', 'site')),
+    principal TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+INSERT INTO credentials_v3 SELECT token_hash, role, principal, created_at_ms FROM credentials;
+DROP TABLE credentials;
+ALTER TABLE credentials_v3 RENAME TO credentials;
+-- Every site below this one. Direct children (parent = this site) also
+-- carry their link: when last seen and the rate limit of content sent.
+CREATE TABLE sites (
+    code TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    parent TEXT NOT NULL,
+    registered_at_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER,
+    max_rate INTEGER
+);
+-- A child site holds a version's manifest at once and its content only
+-- once every chunk is in its library (complete = 1).
+ALTER TABLE package_versions ADD COLUMN complete INTEGER NOT NULL DEFAULT 1;
+-- The site a message's source belongs to.
+ALTER TABLE status_messages ADD COLUMN site TEXT;
+UPDATE status_messages SET site = (SELECT code FROM site WHERE id = 1);
+-- Instructions waiting for a child site to fetch them (the durable outbox
+-- of the send phase), in order per child.
+CREATE TABLE site_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    child TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    package TEXT,
+    body TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX site_outbox_by_child ON site_outbox (child, seq);
+-- Instructions received from the parent, applied in order and removed once
+-- applied (or refused, which is reported as a status message).
+CREATE TABLE site_inbox (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    package TEXT,
+    body TEXT NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+-- Package versions whose content a child site (or a site below it) needs.
+CREATE TABLE child_wants (
+    child TEXT NOT NULL,
+    package TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (child, package, version)
+);
+-- DP groups: DPs named SITE/DP, as a JSON list.
+CREATE TABLE dp_groups (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    dps TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+-- Packages placed on the DPs of a group, in every later version too.
+CREATE TABLE group_distributions (
+    package_id INTEGER NOT NULL REFERENCES packages(id),
+    group_id INTEGER NOT NULL REFERENCES dp_groups(id),
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (package_id, group_id)
+);
+ALTER TABLE jobs ADD COLUMN dp_group TEXT;
+-- Workstations of this site the job targeted when it arrived.
+ALTER TABLE jobs ADD COLUMN local_targets INTEGER NOT NULL DEFAULT 0;
+-- Durable positions: the last instruction received from the parent, the
+-- last status message relayed to it.
+CREATE TABLE cursors (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"#,
 ];
 
 /// A stored package.
@@ -170,6 +254,7 @@ pub struct VersionRow {
     pub file_count: i64,
     pub chunk_count: i64,
     pub created_at_ms: i64,
+    pub complete: bool,
 }
 
 pub async fn package_by_name<'e, E>(executor: E, name: &str) -> Result<Option<PackageRow>>
@@ -229,12 +314,25 @@ where
     )
 }
 
+/// The newest version whose content this site holds completely.
+pub async fn latest_complete_version<'e, E>(executor: E, package_id: i64) -> Result<Option<i64>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query_scalar(
+        "SELECT MAX(version) FROM package_versions WHERE package_id = ? AND complete = 1",
+    )
+    .bind(package_id)
+    .fetch_one(executor)
+    .await?)
+}
+
 pub async fn versions<'e, E>(executor: E, package_id: i64) -> Result<Vec<VersionRow>>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
     let rows = sqlx::query(
-        "SELECT version, total_size, file_count, chunk_count, created_at_ms
+        "SELECT version, total_size, file_count, chunk_count, created_at_ms, complete
          FROM package_versions WHERE package_id = ? ORDER BY version",
     )
     .bind(package_id)
@@ -248,6 +346,7 @@ where
             file_count: row.get(2),
             chunk_count: row.get(3),
             created_at_ms: row.get(4),
+            complete: row.get(5),
         })
         .collect())
 }
@@ -325,12 +424,18 @@ pub struct DistributionRow {
     pub refresh: i64,
 }
 
-/// The queue entries of one DP, by package name.
+/// The assignments of one DP, by package name: its queue entries, without
+/// those still waiting for the content to reach this site (version 0).
 pub async fn distributions_of_dp<'e, E>(executor: E, dp_id: i64) -> Result<Vec<DistributionRow>>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
-    distributions_where(executor, "q.dp_id = ? ORDER BY p.name", dp_id).await
+    distributions_where(
+        executor,
+        "q.dp_id = ? AND q.version > 0 ORDER BY p.name",
+        dp_id,
+    )
+    .await
 }
 
 /// The queue entries of one package, by DP name.
@@ -385,41 +490,34 @@ pub async fn next_seq(tx: &mut Transaction<'static, Sqlite>, source: &str) -> Re
     Ok(seq)
 }
 
-/// A status message as stored.
-pub struct StoredMessage<'a> {
-    pub source: &'a str,
-    pub seq: i64,
-    pub at_ms: i64,
-    pub kind: &'a str,
-    pub package: Option<&'a str>,
-    pub dp: Option<&'a str>,
-    pub job: Option<i64>,
-    pub agent: Option<&'a str>,
-    pub body: String,
-}
-
-/// Stores a message unless (source, seq) is already stored. Returns whether
-/// it was new.
+/// Stores a status message from `source` unless (source, seq) is already
+/// stored; returns whether it was new. Every message any site stores, its
+/// own, its DPs' and agents', and those relayed from below, goes through
+/// here, so the columns the views select on are filled the same way.
 pub async fn insert_message(
     tx: &mut Transaction<'static, Sqlite>,
-    message: &StoredMessage<'_>,
+    source: &StatusSource,
+    message: &StatusMessage,
     received_at_ms: i64,
 ) -> Result<bool> {
+    let body = serde_json::to_string(message).map_err(|err| Error::Internal(err.to_string()))?;
+    let dp = source.dp().or(message.body.dp());
     let result = sqlx::query(
         "INSERT OR IGNORE INTO status_messages
-         (source, seq, at_ms, received_at_ms, kind, package, dp, job, agent, body)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         (source, seq, at_ms, received_at_ms, kind, package, dp, job, agent, site, body)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(message.source)
-    .bind(message.seq)
+    .bind(source.to_string())
+    .bind(message.seq as i64)
     .bind(message.at_ms)
     .bind(received_at_ms)
-    .bind(message.kind)
-    .bind(message.package)
-    .bind(message.dp)
-    .bind(message.job)
-    .bind(message.agent)
-    .bind(&message.body)
+    .bind(message.body.kind())
+    .bind(message.body.package())
+    .bind(dp)
+    .bind(message.body.job().map(|job| job as i64))
+    .bind(source.agent())
+    .bind(source.site.as_str())
+    .bind(body)
     .execute(&mut **tx)
     .await?;
     Ok(result.rows_affected() == 1)
@@ -431,6 +529,7 @@ pub struct MessageRow {
     pub seq: i64,
     pub at_ms: i64,
     pub received_at_ms: i64,
+    pub site: Option<String>,
     pub dp: Option<String>,
     pub body: String,
 }
@@ -441,7 +540,7 @@ where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
     let rows = sqlx::query(
-        "SELECT source, seq, at_ms, received_at_ms, dp, body FROM status_messages
+        "SELECT source, seq, at_ms, received_at_ms, site, dp, body FROM status_messages
          WHERE package = ? ORDER BY id",
     )
     .bind(package)
@@ -454,8 +553,86 @@ where
             seq: row.get(1),
             at_ms: row.get(2),
             received_at_ms: row.get(3),
-            dp: row.get(4),
-            body: row.get(5),
+            site: row.get(4),
+            dp: row.get(5),
+            body: row.get(6),
         })
         .collect())
+}
+
+/// A durable position (`instructions`: the last instruction received from
+/// the parent; `relayed`: the last status message delivered to it).
+pub async fn cursor<'e, E>(executor: E, name: &str) -> Result<i64>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let value: Option<i64> = sqlx::query_scalar("SELECT value FROM cursors WHERE name = ?")
+        .bind(name)
+        .fetch_optional(executor)
+        .await?;
+    Ok(value.unwrap_or(0))
+}
+
+/// Moves a durable position forward (never back).
+pub async fn advance_cursor(
+    tx: &mut Transaction<'static, Sqlite>,
+    name: &str,
+    value: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO cursors (name, value) VALUES (?, ?)
+         ON CONFLICT (name) DO UPDATE SET value = MAX(value, excluded.value)",
+    )
+    .bind(name)
+    .bind(value)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// One site below this one.
+#[derive(Clone, Debug)]
+pub struct SiteRow {
+    pub code: String,
+    pub kind: String,
+    pub parent: String,
+    pub registered_at_ms: i64,
+    pub last_seen_ms: Option<i64>,
+    pub max_rate: Option<i64>,
+}
+
+/// Every site below this one, by code.
+pub async fn subtree<'e, E>(executor: E) -> Result<Vec<SiteRow>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let rows = sqlx::query(
+        "SELECT code, kind, parent, registered_at_ms, last_seen_ms, max_rate FROM sites ORDER BY code",
+    )
+    .fetch_all(executor)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| SiteRow {
+            code: row.get(0),
+            kind: row.get(1),
+            parent: row.get(2),
+            registered_at_ms: row.get(3),
+            last_seen_ms: row.get(4),
+            max_rate: row.get(5),
+        })
+        .collect())
+}
+
+/// The codes of this site's direct children.
+pub async fn children<'e, E>(executor: E, own: &str) -> Result<Vec<String>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(
+        sqlx::query_scalar("SELECT code FROM sites WHERE parent = ? ORDER BY code")
+            .bind(own)
+            .fetch_all(executor)
+            .await?,
+    )
 }

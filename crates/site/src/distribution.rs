@@ -5,6 +5,11 @@
 //! entry's refresh generation. Every change bumps the DP's revision, which ends
 //! its long poll, and records a `distribution_targeted` status message in the
 //! same transaction, so the status views see exactly what the queue says.
+//!
+//! At a child site the content of a version arrives after its manifest. An
+//! entry for a package whose content is not here yet has version 0: it is
+//! not an assignment (the DP does not see it) but it makes the site fetch
+//! the content, and the version that completes supersedes it like any other.
 
 use crate::db::{self, WriteTx};
 use crate::error::{Error, Result};
@@ -48,7 +53,6 @@ async fn target(
             version: version as u64,
             refresh: refresh as u64,
         },
-        Some(dp.1),
     )
     .await
 }
@@ -87,29 +91,80 @@ pub async fn supersede(
     Ok(count)
 }
 
-/// Places every package distributed to all DPs on a newly enrolled DP.
-pub async fn place_all_dps_packages(
+/// Places `package` on `dps` at its newest version held here, or, when no
+/// version's content is here yet, queues them for the first one that
+/// completes. A DP already at that version is left alone (nothing new is
+/// sent to it). Returns one line per DP.
+pub async fn place(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    package: (i64, &str),
+    dps: &[(i64, String)],
+) -> Result<Vec<TargetChange>> {
+    let version = db::latest_complete_version(&mut *tx.tx, package.0).await?;
+    let mut changes = Vec::with_capacity(dps.len());
+    for (dp_id, dp_name) in dps {
+        let current: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT version, refresh FROM distributions WHERE package_id = ? AND dp_id = ?",
+        )
+        .bind(package.0)
+        .bind(dp_id)
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+        let changed = match (current, version) {
+            (Some((held, _)), Some(version)) if held >= version => false,
+            (Some((_, refresh)), Some(version)) => {
+                target(state, tx, package, (*dp_id, dp_name), version, refresh).await?;
+                true
+            }
+            (None, Some(version)) => {
+                target(state, tx, package, (*dp_id, dp_name), version, 0).await?;
+                true
+            }
+            (Some(_), None) => false,
+            (None, None) => {
+                sqlx::query(
+                    "INSERT INTO distributions (package_id, dp_id, version, refresh, updated_at_ms)
+                     VALUES (?, ?, 0, 0, ?)",
+                )
+                .bind(package.0)
+                .bind(dp_id)
+                .bind(now_ms())
+                .execute(&mut *tx.tx)
+                .await?;
+                true
+            }
+        };
+        changes.push(TargetChange {
+            dp: dp_name.clone(),
+            version: version.unwrap_or(0) as u64,
+            changed,
+        });
+    }
+    Ok(changes)
+}
+
+/// Places on a newly enrolled DP every package that targets it: those
+/// distributed to all DPs and those distributed to a DP group holding it.
+/// No other DP is touched (Q235157).
+pub async fn place_on_new_dp(
     state: &AppState,
     tx: &mut WriteTx<'_>,
     dp_id: i64,
     dp_name: &str,
 ) -> Result<usize> {
-    let packages = sqlx::query_as::<_, (i64, String, i64)>(
-        "SELECT p.id, p.name, MAX(v.version) FROM packages p JOIN package_versions v ON v.package_id = p.id
-         WHERE p.all_dps = 1 GROUP BY p.id",
-    )
-    .fetch_all(&mut *tx.tx)
-    .await?;
-    for (package_id, name, version) in &packages {
-        target(
-            state,
-            tx,
-            (*package_id, name),
-            (dp_id, dp_name),
-            *version,
-            0,
-        )
-        .await?;
+    let mut packages: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, name FROM packages WHERE all_dps = 1")
+            .fetch_all(&mut *tx.tx)
+            .await?;
+    for (package_id, name) in crate::groups::packages_for_dp(state, tx, dp_name).await? {
+        if !packages.iter().any(|(id, _)| *id == package_id) {
+            packages.push((package_id, name));
+        }
+    }
+    let dp = [(dp_id, dp_name.to_owned())];
+    for (package_id, name) in &packages {
+        place(state, tx, (*package_id, name), &dp).await?;
     }
     Ok(packages.len())
 }
@@ -138,23 +193,28 @@ pub async fn distribute(
     name: &str,
     request: &DistributeRequest,
 ) -> Result<TargetReport> {
+    let targets = [
+        !request.dps.is_empty(),
+        request.all_dps,
+        request.dp_group.is_some(),
+    ];
+    if targets.iter().filter(|given| **given).count() > 1 {
+        return Err(Error::invalid(
+            "conflicting_targets",
+            "give dp names, --all-dps or --dp-group, only one of them",
+        ));
+    }
+    if let Some(group) = &request.dp_group {
+        return crate::groups::distribute_to_group(state, name, group).await;
+    }
     if request.dps.is_empty() && !request.all_dps {
         return Err(Error::invalid(
             "no_dps",
-            "name at least one dp (--dp NAME) or use --all-dps",
-        ));
-    }
-    if !request.dps.is_empty() && request.all_dps {
-        return Err(Error::invalid(
-            "conflicting_targets",
-            "give either dp names or --all-dps, not both",
+            "name at least one dp (--dp NAME), or use --all-dps or --dp-group",
         ));
     }
     let mut tx = state.db.write().await?;
     let package = db::require_package(&mut *tx.tx, name).await?;
-    let version = db::latest_version(&mut *tx.tx, package.id)
-        .await?
-        .ok_or_else(|| Error::Internal(format!("package {name} has no versions")))?;
     let dps = if request.all_dps {
         sqlx::query("UPDATE packages SET all_dps = 1 WHERE id = ?")
             .bind(package.id)
@@ -168,56 +228,14 @@ pub async fn distribute(
     } else {
         resolve_dps(&mut tx, &request.dps).await?
     };
-    let mut report = TargetReport {
-        package: package.name.clone(),
-        dps: Vec::new(),
-    };
-    for (dp_id, dp_name) in dps {
-        let current: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT version, refresh FROM distributions WHERE package_id = ? AND dp_id = ?",
-        )
-        .bind(package.id)
-        .bind(dp_id)
-        .fetch_optional(&mut *tx.tx)
-        .await?;
-        let changed = match current {
-            Some((held, _)) if held >= version => false,
-            Some((_, refresh)) => {
-                target(
-                    state,
-                    &mut tx,
-                    (package.id, &package.name),
-                    (dp_id, &dp_name),
-                    version,
-                    refresh,
-                )
-                .await?;
-                true
-            }
-            None => {
-                target(
-                    state,
-                    &mut tx,
-                    (package.id, &package.name),
-                    (dp_id, &dp_name),
-                    version,
-                    0,
-                )
-                .await?;
-                true
-            }
-        };
-        report.dps.push(TargetChange {
-            dp: dp_name,
-            version: version as u64,
-            changed,
-        });
-    }
+    let dps = place(state, &mut tx, (package.id, &package.name), &dps).await?;
     tx.commit().await?;
-    if report.dps.iter().any(|change| change.changed) {
-        state.notify_assignments_changed();
-    }
-    Ok(report)
+    state.notify_everything();
+    Ok(TargetReport {
+        package: package.name,
+        dps,
+        sites: Vec::new(),
+    })
 }
 
 /// `cascade package refresh`: the one explicit way to re-verify DPs that
@@ -231,7 +249,7 @@ pub async fn refresh(
     let package = db::require_package(&mut *tx.tx, name).await?;
     let held = sqlx::query_as::<_, (i64, String, i64, i64)>(
         "SELECT d.id, d.name, q.version, q.refresh FROM distributions q JOIN dps d ON d.id = q.dp_id
-         WHERE q.package_id = ? ORDER BY d.name",
+         WHERE q.package_id = ? AND q.version > 0 ORDER BY d.name",
     )
     .bind(package.id)
     .fetch_all(&mut *tx.tx)
@@ -261,6 +279,7 @@ pub async fn refresh(
     let mut report = TargetReport {
         package: package.name.clone(),
         dps: Vec::new(),
+        sites: Vec::new(),
     };
     for (dp_id, dp_name, version, refresh) in chosen {
         target(
@@ -280,5 +299,6 @@ pub async fn refresh(
     }
     tx.commit().await?;
     state.notify_assignments_changed();
+    state.notify_status_stored();
     Ok(report)
 }

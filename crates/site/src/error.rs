@@ -31,6 +31,10 @@ pub enum Error {
     /// The request body is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
+    /// Something this site needs is unreachable now (its parent); retry
+    /// later. `code` is stable.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
     /// The site's own stored content failed verification.
     #[error("content library: {0}")]
     Content(#[from] cascade_content::Error),
@@ -77,6 +81,8 @@ impl Error {
                     "agent" => "unknown_agent",
                     "collection" => "unknown_collection",
                     "job" => "unknown_job",
+                    "site" => "unknown_site",
+                    "dp group" => "unknown_dp_group",
                     _ => "not_found",
                 },
             ),
@@ -85,6 +91,7 @@ impl Error {
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Error::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             Error::Content(_) | Error::Db(_) | Error::Io { .. } | Error::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -108,6 +115,7 @@ impl From<cascade_domain::Error> for Error {
                 Error::invalid("invalid_rule", err.to_string())
             }
             cascade_domain::Error::VersionNotNewer { .. } => Error::Conflict(err.to_string()),
+            cascade_domain::Error::Hierarchy(_) => Error::invalid("invalid_site", err.to_string()),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Jobs: "run this command from this package on this collection" — creating
-//! them (with their distribute phase), offering them to agents through their
-//! policy, canceling them, recording their expiry, and the job status view.
+//! them at the central site, their arrival at every site (with the distribute
+//! phase to the site's DPs or to a DP group's), offering them to agents
+//! through their policy, canceling them, recording their expiry, and the job
+//! status view per site and per workstation.
 //!
 //! **Architecture Invariant:** expiry and cancellation are status messages
 //! of the site (`job_expired`, `job_canceled`); the job status folds them as
@@ -12,10 +14,12 @@ use crate::api::ApiJson;
 use crate::auth::Principal;
 use crate::db::{self, WriteTx};
 use crate::error::{Error, Result};
-use crate::{distribution, now_ms, status, AppState};
+use crate::{distribution, now_ms, send, status, AppState};
 use axum::extract::{Path, State};
 use axum::Json;
-use cascade_domain::run::{reachability, Reachability, RunFold};
+use cascade_domain::hierarchy::SiteDistribution;
+use cascade_domain::run::{reachability, Reachability, RunEvent, RunFold};
+use cascade_domain::status::{DistributionFold, DistributionView};
 use cascade_protocol::*;
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -29,7 +33,8 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 const MAX_COMMAND_LEN: usize = 8192;
 
 const JOB_COLUMNS: &str = "j.id, p.name, j.version, c.name, j.command, j.offer_at_ms, j.expires_at_ms, j.optional,
-     j.retries, j.retry_delay_ms, j.timeout_ms, j.success_codes, j.created_at_ms, j.canceled_at_ms, j.collection_id";
+     j.retries, j.retry_delay_ms, j.timeout_ms, j.success_codes, j.created_at_ms, j.canceled_at_ms, j.collection_id,
+     j.dp_group";
 const JOB_FROM: &str =
     "jobs j JOIN packages p ON p.id = j.package_id JOIN collections c ON c.id = j.collection_id";
 
@@ -48,6 +53,7 @@ fn job_from_row(row: sqlx::sqlite::SqliteRow, now: i64) -> Result<(JobInfo, i64)
         timeout_ms: row.get::<Option<i64>, _>(10).map(|t| t as u64),
         success_codes: serde_json::from_str(&codes)
             .map_err(|err| Error::Internal(format!("stored success codes do not parse: {err}")))?,
+        dps: Vec::new(),
     };
     let canceled_at_ms: Option<i64> = row.get(13);
     let state = if canceled_at_ms.is_some() {
@@ -66,6 +72,7 @@ fn job_from_row(row: sqlx::sqlite::SqliteRow, now: i64) -> Result<(JobInfo, i64)
             created_at_ms: row.get(12),
             canceled_at_ms,
             state: state.to_owned(),
+            dp_group: row.get(15),
         },
         row.get(14),
     ))
@@ -103,6 +110,7 @@ pub async fn create(
     ApiJson(request): ApiJson<JobRequest>,
 ) -> Result<Json<JobInfo>> {
     principal.require_admin()?;
+    state.require_central("creating jobs")?;
     let now = now_ms();
     if request.command.trim().is_empty() || request.command.len() > MAX_COMMAND_LEN {
         return Err(Error::invalid(
@@ -148,18 +156,14 @@ pub async fn create(
         Some(version) => version as i64,
         None => latest,
     };
-    let collection_id: i64 = sqlx::query_scalar("SELECT id FROM collections WHERE name = ?")
-        .bind(&request.collection)
-        .fetch_optional(&mut *tx.tx)
-        .await?
-        .ok_or(Error::NotFound {
-            what: "collection",
-            name: request.collection.clone(),
-        })?;
+    let collection_id = collection_id(&mut tx, &request.collection).await?;
+    if let Some(group) = &request.dp_group {
+        crate::groups::require_group(&mut tx, group).await?;
+    }
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO jobs (package_id, version, collection_id, command, offer_at_ms, expires_at_ms, optional,
-                           retries, retry_delay_ms, timeout_ms, success_codes, created_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                           retries, retry_delay_ms, timeout_ms, success_codes, created_at_ms, dp_group)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(package.id)
     .bind(version)
@@ -173,32 +177,136 @@ pub async fn create(
     .bind(request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS) as i64)
     .bind(serde_json::to_string(&success_codes).map_err(|err| Error::Internal(err.to_string()))?)
     .bind(now)
+    .bind(&request.dp_group)
     .fetch_one(&mut *tx.tx)
     .await?;
-    bump_agents(&mut tx).await?;
+    let info = arrive(&state, &mut tx, id).await?;
     tx.commit().await?;
-    state.notify_agents_changed();
+    state.notify_everything();
+    tracing::info!(job = id, package = %package.name, version, collection = %request.collection, "job created");
+    Ok(Json(info))
+}
 
-    // The distribute phase: every DP of the site that lacks the package gets it.
-    let dps: Vec<String> = db::all_dps(state.db.pool())
+async fn collection_id(tx: &mut WriteTx<'_>, name: &str) -> Result<i64> {
+    sqlx::query_scalar("SELECT id FROM collections WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut *tx.tx)
+        .await?
+        .ok_or(Error::NotFound {
+            what: "collection",
+            name: name.to_owned(),
+        })
+}
+
+/// A job's instruction arrived from the parent: stores it under the central
+/// site's id and lets it arrive here. Applying it twice changes nothing.
+pub async fn apply_job(state: &AppState, tx: &mut WriteTx<'_>, job: &JobInfo) -> Result<()> {
+    let offer = &job.offer;
+    let package = db::require_package(&mut *tx.tx, &offer.package).await?;
+    let collection_id = collection_id(tx, &job.collection).await?;
+    let inserted = sqlx::query(
+        "INSERT OR IGNORE INTO jobs (id, package_id, version, collection_id, command, offer_at_ms, expires_at_ms,
+                           optional, retries, retry_delay_ms, timeout_ms, success_codes, created_at_ms,
+                           canceled_at_ms, dp_group)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(offer.id as i64)
+    .bind(package.id)
+    .bind(offer.version as i64)
+    .bind(collection_id)
+    .bind(&offer.command)
+    .bind(offer.offer_at_ms)
+    .bind(offer.expires_at_ms)
+    .bind(offer.optional)
+    .bind(offer.retries as i64)
+    .bind(offer.retry_delay_ms as i64)
+    .bind(offer.timeout_ms.map(|ms| ms as i64))
+    .bind(serde_json::to_string(&offer.success_codes).map_err(|err| Error::Internal(err.to_string()))?)
+    .bind(job.created_at_ms)
+    .bind(job.canceled_at_ms)
+    .bind(&job.dp_group)
+    .execute(&mut *tx.tx)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        arrive(state, tx, offer.id as i64).await?;
+    }
+    Ok(())
+}
+
+/// A job arrives at this site (created here, or its instruction applied):
+/// it records which of the site's workstations it targets, places the
+/// package on the DPs it distributes to here (none: distribution is not
+/// applicable at this site, Q167007), reports `job_arrived`, offers it to
+/// the agents and passes it on to the child sites.
+async fn arrive(state: &AppState, tx: &mut WriteTx<'_>, id: i64) -> Result<JobInfo> {
+    let (info, collection_id) = job_by_id(&mut *tx.tx, id as u64).await?;
+    let members = membership(&mut *tx.tx, collection_id).await?;
+    let targets: Vec<String> = all_agents(&mut *tx.tx)
         .await?
         .into_iter()
-        .map(|dp| dp.name)
+        .filter(|agent| members.contains(state.code.as_str(), agent))
+        .map(|agent| agent.name)
         .collect();
-    if !dps.is_empty() {
-        distribution::distribute(
-            &state,
-            &package.name,
-            &DistributeRequest {
-                dps,
-                all_dps: false,
-            },
-        )
+    sqlx::query("UPDATE jobs SET local_targets = ? WHERE id = ?")
+        .bind(targets.len() as i64)
+        .bind(id)
+        .execute(&mut *tx.tx)
         .await?;
-    }
-    tracing::info!(job = id, package = %package.name, version, collection = %request.collection, "job created");
-    let (info, _) = job_by_id(state.db.pool(), id as u64).await?;
-    Ok(Json(info))
+    let dps = job_dps(tx, info.dp_group.as_deref(), !targets.is_empty()).await?;
+    let package = db::require_package(&mut *tx.tx, &info.offer.package).await?;
+    distribution::place(state, tx, (package.id, &package.name), &dps).await?;
+    status::record_site_message(
+        state,
+        tx,
+        StatusBody::JobArrived {
+            job: id as u64,
+            package: info.offer.package.clone(),
+            version: info.offer.version,
+            targets,
+            dps: dps.into_iter().map(|(_, name)| name).collect(),
+        },
+    )
+    .await?;
+    bump_agents(tx).await?;
+    send::send_down(state, tx, &Instruction::Job { job: info.clone() }).await?;
+    Ok(info)
+}
+
+/// The jobs neither canceled nor expired, for a new child site.
+pub async fn snapshot(tx: &mut WriteTx<'_>) -> Result<Vec<Instruction>> {
+    let now = now_ms();
+    let rows = sqlx::query(&format!(
+        "SELECT {JOB_COLUMNS} FROM {JOB_FROM}
+         WHERE j.canceled_at_ms IS NULL AND (j.expires_at_ms IS NULL OR j.expires_at_ms > ?) ORDER BY j.id"
+    ))
+    .bind(now)
+    .fetch_all(&mut *tx.tx)
+    .await?;
+    rows.into_iter()
+        .map(|row| job_from_row(row, now).map(|(job, _)| Instruction::Job { job }))
+        .collect()
+}
+
+/// The DPs of this site a job distributes to: its DP group's here, or,
+/// without a group, every DP of the site when the job targets any of its
+/// workstations.
+async fn job_dps(
+    tx: &mut WriteTx<'_>,
+    dp_group: Option<&str>,
+    has_targets: bool,
+) -> Result<Vec<(i64, String)>> {
+    let all = db::all_dps(&mut *tx.tx).await?;
+    let members = match dp_group {
+        Some(group) => crate::groups::local_members(tx, group).await?,
+        None if has_targets => all.iter().map(|dp| dp.name.clone()).collect(),
+        None => Vec::new(),
+    };
+    Ok(all
+        .into_iter()
+        .filter(|dp| members.contains(&dp.name))
+        .map(|dp| (dp.id, dp.name))
+        .collect())
 }
 
 /// `GET /api/v1/jobs`.
@@ -227,30 +335,46 @@ pub async fn cancel(
     Path(id): Path<u64>,
 ) -> Result<Json<JobInfo>> {
     principal.require_admin()?;
+    state.require_central("canceling jobs")?;
     let mut tx = state.db.write().await?;
-    let (info, _) = job_by_id(&mut *tx.tx, id).await?;
-    if info.canceled_at_ms.is_none() {
-        sqlx::query("UPDATE jobs SET canceled_at_ms = ? WHERE id = ?")
-            .bind(now_ms())
-            .bind(id as i64)
-            .execute(&mut *tx.tx)
-            .await?;
-        status::record_site_message(
-            &state,
-            &mut tx,
-            StatusBody::JobCanceled {
-                job: id,
-                package: info.offer.package.clone(),
-            },
-            None,
-        )
-        .await?;
-        bump_agents(&mut tx).await?;
-    }
+    apply_cancel(&state, &mut tx, id).await?;
     tx.commit().await?;
-    state.notify_agents_changed();
+    state.notify_everything();
     let (info, _) = job_by_id(state.db.pool(), id).await?;
     Ok(Json(info))
+}
+
+/// Cancels a job here (once: `job_canceled` is recorded the first time) and
+/// passes the cancellation on to the child sites.
+pub async fn apply_cancel(state: &AppState, tx: &mut WriteTx<'_>, id: u64) -> Result<()> {
+    let (info, _) = job_by_id(&mut *tx.tx, id).await?;
+    if info.canceled_at_ms.is_some() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE jobs SET canceled_at_ms = ? WHERE id = ?")
+        .bind(now_ms())
+        .bind(id as i64)
+        .execute(&mut *tx.tx)
+        .await?;
+    status::record_site_message(
+        state,
+        tx,
+        StatusBody::JobCanceled {
+            job: id,
+            package: info.offer.package.clone(),
+        },
+    )
+    .await?;
+    bump_agents(tx).await?;
+    send::send_down(
+        state,
+        tx,
+        &Instruction::JobCanceled {
+            job: id,
+            package: info.offer.package,
+        },
+    )
+    .await
 }
 
 /// The jobs offered to an agent now: neither canceled nor expired, and its
@@ -270,6 +394,7 @@ pub async fn offers_for(state: &AppState, agent: &str) -> Result<Vec<JobOffer>> 
     let agent = agent_by_name(state.db.pool(), agent)
         .await?
         .ok_or_else(|| Error::Internal(format!("agent {agent} vanished")))?;
+    let dps = crate::db::all_dps(state.db.pool()).await?;
     let mut offers = Vec::new();
     for row in rows {
         let (info, collection_id) = job_from_row(row, now)?;
@@ -277,7 +402,22 @@ pub async fn offers_for(state: &AppState, agent: &str) -> Result<Vec<JobOffer>> 
             .await?
             .contains(state.code.as_str(), &agent)
         {
-            offers.push(info.offer);
+            // Where to download from: the DPs the job distributes to here.
+            let members = match &info.dp_group {
+                Some(group) => Some(crate::groups::local_members_of(state.db.pool(), group).await?),
+                None => None,
+            };
+            let mut offer = info.offer;
+            offer.dps = dps
+                .iter()
+                .filter(|dp| {
+                    members
+                        .as_ref()
+                        .is_none_or(|names| names.contains(&dp.name))
+                })
+                .filter_map(|dp| dp.url.clone())
+                .collect();
+            offers.push(offer);
         }
     }
     Ok(offers)
@@ -336,18 +476,20 @@ async fn record_expiries(state: &AppState) -> Result<()> {
                 job: *id as u64,
                 package: package.clone(),
             },
-            None,
         )
         .await?;
     }
     bump_agents(&mut tx).await?;
     tx.commit().await?;
     state.notify_agents_changed();
+    state.notify_status_stored();
+    state.notify_content_needs_changed();
     tracing::info!(jobs = due.len(), "jobs expired");
     Ok(())
 }
 
-/// `GET /api/v1/jobs/{id}/status`: folded from the job's status messages.
+/// `GET /api/v1/jobs/{id}/status`: folded from the job's status messages,
+/// per site of this site's subtree and per workstation.
 pub async fn job_status(
     State(state): State<AppState>,
     principal: Principal,
@@ -356,56 +498,99 @@ pub async fn job_status(
     principal.require_admin()?;
     let pool = state.db.pool();
     let (job, collection_id) = job_by_id(pool, id).await?;
+    let own = state.code.to_string();
+    let now = now_ms();
+
+    // The job's messages, grouped by source in sequence order: a message
+    // relayed late never moves a workstation's state back.
+    let mut rows: Vec<JobMessageRow> = sqlx::query_as(
+        "SELECT source, seq, at_ms, site, agent, body FROM status_messages WHERE job = ?",
+    )
+    .bind(id as i64)
+    .fetch_all(pool)
+    .await?;
+    rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let mut arrivals: BTreeMap<String, Arrival> = BTreeMap::new();
+    let mut site_events: BTreeMap<String, Vec<(i64, RunEvent)>> = BTreeMap::new();
+    let mut folds: BTreeMap<(String, String), RunFold> = BTreeMap::new();
+    for (_, _, at, site, agent, body) in rows {
+        let Some(site) = site else { continue };
+        let message = status::parse_stored(&body)?;
+        match (agent, message.body) {
+            (Some(agent), body) => {
+                if let Some(event) = body.run_event() {
+                    folds.entry((site, agent)).or_default().apply(at, &event);
+                }
+            }
+            (None, StatusBody::JobArrived { targets, dps, .. }) => {
+                arrivals.entry(site).or_insert(Arrival { at, targets, dps });
+            }
+            (None, body) => {
+                if let Some(event) = body.run_event() {
+                    site_events.entry(site).or_default().push((at, event));
+                }
+            }
+        }
+    }
+    let distribution = status::distribution_views(&state, &job.offer.package).await?;
+    // A job created before this site recorded arrivals: it arrived when it
+    // was created, and distributed to the DPs queued for its package.
+    arrivals.entry(own.clone()).or_insert_with(|| Arrival {
+        at: job.created_at_ms,
+        targets: Vec::new(),
+        dps: distribution
+            .keys()
+            .filter(|(site, _)| *site == own)
+            .map(|(_, dp)| dp.clone())
+            .collect(),
+    });
+
+    // This site's workstations follow the collection live; other sites'
+    // are those they reported targeted, and any that reported.
     let members = membership(pool, collection_id).await?;
     let agents = all_agents(pool).await?;
-    let mut folds: BTreeMap<String, RunFold> = agents
-        .iter()
-        .filter(|agent| members.contains(state.code.as_str(), agent))
-        .map(|agent| (agent.name.clone(), RunFold::default()))
-        .collect();
+    for agent in agents.iter().filter(|agent| members.contains(&own, agent)) {
+        folds.entry((own.clone(), agent.name.clone())).or_default();
+    }
+    for (site, arrival) in &arrivals {
+        for agent in &arrival.targets {
+            folds.entry((site.clone(), agent.clone())).or_default();
+        }
+    }
     let poll_interval = crate::agents::read_settings(pool)
         .await?
         .agent_poll_interval_ms as i64;
-    let now = now_ms();
-    let silent_since = |name: &str| {
+    let silent_since = |site: &str, name: &str| {
+        if site != own {
+            return None;
+        }
         let last_seen = agents.iter().find(|agent| agent.name == name)?.last_seen_ms;
         match reachability(last_seen, poll_interval, now) {
             Reachability::UnreachableSince(since) => Some(since),
             _ => None,
         }
     };
-    let rows =
-        sqlx::query("SELECT at_ms, agent, body FROM status_messages WHERE job = ? ORDER BY id")
-            .bind(id as i64)
-            .fetch_all(pool)
-            .await?;
-    let mut site_events = Vec::new();
-    for row in rows {
-        let at: i64 = row.get(0);
-        let agent: Option<String> = row.get(1);
-        let body: String = row.get(2);
-        let message = status::parse_stored(&body)?;
-        let Some(event) = message.body.run_event() else {
-            continue;
-        };
-        match agent {
-            Some(agent) => folds.entry(agent).or_default().apply(at, &event),
-            None => site_events.push((at, event)),
-        }
-    }
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    let workstations = folds
+    let mut runs: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let workstations: Vec<WorkstationStatus> = folds
         .into_iter()
-        .map(|(agent, mut fold)| {
-            for (at, event) in &site_events {
+        .map(|((site, agent), mut fold)| {
+            for (at, event) in site_events.get(&site).into_iter().flatten() {
                 fold.apply(*at, event);
             }
             let view = fold.view();
-            *counts.entry(view.state.name().to_owned()).or_default() += 1;
+            let state_name = view.state.name().to_owned();
+            *counts.entry(state_name.clone()).or_default() += 1;
+            *runs
+                .entry(site.clone())
+                .or_default()
+                .entry(state_name.clone())
+                .or_default() += 1;
             WorkstationStatus {
-                unreachable_since_ms: silent_since(&agent),
+                unreachable_since_ms: silent_since(&site, &agent),
+                site,
                 agent,
-                state: view.state.name().to_owned(),
+                state: state_name,
                 since_ms: view.since,
                 attempts: view.attempts,
                 exit_code: view.exit_code,
@@ -416,13 +601,107 @@ pub async fn job_status(
             }
         })
         .collect();
-    let distribution = status::distribution_rows(&state, &job.offer.package)
-        .await?
-        .2;
+
+    // Per site: instruction, distribute phase, runs. A site that joined
+    // after the job was created and never got it is listed only while the
+    // job is active (a snapshot of active jobs goes to every new site).
+    let version = cascade_domain::Version::new(job.offer.version)
+        .ok_or_else(|| Error::Internal(format!("job {id} has version 0")))?;
+    let active = matches!(job.state.as_str(), "active" | "scheduled");
+    let mut site_codes = vec![(own.clone(), i64::MIN)];
+    site_codes.extend(
+        db::subtree(pool)
+            .await?
+            .into_iter()
+            .map(|row| (row.code, row.registered_at_ms)),
+    );
+    let mut sites = Vec::new();
+    let mut flat = Vec::new();
+    for (site, registered_at) in site_codes {
+        let arrival = arrivals.get(&site);
+        if arrival.is_none() && registered_at > job.created_at_ms && !active {
+            continue;
+        }
+        let dps: Vec<(String, DistributionView)> = arrival
+            .map(|arrival| {
+                arrival
+                    .dps
+                    .iter()
+                    .map(|dp| {
+                        let view = distribution
+                            .get(&(site.clone(), dp.clone()))
+                            .cloned()
+                            .unwrap_or_else(|| DistributionFold::default().view());
+                        (dp.clone(), view)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let summary = match arrival {
+            Some(_) => {
+                let views: Vec<DistributionView> =
+                    dps.iter().map(|(_, view)| view.clone()).collect();
+                SiteDistribution::of(&views, version).name()
+            }
+            None => "pending",
+        };
+        let dps: Vec<DpPackageStatus> = dps
+            .into_iter()
+            .map(|(dp, view)| status::dp_status(site.clone(), dp, &view))
+            .collect();
+        flat.extend(dps.iter().cloned());
+        sites.push(SiteJobStatus {
+            instruction: if arrival.is_some() {
+                "arrived"
+            } else {
+                "pending"
+            }
+            .to_owned(),
+            arrived_at_ms: arrival.map(|arrival| arrival.at),
+            targets: workstations.iter().filter(|ws| ws.site == site).count() as u64,
+            distribution: summary.to_owned(),
+            dps,
+            runs: runs.remove(&site).unwrap_or_default(),
+            site,
+        });
+    }
+    let outcome = outcome(&sites, &workstations);
     Ok(Json(JobStatus {
         job,
         counts,
         workstations,
-        distribution,
+        distribution: flat,
+        sites,
+        outcome: outcome.to_owned(),
     }))
+}
+
+/// A message about a job: source, seq, at, site, agent, body.
+type JobMessageRow = (String, i64, i64, Option<String>, Option<String>, String);
+
+/// What a site reported when the job arrived there.
+struct Arrival {
+    at: i64,
+    targets: Vec<String>,
+    dps: Vec<String>,
+}
+
+/// The job as a whole: `complete` once every site has it, no site's
+/// distribution is unfinished and every workstation completed; `failed`
+/// once every workstation finished and one failed; else `in_progress`.
+/// A site where distribution is not applicable never holds it back.
+fn outcome(sites: &[SiteJobStatus], workstations: &[WorkstationStatus]) -> &'static str {
+    let finished = workstations
+        .iter()
+        .all(|ws| matches!(ws.state.as_str(), "complete" | "failed"));
+    let any_failed = workstations.iter().any(|ws| ws.state == "failed");
+    let delivered = sites.iter().all(|site| {
+        site.instruction == "arrived"
+            && matches!(site.distribution.as_str(), "not_applicable" | "complete")
+    });
+    match (finished, any_failed) {
+        (true, true) => "failed",
+        (true, false) if delivered => "complete",
+        _ => "in_progress",
+    }
 }

@@ -1,10 +1,13 @@
 //! The site server: one per site. It owns the site's database and content
-//! library, serves the HTTP API to administrators and distribution points,
-//! and keeps the distribution queue that tells every DP what to hold.
+//! library, serves the HTTP API to administrators, distribution points,
+//! agents and child sites, and keeps the distribution queue that tells every
+//! DP what to hold.
 //!
-//! Data flows down as assignments (which package version each DP must hold)
-//! that DPs pull with a long poll, and as chunks they fetch; status flows up
-//! as status messages the DPs post, from which every status view is derived.
+//! Data flows down as instructions a child site pulls from its parent (and
+//! the content it needs), as assignments (which package version each DP must
+//! hold) that DPs pull with a long poll, and as chunks they fetch; status
+//! flows up as status messages DPs and agents post to their site and every
+//! site relays to its parent, from which every status view is derived.
 
 mod agents;
 mod api;
@@ -13,12 +16,19 @@ mod content;
 pub mod db;
 mod distribution;
 mod error;
+mod groups;
+mod hierarchy;
 mod jobs;
+mod queues;
+mod receive;
+mod relay;
+mod send;
 mod status;
 
 pub use error::{Error, Result};
 
-use cascade_content::{ChunkStore, SigningKey};
+use cascade_content::{ChunkStore, SigningKey, VerifyingKey};
+use cascade_domain::hierarchy::SiteKind;
 use cascade_domain::SiteCode;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,8 +47,10 @@ pub mod layout {
     pub const URL: &str = "url";
     /// The administrator token (mode 0600).
     pub const ADMIN_TOKEN: &str = "admin.token";
-    /// The token DPs enroll with (mode 0600).
+    /// The token DPs, agents and child sites enroll with (mode 0600).
     pub const JOIN_TOKEN: &str = "join.token";
+    /// A child site's credential towards its parent (mode 0600).
+    pub const PARENT: &str = "parent.json";
 }
 
 pub use cascade_store::now_ms;
@@ -48,15 +60,41 @@ pub use cascade_store::now_ms;
 pub struct AppState {
     db: db::Db,
     store: ChunkStore,
-    key: Arc<SigningKey>,
+    /// The key that signs manifests: held by the central site only.
+    key: Option<Arc<SigningKey>>,
+    /// The central site's public key, which every manifest must verify against.
+    trust: VerifyingKey,
     code: SiteCode,
-    kind: String,
+    kind: SiteKind,
+    /// The central site's code (this site's own at the central site).
+    central: SiteCode,
+    /// The link to the parent, at a child site.
+    parent: Option<Arc<hierarchy::Parent>>,
     /// Bumped whenever any DP's assignments change; long polls wait on it.
     changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Bumped whenever any agent's policy changes; policy polls wait on it.
     agent_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Bumped whenever instructions are queued for a child site.
+    outbox_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Wakes the workers of a child site.
+    wakes: Arc<Wakes>,
+    /// Per child site: rate limit pacing and bytes sent.
+    links: Arc<hierarchy::Links>,
+    /// What the hierarchy workers are doing, for `cascade site queues`.
+    progress: Arc<std::sync::Mutex<queues::Progress>>,
     /// Set when the server is shutting down, to end long polls.
     shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Wake-ups of the workers that talk to the parent.
+#[derive(Default)]
+struct Wakes {
+    /// Instructions arrived in the inbox.
+    inbox: tokio::sync::Notify,
+    /// The content this site needs may have changed.
+    content: tokio::sync::Notify,
+    /// Status messages were stored.
+    relay: tokio::sync::Notify,
 }
 
 impl AppState {
@@ -67,6 +105,45 @@ impl AppState {
     fn notify_agents_changed(&self) {
         self.agent_changes
             .send_modify(|generation| *generation += 1);
+    }
+
+    fn notify_outbox_changed(&self) {
+        self.outbox_changes
+            .send_modify(|generation| *generation += 1);
+    }
+
+    /// After a transaction stored status messages: relay them up at once.
+    fn notify_status_stored(&self) {
+        self.wakes.relay.notify_one();
+    }
+
+    /// After a transaction that may change what content this site needs.
+    fn notify_content_needs_changed(&self) {
+        self.wakes.content.notify_one();
+    }
+
+    /// After any transaction that applied an instruction or created
+    /// something that flows down: wakes everyone who may care.
+    fn notify_everything(&self) {
+        self.notify_assignments_changed();
+        self.notify_agents_changed();
+        self.notify_outbox_changed();
+        self.notify_status_stored();
+        self.notify_content_needs_changed();
+    }
+
+    /// Refuses what only the central site may do.
+    fn require_central(&self, what: &str) -> Result<()> {
+        if self.kind == SiteKind::Central {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "not_central",
+            format!(
+                "{what} happens at the central site {}; {} is a {} site",
+                self.central, self.code, self.kind
+            ),
+        ))
     }
 }
 
@@ -79,35 +156,95 @@ pub struct InitReport {
     pub code: String,
     /// The administrator token.
     pub admin_token: String,
-    /// The DP join token.
+    /// The join token of DPs, agents and child sites.
     pub join_token: String,
-    /// Hex of the signing key's public half.
+    /// Hex of the key every manifest must be signed with (the central
+    /// site's).
     pub public_key: String,
+    /// `central`, `primary` or `secondary`.
+    pub kind: String,
+    /// The parent's code, for a child site.
+    pub parent: Option<String>,
 }
 
-/// Creates a site's data directory: database, signing key, tokens.
+/// How a new child site joins its parent.
+#[derive(Clone, Debug)]
+pub struct Join {
+    /// `primary` or `secondary`.
+    pub kind: String,
+    /// The parent site's URL.
+    pub parent_url: String,
+    /// The parent's join token.
+    pub join_token: String,
+    /// Hex of the central key, when the administrator pins it; the join is
+    /// refused if the parent answers with another.
+    pub central_key: Option<String>,
+    /// Bytes per second the parent may send this site.
+    pub max_rate: Option<u64>,
+}
+
+/// Creates a site's data directory: database, tokens, and either the
+/// signing key (a central site) or, for a child site joining with `join`,
+/// its credential towards the parent.
 ///
 /// Refuses a directory that exists and is not empty, so nothing stored is
 /// ever overwritten; a failure half-way leaves nothing behind.
-pub async fn init(dir: &Path, code: &str) -> Result<InitReport> {
+pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitReport> {
     let code = SiteCode::new(code)?;
+    let kind = match join {
+        Some(join) => SiteKind::parse(&join.kind)?,
+        None => SiteKind::Central,
+    };
+    if kind != SiteKind::Central && join.is_none() {
+        return Err(Error::invalid(
+            "missing_parent",
+            "a child site needs --parent",
+        ));
+    }
     let new_dir = cascade_store::NewDir::prepare(dir)
         .map_err(|err| Error::Conflict(format!("cannot create site directory: {err}")))?;
     let target = dir;
     let dir = new_dir.path();
-    let key = cascade_content::generate_key();
-    cascade_content::write_key(&dir.join(layout::KEY), &key)?;
     ChunkStore::open(&dir.join(layout::CHUNKS))?;
     let db = db::Db::open(&dir.join(layout::DB), true, db::MIGRATIONS).await?;
+    let (public_key, parent_code, central_code) = match join {
+        None => {
+            let key = cascade_content::generate_key();
+            cascade_content::write_key(&dir.join(layout::KEY), &key)?;
+            (
+                cascade_content::public_key_hex(&key.verifying_key()),
+                None,
+                None,
+            )
+        }
+        Some(join) => {
+            let config = hierarchy::join(&code, kind, join).await?;
+            let text = serde_json::to_string_pretty(&config)
+                .map_err(|err| Error::Internal(err.to_string()))?;
+            cascade_store::write_atomically(&dir.join(layout::PARENT), text.as_bytes(), 0o600)
+                .map_err(Error::io("writing parent.json"))?;
+            (
+                config.enrollment.site_public_key.clone(),
+                Some(config.enrollment.site_code.clone()),
+                Some(config.central_code.clone()),
+            )
+        }
+    };
     let admin_token = auth::mint_token("cas_admin");
     let join_token = auth::mint_token("cas_join");
     let now = now_ms();
     let mut tx = db.write().await?;
-    sqlx::query("INSERT INTO site (id, code, kind, created_at_ms) VALUES (1, ?, 'central', ?)")
-        .bind(code.as_str())
-        .bind(now)
-        .execute(&mut *tx.tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO site (id, code, kind, created_at_ms, parent_code, central_code)
+         VALUES (1, ?, ?, ?, ?, ?)",
+    )
+    .bind(code.as_str())
+    .bind(kind.name())
+    .bind(now)
+    .bind(&parent_code)
+    .bind(&central_code)
+    .execute(&mut *tx.tx)
+    .await?;
     for (token, role) in [(&admin_token, "admin"), (&join_token, "join")] {
         auth::store_credential(&mut tx, token, role, role, now).await?;
     }
@@ -124,7 +261,9 @@ pub async fn init(dir: &Path, code: &str) -> Result<InitReport> {
         code: code.to_string(),
         admin_token,
         join_token,
-        public_key: cascade_content::public_key_hex(&key.verifying_key()),
+        public_key,
+        kind: kind.name().to_owned(),
+        parent: parent_code,
     })
 }
 
@@ -170,20 +309,42 @@ pub async fn run(
         ));
     }
     let db = db::Db::open(&db_path, false, db::MIGRATIONS).await?;
-    let (code, kind): (String, String) = sqlx::query_as("SELECT code, kind FROM site WHERE id = 1")
-        .fetch_one(db.pool())
-        .await?;
-    let key = cascade_content::read_key(&dir.join(layout::KEY))?;
+    let (code, kind, central): (String, String, Option<String>) =
+        sqlx::query_as("SELECT code, kind, central_code FROM site WHERE id = 1")
+            .fetch_one(db.pool())
+            .await?;
+    let code = SiteCode::new(&code)?;
+    let kind = SiteKind::parse(&kind)?;
+    let (key, trust, parent) = if kind == SiteKind::Central {
+        let key = cascade_content::read_key(&dir.join(layout::KEY))?;
+        let trust = key.verifying_key();
+        (Some(Arc::new(key)), trust, None)
+    } else {
+        let parent = hierarchy::Parent::read(&dir.join(layout::PARENT))?;
+        let trust =
+            cascade_content::public_key_from_hex(&parent.config.enrollment.site_public_key)?;
+        (None, trust, Some(Arc::new(parent)))
+    };
     let store = ChunkStore::open(&dir.join(layout::CHUNKS))?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         db: db.clone(),
         store,
-        key: Arc::new(key),
-        code: SiteCode::new(&code)?,
+        key,
+        trust,
+        central: match central {
+            Some(central) => SiteCode::new(&central)?,
+            None => code.clone(),
+        },
+        code: code.clone(),
         kind,
+        parent,
         changes: Arc::new(tokio::sync::watch::channel(0).0),
         agent_changes: Arc::new(tokio::sync::watch::channel(0).0),
+        outbox_changes: Arc::new(tokio::sync::watch::channel(0).0),
+        wakes: Default::default(),
+        links: Default::default(),
+        progress: Default::default(),
         shutdown: shutdown_rx,
     };
     let listener = tokio::net::TcpListener::bind(listen)
@@ -202,8 +363,14 @@ pub async fn run(
         addr,
         url: url.clone(),
     });
-    tracing::info!(site = %code, %url, "site server listening");
-    tokio::spawn(jobs::expiry_worker(state.clone()));
+    tracing::info!(site = %code, kind = %kind, %url, "site server listening");
+    let mut workers = vec![tokio::spawn(jobs::expiry_worker(state.clone()))];
+    if state.parent.is_some() {
+        workers.push(tokio::spawn(send::receive_worker(state.clone())));
+        workers.push(tokio::spawn(send::apply_worker(state.clone())));
+        workers.push(tokio::spawn(receive::content_worker(state.clone())));
+        workers.push(tokio::spawn(relay::relay_worker(state.clone())));
+    }
     let app = api::router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -213,6 +380,14 @@ pub async fn run(
         })
         .await
         .map_err(Error::io("serving HTTP"))?;
+    // The workers end on the shutdown signal; give them a moment to finish
+    // the transaction they are in.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        for worker in workers {
+            let _ = worker.await;
+        }
+    })
+    .await;
     db.close().await;
     Ok(())
 }

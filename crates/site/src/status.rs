@@ -1,24 +1,21 @@
-//! Status messages: storing the site's own, ingesting those of DPs, and the
-//! views derived from them.
+//! Status messages: storing the site's own, ingesting those of its DPs and
+//! agents, and the views derived from them.
 //!
 //! **Architecture Invariant:** no status view is stored. `package_status`
 //! folds the stored messages every time it is asked.
 
 use crate::api::ApiJson;
 use crate::auth::Principal;
-use crate::db::{self, StoredMessage, WriteTx};
+use crate::db::{self, WriteTx};
 use crate::error::{Error, Result};
 use crate::{now_ms, AppState};
 use axum::extract::{Path, State};
 use axum::Json;
-use cascade_domain::status::{DistributionFold, DistributionState, Timed};
+use cascade_domain::hierarchy::{SourceMember, StatusSource};
+use cascade_domain::status::{DistributionFold, DistributionState, DistributionView, Timed};
+use cascade_domain::DpName;
 use cascade_protocol::*;
 use std::collections::BTreeMap;
-
-/// The source name of a DP of this site in status messages.
-pub fn dp_source(state: &AppState, dp: &str) -> String {
-    format!("{}/dp/{dp}", state.code)
-}
 
 /// Parses a stored status message (stored by this site, so a failure is the
 /// server's fault).
@@ -27,39 +24,22 @@ pub fn parse_stored(body: &str) -> Result<StatusMessage> {
         .map_err(|err| Error::Internal(format!("stored status message does not parse: {err}")))
 }
 
-/// Records a message whose source is this site, inside `tx`.
+/// Records a message whose source is this site, inside `tx`; call
+/// [`AppState::notify_status_stored`] after commit so it is relayed up.
 pub async fn record_site_message(
     state: &AppState,
     tx: &mut WriteTx<'_>,
     body: StatusBody,
-    dp: Option<&str>,
 ) -> Result<()> {
-    let source = state.code.to_string();
-    let seq = db::next_seq(&mut tx.tx, &source).await?;
+    let source = StatusSource::site(state.code.clone());
+    let seq = db::next_seq(&mut tx.tx, state.code.as_str()).await?;
     let at_ms = now_ms();
-    let package = body.package().to_owned();
     let message = StatusMessage {
         seq: seq as u64,
         at_ms,
         body,
     };
-    let text = serde_json::to_string(&message).map_err(|err| Error::Internal(err.to_string()))?;
-    db::insert_message(
-        &mut tx.tx,
-        &StoredMessage {
-            source: &source,
-            seq,
-            at_ms,
-            kind: message.body.kind(),
-            package: Some(&package),
-            dp,
-            job: message.body.job().map(|job| job as i64),
-            agent: None,
-            body: text,
-        },
-        at_ms,
-    )
-    .await?;
+    db::insert_message(&mut tx.tx, &source, &message, at_ms).await?;
     Ok(())
 }
 
@@ -76,25 +56,17 @@ pub async fn ingest(
 ) -> Result<Json<StatusAck>> {
     // The source is the authenticated sender: a DP or an agent reports
     // only for itself, and only messages of its own kinds.
-    let (source, dp, agent, (table, sender_id)) = match &principal {
-        Principal::Dp { id, name } => (
-            dp_source(&state, name),
-            Some(name.as_str()),
-            None,
-            ("dps", *id),
-        ),
-        Principal::Agent { id, name } => (
-            format!("{}/agent/{name}", state.code),
-            None,
-            Some(name.as_str()),
-            ("agents", *id),
-        ),
-        Principal::Admin => {
-            return Err(Error::Forbidden(
-                "status messages come from DPs and agents; the admin token may not send them"
-                    .into(),
-            ))
-        }
+    let (member, (table, sender_id)) = match &principal {
+        Principal::Dp { id, name } => (SourceMember::Dp(DpName::new(name)?), ("dps", *id)),
+        Principal::Agent { id, name } => (SourceMember::Agent(name.clone()), ("agents", *id)),
+        Principal::Admin | Principal::Site { .. } => return Err(Error::Forbidden(
+            "status messages come from DPs and agents (child sites relay theirs to /site/status)"
+                .into(),
+        )),
+    };
+    let source = StatusSource {
+        site: state.code.clone(),
+        member,
     };
     if batch.messages.len() > MAX_BATCH {
         return Err(Error::TooLarge(format!(
@@ -109,22 +81,18 @@ pub async fn ingest(
                 "status sequence numbers start at 1",
             ));
         }
-        let allowed = match (dp, agent) {
-            (Some(_), _) => message.body.is_from_dp(),
-            (_, Some(agent)) => match message.body.agent_job() {
+        let allowed = match &source.member {
+            SourceMember::Dp(_) => message.body.is_from_dp(),
+            SourceMember::Agent(agent) => match message.body.agent_job() {
                 Some(job) => crate::jobs::targets(&state, job, agent).await?,
                 None => false,
             },
-            _ => false,
+            SourceMember::Site => false,
         };
         if !allowed {
-            let who = dp
-                .map(|d| format!("dp {d}"))
-                .or(agent.map(|a| format!("agent {a}")))
-                .unwrap_or_default();
-            tracing::warn!(%who, kind = message.body.kind(), "refused a status message");
+            tracing::warn!(%source, kind = message.body.kind(), "refused a status message");
             return Err(Error::Forbidden(format!(
-                "{who} may not report this {} message",
+                "{source} may not report this {} message",
                 message.body.kind()
             )));
         }
@@ -137,26 +105,7 @@ pub async fn ingest(
         // A message about a package this site does not know is stored all
         // the same: it is a fact the DP reported, and refusing it would block
         // every later message of the DP behind it.
-        let package = message.body.package();
-        let text =
-            serde_json::to_string(message).map_err(|err| Error::Internal(err.to_string()))?;
-        let new = db::insert_message(
-            &mut tx.tx,
-            &StoredMessage {
-                source: &source,
-                seq: message.seq as i64,
-                at_ms: message.at_ms,
-                kind: message.body.kind(),
-                package: Some(package),
-                dp,
-                job: message.body.job().map(|job| job as i64),
-                agent,
-                body: text,
-            },
-            received,
-        )
-        .await?;
-        if new {
+        if db::insert_message(&mut tx.tx, &source, message, received).await? {
             stored += 1;
         } else {
             duplicates += 1;
@@ -168,7 +117,7 @@ pub async fn ingest(
          ON CONFLICT (source) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)
          RETURNING last_seq",
     )
-    .bind(&source)
+    .bind(source.to_string())
     .bind(highest)
     .fetch_one(&mut *tx.tx)
     .await?;
@@ -178,6 +127,9 @@ pub async fn ingest(
         .execute(&mut *tx.tx)
         .await?;
     tx.commit().await?;
+    if stored > 0 {
+        state.notify_status_stored();
+    }
     Ok(Json(StatusAck {
         acked_seq: acked as u64,
         stored,
@@ -223,7 +175,7 @@ pub async fn package_messages(
 }
 
 /// Per-DP rows of a package, folded from its status messages: (name, newest
-/// version, rows).
+/// version, rows by site and DP).
 pub async fn distribution_rows(
     state: &AppState,
     name: &str,
@@ -231,49 +183,74 @@ pub async fn distribution_rows(
     let pool = state.db.pool();
     let package = db::require_package(pool, name).await?;
     let latest = db::latest_version(pool, package.id).await?.unwrap_or(0);
-    let mut folds: BTreeMap<String, DistributionFold> =
-        db::distributions_of_package(pool, package.id)
-            .await?
-            .into_iter()
-            .map(|row| (row.dp, DistributionFold::default()))
-            .collect();
-    for row in db::messages_of_package(pool, &package.name).await? {
-        let Some(dp) = row.dp else { continue };
-        let at_ms = row.at_ms;
-        let message = parse_stored(&row.body)?;
-        if let Some(event) = message.body.distribution_event() {
-            folds
-                .entry(dp)
-                .or_default()
-                .apply(&Timed { at: at_ms, event });
-        }
-    }
-    let dps = folds
+    let dps = distribution_views(state, &package.name)
+        .await?
         .into_iter()
-        .map(|(dp, fold)| {
-            let view = fold.view();
-            let (bytes_done, bytes_total) = match view.state {
-                DistributionState::Transferring {
-                    bytes_done,
-                    bytes_needed,
-                } => (Some(bytes_done), Some(bytes_needed)),
-                _ => (None, None),
-            };
-            let reason = match &view.state {
-                DistributionState::Failed { reason } => Some(reason.clone()),
-                _ => None,
-            };
-            DpPackageStatus {
-                dp,
-                target_version: view.target.map(|v| v.get()),
-                installed_version: view.installed.map(|v| v.get()),
-                state: view.state.name().to_owned(),
-                bytes_done,
-                bytes_total,
-                reason,
-                since_ms: view.since,
-            }
-        })
+        .map(|((site, dp), view)| dp_status(site, dp, &view))
         .collect();
     Ok((package.name, latest as u64, dps))
+}
+
+/// The view of a package on every DP of this site's subtree that any
+/// message is about, by (site, DP). DPs of this site that are queued for
+/// the package appear even before any message about them.
+pub async fn distribution_views(
+    state: &AppState,
+    package: &str,
+) -> Result<BTreeMap<(String, String), DistributionView>> {
+    let pool = state.db.pool();
+    let own = state.code.to_string();
+    let mut folds: BTreeMap<(String, String), DistributionFold> = BTreeMap::new();
+    if let Some(row) = db::package_by_name(pool, package).await? {
+        for queued in db::distributions_of_package(pool, row.id).await? {
+            folds.insert((own.clone(), queued.dp), DistributionFold::default());
+        }
+    }
+    // Within one source the fold needs sequence order, which a message
+    // relayed late could break; across sources any order gives the same
+    // view. So: grouped by source, in sequence order.
+    let mut rows = db::messages_of_package(pool, package).await?;
+    rows.sort_by(|a, b| (&a.source, a.seq).cmp(&(&b.source, b.seq)));
+    for row in rows {
+        let (Some(site), Some(dp)) = (row.site, row.dp) else {
+            continue;
+        };
+        let message = parse_stored(&row.body)?;
+        if let Some(event) = message.body.distribution_event() {
+            folds.entry((site, dp)).or_default().apply(&Timed {
+                at: row.at_ms,
+                event,
+            });
+        }
+    }
+    Ok(folds
+        .into_iter()
+        .map(|(key, fold)| (key, fold.view()))
+        .collect())
+}
+
+/// One DP's line, from its view.
+pub fn dp_status(site: String, dp: String, view: &DistributionView) -> DpPackageStatus {
+    let (bytes_done, bytes_total) = match view.state {
+        DistributionState::Transferring {
+            bytes_done,
+            bytes_needed,
+        } => (Some(bytes_done), Some(bytes_needed)),
+        _ => (None, None),
+    };
+    let reason = match &view.state {
+        DistributionState::Failed { reason } => Some(reason.clone()),
+        _ => None,
+    };
+    DpPackageStatus {
+        site,
+        dp,
+        target_version: view.target.map(|v| v.get()),
+        installed_version: view.installed.map(|v| v.get()),
+        state: view.state.name().to_owned(),
+        bytes_done,
+        bytes_total,
+        reason,
+        since_ms: view.since,
+    }
 }

@@ -1,0 +1,448 @@
+//! The hierarchy: a child site joining its parent, the registry of every
+//! site below this one (so that codes stay unique in the whole hierarchy),
+//! and the links to direct children with their rate limits.
+//!
+//! **Architecture Invariant:** connections are opened from below. A child
+//! site enrolls, fetches instructions and content, reports what it needs and
+//! relays status, all as requests to its parent; a parent never connects to
+//! a child and needs no route to it.
+
+use crate::api::ApiJson;
+use crate::auth::{self, Principal};
+use crate::db::{self, SiteRow};
+use crate::error::{Error, Result};
+use crate::{now_ms, send, AppState, Join};
+use axum::extract::{Path, State};
+use axum::Json;
+use cascade_domain::hierarchy::{in_subtree, SiteKind};
+use cascade_domain::SiteCode;
+use cascade_protocol::{
+    Client, Enrollment, LinkRequest, SiteEnrollRequest, SiteEnrollResponse, SiteRegistration,
+    SiteSummary,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// What a child site keeps about its parent (`parent.json`, mode 0600).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ParentConfig {
+    /// Its own code as `name`, the parent's URL and code, its credential,
+    /// and the central key pinned when it joined.
+    #[serde(flatten)]
+    pub enrollment: Enrollment,
+    /// The central site's code.
+    pub central_code: String,
+}
+
+/// The running link to the parent.
+pub struct Parent {
+    /// As stored.
+    pub config: ParentConfig,
+    /// A client of the parent presenting the credential.
+    pub client: Client,
+}
+
+impl Parent {
+    /// Reads `parent.json`.
+    pub fn read(path: &std::path::Path) -> Result<Parent> {
+        let config: ParentConfig =
+            cascade_protocol::read_config(path, "cascade site init --parent")
+                .map_err(Error::Internal)?;
+        let client = config
+            .enrollment
+            .client()
+            .map_err(|err| upstream("connecting to the parent", err))?;
+        Ok(Parent { config, client })
+    }
+
+    /// The parent's code.
+    pub fn code(&self) -> &str {
+        &self.config.enrollment.site_code
+    }
+
+    /// The parent's URL.
+    pub fn url(&self) -> &str {
+        &self.config.enrollment.site_url
+    }
+}
+
+/// Turns the parent's refusal or silence into this site's error.
+pub fn upstream(context: &str, err: cascade_protocol::Error) -> Error {
+    let message = format!("{context}: {err}");
+    match err.status() {
+        Some(409) => Error::Conflict(message),
+        Some(401) => Error::Unauthorized(message),
+        Some(403) => Error::Forbidden(message),
+        Some(status) if status < 500 => Error::invalid("refused_by_parent", message),
+        _ => Error::Unavailable {
+            code: "parent_unreachable",
+            message,
+        },
+    }
+}
+
+/// `cascade site init --parent`: checks the parent (and the central key,
+/// when pinned) and enrolls with it.
+pub async fn join(code: &SiteCode, kind: SiteKind, join: &Join) -> Result<ParentConfig> {
+    let client = Client::new(&join.parent_url, None)
+        .map_err(|err| upstream("connecting to the parent", err))?;
+    let parent = client
+        .site_info()
+        .await
+        .map_err(|err| upstream("asking the parent who it is", err))?;
+    if let Some(pinned) = &join.central_key {
+        if !pinned.trim().eq_ignore_ascii_case(&parent.public_key) {
+            return Err(Error::invalid(
+                "central_key_mismatch",
+                format!(
+                    "the parent {} at {} answers with central key {}, not the pinned {}; not joining",
+                    parent.code,
+                    client.base(),
+                    parent.public_key,
+                    pinned.trim()
+                ),
+            ));
+        }
+    }
+    let answer = client
+        .enroll_site(&SiteEnrollRequest {
+            code: code.to_string(),
+            kind: kind.name().to_owned(),
+            join_token: join.join_token.trim().to_owned(),
+            max_rate: join.max_rate,
+        })
+        .await
+        .map_err(|err| upstream(&format!("joining {}", client.base()), err))?;
+    let central_code = answer
+        .parent
+        .central
+        .clone()
+        .unwrap_or_else(|| answer.parent.code.clone());
+    Ok(ParentConfig {
+        enrollment: Enrollment::granted(
+            code.as_str(),
+            client.base(),
+            answer.credential,
+            answer.parent,
+        ),
+        central_code,
+    })
+}
+
+/// Per direct child: the pacing of content sent to it and the bytes sent
+/// since this site started.
+#[derive(Default)]
+pub struct Links {
+    inner: std::sync::Mutex<HashMap<String, LinkPace>>,
+}
+
+struct LinkPace {
+    next_free: Instant,
+    bytes_sent: u64,
+}
+
+impl Links {
+    /// Accounts for `bytes` about to be sent to `child` and returns how long
+    /// to wait first so that the link stays under `max_rate` bytes per
+    /// second. Every stream to the same child shares the one budget.
+    pub fn reserve(&self, child: &str, bytes: u64, max_rate: Option<u64>) -> Duration {
+        let mut links = self.inner.lock().expect("links lock");
+        let now = Instant::now();
+        let pace = links.entry(child.to_owned()).or_insert(LinkPace {
+            next_free: now,
+            bytes_sent: 0,
+        });
+        pace.bytes_sent += bytes;
+        match max_rate.filter(|rate| *rate > 0) {
+            None => Duration::ZERO,
+            Some(rate) => {
+                let start = pace.next_free.max(now);
+                pace.next_free = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
+                start - now
+            }
+        }
+    }
+
+    /// Content bytes sent to `child` since this site started.
+    pub fn bytes_sent(&self, child: &str) -> u64 {
+        let links = self.inner.lock().expect("links lock");
+        links.get(child).map_or(0, |pace| pace.bytes_sent)
+    }
+}
+
+/// Whether `site` is `root` or below it.
+pub fn contains(sites: &[SiteRow], root: &str, site: &str) -> bool {
+    in_subtree(site, root, |code| {
+        sites
+            .iter()
+            .find(|row| row.code == code)
+            .map(|row| row.parent.as_str())
+    })
+}
+
+async fn site_row(state: &AppState, code: &str) -> Result<Option<SiteRow>> {
+    Ok(db::subtree(state.db.pool())
+        .await?
+        .into_iter()
+        .find(|row| row.code == code))
+}
+
+/// Registers a new site with the parent, which passes it on up to the
+/// central site, where codes are checked against the whole hierarchy.
+async fn register_up(state: &AppState, registration: &SiteRegistration) -> Result<()> {
+    if let Some(parent) = &state.parent {
+        parent
+            .client
+            .register_site(registration)
+            .await
+            .map_err(|err| {
+                upstream(
+                    &format!(
+                        "registering site {} with {}",
+                        registration.code,
+                        parent.code()
+                    ),
+                    err,
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/sites/enroll`: a new child site presents the join token.
+pub async fn enroll(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<SiteEnrollRequest>,
+) -> Result<Json<SiteEnrollResponse>> {
+    let code = SiteCode::new(&request.code)?;
+    let kind = SiteKind::parse(&request.kind)?;
+    auth::require_join_token(&state, &request.join_token).await?;
+    state.kind.check_child(kind)?;
+    if code == state.code || code == state.central {
+        return Err(Error::Conflict(format!(
+            "site code {code} is already used in the hierarchy"
+        )));
+    }
+    let own = state.code.to_string();
+    // A child that enrolled but never connected (its init failed after the
+    // parent answered) may enroll again; any other existing code is taken.
+    let rejoin =
+        |row: &SiteRow| row.parent == own && row.kind == kind.name() && row.last_seen_ms.is_none();
+    match site_row(&state, code.as_str()).await? {
+        Some(row) if rejoin(&row) => {}
+        Some(_) => {
+            return Err(Error::Conflict(format!(
+                "site code {code} is already used in the hierarchy"
+            )))
+        }
+        None => {
+            register_up(
+                &state,
+                &SiteRegistration {
+                    code: code.to_string(),
+                    kind: kind.name().to_owned(),
+                    parent: own.clone(),
+                },
+            )
+            .await?
+        }
+    }
+    let credential = auth::mint_token("cas_site");
+    let now = now_ms();
+    let mut tx = state.db.write().await?;
+    let existing: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT last_seen_ms FROM sites WHERE code = ?")
+            .bind(code.as_str())
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+    if matches!(existing, Some(Some(_))) {
+        return Err(Error::Conflict(format!(
+            "site code {code} is already used in the hierarchy"
+        )));
+    }
+    sqlx::query("DELETE FROM credentials WHERE role = 'site' AND principal = ?")
+        .bind(code.as_str())
+        .execute(&mut *tx.tx)
+        .await?;
+    sqlx::query("DELETE FROM site_outbox WHERE child = ?")
+        .bind(code.as_str())
+        .execute(&mut *tx.tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO sites (code, kind, parent, registered_at_ms, max_rate) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (code) DO UPDATE SET max_rate = excluded.max_rate",
+    )
+    .bind(code.as_str())
+    .bind(kind.name())
+    .bind(&own)
+    .bind(now)
+    .bind(request.max_rate.map(|rate| rate as i64))
+    .execute(&mut *tx.tx)
+    .await?;
+    auth::store_credential(&mut tx, &credential, "site", code.as_str(), now).await?;
+    let queued = send::snapshot(&state, &mut tx, code.as_str()).await?;
+    tx.commit().await?;
+    state.notify_outbox_changed();
+    tracing::info!(site = %code, %kind, instructions = queued, "child site joined");
+    Ok(Json(SiteEnrollResponse {
+        credential,
+        parent: crate::api::site_info_of(&state),
+    }))
+}
+
+/// `POST /api/v1/sites/register`: a child reports a site that joined at or
+/// below it.
+pub async fn register(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(request): ApiJson<SiteRegistration>,
+) -> Result<Json<serde_json::Value>> {
+    let caller = principal.require_site()?;
+    let code = SiteCode::new(&request.code)?;
+    let kind = SiteKind::parse(&request.kind)?;
+    SiteCode::new(&request.parent)?;
+    let sites = db::subtree(state.db.pool()).await?;
+    if !contains(&sites, caller, &request.parent) {
+        return Err(Error::Forbidden(format!(
+            "site {caller} may not register a site under {}, which is not in its subtree",
+            request.parent
+        )));
+    }
+    let parent_kind = sites
+        .iter()
+        .find(|row| row.code == request.parent)
+        .map(|row| SiteKind::parse(&row.kind))
+        .transpose()?
+        .ok_or_else(|| Error::NotFound {
+            what: "site",
+            name: request.parent.clone(),
+        })?;
+    parent_kind.check_child(kind)?;
+    if code == state.code {
+        return Err(Error::Conflict(format!(
+            "site code {code} is already used in the hierarchy"
+        )));
+    }
+    match sites.iter().find(|row| row.code == code.as_str()) {
+        Some(row) if row.parent == request.parent && row.kind == kind.name() => {
+            return Ok(Json(serde_json::json!({})));
+        }
+        Some(_) => {
+            return Err(Error::Conflict(format!(
+                "site code {code} is already used in the hierarchy"
+            )))
+        }
+        None => {}
+    }
+    register_up(&state, &request).await?;
+    let mut tx = state.db.write().await?;
+    sqlx::query(
+        "INSERT OR IGNORE INTO sites (code, kind, parent, registered_at_ms) VALUES (?, ?, ?, ?)",
+    )
+    .bind(code.as_str())
+    .bind(kind.name())
+    .bind(&request.parent)
+    .bind(now_ms())
+    .execute(&mut *tx.tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(site = %code, parent = %request.parent, "site registered below");
+    Ok(Json(serde_json::json!({})))
+}
+
+/// This site and every site below it, with the links to direct children.
+pub async fn summaries(state: &AppState) -> Result<Vec<SiteSummary>> {
+    let pool = state.db.pool();
+    let (created_at_ms, parent): (i64, Option<String>) =
+        sqlx::query_as("SELECT created_at_ms, parent_code FROM site WHERE id = 1")
+            .fetch_one(pool)
+            .await?;
+    let pending: HashMap<String, i64> =
+        sqlx::query_as("SELECT child, COUNT(*) FROM site_outbox GROUP BY child")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    let mut out = vec![SiteSummary {
+        code: state.code.to_string(),
+        kind: state.kind.name().to_owned(),
+        parent,
+        registered_at_ms: created_at_ms,
+        last_seen_ms: None,
+        max_rate: None,
+        bytes_sent: 0,
+        pending_instructions: 0,
+    }];
+    for row in db::subtree(pool).await? {
+        out.push(SiteSummary {
+            bytes_sent: state.links.bytes_sent(&row.code),
+            pending_instructions: pending.get(&row.code).copied().unwrap_or(0) as u64,
+            code: row.code,
+            kind: row.kind,
+            parent: Some(row.parent),
+            registered_at_ms: row.registered_at_ms,
+            last_seen_ms: row.last_seen_ms,
+            max_rate: row.max_rate.map(|rate| rate as u64),
+        });
+    }
+    Ok(out)
+}
+
+/// `GET /api/v1/sites`.
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Vec<SiteSummary>>> {
+    principal.require_admin()?;
+    Ok(Json(summaries(&state).await?))
+}
+
+/// `PUT /api/v1/sites/{code}/link`: the rate limit of content sent to a
+/// direct child.
+pub async fn set_link(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(code): Path<String>,
+    ApiJson(request): ApiJson<LinkRequest>,
+) -> Result<Json<SiteSummary>> {
+    principal.require_admin()?;
+    if request.max_rate == Some(0) {
+        return Err(Error::invalid(
+            "invalid_rate",
+            "a rate limit must be more than 0 bytes per second; give none for no limit",
+        ));
+    }
+    let mut tx = state.db.write().await?;
+    let changed = sqlx::query("UPDATE sites SET max_rate = ? WHERE code = ? AND parent = ?")
+        .bind(request.max_rate.map(|rate| rate as i64))
+        .bind(&code)
+        .bind(state.code.as_str())
+        .execute(&mut *tx.tx)
+        .await?
+        .rows_affected();
+    if changed == 0 {
+        return Err(Error::NotFound {
+            what: "site",
+            name: format!("{code} (not a direct child of {})", state.code),
+        });
+    }
+    tx.commit().await?;
+    summaries(&state)
+        .await?
+        .into_iter()
+        .find(|summary| summary.code == code)
+        .map(Json)
+        .ok_or_else(|| Error::Internal(format!("site {code} vanished")))
+}
+
+/// Records that a direct child was heard from.
+pub async fn touch(state: &AppState, child: &str) -> Result<()> {
+    let mut tx = state.db.write().await?;
+    sqlx::query("UPDATE sites SET last_seen_ms = ? WHERE code = ?")
+        .bind(now_ms())
+        .bind(child)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(tx.commit().await?)
+}

@@ -1,0 +1,518 @@
+//! Content between sites: a child site brings in the content of the package
+//! versions it needs, and only those, fetching from its parent the chunks
+//! its library lacks.
+//!
+//! A site needs a version when its DPs are to hold the package (the newest
+//! version), when a job targets its workstations (the job's version, which
+//! its agents may download from the site itself), or when a site below it
+//! needs it. It tells its parent its needs (`PUT /site/wants`), so that a
+//! parent lacking the content brings it in from its own parent, and fetches
+//! chunks as they become available there (`partial` fetches), so content
+//! flows down several levels at once rather than one level after the other.
+//! Each chunk is verified and stored as it arrives: a transfer cut short
+//! (the parent gone, this process killed) resumes with the chunks missing.
+//! A version that is no longer needed, because a newer one arrived, is
+//! dropped between two batches, and the newer one is fetched instead
+//! (Q235788).
+
+use crate::auth::Principal;
+use crate::db;
+use crate::error::{Error, Result};
+use crate::hierarchy::{upstream, Parent};
+use crate::{api::ApiJson, distribution, now_ms, status, AppState};
+use axum::extract::State;
+use axum::Json;
+use cascade_content::{ChunkHash, ChunkRef, Manifest, SignedManifest};
+use cascade_protocol::{ChunkList, ContentWants, StatusBody, WantedVersion};
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most versions a child may say it needs.
+const MAX_WANTS: usize = 10_000;
+
+/// `PUT /api/v1/site/wants`: the child's needs replace what it said before.
+pub async fn put_wants(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(wants): ApiJson<ContentWants>,
+) -> Result<Json<serde_json::Value>> {
+    let child = principal.require_site()?.to_owned();
+    if wants.wants.len() > MAX_WANTS {
+        return Err(Error::TooLarge(format!(
+            "{} wanted versions; at most {MAX_WANTS}",
+            wants.wants.len()
+        )));
+    }
+    let mut tx = state.db.write().await?;
+    sqlx::query("DELETE FROM child_wants WHERE child = ?")
+        .bind(&child)
+        .execute(&mut *tx.tx)
+        .await?;
+    for want in &wants.wants {
+        sqlx::query("INSERT OR IGNORE INTO child_wants (child, package, version) VALUES (?, ?, ?)")
+            .bind(&child)
+            .bind(&want.package)
+            .bind(want.version as i64)
+            .execute(&mut *tx.tx)
+            .await?;
+    }
+    sqlx::query("UPDATE sites SET last_seen_ms = ? WHERE code = ?")
+        .bind(now_ms())
+        .bind(&child)
+        .execute(&mut *tx.tx)
+        .await?;
+    tx.commit().await?;
+    state.notify_content_needs_changed();
+    Ok(Json(serde_json::json!({})))
+}
+
+/// The versions whose content this site needs and does not hold yet, with
+/// who needs them (`dps`, `job N`, `site S01`).
+pub async fn needs(state: &AppState) -> Result<BTreeMap<WantedVersion, Vec<String>>> {
+    let pool = state.db.pool();
+    let mut wanted: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT p.name, MAX(v.version), 'dps' FROM packages p
+         JOIN package_versions v ON v.package_id = p.id
+         WHERE p.id IN (SELECT package_id FROM distributions) GROUP BY p.id",
+    )
+    .fetch_all(pool)
+    .await?;
+    wanted.extend(
+        sqlx::query_as::<_, (String, i64, String)>(
+            "SELECT p.name, j.version, 'job ' || j.id FROM jobs j JOIN packages p ON p.id = j.package_id
+             WHERE j.local_targets > 0 AND j.canceled_at_ms IS NULL
+               AND (j.expires_at_ms IS NULL OR j.expires_at_ms > ?)",
+        )
+        .bind(now_ms())
+        .fetch_all(pool)
+        .await?,
+    );
+    wanted.extend(
+        sqlx::query_as::<_, (String, i64, String)>(
+            "SELECT package, version, 'site ' || child FROM child_wants",
+        )
+        .fetch_all(pool)
+        .await?,
+    );
+    let incomplete: HashSet<(String, i64)> = sqlx::query_as(
+        "SELECT p.name, v.version FROM package_versions v JOIN packages p ON p.id = v.package_id
+         WHERE v.complete = 0",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
+    let mut out: BTreeMap<WantedVersion, Vec<String>> = BTreeMap::new();
+    for (package, version, who) in wanted {
+        if incomplete.contains(&(package.clone(), version)) {
+            out.entry(WantedVersion {
+                package,
+                version: version as u64,
+            })
+            .or_default()
+            .push(who);
+        }
+    }
+    Ok(out)
+}
+
+/// Shortest and longest waits after a failure.
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How soon to look again for chunks the parent did not hold yet.
+const PARENT_WAIT: Duration = Duration::from_millis(300);
+/// Chunk bytes asked for in one fetch request.
+const FETCH_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// Fetch requests in flight at once.
+const FETCH_PARALLEL: usize = 2;
+/// Least time between two progress messages.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// What one round of work on a version achieved.
+enum Round {
+    /// Every chunk is here: the version is complete.
+    Complete,
+    /// Some chunks came, or none; the parent lacks the rest for now.
+    Partial { stored: u64 },
+    /// A newer version made this one unneeded.
+    Superseded,
+}
+
+/// The child's content worker: brings in what the site needs until
+/// shutdown, retrying with backoff while the parent is unreachable.
+pub async fn content_worker(state: AppState) {
+    let Some(parent) = state.parent.clone() else {
+        return;
+    };
+    let mut shutdown = state.shutdown.clone();
+    let mut told: Option<ContentWants> = None;
+    let mut started: HashSet<WantedVersion> = HashSet::new();
+    let mut reported_failures: HashMap<WantedVersion, String> = HashMap::new();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let needs = match needs(&state).await {
+            Ok(needs) => needs,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading what content is needed failed");
+                BTreeMap::new()
+            }
+        };
+        let wants = ContentWants {
+            wants: needs.keys().cloned().collect(),
+        };
+        if told.as_ref() != Some(&wants) {
+            match parent.client.put_wants(&wants).await {
+                Ok(()) => told = Some(wants),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot tell the parent what is needed yet")
+                }
+            }
+        }
+        state
+            .progress
+            .lock()
+            .expect("progress lock")
+            .keep_content(&needs);
+        if needs.is_empty() {
+            tokio::select! {
+                _ = state.wakes.content.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.changed() => return,
+            }
+            continue;
+        }
+        let (mut progressed, mut failed) = (false, false);
+        for want in needs.keys() {
+            if *shutdown.borrow() {
+                return;
+            }
+            match round(&state, &parent, want, &mut started).await {
+                Ok(Round::Complete) | Ok(Round::Superseded) => {
+                    progressed = true;
+                    reported_failures.remove(want);
+                }
+                Ok(Round::Partial { stored }) => {
+                    progressed |= stored > 0;
+                    reported_failures.remove(want);
+                }
+                Err(err) => {
+                    failed = true;
+                    let reason = err.to_string();
+                    tracing::warn!(package = %want.package, version = want.version, error = %reason, "bringing content in failed; will retry");
+                    state
+                        .progress
+                        .lock()
+                        .expect("progress lock")
+                        .content(want, format!("failed, retrying: {reason}"));
+                    if reported_failures.get(want) != Some(&reason) {
+                        reported_failures.insert(want.clone(), reason.clone());
+                        let _ = record(
+                            &state,
+                            StatusBody::ContentFailed {
+                                package: want.package.clone(),
+                                version: want.version,
+                                reason,
+                            },
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+        let wait = if failed {
+            let wait = backoff;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            wait
+        } else {
+            backoff = MIN_BACKOFF;
+            if progressed {
+                continue;
+            }
+            PARENT_WAIT
+        };
+        tokio::select! {
+            _ = state.wakes.content.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn record(state: &AppState, body: StatusBody) -> Result<()> {
+    let mut tx = state.db.write().await?;
+    status::record_site_message(state, &mut tx, body).await?;
+    tx.commit().await?;
+    state.notify_status_stored();
+    Ok(())
+}
+
+/// The manifest of a version held here, verified again (it is read from
+/// disk) against the central key.
+async fn held_manifest(state: &AppState, want: &WantedVersion) -> Result<(i64, Manifest)> {
+    let package = db::require_package(state.db.pool(), &want.package).await?;
+    let (bytes, signature) = db::manifest(state.db.pool(), package.id, want.version as i64)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            what: "version",
+            name: format!("{} v{}", want.package, want.version),
+        })?;
+    let signed = SignedManifest {
+        bytes,
+        signature: signature.try_into().map_err(|_| {
+            Error::Internal(format!(
+                "stored signature of {} v{} is damaged",
+                want.package, want.version
+            ))
+        })?,
+    };
+    Ok((package.id, signed.verify(&state.trust)?))
+}
+
+/// The chunks of `manifest` not in the library.
+async fn missing_chunks(state: &AppState, manifest: &Manifest) -> Result<Vec<ChunkRef>> {
+    let store = state.store.clone();
+    let chunks = manifest.unique_chunks();
+    tokio::task::spawn_blocking(move || {
+        chunks
+            .into_iter()
+            .filter(|chunk| !store.contains(&chunk.hash))
+            .collect()
+    })
+    .await
+    .map_err(|err| Error::Internal(format!("blocking task failed: {err}")))
+}
+
+/// One round on one version: fetch what the parent holds of the missing
+/// chunks; complete the version when none is missing.
+async fn round(
+    state: &AppState,
+    parent: &Parent,
+    want: &WantedVersion,
+    started: &mut HashSet<WantedVersion>,
+) -> Result<Round> {
+    let (package_id, manifest) = held_manifest(state, want).await?;
+    let missing = missing_chunks(state, &manifest).await?;
+    let bytes_needed: u64 = missing.iter().map(|chunk| chunk.size as u64).sum();
+    if started.insert(want.clone()) && !missing.is_empty() {
+        record(
+            state,
+            StatusBody::ContentStarted {
+                package: want.package.clone(),
+                version: want.version,
+                bytes_total: manifest.total_size(),
+                bytes_needed,
+            },
+        )
+        .await?;
+    }
+    let mut stored = 0;
+    let mut received = 0;
+    if !missing.is_empty() {
+        state.progress.lock().expect("progress lock").content(
+            want,
+            format!(
+                "receiving from {}: {bytes_needed} bytes missing",
+                parent.code()
+            ),
+        );
+        let outcome = fetch(state, parent, want, &missing, bytes_needed).await?;
+        let Some((got, wire)) = outcome else {
+            tracing::info!(package = %want.package, version = want.version, "superseded by a newer version; dropped");
+            state
+                .progress
+                .lock()
+                .expect("progress lock")
+                .content(want, "superseded by a newer version".into());
+            return Ok(Round::Superseded);
+        };
+        stored = got;
+        received = wire;
+    }
+    let still_missing = missing_chunks(state, &manifest).await?;
+    if !still_missing.is_empty() {
+        state.progress.lock().expect("progress lock").content(
+            want,
+            format!(
+                "waiting for {} to receive {} of its chunks",
+                parent.code(),
+                still_missing.len()
+            ),
+        );
+        return Ok(Round::Partial { stored });
+    }
+    complete(state, package_id, want, received).await?;
+    started.remove(want);
+    Ok(Round::Complete)
+}
+
+/// Every chunk is here: the version is complete, and the DPs queued for
+/// the package move to it.
+async fn complete(
+    state: &AppState,
+    package_id: i64,
+    want: &WantedVersion,
+    bytes_received: u64,
+) -> Result<()> {
+    let mut tx = state.db.write().await?;
+    sqlx::query("UPDATE package_versions SET complete = 1 WHERE package_id = ? AND version = ?")
+        .bind(package_id)
+        .bind(want.version as i64)
+        .execute(&mut *tx.tx)
+        .await?;
+    status::record_site_message(
+        state,
+        &mut tx,
+        StatusBody::ContentComplete {
+            package: want.package.clone(),
+            version: want.version,
+            bytes_received,
+        },
+    )
+    .await?;
+    let placed = distribution::supersede(
+        state,
+        &mut tx,
+        package_id,
+        &want.package,
+        want.version as i64,
+    )
+    .await?;
+    tx.commit().await?;
+    state.notify_everything();
+    tracing::info!(package = %want.package, version = want.version, bytes_received, dps = placed, "content complete");
+    Ok(())
+}
+
+/// Fetches the `missing` chunks the parent holds, storing each as it
+/// arrives. Returns the chunks stored and the bytes received, or `None`
+/// when the version stopped being needed meanwhile.
+async fn fetch(
+    state: &AppState,
+    parent: &Parent,
+    want: &WantedVersion,
+    missing: &[ChunkRef],
+    bytes_needed: u64,
+) -> Result<Option<(u64, u64)>> {
+    let mut batches: Vec<Vec<ChunkHash>> = Vec::new();
+    let mut current = Vec::new();
+    let mut current_bytes = 0u64;
+    for chunk in missing {
+        current.push(chunk.hash);
+        current_bytes += chunk.size as u64;
+        if current_bytes >= FETCH_BATCH_BYTES
+            || current.len() >= cascade_protocol::MAX_HASHES_PER_REQUEST
+        {
+            batches.push(std::mem::take(&mut current));
+            current_bytes = 0;
+        }
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    let sizes: Arc<HashMap<ChunkHash, u64>> = Arc::new(
+        missing
+            .iter()
+            .map(|chunk| (chunk.hash, chunk.size as u64))
+            .collect(),
+    );
+    let mut results = futures_util::stream::iter(batches)
+        .map(|batch| fetch_batch(state, parent, batch, sizes.clone()))
+        .buffer_unordered(FETCH_PARALLEL);
+    let (mut stored, mut wire, mut bytes_done) = (0u64, 0u64, 0u64);
+    let mut last_progress = Instant::now();
+    while let Some(result) = results.next().await {
+        let (got, got_bytes, got_wire) = result?;
+        stored += got;
+        wire += got_wire;
+        bytes_done += got_bytes;
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            state.progress.lock().expect("progress lock").content(
+                want,
+                format!(
+                    "receiving from {}: {bytes_done} of {bytes_needed} bytes",
+                    parent.code()
+                ),
+            );
+            record(
+                state,
+                StatusBody::ContentProgress {
+                    package: want.package.clone(),
+                    version: want.version,
+                    bytes_done,
+                    bytes_needed,
+                },
+            )
+            .await?;
+            // Between batches: is this version still the one to bring in?
+            if !needs(state).await?.contains_key(want) {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some((stored, wire)))
+}
+
+/// One partial fetch: stores every frame as it arrives, on a blocking
+/// thread. Returns (chunks stored, their bytes, bytes on the wire).
+async fn fetch_batch(
+    state: &AppState,
+    parent: &Parent,
+    batch: Vec<ChunkHash>,
+    sizes: Arc<HashMap<ChunkHash, u64>>,
+) -> Result<(u64, u64, u64)> {
+    let mut stream = parent
+        .client
+        .open_chunks(&ChunkList {
+            hashes: batch.clone(),
+            partial: true,
+        })
+        .await
+        .map_err(|err| upstream(&format!("fetching chunks from {}", parent.code()), err))?;
+    let wanted: HashSet<ChunkHash> = batch.into_iter().collect();
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<cascade_protocol::frames::Frame>(2);
+    let store = state.store.clone();
+    let writer = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+        let (mut stored, mut bytes) = (0u64, 0u64);
+        while let Some(frame) = receiver.blocking_recv() {
+            if !wanted.contains(&frame.hash) {
+                return Err(Error::invalid(
+                    "unexpected_chunk",
+                    format!(
+                        "the parent sent chunk {} that was not asked for",
+                        frame.hash
+                    ),
+                ));
+            }
+            store.put_encoded(&frame.hash, &frame.encoded)?;
+            stored += 1;
+            bytes += sizes.get(&frame.hash).copied().unwrap_or(0);
+        }
+        Ok((stored, bytes))
+    });
+    let read = async {
+        while let Some(frame) = stream
+            .next_frame()
+            .await
+            .map_err(|err| upstream(&format!("receiving chunks from {}", parent.code()), err))?
+        {
+            if sender.send(frame).await.is_err() {
+                break;
+            }
+        }
+        Ok::<u64, Error>(stream.received())
+    };
+    let read = read.await;
+    drop(sender);
+    let written = writer
+        .await
+        .map_err(|err| Error::Internal(format!("store task failed: {err}")))?;
+    let (stored, bytes) = written?;
+    let wire = read?;
+    Ok((stored, bytes, wire))
+}

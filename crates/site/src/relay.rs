@@ -1,0 +1,173 @@
+//! Status up: every status message a site stores (its own, its DPs' and
+//! agents', and those relayed from the sites below) is relayed to its
+//! parent, so that every message reaches the central site.
+//!
+//! The site's message table is the outbox: messages are relayed in the
+//! order they were stored, in batches, and a durable cursor records the
+//! last one the parent acknowledged. The parent stores each message once
+//! per (source, sequence number), so a batch resent after a lost answer
+//! duplicates nothing, and the views fold each source's messages in
+//! sequence order, so a late message never moves a state backwards. While
+//! the parent is unreachable, messages wait here; none is lost.
+
+use crate::api::ApiJson;
+use crate::auth::Principal;
+use crate::db;
+use crate::error::{Error, Result};
+use crate::hierarchy::{self, upstream};
+use crate::{now_ms, AppState};
+use axum::extract::State;
+use axum::Json;
+use cascade_domain::hierarchy::StatusSource;
+use cascade_protocol::{RelayAck, RelayBatch, RelayedStatus};
+use std::time::Duration;
+
+/// Largest relay request body accepted.
+pub const MAX_RELAY_BODY: usize = 16 * 1024 * 1024;
+/// Most messages relayed per request.
+const BATCH: i64 = 1000;
+/// Most message bytes relayed per request (at least one message is sent).
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Most messages accepted per request.
+const MAX_MESSAGES: usize = 10_000;
+/// Shortest and longest waits between retries.
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The child's relay: delivers stored messages to the parent until
+/// shutdown, woken within milliseconds whenever messages are stored.
+pub async fn relay_worker(state: AppState) {
+    let Some(parent) = state.parent.clone() else {
+        return;
+    };
+    let mut shutdown = state.shutdown.clone();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let result = relay_once(&state, &parent).await;
+        match result {
+            Ok(0) => {
+                backoff = MIN_BACKOFF;
+                tokio::select! {
+                    _ = state.wakes.relay.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            Ok(_) => backoff = MIN_BACKOFF,
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "relaying status failed; messages wait here");
+                state
+                    .progress
+                    .lock()
+                    .expect("progress lock")
+                    .parent_failed(err.to_string());
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Relays one batch; returns how many messages it carried.
+async fn relay_once(state: &AppState, parent: &hierarchy::Parent) -> Result<usize> {
+    let cursor = db::cursor(state.db.pool(), "relayed").await?;
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT id, source, body FROM status_messages WHERE id > ? ORDER BY id LIMIT ?",
+    )
+    .bind(cursor)
+    .bind(BATCH)
+    .fetch_all(state.db.pool())
+    .await?;
+    let mut messages = Vec::with_capacity(rows.len());
+    let mut last = cursor;
+    let mut bytes = 0;
+    for (id, source, body) in rows {
+        if bytes > 0 && bytes + body.len() > BATCH_BYTES {
+            break;
+        }
+        bytes += body.len();
+        messages.push(RelayedStatus {
+            source,
+            message: crate::status::parse_stored(&body)?,
+        });
+        last = id;
+    }
+    if messages.is_empty() {
+        return Ok(0);
+    }
+    let count = messages.len();
+    parent
+        .client
+        .relay_status(&RelayBatch { messages })
+        .await
+        .map_err(|err| upstream(&format!("relaying status to {}", parent.code()), err))?;
+    state
+        .progress
+        .lock()
+        .expect("progress lock")
+        .parent_answered();
+    let mut tx = state.db.write().await?;
+    db::advance_cursor(&mut tx.tx, "relayed", last).await?;
+    tx.commit().await?;
+    Ok(count)
+}
+
+/// `POST /api/v1/site/status`: a child relays messages of its subtree.
+/// A child may relay only messages whose source is a site at or below it.
+pub async fn ingest_relayed(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(batch): ApiJson<RelayBatch>,
+) -> Result<Json<RelayAck>> {
+    let child = principal.require_site()?.to_owned();
+    if batch.messages.len() > MAX_MESSAGES {
+        return Err(Error::TooLarge(format!(
+            "{} status messages in one batch; at most {MAX_MESSAGES}",
+            batch.messages.len()
+        )));
+    }
+    let sites = db::subtree(state.db.pool()).await?;
+    let mut sources = Vec::with_capacity(batch.messages.len());
+    for relayed in &batch.messages {
+        let source = StatusSource::parse(&relayed.source)?;
+        if !hierarchy::contains(&sites, &child, source.site.as_str()) {
+            tracing::warn!(%child, source = %source, "refused a relayed status message");
+            return Err(Error::Forbidden(format!(
+                "site {child} may not relay messages of {source}, which is not in its subtree"
+            )));
+        }
+        if relayed.message.seq == 0 {
+            return Err(Error::invalid(
+                "malformed_request",
+                "status sequence numbers start at 1",
+            ));
+        }
+        sources.push(source);
+    }
+    let received = now_ms();
+    let mut tx = state.db.write().await?;
+    let (mut stored, mut duplicates) = (0, 0);
+    for (source, relayed) in sources.iter().zip(&batch.messages) {
+        if db::insert_message(&mut tx.tx, source, &relayed.message, received).await? {
+            stored += 1;
+        } else {
+            duplicates += 1;
+        }
+    }
+    sqlx::query("UPDATE sites SET last_seen_ms = ? WHERE code = ?")
+        .bind(received)
+        .bind(&child)
+        .execute(&mut *tx.tx)
+        .await?;
+    tx.commit().await?;
+    if stored > 0 {
+        state.notify_status_stored();
+    }
+    Ok(Json(RelayAck { stored, duplicates }))
+}

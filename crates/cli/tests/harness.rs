@@ -96,22 +96,63 @@ fn wait_for_url(path: &Path, previous: Option<&str>) -> String {
 
 /// A running site server.
 pub struct Site {
+    pub code: String,
     pub dir: PathBuf,
     pub url: String,
     pub admin_token: String,
     pub join_token: String,
     pub process: Process,
     root: PathBuf,
+    /// Prefix of the directories and logs of this site's DPs and agents.
+    prefix: String,
 }
 
 impl Site {
+    /// A central site `CEN` in `root/site`, its DPs and agents beside it.
     pub fn start(root: &Path) -> Site {
-        let dir = root.join("site");
+        Site::launch(root, "CEN", "site", "", &[])
+    }
+
+    /// A central site `code`; its directories are `root/CODE-*`.
+    pub fn central(root: &Path, code: &str) -> Site {
+        Site::launch(
+            root,
+            code,
+            &format!("{code}-site"),
+            &format!("{code}-"),
+            &[],
+        )
+    }
+
+    /// A child site of `parent` (`kind`: primary or secondary), with more
+    /// `site init` arguments if given (e.g. `--max-rate`).
+    pub fn child(root: &Path, code: &str, kind: &str, parent: &Site, extra: &[&str]) -> Site {
+        let mut args = vec![
+            "--kind",
+            kind,
+            "--parent",
+            &parent.url,
+            "--join-token",
+            &parent.join_token,
+        ];
+        args.extend_from_slice(extra);
+        Site::launch(
+            root,
+            code,
+            &format!("{code}-site"),
+            &format!("{code}-"),
+            &args,
+        )
+    }
+
+    fn launch(root: &Path, code: &str, dir_name: &str, prefix: &str, init_args: &[&str]) -> Site {
+        let dir = root.join(dir_name);
         let out = run_ok(
             Command::new(BIN)
                 .args(["-o", "json", "site", "init"])
                 .arg(&dir)
-                .args(["--code", "CEN"]),
+                .args(["--code", code])
+                .args(init_args),
         );
         let init: Value = serde_json::from_slice(&out.stdout).unwrap();
         let process = Process::spawn(
@@ -122,16 +163,18 @@ impl Site {
                 "--listen",
                 "127.0.0.1:0",
             ],
-            &root.join("site.log"),
+            &root.join(format!("{dir_name}.log")),
         );
         let url = wait_for_url(&dir.join("url"), None);
         Site {
+            code: code.to_owned(),
             url,
             admin_token: init["admin_token"].as_str().unwrap().to_owned(),
             join_token: init["join_token"].as_str().unwrap().to_owned(),
             dir,
             process,
             root: root.to_owned(),
+            prefix: prefix.to_owned(),
         }
     }
 
@@ -141,11 +184,42 @@ impl Site {
         self.process.kill();
         let addr = self.url.trim_start_matches("http://").to_owned();
         std::fs::remove_file(self.dir.join("url")).unwrap();
+        let log = self.root.join(format!(
+            "{}.log",
+            self.dir.file_name().unwrap().to_str().unwrap()
+        ));
         self.process = Process::spawn(
             &["site", "run", self.dir.to_str().unwrap(), "--listen", &addr],
-            &self.root.join("site.log"),
+            &log,
         );
         self.url = wait_for_url(&self.dir.join("url"), None);
+    }
+
+    /// A job's status, as JSON.
+    pub fn job(&self, id: u64) -> Value {
+        self.json(&["job", "status", &id.to_string()])
+    }
+
+    /// Waits up to `timeout` until `check` holds for the job's status.
+    pub fn wait_job(&self, id: u64, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.job(id);
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} at {} not as expected in time: {status:#}",
+                self.code
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `site queues` as JSON.
+    pub fn queues(&self) -> Value {
+        self.json(&["site", "queues"])
     }
 
     /// A `cascade` command with this site as server and the admin token.
@@ -185,7 +259,7 @@ impl Site {
 
     /// Enrolls and starts a DP.
     pub fn add_dp(&self, name: &str) -> Dp {
-        let dir = self.root.join(name);
+        let dir = self.root.join(format!("{}{name}", self.prefix));
         run_ok(Command::new(BIN).args(["dp", "init"]).arg(&dir).args([
             "--site",
             &self.url,
@@ -196,10 +270,11 @@ impl Site {
         ]));
         let process = Process::spawn(
             &["dp", "run", dir.to_str().unwrap()],
-            &self.root.join(format!("{name}.log")),
+            &self.root.join(format!("{}{name}.log", self.prefix)),
         );
         let url = wait_for_url(&dir.join("url"), None);
         Dp {
+            site: self.code.clone(),
             name: name.to_owned(),
             dir,
             url,
@@ -237,6 +312,7 @@ impl Site {
             let done = dps.iter().all(|dp| {
                 status["dps"].as_array().unwrap().iter().any(|row| {
                     row["dp"] == dp.name.as_str()
+                        && row["site"] == dp.site.as_str()
                         && row["state"] == "installed"
                         && row["installed_version"] == version
                         && row["target_version"] == version
@@ -273,7 +349,7 @@ impl Site {
     /// Enrolls an agent with `key=value` tags without starting it (an
     /// offline workstation); returns its directory.
     pub fn init_agent(&self, name: &str, tags: &[&str]) -> PathBuf {
-        let dir = self.root.join(format!("agent-{name}"));
+        let dir = self.root.join(format!("{}agent-{name}", self.prefix));
         let mut command = Command::new(BIN);
         command.args(["agent", "init"]).arg(&dir).args([
             "--site",
@@ -295,7 +371,7 @@ impl Site {
         let dir = self.init_agent(name, tags);
         let process = Process::spawn(
             &["agent", "run", dir.to_str().unwrap()],
-            &self.root.join(format!("agent-{name}.log")),
+            &self.root.join(format!("{}agent-{name}.log", self.prefix)),
         );
         Agent {
             name: name.to_owned(),
@@ -307,6 +383,7 @@ impl Site {
 
 /// A running DP.
 pub struct Dp {
+    pub site: String,
     pub name: String,
     pub dir: PathBuf,
     pub url: String,

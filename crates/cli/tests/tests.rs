@@ -6,6 +6,7 @@ mod harness;
 mod agents;
 mod bad_input;
 mod distribution;
+mod hierarchy;
 mod jobs;
 mod quickstart;
 mod repair;

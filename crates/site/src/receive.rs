@@ -123,8 +123,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How soon to look again for chunks the parent did not hold yet.
 const PARENT_WAIT: Duration = Duration::from_millis(300);
-/// Chunk bytes asked for in one fetch request.
-const FETCH_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// Chunk bytes asked for in one fetch request; between two requests the
+/// worker checks that the version is still the one to bring in.
+const FETCH_BATCH_BYTES: u64 = 2 * 1024 * 1024;
 /// Fetch requests in flight at once.
 const FETCH_PARALLEL: usize = 2;
 /// Least time between two progress messages.
@@ -421,12 +422,24 @@ async fn fetch(
             .collect(),
     );
     let mut results = futures_util::stream::iter(batches)
-        .map(|batch| fetch_batch(state, parent, batch, sizes.clone()))
+        .map(|batch| {
+            let sizes = sizes.clone();
+            async move {
+                // Before each request: is this version still the one to
+                // bring in, or did a newer one supersede it?
+                if !needs(state).await?.contains_key(want) {
+                    return Ok(None);
+                }
+                fetch_batch(state, parent, batch, sizes).await.map(Some)
+            }
+        })
         .buffer_unordered(FETCH_PARALLEL);
     let (mut stored, mut wire, mut bytes_done) = (0u64, 0u64, 0u64);
     let mut last_progress = Instant::now();
     while let Some(result) = results.next().await {
-        let (got, got_bytes, got_wire) = result?;
+        let Some((got, got_bytes, got_wire)) = result? else {
+            return Ok(None);
+        };
         stored += got;
         wire += got_wire;
         bytes_done += got_bytes;
@@ -449,10 +462,6 @@ async fn fetch(
                 },
             )
             .await?;
-            // Between batches: is this version still the one to bring in?
-            if !needs(state).await?.contains_key(want) {
-                return Ok(None);
-            }
         }
     }
     Ok(Some((stored, wire)))

@@ -364,3 +364,610 @@ fn q235788_concurrent_updates_converge() {
         "P01 completed version 1 although newer versions arrived while it was in transit: {completed:?}"
     );
 }
+
+/// The bytes the central site sent a child, from `site list`.
+fn bytes_sent_to(parent: &Site, child: &str) -> u64 {
+    parent
+        .json(&["site", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|site| site["code"] == child)
+        .unwrap()["bytes_sent"]
+        .as_u64()
+        .unwrap()
+}
+
+/// A child site killed with SIGKILL in the middle of receiving a 40 MiB
+/// package resumes where it stopped once restarted: the parent sends the
+/// package about once, plus at most about a chunk per stream for the
+/// interruption, and the child's DP ends with a verified copy.
+#[test]
+fn child_site_killed_mid_transfer_resumes() {
+    let root = tempfile::tempdir().unwrap();
+    let cen = Site::central(root.path(), "CEN");
+    let mut p01 = Site::child(root.path(), "P01", "primary", &cen, &["--max-rate", "8MiB"]);
+    let dp = p01.add_dp("dp1");
+    cen.json(&["dp-group", "create", "branch", "--dp", "P01/dp1"]);
+    let source = root.path().join("src");
+    make_tree(&source, 5, 40 * MIB, 21);
+    let created = cen.create_package("big", &source);
+    let total = created["version"]["total_size"].as_u64().unwrap();
+    cen.json(&["package", "distribute", "big", "--dp-group", "branch"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bytes_sent_to(&cen, "P01") < 12 * MIB as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the transfer to P01 never got going"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p01.process.kill();
+    let sent_before = bytes_sent_to(&cen, "P01");
+    std::thread::sleep(Duration::from_millis(500));
+    p01.restart();
+    cen.wait_installed("big", &[&dp], 1, Duration::from_secs(120));
+    dp.verify_against("big", &source);
+    let sent = bytes_sent_to(&cen, "P01");
+    // Frames carry a 36-byte header and a tag byte per chunk: about 0.1%.
+    let slack = MIB as u64;
+    assert!(
+        sent <= total + total / 100 + slack,
+        "P01 was sent {sent} bytes for a {total}-byte package and one interruption (killed after {sent_before})"
+    );
+    // The restart resumed: it needed fewer bytes than the first start.
+    let started: Vec<u64> = cen
+        .history("big")
+        .iter()
+        .filter(|m| m["source"] == "P01" && m["kind"] == "content_started")
+        .map(|m| m["bytes_needed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(started.len(), 2, "one start per run of P01: {started:?}");
+    assert!(
+        started[1] + 10 * MIB as u64 <= started[0],
+        "the restarted P01 did not resume: {started:?}"
+    );
+}
+
+/// The (source, seq) of every message about `package` from `site`'s subtree.
+fn message_keys(at: &Site, package: &str, site: &str) -> Vec<(String, u64)> {
+    at.history(package)
+        .iter()
+        .filter(|m| {
+            let source = m["source"].as_str().unwrap();
+            source == site || source.starts_with(&format!("{site}/"))
+        })
+        .map(|m| {
+            (
+                m["source"].as_str().unwrap().to_owned(),
+                m["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// While the central site is down, a primary keeps serving its agents,
+/// which run a job whose instruction arrived before; every status message
+/// produced meanwhile waits at the primary and reaches the central site
+/// once it is back: the same messages, none lost, none duplicated, and the
+/// central view counts each workstation once.
+#[test]
+fn parent_down_status_waits_and_arrives_complete() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cen = Site::central(root.path(), "CEN");
+    let p01 = Site::child(root.path(), "P01", "primary", &cen, &[]);
+    p01.json(&["site", "settings", "--agent-poll-interval", "2s"]);
+    let _dp = p01.add_dp("dp1");
+    let _agents: Vec<Agent> = (1..=3)
+        .map(|i| p01.add_agent(&format!("ws{i}"), &["role=kiosk"]))
+        .collect();
+    let source = root.path().join("src");
+    make_tree(&source, 5, MIB, 31);
+    cen.create_package("tool", &source);
+    cen.json(&[
+        "collection",
+        "create",
+        "kiosks",
+        "--rule",
+        "tag.role = kiosk",
+    ]);
+    let offer_at =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(8))
+            .to_string();
+    let job = cen.json(&[
+        "job",
+        "create",
+        "--package",
+        "tool",
+        "--collection",
+        "kiosks",
+        "--offer-at",
+        &offer_at,
+        "--command",
+        "test -f big.bin",
+    ]);
+    let id = job[0]["id"].as_u64().unwrap();
+    cen.wait_job(id, Duration::from_secs(60), |status| {
+        let row = site_row(status, "P01");
+        row["instruction"] == "arrived" && row["distribution"] == "complete"
+    });
+    cen.process.stop();
+
+    // The primary runs the job without its parent.
+    p01.wait_job(id, Duration::from_secs(60), |status| {
+        status["counts"]["complete"] == 3
+    });
+    let queues = p01.queues();
+    assert!(queues["status_pending"].as_u64().unwrap() > 0, "{queues:#}");
+    assert!(!queues["parent"]["error"].is_null(), "{queues:#}");
+    let mut at_p01 = message_keys(&p01, "tool", "P01");
+
+    cen.restart();
+    let status = cen.wait_job(id, Duration::from_secs(60), |status| {
+        status["outcome"] == "complete"
+    });
+    assert_eq!(status["counts"]["complete"], 3, "{status:#}");
+    assert_eq!(status["workstations"].as_array().unwrap().len(), 3);
+    wait_until(
+        "P01 to relay everything",
+        Duration::from_secs(30),
+        || p01.queues(),
+        |queues| queues["status_pending"] == 0,
+    );
+    let mut at_cen = message_keys(&cen, "tool", "P01");
+    let count = at_cen.len();
+    at_cen.sort();
+    at_cen.dedup();
+    assert_eq!(count, at_cen.len(), "duplicates at the central site");
+    at_p01.sort();
+    assert_eq!(
+        at_cen, at_p01,
+        "the central site holds other messages than P01"
+    );
+    assert!(
+        at_p01
+            .iter()
+            .filter(|(source, _)| source.contains("/agent/"))
+            .count()
+            >= 9,
+        "too few agent messages to mean anything: {at_p01:?}"
+    );
+}
+
+/// A workstation's status change at a secondary site is visible at the
+/// central site, two levels up, within about 2 seconds.
+#[test]
+fn secondary_status_reaches_central_within_two_seconds() {
+    let root = tempfile::tempdir().unwrap();
+    let cen = Site::central(root.path(), "CEN");
+    let p01 = Site::child(root.path(), "P01", "primary", &cen, &[]);
+    let s01 = Site::child(root.path(), "S01", "secondary", &p01, &[]);
+    let _dp = s01.add_dp("dp1");
+    let _agent = s01.add_agent("ws1", &[]);
+    let source = root.path().join("src");
+    make_tree(&source, 3, 100_000, 41);
+    cen.create_package("tool", &source);
+    cen.json(&["collection", "create", "ws1", "--machines", "ws1"]);
+    let job = cen.json(&[
+        "job",
+        "create",
+        "--package",
+        "tool",
+        "--collection",
+        "ws1",
+        "--command",
+        "sleep 1",
+    ]);
+    let id = job[0]["id"].as_u64().unwrap();
+    cen.wait_job(id, Duration::from_secs(60), |status| {
+        status["outcome"] == "complete"
+    });
+    let delays: Vec<(String, i64)> = cen
+        .history("tool")
+        .iter()
+        .filter(|m| m["source"] == "S01/agent/ws1")
+        .map(|m| {
+            (
+                m["kind"].as_str().unwrap().to_owned(),
+                m["received_at_ms"].as_i64().unwrap() - m["at_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        delays.iter().any(|(kind, _)| kind == "job_completed"),
+        "{delays:?}"
+    );
+    assert!(
+        delays.iter().all(|(_, delay)| *delay <= 2000),
+        "from the workstation at S01 to the central site: {delays:?}"
+    );
+}
+
+/// Runs SQL against a stopped site's database, as a damaged or rolled back
+/// site, or an attacker with its disk, would leave it.
+fn tamper(site: &Site, statements: &[(&str, Vec<String>)]) {
+    use cascade_store::sqlx;
+    let path = site.dir.join("site.db");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            for (sql, binds) in statements {
+                let mut query = sqlx::query(sql);
+                for bind in binds {
+                    query = query.bind(bind.clone());
+                }
+                query.execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+        });
+}
+
+/// Whether some message of `package` at `site` from `source` of `kind`
+/// has a field `field` containing `text`.
+fn reported(site: &Site, package: &str, source: &str, kind: &str, text: &str) -> bool {
+    site.history(package)
+        .iter()
+        .any(|m| m["source"] == source && m["kind"] == kind && m.to_string().contains(text))
+}
+
+/// A manifest signed by any key but the central site's, or an older
+/// version replayed, is refused at every level: by a child site, by a DP
+/// and by an agent, and nothing moves backwards.
+#[test]
+fn foreign_keys_and_older_versions_are_refused_everywhere() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cen = Site::central(root.path(), "CEN");
+    let p01 = Site::child(root.path(), "P01", "primary", &cen, &[]);
+    cen.json(&["site", "settings", "--agent-poll-interval", "2s"]);
+    let dps = [cen.add_dp("dp1"), p01.add_dp("dp1")];
+    let _agent = cen.add_agent("ws1", &[]);
+    cen.json(&[
+        "dp-group", "create", "both", "--dp", "CEN/dp1", "--dp", "P01/dp1",
+    ]);
+    cen.json(&["collection", "create", "ws1", "--machines", "ws1"]);
+    let source = root.path().join("src");
+    make_tree(&source, 4, 300_000, 51);
+    let src = source.to_str().unwrap();
+    cen.json(&["package", "create", "app", "--source", src]);
+    cen.json(&["package", "distribute", "app", "--dp-group", "both"]);
+    let refs: Vec<&Dp> = dps.iter().collect();
+    cen.wait_installed("app", &refs, 1, Duration::from_secs(60));
+    let held = |dp: &Dp| dp.info()["packages"][0]["version"].as_u64().unwrap();
+
+    // 1. The central site signs with a key nobody pinned (a replaced or
+    // stolen key file): version 2 is refused by P01, by the central site's
+    // DP and by the agent.
+    let key_path = cen.dir.join("site.key");
+    let real_key = std::fs::read(&key_path).unwrap();
+    let other = root.path().join("other");
+    run_ok(
+        std::process::Command::new(BIN)
+            .args(["site", "init"])
+            .arg(&other)
+            .args(["--code", "OTH"]),
+    );
+    cen.process.stop();
+    std::fs::copy(other.join("site.key"), &key_path).unwrap();
+    cen.restart();
+    std::fs::write(source.join("new.txt"), "version 2").unwrap();
+    cen.json(&["package", "update", "app", "--source", src]);
+    let job = cen.json(&[
+        "job",
+        "create",
+        "--package",
+        "app",
+        "--collection",
+        "ws1",
+        "--command",
+        "true",
+    ]);
+    let id = job[0]["id"].as_u64().unwrap();
+    wait_until(
+        "version 2 to be refused everywhere",
+        Duration::from_secs(60),
+        || {
+            Value::Bool(
+                reported(
+                    &cen,
+                    "app",
+                    "P01",
+                    "instruction_refused",
+                    "signed by the central site",
+                ) && reported(&cen, "app", "CEN/dp/dp1", "dp_failed", "refused")
+                    && reported(&cen, "app", "CEN/agent/ws1", "job_failed", "refused"),
+            )
+        },
+        |done| *done == Value::Bool(true),
+    );
+    assert_eq!(cen.job(id)["workstations"][0]["state"], "failed");
+    assert!(
+        dps.iter().all(|dp| held(dp) == 1),
+        "a DP moved to the foreign version"
+    );
+
+    // The real key back: version 3 flows everywhere.
+    cen.process.stop();
+    std::fs::write(&key_path, &real_key).unwrap();
+    cen.restart();
+    std::fs::write(source.join("new.txt"), "version 3").unwrap();
+    cen.json(&["package", "update", "app", "--source", src]);
+    cen.wait_installed("app", &refs, 3, Duration::from_secs(60));
+
+    // 2. Older versions replayed, properly signed: version 1's manifest
+    // renumbered 2 and sent to P01, the central DP told to go back to
+    // version 1, and version 1's manifest served to the agent as version 3.
+    let v1 = cen.json(&["package", "show", "app"]);
+    assert_eq!(v1["versions"].as_array().unwrap().len(), 3);
+    let wire: Value = serde_json::from_slice(
+        &http(
+            reqwest::Method::GET,
+            &format!("{}/api/v1/packages/app/versions/1/manifest", cen.url),
+            Some(&cen.admin_token),
+            None,
+            &[],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut manifest: cascade_content::Manifest =
+        serde_json::from_str(wire["manifest"].as_str().unwrap()).unwrap();
+    manifest.version = 2;
+    let key = cascade_content::read_key(&key_path).unwrap();
+    let signed = cascade_content::sign(&manifest, &key).unwrap();
+    let replay = serde_json::json!({
+        "kind": "package_version",
+        "package": "app",
+        "version": 2,
+        "manifest": {
+            "manifest": String::from_utf8(signed.bytes.clone()).unwrap(),
+            "signature": hex_of(&signed.signature),
+        },
+    });
+    cen.process.stop();
+    tamper(
+        &cen,
+        &[
+            (
+                "INSERT INTO site_outbox (child, kind, package, body, created_at_ms)
+                 VALUES ('P01', 'package_version', 'app', ?, 0)",
+                vec![replay.to_string()],
+            ),
+            (
+                "UPDATE distributions SET version = 1 WHERE dp_id = (SELECT id FROM dps WHERE name = 'dp1')",
+                vec![],
+            ),
+            ("UPDATE dps SET revision = revision + 1", vec![]),
+            (
+                "UPDATE package_versions SET manifest = (SELECT manifest FROM package_versions WHERE version = 1),
+                   signature = (SELECT signature FROM package_versions WHERE version = 1)
+                 WHERE version = 3",
+                vec![],
+            ),
+        ],
+    );
+    cen.restart();
+    wait_until(
+        "the older versions to be refused by P01 and the DP",
+        Duration::from_secs(60),
+        || {
+            Value::Bool(
+                reported(
+                    &cen,
+                    "app",
+                    "P01",
+                    "instruction_refused",
+                    "not newer than version 3",
+                ) && reported(
+                    &cen,
+                    "app",
+                    "CEN/dp/dp1",
+                    "dp_failed",
+                    "not newer than version 3",
+                ),
+            )
+        },
+        |done| *done == Value::Bool(true),
+    );
+    let job = cen.json(&[
+        "job",
+        "create",
+        "--package",
+        "app",
+        "--collection",
+        "ws1",
+        "--command",
+        "true",
+    ]);
+    let id = job[0]["id"].as_u64().unwrap();
+    cen.wait_job(id, Duration::from_secs(60), |status| {
+        status["workstations"][0]["state"] == "failed"
+    });
+    let failed = cen.job(id);
+    assert!(
+        failed["workstations"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("manifest of app v1"),
+        "{failed:#}"
+    );
+    assert!(dps.iter().all(|dp| held(dp) == 3), "a DP went back");
+    let at_p01 = p01.json(&["package", "show", "app"]);
+    let versions: Vec<u64> = at_p01["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 3], "P01 stored a refused version");
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Joining and the routes between sites refuse what is wrong, naming it,
+/// and leave nothing behind.
+#[test]
+fn hierarchy_refuses_bad_input() {
+    let root = tempfile::tempdir().unwrap();
+    let cen = Site::central(root.path(), "CEN");
+    let p01 = Site::child(root.path(), "P01", "primary", &cen, &[]);
+    let p02 = Site::child(root.path(), "P02", "primary", &cen, &[]);
+    let join = |dir: &str, code: &str, kind: &str, parent: &Site, token: &str, extra: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(["site", "init"])
+            .arg(root.path().join(dir))
+            .args([
+                "--code",
+                code,
+                "--kind",
+                kind,
+                "--parent",
+                &parent.url,
+                "--join-token",
+                token,
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{dir} joined");
+        assert!(!root.path().join(dir).exists(), "{dir} was left behind");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = join("a", "S09", "secondary", &cen, &cen.join_token, &[]);
+    assert!(err.contains("parent must be a primary"), "{err}");
+    let err = join("b", "P01", "primary", &p02, &p02.join_token, &[]);
+    assert!(err.contains("already used in the hierarchy"), "{err}");
+    let err = join("c", "P09", "primary", &cen, "cas_join_wrong", &[]);
+    assert!(err.contains("invalid join token"), "{err}");
+    let err = join("d", "p09", "primary", &cen, &cen.join_token, &[]);
+    assert!(err.contains("site code"), "{err}");
+    let err = join(
+        "e",
+        "P09",
+        "primary",
+        &cen,
+        &cen.join_token,
+        &["--central-key", &"ab".repeat(32)],
+    );
+    assert!(err.contains("not the pinned"), "{err}");
+    let s01 = Site::child(root.path(), "S01", "secondary", &p01, &[]);
+    let err = join("f", "S02", "secondary", &s01, &s01.join_token, &[]);
+    assert!(err.contains("cannot have child sites"), "{err}");
+
+    // What only the central site does.
+    let source = root.path().join("src");
+    make_tree(&source, 2, 1000, 61);
+    let err = p01.fails(&[
+        "package",
+        "create",
+        "x",
+        "--source",
+        source.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("central site CEN") && err.contains("not_central"),
+        "{err}"
+    );
+    let err = p01.fails(&["collection", "create", "c", "--machines", "a"]);
+    assert!(err.contains("not_central"), "{err}");
+    let err = p01.fails(&["dp-group", "create", "g", "--dp", "P01/dp1"]);
+    assert!(err.contains("not_central"), "{err}");
+
+    // DP groups name known DPs of known sites.
+    let _dp = p01.add_dp("dp1");
+    let err = cen.fails(&["dp-group", "create", "g", "--dp", "P01/dp9"]);
+    assert!(err.contains("unknown dp \"P01/dp9\""), "{err}");
+    let err = cen.fails(&["dp-group", "create", "g", "--dp", "X01/dp1"]);
+    assert!(err.contains("unknown site"), "{err}");
+    let err = cen.fails(&["dp-group", "create", "g", "--dp", "dp1"]);
+    assert!(err.contains("is not SITE/DP"), "{err}");
+    // A DP's enrollment travels up as a message; once it arrived the
+    // group can name it.
+    wait_until(
+        "P01/dp1 to be known at the central site",
+        Duration::from_secs(30),
+        || {
+            let out = cen
+                .cmd(&["-o", "json", "dp-group", "create", "g", "--dp", "P01/dp1"])
+                .output()
+                .unwrap();
+            Value::Bool(out.status.success())
+        },
+        |ok| *ok == Value::Bool(true),
+    );
+    cen.create_package("tool", &source);
+    cen.json(&["collection", "create", "all", "--machines", "a"]);
+    let err = cen.fails(&[
+        "job",
+        "create",
+        "--package",
+        "tool",
+        "--collection",
+        "all",
+        "--command",
+        "true",
+        "--dp-group",
+        "nope",
+    ]);
+    assert!(err.contains("unknown_dp_group"), "{err}");
+    let err = cen.fails(&["site", "link", "S01", "--max-rate", "1MiB"]);
+    assert!(err.contains("not a direct child"), "{err}");
+    let err = cen.fails(&["site", "link", "P01", "--max-rate", "fast"]);
+    assert!(err.contains("not a rate"), "{err}");
+
+    // The routes between sites take a site's credential, and a site relays
+    // only its own subtree's messages.
+    let post = |url: &str, token: &str, body: Value| {
+        http(
+            reqwest::Method::POST,
+            url,
+            Some(token),
+            Some(body.to_string().into_bytes()),
+            &[],
+        )
+    };
+    let relay = format!("{}/api/v1/site/status", cen.url);
+    let message = |source: &str| {
+        serde_json::json!({"messages": [{"source": source, "seq": 1, "at_ms": 1,
+            "kind": "dp_enrolled", "dp": "dpx"}]})
+    };
+    let err = post(&relay, &cen.admin_token, message("P01")).unwrap_err();
+    assert!(err.starts_with("403"), "{err}");
+    let p02_credential: Value =
+        serde_json::from_str(&std::fs::read_to_string(p02.dir.join("parent.json")).unwrap())
+            .unwrap();
+    let p02_token = p02_credential["credential"].as_str().unwrap();
+    let err = post(&relay, p02_token, message("P01/dp/dp1")).unwrap_err();
+    assert!(
+        err.starts_with("403") && err.contains("not in its subtree"),
+        "{err}"
+    );
+    let err = post(&relay, p02_token, message("CEN")).unwrap_err();
+    assert!(err.starts_with("403"), "{err}");
+    let err = post(&relay, p02_token, message("P02/robot/x")).unwrap_err();
+    assert!(err.starts_with("400"), "{err}");
+    let err = http(
+        reqwest::Method::GET,
+        &format!("{}/api/v1/site/instructions", cen.url),
+        Some(&cen.admin_token),
+        None,
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.starts_with("403"), "{err}");
+    let wants = serde_json::json!({"wants": (0..10_001).map(|i| serde_json::json!({"package": "p", "version": i})).collect::<Vec<_>>()});
+    let err = http(
+        reqwest::Method::PUT,
+        &format!("{}/api/v1/site/wants", cen.url),
+        Some(p02_token),
+        Some(wants.to_string().into_bytes()),
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.starts_with("413"), "{err}");
+}

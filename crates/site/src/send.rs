@@ -240,7 +240,7 @@ pub async fn receive_worker(state: AppState) {
         match result {
             Ok(()) => backoff = MIN_BACKOFF,
             Err(err) => {
-                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "parent unreachable; serving DPs and agents from what is here");
+                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "fetching instructions failed; serving DPs and agents from what is here");
                 state
                     .progress
                     .lock()

@@ -1,23 +1,36 @@
-//! `cascade quickstart`: a site server, two DPs and ten agents as separate
-//! processes in a temporary directory, a sample package ingested and
-//! distributed, a mandatory job to all ten workstations, live progress and
-//! the final per-DP and per-workstation tables.
+//! `cascade quickstart`: a three-level hierarchy in a temporary directory —
+//! central site CEN, primaries P01 and P02 under it, secondary S01 under
+//! P01 — with a DP and three workstation agents at every site, each a
+//! separate process; a sample package ingested at CEN and one mandatory job
+//! to every workstation, with live status by site and the final per-site,
+//! per-workstation and per-DP tables.
 
 use crate::ingest;
 use crate::output::{self, Output};
 use anyhow::{bail, Context, Result};
-use cascade_protocol::{Client, CollectionRequest, DistributeRequest, JobRequest, VersionIntent};
+use cascade_protocol::{Client, CollectionRequest, JobRequest, VersionIntent};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-/// Workstations the quickstart starts.
-const AGENTS: usize = 10;
+/// The hierarchy: (code, kind, parent).
+const SITES: [(&str, &str, Option<&str>); 4] = [
+    ("CEN", "central", None),
+    ("P01", "primary", Some("CEN")),
+    ("P02", "primary", Some("CEN")),
+    ("S01", "secondary", Some("P01")),
+];
+
+/// Workstations the quickstart starts at each site.
+const AGENTS_PER_SITE: usize = 3;
+
+/// How long the job may take before the quickstart gives up.
+const JOB_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Options of `cascade quickstart`.
 #[derive(clap::Args)]
 pub struct QuickstartArgs {
-    /// Leave the site and DPs running and print how to use the CLI against
+    /// Leave every process running and print how to use the CLI against
     /// them; stop with Ctrl-C.
     #[arg(long)]
     keep_running: bool,
@@ -124,7 +137,15 @@ fn write_sample(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs the quickstart; exit 0 when every DP holds the sample package.
+/// A site the quickstart started.
+struct Started {
+    code: &'static str,
+    url: String,
+    admin_token: String,
+    join_token: String,
+}
+
+/// Runs the quickstart; exit 0 when the job is complete everywhere.
 pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
     let temp;
     let root = match &args.dir {
@@ -145,84 +166,90 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
     };
     say(&format!("quickstart in {}", root.display()));
 
-    let site_dir = root.join("site");
-    let site = cascade_site::init(&site_dir, "CEN", None).await?;
     let mut children = Children(Vec::new());
-    children.spawn(
-        "site",
-        &[
-            "site",
-            "run",
-            path_str(&site_dir)?,
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &logs,
-    )?;
-    let site_url = wait_for_url(&site_dir.join(cascade_site::layout::URL), &mut children).await?;
-    say(&format!("site CEN listening on {site_url}"));
-
-    for name in ["dp1", "dp2"] {
-        let dir = root.join(name);
-        cascade_dp::init(&dir, &site_url, &site.join_token, name, "127.0.0.1:0").await?;
-        children.spawn(name, &["dp", "run", path_str(&dir)?], &logs)?;
-        let url = wait_for_url(&dir.join(cascade_dp::layout::URL), &mut children).await?;
-        say(&format!("dp {name} enrolled, serving on {url}"));
+    let mut sites: Vec<Started> = Vec::new();
+    for (code, kind, parent) in SITES {
+        let dir = root.join(code.to_lowercase());
+        let join = match parent {
+            None => None,
+            Some(parent) => {
+                let parent = sites
+                    .iter()
+                    .find(|site| site.code == parent)
+                    .context("a parent starts before its children")?;
+                Some(cascade_site::Join {
+                    kind: kind.to_owned(),
+                    parent_url: parent.url.clone(),
+                    join_token: parent.join_token.clone(),
+                    central_key: None,
+                    max_rate: None,
+                })
+            }
+        };
+        let report = cascade_site::init(&dir, code, join.as_ref())
+            .await
+            .with_context(|| format!("creating site {code}"))?;
+        children.spawn(
+            code,
+            &["site", "run", path_str(&dir)?, "--listen", "127.0.0.1:0"],
+            &logs,
+        )?;
+        let url = wait_for_url(&dir.join(cascade_site::layout::URL), &mut children).await?;
+        say(&format!(
+            "site {code} ({kind}{}) listening on {url}",
+            parent.map_or(String::new(), |parent| format!(" under {parent}"))
+        ));
+        sites.push(Started {
+            code,
+            url,
+            admin_token: report.admin_token,
+            join_token: report.join_token,
+        });
     }
 
+    for site in &sites {
+        let dp = format!("{}-dp1", site.code.to_lowercase());
+        let dir = root.join(&dp);
+        cascade_dp::init(&dir, &site.url, &site.join_token, "dp1", "127.0.0.1:0").await?;
+        children.spawn(&dp, &["dp", "run", path_str(&dir)?], &logs)?;
+        wait_for_url(&dir.join(cascade_dp::layout::URL), &mut children).await?;
+        for i in 1..=AGENTS_PER_SITE {
+            let name = format!("{}-ws{i}", site.code.to_lowercase());
+            let dir = root.join(&name);
+            cascade_agent::init(
+                &dir,
+                &site.url,
+                &site.join_token,
+                &name,
+                &["fleet=demo".to_owned()],
+            )
+            .await?;
+            children.spawn(&name, &["agent", "run", path_str(&dir)?], &logs)?;
+        }
+    }
+    let workstations = sites.len() * AGENTS_PER_SITE;
+    say(&format!(
+        "a DP and {AGENTS_PER_SITE} agents at each site: {} DPs, {workstations} workstations",
+        sites.len()
+    ));
+
+    let central = &sites[0];
     let sample = root.join("sample");
     write_sample(&sample)?;
-    let client = Client::new(&site_url, Some(&site.admin_token))?;
+    let client = Client::new(&central.url, Some(&central.admin_token))?;
     let report =
         ingest::ingest(&client, "sample", &sample, VersionIntent::Create, !out.json).await?;
     say(&format!(
-        "ingested package sample v{}: {} files, {}",
+        "ingested package sample v{} at CEN: {} files, {}",
         report.version.version,
         report.version.file_count,
         output::bytes(report.version.total_size)
     ));
     client
-        .distribute(
-            "sample",
-            &DistributeRequest {
-                dps: Vec::new(),
-                all_dps: true,
-                dp_group: None,
-            },
-        )
-        .await?;
-    say("distributing to all dps:");
-    let status =
-        output::watch_package(&client, "sample", Duration::from_secs(120), !out.json).await?;
-    if !out.json {
-        out.package_status(&status);
-    }
-    let distributed = output::all_installed(&status);
-    if !distributed {
-        eprintln!(
-            "error: not every dp holds the package after 120 s; logs are in {}",
-            logs.display()
-        );
-    }
-
-    // Ten workstations, each its own agent process, and one mandatory job.
-    for i in 1..=AGENTS {
-        let name = format!("ws{i:02}");
-        let dir = root.join(&name);
-        let role = if i % 2 == 0 {
-            "role=kiosk"
-        } else {
-            "role=office"
-        };
-        cascade_agent::init(&dir, &site_url, &site.join_token, &name, &[role.to_owned()]).await?;
-        children.spawn(&name, &["agent", "run", path_str(&dir)?], &logs)?;
-    }
-    say(&format!("{AGENTS} agents enrolled and running"));
-    client
         .create_collection(&CollectionRequest {
             name: "all".into(),
             machines: Vec::new(),
-            rule: Some("site = CEN".into()),
+            rule: Some("tag.fleet = demo".into()),
         })
         .await?;
     let job = client
@@ -242,35 +269,42 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
         })
         .await?;
     say(&format!(
-        "job {}: sh install.sh on collection all (rule: site = CEN):",
+        "job {}: sh install.sh on collection all (rule: tag.fleet = demo), at every site:",
         job.offer.id
     ));
-    let job_status =
-        output::watch_job(&client, job.offer.id, Duration::from_secs(120), !out.json).await?;
-    out.job_status(&job_status);
-    let complete = job_status.counts.get("complete").copied().unwrap_or(0);
-    let ran = complete == AGENTS as u64 && job_status.workstations.len() == AGENTS;
-    if !ran {
+    let status = output::watch_job(&client, job.offer.id, JOB_TIMEOUT, !out.json).await?;
+    out.job_status(&status);
+    let complete = status.counts.get("complete").copied().unwrap_or(0);
+    let ok = status.outcome == "complete" && complete == workstations as u64;
+    if !ok {
         eprintln!(
-            "error: {complete} of {AGENTS} workstations completed the job; logs are in {}",
+            "error: the job is {} after {} s ({complete} of {workstations} workstations complete); logs are in {}",
+            status.outcome.replace('_', " "),
+            JOB_TIMEOUT.as_secs(),
             logs.display()
         );
     }
-    let ok = distributed && ran;
     if args.keep_running {
         // On stderr, so that `-o json` keeps stdout to one JSON document.
         eprintln!();
-        eprintln!("everything keeps running; in another shell:");
-        eprintln!("  export CASCADE_SERVER={site_url}");
-        eprintln!("  export CASCADE_TOKEN={}", site.admin_token);
-        eprintln!("  cascade package status sample");
+        eprintln!("everything keeps running; in another shell, at the central site:");
+        eprintln!("  export CASCADE_SERVER={}", central.url);
+        eprintln!("  export CASCADE_TOKEN={}", central.admin_token);
         eprintln!("  cascade job status 1 --watch");
-        eprintln!("  cascade agent list");
-        eprintln!("  cascade dp list");
+        eprintln!("  cascade site list");
+        eprintln!("  cascade site queues");
+        eprintln!("  cascade package status sample");
         eprintln!(
             "  cascade package update sample --source {}",
             sample.display()
         );
+        eprintln!("the other sites (their own view of their subtree):");
+        for site in &sites[1..] {
+            eprintln!(
+                "  {}: CASCADE_SERVER={} CASCADE_TOKEN={}",
+                site.code, site.url, site.admin_token
+            );
+        }
         eprintln!("logs: {}   stop with Ctrl-C", logs.display());
         crate::shutdown_signal().await;
     }

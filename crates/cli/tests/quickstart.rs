@@ -1,4 +1,5 @@
-//! The README's quickstart command works: site, DPs and ten agents, exit 0.
+//! The README's quickstart command works: four sites on three levels, a DP
+//! and three agents at each, one job complete everywhere, exit 0.
 
 use crate::harness::BIN;
 
@@ -19,9 +20,21 @@ fn quickstart_runs_the_whole_tour_and_exits_zero() {
     );
     // With -o json, stdout is one JSON document: the job's status.
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["counts"]["complete"], 10, "{status:#}");
+    assert_eq!(status["outcome"], "complete", "{status:#}");
+    assert_eq!(status["counts"]["complete"], 12, "{status:#}");
+    let sites: Vec<&str> = status["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|site| {
+            assert_eq!(site["distribution"], "complete", "{site:#}");
+            assert_eq!(site["runs"]["complete"], 3, "{site:#}");
+            site["site"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(sites, ["CEN", "P01", "P02", "S01"]);
     assert!(dir
-        .join("ws01")
+        .join("s01-ws3")
         .join("jobs")
         .join("1")
         .join("installed")

@@ -217,6 +217,19 @@ impl Site {
         }
     }
 
+    /// `dp-group create NAME --dp SITE/DP ...` for `dps`.
+    pub fn create_group(&self, name: &str, dps: &[&Dp]) -> Value {
+        let members: Vec<String> = dps
+            .iter()
+            .map(|dp| format!("{}/{}", dp.site, dp.name))
+            .collect();
+        let mut args = vec!["dp-group", "create", name];
+        for member in &members {
+            args.extend(["--dp", member.as_str()]);
+        }
+        self.json(&args)
+    }
+
     /// `site queues` as JSON.
     pub fn queues(&self) -> Value {
         self.json(&["site", "queues"])

@@ -244,15 +244,8 @@ fn q258424_update_right_after_create_hierarchy() {
         p01.add_dp("dp2"),
         s01.add_dp("dp1"),
     ];
-    let members: Vec<String> = dps
-        .iter()
-        .map(|dp| format!("{}/{}", dp.site, dp.name))
-        .collect();
-    let mut args = vec!["dp-group", "create", "everywhere"];
-    for member in &members {
-        args.extend(["--dp", member.as_str()]);
-    }
-    cen.json(&args);
+    let refs: Vec<&Dp> = dps.iter().collect();
+    cen.create_group("everywhere", &refs);
     let source = root.path().join("src");
     make_tree(&source, 30, 8 * MIB, 2);
     let src = source.to_str().unwrap();
@@ -262,7 +255,6 @@ fn q258424_update_right_after_create_hierarchy() {
     // At once, while every site is still receiving version 1.
     std::fs::write(source.join("big.bin"), random_bytes(99, 8 * MIB)).unwrap();
     cen.json(&["package", "update", "app", "--source", src]);
-    let refs: Vec<&Dp> = dps.iter().collect();
     cen.wait_installed("app", &refs, 2, Duration::from_secs(180));
     for dp in &dps {
         dp.verify_against("app", &source);
@@ -287,15 +279,8 @@ fn q235788_concurrent_updates_converge() {
     let p01 = Site::child(root.path(), "P01", "primary", &cen, &["--max-rate", "2MiB"]);
     let s01 = Site::child(root.path(), "S01", "secondary", &p01, &[]);
     let dps = [cen.add_dp("dp1"), p01.add_dp("dp1"), s01.add_dp("dp1")];
-    let members: Vec<String> = dps
-        .iter()
-        .map(|dp| format!("{}/{}", dp.site, dp.name))
-        .collect();
-    let mut args = vec!["dp-group", "create", "all"];
-    for member in &members {
-        args.extend(["--dp", member.as_str()]);
-    }
-    cen.json(&args);
+    let refs: Vec<&Dp> = dps.iter().collect();
+    cen.create_group("all", &refs);
     let source = root.path().join("src");
     make_tree(&source, 20, 12 * MIB, 3);
     let src = source.to_str().unwrap();
@@ -322,7 +307,6 @@ fn q235788_concurrent_updates_converge() {
         std::fs::write(&big, data).unwrap();
         cen.json(&["package", "update", "app", "--source", src]);
     }
-    let refs: Vec<&Dp> = dps.iter().collect();
     cen.wait_installed("app", &refs, 6, Duration::from_secs(180));
     for dp in &dps {
         dp.verify_against("app", &source);

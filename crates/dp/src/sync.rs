@@ -276,22 +276,7 @@ async fn fetch(
     if missing.is_empty() {
         return Ok(0);
     }
-    let mut batches: Vec<Vec<ChunkHash>> = Vec::new();
-    let mut current = Vec::new();
-    let mut current_bytes = 0u64;
-    for chunk in missing {
-        current.push(chunk.hash);
-        current_bytes += chunk.size as u64;
-        if current_bytes >= FETCH_BATCH_BYTES
-            || current.len() >= cascade_protocol::MAX_HASHES_PER_REQUEST
-        {
-            batches.push(std::mem::take(&mut current));
-            current_bytes = 0;
-        }
-    }
-    if !current.is_empty() {
-        batches.push(current);
-    }
+    let batches = cascade_protocol::fetch_batches(missing, FETCH_BATCH_BYTES);
     let sizes: std::collections::HashMap<ChunkHash, u64> = missing
         .iter()
         .map(|chunk| (chunk.hash, chunk.size as u64))

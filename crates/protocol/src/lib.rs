@@ -34,6 +34,29 @@ pub const MAX_UPLOAD_BODY: usize = 64 * 1024 * 1024;
 /// Most chunk hashes asked for in one request.
 pub const MAX_HASHES_PER_REQUEST: usize = 4096;
 
+/// Splits chunks to fetch into requests of about `max_bytes` each, and at
+/// most [`MAX_HASHES_PER_REQUEST`] hashes.
+pub fn fetch_batches(
+    chunks: &[cascade_content::ChunkRef],
+    max_bytes: u64,
+) -> Vec<Vec<cascade_content::ChunkHash>> {
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let mut current_bytes = 0u64;
+    for chunk in chunks {
+        current.push(chunk.hash);
+        current_bytes += chunk.size as u64;
+        if current_bytes >= max_bytes || current.len() >= MAX_HASHES_PER_REQUEST {
+            batches.push(std::mem::take(&mut current));
+            current_bytes = 0;
+        }
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
 /// The header that carries a credential: `Authorization: Bearer <token>`.
 pub const AUTHORIZATION: &str = "authorization";
 

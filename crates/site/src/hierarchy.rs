@@ -439,10 +439,16 @@ pub async fn set_link(
 /// Records that a direct child was heard from.
 pub async fn touch(state: &AppState, child: &str) -> Result<()> {
     let mut tx = state.db.write().await?;
+    touch_in(&mut tx, child).await?;
+    Ok(tx.commit().await?)
+}
+
+/// [`touch`] inside the caller's transaction.
+pub async fn touch_in(tx: &mut crate::db::WriteTx<'_>, child: &str) -> Result<()> {
     sqlx::query("UPDATE sites SET last_seen_ms = ? WHERE code = ?")
         .bind(now_ms())
         .bind(child)
         .execute(&mut *tx.tx)
         .await?;
-    Ok(tx.commit().await?)
+    Ok(())
 }

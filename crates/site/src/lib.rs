@@ -24,6 +24,7 @@ mod receive;
 mod relay;
 mod send;
 mod status;
+mod worker;
 
 pub use error::{Error, Result};
 

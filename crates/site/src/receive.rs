@@ -58,11 +58,7 @@ pub async fn put_wants(
             .execute(&mut *tx.tx)
             .await?;
     }
-    sqlx::query("UPDATE sites SET last_seen_ms = ? WHERE code = ?")
-        .bind(now_ms())
-        .bind(&child)
-        .execute(&mut *tx.tx)
-        .await?;
+    crate::hierarchy::touch_in(&mut tx, &child).await?;
     tx.commit().await?;
     state.notify_content_needs_changed();
     Ok(Json(serde_json::json!({})))
@@ -399,22 +395,7 @@ async fn fetch(
     missing: &[ChunkRef],
     bytes_needed: u64,
 ) -> Result<Option<(u64, u64)>> {
-    let mut batches: Vec<Vec<ChunkHash>> = Vec::new();
-    let mut current = Vec::new();
-    let mut current_bytes = 0u64;
-    for chunk in missing {
-        current.push(chunk.hash);
-        current_bytes += chunk.size as u64;
-        if current_bytes >= FETCH_BATCH_BYTES
-            || current.len() >= cascade_protocol::MAX_HASHES_PER_REQUEST
-        {
-            batches.push(std::mem::take(&mut current));
-            current_bytes = 0;
-        }
-    }
-    if !current.is_empty() {
-        batches.push(current);
-    }
+    let batches = cascade_protocol::fetch_batches(missing, FETCH_BATCH_BYTES);
     let sizes: Arc<HashMap<ChunkHash, u64>> = Arc::new(
         missing
             .iter()

@@ -30,48 +30,32 @@ const BATCH: i64 = 1000;
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Most messages accepted per request.
 const MAX_MESSAGES: usize = 10_000;
-/// Shortest and longest waits between retries.
-const MIN_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
 /// The child's relay: delivers stored messages to the parent until
-/// shutdown, woken within milliseconds whenever messages are stored.
+/// shutdown, woken within milliseconds whenever messages are stored; while
+/// the parent is unreachable they wait here.
 pub async fn relay_worker(state: AppState) {
     let Some(parent) = state.parent.clone() else {
         return;
     };
-    let mut shutdown = state.shutdown.clone();
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let result = relay_once(&state, &parent).await;
-        match result {
-            Ok(0) => {
-                backoff = MIN_BACKOFF;
-                tokio::select! {
-                    _ = state.wakes.relay.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.changed() => return,
-                }
+    crate::worker::run(
+        &state,
+        "relaying status to the parent",
+        Some(&state.wakes.relay),
+        Duration::from_secs(1),
+        || {
+            let (state, parent) = (state.clone(), parent.clone());
+            async move {
+                relay_once(&state, &parent)
+                    .await
+                    .map(|count| count > 0)
+                    .inspect_err(|err| {
+                        let mut progress = state.progress.lock().expect("progress lock");
+                        progress.parent_failed(err.to_string());
+                    })
             }
-            Ok(_) => backoff = MIN_BACKOFF,
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "relaying status failed; messages wait here");
-                state
-                    .progress
-                    .lock()
-                    .expect("progress lock")
-                    .parent_failed(err.to_string());
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
+        },
+    )
+    .await
 }
 
 /// Relays one batch; returns how many messages it carried.
@@ -160,11 +144,7 @@ pub async fn ingest_relayed(
             duplicates += 1;
         }
     }
-    sqlx::query("UPDATE sites SET last_seen_ms = ? WHERE code = ?")
-        .bind(received)
-        .bind(&child)
-        .execute(&mut *tx.tx)
-        .await?;
+    crate::hierarchy::touch_in(&mut tx, &child).await?;
     tx.commit().await?;
     if stored > 0 {
         state.notify_status_stored();

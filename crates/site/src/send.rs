@@ -150,11 +150,7 @@ pub async fn instructions(
             .bind(query.after as i64)
             .execute(&mut *tx.tx)
             .await?;
-        sqlx::query("UPDATE sites SET last_seen_ms = ? WHERE code = ?")
-            .bind(now_ms())
-            .bind(&child)
-            .execute(&mut *tx.tx)
-            .await?;
+        crate::hierarchy::touch_in(&mut tx, &child).await?;
         tx.commit().await?;
     }
     loop {
@@ -196,64 +192,44 @@ pub async fn instructions(
 
 /// How long one instructions poll waits for something new.
 const POLL_WAIT: Duration = Duration::from_secs(30);
-/// Shortest and longest waits between retries.
-const MIN_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The child's receiver: long-polls the parent and stores what arrives in
-/// the inbox. Runs until shutdown; backs off while the parent is down.
+/// the inbox, until shutdown. While the parent is unreachable it backs off,
+/// and the site serves its DPs and agents from what it holds.
 pub async fn receive_worker(state: AppState) {
     let Some(parent) = state.parent.clone() else {
         return;
     };
-    let mut shutdown = state.shutdown.clone();
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let after = match db::cursor(state.db.pool(), "instructions").await {
-            Ok(after) => after as u64,
-            Err(err) => {
-                tracing::warn!(error = %err, "reading the instruction cursor failed");
-                0
-            }
-        };
-        let polled = tokio::select! {
-            polled = parent.client.instructions(after, POLL_WAIT) => polled,
-            _ = shutdown.changed() => return,
-        };
-        let result = match polled {
-            Ok(answer) => {
+    crate::worker::run(
+        &state,
+        "fetching instructions from the parent",
+        None,
+        Duration::ZERO,
+        || {
+            let (state, parent) = (state.clone(), parent.clone());
+            async move {
+                let after = db::cursor(state.db.pool(), "instructions").await? as u64;
+                let polled = parent.client.instructions(after, POLL_WAIT).await;
+                let answer = polled.map_err(|err| {
+                    let err = hierarchy::upstream(
+                        &format!("fetching instructions from {}", parent.code()),
+                        err,
+                    );
+                    let mut progress = state.progress.lock().expect("progress lock");
+                    progress.parent_failed(err.to_string());
+                    err
+                })?;
                 state
                     .progress
                     .lock()
                     .expect("progress lock")
                     .parent_answered();
-                store_in_inbox(&state, answer.instructions).await
+                store_in_inbox(&state, answer.instructions).await?;
+                Ok(true)
             }
-            Err(err) => Err(hierarchy::upstream(
-                &format!("fetching instructions from {}", parent.code()),
-                err,
-            )),
-        };
-        match result {
-            Ok(()) => backoff = MIN_BACKOFF,
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "fetching instructions failed; serving DPs and agents from what is here");
-                state
-                    .progress
-                    .lock()
-                    .expect("progress lock")
-                    .parent_failed(err.to_string());
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
+        },
+    )
+    .await
 }
 
 async fn store_in_inbox(state: &AppState, instructions: Vec<InstructionEnvelope>) -> Result<()> {
@@ -286,31 +262,17 @@ async fn store_in_inbox(state: &AppState, instructions: Vec<InstructionEnvelope>
 
 /// The child's applier: applies the inbox in order until shutdown.
 pub async fn apply_worker(state: AppState) {
-    let mut shutdown = state.shutdown.clone();
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        match apply_next(&state).await {
-            Ok(true) => backoff = MIN_BACKOFF,
-            Ok(false) => {
-                tokio::select! {
-                    _ = state.wakes.inbox.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = shutdown.changed() => return,
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "applying an instruction failed; will retry");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
+    crate::worker::run(
+        &state,
+        "applying an instruction",
+        Some(&state.wakes.inbox),
+        Duration::from_secs(5),
+        || {
+            let state = state.clone();
+            async move { apply_next(&state).await }
+        },
+    )
+    .await
 }
 
 /// Whether an error means the instruction can never apply (as opposed to

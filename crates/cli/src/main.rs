@@ -97,7 +97,7 @@ enum SiteCommand {
         /// URL of the parent site server.
         #[arg(long, requires_all = ["kind", "join_token"])]
         parent: Option<String>,
-        /// The parent's join token (its DIR/join.token).
+        /// The parent's site join token (its DIR/site-join.token).
         #[arg(long, requires = "parent")]
         join_token: Option<String>,
         /// Hex of the central site's public key: join only if the parent

@@ -70,6 +70,7 @@ impl Output {
                 "code": report.code,
                 "admin_token": report.admin_token,
                 "join_token": report.join_token,
+                "site_join_token": report.site_join_token,
                 "public_key": report.public_key,
                 "kind": report.kind,
                 "parent": report.parent,
@@ -95,8 +96,13 @@ impl Output {
             report.dir.display()
         );
         println!(
-            "join token:  {}   (also in {}/join.token)",
+            "join token:  {}   (DPs and agents; also in {}/join.token)",
             report.join_token,
+            report.dir.display()
+        );
+        println!(
+            "site join token: {}   (child sites; also in {}/site-join.token)",
+            report.site_join_token,
             report.dir.display()
         );
         match report.parent {
@@ -746,9 +752,10 @@ fn counts(counts: &BTreeMap<String, u64>) -> String {
 
 /// One site's line of a job: instruction, targets, distribution, runs.
 fn site_job_row(site: &SiteJobStatus) -> Vec<String> {
-    let instruction = match site.arrived_at_ms {
-        Some(at) => format!("arrived {}", time(at)),
-        None => site.instruction.clone(),
+    let instruction = match (site.arrived_at_ms, &site.reason) {
+        (Some(at), _) => format!("arrived {}", time(at)),
+        (None, Some(reason)) => format!("refused: {reason}"),
+        (None, None) => site.instruction.replace('_', " "),
     };
     let dps: Vec<String> = site
         .dps

@@ -143,6 +143,7 @@ struct Started {
     url: String,
     admin_token: String,
     join_token: String,
+    site_join_token: String,
 }
 
 /// Runs the quickstart; exit 0 when the job is complete everywhere.
@@ -180,7 +181,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
                 Some(cascade_site::Join {
                     kind: kind.to_owned(),
                     parent_url: parent.url.clone(),
-                    join_token: parent.join_token.clone(),
+                    join_token: parent.site_join_token.clone(),
                     central_key: None,
                     max_rate: None,
                 })
@@ -204,6 +205,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
             url,
             admin_token: report.admin_token,
             join_token: report.join_token,
+            site_join_token: report.site_join_token,
         });
     }
 

@@ -101,6 +101,7 @@ pub struct Site {
     pub url: String,
     pub admin_token: String,
     pub join_token: String,
+    pub site_join_token: String,
     pub process: Process,
     root: PathBuf,
     /// Prefix of the directories and logs of this site's DPs and agents.
@@ -133,7 +134,7 @@ impl Site {
             "--parent",
             &parent.url,
             "--join-token",
-            &parent.join_token,
+            &parent.site_join_token,
         ];
         args.extend_from_slice(extra);
         Site::launch(
@@ -171,6 +172,7 @@ impl Site {
             url,
             admin_token: init["admin_token"].as_str().unwrap().to_owned(),
             join_token: init["join_token"].as_str().unwrap().to_owned(),
+            site_join_token: init["site_join_token"].as_str().unwrap().to_owned(),
             dir,
             process,
             root: root.to_owned(),

@@ -667,7 +667,16 @@ fn foreign_keys_and_older_versions_are_refused_everywhere() {
         },
         |done| *done == Value::Bool(true),
     );
-    assert_eq!(cen.job(id)["workstations"][0]["state"], "failed");
+    let status = cen.wait_job(id, Duration::from_secs(30), |status| {
+        site_row(status, "P01")["instruction"] == "refused"
+    });
+    assert_eq!(status["workstations"][0]["state"], "failed");
+    assert_eq!(status["outcome"], "failed");
+    let reason = site_row(&status, "P01")["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("app v2"), "{reason}");
     assert!(
         dps.iter().all(|dp| held(dp) == 1),
         "a DP moved to the foreign version"
@@ -822,25 +831,28 @@ fn hierarchy_refuses_bad_input() {
         assert!(!root.path().join(dir).exists(), "{dir} was left behind");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let err = join("a", "S09", "secondary", &cen, &cen.join_token, &[]);
+    let err = join("a", "S09", "secondary", &cen, &cen.site_join_token, &[]);
     assert!(err.contains("parent must be a primary"), "{err}");
-    let err = join("b", "P01", "primary", &p02, &p02.join_token, &[]);
+    let err = join("b", "P01", "primary", &p02, &p02.site_join_token, &[]);
     assert!(err.contains("already used in the hierarchy"), "{err}");
-    let err = join("c", "P09", "primary", &cen, "cas_join_wrong", &[]);
+    let err = join("c", "P09", "primary", &cen, "cas_sitejoin_wrong", &[]);
     assert!(err.contains("invalid join token"), "{err}");
-    let err = join("d", "p09", "primary", &cen, &cen.join_token, &[]);
+    // The token every DP and workstation holds does not enroll a site.
+    let err = join("c2", "P09", "primary", &cen, &cen.join_token, &[]);
+    assert!(err.contains("site-join.token"), "{err}");
+    let err = join("d", "p09", "primary", &cen, &cen.site_join_token, &[]);
     assert!(err.contains("site code"), "{err}");
     let err = join(
         "e",
         "P09",
         "primary",
         &cen,
-        &cen.join_token,
+        &cen.site_join_token,
         &["--central-key", &"ab".repeat(32)],
     );
     assert!(err.contains("not the pinned"), "{err}");
     let s01 = Site::child(root.path(), "S01", "secondary", &p01, &[]);
-    let err = join("f", "S02", "secondary", &s01, &s01.join_token, &[]);
+    let err = join("f", "S02", "secondary", &s01, &s01.site_join_token, &[]);
     assert!(err.contains("cannot have child sites"), "{err}");
 
     // What only the central site does.
@@ -954,4 +966,58 @@ fn hierarchy_refuses_bad_input() {
     )
     .unwrap_err();
     assert!(err.starts_with("413"), "{err}");
+}
+
+/// A job reaches the workstations of a site that enroll after its
+/// instruction arrived there (none matched then): the content comes to the
+/// site and its DP, and they run it. A site that joined but never ran is
+/// shown as not connected and does not hold the job back.
+#[test]
+fn workstations_enrolled_after_the_job_arrived_get_it() {
+    let root = tempfile::tempdir().unwrap();
+    let cen = Site::central(root.path(), "CEN");
+    let p01 = Site::child(root.path(), "P01", "primary", &cen, &[]);
+    let dp = p01.add_dp("dp1");
+    // S09 joins P01 but never runs.
+    run_ok(
+        std::process::Command::new(BIN)
+            .args(["site", "init"])
+            .arg(root.path().join("S09-site"))
+            .args(["--code", "S09", "--kind", "secondary", "--parent", &p01.url])
+            .args(["--join-token", &p01.site_join_token]),
+    );
+    let source = root.path().join("src");
+    make_tree(&source, 4, 500_000, 71);
+    cen.create_package("late", &source);
+    cen.json(&["collection", "create", "late", "--rule", "tag.wave = 2"]);
+    let job = cen.json(&[
+        "job",
+        "create",
+        "--package",
+        "late",
+        "--collection",
+        "late",
+        "--command",
+        "test -f big.bin",
+    ]);
+    let id = job[0]["id"].as_u64().unwrap();
+    let status = cen.wait_job(id, Duration::from_secs(30), |status| {
+        site_row(status, "P01")["instruction"] == "arrived"
+    });
+    let row = site_row(&status, "P01");
+    assert_eq!(row["targets"], 0, "{row:#}");
+    assert_eq!(row["distribution"], "not_applicable", "{row:#}");
+    assert_eq!(site_row(&status, "S09")["instruction"], "not_connected");
+
+    let _agent = p01.add_agent("ws1", &["wave=2"]);
+    let status = cen.wait_job(id, Duration::from_secs(60), |status| {
+        site_row(status, "P01")["runs"]["complete"] == 1
+            && site_row(status, "P01")["distribution"] == "complete"
+    });
+    assert_eq!(status["outcome"], "complete");
+    let row = site_row(&status, "P01");
+    assert_eq!(row["runs"]["complete"], 1, "{row:#}");
+    assert_eq!(row["distribution"], "complete", "{row:#}");
+    assert_eq!(site_row(&status, "S09")["instruction"], "not_connected");
+    dp.verify_against("late", &source);
 }

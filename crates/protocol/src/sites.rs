@@ -324,8 +324,13 @@ pub struct DpGroupInfo {
 pub struct SiteJobStatus {
     /// The site.
     pub site: String,
-    /// `pending` until the site reports the instruction, then `arrived`.
+    /// `pending` until the site reports the instruction, then `arrived`;
+    /// `refused` when the site refused it (with the reason), `not_connected`
+    /// for a site that joined but never connected since.
     pub instruction: String,
+    /// Why the site refused the instruction.
+    #[serde(default)]
+    pub reason: Option<String>,
     /// When it arrived.
     pub arrived_at_ms: Option<i64>,
     /// Workstations of the site the job targets.

@@ -427,9 +427,15 @@ pub enum StatusBody {
     },
     /// Site: a DP enrolled at the site (DP groups name DPs of any site).
     DpEnrolled { dp: String },
+    /// Site: the site joined the hierarchy under `parent`; recorded when it
+    /// is created and relayed once it first runs, so its arrival at the
+    /// central site means the site is connected.
+    SiteJoined { parent: String },
     /// Site: a job's instruction arrived (or, at the site it was created
     /// at, was created): the site's workstations it targets and the site's
     /// DPs it distributes to (none: distribution is not applicable here).
+    /// Reported again, with the new workstation, when one that enrolled
+    /// later is the first of the site the job targets.
     JobArrived {
         job: u64,
         package: String,
@@ -469,6 +475,8 @@ pub enum StatusBody {
         instruction: String,
         package: Option<String>,
         version: Option<u64>,
+        #[serde(default)]
+        job: Option<u64>,
         reason: String,
     },
     /// Agent: the job failed for good.
@@ -518,7 +526,7 @@ impl StatusBody {
             | StatusBody::JobFailed { package, .. }
             | StatusBody::JobRetrying { package, .. } => Some(package),
             StatusBody::InstructionRefused { package, .. } => package.as_deref(),
-            StatusBody::DpEnrolled { .. } => None,
+            StatusBody::DpEnrolled { .. } | StatusBody::SiteJoined { .. } => None,
         }
     }
 
@@ -541,6 +549,7 @@ impl StatusBody {
             StatusBody::DpCorruptionFound { .. } => "dp_corruption_found",
             StatusBody::DpRefreshed { .. } => "dp_refreshed",
             StatusBody::DpEnrolled { .. } => "dp_enrolled",
+            StatusBody::SiteJoined { .. } => "site_joined",
             StatusBody::JobArrived { .. } => "job_arrived",
             StatusBody::ContentStarted { .. } => "content_started",
             StatusBody::ContentProgress { .. } => "content_progress",
@@ -599,6 +608,7 @@ impl StatusBody {
             | StatusBody::JobCompleted { job, .. }
             | StatusBody::JobFailed { job, .. }
             | StatusBody::JobRetrying { job, .. } => Some(*job),
+            StatusBody::InstructionRefused { job, .. } => *job,
             _ => None,
         }
     }

@@ -170,7 +170,11 @@ pub async fn enroll(
     .execute(&mut *tx.tx)
     .await?;
     auth::store_credential(&mut tx, &credential, "agent", &request.name, now).await?;
+    let retargeted = crate::jobs::agent_arrived(&state, &mut tx, &request.name).await?;
     tx.commit().await?;
+    if retargeted {
+        state.notify_everything();
+    }
     tracing::info!(agent = %request.name, approved, "agent enrolled");
     Ok(Json(AgentEnrollResponse {
         credential,
@@ -185,7 +189,7 @@ pub async fn hello(
     principal: Principal,
     ApiJson(report): ApiJson<AgentReport>,
 ) -> Result<Json<serde_json::Value>> {
-    let (agent_id, _) = principal.require_agent()?;
+    let (agent_id, name) = principal.require_agent()?;
     check_report(&report)?;
     let mut tx = state.db.write().await?;
     sqlx::query(
@@ -199,7 +203,11 @@ pub async fn hello(
     .bind(agent_id)
     .execute(&mut *tx.tx)
     .await?;
+    let retargeted = crate::jobs::agent_arrived(&state, &mut tx, name).await?;
     tx.commit().await?;
+    if retargeted {
+        state.notify_everything();
+    }
     Ok(Json(serde_json::json!({})))
 }
 

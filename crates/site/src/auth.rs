@@ -93,13 +93,34 @@ pub fn token_hash(token: &str) -> Vec<u8> {
     blake3::hash(token.as_bytes()).as_bytes().to_vec()
 }
 
-/// Refuses anything but the site's join token.
+/// Refuses anything but the site's join token (for DPs and agents).
 pub async fn require_join_token(state: &AppState, token: &str) -> Result<()> {
+    require_role(
+        state,
+        token,
+        "join",
+        "the join token `cascade site init` printed (DIR/join.token)",
+    )
+    .await
+}
+
+/// Refuses anything but the site's join token for child sites.
+pub async fn require_site_join_token(state: &AppState, token: &str) -> Result<()> {
+    require_role(
+        state,
+        token,
+        "site_join",
+        "the site join token `cascade site init` printed (DIR/site-join.token); the join token of DPs and agents does not enroll sites",
+    )
+    .await
+}
+
+async fn require_role(state: &AppState, token: &str, role: &str, hint: &str) -> Result<()> {
     match lookup(state, token.trim()).await? {
-        Some((role, _)) if role == "join" => Ok(()),
-        _ => Err(Error::Unauthorized(
-            "invalid join token: use the one `cascade site init` printed (DIR/join.token)".into(),
-        )),
+        Some((found, _)) if found == role => Ok(()),
+        _ => Err(Error::Unauthorized(format!(
+            "invalid join token: use {hint}"
+        ))),
     }
 }
 

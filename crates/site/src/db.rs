@@ -149,7 +149,7 @@ ALTER TABLE site ADD COLUMN parent_code TEXT;
 ALTER TABLE site ADD COLUMN central_code TEXT;
 CREATE TABLE credentials_v3 (
     token_hash BLOB PRIMARY KEY,
-    role TEXT NOT NULL CHECK (role IN ('admin', 'join', 'dp', 'agent', 'site')),
+    role TEXT NOT NULL CHECK (role IN ('admin', 'join', 'dp', 'agent', 'site', 'site_join')),
     principal TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL
 );

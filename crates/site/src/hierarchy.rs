@@ -91,20 +91,7 @@ pub async fn join(code: &SiteCode, kind: SiteKind, join: &Join) -> Result<Parent
         .site_info()
         .await
         .map_err(|err| upstream("asking the parent who it is", err))?;
-    if let Some(pinned) = &join.central_key {
-        if !pinned.trim().eq_ignore_ascii_case(&parent.public_key) {
-            return Err(Error::invalid(
-                "central_key_mismatch",
-                format!(
-                    "the parent {} at {} answers with central key {}, not the pinned {}; not joining",
-                    parent.code,
-                    client.base(),
-                    parent.public_key,
-                    pinned.trim()
-                ),
-            ));
-        }
-    }
+    check_pin(join.central_key.as_deref(), &parent, client.base())?;
     let answer = client
         .enroll_site(&SiteEnrollRequest {
             code: code.to_string(),
@@ -114,6 +101,22 @@ pub async fn join(code: &SiteCode, kind: SiteKind, join: &Join) -> Result<Parent
         })
         .await
         .map_err(|err| upstream(&format!("joining {}", client.base()), err))?;
+    // The key kept is the one in the enrollment answer: it must be the
+    // pinned one too, and the same the parent showed before.
+    check_pin(join.central_key.as_deref(), &answer.parent, client.base())?;
+    if answer.parent.public_key != parent.public_key || answer.parent.code != parent.code {
+        return Err(Error::invalid(
+            "central_key_mismatch",
+            format!(
+                "{} answered as {} with central key {} and then enrolled this site as {} with key {}; not joining",
+                client.base(),
+                parent.code,
+                parent.public_key,
+                answer.parent.code,
+                answer.parent.public_key
+            ),
+        ));
+    }
     let central_code = answer
         .parent
         .central
@@ -128,6 +131,24 @@ pub async fn join(code: &SiteCode, kind: SiteKind, join: &Join) -> Result<Parent
         ),
         central_code,
     })
+}
+
+/// Refuses a parent whose central key is not the one pinned (if any).
+fn check_pin(pinned: Option<&str>, parent: &cascade_protocol::SiteInfo, url: &str) -> Result<()> {
+    match pinned {
+        Some(pinned) if !pinned.trim().eq_ignore_ascii_case(&parent.public_key) => {
+            Err(Error::invalid(
+                "central_key_mismatch",
+                format!(
+                    "the parent {} at {url} answers with central key {}, not the pinned {}; not joining",
+                    parent.code,
+                    parent.public_key,
+                    pinned.trim()
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Per direct child: the pacing of content sent to it and the bytes sent
@@ -181,6 +202,13 @@ pub fn contains(sites: &[SiteRow], root: &str, site: &str) -> bool {
     })
 }
 
+async fn site_row_in(tx: &mut crate::db::WriteTx<'_>, code: &str) -> Result<Option<SiteRow>> {
+    Ok(db::subtree(&mut *tx.tx)
+        .await?
+        .into_iter()
+        .find(|row| row.code == code))
+}
+
 async fn site_row(state: &AppState, code: &str) -> Result<Option<SiteRow>> {
     Ok(db::subtree(state.db.pool())
         .await?
@@ -217,7 +245,7 @@ pub async fn enroll(
 ) -> Result<Json<SiteEnrollResponse>> {
     let code = SiteCode::new(&request.code)?;
     let kind = SiteKind::parse(&request.kind)?;
-    auth::require_join_token(&state, &request.join_token).await?;
+    auth::require_site_join_token(&state, &request.join_token).await?;
     state.kind.check_child(kind)?;
     if code == state.code || code == state.central {
         return Err(Error::Conflict(format!(
@@ -251,15 +279,14 @@ pub async fn enroll(
     let credential = auth::mint_token("cas_site");
     let now = now_ms();
     let mut tx = state.db.write().await?;
-    let existing: Option<Option<i64>> =
-        sqlx::query_scalar("SELECT last_seen_ms FROM sites WHERE code = ?")
-            .bind(code.as_str())
-            .fetch_optional(&mut *tx.tx)
-            .await?;
-    if matches!(existing, Some(Some(_))) {
-        return Err(Error::Conflict(format!(
-            "site code {code} is already used in the hierarchy"
-        )));
+    // Again inside the transaction: a registration from below may have
+    // taken the code while this site was registering it upwards.
+    if let Some(row) = site_row_in(&mut tx, code.as_str()).await? {
+        if !rejoin(&row) {
+            return Err(Error::Conflict(format!(
+                "site code {code} is already used in the hierarchy"
+            )));
+        }
     }
     sqlx::query("DELETE FROM credentials WHERE role = 'site' AND principal = ?")
         .bind(code.as_str())
@@ -337,15 +364,26 @@ pub async fn register(
     }
     register_up(&state, &request).await?;
     let mut tx = state.db.write().await?;
-    sqlx::query(
-        "INSERT OR IGNORE INTO sites (code, kind, parent, registered_at_ms) VALUES (?, ?, ?, ?)",
-    )
-    .bind(code.as_str())
-    .bind(kind.name())
-    .bind(&request.parent)
-    .bind(now_ms())
-    .execute(&mut *tx.tx)
-    .await?;
+    // Again inside the transaction: another child may have registered the
+    // same code meanwhile.
+    match site_row_in(&mut tx, code.as_str()).await? {
+        Some(row) if row.parent == request.parent && row.kind == kind.name() => {
+            return Ok(Json(serde_json::json!({})));
+        }
+        Some(_) => {
+            return Err(Error::Conflict(format!(
+                "site code {code} is already used in the hierarchy"
+            )))
+        }
+        None => {}
+    }
+    sqlx::query("INSERT INTO sites (code, kind, parent, registered_at_ms) VALUES (?, ?, ?, ?)")
+        .bind(code.as_str())
+        .bind(kind.name())
+        .bind(&request.parent)
+        .bind(now_ms())
+        .execute(&mut *tx.tx)
+        .await?;
     tx.commit().await?;
     tracing::info!(site = %code, parent = %request.parent, "site registered below");
     Ok(Json(serde_json::json!({})))

@@ -203,6 +203,20 @@ async fn collection_id(tx: &mut WriteTx<'_>, name: &str) -> Result<i64> {
 pub async fn apply_job(state: &AppState, tx: &mut WriteTx<'_>, job: &JobInfo) -> Result<()> {
     let offer = &job.offer;
     let package = db::require_package(&mut *tx.tx, &offer.package).await?;
+    if db::manifest(&mut *tx.tx, package.id, offer.version as i64)
+        .await?
+        .is_none()
+    {
+        // Its version was refused here (or never arrived): the job cannot
+        // run at this site, and says so rather than wait forever.
+        return Err(Error::NotFound {
+            what: "version",
+            name: format!(
+                "{} v{} (job {} needs it; this site does not hold it)",
+                offer.package, offer.version, offer.id
+            ),
+        });
+    }
     let collection_id = collection_id(tx, &job.collection).await?;
     let inserted = sqlx::query(
         "INSERT OR IGNORE INTO jobs (id, package_id, version, collection_id, command, offer_at_ms, expires_at_ms,
@@ -286,6 +300,65 @@ pub async fn snapshot(tx: &mut WriteTx<'_>) -> Result<Vec<Instruction>> {
     rows.into_iter()
         .map(|row| job_from_row(row, now).map(|(job, _)| Instruction::Job { job }))
         .collect()
+}
+
+/// A workstation enrolled or reported new attributes. An active job that
+/// targeted none of this site's workstations when it arrived, and now
+/// targets this one, makes the site bring its content in and, without a DP
+/// group, places it on the site's DPs. Returns whether anything changed.
+pub async fn agent_arrived(state: &AppState, tx: &mut WriteTx<'_>, agent: &str) -> Result<bool> {
+    let jobs: Vec<(i64, i64, Option<String>, i64, String)> = sqlx::query_as(
+        "SELECT j.id, j.collection_id, j.dp_group, p.id, p.name FROM jobs j
+         JOIN packages p ON p.id = j.package_id
+         WHERE j.local_targets = 0 AND j.canceled_at_ms IS NULL
+           AND (j.expires_at_ms IS NULL OR j.expires_at_ms > ?)",
+    )
+    .bind(now_ms())
+    .fetch_all(&mut *tx.tx)
+    .await?;
+    if jobs.is_empty() {
+        return Ok(false);
+    }
+    let Some(row) = agent_by_name(&mut *tx.tx, agent).await? else {
+        return Ok(false);
+    };
+    let mut changed = false;
+    for (id, collection_id, dp_group, package_id, package) in jobs {
+        let version: i64 = sqlx::query_scalar("SELECT version FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx.tx)
+            .await?;
+        if !membership(&mut *tx.tx, collection_id)
+            .await?
+            .contains(state.code.as_str(), &row)
+        {
+            continue;
+        }
+        sqlx::query("UPDATE jobs SET local_targets = 1 WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx.tx)
+            .await?;
+        let dps = job_dps(tx, dp_group.as_deref(), true).await?;
+        if dp_group.is_none() {
+            distribution::place(state, tx, (package_id, &package), &dps).await?;
+        }
+        // Reported again: the site's targets and DPs for the job changed.
+        status::record_site_message(
+            state,
+            tx,
+            StatusBody::JobArrived {
+                job: id as u64,
+                package: package.clone(),
+                version: version as u64,
+                targets: vec![agent.to_owned()],
+                dps: dps.into_iter().map(|(_, name)| name).collect(),
+            },
+        )
+        .await?;
+        tracing::info!(job = id, %agent, "a workstation enrolled that the job targets; its content comes here");
+        changed = true;
+    }
+    Ok(changed)
 }
 
 /// The DPs of this site a job distributes to: its DP group's here, or,
@@ -511,6 +584,7 @@ pub async fn job_status(
     .await?;
     rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     let mut arrivals: BTreeMap<String, Arrival> = BTreeMap::new();
+    let mut refusals: BTreeMap<String, String> = BTreeMap::new();
     let mut site_events: BTreeMap<String, Vec<(i64, RunEvent)>> = BTreeMap::new();
     let mut folds: BTreeMap<(String, String), RunFold> = BTreeMap::new();
     for (_, _, at, site, agent, body) in rows {
@@ -523,7 +597,18 @@ pub async fn job_status(
                 }
             }
             (None, StatusBody::JobArrived { targets, dps, .. }) => {
-                arrivals.entry(site).or_insert(Arrival { at, targets, dps });
+                // Reported again when the site's targets change: the first
+                // time is the arrival, the last one names the DPs.
+                let arrival = arrivals.entry(site).or_insert(Arrival {
+                    at,
+                    targets: Vec::new(),
+                    dps: Vec::new(),
+                });
+                arrival.targets.extend(targets);
+                arrival.dps = dps;
+            }
+            (None, StatusBody::InstructionRefused { reason, .. }) => {
+                refusals.entry(site).or_insert(reason);
             }
             (None, body) => {
                 if let Some(event) = body.run_event() {
@@ -608,6 +693,12 @@ pub async fn job_status(
     let version = cascade_domain::Version::new(job.offer.version)
         .ok_or_else(|| Error::Internal(format!("job {id} has version 0")))?;
     let active = matches!(job.state.as_str(), "active" | "scheduled");
+    // Sites below that ever connected (their `site_joined` came up).
+    let connected: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT site FROM status_messages WHERE kind = 'site_joined' AND site IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?;
     let mut site_codes = vec![(own.clone(), i64::MIN)];
     site_codes.extend(
         db::subtree(pool)
@@ -637,6 +728,13 @@ pub async fn job_status(
                     .collect()
             })
             .unwrap_or_default();
+        let refused = refusals.get(&site);
+        let instruction = match (arrival, refused) {
+            (Some(_), _) => "arrived",
+            (None, Some(_)) => "refused",
+            (None, None) if site != own && !connected.contains(&site) => "not_connected",
+            (None, None) => "pending",
+        };
         let summary = match arrival {
             Some(_) => {
                 let views: Vec<DistributionView> =
@@ -651,12 +749,8 @@ pub async fn job_status(
             .collect();
         flat.extend(dps.iter().cloned());
         sites.push(SiteJobStatus {
-            instruction: if arrival.is_some() {
-                "arrived"
-            } else {
-                "pending"
-            }
-            .to_owned(),
+            instruction: instruction.to_owned(),
+            reason: refused.filter(|_| arrival.is_none()).cloned(),
             arrived_at_ms: arrival.map(|arrival| arrival.at),
             targets: workstations.iter().filter(|ws| ws.site == site).count() as u64,
             distribution: summary.to_owned(),
@@ -686,22 +780,31 @@ struct Arrival {
     dps: Vec<String>,
 }
 
-/// The job as a whole: `complete` once every site has it, no site's
-/// distribution is unfinished and every workstation completed; `failed`
-/// once every workstation finished and one failed; else `in_progress`.
-/// A site where distribution is not applicable never holds it back.
+/// The job as a whole: `in_progress` while a connected site has not
+/// reported the instruction or a workstation has not finished; then
+/// `failed` if a workstation failed or a site refused the instruction (a DP
+/// still retrying changes nothing about that); else `complete` once every
+/// site's distribution is complete or not applicable. A site that never
+/// connected is left out.
 fn outcome(sites: &[SiteJobStatus], workstations: &[WorkstationStatus]) -> &'static str {
-    let finished = workstations
+    let connected = |site: &SiteJobStatus| site.instruction != "not_connected";
+    let runs_open = sites
         .iter()
-        .all(|ws| matches!(ws.state.as_str(), "complete" | "failed"));
-    let any_failed = workstations.iter().any(|ws| ws.state == "failed");
-    let delivered = sites.iter().all(|site| {
+        .filter(|site| connected(site))
+        .any(|site| site.instruction == "pending")
+        || workstations
+            .iter()
+            .any(|ws| !matches!(ws.state.as_str(), "complete" | "failed"));
+    let failed = workstations.iter().any(|ws| ws.state == "failed")
+        || sites.iter().any(|site| site.instruction == "refused");
+    let distributing = sites.iter().filter(|site| connected(site)).any(|site| {
         site.instruction == "arrived"
-            && matches!(site.distribution.as_str(), "not_applicable" | "complete")
+            && !matches!(site.distribution.as_str(), "not_applicable" | "complete")
     });
-    match (finished, any_failed) {
-        (true, true) => "failed",
-        (true, false) if delivered => "complete",
-        _ => "in_progress",
+    match (runs_open, failed, distributing) {
+        (true, _, _) => "in_progress",
+        (false, true, _) => "failed",
+        (false, false, true) => "in_progress",
+        (false, false, false) => "complete",
     }
 }

@@ -48,8 +48,10 @@ pub mod layout {
     pub const URL: &str = "url";
     /// The administrator token (mode 0600).
     pub const ADMIN_TOKEN: &str = "admin.token";
-    /// The token DPs, agents and child sites enroll with (mode 0600).
+    /// The token DPs and agents enroll with (mode 0600).
     pub const JOIN_TOKEN: &str = "join.token";
+    /// The token child sites join with (mode 0600).
+    pub const SITE_JOIN_TOKEN: &str = "site-join.token";
     /// A child site's credential towards its parent (mode 0600).
     pub const PARENT: &str = "parent.json";
 }
@@ -157,8 +159,10 @@ pub struct InitReport {
     pub code: String,
     /// The administrator token.
     pub admin_token: String,
-    /// The join token of DPs, agents and child sites.
+    /// The join token of DPs and agents.
     pub join_token: String,
+    /// The join token of child sites.
+    pub site_join_token: String,
     /// Hex of the key every manifest must be signed with (the central
     /// site's).
     pub public_key: String,
@@ -175,7 +179,7 @@ pub struct Join {
     pub kind: String,
     /// The parent site's URL.
     pub parent_url: String,
-    /// The parent's join token.
+    /// The parent's site join token.
     pub join_token: String,
     /// Hex of the central key, when the administrator pins it; the join is
     /// refused if the parent answers with another.
@@ -233,6 +237,7 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
     };
     let admin_token = auth::mint_token("cas_admin");
     let join_token = auth::mint_token("cas_join");
+    let site_join_token = auth::mint_token("cas_sitejoin");
     let now = now_ms();
     let mut tx = db.write().await?;
     sqlx::query(
@@ -246,13 +251,32 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
     .bind(&central_code)
     .execute(&mut *tx.tx)
     .await?;
-    for (token, role) in [(&admin_token, "admin"), (&join_token, "join")] {
+    if let Some(parent) = &parent_code {
+        // Relayed when the site first runs: the hierarchy learns that it
+        // is connected.
+        let seq = db::next_seq(&mut tx.tx, code.as_str()).await?;
+        let message = cascade_protocol::StatusMessage {
+            seq: seq as u64,
+            at_ms: now,
+            body: cascade_protocol::StatusBody::SiteJoined {
+                parent: parent.clone(),
+            },
+        };
+        let source = cascade_domain::hierarchy::StatusSource::site(code.clone());
+        db::insert_message(&mut tx.tx, &source, &message, now).await?;
+    }
+    for (token, role) in [
+        (&admin_token, "admin"),
+        (&join_token, "join"),
+        (&site_join_token, "site_join"),
+    ] {
         auth::store_credential(&mut tx, token, role, role, now).await?;
     }
     tx.commit().await?;
     db.close().await;
     write_secret(&dir.join(layout::ADMIN_TOKEN), &admin_token)?;
     write_secret(&dir.join(layout::JOIN_TOKEN), &join_token)?;
+    write_secret(&dir.join(layout::SITE_JOIN_TOKEN), &site_join_token)?;
     new_dir.commit().map_err(Error::io(format!(
         "moving the new site into {}",
         target.display()
@@ -262,10 +286,32 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
         code: code.to_string(),
         admin_token,
         join_token,
+        site_join_token,
         public_key,
         kind: kind.name().to_owned(),
         parent: parent_code,
     })
+}
+
+/// A site created before child sites had a join token of their own gets
+/// one, written to `DIR/site-join.token`.
+async fn ensure_site_join_token(db: &db::Db, dir: &Path) -> Result<()> {
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM credentials WHERE role = 'site_join' LIMIT 1")
+            .fetch_optional(db.pool())
+            .await?;
+    if exists.is_some() {
+        return Ok(());
+    }
+    let token = auth::mint_token("cas_sitejoin");
+    let path = dir.join(layout::SITE_JOIN_TOKEN);
+    let _ = std::fs::remove_file(&path);
+    write_secret(&path, &token)?;
+    let mut tx = db.write().await?;
+    auth::store_credential(&mut tx, &token, "site_join", "site_join", now_ms()).await?;
+    tx.commit().await?;
+    tracing::info!(path = %path.display(), "created the join token of child sites");
+    Ok(())
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<()> {
@@ -327,6 +373,7 @@ pub async fn run(
         (None, trust, Some(Arc::new(parent)))
     };
     let store = ChunkStore::open(&dir.join(layout::CHUNKS))?;
+    ensure_site_join_token(&db, dir).await?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         db: db.clone(),

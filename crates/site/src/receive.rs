@@ -155,8 +155,15 @@ pub async fn content_worker(state: AppState) {
         let needs = match needs(&state).await {
             Ok(needs) => needs,
             Err(err) => {
-                tracing::warn!(error = %err, "reading what content is needed failed");
-                BTreeMap::new()
+                // Not an empty set: that would tell the parent nothing is
+                // needed and drop the transfers under way.
+                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "reading what content is needed failed; will retry");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
             }
         };
         let wants = ContentWants {
@@ -208,15 +215,16 @@ pub async fn content_worker(state: AppState) {
                         .content(want, format!("failed, retrying: {reason}"));
                     if reported_failures.get(want) != Some(&reason) {
                         reported_failures.insert(want.clone(), reason.clone());
-                        let _ = record(
-                            &state,
-                            StatusBody::ContentFailed {
-                                package: want.package.clone(),
-                                version: want.version,
-                                reason,
-                            },
-                        )
-                        .await;
+                        let failed = StatusBody::ContentFailed {
+                            package: want.package.clone(),
+                            version: want.version,
+                            reason: reason.clone(),
+                        };
+                        if let Err(err) = record(&state, failed).await {
+                            // Reported again on the next failure.
+                            reported_failures.remove(want);
+                            tracing::warn!(error = %err, "recording the failure failed");
+                        }
                     }
                 }
             }

@@ -317,7 +317,7 @@ async fn apply_next(state: &AppState) -> Result<bool> {
         Err(err) if is_refusal(&err) => {
             // Nothing of it stays: start over in a transaction of its own.
             drop(tx);
-            let (what, package, version) = match &instruction {
+            let (what, package, version, job) = match &instruction {
                 Ok(instruction) => (
                     instruction.describe(),
                     instruction.package().map(str::to_owned),
@@ -326,8 +326,13 @@ async fn apply_next(state: &AppState) -> Result<bool> {
                         Instruction::Job { job } => Some(job.offer.version),
                         _ => None,
                     },
+                    match instruction {
+                        Instruction::Job { job } => Some(job.offer.id),
+                        Instruction::JobCanceled { job, .. } => Some(*job),
+                        _ => None,
+                    },
                 ),
-                Err(_) => (format!("instruction {seq}"), None, None),
+                Err(_) => (format!("instruction {seq}"), None, None, None),
             };
             tracing::warn!(seq, instruction = %what, error = %err, "instruction refused");
             let mut tx = state.db.write().await?;
@@ -338,6 +343,7 @@ async fn apply_next(state: &AppState) -> Result<bool> {
                     instruction: what,
                     package,
                     version,
+                    job,
                     reason: err.to_string(),
                 },
             )

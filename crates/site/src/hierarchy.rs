@@ -351,31 +351,19 @@ pub async fn register(
             "site code {code} is already used in the hierarchy"
         )));
     }
-    match sites.iter().find(|row| row.code == code.as_str()) {
-        Some(row) if row.parent == request.parent && row.kind == kind.name() => {
-            return Ok(Json(serde_json::json!({})));
-        }
-        Some(_) => {
-            return Err(Error::Conflict(format!(
-                "site code {code} is already used in the hierarchy"
-            )))
-        }
-        None => {}
+    let existing = sites.iter().find(|row| row.code == code.as_str());
+    if already_registered(existing, &request)? {
+        return Ok(Json(serde_json::json!({})));
     }
     register_up(&state, &request).await?;
     let mut tx = state.db.write().await?;
     // Again inside the transaction: another child may have registered the
     // same code meanwhile.
-    match site_row_in(&mut tx, code.as_str()).await? {
-        Some(row) if row.parent == request.parent && row.kind == kind.name() => {
-            return Ok(Json(serde_json::json!({})));
-        }
-        Some(_) => {
-            return Err(Error::Conflict(format!(
-                "site code {code} is already used in the hierarchy"
-            )))
-        }
-        None => {}
+    if already_registered(
+        site_row_in(&mut tx, code.as_str()).await?.as_ref(),
+        &request,
+    )? {
+        return Ok(Json(serde_json::json!({})));
     }
     sqlx::query("INSERT INTO sites (code, kind, parent, registered_at_ms) VALUES (?, ?, ?, ?)")
         .bind(code.as_str())
@@ -387,6 +375,19 @@ pub async fn register(
     tx.commit().await?;
     tracing::info!(site = %code, parent = %request.parent, "site registered below");
     Ok(Json(serde_json::json!({})))
+}
+
+/// Whether the site is registered just as asked (a repeated registration,
+/// fine), or not at all; a code registered otherwise is a conflict.
+fn already_registered(existing: Option<&SiteRow>, request: &SiteRegistration) -> Result<bool> {
+    match existing {
+        None => Ok(false),
+        Some(row) if row.parent == request.parent && row.kind == request.kind => Ok(true),
+        Some(_) => Err(Error::Conflict(format!(
+            "site code {} is already used in the hierarchy",
+            request.code
+        ))),
+    }
 }
 
 /// This site and every site below it, with the links to direct children.

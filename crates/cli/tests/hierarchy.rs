@@ -393,10 +393,12 @@ fn child_site_killed_mid_transfer_resumes() {
     cen.wait_installed("big", &[&dp], 1, Duration::from_secs(120));
     dp.verify_against("big", &source);
     let sent = bytes_sent_to(&cen, "P01");
-    // Frames carry a 36-byte header and a tag byte per chunk: about 0.1%.
-    let slack = MIB as u64;
+    // Frames carry a 36-byte header and a tag byte per chunk (about 0.1%);
+    // an interruption loses what was in flight: two 128 KiB send pieces,
+    // about one chunk of the largest size (measured: about 0.3 MB).
+    let slack = 512 * 1024;
     assert!(
-        sent <= total + total / 100 + slack,
+        sent <= total + total / 500 + slack,
         "P01 was sent {sent} bytes for a {total}-byte package and one interruption (killed after {sent_before})"
     );
     // The restart resumed: it needed fewer bytes than the first start.

@@ -232,6 +232,29 @@ impl Site {
         self.json(&args)
     }
 
+    /// `job create --package P --collection C --command CMD` with `extra`
+    /// options; returns the job as created.
+    pub fn create_job(
+        &self,
+        package: &str,
+        collection: &str,
+        command: &str,
+        extra: &[&str],
+    ) -> Value {
+        let mut args = vec![
+            "job",
+            "create",
+            "--package",
+            package,
+            "--collection",
+            collection,
+            "--command",
+            command,
+        ];
+        args.extend_from_slice(extra);
+        self.json(&args)[0].clone()
+    }
+
     /// `site queues` as JSON.
     pub fn queues(&self) -> Value {
         self.json(&["site", "queues"])

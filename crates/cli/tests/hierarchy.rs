@@ -99,17 +99,13 @@ fn three_levels_deliver_a_large_package_to_every_dp() {
     make_tree(&source, 40, 50 * MIB, 7);
     cen.create_package("big", &source);
     cen.json(&["collection", "create", "all", "--rule", "name = ws1"]);
-    let job = cen.json(&[
-        "job",
-        "create",
-        "--package",
+    let job = cen.create_job(
         "big",
-        "--collection",
         "all",
-        "--command",
         "test -f big.bin && echo ran at $CASCADE_AGENT",
-    ]);
-    let id = job[0]["id"].as_u64().unwrap();
+        &[],
+    );
+    let id = job["id"].as_u64().unwrap();
     let status = cen.wait_job(id, Duration::from_secs(400), |status| {
         status["outcome"] == "complete"
     });
@@ -181,20 +177,9 @@ fn q167007_sites_without_dps_not_failed() {
     make_tree(&source, 10, 2 * MIB, 8);
     cen.create_package("pos", &source);
     cen.json(&["collection", "create", "tills", "--rule", "tag.role = till"]);
-    let job = cen.json(&[
-        "job",
-        "create",
-        "--package",
-        "pos",
-        "--collection",
-        "tills",
-        "--dp-group",
-        "tills",
-        "--command",
-        "test -f big.bin",
-    ]);
-    let id = job[0]["id"].as_u64().unwrap();
-    assert_eq!(job[0]["dp_group"], "tills");
+    let job = cen.create_job("pos", "tills", "test -f big.bin", &["--dp-group", "tills"]);
+    let id = job["id"].as_u64().unwrap();
+    assert_eq!(job["dp_group"], "tills");
     let status = cen.wait_job(id, Duration::from_secs(120), |status| {
         status["outcome"] != "in_progress"
     });
@@ -460,19 +445,13 @@ fn parent_down_status_waits_and_arrives_complete() {
     let offer_at =
         humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(8))
             .to_string();
-    let job = cen.json(&[
-        "job",
-        "create",
-        "--package",
+    let job = cen.create_job(
         "tool",
-        "--collection",
         "kiosks",
-        "--offer-at",
-        &offer_at,
-        "--command",
         "test -f big.bin",
-    ]);
-    let id = job[0]["id"].as_u64().unwrap();
+        &["--offer-at", &offer_at],
+    );
+    let id = job["id"].as_u64().unwrap();
     cen.wait_job(id, Duration::from_secs(60), |status| {
         let row = site_row(status, "P01");
         row["instruction"] == "arrived" && row["distribution"] == "complete"
@@ -534,17 +513,8 @@ fn secondary_status_reaches_central_within_two_seconds() {
     make_tree(&source, 3, 100_000, 41);
     cen.create_package("tool", &source);
     cen.json(&["collection", "create", "ws1", "--machines", "ws1"]);
-    let job = cen.json(&[
-        "job",
-        "create",
-        "--package",
-        "tool",
-        "--collection",
-        "ws1",
-        "--command",
-        "sleep 1",
-    ]);
-    let id = job[0]["id"].as_u64().unwrap();
+    let job = cen.create_job("tool", "ws1", "sleep 1", &[]);
+    let id = job["id"].as_u64().unwrap();
     cen.wait_job(id, Duration::from_secs(60), |status| {
         status["outcome"] == "complete"
     });
@@ -641,17 +611,8 @@ fn foreign_keys_and_older_versions_are_refused_everywhere() {
     cen.restart();
     std::fs::write(source.join("new.txt"), "version 2").unwrap();
     cen.json(&["package", "update", "app", "--source", src]);
-    let job = cen.json(&[
-        "job",
-        "create",
-        "--package",
-        "app",
-        "--collection",
-        "ws1",
-        "--command",
-        "true",
-    ]);
-    let id = job[0]["id"].as_u64().unwrap();
+    let job = cen.create_job("app", "ws1", "true", &[]);
+    let id = job["id"].as_u64().unwrap();
     wait_until(
         "version 2 to be refused everywhere",
         Duration::from_secs(60),
@@ -767,17 +728,8 @@ fn foreign_keys_and_older_versions_are_refused_everywhere() {
         },
         |done| *done == Value::Bool(true),
     );
-    let job = cen.json(&[
-        "job",
-        "create",
-        "--package",
-        "app",
-        "--collection",
-        "ws1",
-        "--command",
-        "true",
-    ]);
-    let id = job[0]["id"].as_u64().unwrap();
+    let job = cen.create_job("app", "ws1", "true", &[]);
+    let id = job["id"].as_u64().unwrap();
     cen.wait_job(id, Duration::from_secs(60), |status| {
         status["workstations"][0]["state"] == "failed"
     });
@@ -913,6 +865,10 @@ fn hierarchy_refuses_bad_input() {
         "nope",
     ]);
     assert!(err.contains("unknown_dp_group"), "{err}");
+    let link = cen.json(&["site", "link", "P01", "--max-rate", "5MiB"]);
+    assert_eq!(link[0]["max_rate"], 5 * MIB as u64, "{link:#}");
+    let link = cen.json(&["site", "link", "P01", "--no-limit"]);
+    assert!(link[0]["max_rate"].is_null(), "{link:#}");
     let err = cen.fails(&["site", "link", "S01", "--max-rate", "1MiB"]);
     assert!(err.contains("not a direct child"), "{err}");
     let err = cen.fails(&["site", "link", "P01", "--max-rate", "fast"]);
@@ -992,17 +948,8 @@ fn workstations_enrolled_after_the_job_arrived_get_it() {
     make_tree(&source, 4, 500_000, 71);
     cen.create_package("late", &source);
     cen.json(&["collection", "create", "late", "--rule", "tag.wave = 2"]);
-    let job = cen.json(&[
-        "job",
-        "create",
-        "--package",
-        "late",
-        "--collection",
-        "late",
-        "--command",
-        "test -f big.bin",
-    ]);
-    let id = job[0]["id"].as_u64().unwrap();
+    let job = cen.create_job("late", "late", "test -f big.bin", &[]);
+    let id = job["id"].as_u64().unwrap();
     let status = cen.wait_job(id, Duration::from_secs(30), |status| {
         site_row(status, "P01")["instruction"] == "arrived"
     });

@@ -601,27 +601,40 @@ pub struct SiteRow {
     pub max_rate: Option<i64>,
 }
 
+const SITE_COLUMNS: &str = "code, kind, parent, registered_at_ms, last_seen_ms, max_rate";
+
+fn site_from_row(row: sqlx::sqlite::SqliteRow) -> SiteRow {
+    SiteRow {
+        code: row.get(0),
+        kind: row.get(1),
+        parent: row.get(2),
+        registered_at_ms: row.get(3),
+        last_seen_ms: row.get(4),
+        max_rate: row.get(5),
+    }
+}
+
 /// Every site below this one, by code.
 pub async fn subtree<'e, E>(executor: E) -> Result<Vec<SiteRow>>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
-    let rows = sqlx::query(
-        "SELECT code, kind, parent, registered_at_ms, last_seen_ms, max_rate FROM sites ORDER BY code",
-    )
-    .fetch_all(executor)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| SiteRow {
-            code: row.get(0),
-            kind: row.get(1),
-            parent: row.get(2),
-            registered_at_ms: row.get(3),
-            last_seen_ms: row.get(4),
-            max_rate: row.get(5),
-        })
-        .collect())
+    let rows = sqlx::query(&format!("SELECT {SITE_COLUMNS} FROM sites ORDER BY code"))
+        .fetch_all(executor)
+        .await?;
+    Ok(rows.into_iter().map(site_from_row).collect())
+}
+
+/// One site below this one, by code.
+pub async fn site_by_code<'e, E>(executor: E, code: &str) -> Result<Option<SiteRow>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let row = sqlx::query(&format!("SELECT {SITE_COLUMNS} FROM sites WHERE code = ?"))
+        .bind(code)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.map(site_from_row))
 }
 
 /// The codes of this site's direct children.

@@ -202,20 +202,6 @@ pub fn contains(sites: &[SiteRow], root: &str, site: &str) -> bool {
     })
 }
 
-async fn site_row_in(tx: &mut crate::db::WriteTx<'_>, code: &str) -> Result<Option<SiteRow>> {
-    Ok(db::subtree(&mut *tx.tx)
-        .await?
-        .into_iter()
-        .find(|row| row.code == code))
-}
-
-async fn site_row(state: &AppState, code: &str) -> Result<Option<SiteRow>> {
-    Ok(db::subtree(state.db.pool())
-        .await?
-        .into_iter()
-        .find(|row| row.code == code))
-}
-
 /// Registers a new site with the parent, which passes it on up to the
 /// central site, where codes are checked against the whole hierarchy.
 async fn register_up(state: &AppState, registration: &SiteRegistration) -> Result<()> {
@@ -257,7 +243,7 @@ pub async fn enroll(
     // parent answered) may enroll again; any other existing code is taken.
     let rejoin =
         |row: &SiteRow| row.parent == own && row.kind == kind.name() && row.last_seen_ms.is_none();
-    match site_row(&state, code.as_str()).await? {
+    match db::site_by_code(state.db.pool(), code.as_str()).await? {
         Some(row) if rejoin(&row) => {}
         Some(_) => {
             return Err(Error::Conflict(format!(
@@ -281,7 +267,7 @@ pub async fn enroll(
     let mut tx = state.db.write().await?;
     // Again inside the transaction: a registration from below may have
     // taken the code while this site was registering it upwards.
-    if let Some(row) = site_row_in(&mut tx, code.as_str()).await? {
+    if let Some(row) = db::site_by_code(&mut *tx.tx, code.as_str()).await? {
         if !rejoin(&row) {
             return Err(Error::Conflict(format!(
                 "site code {code} is already used in the hierarchy"
@@ -308,7 +294,7 @@ pub async fn enroll(
     .execute(&mut *tx.tx)
     .await?;
     auth::store_credential(&mut tx, &credential, "site", code.as_str(), now).await?;
-    let queued = send::snapshot(&state, &mut tx, code.as_str()).await?;
+    let queued = send::snapshot(&mut tx, code.as_str()).await?;
     tx.commit().await?;
     state.notify_outbox_changed();
     tracing::info!(site = %code, %kind, instructions = queued, "child site joined");
@@ -360,7 +346,7 @@ pub async fn register(
     // Again inside the transaction: another child may have registered the
     // same code meanwhile.
     if already_registered(
-        site_row_in(&mut tx, code.as_str()).await?.as_ref(),
+        db::site_by_code(&mut *tx.tx, code.as_str()).await?.as_ref(),
         &request,
     )? {
         return Ok(Json(serde_json::json!({})));

@@ -307,8 +307,8 @@ pub async fn snapshot(tx: &mut WriteTx<'_>) -> Result<Vec<Instruction>> {
 /// targets this one, makes the site bring its content in and, without a DP
 /// group, places it on the site's DPs. Returns whether anything changed.
 pub async fn agent_arrived(state: &AppState, tx: &mut WriteTx<'_>, agent: &str) -> Result<bool> {
-    let jobs: Vec<(i64, i64, Option<String>, i64, String)> = sqlx::query_as(
-        "SELECT j.id, j.collection_id, j.dp_group, p.id, p.name FROM jobs j
+    let jobs: Vec<(i64, i64, i64, Option<String>, i64, String)> = sqlx::query_as(
+        "SELECT j.id, j.version, j.collection_id, j.dp_group, p.id, p.name FROM jobs j
          JOIN packages p ON p.id = j.package_id
          WHERE j.local_targets = 0 AND j.canceled_at_ms IS NULL
            AND (j.expires_at_ms IS NULL OR j.expires_at_ms > ?)",
@@ -323,11 +323,7 @@ pub async fn agent_arrived(state: &AppState, tx: &mut WriteTx<'_>, agent: &str) 
         return Ok(false);
     };
     let mut changed = false;
-    for (id, collection_id, dp_group, package_id, package) in jobs {
-        let version: i64 = sqlx::query_scalar("SELECT version FROM jobs WHERE id = ?")
-            .bind(id)
-            .fetch_one(&mut *tx.tx)
-            .await?;
+    for (id, version, collection_id, dp_group, package_id, package) in jobs {
         if !membership(&mut *tx.tx, collection_id)
             .await?
             .contains(state.code.as_str(), &row)

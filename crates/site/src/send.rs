@@ -76,7 +76,7 @@ async fn queue(
 /// Queues for a new child everything it must know to catch up: every
 /// package version's manifest, the collections, the DP groups and their
 /// distributions, and the jobs still active. Returns how many.
-pub async fn snapshot(state: &AppState, tx: &mut WriteTx<'_>, child: &str) -> Result<usize> {
+pub async fn snapshot(tx: &mut WriteTx<'_>, child: &str) -> Result<usize> {
     let mut instructions = Vec::new();
     let versions: Vec<(String, i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
         "SELECT p.name, v.version, v.manifest, v.signature FROM package_versions v
@@ -121,7 +121,6 @@ pub async fn snapshot(state: &AppState, tx: &mut WriteTx<'_>, child: &str) -> Re
             serde_json::to_string(instruction).map_err(|err| Error::Internal(err.to_string()))?;
         queue(tx, child, instruction, &body).await?;
     }
-    let _ = state;
     Ok(instructions.len())
 }
 

@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use cascade_content::{chunk_file, scan, ChunkHash, Entry, EntryKind, SourceEntry};
 use cascade_protocol::frames::put_frame;
 use cascade_protocol::{Client, NewVersionRequest, VersionInfo, VersionIntent};
+use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -16,6 +17,55 @@ use std::path::Path;
 
 /// Raw chunk bytes per upload batch.
 const BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Batches compressed and uploaded at the same time.
+const UPLOADS_IN_FLIGHT: usize = 3;
+
+/// What uploading one batch did.
+struct BatchUpload {
+    reused: u64,
+    uploaded: u64,
+    bytes: u64,
+}
+
+/// Asks the site which of `fresh` it lacks, compresses those off the async
+/// threads and uploads them in one request.
+async fn upload_batch(client: &Client, fresh: Vec<(ChunkHash, Vec<u8>)>) -> Result<BatchUpload> {
+    if fresh.is_empty() {
+        return Ok(BatchUpload {
+            reused: 0,
+            uploaded: 0,
+            bytes: 0,
+        });
+    }
+    let hashes: Vec<ChunkHash> = fresh.iter().map(|(hash, _)| *hash).collect();
+    let mut missing: HashSet<ChunkHash> = HashSet::new();
+    for part in hashes.chunks(cascade_protocol::MAX_HASHES_PER_REQUEST) {
+        missing.extend(client.missing_chunks(part).await?);
+    }
+    let reused = (fresh.len() - missing.len()) as u64;
+    let (frames, uploaded) = tokio::task::spawn_blocking(move || {
+        let mut frames = BytesMut::new();
+        let mut count = 0u64;
+        for (hash, data) in &fresh {
+            if missing.contains(hash) {
+                put_frame(&mut frames, hash, &cascade_content::encode(data));
+                count += 1;
+            }
+        }
+        (frames.freeze(), count)
+    })
+    .await?;
+    let bytes = frames.len() as u64;
+    if uploaded > 0 {
+        client.upload_chunks(frames).await?;
+    }
+    Ok(BatchUpload {
+        reused,
+        uploaded,
+        bytes,
+    })
+}
 
 /// What an ingest did.
 #[derive(Debug, Clone, Serialize)]
@@ -79,7 +129,7 @@ pub async fn ingest(
         ProgressBar::hidden()
     };
 
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<(ChunkHash, Vec<u8>)>>(2);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<(ChunkHash, Vec<u8>)>>(2);
     let producer_bar = bar.clone();
     let producer = tokio::task::spawn_blocking(move || -> Result<Vec<Entry>> {
         let mut entries = Vec::with_capacity(listing.len());
@@ -123,41 +173,28 @@ pub async fn ingest(
         Ok(entries)
     });
 
+    // Batches are deduplicated in order, then up to UPLOADS_IN_FLIGHT of
+    // them are compressed (each on its own thread) and uploaded at once, so
+    // chunking, compressing and the site's storing overlap.
     let mut sent: HashSet<ChunkHash> = HashSet::new();
-    let (mut reused, mut uploaded, mut bytes_uploaded) = (0u64, 0u64, 0u64);
-    while let Some(batch) = receiver.recv().await {
-        let mut fresh: Vec<(ChunkHash, Vec<u8>)> = Vec::new();
-        for (hash, data) in batch {
-            if sent.insert(hash) {
-                fresh.push((hash, data));
-            }
-        }
-        if fresh.is_empty() {
-            continue;
-        }
-        let hashes: Vec<ChunkHash> = fresh.iter().map(|(hash, _)| *hash).collect();
-        let mut missing: HashSet<ChunkHash> = HashSet::new();
-        for part in hashes.chunks(cascade_protocol::MAX_HASHES_PER_REQUEST) {
-            missing.extend(client.missing_chunks(part).await?);
-        }
-        reused += (fresh.len() - missing.len()) as u64;
-        let frames = tokio::task::spawn_blocking(move || {
-            let mut frames = BytesMut::new();
-            let mut count = 0u64;
-            for (hash, data) in &fresh {
-                if missing.contains(hash) {
-                    put_frame(&mut frames, hash, &cascade_content::encode(data));
-                    count += 1;
-                }
-            }
-            (frames.freeze(), count)
+    let batches = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|batch| (batch, receiver))
+    });
+    let mut uploads = std::pin::pin!(batches
+        .map(|batch| {
+            let fresh: Vec<(ChunkHash, Vec<u8>)> = batch
+                .into_iter()
+                .filter(|(hash, _)| sent.insert(*hash))
+                .collect();
+            upload_batch(client, fresh)
         })
-        .await?;
-        if frames.1 > 0 {
-            bytes_uploaded += frames.0.len() as u64;
-            uploaded += frames.1;
-            client.upload_chunks(frames.0).await?;
-        }
+        .buffered(UPLOADS_IN_FLIGHT));
+    let (mut reused, mut uploaded, mut bytes_uploaded) = (0u64, 0u64, 0u64);
+    while let Some(done) = uploads.next().await {
+        let done = done?;
+        reused += done.reused;
+        uploaded += done.uploaded;
+        bytes_uploaded += done.bytes;
     }
     let entries = producer.await??;
     bar.set_message("committing");

@@ -14,7 +14,20 @@ const ZSTD_LEVEL: i32 = 1;
 /// Compress with zstd level 1; keep raw when the compressed form is not at
 /// least ~3% smaller.
 pub fn encode(data: &[u8]) -> Vec<u8> {
-    if let Ok(compressed) = zstd::bulk::compress(data, ZSTD_LEVEL) {
+    thread_local! {
+        // A compression context per thread, reused: making one per chunk
+        // cost about a fifth of the compression time.
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let compressed = COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        cell.as_mut()?.compress(data).ok()
+    });
+    if let Some(compressed) = compressed {
         // Worth it only when it saves at least 3% (compressed <= 97% of raw).
         if (compressed.len() as u64) * 100 <= (data.len() as u64) * 97 {
             let mut encoded = Vec::with_capacity(compressed.len() + 1);
@@ -52,7 +65,7 @@ pub fn decode_verified(expected: &ChunkHash, encoded: &[u8]) -> Result<Vec<u8>> 
             }
             payload.to_vec()
         }
-        TAG_ZSTD => zstd::bulk::decompress(payload, max).map_err(|error| {
+        TAG_ZSTD => decompress(payload, max).map_err(|error| {
             corrupt(format!(
                 "zstd decompression failed (or exceeds {max} bytes): {error}"
             ))
@@ -64,6 +77,23 @@ pub fn decode_verified(expected: &ChunkHash, encoded: &[u8]) -> Result<Vec<u8>> 
         return Err(corrupt(format!("content hashes to {actual}")));
     }
     Ok(data)
+}
+
+/// zstd decompression of at most `max` bytes, with a context per thread.
+fn decompress(payload: &[u8], max: usize) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Decompressor::new()?);
+        }
+        cell.as_mut()
+            .expect("set just above")
+            .decompress(payload, max)
+    })
 }
 
 #[cfg(test)]

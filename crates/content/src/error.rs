@@ -66,6 +66,16 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// Storing a batch of chunks durably failed (syncing or renaming).
+    #[error("storing a batch of chunks in {path}")]
+    WriteBatch {
+        /// The file or directory being synced or written.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
     /// Removing a chunk file from the store failed.
     #[error("removing chunk {hash} at {path}")]
     RemoveChunk {

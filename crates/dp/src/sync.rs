@@ -330,16 +330,20 @@ async fn fetch_batch(dp: &Dp, batch: Vec<ChunkHash>) -> Result<(u64, Vec<ChunkHa
     let store = dp.store.clone();
     tokio::task::spawn_blocking(move || -> Result<(u64, Vec<ChunkHash>)> {
         let mut got = Vec::with_capacity(frames.len());
-        for frame in frames {
+        for frame in &frames {
             if !wanted.contains(&frame.hash) {
                 return Err(Error::Refused(format!(
                     "site sent chunk {} that was not asked for",
                     frame.hash
                 )));
             }
-            store.put_encoded(&frame.hash, &frame.encoded)?;
             got.push(frame.hash);
         }
+        let chunks: Vec<(ChunkHash, &[u8])> = frames
+            .iter()
+            .map(|frame| (frame.hash, frame.encoded.as_ref()))
+            .collect();
+        store.put_encoded_batch(&chunks)?;
         if got.len() != wanted.len() {
             return Err(Error::Refused(format!(
                 "site sent {} of the {} chunks asked for",

@@ -40,6 +40,16 @@ impl Client {
         })
     }
 
+    /// The same server with another credential, sharing this client's
+    /// connection pool (cheap: one pool serves many simulated agents).
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            base: self.base.clone(),
+            token: Some(token.to_owned()),
+            http: self.http.clone(),
+        }
+    }
+
     /// The server's base URL.
     pub fn base(&self) -> &str {
         &self.base

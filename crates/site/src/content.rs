@@ -109,19 +109,21 @@ pub async fn upload(
             let work = std::mem::take(&mut batch);
             batch_bytes = 0;
             let (received, stored, stored_bytes) = blocking(move || {
+                let chunks: Vec<(ChunkHash, &[u8])> = work
+                    .iter()
+                    .map(|(hash, encoded)| (*hash, encoded.as_ref()))
+                    .collect();
+                let outcomes = store.put_encoded_batch(&chunks).map_err(|err| match err {
+                    cascade_content::Error::Corrupt { hash, .. } => Error::invalid(
+                        "corrupt_chunk",
+                        format!("chunk {hash} does not match its content: {err}"),
+                    ),
+                    other => Error::from(other),
+                })?;
                 let (mut stored, mut stored_bytes) = (0u64, 0u64);
-                for (hash, encoded) in &work {
-                    let outcome = store.put_encoded(hash, encoded).map_err(|err| match err {
-                        cascade_content::Error::Corrupt { .. } => Error::invalid(
-                            "corrupt_chunk",
-                            format!("chunk {hash} does not match its content: {err}"),
-                        ),
-                        other => Error::from(other),
-                    })?;
-                    if outcome.newly_stored {
-                        stored += 1;
-                        stored_bytes += outcome.stored_bytes;
-                    }
+                for outcome in outcomes.iter().filter(|outcome| outcome.newly_stored) {
+                    stored += 1;
+                    stored_bytes += outcome.stored_bytes;
                 }
                 Ok((work.len() as u64, stored, stored_bytes))
             })

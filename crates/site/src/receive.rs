@@ -124,6 +124,9 @@ const PARENT_WAIT: Duration = Duration::from_millis(300);
 const FETCH_BATCH_BYTES: u64 = 2 * 1024 * 1024;
 /// Fetch requests in flight at once.
 const FETCH_PARALLEL: usize = 2;
+/// Encoded bytes of chunks received from the parent stored with one round
+/// of syncs.
+const STORE_BATCH_BYTES: usize = 1024 * 1024;
 /// Least time between two progress messages.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -477,19 +480,38 @@ async fn fetch_batch(
     let store = state.store.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
         let (mut stored, mut bytes) = (0u64, 0u64);
-        while let Some(frame) = receiver.blocking_recv() {
-            if !wanted.contains(&frame.hash) {
-                return Err(Error::invalid(
-                    "unexpected_chunk",
-                    format!(
-                        "the parent sent chunk {} that was not asked for",
-                        frame.hash
-                    ),
-                ));
+        let mut open = true;
+        while open {
+            // Stored in groups of about STORE_BATCH_BYTES, one round of syncs
+            // each; children fetching `partial` see a group once it is stored.
+            let mut group = Vec::new();
+            let mut group_bytes = 0;
+            while group_bytes < STORE_BATCH_BYTES {
+                let Some(frame) = receiver.blocking_recv() else {
+                    open = false;
+                    break;
+                };
+                if !wanted.contains(&frame.hash) {
+                    return Err(Error::invalid(
+                        "unexpected_chunk",
+                        format!(
+                            "the parent sent chunk {} that was not asked for",
+                            frame.hash
+                        ),
+                    ));
+                }
+                group_bytes += frame.encoded.len();
+                group.push(frame);
             }
-            store.put_encoded(&frame.hash, &frame.encoded)?;
-            stored += 1;
-            bytes += sizes.get(&frame.hash).copied().unwrap_or(0);
+            let chunks: Vec<(ChunkHash, &[u8])> = group
+                .iter()
+                .map(|frame| (frame.hash, frame.encoded.as_ref()))
+                .collect();
+            store.put_encoded_batch(&chunks)?;
+            for frame in &group {
+                stored += 1;
+                bytes += sizes.get(&frame.hash).copied().unwrap_or(0);
+            }
         }
         Ok((stored, bytes))
     });

@@ -1,0 +1,556 @@
+//! `cascade-bench`: measures Cascade side by side with the tools an
+//! administrator would script instead (tar + zstd, rsync, nginx + curl),
+//! in one run, and writes the figures, the peers' figures and their ratios
+//! to `bench/RESULTS.md`.
+//!
+//! Every Cascade component is the real binary (`cascade` beside this one),
+//! each site, DP and agent its own process on loopback. `bench/run` builds
+//! the binaries, installs the peers and runs this; `--quick` uses small
+//! inputs so that CI can check the harness in well under two minutes.
+
+mod data;
+mod fleet;
+mod load;
+mod peers;
+mod proxy;
+mod report;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use fleet::{Fleet, Site};
+use report::{bytes, rate, secs, Report, Row};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks Cascade against tar+zstd, rsync and nginx+curl")]
+struct Args {
+    /// Small inputs and short runs: checks the harness (used by CI).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the results [default: bench/RESULTS.md, or
+    /// target/bench/RESULTS-quick.md with --quick].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Scratch directory for trees, sites and peers (emptied first)
+    /// [default: target/bench/work].
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Run only these rows (comma-separated numbers, e.g. 1,3).
+    #[arg(long, value_delimiter = ',')]
+    rows: Vec<u8>,
+    /// Keep the scratch directory afterwards (logs of every process).
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Sizes of one run.
+pub struct Plan {
+    pub quick: bool,
+    /// Bytes of the generated tree.
+    pub tree_bytes: u64,
+    /// Simulated agent counts tried in turn (row 5).
+    pub agent_steps: Vec<u64>,
+    /// Measured seconds per load step, after warm-up.
+    pub step_seconds: u64,
+    pub warmup_seconds: u64,
+    /// Seconds of status ingestion (row 6).
+    pub ingest_seconds: u64,
+    /// Seconds the idle agent is watched (row 7).
+    pub idle_seconds: u64,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                tree_bytes: 24 << 20,
+                agent_steps: vec![500, 1000],
+                step_seconds: 4,
+                warmup_seconds: 1,
+                ingest_seconds: 3,
+                idle_seconds: 4,
+            }
+        } else {
+            Plan {
+                quick,
+                tree_bytes: 1 << 30,
+                agent_steps: vec![25_000, 50_000, 100_000, 150_000, 200_000],
+                step_seconds: 40,
+                warmup_seconds: 10,
+                ingest_seconds: 20,
+                idle_seconds: 60,
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(err) = run(Args::parse()).await {
+        eprintln!("cascade-bench: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    let plan = Plan::new(args.quick);
+    let out = args.out.clone().unwrap_or_else(|| {
+        if args.quick {
+            PathBuf::from("target/bench/RESULTS-quick.md")
+        } else {
+            PathBuf::from("bench/RESULTS.md")
+        }
+    });
+    let work = args
+        .work
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/bench/work"));
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("emptying {}", work.display()))?;
+    }
+    std::fs::create_dir_all(&work)?;
+    let work = work.canonicalize()?;
+    let bin = fleet::sibling("cascade")?;
+    let wanted = |row: u8| args.rows.is_empty() || args.rows.contains(&row);
+
+    let tree = work.join("tree");
+    let needs_tree = [1, 2, 3, 4].into_iter().any(wanted);
+    let mut tree_bytes = 0;
+    if needs_tree {
+        say(&format!("generating a {} tree", bytes(plan.tree_bytes)));
+        let stats = data::make_tree(&tree, plan.tree_bytes, 1)?;
+        tree_bytes = stats.bytes;
+        say(&format!("{} files, {}", stats.files, bytes(stats.bytes)));
+        // Both sides read the tree from the page cache.
+        peers::shell(&format!("tar cf - -C '{}' . > /dev/null", tree.display()))?;
+    }
+
+    let mut rows: Vec<Row> = Vec::new();
+    let central = Fleet {
+        bin: bin.clone(),
+        root: work.join("one-site"),
+    };
+    std::fs::create_dir_all(&central.root)?;
+    let mut site = None;
+    if [1, 2, 3].into_iter().any(wanted) {
+        site = Some(central.site("CEN", None)?);
+    }
+    if wanted(1) {
+        let site = site.as_mut().context("site")?;
+        rows.push(row_ingest(&central, site, &tree, tree_bytes, &work).await?);
+    }
+    let mut one_hop = None;
+    if wanted(3) {
+        let site = site.as_mut().context("site")?;
+        let (row, took) = row_one_hop(&central, site, &tree, tree_bytes, &work).await?;
+        one_hop = Some(took);
+        rows.push(row);
+    }
+    if wanted(4) {
+        rows.push(row_hierarchy(&bin, &work, &tree, tree_bytes, one_hop).await?);
+    }
+    if wanted(2) {
+        let site = site.as_mut().context("site")?;
+        rows.extend(row_delta(&central, site, &tree, &work).await?);
+    }
+    drop(site);
+    if [5, 6, 7].into_iter().any(wanted) {
+        let fleet = Fleet {
+            bin: bin.clone(),
+            root: work.join("load"),
+        };
+        std::fs::create_dir_all(&fleet.root)?;
+        rows.extend(load::rows(&fleet, &plan, &wanted).await?);
+    }
+    rows.sort_by(|a, b| a.number.cmp(b.number));
+
+    let report = Report {
+        quick: plan.quick,
+        date: peers::version("date -u '+%Y-%m-%d %H:%M UTC'"),
+        machine: report::machine(),
+        peers: vec![
+            peers::version("tar --version"),
+            peers::version("zstd --version"),
+            peers::version("rsync --version"),
+            peers::version("nginx -v 2>&1"),
+            peers::version("curl --version"),
+        ],
+        rows,
+        took: started.elapsed(),
+    };
+    let notes_path = Path::new("bench/NOTES.md");
+    let notes = if plan.quick {
+        String::new()
+    } else {
+        std::fs::read_to_string(notes_path).unwrap_or_default()
+    };
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&out, report.markdown(&notes))
+        .with_context(|| format!("writing {}", out.display()))?;
+    say(&format!("wrote {}", out.display()));
+    if !args.keep {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(())
+}
+
+/// Progress on stderr.
+pub fn say(text: &str) {
+    eprintln!("[bench] {text}");
+}
+
+/// Row 1: ingest the tree, against `tar c | zstd -1 -T0` of it.
+async fn row_ingest(
+    fleet: &Fleet,
+    site: &mut Site,
+    tree: &Path,
+    tree_bytes: u64,
+    work: &Path,
+) -> Result<Row> {
+    say("row 1: tar | zstd -1 -T0");
+    let archive = peers::scratch(work, "tree.tar.zst");
+    std::fs::create_dir_all(archive.parent().context("scratch")?)?;
+    let (peer, archive_bytes) = peers::tar_zstd(tree, &archive)?;
+    std::fs::remove_file(&archive)?;
+    say("row 1: cascade package create");
+    let cpu_before = fleet::cpu_time(site.process.pid())?;
+    let started = Instant::now();
+    let out = site.run(
+        fleet,
+        &[
+            "-o",
+            "json",
+            "package",
+            "create",
+            "big",
+            "--source",
+            fleet::path_str(tree)?,
+        ],
+    )?;
+    let took = started.elapsed();
+    let server_cpu = fleet::cpu_time(site.process.pid())? - cpu_before;
+    let report: Value = serde_json::from_slice(&out)?;
+    let ratio = took.as_secs_f64() / peer.as_secs_f64();
+    Ok(Row {
+        number: "1",
+        measure: format!("ingest a {} tree into the content library", bytes(tree_bytes)),
+        cascade: format!("{} ({})", secs(took), rate(tree_bytes, took)),
+        peer: format!("`tar c \\| zstd -1 -T0`: {} ({})", secs(peer), rate(tree_bytes, peer)),
+        ratio: format!("{ratio:.2}× the time"),
+        target: "≤ 0.5× the time".into(),
+        met: Some(ratio <= 0.5),
+        details: vec![
+            format!(
+                "Cascade: `cascade package create` end to end (scan, chunk, hash, compress, \
+                 upload to the central site, which verifies, stores each chunk durably and signs \
+                 the manifest): {}; {} chunks stored, {} stored (compressed); the site server used \
+                 {} of CPU.",
+                secs(took),
+                report["chunks_uploaded"],
+                bytes(report["bytes_uploaded"].as_u64().unwrap_or(0)),
+                secs(server_cpu)
+            ),
+            format!(
+                "Peer: `tar cf - | zstd -1 -T0 -o FILE` of the same tree (no fsync): {}, archive {}.",
+                secs(peer),
+                bytes(archive_bytes)
+            ),
+        ],
+    })
+}
+
+/// Row 3: one hop, site → DP, against curl from nginx.
+async fn row_one_hop(
+    fleet: &Fleet,
+    site: &mut Site,
+    tree: &Path,
+    tree_bytes: u64,
+    work: &Path,
+) -> Result<(Row, Duration)> {
+    say("row 3: nginx + curl");
+    let www = work.join("www");
+    std::fs::create_dir_all(&www)?;
+    peers::shell(&format!(
+        "tar cf '{}/tree.tar' -C '{}' .",
+        www.display(),
+        tree.display()
+    ))?;
+    let nginx = peers::Nginx::start(work, &www)?;
+    let download = peers::scratch(work, "tree.tar");
+    std::fs::create_dir_all(download.parent().context("scratch")?)?;
+    let (peer, peer_bytes) = nginx.download("tree.tar", &download)?;
+    drop(nginx);
+    std::fs::remove_file(&download)?;
+    std::fs::remove_dir_all(&www)?;
+
+    say("row 3: site → DP");
+    let dp = fleet.dp(site, "dpa", &site.url.clone())?;
+    if !site_has_package(site, "big").await {
+        site.run(
+            fleet,
+            &[
+                "package",
+                "create",
+                "big",
+                "--source",
+                fleet::path_str(tree)?,
+            ],
+        )?;
+    }
+    let started = Instant::now();
+    site.run(fleet, &["package", "distribute", "big", "--dp", &dp.name])?;
+    site.wait_installed(
+        "big",
+        &[format!("CEN/{}", dp.name)],
+        1,
+        Duration::from_secs(1800),
+    )
+    .await?;
+    let took = started.elapsed();
+    let ours = tree_bytes as f64 / took.as_secs_f64();
+    let theirs = peer_bytes as f64 / peer.as_secs_f64();
+    let ratio = ours / theirs;
+    Ok((
+        Row {
+            number: "3",
+            measure: format!(
+                "one hop, site → DP, {} package on loopback",
+                bytes(tree_bytes)
+            ),
+            cascade: format!("{} ({})", secs(took), rate(tree_bytes, took)),
+            peer: format!(
+                "curl from nginx: {} ({})",
+                secs(peer),
+                rate(peer_bytes, peer)
+            ),
+            ratio: format!("{ratio:.2}× the throughput"),
+            target: "≥ 0.8× the throughput".into(),
+            met: Some(ratio >= 0.8),
+            details: vec![
+                format!(
+                    "Cascade: from `cascade package distribute` to the site's status showing the \
+                     DP holding the version (manifest verified, every chunk fetched, verified and \
+                     stored durably, `dp_installed` reported): {}.",
+                    secs(took)
+                ),
+                format!(
+                    "Peer: `curl -o FILE` of one uncompressed tar of the tree ({}) from nginx \
+                     with sendfile (no verification, no fsync): {}.",
+                    bytes(peer_bytes),
+                    secs(peer)
+                ),
+            ],
+        },
+        took,
+    ))
+}
+
+async fn site_has_package(site: &Site, name: &str) -> bool {
+    site.client.package(name).await.is_ok()
+}
+
+/// Row 4: the package to every DP of a three-level hierarchy of 13 sites.
+async fn row_hierarchy(
+    bin: &Path,
+    work: &Path,
+    tree: &Path,
+    tree_bytes: u64,
+    one_hop: Option<Duration>,
+) -> Result<Row> {
+    say("row 4: starting 13 sites with a DP each");
+    let fleet = Fleet {
+        bin: bin.to_owned(),
+        root: work.join("hierarchy"),
+    };
+    std::fs::create_dir_all(&fleet.root)?;
+    let mut central = fleet.site("CEN", None)?;
+    let mut sites: Vec<Site> = Vec::new();
+    for p in 1..=3 {
+        let primary = fleet.site(&format!("P0{p}"), Some(("primary", &central)))?;
+        for s in 1..=3 {
+            sites.push(fleet.site(&format!("S{p}{s}"), Some(("secondary", &primary)))?);
+        }
+        sites.push(primary);
+    }
+    let mut dps = vec![fleet.dp(&central, "dp", &central.url)?];
+    for site in &sites {
+        dps.push(fleet.dp(site, "dp", &site.url)?);
+    }
+    let members: Vec<String> = dps
+        .iter()
+        .map(|dp| format!("{}/{}", dp.site, dp.name))
+        .collect();
+    let mut group = vec!["dp-group", "create", "all"];
+    for member in &members {
+        group.extend(["--dp", member.as_str()]);
+    }
+    // DP groups check their members against the DPs central has heard of.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(err) = central.run(&fleet, &group) {
+        if Instant::now() > deadline {
+            return Err(err);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    central.run(
+        &fleet,
+        &[
+            "package",
+            "create",
+            "big",
+            "--source",
+            fleet::path_str(tree)?,
+        ],
+    )?;
+    say("row 4: distributing to all 13 DPs");
+    let started = Instant::now();
+    central.run(
+        &fleet,
+        &["package", "distribute", "big", "--dp-group", "all"],
+    )?;
+    central
+        .wait_installed("big", &members, 1, Duration::from_secs(3600))
+        .await?;
+    let took = started.elapsed();
+    let (ratio, met) = match one_hop {
+        Some(hop) => {
+            let ratio = took.as_secs_f64() / hop.as_secs_f64();
+            (format!("{ratio:.2}× one hop"), Some(ratio <= 3.0))
+        }
+        None => ("— (row 3 not run)".to_owned(), None),
+    };
+    Ok(Row {
+        number: "4",
+        measure: format!(
+            "{} to every DP of a 3-level hierarchy (13 sites, a DP each)",
+            bytes(tree_bytes)
+        ),
+        cascade: format!("{} ({} per DP)", secs(took), rate(tree_bytes, took)),
+        peer: one_hop.map_or("—".to_owned(), |hop| {
+            format!("one hop (#3): {}", secs(hop))
+        }),
+        ratio,
+        target: "≤ 3× one hop".into(),
+        met,
+        details: vec![
+            format!(
+                "Central, 3 primaries, 9 secondaries (3 under each primary), a DP at each: 26 \
+                 processes on this machine's cores, where a real hierarchy has a machine each. \
+                 Timed from `cascade package distribute --dp-group all` at central to central's \
+                 status showing all 13 DPs holding the version (status relayed up two levels): {}.",
+                secs(took)
+            ),
+            format!(
+                "Every site stores and verifies the content it passes on: {} moved site to site \
+                 and site to DP in all ({} hops).",
+                bytes(tree_bytes * 25),
+                25
+            ),
+        ],
+    })
+}
+
+/// Row 2: a DP from version n to n+1 with 1% of the bytes changed, against
+/// rsync of the same change (bytes and time: two rows).
+async fn row_delta(fleet: &Fleet, site: &mut Site, tree: &Path, work: &Path) -> Result<Vec<Row>> {
+    say("row 2: version n on a DP (through a byte-counting relay) and on an rsync daemon");
+    let proxy = proxy::CountingProxy::start(&site.url).await?;
+    let dp = fleet.dp(site, "dpb", &proxy.url)?;
+    site.run(
+        fleet,
+        &[
+            "package",
+            "create",
+            "delta",
+            "--source",
+            fleet::path_str(tree)?,
+        ],
+    )?;
+    site.run(fleet, &["package", "distribute", "delta", "--dp", &dp.name])?;
+    let member = vec![format!("CEN/{}", dp.name)];
+    site.wait_installed("delta", &member, 1, Duration::from_secs(1800))
+        .await?;
+    let rsync = peers::RsyncDaemon::start(work, &work.join("rsync-dest"))?;
+    rsync.sync(tree)?;
+
+    let changed = data::change_tree(tree, 0.01, 2)?;
+    say(&format!("row 2: changed {} of the tree", bytes(changed)));
+    let (rsync_time, rsync_bytes) = rsync.sync(tree)?;
+
+    let before = proxy.bytes();
+    let started = Instant::now();
+    site.run(
+        fleet,
+        &[
+            "package",
+            "update",
+            "delta",
+            "--source",
+            fleet::path_str(tree)?,
+        ],
+    )?;
+    let ingested = started.elapsed();
+    let transfer_start = Instant::now();
+    site.wait_installed("delta", &member, 2, Duration::from_secs(1800))
+        .await?;
+    let transfer = transfer_start.elapsed();
+    // Let the DP's last status reports and poll answers pass the relay.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let wire = proxy.bytes() - before;
+    drop(rsync);
+    let _ = std::fs::remove_dir_all(work.join("rsync-dest"));
+
+    let byte_ratio = wire as f64 / rsync_bytes as f64;
+    let time_ratio = transfer.as_secs_f64() / rsync_time.as_secs_f64();
+    let details = vec![
+        format!(
+            "The change: {} of the tree's bytes, half as 4–64 KiB regions rewritten inside \
+             existing text and binary files, half as new files.",
+            bytes(changed)
+        ),
+        format!(
+            "Cascade: the DP reaches its site through a byte-counting relay, so every byte on the \
+             wire counts (HTTP, manifest, chunk frames, status reports): {} from the new version's \
+             commit to the DP reporting it installed, {} on the wire. Ingesting the new version \
+             (`cascade package update`, re-reading the whole tree) took {} more, at the central \
+             site, once for every DP.",
+            secs(transfer),
+            bytes(wire),
+            secs(ingested)
+        ),
+        format!(
+            "Peer: `rsync -a --delete --stats` to an rsync daemon on loopback (delta transfer), \
+             bytes sent + received as rsync counts them: {} and {}.",
+            secs(rsync_time),
+            bytes(rsync_bytes)
+        ),
+    ];
+    Ok(vec![
+        Row {
+            number: "2a",
+            measure: "bytes to bring a DP from version n to n+1 (1% of the bytes changed)".into(),
+            cascade: bytes(wire),
+            peer: format!("rsync: {}", bytes(rsync_bytes)),
+            ratio: format!("{byte_ratio:.2}× the bytes"),
+            target: "≤ rsync's".into(),
+            met: Some(byte_ratio <= 1.0),
+            details: details.clone(),
+        },
+        Row {
+            number: "2b",
+            measure: "time to bring a DP from version n to n+1 (1% of the bytes changed)".into(),
+            cascade: secs(transfer),
+            peer: format!("rsync: {}", secs(rsync_time)),
+            ratio: format!("{time_ratio:.2}× the time"),
+            target: "≤ rsync's".into(),
+            met: Some(time_ratio <= 1.0),
+            details: vec!["As 2a.".into()],
+        },
+    ])
+}

@@ -222,39 +222,37 @@ pub async fn policy(
 ) -> Result<Json<AgentPolicy>> {
     let Query(query) =
         query.map_err(|rejection| Error::invalid("malformed_request", rejection.body_text()))?;
-    let (agent_id, agent_name) = principal.require_agent()?;
+    let (agent_id, _) = principal.require_agent()?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms).min(MAX_WAIT);
     let mut changes = state.agent_changes.subscribe();
     let mut shutdown = state.shutdown.clone();
     touch(&state, agent_id).await?;
     loop {
         changes.borrow_and_update();
-        let (revision, approved): (i64, bool) =
-            sqlx::query_as("SELECT revision, approved FROM agents WHERE id = ?")
-                .bind(agent_id)
-                .fetch_one(state.db.pool())
-                .await?;
+        let row = sqlx::query(&format!(
+            "SELECT revision, {AGENT_COLUMNS} FROM agents WHERE id = ?"
+        ))
+        .bind(agent_id)
+        .fetch_one(state.db.pool())
+        .await?;
+        let revision: i64 = row.get(0);
         if revision as u64 > query.after
             || tokio::time::Instant::now() >= deadline
             || *shutdown.borrow()
         {
-            let settings = read_settings(state.db.pool()).await?;
-            let jobs = if approved {
-                crate::jobs::offers_for(&state, agent_name).await?
+            let agent = agent_from_row_at(&row, 1)?;
+            let shared = state.policy.get(&state).await?;
+            let jobs = if agent.approved {
+                shared.offers_for(state.code.as_str(), &agent, now_ms())
             } else {
                 Vec::new()
             };
-            let dps = crate::db::all_dps(state.db.pool())
-                .await?
-                .into_iter()
-                .filter_map(|dp| dp.url)
-                .collect();
             return Ok(Json(AgentPolicy {
                 revision: revision as u64,
-                approved,
-                poll_interval_ms: settings.agent_poll_interval_ms,
+                approved: agent.approved,
+                poll_interval_ms: shared.settings.agent_poll_interval_ms,
                 jobs,
-                dps,
+                dps: shared.dp_urls.clone(),
             }));
         }
         tokio::select! {
@@ -266,13 +264,75 @@ pub async fn policy(
 }
 
 async fn touch(state: &AppState, agent_id: i64) -> Result<()> {
-    let mut tx = state.db.write().await?;
-    sqlx::query("UPDATE agents SET last_seen_ms = ? WHERE id = ?")
-        .bind(now_ms())
-        .bind(agent_id)
-        .execute(&mut *tx.tx)
-        .await?;
-    Ok(tx.commit().await?)
+    state.seen.record(agent_id, now_ms());
+    Ok(())
+}
+
+/// When agents last polled, gathered in memory and written to the database
+/// by [`seen_worker`] every [`SEEN_FLUSH`]: a poll then costs no write
+/// transaction (one per poll capped a site at a few thousand agents per
+/// second). The time shown may lag by that much, against reachability
+/// thresholds of several poll intervals.
+#[derive(Default)]
+pub struct SeenAgents {
+    pending: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
+}
+
+/// How often polls' times are written down.
+pub const SEEN_FLUSH: Duration = Duration::from_secs(2);
+
+impl SeenAgents {
+    /// Notes that agent `id` was seen at `at_ms`.
+    pub fn record(&self, id: i64, at_ms: i64) {
+        let mut pending = self.pending.lock().expect("seen agents lock");
+        let at = pending.entry(id).or_insert(at_ms);
+        *at = (*at).max(at_ms);
+    }
+
+    /// Writes what was gathered in one transaction (put back on failure).
+    async fn flush(&self, state: &AppState) -> Result<()> {
+        let taken = std::mem::take(&mut *self.pending.lock().expect("seen agents lock"));
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let written = async {
+            let mut tx = state.db.write().await?;
+            for (id, at_ms) in &taken {
+                sqlx::query("UPDATE agents SET last_seen_ms = MAX(COALESCE(last_seen_ms, 0), ?) WHERE id = ?")
+                    .bind(at_ms)
+                    .bind(id)
+                    .execute(&mut *tx.tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(err) = written {
+            for (id, at_ms) in taken {
+                self.record(id, at_ms);
+            }
+            return Err(err.into());
+        }
+        Ok(())
+    }
+}
+
+/// Writes agents' poll times down every [`SEEN_FLUSH`], and once more at
+/// shutdown.
+pub async fn seen_worker(state: AppState) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(SEEN_FLUSH) => false,
+            _ = shutdown.changed() => true,
+        };
+        if let Err(err) = state.seen.flush(&state).await {
+            tracing::warn!(error = %err, "recording when agents were seen failed; will retry");
+        }
+        if stopping || *shutdown.borrow() {
+            return;
+        }
+    }
 }
 
 /// Who belongs to a collection: a list of names or a rule.
@@ -339,19 +399,24 @@ const AGENT_COLUMNS: &str =
     "name, os, arch, hostname, tags, approved, enrolled_at_ms, last_seen_ms";
 
 fn agent_from_row(row: sqlx::sqlite::SqliteRow) -> Result<AgentRow> {
-    let tags: String = row.get(4);
+    agent_from_row_at(&row, 0)
+}
+
+/// An agent from [`AGENT_COLUMNS`] starting at column `first`.
+fn agent_from_row_at(row: &sqlx::sqlite::SqliteRow, first: usize) -> Result<AgentRow> {
+    let tags: String = row.get(first + 4);
     Ok(AgentRow {
-        name: row.get(0),
+        name: row.get(first),
         report: AgentReport {
-            os: row.get(1),
-            arch: row.get(2),
-            hostname: row.get(3),
+            os: row.get(first + 1),
+            arch: row.get(first + 2),
+            hostname: row.get(first + 3),
             tags: serde_json::from_str(&tags)
                 .map_err(|err| Error::Internal(format!("stored tags do not parse: {err}")))?,
         },
-        approved: row.get(5),
-        enrolled_at_ms: row.get(6),
-        last_seen_ms: row.get(7),
+        approved: row.get(first + 5),
+        enrolled_at_ms: row.get(first + 6),
+        last_seen_ms: row.get(first + 7),
     })
 }
 

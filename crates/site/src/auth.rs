@@ -174,6 +174,15 @@ impl FromRequestParts<AppState> for Principal {
                     "malformed Authorization header: expected Bearer <token>".into(),
                 )
             })?;
+        let known = state
+            .agent_credentials
+            .lock()
+            .expect("credential cache lock")
+            .get(&token_hash(token))
+            .cloned();
+        if let Some((id, name)) = known {
+            return Ok(Principal::Agent { id, name });
+        }
         match lookup(state, token).await? {
             Some((role, _)) if role == "admin" => Ok(Principal::Admin),
             Some((role, name)) if role == "dp" => {
@@ -192,6 +201,11 @@ impl FromRequestParts<AppState> for Principal {
                     .ok_or_else(|| {
                         Error::Unauthorized(format!("agent {name} is no longer enrolled"))
                     })?;
+                state
+                    .agent_credentials
+                    .lock()
+                    .expect("credential cache lock")
+                    .insert(token_hash(token), (id, name.clone()));
                 Ok(Principal::Agent { id, name })
             }
             Some((role, code)) if role == "site" => {

@@ -87,6 +87,15 @@ pub struct AppState {
     progress: Arc<std::sync::Mutex<queues::Progress>>,
     /// Set when the server is shutting down, to end long polls.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Agents' poll times not yet written down.
+    seen: Arc<agents::SeenAgents>,
+    /// What every agent's policy shares, read once for many polls.
+    policy: Arc<jobs::PolicyCache>,
+    /// Agents' credentials already checked: token hash → (id, name). Agents
+    /// and their credentials are never removed, so an entry stays true.
+    agent_credentials: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, (i64, String)>>>,
+    /// Status batches waiting for the status writer (group commit).
+    status_queue: tokio::sync::mpsc::Sender<status::Pending>,
 }
 
 /// Wake-ups of the workers that talk to the parent.
@@ -375,6 +384,7 @@ pub async fn run(
     let store = ChunkStore::open(&dir.join(layout::CHUNKS))?;
     ensure_site_join_token(&db, dir).await?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let (status_queue, status_pending) = tokio::sync::mpsc::channel(status::QUEUE);
     let state = AppState {
         db: db.clone(),
         store,
@@ -394,6 +404,10 @@ pub async fn run(
         links: Default::default(),
         progress: Default::default(),
         shutdown: shutdown_rx,
+        seen: Default::default(),
+        policy: Default::default(),
+        agent_credentials: Default::default(),
+        status_queue,
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -412,7 +426,11 @@ pub async fn run(
         url: url.clone(),
     });
     tracing::info!(site = %code, kind = %kind, %url, "site server listening");
-    let mut workers = vec![tokio::spawn(jobs::expiry_worker(state.clone()))];
+    let mut workers = vec![
+        tokio::spawn(jobs::expiry_worker(state.clone())),
+        tokio::spawn(agents::seen_worker(state.clone())),
+        tokio::spawn(status::status_writer(state.clone(), status_pending)),
+    ];
     if state.parent.is_some() {
         workers.push(tokio::spawn(send::receive_worker(state.clone())));
         workers.push(tokio::spawn(send::apply_worker(state.clone())));

@@ -74,6 +74,7 @@ pub async fn ingest(
             batch.messages.len()
         )));
     }
+    let mut allowed_jobs: BTreeMap<u64, bool> = BTreeMap::new();
     for message in &batch.messages {
         if message.seq == 0 {
             return Err(Error::invalid(
@@ -84,7 +85,15 @@ pub async fn ingest(
         let allowed = match &source.member {
             SourceMember::Dp(_) => message.body.is_from_dp(),
             SourceMember::Agent(agent) => match message.body.agent_job() {
-                Some(job) => crate::jobs::targets(&state, job, agent).await?,
+                // Most batches are about one job: ask once per job.
+                Some(job) => match allowed_jobs.get(&job) {
+                    Some(known) => *known,
+                    None => {
+                        let targets = crate::jobs::targets(&state, job, agent).await?;
+                        allowed_jobs.insert(job, targets);
+                        targets
+                    }
+                },
                 None => false,
             },
             SourceMember::Site => false,
@@ -97,44 +106,140 @@ pub async fn ingest(
             )));
         }
     }
-    let received = now_ms();
-    let mut tx = state.db.write().await?;
-    let (mut stored, mut duplicates) = (0u64, 0u64);
-    let mut highest = 0i64;
-    for message in &batch.messages {
-        // A message about a package this site does not know is stored all
-        // the same: it is a fact the DP reported, and refusing it would block
-        // every later message of the DP behind it.
-        if db::insert_message(&mut tx.tx, &source, message, received).await? {
-            stored += 1;
-        } else {
-            duplicates += 1;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let pending = Pending {
+        source,
+        table,
+        sender_id,
+        messages: batch.messages,
+        received: now_ms(),
+        reply,
+    };
+    let stopped = || Error::Unavailable {
+        code: "shutting_down",
+        message: "the site is shutting down; deliver the status messages again".into(),
+    };
+    state
+        .status_queue
+        .send(pending)
+        .await
+        .map_err(|_| stopped())?;
+    let ack = answer.await.map_err(|_| stopped())??;
+    Ok(Json(ack))
+}
+
+/// Batches waiting for the status writer, at most.
+pub const QUEUE: usize = 4096;
+/// Messages the status writer stores in one transaction, at most.
+const GROUP_MESSAGES: usize = 20_000;
+
+/// A checked batch of status messages from one DP or agent, waiting to be
+/// stored.
+pub struct Pending {
+    source: StatusSource,
+    /// `dps` or `agents`: the sender's table.
+    table: &'static str,
+    sender_id: i64,
+    messages: Vec<StatusMessage>,
+    received: i64,
+    reply: tokio::sync::oneshot::Sender<Result<StatusAck>>,
+}
+
+/// Stores the batches DPs and agents deliver, many per transaction (group
+/// commit): a batch waits for the transaction in progress, then goes in
+/// with every batch that arrived meanwhile, and each is acknowledged once
+/// that transaction is on disk. One commit per batch would cap a site at a
+/// few thousand batches per second, whatever their size.
+pub async fn status_writer(state: AppState, mut queue: tokio::sync::mpsc::Receiver<Pending>) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let first = tokio::select! {
+            first = queue.recv() => first,
+            _ = shutdown.changed() => None,
+        };
+        let Some(first) = first else { return };
+        let mut count = first.messages.len();
+        let mut group = vec![first];
+        while count < GROUP_MESSAGES {
+            match queue.try_recv() {
+                Ok(next) => {
+                    count += next.messages.len();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
         }
-        highest = highest.max(message.seq as i64);
+        match store_group(&state, &group).await {
+            Ok(acks) => {
+                if acks.iter().any(|ack| ack.stored > 0) {
+                    state.notify_status_stored();
+                }
+                for (pending, ack) in group.into_iter().zip(acks) {
+                    let _ = pending.reply.send(Ok(ack));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, batches = group.len(), "storing status messages failed");
+                let message = err.to_string();
+                for pending in group {
+                    let _ = pending.reply.send(Err(Error::Internal(format!(
+                        "storing status messages: {message}"
+                    ))));
+                }
+            }
+        }
     }
-    let acked: i64 = sqlx::query_scalar(
-        "INSERT INTO status_sources (source, last_seq) VALUES (?, ?)
-         ON CONFLICT (source) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)
-         RETURNING last_seq",
-    )
-    .bind(source.to_string())
-    .bind(highest)
-    .fetch_one(&mut *tx.tx)
-    .await?;
-    sqlx::query(&format!("UPDATE {table} SET last_seen_ms = ? WHERE id = ?"))
-        .bind(received)
-        .bind(sender_id)
-        .execute(&mut *tx.tx)
+}
+
+/// Stores a group of batches in one transaction. Idempotent: a message
+/// already stored (same source and sequence number) is counted as a
+/// duplicate and changes nothing.
+async fn store_group(state: &AppState, group: &[Pending]) -> Result<Vec<StatusAck>> {
+    let mut tx = state.db.write().await?;
+    let mut acks = Vec::with_capacity(group.len());
+    for pending in group {
+        let (mut stored, mut duplicates) = (0u64, 0u64);
+        let mut highest = 0i64;
+        for message in &pending.messages {
+            // A message about a package this site does not know is stored all
+            // the same: it is a fact the DP reported, and refusing it would block
+            // every later message of the DP behind it.
+            if db::insert_message(&mut tx.tx, &pending.source, message, pending.received).await? {
+                stored += 1;
+            } else {
+                duplicates += 1;
+            }
+            highest = highest.max(message.seq as i64);
+        }
+        let acked: i64 = sqlx::query_scalar(
+            "INSERT INTO status_sources (source, last_seq) VALUES (?, ?)
+             ON CONFLICT (source) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)
+             RETURNING last_seq",
+        )
+        .bind(pending.source.to_string())
+        .bind(highest)
+        .fetch_one(&mut *tx.tx)
         .await?;
-    tx.commit().await?;
-    if stored > 0 {
-        state.notify_status_stored();
+        if pending.table == "agents" {
+            state.seen.record(pending.sender_id, pending.received);
+        } else {
+            sqlx::query(&format!(
+                "UPDATE {} SET last_seen_ms = ? WHERE id = ?",
+                pending.table
+            ))
+            .bind(pending.received)
+            .bind(pending.sender_id)
+            .execute(&mut *tx.tx)
+            .await?;
+        }
+        acks.push(StatusAck {
+            acked_seq: acked as u64,
+            stored,
+            duplicates,
+        });
     }
-    Ok(Json(StatusAck {
-        acked_seq: acked as u64,
-        stored,
-        duplicates,
-    }))
+    tx.commit().await?;
+    Ok(acks)
 }
 
 /// `GET /api/v1/packages/{name}/status`: per DP, folded from the messages.

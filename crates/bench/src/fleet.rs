@@ -199,8 +199,9 @@ impl Fleet {
         })
     }
 
-    /// Enrolls and starts an agent of `site`.
-    pub fn agent(&self, site: &Site, name: &str) -> Result<Process> {
+    /// Enrolls and starts an agent of `site`, run by `program` with `args`
+    /// before its directory (`cascade-agent`, or `cascade agent run`).
+    pub fn agent(&self, site: &Site, name: &str, program: &Path, args: &[&str]) -> Result<Process> {
         let dir = self.root.join(format!("agent-{}-{name}", site.code));
         let mut init = self.cascade();
         init.args(["agent", "init"]).arg(&dir).args([
@@ -212,9 +213,11 @@ impl Fleet {
             name,
         ]);
         run(init, &format!("agent init {name}"))?;
+        let mut full = args.to_vec();
+        full.push(path_str(&dir)?);
         Process::spawn(
-            &self.bin,
-            &["agent", "run", path_str(&dir)?],
+            program,
+            &full,
             &self.root.join(format!("agent-{}-{name}.log", site.code)),
             &format!("agent {name}"),
         )

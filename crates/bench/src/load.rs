@@ -3,7 +3,7 @@
 //! status messages one site ingests per second, and a real idle agent's
 //! footprint.
 
-use crate::fleet::{self, Fleet, Process, Site};
+use crate::fleet::{self, Fleet, Site};
 use crate::report::{secs, Row};
 use crate::{say, Plan};
 use anyhow::{bail, Context, Result};
@@ -292,23 +292,16 @@ fn row_ingest_status(
     })
 }
 
-/// Row 7: a real agent, idle, at its site.
-async fn row_idle(fleet: &Fleet, site: &Site, plan: &Plan) -> Result<Row> {
-    say("row 7: an idle agent");
-    let mut agent: Process = fleet.agent(site, "idle")?;
-    tokio::time::sleep(Duration::from_secs(if plan.quick { 2 } else { 10 })).await;
-    agent.check_running()?;
-    let pid = agent.pid();
-    let cpu_before = fleet::cpu_time(pid)?;
-    let window = Duration::from_secs(plan.idle_seconds);
-    tokio::time::sleep(window).await;
-    agent.check_running()?;
-    let cpu = fleet::cpu_time(pid)? - cpu_before;
-    let rss = fleet::rss_kib(pid)?;
-    let share = cpu.as_secs_f64() / window.as_secs_f64() * 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
+/// What one idle agent process used while watched.
+struct Idle {
+    cpu: Duration,
+    rss_kib: u64,
+    status: String,
+}
+
+impl Idle {
+    fn field(&self, name: &str) -> String {
+        self.status
             .lines()
             .find(|line| line.starts_with(name))
             .map_or(String::new(), |line| {
@@ -317,23 +310,69 @@ async fn row_idle(fleet: &Fleet, site: &Site, plan: &Plan) -> Result<Row> {
                     .collect::<Vec<_>>()
                     .join(" ")
             })
+    }
+}
+
+/// Row 7: real agents, idle, at their site: the workstation binary
+/// `cascade-agent` (the figure) and `cascade agent run` (for comparison),
+/// watched side by side.
+async fn row_idle(fleet: &Fleet, site: &Site, plan: &Plan) -> Result<Row> {
+    say("row 7: idle agents");
+    let lean = fleet::sibling("cascade-agent")?;
+    let mut agents = [
+        fleet.agent(site, "idle", &lean, &[])?,
+        fleet.agent(site, "idle-cli", &fleet.bin, &["agent", "run"])?,
+    ];
+    tokio::time::sleep(Duration::from_secs(if plan.quick { 2 } else { 10 })).await;
+    let mut before = Vec::new();
+    for agent in &mut agents {
+        agent.check_running()?;
+        before.push(fleet::cpu_time(agent.pid())?);
+    }
+    let window = Duration::from_secs(plan.idle_seconds);
+    tokio::time::sleep(window).await;
+    let mut watched = Vec::new();
+    for (agent, before) in agents.iter_mut().zip(before) {
+        agent.check_running()?;
+        let pid = agent.pid();
+        watched.push(Idle {
+            cpu: fleet::cpu_time(pid)? - before,
+            rss_kib: fleet::rss_kib(pid)?,
+            status: std::fs::read_to_string(format!("/proc/{pid}/status"))?,
+        });
+    }
+    let share = |idle: &Idle| idle.cpu.as_secs_f64() / window.as_secs_f64() * 100.0;
+    let describe = |what: &str, idle: &Idle| {
+        format!(
+            "{what}, enrolled and holding its policy poll open, watched for {}: {} of CPU              ({:.2}% of a core); VmRSS {}, of which anonymous {} and file-backed {} (pages of              the binary and libraries); {} threads.",
+            secs(window),
+            secs(idle.cpu),
+            share(idle),
+            idle.field("VmRSS:"),
+            idle.field("RssAnon:"),
+            idle.field("RssFile:"),
+            idle.field("Threads:"),
+        )
     };
+    let lean = &watched[0];
     Ok(Row {
         number: "7",
         measure: "agent resident memory and CPU when idle".into(),
-        cascade: format!("{:.1} MiB, {share:.2}% CPU", rss as f64 / 1024.0),
+        cascade: format!(
+            "{:.1} MiB, {:.2}% CPU",
+            lean.rss_kib as f64 / 1024.0,
+            share(lean)
+        ),
         peer: "—".into(),
         ratio: "—".into(),
         target: "≤ 10 MiB, ~0%".into(),
-        met: Some(rss <= 10 * 1024 && share < 0.5),
-        details: vec![format!(
-            "`cascade agent run`, enrolled and polling its site, watched for {}: {} of CPU; \
-             VmRSS {}, of which anonymous {} and file-backed {} (the binary's pages).",
-            secs(window),
-            secs(cpu),
-            field("VmRSS:"),
-            field("RssAnon:"),
-            field("RssFile:"),
-        )],
+        met: Some(lean.rss_kib <= 10 * 1024 && share(lean) < 0.5),
+        details: vec![
+            describe("`cascade-agent` (the workstation binary)", lean),
+            describe(
+                "For comparison, `cascade agent run` (the all-in-one binary)",
+                &watched[1],
+            ),
+        ],
     })
 }

@@ -125,8 +125,10 @@ const FETCH_BATCH_BYTES: u64 = 2 * 1024 * 1024;
 /// Fetch requests in flight at once.
 const FETCH_PARALLEL: usize = 2;
 /// Encoded bytes of chunks received from the parent stored with one round
-/// of syncs.
+/// of syncs, at most.
 const STORE_BATCH_BYTES: usize = 1024 * 1024;
+/// Chunks received and waiting to be stored, at most.
+const STORE_QUEUE_FRAMES: usize = 16;
 /// Least time between two progress messages.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -476,32 +478,35 @@ async fn fetch_batch(
         .await
         .map_err(|err| upstream(&format!("fetching chunks from {}", parent.code()), err))?;
     let wanted: HashSet<ChunkHash> = batch.into_iter().collect();
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<cascade_protocol::frames::Frame>(2);
+    let (sender, mut receiver) =
+        tokio::sync::mpsc::channel::<cascade_protocol::frames::Frame>(STORE_QUEUE_FRAMES);
     let store = state.store.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
         let (mut stored, mut bytes) = (0u64, 0u64);
-        let mut open = true;
-        while open {
-            // Stored in groups of about STORE_BATCH_BYTES, one round of syncs
-            // each; children fetching `partial` see a group once it is stored.
-            let mut group = Vec::new();
-            let mut group_bytes = 0;
+        // Each group is stored with one round of syncs: the chunk that
+        // arrived first, and whatever else is already waiting (up to
+        // STORE_BATCH_BYTES). On a slow link that is one chunk at a time, so
+        // a crash loses no more than what was in flight; when the parent
+        // sends faster than chunks can be stored, groups grow and syncs
+        // become rare. Children fetching `partial` see a group once stored.
+        while let Some(first) = receiver.blocking_recv() {
+            let mut group_bytes = first.encoded.len();
+            let mut group = vec![first];
             while group_bytes < STORE_BATCH_BYTES {
-                let Some(frame) = receiver.blocking_recv() else {
-                    open = false;
+                let Ok(frame) = receiver.try_recv() else {
                     break;
                 };
-                if !wanted.contains(&frame.hash) {
-                    return Err(Error::invalid(
-                        "unexpected_chunk",
-                        format!(
-                            "the parent sent chunk {} that was not asked for",
-                            frame.hash
-                        ),
-                    ));
-                }
                 group_bytes += frame.encoded.len();
                 group.push(frame);
+            }
+            if let Some(frame) = group.iter().find(|frame| !wanted.contains(&frame.hash)) {
+                return Err(Error::invalid(
+                    "unexpected_chunk",
+                    format!(
+                        "the parent sent chunk {} that was not asked for",
+                        frame.hash
+                    ),
+                ));
             }
             let chunks: Vec<(ChunkHash, &[u8])> = group
                 .iter()

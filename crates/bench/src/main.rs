@@ -139,23 +139,34 @@ async fn run(args: Args) -> Result<()> {
     if [1, 2, 3].into_iter().any(wanted) {
         site = Some(central.site("CEN", None)?);
     }
+    // A row that fails is reported as failed, with its error, and the run
+    // goes on: one broken row must not lose the figures of the others.
     if wanted(1) {
         let site = site.as_mut().context("site")?;
-        rows.push(row_ingest(&central, site, &tree, tree_bytes, &work).await?);
+        let row = row_ingest(&central, site, &tree, tree_bytes, &work).await;
+        rows.push(row.unwrap_or_else(|err| failed("1", "ingest", err)));
     }
     let mut one_hop = None;
     if wanted(3) {
         let site = site.as_mut().context("site")?;
-        let (row, took) = row_one_hop(&central, site, &tree, tree_bytes, &work).await?;
-        one_hop = Some(took);
-        rows.push(row);
+        match row_one_hop(&central, site, &tree, tree_bytes, &work).await {
+            Ok((row, took)) => {
+                one_hop = Some(took);
+                rows.push(row);
+            }
+            Err(err) => rows.push(failed("3", "one hop, site → DP", err)),
+        }
     }
     if wanted(4) {
-        rows.push(row_hierarchy(&bin, &work, &tree, tree_bytes, one_hop).await?);
+        let row = row_hierarchy(&bin, &work, &tree, tree_bytes, one_hop).await;
+        rows.push(row.unwrap_or_else(|err| failed("4", "every DP of a hierarchy", err)));
     }
     if wanted(2) {
         let site = site.as_mut().context("site")?;
-        rows.extend(row_delta(&central, site, &tree, &work).await?);
+        match row_delta(&central, site, &tree, &work).await {
+            Ok(delta) => rows.extend(delta),
+            Err(err) => rows.push(failed("2a", "a DP from version n to n+1", err)),
+        }
     }
     drop(site);
     if [5, 6, 7].into_iter().any(wanted) {
@@ -198,6 +209,21 @@ async fn run(args: Args) -> Result<()> {
         let _ = std::fs::remove_dir_all(&work);
     }
     Ok(())
+}
+
+/// The row of a measurement that failed, with its error.
+pub fn failed(number: &'static str, measure: &str, err: anyhow::Error) -> Row {
+    say(&format!("row {number} failed: {err:#}"));
+    Row {
+        number,
+        measure: measure.to_owned(),
+        cascade: "failed".into(),
+        peer: "—".into(),
+        ratio: "—".into(),
+        target: "—".into(),
+        met: Some(false),
+        details: vec![format!("The measurement failed: {err:#}")],
+    }
 }
 
 /// Progress on stderr.

@@ -40,6 +40,21 @@ fn opt(value: Option<u64>) -> String {
     value.map_or("-".to_owned(), |v| v.to_string())
 }
 
+/// Members listed in a table cell, at most [`MEMBERS_SHOWN`] of them.
+fn member_list(members: &[String]) -> String {
+    if members.len() <= MEMBERS_SHOWN {
+        return members.join(",");
+    }
+    format!(
+        "{},... ({} more; -o json lists all)",
+        members[..MEMBERS_SHOWN].join(","),
+        members.len() - MEMBERS_SHOWN
+    )
+}
+
+/// Members of a collection a table shows by name.
+const MEMBERS_SHOWN: usize = 20;
+
 /// Prints rows as aligned columns.
 fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -52,7 +67,11 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
         let text: Vec<String> = cells
             .iter()
             .zip(&widths)
-            .map(|(cell, width)| format!("{cell:width$}"))
+            // Padded by hand: `{:width$}` panics past 65,535 columns.
+            .map(|(cell, width)| {
+                let pad = width.saturating_sub(cell.chars().count());
+                format!("{cell}{}", " ".repeat(pad))
+            })
             .collect();
         println!("{}", text.join("  ").trim_end());
     };
@@ -233,7 +252,7 @@ impl Output {
                     collection.name.clone(),
                     definition,
                     collection.members.len().to_string(),
-                    collection.members.join(","),
+                    member_list(&collection.members),
                 ]
             })
             .collect();
@@ -916,5 +935,31 @@ pub async fn watch_package(
             return Ok(status);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cell_wider_than_a_format_width_prints() {
+        // `{:width$}` panics past 65,535 columns; a collection of 200,000
+        // workstations once made `collection create` panic.
+        let wide = "x".repeat(70_000);
+        table(&["A", "B"], &[vec![wide, "y".into()]]);
+    }
+
+    #[test]
+    fn long_member_lists_are_cut() {
+        let few: Vec<String> = (0..3).map(|i| format!("ws{i}")).collect();
+        assert_eq!(member_list(&few), "ws0,ws1,ws2");
+        let many: Vec<String> = (0..25).map(|i| format!("ws{i}")).collect();
+        let shown = member_list(&many);
+        assert!(shown.starts_with("ws0,ws1,"));
+        assert!(
+            shown.ends_with(",... (5 more; -o json lists all)"),
+            "{shown}"
+        );
     }
 }

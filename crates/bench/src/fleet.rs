@@ -273,6 +273,18 @@ impl Site {
     }
 }
 
+impl Dp {
+    /// The DP process's id.
+    pub fn pid(&self) -> u32 {
+        self._process.pid()
+    }
+}
+
+/// CPU time used so far by all of `pids` together.
+pub fn total_cpu(pids: &[u32]) -> Result<Duration> {
+    pids.iter().map(|pid| cpu_time(*pid)).sum()
+}
+
 /// A path as UTF-8 (the bench's own directories always are).
 pub fn path_str(path: &Path) -> Result<&str> {
     path.to_str()

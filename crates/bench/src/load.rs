@@ -165,11 +165,20 @@ fn row_agents(
     job: &(u64, String),
     enrolled: &Value,
 ) -> Result<Row> {
-    let mut details = vec![format!(
-        "Enrolling the simulated agents (each its own credential, through `POST \
-         /api/v1/agents/enroll`): {} agents/s.",
-        f(&enrolled["per_second"]).round()
-    )];
+    let mut details = vec![
+        format!(
+            "Enrolling the simulated agents (each its own credential, through `POST \
+             /api/v1/agents/enroll`): {} agents/s.",
+            f(&enrolled["per_second"]).round()
+        ),
+        format!(
+            "Each step: every agent polls its policy (`GET /api/v1/agent/policy`, wait 0) once \
+             per 60 s ± 10% and then posts a status report about the job that targets it; \
+             latency is timed from when the agent meant to poll. Figures are taken over {} s \
+             after {} s of warm-up.",
+            plan.step_seconds, plan.warmup_seconds
+        ),
+    ];
     let mut sustained: Option<Value> = None;
     let mut first_miss: Option<Value> = None;
     for &agents in &plan.agent_steps {
@@ -194,14 +203,17 @@ fn row_agents(
         let step = loadgen.run("poll", &args)?;
         details.push(format!(
             "{agents} agents: {:.0} polls/s and {:.0} status messages/s; poll p50 {:.1} ms, p99 \
-             {:.1} ms, max {:.1} ms (request alone: p99 {:.1} ms); {} errors; server {:.0}% of a \
-             core, {:.0} MiB resident; load generator {:.0}% of a core.",
+             {:.1} ms, max {:.1} ms (request alone: p99 {:.1} ms); status report p50 {:.1} ms, \
+             p99 {:.1} ms; {} errors; server {:.0}% of a core, {:.0} MiB resident; load \
+             generator {:.0}% of a core.",
             f(&step["polls_per_s"]),
             f(&step["status_per_s"]),
             f(&step["poll_ms"]["p50"]),
             f(&step["poll_ms"]["p99"]),
             f(&step["poll_ms"]["max"]),
             f(&step["poll_request_ms"]["p99"]),
+            f(&step["status_ms"]["p50"]),
+            f(&step["status_ms"]["p99"]),
             step["errors"],
             f(&step["server_cpu_pct"]),
             f(&step["server_rss_mib"]),
@@ -388,7 +400,7 @@ async fn row_idle(fleet: &Fleet, site: &Site, plan: &Plan) -> Result<Row> {
     let share = |idle: &Idle| idle.cpu.as_secs_f64() / window.as_secs_f64() * 100.0;
     let describe = |what: &str, idle: &Idle| {
         format!(
-            "{what}, enrolled and holding its policy poll open, watched for {}: {} of CPU              ({:.2}% of a core); VmRSS {}, of which anonymous {} and file-backed {} (pages of              the binary and libraries); {} threads.",
+            "{what}, enrolled and holding its policy poll open, watched for {}: {} of CPU ({:.2}% of a core); VmRSS {}, of which anonymous {} and file-backed {} (pages of the binary and libraries); {} threads.",
             secs(window),
             secs(idle.cpu),
             share(idle),

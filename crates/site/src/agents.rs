@@ -15,6 +15,7 @@ use cascade_domain::run::{reachability, Reachability};
 use cascade_domain::validate_name;
 use cascade_protocol::*;
 use sqlx::Row;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Poll interval agents are told unless the administrator set another.
@@ -205,6 +206,7 @@ pub async fn hello(
     .await?;
     let retargeted = crate::jobs::agent_arrived(&state, &mut tx, name).await?;
     tx.commit().await?;
+    state.agent_rows.forget(name);
     if retargeted {
         state.notify_everything();
     }
@@ -240,7 +242,8 @@ pub async fn policy(
             || tokio::time::Instant::now() >= deadline
             || *shutdown.borrow()
         {
-            let agent = agent_from_row_at(&row, 1)?;
+            let agent = Arc::new(agent_from_row_at(&row, 1)?);
+            state.agent_rows.keep(agent.clone());
             let shared = state.policy.get(&state).await?;
             let jobs = if agent.approved {
                 shared.offers_for(state.code.as_str(), &agent, now_ms())
@@ -384,6 +387,36 @@ where
         .transpose()
         .map_err(|err| Error::Internal(format!("stored machine list does not parse: {err}")))?;
     Membership::new(machines, rule.as_deref())
+}
+
+/// Agents' rows as their last policy poll read them, so that checking
+/// whether a job targets an agent (on each of its status reports) needs no
+/// query. An agent's attribute report drops its entry.
+#[derive(Default)]
+pub struct AgentRows {
+    rows: std::sync::Mutex<std::collections::HashMap<String, Arc<AgentRow>>>,
+}
+
+impl AgentRows {
+    /// Remembers `row`.
+    pub fn keep(&self, row: Arc<AgentRow>) {
+        let mut rows = self.rows.lock().expect("agent rows lock");
+        rows.insert(row.name.clone(), row);
+    }
+
+    /// Forgets the agent named `name` (its attributes changed).
+    pub fn forget(&self, name: &str) {
+        self.rows.lock().expect("agent rows lock").remove(name);
+    }
+
+    /// The row last read for `name`, if any.
+    pub fn get(&self, name: &str) -> Option<Arc<AgentRow>> {
+        self.rows
+            .lock()
+            .expect("agent rows lock")
+            .get(name)
+            .cloned()
+    }
 }
 
 /// A stored agent.

@@ -500,27 +500,58 @@ pub async fn insert_message(
     message: &StatusMessage,
     received_at_ms: i64,
 ) -> Result<bool> {
-    let body = serde_json::to_string(message).map_err(|err| Error::Internal(err.to_string()))?;
-    let dp = source.dp().or(message.body.dp());
-    let result = sqlx::query(
-        "INSERT OR IGNORE INTO status_messages
-         (source, seq, at_ms, received_at_ms, kind, package, dp, job, agent, site, body)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(source.to_string())
-    .bind(message.seq as i64)
-    .bind(message.at_ms)
-    .bind(received_at_ms)
-    .bind(message.body.kind())
-    .bind(message.body.package())
-    .bind(dp)
-    .bind(message.body.job().map(|job| job as i64))
-    .bind(source.agent())
-    .bind(source.site.as_str())
-    .bind(body)
-    .execute(&mut **tx)
-    .await?;
-    Ok(result.rows_affected() == 1)
+    Ok(insert_messages(tx, &[(source, message, received_at_ms)]).await?[0])
+}
+
+/// Rows per `INSERT` of [`insert_messages`] (11 parameters each, well under
+/// SQLite's limit on parameters).
+const INSERT_ROWS: usize = 500;
+
+/// [`insert_message`] for many messages with one statement per
+/// [`INSERT_ROWS`]: whether each was new, in order (a message given twice is
+/// new the first time only).
+pub async fn insert_messages(
+    tx: &mut Transaction<'static, Sqlite>,
+    messages: &[(&StatusSource, &StatusMessage, i64)],
+) -> Result<Vec<bool>> {
+    let mut new = Vec::with_capacity(messages.len());
+    for part in messages.chunks(INSERT_ROWS) {
+        let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT OR IGNORE INTO status_messages
+             (source, seq, at_ms, received_at_ms, kind, package, dp, job, agent, site, body) ",
+        );
+        let mut failed = None;
+        query.push_values(part, |mut row, (source, message, received_at_ms)| {
+            let body = match serde_json::to_string(message) {
+                Ok(body) => body,
+                Err(err) => {
+                    failed = Some(err);
+                    String::new()
+                }
+            };
+            row.push_bind(source.to_string())
+                .push_bind(message.seq as i64)
+                .push_bind(message.at_ms)
+                .push_bind(*received_at_ms)
+                .push_bind(message.body.kind())
+                .push_bind(message.body.package().map(str::to_owned))
+                .push_bind(source.dp().or(message.body.dp()).map(str::to_owned))
+                .push_bind(message.body.job().map(|job| job as i64))
+                .push_bind(source.agent().map(str::to_owned))
+                .push_bind(source.site.as_str().to_owned())
+                .push_bind(body);
+        });
+        if let Some(err) = failed {
+            return Err(Error::Internal(err.to_string()));
+        }
+        query.push(" RETURNING source, seq");
+        let inserted: Vec<(String, i64)> = query.build_query_as().fetch_all(&mut **tx).await?;
+        let mut inserted: std::collections::HashSet<(String, i64)> = inserted.into_iter().collect();
+        for (source, message, _) in part {
+            new.push(inserted.remove(&(source.to_string(), message.seq as i64)));
+        }
+    }
+    Ok(new)
 }
 
 /// A stored status message.

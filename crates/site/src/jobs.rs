@@ -552,8 +552,12 @@ impl SharedPolicy {
 /// Whether `job` is offered to the agent named `agent` (for refusing
 /// reports about jobs that do not concern it).
 pub async fn targets(state: &AppState, job: u64, agent: &str) -> Result<bool> {
-    let Some(row) = agent_by_name(state.db.pool(), agent).await? else {
-        return Ok(false);
+    let row = match state.agent_rows.get(agent) {
+        Some(row) => row,
+        None => match agent_by_name(state.db.pool(), agent).await? {
+            Some(row) => Arc::new(row),
+            None => return Ok(false),
+        },
     };
     // A job still on offer is in the shared policy; an older one is read.
     let shared = state.policy.get(state).await?;

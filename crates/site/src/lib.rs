@@ -89,6 +89,8 @@ pub struct AppState {
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// Agents' poll times not yet written down.
     seen: Arc<agents::SeenAgents>,
+    /// Agents' rows as their last poll read them.
+    agent_rows: Arc<agents::AgentRows>,
     /// What every agent's policy shares, read once for many polls.
     policy: Arc<jobs::PolicyCache>,
     /// Agents' credentials already checked: token hash → (id, name). Agents
@@ -406,6 +408,7 @@ pub async fn run(
         shutdown: shutdown_rx,
         seen: Default::default(),
         policy: Default::default(),
+        agent_rows: Default::default(),
         agent_credentials: Default::default(),
         status_queue,
     };

@@ -196,30 +196,54 @@ pub async fn status_writer(state: AppState, mut queue: tokio::sync::mpsc::Receiv
 /// duplicate and changes nothing.
 async fn store_group(state: &AppState, group: &[Pending]) -> Result<Vec<StatusAck>> {
     let mut tx = state.db.write().await?;
-    let mut acks = Vec::with_capacity(group.len());
+    // Every message of the group in as few statements as possible: a
+    // statement costs a round trip to the database's thread, and at a
+    // large site that, not SQLite, is the limit.
+    let all: Vec<(&StatusSource, &StatusMessage, i64)> = group
+        .iter()
+        .flat_map(|pending| {
+            pending
+                .messages
+                .iter()
+                .map(move |message| (&pending.source, message, pending.received))
+        })
+        .collect();
+    let new = db::insert_messages(&mut tx.tx, &all).await?;
+    // The highest sequence number per source, recorded once per source.
+    let mut highest: BTreeMap<String, i64> = BTreeMap::new();
     for pending in group {
-        let (mut stored, mut duplicates) = (0u64, 0u64);
-        let mut highest = 0i64;
-        for message in &pending.messages {
-            // A message about a package this site does not know is stored all
-            // the same: it is a fact the DP reported, and refusing it would block
-            // every later message of the DP behind it.
-            if db::insert_message(&mut tx.tx, &pending.source, message, pending.received).await? {
-                stored += 1;
-            } else {
-                duplicates += 1;
-            }
-            highest = highest.max(message.seq as i64);
-        }
-        let acked: i64 = sqlx::query_scalar(
-            "INSERT INTO status_sources (source, last_seq) VALUES (?, ?)
-             ON CONFLICT (source) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)
-             RETURNING last_seq",
-        )
-        .bind(pending.source.to_string())
-        .bind(highest)
-        .fetch_one(&mut *tx.tx)
-        .await?;
+        let top = pending
+            .messages
+            .iter()
+            .map(|m| m.seq as i64)
+            .max()
+            .unwrap_or(0);
+        let entry = highest.entry(pending.source.to_string()).or_insert(0);
+        *entry = (*entry).max(top);
+    }
+    let mut upsert =
+        sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO status_sources (source, last_seq) ");
+    upsert.push_values(&highest, |mut row, (source, seq)| {
+        row.push_bind(source.clone()).push_bind(*seq);
+    });
+    upsert.push(
+        " ON CONFLICT (source) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)
+         RETURNING source, last_seq",
+    );
+    let acked: BTreeMap<String, i64> = upsert
+        .build_query_as::<(String, i64)>()
+        .fetch_all(&mut *tx.tx)
+        .await?
+        .into_iter()
+        .collect();
+    let mut acks = Vec::with_capacity(group.len());
+    let mut new = new.into_iter();
+    for pending in group {
+        let stored = new
+            .by_ref()
+            .take(pending.messages.len())
+            .filter(|was_new| *was_new)
+            .count() as u64;
         if pending.table == "agents" {
             state.seen.record(pending.sender_id, pending.received);
         } else {
@@ -233,9 +257,9 @@ async fn store_group(state: &AppState, group: &[Pending]) -> Result<Vec<StatusAc
             .await?;
         }
         acks.push(StatusAck {
-            acked_seq: acked as u64,
+            acked_seq: acked.get(&pending.source.to_string()).copied().unwrap_or(0) as u64,
             stored,
-            duplicates,
+            duplicates: pending.messages.len() as u64 - stored,
         });
     }
     tx.commit().await?;

@@ -128,14 +128,7 @@ impl ChunkStore {
             if !newly_stored {
                 continue;
             }
-            let write_error = |path: &Path| {
-                let path = path.to_path_buf();
-                move |source| Error::WriteChunk {
-                    hash: *hash,
-                    path,
-                    source,
-                }
-            };
+            let write_error = |path: &Path| write_error(hash, path);
             let mut temp = tempfile::Builder::new()
                 .prefix(&hash.to_hex())
                 .tempfile_in(&tmp_dir)
@@ -238,14 +231,7 @@ impl ChunkStore {
             .parent()
             .expect("chunk paths have a shard directory")
             .to_path_buf();
-        let write_error = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::WriteChunk {
-                hash: *hash,
-                path,
-                source,
-            }
-        };
+        let write_error = |path: &Path| write_error(hash, path);
 
         let new_shard = !shard.is_dir();
         if new_shard {
@@ -272,6 +258,12 @@ impl ChunkStore {
             newly_stored: true,
         })
     }
+}
+
+/// The error of writing chunk `hash` at `path`.
+fn write_error(hash: &ChunkHash, path: &Path) -> impl FnOnce(io::Error) -> Error {
+    let (hash, path) = (*hash, path.to_path_buf());
+    move |source| Error::WriteChunk { hash, path, source }
 }
 
 /// Makes a directory's entries (renames, creations) durable.
@@ -427,15 +419,9 @@ mod tests {
         assert!(!outcomes[0].newly_stored, "already stored before the batch");
         assert!(outcomes[1..20].iter().all(|outcome| outcome.newly_stored));
         assert!(!outcomes[20].newly_stored, "the repeat");
-        for (data, (hash, bytes)) in datas.iter().zip(&encoded) {
+        for (i, (data, (hash, bytes))) in datas.iter().zip(&encoded).enumerate() {
             assert_eq!(&store.get(hash).unwrap(), data);
-            assert_eq!(
-                outcomes
-                    .iter()
-                    .find(|o| o.stored_bytes == bytes.len() as u64)
-                    .is_some(),
-                true
-            );
+            assert_eq!(outcomes[i].stored_bytes, bytes.len() as u64);
         }
         assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
 

@@ -95,10 +95,13 @@ pub struct AppState {
     policy: Arc<jobs::PolicyCache>,
     /// Agents' credentials already checked: token hash → (id, name). Agents
     /// and their credentials are never removed, so an entry stays true.
-    agent_credentials: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, (i64, String)>>>,
+    agent_credentials: Arc<std::sync::Mutex<AgentCredentials>>,
     /// Status batches waiting for the status writer (group commit).
     status_queue: tokio::sync::mpsc::Sender<status::Pending>,
 }
+
+/// Agents' credentials already checked: token hash → (agent id, name).
+type AgentCredentials = std::collections::HashMap<Vec<u8>, (i64, String)>;
 
 /// Wake-ups of the workers that talk to the parent.
 #[derive(Default)]

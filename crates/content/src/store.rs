@@ -104,17 +104,27 @@ impl ChunkStore {
     /// with one round of syncs for the batch instead of two per chunk: every
     /// new chunk is written to a temporary file, the data is made durable,
     /// the files are renamed into place, and the renames are made durable.
-    /// When this returns, every chunk of the batch is stored for good; a
-    /// crash before leaves each chunk either absent or complete. Outcomes are
-    /// in the order given.
+    /// When this returns, every chunk of the batch is stored for good (one
+    /// found already present may have been renamed by a concurrent batch not
+    /// yet synced, so a sync runs then too); a crash before leaves each chunk
+    /// either absent or complete. Outcomes are in the order given. Temporary
+    /// files are closed once written, so a batch of many small chunks holds
+    /// no more than one file descriptor at a time.
     pub fn put_encoded_batch(&self, chunks: &[(ChunkHash, &[u8])]) -> Result<Vec<PutOutcome>> {
         for (hash, encoded) in chunks {
             decode_verified(hash, encoded)?;
         }
-        let mut outcomes = Vec::with_capacity(chunks.len());
-        let mut pending: Vec<(PathBuf, tempfile::NamedTempFile)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
         let tmp_dir = self.root.join(TMP_DIR);
+        let batch_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::WriteBatch { path, source }
+        };
+        // Opened before anything is written, so that a write error of this
+        // batch's data is reported to this descriptor whoever syncs first.
+        let durability = Durability::begin(&self.root).map_err(batch_error(&self.root))?;
+        let mut outcomes = Vec::with_capacity(chunks.len());
+        let mut pending: Vec<(PathBuf, tempfile::TempPath)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (hash, encoded) in chunks {
             if let Some(outcome) = self.already_stored(hash) {
                 outcomes.push(outcome);
@@ -134,18 +144,19 @@ impl ChunkStore {
                 .tempfile_in(&tmp_dir)
                 .map_err(write_error(&tmp_dir))?;
             temp.write_all(encoded).map_err(write_error(temp.path()))?;
-            pending.push((self.path_of(hash), temp));
+            durability
+                .file_written(temp.as_file())
+                .map_err(write_error(temp.path()))?;
+            pending.push((self.path_of(hash), temp.into_temp_path()));
         }
         if pending.is_empty() {
+            if !chunks.is_empty() {
+                durability.sync().map_err(batch_error(&self.root))?;
+            }
             return Ok(outcomes);
         }
-        let batch_error = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::WriteBatch { path, source }
-        };
         // The data first: no file may be renamed into place before its bytes are durable.
-        sync_files(&self.root, pending.iter().map(|(_, temp)| temp.as_file()))
-            .map_err(batch_error(&tmp_dir))?;
+        durability.sync().map_err(batch_error(&tmp_dir))?;
         let mut shards = std::collections::BTreeSet::new();
         let mut new_shard = false;
         for (final_path, temp) in pending {
@@ -165,7 +176,9 @@ impl ChunkStore {
         if new_shard {
             shards.insert(self.root.clone());
         }
-        sync_dirs(&self.root, &shards).map_err(batch_error(&self.root))?;
+        durability
+            .sync_dirs(&shards)
+            .map_err(batch_error(&self.root))?;
         Ok(outcomes)
     }
 
@@ -271,46 +284,74 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Makes the data of `files` durable. On Linux one `syncfs` of the store's
-/// file system does it for all of them at the cost of one journal commit
-/// (and reports any writeback error since the store was opened); elsewhere
-/// each file is synced.
-fn sync_files<'a>(root: &Path, files: impl Iterator<Item = &'a File>) -> io::Result<()> {
+/// How a batch makes its writes durable. On Linux, one `syncfs` of the
+/// store's file system for all the batch's files and another for all its
+/// renames, each a single journal commit, through a descriptor opened before
+/// the batch wrote anything (so a writeback error of its data is reported to
+/// it even if another process synced first; kernels since 5.8). Elsewhere,
+/// each file is synced as it is written and each directory after the renames.
+struct Durability {
     #[cfg(target_os = "linux")]
-    {
-        let _ = files;
-        syncfs(root)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = root;
-        files.into_iter().try_for_each(File::sync_all)
-    }
+    root: File,
 }
 
-/// Makes the entries of `dirs` durable (see [`sync_files`]).
-fn sync_dirs(root: &Path, dirs: &std::collections::BTreeSet<PathBuf>) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        let _ = dirs;
-        syncfs(root)
+impl Durability {
+    fn begin(root: &Path) -> io::Result<Durability> {
+        #[cfg(target_os = "linux")]
+        {
+            Ok(Durability {
+                root: File::open(root)?,
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = root;
+            Ok(Durability {})
+        }
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = root;
-        dirs.iter().try_for_each(|dir| sync_dir(dir))
-    }
-}
 
-#[cfg(target_os = "linux")]
-fn syncfs(root: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let dir = File::open(root)?;
-    // SAFETY: syncfs only reads the descriptor, which `dir` keeps open.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    /// Called once a temporary file is written, before it is closed.
+    fn file_written(&self, file: &File) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            let _ = file;
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            file.sync_all()
+        }
+    }
+
+    /// Makes everything written so far durable.
+    fn sync(&self) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: syncfs only reads the descriptor, which `self.root` keeps open.
+            if unsafe { libc::syncfs(self.root.as_raw_fd()) } == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            Ok(())
+        }
+    }
+
+    /// Makes the entries of `dirs` durable.
+    fn sync_dirs(&self, dirs: &std::collections::BTreeSet<PathBuf>) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            let _ = dirs;
+            self.sync()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            dirs.iter().try_for_each(|dir| sync_dir(dir))
+        }
     }
 }
 

@@ -18,6 +18,11 @@ use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The revision an agent's policy gets when it changes: one more than any
+/// agent's, so that revisions grow across the whole site and a policy read
+/// for one revision covers every change up to it (see `jobs::PolicyCache`).
+pub const NEXT_REVISION: &str = "(SELECT COALESCE(MAX(revision), 0) + 1 FROM agents)";
+
 /// Poll interval agents are told unless the administrator set another.
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 60_000;
 /// Most tags an agent may report, and their sizes.
@@ -88,7 +93,7 @@ pub async fn put_settings(
             .await?;
     }
     // Every agent's policy carries the poll interval.
-    sqlx::query("UPDATE agents SET revision = revision + 1")
+    sqlx::query(&format!("UPDATE agents SET revision = {NEXT_REVISION}"))
         .execute(&mut *tx.tx)
         .await?;
     tx.commit().await?;
@@ -224,11 +229,11 @@ pub async fn policy(
 ) -> Result<Json<AgentPolicy>> {
     let Query(query) =
         query.map_err(|rejection| Error::invalid("malformed_request", rejection.body_text()))?;
-    let (agent_id, _) = principal.require_agent()?;
+    let (agent_id, agent_name) = principal.require_agent()?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms).min(MAX_WAIT);
     let mut changes = state.agent_changes.subscribe();
     let mut shutdown = state.shutdown.clone();
-    touch(&state, agent_id).await?;
+    touch(&state, agent_name);
     loop {
         changes.borrow_and_update();
         let row = sqlx::query(&format!(
@@ -244,7 +249,7 @@ pub async fn policy(
         {
             let agent = Arc::new(agent_from_row_at(&row, 1)?);
             state.agent_rows.keep(agent.clone());
-            let shared = state.policy.get(&state).await?;
+            let shared = state.policy.get(&state, revision).await?;
             let jobs = if agent.approved {
                 shared.offers_for(state.code.as_str(), &agent, now_ms())
             } else {
@@ -266,9 +271,8 @@ pub async fn policy(
     }
 }
 
-async fn touch(state: &AppState, agent_id: i64) -> Result<()> {
-    state.seen.record(agent_id, now_ms());
-    Ok(())
+fn touch(state: &AppState, agent_name: &str) {
+    state.seen.record(agent_name, now_ms());
 }
 
 /// When agents last polled, gathered in memory and written to the database
@@ -278,7 +282,8 @@ async fn touch(state: &AppState, agent_id: i64) -> Result<()> {
 /// thresholds of several poll intervals.
 #[derive(Default)]
 pub struct SeenAgents {
-    pending: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
+    /// Agent name → time of its last poll or report not yet written.
+    pending: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 /// How often polls' times are written down.
@@ -288,20 +293,37 @@ const SEEN_ROWS: usize = 10_000;
 
 impl SeenAgents {
     /// Notes that agent `id` was seen at `at_ms`.
-    pub fn record(&self, id: i64, at_ms: i64) {
+    pub fn record(&self, name: &str, at_ms: i64) {
         let mut pending = self.pending.lock().expect("seen agents lock");
-        let at = pending.entry(id).or_insert(at_ms);
-        *at = (*at).max(at_ms);
+        match pending.get_mut(name) {
+            Some(at) => *at = (*at).max(at_ms),
+            None => {
+                pending.insert(name.to_owned(), at_ms);
+            }
+        }
+    }
+
+    /// When the agent was last seen: the later of `stored` (the database's
+    /// `last_seen_ms`) and a time not yet written down. Views judge
+    /// reachability from this, never from the database alone.
+    pub fn latest(&self, name: &str, stored: Option<i64>) -> Option<i64> {
+        let pending = self
+            .pending
+            .lock()
+            .expect("seen agents lock")
+            .get(name)
+            .copied();
+        stored.max(pending)
     }
 
     /// Writes what was gathered in one transaction (put back on failure).
-    async fn flush(&self, state: &AppState) -> Result<()> {
+    pub async fn flush(&self, state: &AppState) -> Result<()> {
         let taken = std::mem::take(&mut *self.pending.lock().expect("seen agents lock"));
         if taken.is_empty() {
             return Ok(());
         }
         let written = async {
-            let seen: Vec<(i64, i64)> = taken.iter().map(|(id, at)| (*id, *at)).collect();
+            let seen: Vec<(&String, i64)> = taken.iter().map(|(name, at)| (name, *at)).collect();
             let mut tx = state.db.write().await?;
             // One statement per SEEN_ROWS agents: one per agent held the
             // database's single writer for a fifth of a second at 150,000
@@ -311,18 +333,18 @@ impl SeenAgents {
                     "UPDATE agents SET last_seen_ms = MAX(COALESCE(last_seen_ms, 0), seen.column2)
                      FROM (",
                 );
-                update.push_values(part, |mut row, (id, at_ms)| {
-                    row.push_bind(*id).push_bind(*at_ms);
+                update.push_values(part, |mut row, (name, at_ms)| {
+                    row.push_bind((*name).clone()).push_bind(*at_ms);
                 });
-                update.push(") AS seen WHERE agents.id = seen.column1");
+                update.push(") AS seen WHERE agents.name = seen.column1");
                 update.build().execute(&mut *tx.tx).await?;
             }
             tx.commit().await
         }
         .await;
         if let Err(err) = written {
-            for (id, at_ms) in taken {
-                self.record(id, at_ms);
+            for (name, at_ms) in taken {
+                self.record(&name, at_ms);
             }
             return Err(err.into());
         }
@@ -491,9 +513,10 @@ where
     .transpose()
 }
 
-fn agent_info(row: AgentRow, poll_interval_ms: u64, now: i64) -> AgentInfo {
+fn agent_info(row: AgentRow, seen: &SeenAgents, poll_interval_ms: u64, now: i64) -> AgentInfo {
+    let last_seen_ms = seen.latest(&row.name, row.last_seen_ms);
     let (reachability, unreachable_since_ms) =
-        match reachability(row.last_seen_ms, poll_interval_ms as i64, now) {
+        match reachability(last_seen_ms, poll_interval_ms as i64, now) {
             Reachability::Reachable => ("reachable", None),
             Reachability::UnreachableSince(since) => ("unreachable", Some(since)),
             Reachability::Never => ("never", None),
@@ -503,7 +526,7 @@ fn agent_info(row: AgentRow, poll_interval_ms: u64, now: i64) -> AgentInfo {
         report: row.report,
         approved: row.approved,
         enrolled_at_ms: row.enrolled_at_ms,
-        last_seen_ms: row.last_seen_ms,
+        last_seen_ms,
         reachability: reachability.to_owned(),
         unreachable_since_ms,
     }
@@ -521,7 +544,7 @@ pub async fn list(
         all_agents(state.db.pool())
             .await?
             .into_iter()
-            .map(|row| agent_info(row, settings.agent_poll_interval_ms, now))
+            .map(|row| agent_info(row, &state.seen, settings.agent_poll_interval_ms, now))
             .collect(),
     ))
 }
@@ -534,12 +557,13 @@ pub async fn approve(
 ) -> Result<Json<AgentInfo>> {
     principal.require_admin()?;
     let mut tx = state.db.write().await?;
-    let changed =
-        sqlx::query("UPDATE agents SET approved = 1, revision = revision + 1 WHERE name = ?")
-            .bind(&name)
-            .execute(&mut *tx.tx)
-            .await?
-            .rows_affected();
+    let changed = sqlx::query(&format!(
+        "UPDATE agents SET approved = 1, revision = {NEXT_REVISION} WHERE name = ?"
+    ))
+    .bind(&name)
+    .execute(&mut *tx.tx)
+    .await?
+    .rows_affected();
     if changed == 0 {
         return Err(Error::NotFound {
             what: "agent",
@@ -555,6 +579,7 @@ pub async fn approve(
     tracing::info!(agent = %name, "agent approved");
     Ok(Json(agent_info(
         row,
+        &state.seen,
         settings.agent_poll_interval_ms,
         now_ms(),
     )))

@@ -59,8 +59,9 @@ const STORE_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// `POST /api/v1/content/chunks`: a stream of chunk frames. Every chunk is
 /// verified against its hash before it is stored; a bad one ends the request
-/// with an error naming it, and the chunks before it stay (they are valid and
-/// content-addressed, so nothing is damaged).
+/// with an error naming it, and nothing of its 4 MiB batch is stored (the
+/// batches before it stay: they are valid and content-addressed, so nothing
+/// is damaged).
 pub async fn upload(
     State(state): State<AppState>,
     principal: Principal,

@@ -98,9 +98,12 @@ where
 
 /// Tells every agent its policy changed.
 async fn bump_agents(tx: &mut WriteTx<'_>) -> Result<()> {
-    sqlx::query("UPDATE agents SET revision = revision + 1")
-        .execute(&mut *tx.tx)
-        .await?;
+    sqlx::query(&format!(
+        "UPDATE agents SET revision = {}",
+        crate::agents::NEXT_REVISION
+    ))
+    .execute(&mut *tx.tx)
+    .await?;
     Ok(())
 }
 
@@ -460,6 +463,9 @@ pub struct SharedPolicy {
     jobs: Vec<SharedJob>,
     /// The URLs of the site's DPs.
     pub dp_urls: Vec<String>,
+    /// The highest agent revision when it was read (read first): it holds
+    /// every policy change up to that revision.
+    revision: i64,
 }
 
 struct SharedJob {
@@ -478,13 +484,18 @@ pub struct PolicyCache {
 }
 
 impl PolicyCache {
-    /// The shared policy, read again when older than the TTL or than the
-    /// last change to agents' policy.
-    pub async fn get(&self, state: &AppState) -> Result<Arc<SharedPolicy>> {
+    /// The shared policy, read again when older than the TTL, than the
+    /// last change to agents' policy, or than `revision` (the revision of
+    /// the agent it is for: a change committed but not yet announced must
+    /// not be answered with the policy from before it).
+    pub async fn get(&self, state: &AppState, revision: i64) -> Result<Arc<SharedPolicy>> {
         let mut cached = self.cached.lock().await;
         let generation = *state.agent_changes.borrow();
         if let Some((at_generation, at, shared)) = cached.as_ref() {
-            if *at_generation == generation && at.elapsed() < SHARED_POLICY_TTL {
+            if *at_generation == generation
+                && at.elapsed() < SHARED_POLICY_TTL
+                && shared.revision >= revision
+            {
                 return Ok(shared.clone());
             }
         }
@@ -498,6 +509,10 @@ impl PolicyCache {
 async fn read_shared_policy(state: &AppState) -> Result<SharedPolicy> {
     let pool = state.db.pool();
     let now = now_ms();
+    // First: whatever is read next is at least as new as this revision.
+    let revision: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(revision), 0) FROM agents")
+        .fetch_one(pool)
+        .await?;
     let settings = crate::agents::read_settings(pool).await?;
     let dps = crate::db::all_dps(pool).await?;
     let rows = sqlx::query(&format!(
@@ -534,6 +549,7 @@ async fn read_shared_policy(state: &AppState) -> Result<SharedPolicy> {
         settings,
         jobs,
         dp_urls: dps.into_iter().filter_map(|dp| dp.url).collect(),
+        revision,
     })
 }
 
@@ -560,7 +576,7 @@ pub async fn targets(state: &AppState, job: u64, agent: &str) -> Result<bool> {
         },
     };
     // A job still on offer is in the shared policy; an older one is read.
-    let shared = state.policy.get(state).await?;
+    let shared = state.policy.get(state, 0).await?;
     if let Some(known) = shared.jobs.iter().find(|known| known.offer.id == job) {
         return Ok(known.membership.contains(state.code.as_str(), &row));
     }
@@ -711,8 +727,8 @@ pub async fn job_status(
         if site != own {
             return None;
         }
-        let last_seen = agents.iter().find(|agent| agent.name == name)?.last_seen_ms;
-        match reachability(last_seen, poll_interval, now) {
+        let stored = agents.iter().find(|agent| agent.name == name)?.last_seen_ms;
+        match reachability(state.seen.latest(name, stored), poll_interval, now) {
             Reachability::UnreachableSince(since) => Some(since),
             _ => None,
         }

@@ -443,6 +443,8 @@ pub async fn run(
         workers.push(tokio::spawn(receive::content_worker(state.clone())));
         workers.push(tokio::spawn(relay::relay_worker(state.clone())));
     }
+    let seen = state.seen.clone();
+    let last_flush = state.clone();
     let app = api::router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -460,6 +462,10 @@ pub async fn run(
         }
     })
     .await;
+    // Polls answered while shutting down, after the seen worker's last write.
+    if let Err(err) = seen.flush(&last_flush).await {
+        tracing::warn!(error = %err, "recording when agents were last seen failed");
+    }
     db.close().await;
     Ok(())
 }

@@ -130,6 +130,9 @@ pub async fn ingest(
 
 /// Batches waiting for the status writer, at most.
 pub const QUEUE: usize = 4096;
+/// Sources whose numbers one statement records (two parameters each, well
+/// under SQLite's limit).
+const SOURCES_PER_STATEMENT: usize = 5_000;
 /// Messages the status writer stores in one transaction, at most.
 const GROUP_MESSAGES: usize = 20_000;
 
@@ -221,21 +224,26 @@ async fn store_group(state: &AppState, group: &[Pending]) -> Result<Vec<StatusAc
         let entry = highest.entry(pending.source.to_string()).or_insert(0);
         *entry = (*entry).max(top);
     }
-    let mut upsert =
-        sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO status_sources (source, last_seq) ");
-    upsert.push_values(&highest, |mut row, (source, seq)| {
-        row.push_bind(source.clone()).push_bind(*seq);
-    });
-    upsert.push(
-        " ON CONFLICT (source) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)
-         RETURNING source, last_seq",
-    );
-    let acked: BTreeMap<String, i64> = upsert
-        .build_query_as::<(String, i64)>()
-        .fetch_all(&mut *tx.tx)
-        .await?
-        .into_iter()
-        .collect();
+    let highest: Vec<(String, i64)> = highest.into_iter().collect();
+    let mut acked: BTreeMap<String, i64> = BTreeMap::new();
+    for part in highest.chunks(SOURCES_PER_STATEMENT) {
+        let mut upsert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO status_sources (source, last_seq) ",
+        );
+        upsert.push_values(part, |mut row, (source, seq)| {
+            row.push_bind(source.clone()).push_bind(*seq);
+        });
+        upsert.push(
+            " ON CONFLICT (source) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)
+             RETURNING source, last_seq",
+        );
+        acked.extend(
+            upsert
+                .build_query_as::<(String, i64)>()
+                .fetch_all(&mut *tx.tx)
+                .await?,
+        );
+    }
     let mut acks = Vec::with_capacity(group.len());
     let mut new = new.into_iter();
     for pending in group {
@@ -245,7 +253,9 @@ async fn store_group(state: &AppState, group: &[Pending]) -> Result<Vec<StatusAc
             .filter(|was_new| *was_new)
             .count() as u64;
         if pending.table == "agents" {
-            state.seen.record(pending.sender_id, pending.received);
+            if let Some(agent) = pending.source.agent() {
+                state.seen.record(agent, pending.received);
+            }
         } else {
             sqlx::query(&format!(
                 "UPDATE {} SET last_seen_ms = ? WHERE id = ?",

@@ -293,21 +293,13 @@ pub fn path_str(path: &Path) -> Result<&str> {
 
 /// Resident memory (VmRSS) of a process, in KiB.
 pub fn rss_kib(pid: u32) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/PID/status")
+    Ok(crate::procfs::memory_kib(&pid.to_string())?.0)
 }
 
 /// CPU time (user + system) a process has used so far.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = text.rsplit_once(')').context("malformed /proc/PID/stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(Duration::from_millis(ticks * 1000 / per_second))
+    let ticks = crate::procfs::cpu_ticks(&pid.to_string())?;
+    Ok(Duration::from_millis(
+        ticks * 1000 / crate::procfs::ticks_per_second(),
+    ))
 }

@@ -12,6 +12,7 @@ mod data;
 mod fleet;
 mod load;
 mod peers;
+mod procfs;
 mod proxy;
 mod report;
 

@@ -56,9 +56,9 @@ pub async fn ingest(
 ) -> Result<Json<StatusAck>> {
     // The source is the authenticated sender: a DP or an agent reports
     // only for itself, and only messages of its own kinds.
-    let (member, (table, sender_id)) = match &principal {
-        Principal::Dp { id, name } => (SourceMember::Dp(DpName::new(name)?), ("dps", *id)),
-        Principal::Agent { id, name } => (SourceMember::Agent(name.clone()), ("agents", *id)),
+    let (member, sender_id) = match &principal {
+        Principal::Dp { id, name } => (SourceMember::Dp(DpName::new(name)?), *id),
+        Principal::Agent { id, name } => (SourceMember::Agent(name.clone()), *id),
         Principal::Admin | Principal::Site { .. } => return Err(Error::Forbidden(
             "status messages come from DPs and agents (child sites relay theirs to /site/status)"
                 .into(),
@@ -109,7 +109,6 @@ pub async fn ingest(
     let (reply, answer) = tokio::sync::oneshot::channel();
     let pending = Pending {
         source,
-        table,
         sender_id,
         messages: batch.messages,
         received: now_ms(),
@@ -140,8 +139,6 @@ const GROUP_MESSAGES: usize = 20_000;
 /// stored.
 pub struct Pending {
     source: StatusSource,
-    /// `dps` or `agents`: the sender's table.
-    table: &'static str,
     sender_id: i64,
     messages: Vec<StatusMessage>,
     received: i64,
@@ -252,19 +249,14 @@ async fn store_group(state: &AppState, group: &[Pending]) -> Result<Vec<StatusAc
             .take(pending.messages.len())
             .filter(|was_new| *was_new)
             .count() as u64;
-        if pending.table == "agents" {
-            if let Some(agent) = pending.source.agent() {
-                state.seen.record(agent, pending.received);
-            }
+        if let Some(agent) = pending.source.agent() {
+            state.seen.record(agent, pending.received);
         } else {
-            sqlx::query(&format!(
-                "UPDATE {} SET last_seen_ms = ? WHERE id = ?",
-                pending.table
-            ))
-            .bind(pending.received)
-            .bind(pending.sender_id)
-            .execute(&mut *tx.tx)
-            .await?;
+            sqlx::query("UPDATE dps SET last_seen_ms = ? WHERE id = ?")
+                .bind(pending.received)
+                .bind(pending.sender_id)
+                .execute(&mut *tx.tx)
+                .await?;
         }
         acks.push(StatusAck {
             acked_seq: acked.get(&pending.source.to_string()).copied().unwrap_or(0) as u64,

@@ -18,6 +18,9 @@
 //! `poll` caps the requests in flight so that the process never opens more
 //! sockets than asked, whatever the number of agents.
 
+#[path = "../procfs.rs"]
+mod procfs;
+
 use anyhow::{bail, ensure, Context, Result};
 use cascade_protocol::{
     AgentEnrollRequest, AgentReport, Client, StatusBatch, StatusBody, StatusMessage,
@@ -554,7 +557,7 @@ async fn poll(args: PollArgs, fd_limit: u64) -> Result<PollReport> {
     }
     progress.abort();
 
-    let own_rss = proc_memory_kib("self").ok().map(|(rss, _)| mib(rss));
+    let own_rss = procfs::memory_kib("self").ok().map(|(rss, _)| mib(rss));
     let mut stats = std::mem::take(&mut *lock(&shared.stats));
     let seconds = args.duration_s;
     let polls = stats.poll.len() as u64;
@@ -1183,14 +1186,12 @@ impl Watch {
     /// Checks that the server's process can be read, if one is given.
     fn new(server_pid: Option<u32>) -> Result<Watch> {
         if let Some(pid) = server_pid {
-            proc_cpu_ticks(&pid.to_string())
+            procfs::cpu_ticks(&pid.to_string())
                 .with_context(|| format!("cannot sample the server process {pid}"))?;
         }
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         Ok(Watch {
             server_pid,
-            ticks_per_s: if ticks > 0 { ticks as f64 } else { 100.0 },
+            ticks_per_s: procfs::ticks_per_second() as f64,
         })
     }
 
@@ -1199,8 +1200,8 @@ impl Watch {
             at: std::time::Instant::now(),
             server: self
                 .server_pid
-                .and_then(|pid| proc_cpu_ticks(&pid.to_string()).ok()),
-            own: proc_cpu_ticks("self").ok(),
+                .and_then(|pid| procfs::cpu_ticks(&pid.to_string()).ok()),
+            own: procfs::cpu_ticks("self").ok(),
             ticks_per_s: self.ticks_per_s,
         }
     }
@@ -1208,7 +1209,7 @@ impl Watch {
     /// The server's resident set and its peak, in KiB.
     fn server_memory(&self) -> Option<(u64, u64)> {
         let pid = self.server_pid?;
-        match proc_memory_kib(&pid.to_string()) {
+        match procfs::memory_kib(&pid.to_string()) {
             Ok(memory) => Some(memory),
             Err(err) => {
                 eprintln!("warning: {err:#}");
@@ -1235,39 +1236,6 @@ impl CpuSample {
             round1(later_ticks.saturating_sub(ticks) as f64 / self.ticks_per_s / wall * 100.0)
         })
     }
-}
-
-/// User plus system CPU time of a process (`self` or a pid), in clock ticks.
-fn proc_cpu_ticks(process: &str) -> Result<u64> {
-    let path = format!("/proc/{process}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    // The command name (field 2) may hold spaces and parentheses; the fields
-    // after its closing parenthesis start with field 3, the state, so utime
-    // (field 14) and stime (field 15) are the 12th and 13th.
-    let (_, rest) = text
-        .rsplit_once(')')
-        .with_context(|| format!("{path}: no command name"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |index: usize| -> Result<u64> {
-        fields
-            .get(index)
-            .and_then(|value| value.parse().ok())
-            .with_context(|| format!("{path}: malformed field {}", index + 3))
-    };
-    Ok(field(11)? + field(12)?)
-}
-
-/// A process's resident set (VmRSS) and its peak (VmHWM), in KiB.
-fn proc_memory_kib(process: &str) -> Result<(u64, u64)> {
-    let path = format!("/proc/{process}/status");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let value = |key: &str| -> Result<u64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(key))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("{path}: no {key}"))
-    };
-    Ok((value("VmRSS:")?, value("VmHWM:")?))
 }
 
 /// Raises the soft limit on open files to the hard limit and returns it.

@@ -41,3 +41,40 @@ fn quickstart_runs_the_whole_tour_and_exits_zero() {
         .join("tool")
         .exists());
 }
+
+/// Regression (issue 10): `cargo run --release -- quickstart`, the README's
+/// first command, failed on a fresh clone with "could not determine which
+/// binary to run" once the workspace had several binaries. `.ci/run` runs
+/// the README's block literally (in release mode); here the same `cargo run`
+/// is asked for `--version` in the test profile, whose build is already done.
+#[test]
+fn readme_quickstart_command_picks_the_cascade_binary() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .and_then(|crates| crates.parent())
+        .unwrap();
+    let block = std::process::Command::new("bash")
+        .arg(root.join(".ci/readme-block"))
+        .arg("quickstart")
+        .output()
+        .unwrap();
+    assert!(block.status.success(), "{block:?}");
+    let command = String::from_utf8(block.stdout).unwrap();
+    let command = command.trim();
+    assert_eq!(
+        command, "cargo run --release -- quickstart",
+        "the README's quickstart block changed: update this test"
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .current_dir(root)
+        .args(["run", "--quiet", "--", "--version"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`cargo run` could not run the cascade binary: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("cascade "));
+}

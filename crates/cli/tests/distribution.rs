@@ -100,6 +100,50 @@ fn q258424_update_right_after_create() {
     assert!(failed.is_empty(), "failed status messages: {failed:#?}");
 }
 
+/// Seed 001 (Q258424), driven back to back from outside: create,
+/// distribute to every DP, update, refresh, update, without waiting. The
+/// refresh lands while the DPs are still moving to version 2; it applies to
+/// the version each DP holds or is moving to, so every DP ends at version 3
+/// `installed` (never `refresh-pending` for good) and reports the refresh.
+#[test]
+fn q258424_refresh_between_back_to_back_updates_completes() {
+    let root = tempfile::tempdir().unwrap();
+    let site = Site::start(root.path());
+    let mut dps = [site.add_dp("dp1"), site.add_dp("dp2")];
+    let source = root.path().join("src");
+    make_tree(&source, 20, 6 * MIB, 21);
+    let src = source.to_str().unwrap();
+    site.json(&["package", "create", "app", "--source", src]);
+    site.json(&["package", "distribute", "app", "--all-dps"]);
+    // dp2 races the commands; dp1 is stopped for them, so that it meets
+    // the refresh only together with the move to version 3 (the window
+    // the race opens, held open).
+    site.wait_installed("app", &[&dps[0]], 1, Duration::from_secs(60));
+    dps[0].process.kill();
+    std::fs::write(source.join("big.bin"), random_bytes(22, 6 * MIB)).unwrap();
+    site.json(&["package", "update", "app", "--source", src]);
+    site.json(&["package", "refresh", "app"]);
+    std::fs::write(source.join("big.bin"), random_bytes(23, 6 * MIB)).unwrap();
+    site.json(&["package", "update", "app", "--source", src]);
+    dps[0].restart();
+    let refs: Vec<&Dp> = dps.iter().collect();
+    site.wait_installed("app", &refs, 3, Duration::from_secs(120));
+    for dp in &dps {
+        dp.verify_against("app", &source);
+    }
+    let history = site.history("app");
+    for dp in &dps {
+        let source = format!("CEN/dp/{}", dp.name);
+        assert!(
+            history
+                .iter()
+                .any(|m| m["source"] == source.as_str() && m["kind"] == "dp_refreshed"),
+            "{} never reported the refresh: {history:#?}",
+            dp.name
+        );
+    }
+}
+
 /// Seed 004 (Q235157): a DP added after distribution receives the package;
 /// the DPs that hold it receive nothing.
 #[test]

@@ -116,10 +116,13 @@ async fn apply(dp: &Dp, assignment: &Assignment) -> Result<()> {
         .lock()
         .expect("repairs lock")
         .remove(&assignment.package);
+    // A refresh applies to the version held or the one being moved to: an
+    // assignment that moves to a new version while a refresh is requested
+    // (a refresh landing while the previous update was still on its way,
+    // Q258424) installs the new version and verifies every chunk of it.
+    let refresh_requested = assignment.refresh > held.as_ref().map_or(0, |held| held.refresh_done);
     let (install, refresh) = match &held {
-        Some(held) if held.version == assignment.version => {
-            (false, assignment.refresh > held.refresh_done)
-        }
+        Some(held) if held.version == assignment.version => (false, refresh_requested),
         Some(held) => {
             // A version never goes backwards, whatever the site asks.
             let offered = Version::new(assignment.version).ok_or_else(|| {
@@ -127,14 +130,14 @@ async fn apply(dp: &Dp, assignment: &Assignment) -> Result<()> {
             })?;
             Version::check_newer(&assignment.package, Version::new(held.version), offered)
                 .map_err(|err| Error::Refused(format!("refusing the assignment: {err}")))?;
-            (true, false)
+            (true, refresh_requested)
         }
-        None => (true, false),
+        None => (true, refresh_requested),
     };
     if !install && !refresh && !repair {
         return Ok(());
     }
-    let result = bring(dp, assignment, held, install, refresh || repair).await;
+    let result = bring(dp, assignment, held, install, refresh, refresh || repair).await;
     if result.is_err() && repair {
         dp.request_repair(&assignment.package);
     }
@@ -146,6 +149,7 @@ async fn bring(
     assignment: &Assignment,
     held: Option<Held>,
     install: bool,
+    refresh: bool,
     verify_all: bool,
 ) -> Result<()> {
     let package = &assignment.package;
@@ -243,21 +247,31 @@ async fn bring(
         now_ms(),
     )
     .await?;
-    let body = if install {
-        StatusBody::DpInstalled {
-            package: package.clone(),
-            version,
-            bytes_received: received,
-        }
-    } else {
-        StatusBody::DpRefreshed {
-            package: package.clone(),
-            version,
-            refresh: refresh_done,
-            repaired: corrupt,
-        }
-    };
-    dp.emit_in(&mut tx, body).await?;
+    if install {
+        dp.emit_in(
+            &mut tx,
+            StatusBody::DpInstalled {
+                package: package.clone(),
+                version,
+                bytes_received: received,
+            },
+        )
+        .await?;
+    }
+    // A refresh (or a repair) is reported done, also when it came with a
+    // move to a new version: the site's view waits for this message.
+    if refresh || !install {
+        dp.emit_in(
+            &mut tx,
+            StatusBody::DpRefreshed {
+                package: package.clone(),
+                version,
+                refresh: refresh_done,
+                repaired: corrupt,
+            },
+        )
+        .await?;
+    }
     tx.commit().await?;
     dp.wake_forwarder();
     tracing::info!(%package, version, bytes_received = received, repaired = corrupt, "package in place");

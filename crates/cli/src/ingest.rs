@@ -86,6 +86,7 @@ pub async fn ingest(
     name: &str,
     source: &Path,
     intent: VersionIntent,
+    allow_unchanged: bool,
     progress: bool,
 ) -> Result<IngestReport> {
     cascade_domain::PackageName::new(name)?;
@@ -107,6 +108,15 @@ pub async fn ingest(
     })
     .await?
     .with_context(|| format!("reading source directory {}", source.display()))?;
+    if !listing
+        .iter()
+        .any(|entry| matches!(entry, SourceEntry::File(_)))
+    {
+        anyhow::bail!(
+            "source directory {} holds no file; a package needs at least one",
+            source.display()
+        );
+    }
     let total: u64 = listing
         .iter()
         .map(|entry| match entry {
@@ -203,6 +213,7 @@ pub async fn ingest(
             name: name.to_owned(),
             intent,
             entries,
+            allow_unchanged,
         })
         .await?;
     bar.finish_and_clear();

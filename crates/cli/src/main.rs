@@ -404,6 +404,11 @@ enum PackageCommand {
         /// The directory to package.
         #[arg(long)]
         source: PathBuf,
+        /// Make a new version even when the tree is the newest version's
+        /// exactly (without it such an update says "unchanged" and keeps
+        /// the newest version).
+        #[arg(long)]
+        allow_unchanged: bool,
         #[command(flatten)]
         connection: Connection,
     },
@@ -831,10 +836,11 @@ async fn ingest_version(
     name: &str,
     source: &std::path::Path,
     intent: VersionIntent,
+    allow_unchanged: bool,
     out: Output,
 ) -> Result<()> {
     let client = connection.client()?;
-    let report = ingest::ingest(&client, name, source, intent, !out.json).await?;
+    let report = ingest::ingest(&client, name, source, intent, allow_unchanged, !out.json).await?;
     out.ingested(&report);
     Ok(())
 }
@@ -845,12 +851,33 @@ async fn package(command: PackageCommand, out: Output) -> Result<std::process::E
             name,
             source,
             connection,
-        } => ingest_version(&connection, &name, &source, VersionIntent::Create, out).await?,
+        } => {
+            ingest_version(
+                &connection,
+                &name,
+                &source,
+                VersionIntent::Create,
+                false,
+                out,
+            )
+            .await?
+        }
         PackageCommand::Update {
             name,
             source,
+            allow_unchanged,
             connection,
-        } => ingest_version(&connection, &name, &source, VersionIntent::Update, out).await?,
+        } => {
+            ingest_version(
+                &connection,
+                &name,
+                &source,
+                VersionIntent::Update,
+                allow_unchanged,
+                out,
+            )
+            .await?
+        }
         PackageCommand::List { connection } => {
             out.packages(&connection.client()?.packages().await?);
         }

@@ -462,6 +462,13 @@ impl Output {
             return print_json(report);
         }
         let v = &report.version;
+        if v.unchanged {
+            println!(
+                "package {} unchanged: version {} already holds this tree, so no version was made (--allow-unchanged makes one)",
+                v.package, v.version
+            );
+            return;
+        }
         println!(
             "package {} version {}: {} files, {}, {} chunks ({} uploaded, {} sent; {} already stored)",
             v.package,

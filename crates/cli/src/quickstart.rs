@@ -239,8 +239,15 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
     let sample = root.join("sample");
     write_sample(&sample)?;
     let client = Client::new(&central.url, Some(&central.admin_token))?;
-    let report =
-        ingest::ingest(&client, "sample", &sample, VersionIntent::Create, !out.json).await?;
+    let report = ingest::ingest(
+        &client,
+        "sample",
+        &sample,
+        VersionIntent::Create,
+        false,
+        !out.json,
+    )
+    .await?;
     say(&format!(
         "ingested package sample v{} at CEN: {} files, {}",
         report.version.version,

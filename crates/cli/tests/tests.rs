@@ -10,4 +10,5 @@ mod hierarchy;
 mod jobs;
 mod quickstart;
 mod repair;
+mod rough_edges;
 mod tidy;

@@ -91,6 +91,10 @@ pub struct NewVersionRequest {
     pub intent: VersionIntent,
     /// The tree, sorted by path; every chunk must already be in the library.
     pub entries: Vec<Entry>,
+    /// For an update: make a new version even when the tree is the newest
+    /// version's exactly (otherwise the answer is that version, `unchanged`).
+    #[serde(default)]
+    pub allow_unchanged: bool,
 }
 
 /// A stored package version.
@@ -112,6 +116,10 @@ pub struct VersionInfo {
     /// content only where it is needed).
     #[serde(default = "yes")]
     pub complete: bool,
+    /// True when an update was asked for a tree identical to the newest
+    /// version's: no version was made, and this is the newest one.
+    #[serde(default)]
+    pub unchanged: bool,
 }
 
 fn yes() -> bool {

@@ -146,6 +146,7 @@ fn version_info(package: &str, row: &db::VersionRow) -> VersionInfo {
         chunk_count: row.chunk_count as u64,
         created_at_ms: row.created_at_ms,
         complete: row.complete,
+        unchanged: false,
     }
 }
 
@@ -174,6 +175,12 @@ async fn new_version(
     manifest
         .validate()
         .map_err(|err| Error::invalid("invalid_manifest", err.to_string()))?;
+    if manifest.file_count() == 0 {
+        return Err(Error::invalid(
+            "empty_package",
+            format!("the tree for package {name} holds no file; a package needs at least one"),
+        ));
+    }
     let chunks = manifest.unique_chunks();
     let store = state.store.clone();
     let missing = tokio::task::spawn_blocking(move || {
@@ -223,6 +230,15 @@ async fn new_version(
             let latest = db::latest_version(&mut *tx.tx, package.id)
                 .await?
                 .unwrap_or(0);
+            if !request.allow_unchanged {
+                if let Some(row) = unchanged(&state, &mut tx, package.id, latest, &manifest).await?
+                {
+                    tracing::info!(package = %name, version = latest, "update with an unchanged tree: no new version");
+                    let mut info = version_info(name.as_str(), &row);
+                    info.unchanged = true;
+                    return Ok(Json(info));
+                }
+            }
             (package.id, latest + 1)
         }
     };
@@ -245,6 +261,36 @@ async fn new_version(
     state.notify_everything();
     tracing::info!(package = %name, version, superseded, "package version committed");
     Ok(Json(version_info(name.as_str(), &row)))
+}
+
+/// The newest version's row when its tree is exactly `manifest`'s (an
+/// update that would change nothing).
+async fn unchanged(
+    state: &AppState,
+    tx: &mut db::WriteTx<'_>,
+    package_id: i64,
+    latest: i64,
+    manifest: &Manifest,
+) -> Result<Option<db::VersionRow>> {
+    let Some((bytes, signature)) = db::manifest(&mut *tx.tx, package_id, latest).await? else {
+        return Ok(None);
+    };
+    let signed = cascade_content::SignedManifest {
+        bytes,
+        signature: signature.try_into().map_err(|_| {
+            Error::Internal(format!("stored signature of version {latest} is damaged"))
+        })?,
+    };
+    let held = signed
+        .verify(&state.trust)
+        .map_err(|err| Error::Internal(format!("stored manifest of version {latest}: {err}")))?;
+    if held.entries != manifest.entries {
+        return Ok(None);
+    }
+    Ok(db::versions(&mut *tx.tx, package_id)
+        .await?
+        .into_iter()
+        .find(|row| row.version == latest))
 }
 
 /// Stores a verified package version; `complete` when every chunk of it is

@@ -698,7 +698,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
         }
         Command::Job(command) => {
             init_logging("warn");
-            job(command, out).await?;
+            return job(command, out).await;
         }
         Command::Agent(AgentCommand::Approve { name, connection }) => {
             init_logging("warn");
@@ -754,7 +754,7 @@ fn ms(time: std::time::SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-async fn job(command: JobCommand, out: Output) -> Result<()> {
+async fn job(command: JobCommand, out: Output) -> Result<std::process::ExitCode> {
     match command {
         JobCommand::Create {
             package,
@@ -826,9 +826,12 @@ async fn job(command: JobCommand, out: Output) -> Result<()> {
                 Some(name) => out.workstation(&status, &name)?,
                 None => out.job_status(&status),
             }
+            if watch {
+                return Ok(output::job_exit_code(&status));
+            }
         }
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn ingest_version(

@@ -296,6 +296,7 @@ impl Output {
                 vec![
                     job.offer.id.to_string(),
                     job.state.clone(),
+                    job.outcome.as_deref().unwrap_or("-").replace('_', " "),
                     format!("{} v{}", job.offer.package, job.offer.version),
                     job.collection.clone(),
                     time(job.offer.offer_at_ms),
@@ -308,6 +309,7 @@ impl Output {
             &[
                 "JOB",
                 "STATE",
+                "OUTCOME",
                 "PACKAGE",
                 "COLLECTION",
                 "OFFER AT",
@@ -825,8 +827,23 @@ fn site_job_row(site: &SiteJobStatus) -> Vec<String> {
 /// True once nothing more will happen to the job on its own: it is
 /// complete or failed everywhere, or it expired or was canceled.
 pub fn job_finished(status: &JobStatus) -> bool {
-    matches!(status.job.state.as_str(), "expired" | "canceled")
-        || matches!(status.outcome.as_str(), "complete" | "failed")
+    matches!(
+        status.outcome.as_str(),
+        "complete" | "failed" | "canceled" | "expired"
+    )
+}
+
+/// The exit code of `job status --watch`: 0 when the job completed, 3 when
+/// it failed, 4 when it was canceled or expired before completing, 5 when
+/// the watch gave up with the job still in progress (1 stays for errors of
+/// the command itself, 2 for usage errors).
+pub fn job_exit_code(status: &JobStatus) -> std::process::ExitCode {
+    std::process::ExitCode::from(match status.outcome.as_str() {
+        "complete" => 0,
+        "failed" => 3,
+        "canceled" | "expired" => 4,
+        _ => 5,
+    })
 }
 
 /// Shows a live line per site of a job until it is finished or `timeout`

@@ -235,8 +235,13 @@ fn optional_cancel_retry_and_timeout() {
     let err = site.fails(&["job", "status", &retried, "--machine", "nobody"]);
     assert!(err.contains("not targeted"), "{err}");
 
-    // `--watch` returns once the job is finished.
-    let status = site.json(&["job", "status", &hangs, "--watch"]);
+    // `--watch` returns once the job is finished, exiting 3 since it failed.
+    let out = site
+        .cmd(&["-o", "json", "job", "status", &hangs, "--watch"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["counts"]["failed"], 1, "{status:#}");
     assert!(
         row(&status, "ws1")["reason"]

@@ -79,3 +79,78 @@ fn identical_update_says_nothing_changed() {
         "{detail:#}"
     );
 }
+
+/// An expired job showed outcome `in progress` forever, `job list` showed
+/// `active` for a job that failed everywhere, `job status --watch` exited 0
+/// on a failed job, and a canceled one stayed `canceled, in progress`. Each
+/// job now reaches a final outcome, `job list` shows it, and the watch's
+/// exit code says it (0 complete, 3 failed, 4 canceled or expired).
+#[test]
+fn jobs_reach_a_final_outcome_that_list_and_watch_report() {
+    let root = tempfile::tempdir().unwrap();
+    let site = Site::start(root.path());
+    site.json(&["site", "settings", "--agent-poll-interval", "2s"]);
+    let _dp = site.add_dp("dp1");
+    let source = root.path().join("src");
+    make_tree(&source, 2, 10_000, 41);
+    site.create_package("tool", &source);
+    let _ws1 = site.add_agent("ws1", &["role=kiosk"]);
+    site.init_agent("ws2", &["role=kiosk"]); // enrolled, never runs
+    site.json(&[
+        "collection",
+        "create",
+        "kiosks",
+        "--rule",
+        "tag.role = kiosk",
+    ]);
+    site.json(&["collection", "create", "one", "--machines", "ws1"]);
+
+    let failing = site.create_job("tool", "one", "false", &[]);
+    let failing = failing["id"].as_u64().unwrap().to_string();
+    let expiring = site.create_job("tool", "kiosks", "true", &["--expires-in", "5s"]);
+    let expiring = expiring["id"].as_u64().unwrap().to_string();
+    let canceled = site.create_job("tool", "kiosks", "true", &["--optional"]);
+    let canceled = canceled["id"].as_u64().unwrap().to_string();
+
+    let watch = |id: &str| {
+        site.cmd(&["job", "status", id, "--watch"])
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(watch(&failing), Some(3), "a failed job's watch exits 3");
+    site.json(&["job", "cancel", &canceled]);
+    assert_eq!(watch(&canceled), Some(4), "a canceled job's watch exits 4");
+    assert_eq!(watch(&expiring), Some(4), "an expired job's watch exits 4");
+
+    let list = site.json(&["job", "list"]);
+    let outcome = |id: &str| {
+        let job = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|job| job["id"].as_u64().unwrap().to_string() == id)
+            .unwrap();
+        (job["state"].clone(), job["outcome"].clone())
+    };
+    assert_eq!(
+        outcome(&failing),
+        ("active".into(), "failed".into()),
+        "{list:#}"
+    );
+    assert_eq!(
+        outcome(&expiring),
+        ("expired".into(), "expired".into()),
+        "{list:#}"
+    );
+    assert_eq!(
+        outcome(&canceled),
+        ("canceled".into(), "canceled".into()),
+        "{list:#}"
+    );
+    // Expiry kept what ws1 reported: complete, beside the expired flag.
+    let status = site.job(expiring.parse().unwrap());
+    assert_eq!(status["counts"]["complete"], 1, "{status:#}");
+    assert_eq!(status["counts"]["none"], 1, "{status:#}");
+}

@@ -970,6 +970,11 @@ pub struct JobInfo {
     /// The DP group it distributes to; none: each target site's DPs.
     #[serde(default)]
     pub dp_group: Option<String>,
+    /// The job's outcome as its status shows it (`in_progress`, `complete`,
+    /// `failed`, `canceled`, `expired`), in `job list` and `job status`;
+    /// absent where it was not computed (the answer to `job create`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 /// One workstation's row in a job's status.

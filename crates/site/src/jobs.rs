@@ -74,6 +74,7 @@ fn job_from_row(row: sqlx::sqlite::SqliteRow, now: i64) -> Result<(JobInfo, i64)
             canceled_at_ms,
             state: state.to_owned(),
             dp_group: row.get(15),
+            outcome: None,
         },
         row.get(14),
     ))
@@ -394,10 +395,12 @@ pub async fn list(
     ))
     .fetch_all(state.db.pool())
     .await?;
-    let jobs = rows
-        .into_iter()
-        .map(|row| job_from_row(row, now).map(|(info, _)| info))
-        .collect::<Result<_>>()?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (mut info, _) = job_from_row(row, now)?;
+        info.outcome = status_of(&state, info.offer.id).await?.job.outcome;
+        jobs.push(info);
+    }
     Ok(Json(jobs))
 }
 
@@ -413,8 +416,7 @@ pub async fn cancel(
     apply_cancel(&state, &mut tx, id).await?;
     tx.commit().await?;
     state.notify_everything();
-    let (info, _) = job_by_id(state.db.pool(), id).await?;
-    Ok(Json(info))
+    Ok(Json(status_of(&state, id).await?.job))
 }
 
 /// Cancels a job here (once: `job_canceled` is recorded the first time) and
@@ -647,6 +649,11 @@ pub async fn job_status(
     Path(id): Path<u64>,
 ) -> Result<Json<JobStatus>> {
     principal.require_admin()?;
+    status_of(&state, id).await.map(Json)
+}
+
+/// The job's status, folded from its status messages (see [`job_status`]).
+pub async fn status_of(state: &AppState, id: u64) -> Result<JobStatus> {
     let pool = state.db.pool();
     let (job, collection_id) = job_by_id(pool, id).await?;
     let own = state.code.to_string();
@@ -695,7 +702,7 @@ pub async fn job_status(
             }
         }
     }
-    let distribution = status::distribution_views(&state, &job.offer.package).await?;
+    let distribution = status::distribution_views(state, &job.offer.package).await?;
     // A job created before this site recorded arrivals: it arrived when it
     // was created, and distributed to the DPs queued for its package.
     arrivals.entry(own.clone()).or_insert_with(|| Arrival {
@@ -837,15 +844,18 @@ pub async fn job_status(
             site,
         });
     }
-    let outcome = outcome(&sites, &workstations);
-    Ok(Json(JobStatus {
-        job,
+    let outcome = outcome(&job, &sites, &workstations, now);
+    Ok(JobStatus {
+        job: JobInfo {
+            outcome: Some(outcome.to_owned()),
+            ..job
+        },
         counts,
         workstations,
         distribution: flat,
         sites,
         outcome: outcome.to_owned(),
-    }))
+    })
 }
 
 /// A message about a job: source, seq, at, site, agent, body.
@@ -858,13 +868,51 @@ struct Arrival {
     dps: Vec<String>,
 }
 
+/// How long after a run's deadline (its start plus the job's timeout) a
+/// workstation that reported it running is still waited for; past it, a
+/// canceled or expired job is final even if the workstation never reports.
+const RUN_REPORT_GRACE_MS: i64 = 60_000;
+
 /// The job as a whole: `in_progress` while a connected site has not
 /// reported the instruction or a workstation has not finished; then
 /// `failed` if a workstation failed or a site refused the instruction (a DP
 /// still retrying changes nothing about that); else `complete` once every
 /// site's distribution is complete or not applicable. A site that never
 /// connected is left out.
-fn outcome(sites: &[SiteJobStatus], workstations: &[WorkstationStatus]) -> &'static str {
+///
+/// A job canceled or expired before that is final too: `canceled` or
+/// `expired` once no workstation is still downloading or running it (one
+/// that is may finish, and its report still counts, until its timeout and
+/// [`RUN_REPORT_GRACE_MS`] have passed). What was complete or failed before
+/// stays so: expiry never rewrites history (Q152229).
+fn outcome(
+    job: &JobInfo,
+    sites: &[SiteJobStatus],
+    workstations: &[WorkstationStatus],
+    now: i64,
+) -> &'static str {
+    let running = running_outcome(sites, workstations);
+    let ended = match job.state.as_str() {
+        "canceled" => "canceled",
+        "expired" => "expired",
+        _ => return running,
+    };
+    if running != "in_progress" {
+        return running;
+    }
+    let timeout = job.offer.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS) as i64;
+    let still_running = workstations.iter().any(|ws| {
+        matches!(ws.state.as_str(), "downloading" | "running")
+            && ws.since_ms + timeout + RUN_REPORT_GRACE_MS > now
+    });
+    if still_running {
+        "in_progress"
+    } else {
+        ended
+    }
+}
+
+fn running_outcome(sites: &[SiteJobStatus], workstations: &[WorkstationStatus]) -> &'static str {
     let connected = |site: &SiteJobStatus| site.instruction != "not_connected";
     let runs_open = sites
         .iter()

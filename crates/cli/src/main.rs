@@ -448,9 +448,14 @@ enum PackageCommand {
     Refresh {
         /// Package name.
         name: String,
-        /// Only this DP (repeatable); default every DP holding it.
-        #[arg(long = "dp")]
+        /// Only this DP (repeatable): NAME for this site's, SITE/NAME for a
+        /// DP of a site below; default every DP of the hierarchy below
+        /// holding it.
+        #[arg(long = "dp", conflicts_with = "dp_group")]
         dps: Vec<String>,
+        /// Only the DPs of this DP group, at every site.
+        #[arg(long)]
+        dp_group: Option<String>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -910,11 +915,12 @@ async fn package(command: PackageCommand, out: Output) -> Result<std::process::E
         PackageCommand::Refresh {
             name,
             dps,
+            dp_group,
             connection,
         } => {
             let report = connection
                 .client()?
-                .refresh(&name, &RefreshRequest { dps })
+                .refresh(&name, &RefreshRequest { dps, dp_group })
                 .await?;
             out.targets("refresh requested", &report);
         }

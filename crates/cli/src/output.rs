@@ -568,7 +568,7 @@ impl Output {
         }
         if !report.sites.is_empty() {
             println!(
-                "{verb}: {} -> sent on to {} (each places it on its own DPs of the group)",
+                "{verb}: {} -> sent on to {} (each applies it to its own DPs)",
                 report.package,
                 report.sites.join(", ")
             );

@@ -252,6 +252,59 @@ fn q258424_update_right_after_create_hierarchy() {
     assert!(failures.is_empty(), "failed status messages: {failures:#?}");
 }
 
+/// `package refresh` at the central site refreshed only central's own DPs.
+/// It now reaches every DP of the hierarchy holding the package, and
+/// `--dp SITE/NAME` and `--dp-group` pick DPs of sites below.
+#[test]
+fn refresh_at_central_reaches_dps_of_child_sites() {
+    let root = tempfile::tempdir().unwrap();
+    let cen = Site::central(root.path(), "CEN");
+    let p01 = Site::child(root.path(), "P01", "primary", &cen, &[]);
+    let s01 = Site::child(root.path(), "S01", "secondary", &p01, &[]);
+    let dps = [cen.add_dp("dp1"), p01.add_dp("dp1"), s01.add_dp("dp1")];
+    let refs: Vec<&Dp> = dps.iter().collect();
+    cen.create_group("everywhere", &refs);
+    cen.create_group("leaf", &refs[2..]);
+    let source = root.path().join("src");
+    make_tree(&source, 5, MIB, 12);
+    cen.create_package("app", &source);
+    cen.json(&["package", "distribute", "app", "--dp-group", "everywhere"]);
+    cen.wait_installed("app", &refs, 1, Duration::from_secs(120));
+    let refreshes = |source: &str| {
+        messages_of_kinds(&cen, "app", &["dp_refreshed"])
+            .iter()
+            .filter(|m| m["source"] == source)
+            .count()
+    };
+    let wait_refreshes = |expected: [usize; 3]| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = ["CEN/dp/dp1", "P01/dp/dp1", "S01/dp/dp1"].map(refreshes);
+            if got == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "refreshes {got:?}, expected {expected:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cen.wait_installed("app", &refs, 1, Duration::from_secs(60));
+    };
+
+    let report = cen.json(&["package", "refresh", "app"]);
+    assert_eq!(report["sites"], serde_json::json!(["P01"]), "{report:#}");
+    wait_refreshes([1, 1, 1]);
+    cen.json(&["package", "refresh", "app", "--dp", "S01/dp1"]);
+    wait_refreshes([1, 1, 2]);
+    cen.json(&["package", "refresh", "app", "--dp-group", "leaf"]);
+    wait_refreshes([1, 1, 3]);
+    cen.json(&["package", "refresh", "app", "--dp", "dp1"]);
+    wait_refreshes([2, 1, 3]);
+    let err = cen.fails(&["package", "refresh", "app", "--dp", "S09/dp1"]);
+    assert!(err.contains("unknown site") && err.contains("S09"), "{err}");
+}
+
 /// Seed 002 (Q235788): five updates in quick succession while the first
 /// version is still in transit to a rate-limited primary and its
 /// secondary. Every newer version supersedes the older one in transit,

@@ -103,6 +103,15 @@ pub enum Instruction {
     Job { job: JobInfo },
     /// A job was canceled at the central site.
     JobCanceled { job: u64, package: String },
+    /// Re-verify a package on DPs that hold it (or are moving to a version
+    /// of it): the DPs named `SITE/DP`, or, when `dps` is absent, every DP
+    /// of every site below that holds it. Each site bumps the refresh
+    /// generation of its own DPs' entries.
+    Refresh {
+        package: String,
+        #[serde(default)]
+        dps: Option<Vec<String>>,
+    },
 }
 
 impl Instruction {
@@ -115,6 +124,7 @@ impl Instruction {
             Instruction::Distribute { .. } => "distribute",
             Instruction::Job { .. } => "job",
             Instruction::JobCanceled { .. } => "job_canceled",
+            Instruction::Refresh { .. } => "refresh",
         }
     }
 
@@ -123,7 +133,8 @@ impl Instruction {
         match self {
             Instruction::PackageVersion { package, .. }
             | Instruction::Distribute { package, .. }
-            | Instruction::JobCanceled { package, .. } => Some(package),
+            | Instruction::JobCanceled { package, .. }
+            | Instruction::Refresh { package, .. } => Some(package),
             Instruction::Job { job } => Some(&job.offer.package),
             Instruction::Collection { .. } | Instruction::DpGroup { .. } => None,
         }
@@ -145,6 +156,13 @@ impl Instruction {
                 job.offer.id, job.offer.package, job.offer.version
             ),
             Instruction::JobCanceled { job, .. } => format!("cancel job {job}"),
+            Instruction::Refresh { package, dps: None } => {
+                format!("refresh {package} on every dp holding it")
+            }
+            Instruction::Refresh {
+                package,
+                dps: Some(dps),
+            } => format!("refresh {package} on {}", dps.join(", ")),
         }
     }
 }

@@ -196,9 +196,14 @@ pub struct DistributeRequest {
 /// `POST /api/v1/packages/{name}/refresh`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RefreshRequest {
-    /// DPs by name; empty means every DP that holds the package.
+    /// DPs by name: `NAME` for this site's, `SITE/NAME` for a DP of a site
+    /// below. With neither these nor `dp_group`: every DP of this site and
+    /// of every site below that holds the package.
     #[serde(default)]
     pub dps: Vec<String>,
+    /// The DPs of a DP group, at every site.
+    #[serde(default)]
+    pub dp_group: Option<String>,
 }
 
 /// What a distribute or refresh call did to one DP.

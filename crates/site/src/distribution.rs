@@ -13,9 +13,11 @@
 
 use crate::db::{self, WriteTx};
 use crate::error::{Error, Result};
-use crate::{now_ms, status, AppState};
-use cascade_domain::DpName;
-use cascade_protocol::{DistributeRequest, RefreshRequest, StatusBody, TargetChange, TargetReport};
+use crate::{now_ms, send, status, AppState};
+use cascade_domain::{DpName, SiteCode};
+use cascade_protocol::{
+    DistributeRequest, Instruction, RefreshRequest, StatusBody, TargetChange, TargetReport,
+};
 
 /// Sets the (package, DP) entry to `version` with `refresh`, bumps the DP's
 /// revision and records the status message.
@@ -239,66 +241,176 @@ pub async fn distribute(
 }
 
 /// `cascade package refresh`: the one explicit way to re-verify DPs that
-/// already hold a package.
+/// already hold a package. `NAME` is this site's DP, `SITE/NAME` a DP of a
+/// site below, `--dp-group` a group's members wherever they are; with none
+/// of them, every DP of the subtree holding the package. This site's DPs
+/// are refreshed here and the refresh is passed down to the child sites,
+/// each refreshing its own.
 pub async fn refresh(
     state: &AppState,
     name: &str,
     request: &RefreshRequest,
 ) -> Result<TargetReport> {
-    let mut tx = state.db.write().await?;
-    let package = db::require_package(&mut *tx.tx, name).await?;
-    let held = sqlx::query_as::<_, (i64, String, i64, i64)>(
-        "SELECT d.id, d.name, q.version, q.refresh FROM distributions q JOIN dps d ON d.id = q.dp_id
-         WHERE q.package_id = ? AND q.version > 0 ORDER BY d.name",
-    )
-    .bind(package.id)
-    .fetch_all(&mut *tx.tx)
-    .await?;
-    let chosen: Vec<(i64, String, i64, i64)> = if request.dps.is_empty() {
-        held
-    } else {
-        let wanted = resolve_dps(&mut tx, &request.dps).await?;
-        let mut chosen = Vec::new();
-        for (dp_id, dp_name) in wanted {
-            let entry = held.iter().find(|row| row.0 == dp_id).ok_or_else(|| {
-                Error::invalid(
-                    "not_distributed",
-                    format!("dp {dp_name} does not hold package {name}; distribute it there first"),
-                )
-            })?;
-            chosen.push(entry.clone());
-        }
-        chosen
-    };
-    if chosen.is_empty() {
+    if !request.dps.is_empty() && request.dp_group.is_some() {
         return Err(Error::invalid(
-            "not_distributed",
-            format!("package {name} is not distributed to any dp; nothing to refresh"),
+            "conflicting_targets",
+            "give dp names or --dp-group, not both",
         ));
     }
-    let mut report = TargetReport {
-        package: package.name.clone(),
-        dps: Vec::new(),
-        sites: Vec::new(),
+    let mut tx = state.db.write().await?;
+    let package = db::require_package(&mut *tx.tx, name).await?;
+    let held = held_rows(&mut tx, package.id).await?;
+    let sites = db::subtree(&mut *tx.tx).await?;
+    let own = state.code.as_str();
+    let members: Option<Vec<String>> = if let Some(group) = &request.dp_group {
+        Some(crate::groups::members(&mut tx, group).await?)
+    } else if request.dps.is_empty() {
+        None
+    } else {
+        let mut members = Vec::new();
+        for given in &request.dps {
+            let (site, dp) = match given.split_once('/') {
+                Some((site, dp)) => (SiteCode::new(site)?, DpName::new(dp)?),
+                None => (state.code.clone(), DpName::new(given)?),
+            };
+            if site.as_str() == own {
+                // This site knows what its DPs hold: refuse one without it.
+                let known =
+                    db::dp_by_name(&mut *tx.tx, dp.as_str())
+                        .await?
+                        .ok_or(Error::NotFound {
+                            what: "dp",
+                            name: given.clone(),
+                        })?;
+                if !held.iter().any(|row| row.0 == known.id) {
+                    return Err(Error::invalid(
+                        "not_distributed",
+                        format!(
+                            "dp {given} does not hold package {name}; distribute it there first"
+                        ),
+                    ));
+                }
+            } else if !crate::hierarchy::contains(&sites, own, site.as_str()) {
+                return Err(Error::NotFound {
+                    what: "site",
+                    name: format!("{site} (of dp {given}) below {own}"),
+                });
+            }
+            let member = format!("{site}/{dp}");
+            if !members.contains(&member) {
+                members.push(member);
+            }
+        }
+        Some(members)
     };
-    for (dp_id, dp_name, version, refresh) in chosen {
-        target(
-            state,
-            &mut tx,
-            (package.id, &package.name),
-            (dp_id, &dp_name),
-            version,
-            refresh + 1,
-        )
-        .await?;
-        report.dps.push(TargetChange {
+    let children = db::children(&mut *tx.tx, own).await?;
+    let reaches_below = match &members {
+        None => !children.is_empty(),
+        Some(members) => members
+            .iter()
+            .any(|member| !member.starts_with(&format!("{own}/"))),
+    };
+    let dps = apply_refresh(state, &mut tx, &package.name, members.as_deref()).await?;
+    if dps.is_empty() && !reaches_below {
+        return Err(Error::invalid(
+            "not_distributed",
+            format!("package {name} is not distributed to any of these dps; nothing to refresh"),
+        ));
+    }
+    tx.commit().await?;
+    state.notify_assignments_changed();
+    state.notify_status_stored();
+    state.notify_outbox_changed();
+    Ok(TargetReport {
+        package: package.name,
+        dps,
+        sites: if reaches_below { children } else { Vec::new() },
+    })
+}
+
+/// The entries of a package on this site's DPs: DP id, DP name, version
+/// (0 while the content is still on its way here), refresh generation.
+async fn held_rows(tx: &mut WriteTx<'_>, package_id: i64) -> Result<Vec<(i64, String, i64, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT d.id, d.name, q.version, q.refresh FROM distributions q JOIN dps d ON d.id = q.dp_id
+         WHERE q.package_id = ? ORDER BY d.name",
+    )
+    .bind(package_id)
+    .fetch_all(&mut *tx.tx)
+    .await?)
+}
+
+/// Refreshes this site's DPs among `members` (`SITE/DP`; `None`: every DP
+/// here holding the package) and passes the refresh on to the child sites,
+/// inside `tx`. A refresh applies to the version a DP holds or is moving
+/// to: an entry still waiting for its content here keeps the new
+/// generation, and the DP verifies what it installs (Q258424). A member
+/// that does not hold the package here is left alone.
+pub async fn apply_refresh(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    package: &str,
+    members: Option<&[String]>,
+) -> Result<Vec<TargetChange>> {
+    let Some(row) = db::package_by_name(&mut *tx.tx, package).await? else {
+        // A package this site never heard of has nothing to refresh here;
+        // the sites below may still hold it.
+        send_refresh_down(state, tx, package, members).await?;
+        return Ok(Vec::new());
+    };
+    let own = format!("{}/", state.code);
+    let mut changes = Vec::new();
+    for (dp_id, dp_name, version, refresh) in held_rows(tx, row.id).await? {
+        let chosen = members.is_none_or(|members| {
+            members
+                .iter()
+                .any(|member| member.strip_prefix(&own) == Some(dp_name.as_str()))
+        });
+        if !chosen {
+            continue;
+        }
+        if version == 0 {
+            sqlx::query(
+                "UPDATE distributions SET refresh = refresh + 1 WHERE package_id = ? AND dp_id = ?",
+            )
+            .bind(row.id)
+            .bind(dp_id)
+            .execute(&mut *tx.tx)
+            .await?;
+        } else {
+            target(
+                state,
+                tx,
+                (row.id, package),
+                (dp_id, &dp_name),
+                version,
+                refresh + 1,
+            )
+            .await?;
+        }
+        changes.push(TargetChange {
             dp: dp_name,
             version: version as u64,
             changed: true,
         });
     }
-    tx.commit().await?;
-    state.notify_assignments_changed();
-    state.notify_status_stored();
-    Ok(report)
+    send_refresh_down(state, tx, package, members).await?;
+    Ok(changes)
+}
+
+async fn send_refresh_down(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    package: &str,
+    members: Option<&[String]>,
+) -> Result<()> {
+    send::send_down(
+        state,
+        tx,
+        &Instruction::Refresh {
+            package: package.to_owned(),
+            dps: members.map(<[String]>::to_vec),
+        },
+    )
+    .await
 }

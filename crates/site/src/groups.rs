@@ -197,6 +197,16 @@ pub async fn apply_group(
     .await
 }
 
+/// Every member of the group, as `SITE/DP`.
+pub async fn members(tx: &mut WriteTx<'_>, group: &str) -> Result<Vec<String>> {
+    let id = require_group(tx, group).await?;
+    let json: String = sqlx::query_scalar("SELECT dps FROM dp_groups WHERE id = ?")
+        .bind(id)
+        .fetch_one(&mut *tx.tx)
+        .await?;
+    members_of(&json)
+}
+
 /// The names of this site's DPs in the group (DPs not enrolled here yet
 /// included: they receive the group's packages when they enroll).
 pub async fn local_members(tx: &mut WriteTx<'_>, group: &str) -> Result<Vec<String>> {

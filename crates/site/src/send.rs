@@ -23,7 +23,7 @@
 use crate::auth::Principal;
 use crate::db::{self, WriteTx};
 use crate::error::{Error, Result};
-use crate::{agents, api, groups, hierarchy, jobs, now_ms, status, AppState};
+use crate::{agents, api, distribution, groups, hierarchy, jobs, now_ms, status, AppState};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
@@ -397,6 +397,11 @@ async fn apply(state: &AppState, tx: &mut WriteTx<'_>, instruction: &Instruction
         }
         Instruction::Job { job } => jobs::apply_job(state, tx, job).await,
         Instruction::JobCanceled { job, .. } => jobs::apply_cancel(state, tx, *job).await,
+        Instruction::Refresh { package, dps } => {
+            distribution::apply_refresh(state, tx, package, dps.as_deref())
+                .await
+                .map(|_| ())
+        }
     }
 }
 

@@ -181,6 +181,10 @@ enum DpGroupCommand {
         /// A DP as SITE/DP, e.g. P01/dp1 (repeatable).
         #[arg(long = "dp", required = true)]
         dps: Vec<String>,
+        /// Accept DPs not enrolled yet (they receive the group's packages
+        /// when they enroll under these names).
+        #[arg(long)]
+        allow_unknown: bool,
         #[command(flatten)]
         connection: Connection,
     },
@@ -333,6 +337,10 @@ enum CollectionCommand {
         /// A rule such as `tag.role = kiosk and os = linux`.
         #[arg(long)]
         rule: Option<String>,
+        /// Accept listed workstations not enrolled yet (pre-staging); they
+        /// are shown as not enrolled until they are.
+        #[arg(long, conflicts_with = "rule")]
+        allow_unknown: bool,
         #[command(flatten)]
         connection: Connection,
     },
@@ -590,11 +598,16 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                 DpGroupCommand::Create {
                     name,
                     dps,
+                    allow_unknown,
                     connection,
                 } => {
                     let group = connection
                         .client()?
-                        .create_dp_group(&cascade_protocol::DpGroupRequest { name, dps })
+                        .create_dp_group(&cascade_protocol::DpGroupRequest {
+                            name,
+                            dps,
+                            allow_unknown,
+                        })
                         .await?;
                     out.dp_groups(&[group]);
                 }
@@ -721,6 +734,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                     name,
                     machines,
                     rule,
+                    allow_unknown,
                     connection,
                 } => {
                     let info = connection
@@ -729,6 +743,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                             name,
                             machines,
                             rule,
+                            allow_unknown,
                         })
                         .await?;
                     out.collections(&[info]);

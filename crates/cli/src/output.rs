@@ -243,11 +243,17 @@ impl Output {
         let rows: Vec<Vec<String>> = collections
             .iter()
             .map(|collection| {
-                let definition = match (&collection.machines, &collection.rule) {
+                let mut definition = match (&collection.machines, &collection.rule) {
                     (Some(machines), _) => format!("machines {}", machines.join(",")),
                     (None, Some(rule)) => format!("rule {rule}"),
                     (None, None) => "-".into(),
                 };
+                if !collection.not_enrolled.is_empty() {
+                    definition.push_str(&format!(
+                        " (not enrolled: {})",
+                        collection.not_enrolled.join(",")
+                    ));
+                }
                 vec![
                     collection.name.clone(),
                     definition,
@@ -680,11 +686,14 @@ impl Output {
         let rows: Vec<Vec<String>> = groups
             .iter()
             .map(|group| {
-                vec![
-                    group.name.clone(),
-                    group.dps.join(", "),
-                    time(group.created_at_ms),
-                ]
+                let mut dps = group.dps.join(", ");
+                if !group.not_enrolled.is_empty() {
+                    dps.push_str(&format!(
+                        " (not enrolled: {})",
+                        group.not_enrolled.join(", ")
+                    ));
+                }
+                vec![group.name.clone(), dps, time(group.created_at_ms)]
             })
             .collect();
         table(&["GROUP", "DPS", "CREATED"], &rows);

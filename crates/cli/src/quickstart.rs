@@ -259,6 +259,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
             name: "all".into(),
             machines: Vec::new(),
             rule: Some("tag.fleet = demo".into()),
+            allow_unknown: false,
         })
         .await?;
     let job = client

@@ -154,3 +154,85 @@ fn jobs_reach_a_final_outcome_that_list_and_watch_report() {
     assert_eq!(status["counts"]["complete"], 1, "{status:#}");
     assert_eq!(status["counts"]["none"], 1, "{status:#}");
 }
+
+/// `collection create bad --machines ghost1` was accepted with no warning,
+/// and `dp-group create --dp CEN/dp3` for a DP not enrolled yet was refused
+/// although groups are meant to cover DPs enrolled later. Both now refuse
+/// an unknown name unless `--allow-unknown` pre-stages it, and show it as
+/// not enrolled until it is.
+#[test]
+fn unknown_names_are_refused_unless_pre_staged() {
+    let root = tempfile::tempdir().unwrap();
+    let site = Site::start(root.path());
+    let _dp1 = site.add_dp("dp1");
+    let _ws1 = site.add_agent("ws1", &[]);
+
+    let err = site.fails(&["collection", "create", "bad", "--machines", "ws1,ghost1"]);
+    assert!(
+        err.contains("ghost1") && err.contains("--allow-unknown"),
+        "{err}"
+    );
+    assert!(!err.contains("ws1,"), "names only the unknown one: {err}");
+    let info = site.json(&[
+        "collection",
+        "create",
+        "staged",
+        "--machines",
+        "ws1,ghost1",
+        "--allow-unknown",
+    ]);
+    let info = if info.is_array() {
+        info[0].clone()
+    } else {
+        info
+    };
+    assert_eq!(
+        info["not_enrolled"],
+        serde_json::json!(["ghost1"]),
+        "{info:#}"
+    );
+    let out = run_ok(&mut site.cmd(&["collection", "list"]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not enrolled: ghost1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let err = site.fails(&[
+        "dp-group", "create", "g", "--dp", "CEN/dp1", "--dp", "CEN/dp3",
+    ]);
+    assert!(
+        err.contains("CEN/dp3") && err.contains("--allow-unknown"),
+        "{err}"
+    );
+    site.json(&[
+        "dp-group",
+        "create",
+        "g",
+        "--dp",
+        "CEN/dp1",
+        "--dp",
+        "CEN/dp3",
+        "--allow-unknown",
+    ]);
+    let groups = site.json(&["dp-group", "list"]);
+    assert_eq!(
+        groups[0]["not_enrolled"],
+        serde_json::json!(["CEN/dp3"]),
+        "{groups:#}"
+    );
+    // Once dp3 enrolls, the group knows it, and the group's package goes
+    // to it.
+    let source = root.path().join("src");
+    make_tree(&source, 2, 10_000, 51);
+    site.create_package("tool", &source);
+    site.json(&["package", "distribute", "tool", "--dp-group", "g"]);
+    let dp3 = site.add_dp("dp3");
+    site.wait_installed("tool", &[&dp3], 1, std::time::Duration::from_secs(60));
+    let groups = site.json(&["dp-group", "list"]);
+    assert_eq!(
+        groups[0]["not_enrolled"],
+        serde_json::json!([]),
+        "{groups:#}"
+    );
+}

@@ -324,6 +324,10 @@ pub struct DpGroupRequest {
     pub name: String,
     /// DPs as `SITE/DP`.
     pub dps: Vec<String>,
+    /// Accept DPs that are not enrolled yet (they receive the group's
+    /// packages when they enroll); without it an unknown DP is refused.
+    #[serde(default)]
+    pub allow_unknown: bool,
 }
 
 /// A DP group.
@@ -335,6 +339,9 @@ pub struct DpGroupInfo {
     pub dps: Vec<String>,
     /// When it was created.
     pub created_at_ms: i64,
+    /// Members not enrolled at their site (yet), as far as this site knows.
+    #[serde(default)]
+    pub not_enrolled: Vec<String>,
 }
 
 /// One site's line in a job's status.

@@ -440,6 +440,9 @@ pub enum StatusBody {
     },
     /// Site: a DP enrolled at the site (DP groups name DPs of any site).
     DpEnrolled { dp: String },
+    /// Site: a workstation's agent enrolled at the site (collections name
+    /// workstations of any site).
+    AgentEnrolled { agent: String },
     /// Site: the site joined the hierarchy under `parent`; recorded when it
     /// is created and relayed once it first runs, so its arrival at the
     /// central site means the site is connected.
@@ -539,7 +542,9 @@ impl StatusBody {
             | StatusBody::JobFailed { package, .. }
             | StatusBody::JobRetrying { package, .. } => Some(package),
             StatusBody::InstructionRefused { package, .. } => package.as_deref(),
-            StatusBody::DpEnrolled { .. } | StatusBody::SiteJoined { .. } => None,
+            StatusBody::DpEnrolled { .. }
+            | StatusBody::AgentEnrolled { .. }
+            | StatusBody::SiteJoined { .. } => None,
         }
     }
 
@@ -562,6 +567,7 @@ impl StatusBody {
             StatusBody::DpCorruptionFound { .. } => "dp_corruption_found",
             StatusBody::DpRefreshed { .. } => "dp_refreshed",
             StatusBody::DpEnrolled { .. } => "dp_enrolled",
+            StatusBody::AgentEnrolled { .. } => "agent_enrolled",
             StatusBody::SiteJoined { .. } => "site_joined",
             StatusBody::JobArrived { .. } => "job_arrived",
             StatusBody::ContentStarted { .. } => "content_started",
@@ -1057,6 +1063,10 @@ pub struct CollectionRequest {
     /// A rule over agent attributes (exclusive with `machines`).
     #[serde(default)]
     pub rule: Option<String>,
+    /// Accept listed workstations that are not enrolled yet (pre-staging);
+    /// without it an unknown name is refused.
+    #[serde(default)]
+    pub allow_unknown: bool,
 }
 
 /// A collection with its current members.
@@ -1070,6 +1080,9 @@ pub struct CollectionInfo {
     pub rule: Option<String>,
     /// Enrolled agents that belong now.
     pub members: Vec<String>,
+    /// Listed workstations not enrolled at this site or below (yet).
+    #[serde(default)]
+    pub not_enrolled: Vec<String>,
 }
 
 /// `GET`/`PUT /api/v1/settings`: site settings.

@@ -176,6 +176,14 @@ pub async fn enroll(
     .execute(&mut *tx.tx)
     .await?;
     auth::store_credential(&mut tx, &credential, "agent", &request.name, now).await?;
+    crate::status::record_site_message(
+        &state,
+        &mut tx,
+        StatusBody::AgentEnrolled {
+            agent: request.name.clone(),
+        },
+    )
+    .await?;
     let retargeted = crate::jobs::agent_arrived(&state, &mut tx, &request.name).await?;
     tx.commit().await?;
     if retargeted {
@@ -612,8 +620,22 @@ pub async fn create_collection(
             (None, Some(text.clone()))
         }
         (None, false) => {
+            let mut unknown = Vec::new();
             for machine in &request.machines {
                 validate_name("machine name", machine)?;
+                if !crate::db::agent_known(state.db.pool(), machine).await? {
+                    unknown.push(machine.as_str());
+                }
+            }
+            if !unknown.is_empty() && !request.allow_unknown {
+                return Err(Error::invalid(
+                    "unknown_machines",
+                    format!(
+                        "no workstation named {} is enrolled at {} or below; check the names, or pass --allow-unknown to name workstations before they enroll",
+                        unknown.join(", "),
+                        state.code
+                    ),
+                ));
             }
             (Some(request.machines.clone()), None)
         }
@@ -708,11 +730,18 @@ async fn collection_info(
         .filter(|agent| membership.contains(&state.code.to_string(), agent))
         .map(|agent| agent.name.clone())
         .collect();
+    let mut not_enrolled = Vec::new();
+    for machine in machines.iter().flatten() {
+        if !crate::db::agent_known(&mut *tx.tx, machine).await? {
+            not_enrolled.push(machine.clone());
+        }
+    }
     Ok(CollectionInfo {
         name: name.to_owned(),
         machines,
         rule,
         members,
+        not_enrolled,
     })
 }
 

@@ -275,15 +275,19 @@ async fn unchanged(
     let Some((bytes, signature)) = db::manifest(&mut *tx.tx, package_id, latest).await? else {
         return Ok(None);
     };
-    let signed = cascade_content::SignedManifest {
-        bytes,
-        signature: signature.try_into().map_err(|_| {
-            Error::Internal(format!("stored signature of version {latest} is damaged"))
-        })?,
+    let Ok(signature) = signature.try_into() else {
+        return Ok(None);
     };
-    let held = signed
-        .verify(&state.trust)
-        .map_err(|err| Error::Internal(format!("stored manifest of version {latest}: {err}")))?;
+    let signed = cascade_content::SignedManifest { bytes, signature };
+    let held = match signed.verify(&state.trust) {
+        Ok(held) => held,
+        Err(err) => {
+            // Not a reason to refuse the update: the new version replaces
+            // the damaged one as the newest.
+            tracing::warn!(package = %manifest.package, version = latest, error = %err, "stored manifest does not verify");
+            return Ok(None);
+        }
+    };
     if held.entries != manifest.entries {
         return Ok(None);
     }

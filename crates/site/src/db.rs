@@ -680,3 +680,42 @@ where
             .await?,
     )
 }
+
+/// Whether a DP named `dp` is enrolled at `site`, as this site knows: its
+/// own DPs from its table, those of sites below from their `dp_enrolled`
+/// messages.
+pub async fn dp_known<'e, E>(executor: E, own: &str, site: &str, dp: &str) -> Result<bool>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    if site == own {
+        return Ok(dp_by_name(executor, dp).await?.is_some());
+    }
+    Ok(sqlx::query_scalar::<_, i64>(
+        "SELECT 1 FROM status_messages WHERE site = ? AND kind = 'dp_enrolled' AND dp = ? LIMIT 1",
+    )
+    .bind(site)
+    .bind(dp)
+    .fetch_optional(executor)
+    .await?
+    .is_some())
+}
+
+/// Whether a workstation named `name` is enrolled here or at a site below:
+/// in this site's agents table, or named by an `agent_enrolled` message or
+/// as the source of a message that came up.
+pub async fn agent_known<'e, E>(executor: E, name: &str) -> Result<bool>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query_scalar::<_, i64>(
+        "SELECT 1 FROM agents WHERE name = ?1
+         UNION ALL SELECT 1 FROM status_messages
+         WHERE (kind = 'agent_enrolled' AND json_extract(body, '$.agent') = ?1) OR agent = ?1
+         LIMIT 1",
+    )
+    .bind(name)
+    .fetch_optional(executor)
+    .await?
+    .is_some())
+}

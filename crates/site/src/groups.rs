@@ -63,36 +63,31 @@ pub async fn create(
     let pool = state.db.pool();
     let sites = db::subtree(pool).await?;
     let mut dps: Vec<String> = Vec::new();
+    let mut unknown = Vec::new();
     for member in &request.dps {
         let (site, dp) = parse_member(member)?;
-        let known = if site == state.code {
-            db::dp_by_name(pool, dp.as_str()).await?.is_some()
-        } else {
-            if !hierarchy::contains(&sites, state.code.as_str(), site.as_str()) {
-                return Err(Error::NotFound {
-                    what: "site",
-                    name: site.to_string(),
-                });
-            }
-            sqlx::query_scalar::<_, i64>(
-                "SELECT 1 FROM status_messages WHERE site = ? AND kind = 'dp_enrolled' AND dp = ? LIMIT 1",
-            )
-            .bind(site.as_str())
-            .bind(dp.as_str())
-            .fetch_optional(pool)
-            .await?
-            .is_some()
-        };
-        if !known {
+        if site != state.code && !hierarchy::contains(&sites, state.code.as_str(), site.as_str()) {
             return Err(Error::NotFound {
-                what: "dp",
-                name: format!("{site}/{dp}"),
+                what: "site",
+                name: site.to_string(),
             });
         }
         let member = format!("{site}/{dp}");
+        if !db::dp_known(pool, state.code.as_str(), site.as_str(), dp.as_str()).await? {
+            unknown.push(member.clone());
+        }
         if !dps.contains(&member) {
             dps.push(member);
         }
+    }
+    if !unknown.is_empty() && !request.allow_unknown {
+        return Err(Error::invalid(
+            "unknown_dps",
+            format!(
+                "no dp {} is enrolled; check the names, or pass --allow-unknown to name dps before they enroll (they receive the group's packages when they do)",
+                unknown.join(", ")
+            ),
+        ));
     }
     let mut tx = state.db.write().await?;
     if group_row(&mut tx, &request.name).await?.is_some() {
@@ -102,10 +97,11 @@ pub async fn create(
         )));
     }
     apply_group(&state, &mut tx, &request.name, &dps).await?;
-    let info = group_row(&mut tx, &request.name)
+    let mut info = group_row(&mut tx, &request.name)
         .await?
         .ok_or_else(|| Error::Internal(format!("dp group {} vanished", request.name)))?
         .1;
+    info.not_enrolled = unknown;
     tx.commit().await?;
     state.notify_outbox_changed();
     tracing::info!(group = %request.name, dps = dps.len(), "dp group created");
@@ -122,16 +118,29 @@ pub async fn list(
         sqlx::query_as("SELECT name, dps, created_at_ms FROM dp_groups ORDER BY name")
             .fetch_all(state.db.pool())
             .await?;
-    rows.into_iter()
-        .map(|(name, dps, created_at_ms)| {
-            Ok(DpGroupInfo {
-                name,
-                dps: members_of(&dps)?,
-                created_at_ms,
-            })
-        })
-        .collect::<Result<_>>()
-        .map(Json)
+    let mut out = Vec::with_capacity(rows.len());
+    for (name, dps, created_at_ms) in rows {
+        let dps = members_of(&dps)?;
+        out.push(DpGroupInfo {
+            not_enrolled: not_enrolled(state.db.pool(), state.code.as_str(), &dps).await?,
+            name,
+            dps,
+            created_at_ms,
+        });
+    }
+    Ok(Json(out))
+}
+
+/// The members not known to be enrolled at their site.
+async fn not_enrolled(pool: &sqlx::SqlitePool, own: &str, dps: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for member in dps {
+        let (site, dp) = parse_member(member)?;
+        if !db::dp_known(pool, own, site.as_str(), dp.as_str()).await? {
+            out.push(member.clone());
+        }
+    }
+    Ok(out)
 }
 
 async fn group_row(tx: &mut WriteTx<'_>, name: &str) -> Result<Option<(i64, DpGroupInfo)>> {
@@ -147,6 +156,7 @@ async fn group_row(tx: &mut WriteTx<'_>, name: &str) -> Result<Option<(i64, DpGr
                 name: name.to_owned(),
                 dps: members_of(&dps)?,
                 created_at_ms,
+                not_enrolled: Vec::new(),
             },
         ))
     })

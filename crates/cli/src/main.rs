@@ -107,6 +107,11 @@ enum SiteCommand {
         /// Bytes per second the parent may send this site (e.g. 10MiB).
         #[arg(long, requires = "parent", value_parser = parse_rate)]
         max_rate: Option<u64>,
+        /// Take over the code if the parent holds it registered for a site
+        /// that never connected (an earlier init that failed half-way); that
+        /// site's credential is revoked.
+        #[arg(long, requires = "parent")]
+        replace: bool,
     },
     /// This site and every site below it, with the links to its children.
     List {
@@ -550,6 +555,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             join_token,
             central_key,
             max_rate,
+            replace,
         }) => {
             init_logging("warn");
             let join = match (kind, parent, join_token) {
@@ -563,6 +569,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                     join_token,
                     central_key,
                     max_rate,
+                    replace,
                 }),
                 _ => None,
             };

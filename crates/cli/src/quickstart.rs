@@ -184,6 +184,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
                     join_token: parent.site_join_token.clone(),
                     central_key: None,
                     max_rate: None,
+                    replace: false,
                 })
             }
         };

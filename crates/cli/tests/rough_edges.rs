@@ -236,3 +236,57 @@ fn unknown_names_are_refused_unless_pre_staged() {
         "{groups:#}"
     );
 }
+
+/// A second `site init --code P01 --parent ...` silently replaced a P01
+/// registered at the parent that had not connected yet, and revoked its
+/// credential. It is now refused unless `--replace` asks for it; a site that
+/// has connected is never replaced.
+#[test]
+fn registered_site_code_is_replaced_only_when_asked() {
+    let root = tempfile::tempdir().unwrap();
+    let cen = Site::central(root.path(), "CEN");
+    let p02 = Site::child(root.path(), "P02", "primary", &cen, &[]);
+    let init = |dir: &str, code: &str, extra: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["site", "init"])
+            .arg(root.path().join(dir))
+            .args(["--code", code, "--kind", "primary", "--parent", &cen.url])
+            .args(["--join-token", &cen.site_join_token])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = init("p01-a", "P01", &[]);
+    assert!(first.status.success(), "{first:?}");
+    let second = init("p01-b", "P01", &[]);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success()
+            && err.contains("has not connected yet")
+            && err.contains("--replace"),
+        "{err}"
+    );
+    assert!(
+        !root.path().join("p01-b").exists(),
+        "a refused init left a directory"
+    );
+    let replaced = init("p01-b", "P01", &["--replace"]);
+    assert!(replaced.status.success(), "{replaced:?}");
+    // P02 runs and has connected: --replace does not take its code.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let taken = init("p02-b", "P02", &["--replace"]);
+        let err = String::from_utf8_lossy(&taken.stderr).to_string();
+        assert!(
+            !taken.status.success(),
+            "a connected site's code was taken over"
+        );
+        if err.contains("already used") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{err}");
+        let _ = std::fs::remove_dir_all(root.path().join("p02-b"));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop(p02);
+}

@@ -19,6 +19,11 @@ pub struct SiteEnrollRequest {
     /// Bytes per second the parent may send the new site (none: no limit).
     #[serde(default)]
     pub max_rate: Option<u64>,
+    /// Take over a code registered here that never connected (an earlier
+    /// `site init` that failed half-way, or one being replaced): its
+    /// credential is revoked. Without it such a code is refused.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// The parent's answer to a child site's enrollment.

@@ -98,6 +98,7 @@ pub async fn join(code: &SiteCode, kind: SiteKind, join: &Join) -> Result<Parent
             kind: kind.name().to_owned(),
             join_token: join.join_token.trim().to_owned(),
             max_rate: join.max_rate,
+            replace: join.replace,
         })
         .await
         .map_err(|err| upstream(&format!("joining {}", client.base()), err))?;
@@ -240,11 +241,17 @@ pub async fn enroll(
     }
     let own = state.code.to_string();
     // A child that enrolled but never connected (its init failed after the
-    // parent answered) may enroll again; any other existing code is taken.
+    // parent answered) may enroll again, when asked for explicitly; any
+    // other existing code is taken.
     let rejoin =
         |row: &SiteRow| row.parent == own && row.kind == kind.name() && row.last_seen_ms.is_none();
     match db::site_by_code(state.db.pool(), code.as_str()).await? {
-        Some(row) if rejoin(&row) => {}
+        Some(row) if rejoin(&row) && request.replace => {}
+        Some(row) if rejoin(&row) => {
+            return Err(Error::Conflict(format!(
+                "site code {code} is registered under {own} but has not connected yet; if its earlier `site init` failed, or to replace it, run `site init` again with --replace (the registered site's credential is revoked)"
+            )))
+        }
         Some(_) => {
             return Err(Error::Conflict(format!(
                 "site code {code} is already used in the hierarchy"

@@ -200,6 +200,9 @@ pub struct Join {
     pub central_key: Option<String>,
     /// Bytes per second the parent may send this site.
     pub max_rate: Option<u64>,
+    /// Take over the code if the parent holds it registered for a site
+    /// that never connected (an earlier init that failed half-way).
+    pub replace: bool,
 }
 
 /// Creates a site's data directory: database, tokens, and either the

@@ -305,6 +305,49 @@ fn refresh_at_central_reaches_dps_of_child_sites() {
     assert!(err.contains("unknown site") && err.contains("S09"), "{err}");
 }
 
+/// `package status --watch` at the central site exited 0 once the first DP
+/// it knew of reported, while content was still on its way to DPs of child
+/// sites. Every DP the package goes to below is now known from the start
+/// (pending until it reports), and the watch ends only when all hold it.
+#[test]
+fn package_watch_waits_for_every_dp_of_the_subtree() {
+    let root = tempfile::tempdir().unwrap();
+    let cen = Site::central(root.path(), "CEN");
+    // A paced link keeps P01 and S01 seconds behind CEN's DP.
+    let p01 = Site::child(root.path(), "P01", "primary", &cen, &["--max-rate", "4MiB"]);
+    let s01 = Site::child(root.path(), "S01", "secondary", &p01, &[]);
+    let dps = [cen.add_dp("dp1"), p01.add_dp("dp1"), s01.add_dp("dp1")];
+    let refs: Vec<&Dp> = dps.iter().collect();
+    // The group can name S01/dp1 once its enrollment has come up.
+    wait_until(
+        "S01/dp1 to be known at the central site",
+        Duration::from_secs(30),
+        || {
+            let out = cen
+                .cmd(&["-o", "json", "dp-group", "create", "everywhere"])
+                .args(
+                    refs.iter()
+                        .flat_map(|dp| ["--dp".to_owned(), format!("{}/{}", dp.site, dp.name)]),
+                )
+                .output()
+                .unwrap();
+            Value::Bool(out.status.success())
+        },
+        |ok| *ok == Value::Bool(true),
+    );
+    let source = root.path().join("src");
+    make_tree(&source, 4, 8 * MIB, 61);
+    cen.create_package("app", &source);
+    cen.json(&["package", "distribute", "app", "--dp-group", "everywhere"]);
+    let status = cen.json(&["package", "status", "app", "--watch"]);
+    let rows = status["dps"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{status:#}");
+    for row in rows {
+        assert_eq!(row["state"], "installed", "{status:#}");
+        assert_eq!(row["installed_version"], 1, "{status:#}");
+    }
+}
+
 /// Seed 002 (Q235788): five updates in quick succession while the first
 /// version is still in transit to a rate-limited primary and its
 /// secondary. Every newer version supersedes the older one in transit,

@@ -255,6 +255,37 @@ fn local(own: &str, json: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The DPs, as (site, DP), that the package is distributed to through DP
+/// groups, at this site and below, that are enrolled as far as this site
+/// knows (a member named ahead of its enrollment is not waited for).
+pub async fn group_targets(state: &AppState, package_id: i64) -> Result<Vec<(String, String)>> {
+    let pool = state.db.pool();
+    let groups: Vec<String> = sqlx::query_scalar(
+        "SELECT g.dps FROM group_distributions d JOIN dp_groups g ON g.id = d.group_id
+         WHERE d.package_id = ?",
+    )
+    .bind(package_id)
+    .fetch_all(pool)
+    .await?;
+    let sites = db::subtree(pool).await?;
+    let own = state.code.as_str();
+    let mut out = Vec::new();
+    for json in groups {
+        for member in members_of(&json)? {
+            let (site, dp) = parse_member(&member)?;
+            let below = site.as_str() == own || hierarchy::contains(&sites, own, site.as_str());
+            let key = (site.to_string(), dp.to_string());
+            if below
+                && !out.contains(&key)
+                && db::dp_known(pool, own, site.as_str(), dp.as_str()).await?
+            {
+                out.push(key);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The packages distributed to a group that holds this site's DP `dp`.
 pub async fn packages_for_dp(
     state: &AppState,

@@ -314,8 +314,17 @@ pub async fn distribution_rows(
     let pool = state.db.pool();
     let package = db::require_package(pool, name).await?;
     let latest = db::latest_version(pool, package.id).await?.unwrap_or(0);
-    let dps = distribution_views(state, &package.name)
-        .await?
+    let mut views = distribution_views(state, &package.name).await?;
+    // DPs of sites below that the package goes to through a DP group are
+    // known from the start: pending until they report, so that a watch
+    // never ends while content is still on its way to them.
+    for (site, dp) in crate::groups::group_targets(state, package.id).await? {
+        views.entry((site, dp)).or_insert_with(|| DistributionView {
+            target: cascade_domain::Version::new(latest as u64),
+            ..DistributionFold::default().view()
+        });
+    }
+    let dps = views
         .into_iter()
         .map(|((site, dp), view)| dp_status(site, dp, &view))
         .collect();

@@ -9,6 +9,7 @@ mod distribution;
 mod hierarchy;
 mod jobs;
 mod quickstart;
+mod readme;
 mod repair;
 mod rough_edges;
 mod tidy;

@@ -571,72 +571,9 @@ mod tests {
     //! in-process on a real socket.
 
     use super::*;
+    use crate::testing::TestSite;
     use cascade_protocol::forward::forward_once;
     use cascade_store::{Db, Outbox, OUTBOX_SCHEMA};
-
-    struct TestSite {
-        url: String,
-        join_token: String,
-        dir: tempfile::TempDir,
-        stop: Option<tokio::sync::oneshot::Sender<()>>,
-        task: Option<std::thread::JoinHandle<Result<()>>>,
-    }
-
-    impl TestSite {
-        async fn start() -> TestSite {
-            let dir = tempfile::tempdir().unwrap();
-            let site_dir = dir.path().join("cen");
-            let report = crate::init(&site_dir, "CEN", None).await.unwrap();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let (ready, url) = tokio::sync::oneshot::channel();
-            // On a runtime of its own, as in its own process.
-            let task = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(crate::run(
-                    &site_dir,
-                    "127.0.0.1:0",
-                    async {
-                        let _ = stopped.await;
-                    },
-                    move |running| {
-                        let _ = ready.send(running.url.clone());
-                    },
-                ))
-            });
-            TestSite {
-                url: url.await.unwrap(),
-                join_token: report.join_token,
-                dir,
-                stop: Some(stop),
-                task: Some(task),
-            }
-        }
-
-        /// A client with the credential of a newly enrolled DP.
-        async fn dp(&self, name: &str) -> Client {
-            let client = Client::new(&self.url, None).unwrap();
-            let enrolled = client
-                .enroll_dp(&EnrollRequest {
-                    name: name.into(),
-                    join_token: self.join_token.clone(),
-                })
-                .await
-                .unwrap();
-            client.with_token(&enrolled.credential)
-        }
-
-        async fn stop(mut self) {
-            let _ = self.stop.take().unwrap().send(());
-            let task = self.task.take().unwrap();
-            tokio::task::spawn_blocking(move || task.join().unwrap().unwrap())
-                .await
-                .unwrap();
-        }
-    }
 
     fn message(seq: u64, at_ms: i64) -> StatusMessage {
         StatusMessage {

@@ -57,7 +57,10 @@ fn messages_from(site: &Site, source: &str) -> Vec<Value> {
 
 /// Every number from 1 to the highest, once each: nothing is missing.
 fn assert_contiguous(messages: &[Value]) {
-    let seqs: Vec<u64> = messages.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = messages
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
     let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
     assert_eq!(seqs, expected, "{messages:#?}");
 }
@@ -125,12 +128,16 @@ fn forged_status_seq_is_refused_and_no_agent_message_is_lost() {
         "kind": "job_offered", "job": job.parse::<u64>().unwrap(), "package": "tool"}]});
     let err = post(&huge).unwrap_err();
     assert!(
-        err.starts_with("400") && err.contains("invalid_seq") && err.contains("9223372036854775808"),
+        err.starts_with("400")
+            && err.contains("invalid_seq")
+            && err.contains("9223372036854775808"),
         "{err}"
     );
 
     restart(&site, &mut ws1, "ws1-again.log");
-    wait_for("the job to complete", || state_of(&site, &job, "ws1") == "complete");
+    wait_for("the job to complete", || {
+        state_of(&site, &job, "ws1") == "complete"
+    });
     let messages = messages_from(&site, "CEN/agent/ws1");
     assert_contiguous(&messages);
     assert_eq!(
@@ -157,7 +164,9 @@ fn agent_restored_from_a_backup_loses_no_status() {
     let mut ws1 = site.add_agent("ws1", &[]);
     site.json(&["collection", "create", "one", "--machines", "ws1"]);
     let first = create_job(&site, "one");
-    wait_for("the first job", || state_of(&site, &first, "ws1") == "complete");
+    wait_for("the first job", || {
+        state_of(&site, &first, "ws1") == "complete"
+    });
 
     // The backup, taken with the agent stopped.
     ws1.process.stop();
@@ -165,7 +174,9 @@ fn agent_restored_from_a_backup_loses_no_status() {
     copy_dir(&ws1.dir, &backup);
     restart(&site, &mut ws1, "ws1-2.log");
     let second = create_job(&site, "one");
-    wait_for("the second job", || state_of(&site, &second, "ws1") == "complete");
+    wait_for("the second job", || {
+        state_of(&site, &second, "ws1") == "complete"
+    });
     let before_restore = messages_from(&site, "CEN/agent/ws1").len();
 
     // The disk dies; the agent comes back from the backup.
@@ -174,7 +185,9 @@ fn agent_restored_from_a_backup_loses_no_status() {
     copy_dir(&backup, &ws1.dir);
     restart(&site, &mut ws1, "ws1-3.log");
     let third = create_job(&site, "one");
-    wait_for("the third job", || state_of(&site, &third, "ws1") == "complete");
+    wait_for("the third job", || {
+        state_of(&site, &third, "ws1") == "complete"
+    });
 
     let messages = messages_from(&site, "CEN/agent/ws1");
     assert_contiguous(&messages);

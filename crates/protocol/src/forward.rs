@@ -187,7 +187,10 @@ mod tests {
             ..StatusAck::default()
         };
         assert_eq!(apply_ack(&outbox, &batch, &ack).await.unwrap(), 5);
-        assert_eq!(seqs(&outbox.pending(BATCH).await.unwrap()), vec![41, 42, 43]);
+        assert_eq!(
+            seqs(&outbox.pending(BATCH).await.unwrap()),
+            vec![41, 42, 43]
+        );
         assert_eq!(outbox.push(6, "{}").await.unwrap(), 44);
         // A renumbering that does not fit the batch is refused.
         let batch = outbox.pending(BATCH).await.unwrap();
@@ -197,6 +200,9 @@ mod tests {
             ..StatusAck::default()
         };
         assert!(apply_ack(&outbox, &batch, &bad).await.is_err());
-        assert_eq!(seqs(&outbox.pending(BATCH).await.unwrap()), vec![41, 42, 43, 44]);
+        assert_eq!(
+            seqs(&outbox.pending(BATCH).await.unwrap()),
+            vec![41, 42, 43, 44]
+        );
     }
 }

@@ -94,11 +94,9 @@ async fn relay_once(state: &AppState, parent: &hierarchy::Parent) -> Result<usiz
     // The cursor moves to the batch's last message, never further: the
     // answer carries no number. An answer that does not account for every
     // message of the batch moves nothing.
-    check_relay_ack(&ack, count).map_err(|reason| {
-        Error::Unavailable {
-            code: "parent_unreachable",
-            message: format!("relaying status to {}: {reason}", parent.code()),
-        }
+    check_relay_ack(&ack, count).map_err(|reason| Error::Unavailable {
+        code: "parent_unreachable",
+        message: format!("relaying status to {}: {reason}", parent.code()),
     })?;
     state
         .progress

@@ -199,8 +199,7 @@ pub async fn instructions(
             // believed only as far as this.
             if let Some(last) = out.last() {
                 let mut tx = state.db.write().await?;
-                db::advance_cursor(&mut tx.tx, &delivered_cursor(&child), last.seq as i64)
-                    .await?;
+                db::advance_cursor(&mut tx.tx, &delivered_cursor(&child), last.seq as i64).await?;
                 tx.commit().await?;
             }
             return Ok(Json(Instructions { instructions: out }));
@@ -543,7 +542,10 @@ mod tests {
         // nothing yet, so nothing is dropped and it is sent the collection.
         let first = child.instructions(1000, Duration::ZERO).await.unwrap();
         let seqs: Vec<u64> = first.instructions.iter().map(|e| e.seq).collect();
-        assert!(!seqs.is_empty(), "the undelivered instructions were dropped");
+        assert!(
+            !seqs.is_empty(),
+            "the undelivered instructions were dropped"
+        );
         // Asked again from the start, they are all still there.
         let again = child.instructions(0, Duration::ZERO).await.unwrap();
         let again: Vec<u64> = again.instructions.iter().map(|e| e.seq).collect();

@@ -197,7 +197,10 @@ pub async fn status_writer(state: AppState, mut queue: tokio::sync::mpsc::Receiv
         }
         match store_group(&state, &group).await {
             Ok(acks) => {
-                if acks.iter().any(|ack| matches!(ack, Ok(ack) if ack.stored > 0)) {
+                if acks
+                    .iter()
+                    .any(|ack| matches!(ack, Ok(ack) if ack.stored > 0))
+                {
                     state.notify_status_stored();
                 }
                 for (pending, ack) in group.into_iter().zip(acks) {
@@ -621,10 +624,7 @@ mod tests {
         // A resend of 2 and 3 (its answer was lost) covers 3, not 5.
         let ack = dp.post_status(&batch(2..=3)).await.unwrap();
         assert_eq!(ack.acked_seq, 3, "the ack covers more than the batch");
-        assert_eq!(
-            (ack.stored, ack.duplicates, ack.high_water_seq),
-            (0, 2, 5)
-        );
+        assert_eq!((ack.stored, ack.duplicates, ack.high_water_seq), (0, 2, 5));
         // An empty batch asks where the source stands and covers nothing.
         let ack = dp.post_status(&batch([])).await.unwrap();
         assert_eq!((ack.acked_seq, ack.high_water_seq), (0, 5));

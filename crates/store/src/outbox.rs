@@ -125,7 +125,10 @@ impl Outbox {
             .fetch_one(&mut *tx.tx)
             .await?;
         let top = top.unwrap_or(0) as u64;
-        if top.checked_add(shift).is_none_or(|moved| moved > i64::MAX as u64) {
+        if top
+            .checked_add(shift)
+            .is_none_or(|moved| moved > i64::MAX as u64)
+        {
             return Err(crate::Error::SeqExhausted { from, next });
         }
         // Through negative numbers, so that no moved row meets one not
@@ -251,9 +254,15 @@ mod tests {
         assert_eq!(outbox.push(6, "m6").await.unwrap(), 104);
         // Numbers never go down.
         outbox.renumber(101, 50).await.unwrap();
-        assert_eq!(seqs(&outbox.pending(10).await.unwrap()), vec![101, 102, 103, 104]);
+        assert_eq!(
+            seqs(&outbox.pending(10).await.unwrap()),
+            vec![101, 102, 103, 104]
+        );
         // Nor past the largest.
         assert!(outbox.renumber(101, i64::MAX as u64).await.is_err());
-        assert_eq!(seqs(&outbox.pending(10).await.unwrap()), vec![101, 102, 103, 104]);
+        assert_eq!(
+            seqs(&outbox.pending(10).await.unwrap()),
+            vec![101, 102, 103, 104]
+        );
     }
 }

@@ -12,4 +12,5 @@ mod quickstart;
 mod readme;
 mod repair;
 mod rough_edges;
+mod status;
 mod tidy;

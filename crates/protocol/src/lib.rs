@@ -31,6 +31,17 @@ pub const MAX_MANIFEST_BODY: usize = 64 * 1024 * 1024;
 /// Largest chunk-frame body accepted in one upload request.
 pub const MAX_UPLOAD_BODY: usize = 64 * 1024 * 1024;
 
+/// The largest status sequence number: numbers are whole numbers from 1 to
+/// 2^63 - 1, the range of the receivers' database columns.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// Why `seq` is not a valid status sequence number, if it is not.
+pub fn seq_out_of_range(seq: u64) -> Option<String> {
+    (seq == 0 || seq > MAX_SEQ).then(|| {
+        format!("status sequence number {seq} is out of range: sequence numbers run from 1 to {MAX_SEQ} (2^63 - 1)")
+    })
+}
+
 /// Most chunk hashes asked for in one request.
 pub const MAX_HASHES_PER_REQUEST: usize = 4096;
 

@@ -176,7 +176,8 @@ impl Instruction {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InstructionEnvelope {
     /// Increasing per child; the child passes the highest it stored back as
-    /// `after`, which acknowledges everything up to it.
+    /// `after`, which acknowledges everything up to it (never beyond the
+    /// highest number the parent sent that child).
     pub seq: u64,
     /// When the parent queued it.
     pub created_at_ms: i64,

@@ -775,16 +775,35 @@ pub struct StatusBatch {
     pub messages: Vec<StatusMessage>,
 }
 
-/// The receiver's answer: every message up to `acked_seq` is durably stored
-/// and may be dropped from the sender's outbox.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// The receiver's answer: the batch's messages up to `acked_seq` are
+/// durably stored and may be dropped from the sender's outbox.
+///
+/// **Architecture Invariant:** an acknowledgement never covers more than
+/// what was delivered: `acked_seq` is the number of a message of this
+/// batch (0 when none of it is acknowledged), never a number only the
+/// receiver knows. A sender drops only the messages of the batch it sent
+/// up to `acked_seq`, whatever the receiver answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusAck {
-    /// Highest sequence number stored for this source.
+    /// The last message of the batch stored here with every message of the
+    /// batch before it; 0 when none is.
     pub acked_seq: u64,
     /// Messages newly stored by this call.
     pub stored: u64,
     /// Messages already stored before (resent after a lost answer).
     pub duplicates: u64,
+    /// The highest sequence number the receiver holds for this source. An
+    /// empty batch asks for it alone.
+    #[serde(default)]
+    pub high_water_seq: u64,
+    /// Set when a message of the batch carries a number the receiver
+    /// already holds with other content (a sender restored from a backup
+    /// numbers its new messages again from where the backup was): the
+    /// first such number. Nothing from it on was stored; the sender
+    /// renumbers that message and every later one past `high_water_seq`
+    /// and sends them again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renumber_from: Option<u64>,
 }
 
 /// `GET /v1/info` on a DP: what it holds and its transfer counters.

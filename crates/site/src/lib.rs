@@ -24,6 +24,8 @@ mod receive;
 mod relay;
 mod send;
 mod status;
+#[cfg(test)]
+mod testing;
 mod worker;
 
 pub use error::{Error, Result};

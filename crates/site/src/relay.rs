@@ -86,11 +86,18 @@ async fn relay_once(state: &AppState, parent: &hierarchy::Parent) -> Result<usiz
         return Ok(0);
     }
     let count = messages.len();
-    parent
+    let ack = parent
         .client
         .relay_status(&RelayBatch { messages })
         .await
         .map_err(|err| upstream(&format!("relaying status to {}", parent.code()), err))?;
+    // The cursor moves to the batch's last message, never further: the
+    // answer carries no number. An answer that does not account for every
+    // message of the batch moves nothing.
+    check_relay_ack(&ack, count).map_err(|reason| Error::Unavailable {
+        code: "parent_unreachable",
+        message: format!("relaying status to {}: {reason}", parent.code()),
+    })?;
     state
         .progress
         .lock()
@@ -100,6 +107,18 @@ async fn relay_once(state: &AppState, parent: &hierarchy::Parent) -> Result<usiz
     db::advance_cursor(&mut tx.tx, "relayed", last).await?;
     tx.commit().await?;
     Ok(count)
+}
+
+/// Whether the parent's answer accounts for every one of the `count`
+/// messages relayed: each stored now or before.
+fn check_relay_ack(ack: &RelayAck, count: usize) -> std::result::Result<(), String> {
+    match ack.stored.checked_add(ack.duplicates) {
+        Some(total) if total == count as u64 => Ok(()),
+        _ => Err(format!(
+            "the parent answered {} stored and {} duplicates for a batch of {count} messages",
+            ack.stored, ack.duplicates
+        )),
+    }
 }
 
 /// `POST /api/v1/site/status`: a child relays messages of its subtree.
@@ -126,11 +145,8 @@ pub async fn ingest_relayed(
                 "site {child} may not relay messages of {source}, which is not in its subtree"
             )));
         }
-        if relayed.message.seq == 0 {
-            return Err(Error::invalid(
-                "malformed_request",
-                "status sequence numbers start at 1",
-            ));
+        if let Some(reason) = cascade_protocol::seq_out_of_range(relayed.message.seq) {
+            return Err(Error::invalid("invalid_seq", reason));
         }
         sources.push(source);
     }
@@ -150,4 +166,18 @@ pub async fn ingest_relayed(
         state.notify_status_stored();
     }
     Ok(Json(RelayAck { stored, duplicates }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_ack_must_account_for_the_whole_batch() {
+        let ack = |stored, duplicates| RelayAck { stored, duplicates };
+        assert!(check_relay_ack(&ack(3, 2), 5).is_ok());
+        assert!(check_relay_ack(&ack(3, 1), 5).is_err());
+        assert!(check_relay_ack(&ack(9, 0), 5).is_err());
+        assert!(check_relay_ack(&ack(u64::MAX, 6), 5).is_err());
+    }
 }

@@ -129,8 +129,18 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Most instruction bytes in one answer (at least one instruction is sent).
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
+/// The durable cursor recording the highest instruction number answered to
+/// `child`.
+fn delivered_cursor(child: &str) -> String {
+    format!("delivered:{child}")
+}
+
 /// `GET /api/v1/site/instructions?after=S&wait_ms=W`: a child's long poll.
-/// Everything up to `after` is acknowledged and dropped from the outbox.
+/// Everything up to `after` is acknowledged and dropped from the outbox,
+/// but never beyond the highest number this site answered the child with:
+/// an acknowledgement never covers more than was delivered. A child
+/// claiming more (a lying child, or this site restored from a backup) is
+/// answered from what it was really sent.
 pub async fn instructions(
     State(state): State<AppState>,
     principal: Principal,
@@ -142,16 +152,22 @@ pub async fn instructions(
     let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms).min(MAX_WAIT);
     let mut changes = state.outbox_changes.subscribe();
     let mut shutdown = state.shutdown.clone();
-    {
+    let acked = {
         let mut tx = state.db.write().await?;
+        let delivered = db::cursor(&mut *tx.tx, &delivered_cursor(&child)).await? as u64;
+        let acked = query.after.min(delivered);
+        if acked < query.after {
+            tracing::warn!(%child, after = query.after, delivered, "a child acknowledged instructions it was never sent; answering from what it was sent");
+        }
         sqlx::query("DELETE FROM site_outbox WHERE child = ? AND seq <= ?")
             .bind(&child)
-            .bind(query.after as i64)
+            .bind(acked as i64)
             .execute(&mut *tx.tx)
             .await?;
         crate::hierarchy::touch_in(&mut tx, &child).await?;
         tx.commit().await?;
-    }
+        acked
+    };
     loop {
         changes.borrow_and_update();
         let rows: Vec<(i64, i64, String)> = sqlx::query_as(
@@ -159,7 +175,7 @@ pub async fn instructions(
              ORDER BY seq LIMIT 500",
         )
         .bind(&child)
-        .bind(query.after as i64)
+        .bind(acked as i64)
         .fetch_all(state.db.pool())
         .await?;
         if !rows.is_empty() || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
@@ -178,6 +194,13 @@ pub async fn instructions(
                     created_at_ms,
                     instruction,
                 });
+            }
+            // Recorded before the answer leaves: a later `after` is
+            // believed only as far as this.
+            if let Some(last) = out.last() {
+                let mut tx = state.db.write().await?;
+                db::advance_cursor(&mut tx.tx, &delivered_cursor(&child), last.seq as i64).await?;
+                tx.commit().await?;
             }
             return Ok(Json(Instructions { instructions: out }));
         }
@@ -478,4 +501,79 @@ async fn receive_version(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestSite;
+    use cascade_protocol::{Client, CollectionRequest};
+
+    /// Issue 10: `after` acknowledged everything up to it, so a child
+    /// claiming a number it was never sent made the parent drop
+    /// instructions it never delivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instruction_ack_never_covers_more_than_was_delivered() {
+        let site = TestSite::start().await;
+        // A child joins (its server is never started: the test polls with
+        // its credential).
+        let child_dir = site.dir.path().join("p01");
+        crate::init(
+            &child_dir,
+            "P01",
+            Some(&crate::Join {
+                kind: "primary".into(),
+                parent_url: site.url.clone(),
+                join_token: site.report.site_join_token.clone(),
+                central_key: None,
+                max_rate: None,
+                replace: false,
+            }),
+        )
+        .await
+        .unwrap();
+        let child = hierarchy::Parent::read(&child_dir.join(crate::layout::PARENT))
+            .unwrap()
+            .client;
+        let admin = Client::new(&site.url, Some(&site.report.admin_token)).unwrap();
+        admin
+            .create_collection(&CollectionRequest {
+                name: "kiosks".into(),
+                machines: vec!["ws1".into()],
+                rule: None,
+                allow_unknown: true,
+            })
+            .await
+            .unwrap();
+        // The child claims to hold everything up to 1000: it was sent
+        // nothing yet, so nothing is dropped and it is sent the collection.
+        let first = child.instructions(1000, Duration::ZERO).await.unwrap();
+        let seqs: Vec<u64> = first.instructions.iter().map(|e| e.seq).collect();
+        assert!(
+            !seqs.is_empty(),
+            "the undelivered instructions were dropped"
+        );
+        // Asked again from the start, they are all still there.
+        let again = child.instructions(0, Duration::ZERO).await.unwrap();
+        let again: Vec<u64> = again.instructions.iter().map(|e| e.seq).collect();
+        assert_eq!(again, seqs);
+        // Once delivered, an acknowledgement drops them, and only them.
+        let last = *seqs.last().unwrap();
+        admin
+            .create_collection(&CollectionRequest {
+                name: "tills".into(),
+                machines: vec!["ws2".into()],
+                rule: None,
+                allow_unknown: true,
+            })
+            .await
+            .unwrap();
+        let rest = child.instructions(u64::MAX, Duration::ZERO).await.unwrap();
+        let rest: Vec<u64> = rest.instructions.iter().map(|e| e.seq).collect();
+        assert!(
+            !rest.is_empty() && rest.iter().all(|seq| *seq > last),
+            "{rest:?} after {last}"
+        );
+        site.stop().await;
+    }
 }

@@ -15,7 +15,7 @@ use cascade_domain::hierarchy::{SourceMember, StatusSource};
 use cascade_domain::status::{DistributionFold, DistributionState, DistributionView, Timed};
 use cascade_domain::DpName;
 use cascade_protocol::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Parses a stored status message (stored by this site, so a failure is the
 /// server's fault).
@@ -46,9 +46,15 @@ pub async fn record_site_message(
 /// Largest batch of status messages accepted in one call.
 const MAX_BATCH: usize = 10_000;
 
-/// `POST /api/v1/status`: a DP delivers its messages. Idempotent: a message
-/// already stored (same source and sequence number) is counted as a
-/// duplicate and changes nothing.
+/// `POST /api/v1/status`: a DP or an agent delivers its messages.
+/// Idempotent: a message already stored (same source, sequence number and
+/// content) is counted as a duplicate and changes nothing.
+///
+/// The sequence rules (see [`store_group`]): numbers run from 1 to 2^63 - 1
+/// and increase within a batch (`invalid_seq`); a batch continues from the
+/// highest number stored for the source, or resends numbers below it,
+/// without skipping any (`seq_gap`); the answer acknowledges only messages
+/// of the batch.
 pub async fn ingest(
     State(state): State<AppState>,
     principal: Principal,
@@ -75,13 +81,21 @@ pub async fn ingest(
         )));
     }
     let mut allowed_jobs: BTreeMap<u64, bool> = BTreeMap::new();
+    let mut previous: Option<u64> = None;
     for message in &batch.messages {
-        if message.seq == 0 {
+        if let Some(reason) = seq_out_of_range(message.seq) {
+            return Err(Error::invalid("invalid_seq", reason));
+        }
+        if let Some(previous) = previous.filter(|previous| *previous >= message.seq) {
             return Err(Error::invalid(
-                "malformed_request",
-                "status sequence numbers start at 1",
+                "invalid_seq",
+                format!(
+                    "status sequence numbers must increase within a batch: {} follows {previous}",
+                    message.seq
+                ),
             ));
         }
+        previous = Some(message.seq);
         let allowed = match &source.member {
             SourceMember::Dp(_) => message.body.is_from_dp(),
             SourceMember::Agent(agent) => match message.body.agent_job() {
@@ -105,6 +119,18 @@ pub async fn ingest(
                 message.body.kind()
             )));
         }
+    }
+    if batch.messages.is_empty() {
+        // Nothing to store: the answer says where the source stands.
+        let high_water: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM status_sources WHERE source = ?")
+                .bind(source.to_string())
+                .fetch_optional(state.db.pool())
+                .await?;
+        return Ok(Json(StatusAck {
+            high_water_seq: high_water.unwrap_or(0) as u64,
+            ..StatusAck::default()
+        }));
     }
     let (reply, answer) = tokio::sync::oneshot::channel();
     let pending = Pending {
@@ -171,11 +197,14 @@ pub async fn status_writer(state: AppState, mut queue: tokio::sync::mpsc::Receiv
         }
         match store_group(&state, &group).await {
             Ok(acks) => {
-                if acks.iter().any(|ack| ack.stored > 0) {
+                if acks
+                    .iter()
+                    .any(|ack| matches!(ack, Ok(ack) if ack.stored > 0))
+                {
                     state.notify_status_stored();
                 }
                 for (pending, ack) in group.into_iter().zip(acks) {
-                    let _ = pending.reply.send(Ok(ack));
+                    let _ = pending.reply.send(ack);
                 }
             }
             Err(err) => {
@@ -191,64 +220,147 @@ pub async fn status_writer(state: AppState, mut queue: tokio::sync::mpsc::Receiv
     }
 }
 
-/// Stores a group of batches in one transaction. Idempotent: a message
-/// already stored (same source and sequence number) is counted as a
-/// duplicate and changes nothing.
-async fn store_group(state: &AppState, group: &[Pending]) -> Result<Vec<StatusAck>> {
+/// What became of one batch of a group.
+enum Outcome {
+    /// Stored (as far as `acked`): messages `..accepted` of the batch are
+    /// stored or were already; `conflict` is the number of the first that
+    /// the site holds with other content, from which nothing was stored.
+    Stored {
+        accepted: usize,
+        stored: u64,
+        conflict: Option<u64>,
+    },
+    /// Refused as a whole, nothing stored.
+    Refused(Error),
+}
+
+/// Stores a group of batches in one transaction and answers each.
+///
+/// Per source, the site keeps the highest number stored (`status_sources`).
+/// Each message of a batch, in order, is
+/// - the next number (one above the highest): stored;
+/// - a number at or below the highest that is stored with the same
+///   content: a duplicate (a resend after a lost answer), nothing changes;
+/// - a number at or below the highest that is stored with other content:
+///   a conflict. The sender numbers again from where a backup left it;
+///   nothing from this message on is stored, and the answer asks the
+///   sender to renumber from it past the highest ([`StatusAck`]);
+/// - a number at or below the highest that is not stored (a hole left by
+///   an older Cascade): stored;
+/// - a number further ahead: the whole batch is refused (`seq_gap`).
+///   Outboxes number without gaps and deliver in order, so a skip is a
+///   forged or damaged number; accepted, it would become the source's
+///   newest message, standing in the views over its real, later ones.
+///
+/// The acknowledgement covers only the batch: the last message of its
+/// accepted prefix, never the highest number stored for the source.
+async fn store_group(state: &AppState, group: &[Pending]) -> Result<Vec<Result<StatusAck>>> {
     let mut tx = state.db.write().await?;
-    // Every message of the group in as few statements as possible: a
-    // statement costs a round trip to the database's thread, and at a
-    // large site that, not SQLite, is the limit.
-    let all: Vec<(&StatusSource, &StatusMessage, i64)> = group
+    let sources: Vec<String> = group
         .iter()
-        .flat_map(|pending| {
-            pending
-                .messages
-                .iter()
-                .map(move |message| (&pending.source, message, pending.received))
-        })
+        .map(|pending| pending.source.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
-    let new = db::insert_messages(&mut tx.tx, &all).await?;
-    // The highest sequence number per source, recorded once per source.
-    let mut highest: BTreeMap<String, i64> = BTreeMap::new();
-    for pending in group {
-        let top = pending
-            .messages
-            .iter()
-            .map(|m| m.seq as i64)
-            .max()
-            .unwrap_or(0);
-        let entry = highest.entry(pending.source.to_string()).or_insert(0);
-        *entry = (*entry).max(top);
-    }
-    let highest: Vec<(String, i64)> = highest.into_iter().collect();
-    let mut acked: BTreeMap<String, i64> = BTreeMap::new();
-    for part in highest.chunks(SOURCES_PER_STATEMENT) {
-        let mut upsert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO status_sources (source, last_seq) ",
+    let mut highest: HashMap<String, i64> = HashMap::with_capacity(sources.len());
+    for part in sources.chunks(SOURCES_PER_STATEMENT) {
+        let mut select = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT source, last_seq FROM status_sources WHERE source IN (",
         );
-        upsert.push_values(part, |mut row, (source, seq)| {
-            row.push_bind(source.clone()).push_bind(*seq);
-        });
-        upsert.push(
-            " ON CONFLICT (source) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)
-             RETURNING source, last_seq",
-        );
-        acked.extend(
-            upsert
+        let mut list = select.separated(", ");
+        for source in part {
+            list.push_bind(source.clone());
+        }
+        select.push(")");
+        highest.extend(
+            select
                 .build_query_as::<(String, i64)>()
                 .fetch_all(&mut *tx.tx)
                 .await?,
         );
     }
-    let mut acks = Vec::with_capacity(group.len());
-    let mut new = new.into_iter();
+    // The stored messages a batch may repeat: those at or below the
+    // highest number (only resends and restored senders have any).
+    let mut held: HashMap<(String, u64), String> = HashMap::new();
     for pending in group {
-        let stored = new
-            .by_ref()
-            .take(pending.messages.len())
-            .filter(|was_new| *was_new)
-            .count() as u64;
+        let source = pending.source.to_string();
+        let top = highest.get(&source).copied().unwrap_or(0) as u64;
+        let Some(first) = pending.messages.first().map(|m| m.seq) else {
+            continue;
+        };
+        if first > top {
+            continue;
+        }
+        let last = pending.messages.last().map_or(first, |m| m.seq).min(top);
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, body FROM status_messages WHERE source = ? AND seq >= ? AND seq <= ?",
+        )
+        .bind(&source)
+        .bind(first as i64)
+        .bind(last as i64)
+        .fetch_all(&mut *tx.tx)
+        .await?;
+        for (seq, body) in rows {
+            held.insert((source.clone(), seq as u64), body);
+        }
+    }
+    // Each batch in arrival order, against what is stored and what the
+    // batches before it in this group bring.
+    let mut running = highest.clone();
+    let mut brought: HashMap<(String, u64), &StatusMessage> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(group.len());
+    for pending in group {
+        let source = pending.source.to_string();
+        let top = running.get(&source).copied().unwrap_or(0) as u64;
+        outcomes.push(judge(pending, &source, top, &held, &brought));
+        if let Outcome::Stored { accepted, .. } = outcomes[outcomes.len() - 1] {
+            let mut top = top;
+            for message in &pending.messages[..accepted] {
+                brought
+                    .entry((source.clone(), message.seq))
+                    .or_insert(message);
+                top = top.max(message.seq);
+            }
+            running.insert(source, top as i64);
+        }
+    }
+    // Every new message of the group in as few statements as possible: a
+    // statement costs a round trip to the database's thread, and at a
+    // large site that, not SQLite, is the limit.
+    let mut all: Vec<(&StatusSource, &StatusMessage, i64)> = Vec::new();
+    let mut inserted: std::collections::HashSet<(String, u64)> = Default::default();
+    for (pending, outcome) in group.iter().zip(&outcomes) {
+        let Outcome::Stored { accepted, .. } = outcome else {
+            continue;
+        };
+        let source = pending.source.to_string();
+        for message in &pending.messages[..*accepted] {
+            let key = (source.clone(), message.seq);
+            if !held.contains_key(&key) && inserted.insert(key) {
+                all.push((&pending.source, message, pending.received));
+            }
+        }
+    }
+    db::insert_messages(&mut tx.tx, &all).await?;
+    // The highest number per source, recorded once per source that moved.
+    let moved: Vec<(&String, &i64)> = running
+        .iter()
+        .filter(|(source, top)| highest.get(*source) != Some(*top))
+        .collect();
+    for part in moved.chunks(SOURCES_PER_STATEMENT) {
+        let mut upsert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO status_sources (source, last_seq) ",
+        );
+        upsert.push_values(part, |mut row, (source, seq)| {
+            row.push_bind((*source).clone()).push_bind(**seq);
+        });
+        upsert.push(
+            " ON CONFLICT (source) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
+        );
+        upsert.build().execute(&mut *tx.tx).await?;
+    }
+    let mut acks = Vec::with_capacity(group.len());
+    for (pending, outcome) in group.iter().zip(outcomes) {
         if let Some(agent) = pending.source.agent() {
             state.seen.record(agent, pending.received);
         } else {
@@ -258,14 +370,84 @@ async fn store_group(state: &AppState, group: &[Pending]) -> Result<Vec<StatusAc
                 .execute(&mut *tx.tx)
                 .await?;
         }
-        acks.push(StatusAck {
-            acked_seq: acked.get(&pending.source.to_string()).copied().unwrap_or(0) as u64,
-            stored,
-            duplicates: pending.messages.len() as u64 - stored,
+        let high_water_seq = running
+            .get(&pending.source.to_string())
+            .copied()
+            .unwrap_or(0) as u64;
+        acks.push(match outcome {
+            Outcome::Refused(err) => Err(err),
+            Outcome::Stored {
+                accepted,
+                stored,
+                conflict,
+            } => Ok(StatusAck {
+                acked_seq: accepted
+                    .checked_sub(1)
+                    .map_or(0, |last| pending.messages[last].seq),
+                stored,
+                duplicates: accepted as u64 - stored,
+                high_water_seq,
+                renumber_from: conflict,
+            }),
         });
     }
     tx.commit().await?;
     Ok(acks)
+}
+
+/// Applies the sequence rules of [`store_group`] to one batch of `source`,
+/// whose highest number is `top`; `held` are the stored messages the batch
+/// may repeat, `brought` those the group's earlier batches bring.
+fn judge(
+    pending: &Pending,
+    source: &str,
+    top: u64,
+    held: &HashMap<(String, u64), String>,
+    brought: &HashMap<(String, u64), &StatusMessage>,
+) -> Outcome {
+    let mut top = top;
+    let mut stored = 0;
+    for (index, message) in pending.messages.iter().enumerate() {
+        if message.seq > top.saturating_add(1) {
+            tracing::warn!(%source, seq = message.seq, highest = top, "refused status messages that skip ahead");
+            return Outcome::Refused(Error::invalid(
+                "seq_gap",
+                format!(
+                    "status message {} of {source} skips ahead: this site holds its messages up to {top}, so the next is {}; messages are numbered without gaps",
+                    message.seq,
+                    top + 1
+                ),
+            ));
+        }
+        if message.seq == top + 1 {
+            top += 1;
+            stored += 1;
+            continue;
+        }
+        let key = (source.to_owned(), message.seq);
+        let same = match (brought.get(&key), held.get(&key)) {
+            (Some(earlier), _) => *earlier == message,
+            (None, Some(body)) => parse_stored(body).is_ok_and(|stored| &stored == message),
+            // A hole below the highest number: new here.
+            (None, None) => {
+                stored += 1;
+                continue;
+            }
+        };
+        if !same {
+            tracing::warn!(%source, seq = message.seq, highest = top, "status message numbered like a stored one with other content; asking the sender to renumber");
+            return Outcome::Stored {
+                accepted: index,
+                stored,
+                conflict: Some(message.seq),
+            };
+        }
+    }
+    Outcome::Stored {
+        accepted: pending.messages.len(),
+        stored,
+        conflict: None,
+    }
 }
 
 /// `GET /api/v1/packages/{name}/status`: per DP, folded from the messages.
@@ -392,5 +574,152 @@ pub fn dp_status(site: String, dp: String, view: &DistributionView) -> DpPackage
         bytes_total,
         reason,
         since_ms: view.since,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sequence rules of `POST /api/v1/status`, against a site served
+    //! in-process on a real socket.
+
+    use super::*;
+    use crate::testing::TestSite;
+    use cascade_protocol::forward::forward_once;
+    use cascade_store::{Db, Outbox, OUTBOX_SCHEMA};
+
+    fn message(seq: u64, at_ms: i64) -> StatusMessage {
+        StatusMessage {
+            seq,
+            at_ms,
+            body: StatusBody::DpProgress {
+                package: "tools".into(),
+                version: 1,
+                bytes_done: seq,
+                bytes_needed: 1000,
+            },
+        }
+    }
+
+    fn batch(seqs: impl IntoIterator<Item = u64>) -> StatusBatch {
+        StatusBatch {
+            messages: seqs
+                .into_iter()
+                .map(|seq| message(seq, seq as i64))
+                .collect(),
+        }
+    }
+
+    fn refusal(err: cascade_protocol::Error) -> (u16, String, String) {
+        match err {
+            cascade_protocol::Error::Refused {
+                status,
+                code,
+                message,
+                ..
+            } => (status, code, message),
+            other => panic!("expected a refusal, got {other}"),
+        }
+    }
+
+    /// Issue 10: the site answered every batch with the highest number it
+    /// ever stored for the source, so a resend of older messages
+    /// acknowledged newer ones it never carried.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_ack_never_covers_more_than_the_batch() {
+        let site = TestSite::start().await;
+        let dp = site.dp("dp1").await;
+        let ack = dp.post_status(&batch(1..=5)).await.unwrap();
+        assert_eq!((ack.acked_seq, ack.stored), (5, 5));
+        // A resend of 2 and 3 (its answer was lost) covers 3, not 5.
+        let ack = dp.post_status(&batch(2..=3)).await.unwrap();
+        assert_eq!(ack.acked_seq, 3, "the ack covers more than the batch");
+        assert_eq!((ack.stored, ack.duplicates, ack.high_water_seq), (0, 2, 5));
+        // An empty batch asks where the source stands and covers nothing.
+        let ack = dp.post_status(&batch([])).await.unwrap();
+        assert_eq!((ack.acked_seq, ack.high_water_seq), (0, 5));
+        site.stop().await;
+    }
+
+    /// Issue 10: a number of 2^63 or more was stored as a negative number.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_seq_out_of_range_is_refused() {
+        let site = TestSite::start().await;
+        let dp = site.dp("dp1").await;
+        for seq in [0, 1 << 63, u64::MAX] {
+            let (status, code, text) = refusal(dp.post_status(&batch([seq])).await.unwrap_err());
+            assert_eq!((status, code.as_str()), (400, "invalid_seq"), "{text}");
+            assert!(text.contains(&seq.to_string()), "{text}");
+        }
+        let (status, code, text) = refusal(dp.post_status(&batch([2, 1])).await.unwrap_err());
+        assert_eq!((status, code.as_str()), (400, "invalid_seq"), "{text}");
+        // The largest number is a number like any other, once the source
+        // got there; nothing above was stored.
+        let ack = dp.post_status(&batch([])).await.unwrap();
+        assert_eq!(ack.high_water_seq, 0);
+        site.stop().await;
+    }
+
+    /// Issue 10: one message numbered far ahead became the source's
+    /// highest number and newest message, standing over its real ones.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_seq_gap_is_refused_not_taken_as_the_high_water_mark() {
+        let site = TestSite::start().await;
+        let dp = site.dp("dp1").await;
+        dp.post_status(&batch(1..=46)).await.unwrap();
+        let (status, code, text) = refusal(dp.post_status(&batch([500])).await.unwrap_err());
+        assert_eq!((status, code.as_str()), (400, "seq_gap"), "{text}");
+        assert!(text.contains("500") && text.contains("47"), "{text}");
+        // Nothing of a batch that skips is stored, even its first part.
+        let (_, code, _) = refusal(dp.post_status(&batch([47, 49])).await.unwrap_err());
+        assert_eq!(code, "seq_gap");
+        let ack = dp.post_status(&batch(47..=49)).await.unwrap();
+        assert_eq!((ack.acked_seq, ack.stored, ack.high_water_seq), (49, 3, 49));
+        site.stop().await;
+    }
+
+    /// A DP restored from a backup numbers its new messages again from
+    /// where the backup was: the site holds those numbers with other
+    /// content. The forwarder renumbers them past the site's highest
+    /// number, and every message arrives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_of_a_sender_restored_from_a_backup_is_not_lost() {
+        let site = TestSite::start().await;
+        let dp = site.dp("dp1").await;
+        let open = |name: &str| {
+            let path = site.dir.path().join(name);
+            async move { Outbox::new(Db::open(&path, true, &[OUTBOX_SCHEMA]).await.unwrap()) }
+        };
+        let body = |seq: u64| serde_json::to_string(&message(seq, 0).body).unwrap();
+        // Before the backup: 1 to 3 waiting. After it, 4 and 5 as well, all
+        // delivered.
+        let original = open("original.db").await;
+        let restored = open("restored.db").await;
+        for seq in 1..=5 {
+            original.push(seq as i64, &body(seq)).await.unwrap();
+            if seq <= 3 {
+                restored.push(seq as i64, &body(seq)).await.unwrap();
+            }
+        }
+        assert_eq!(forward_once(&original, &dp).await.unwrap(), 5);
+        // Restored: new messages get 4 and 5 again, with other content.
+        restored.push(40, &body(4)).await.unwrap();
+        restored.push(50, &body(5)).await.unwrap();
+        // 1 to 3 are duplicates; 4 conflicts: renumbered to 6 and 7.
+        assert_eq!(forward_once(&restored, &dp).await.unwrap(), 5);
+        let waiting: Vec<u64> = restored
+            .pending(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|entry| entry.seq)
+            .collect();
+        assert_eq!(waiting, vec![6, 7]);
+        assert_eq!(forward_once(&restored, &dp).await.unwrap(), 2);
+        assert!(restored.is_empty().await.unwrap());
+        let ack = dp.post_status(&batch([])).await.unwrap();
+        assert_eq!(ack.high_water_seq, 7);
+        // A new message is numbered after them.
+        assert_eq!(restored.push(60, &body(8)).await.unwrap(), 8);
+        site.stop().await;
     }
 }

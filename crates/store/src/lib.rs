@@ -131,6 +131,9 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+    /// Renumbering the outbox would pass the largest sequence number.
+    #[error("renumbering the outbox from {from} to start at {next} would pass the largest sequence number, 2^63 - 1")]
+    SeqExhausted { from: u64, next: u64 },
     /// A query failed.
     #[error(transparent)]
     Query(#[from] sqlx::Error),

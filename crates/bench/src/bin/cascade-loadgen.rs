@@ -421,8 +421,6 @@ struct PollShared {
     status_every: u64,
     job: u64,
     package: String,
-    /// First sequence number of this run, above any earlier run's.
-    seq_base: u64,
     /// Events scheduled before this are warm-up, left out of the figures.
     window_start: Instant,
     /// No event is scheduled from here on.
@@ -516,7 +514,6 @@ async fn poll(args: PollArgs, fd_limit: u64) -> Result<PollReport> {
         status_every: args.status_every,
         job: args.job.job,
         package: args.job.package.clone(),
-        seq_base: seq_base(),
         window_start,
         end,
         limit: Semaphore::new(args.connections),
@@ -597,7 +594,10 @@ async fn poll(args: PollArgs, fd_limit: u64) -> Result<PollReport> {
 async fn simulate_agent(client: Client, first: Instant, shared: Arc<PollShared>) {
     let mut revision = 0;
     let mut polls = 0u64;
-    let mut seq = shared.seq_base;
+    // Where the site stands for this agent, asked before its first report:
+    // messages continue from there without gaps.
+    let mut seq_base: Option<u64> = None;
+    let mut seq = 0;
     let mut due = first;
     while due < shared.end {
         sleep_until(due).await;
@@ -630,12 +630,21 @@ async fn simulate_agent(client: Client, first: Instant, shared: Arc<PollShared>)
         }
         polls += 1;
 
-        if shared.status_every > 0 && polls % shared.status_every == 0 {
+        if shared.status_every > 0 && polls % shared.status_every == 0 && seq_base.is_none() {
+            match high_water(&client).await {
+                Ok(base) => {
+                    seq = base;
+                    seq_base = Some(base);
+                }
+                Err(err) => lock(&shared.stats).error(measured, "status", err),
+            }
+        }
+        if let Some(base) = seq_base.filter(|_| polls % shared.status_every.max(1) == 0) {
             seq += 1;
             let message = StatusMessage {
                 seq,
                 at_ms: unix_ms(),
-                body: downloading(shared.job, &shared.package, seq - shared.seq_base),
+                body: downloading(shared.job, &shared.package, seq - base),
             };
             let batch = StatusBatch {
                 messages: vec![message],
@@ -723,13 +732,16 @@ fn downloading(job: u64, package: &str, n: u64) -> StatusBody {
     }
 }
 
-/// The sequence number this run's messages start above: the start time in
-/// ms since the epoch × 1000, so that every run (in any order, with any
-/// subcommand) uses numbers above the previous runs' as long as no agent
-/// sends 1000 messages per millisecond. About 1.8e15, far from the site's
-/// i64 limit of 9.2e18.
-fn seq_base() -> u64 {
-    u64::try_from(unix_ms()).unwrap_or(0) * 1000
+/// The highest sequence number the site holds for the agent of `client`
+/// (asked with an empty batch): this run's messages continue from it, since
+/// the site refuses numbers that skip ahead.
+async fn high_water(client: &Client) -> Result<u64, cascade_protocol::Error> {
+    let ack = client
+        .post_status(&StatusBatch {
+            messages: Vec::new(),
+        })
+        .await?;
+    Ok(ack.high_water_seq)
 }
 
 /// Polls once as `agent` and warns when the job is not in its policy: its
@@ -997,7 +1009,6 @@ async fn ingest(args: IngestArgs, fd_limit: u64) -> Result<IngestReport> {
         args.duration_s
     );
 
-    let seq_base = seq_base();
     let stored = Arc::new(AtomicU64::new(0));
     let package: Arc<str> = Arc::from(args.job.package.as_str());
     let start = Instant::now();
@@ -1017,7 +1028,6 @@ async fn ingest(args: IngestArgs, fd_limit: u64) -> Result<IngestReport> {
             args.job.job,
             package.clone(),
             args.batch,
-            seq_base,
             end,
             stored.clone(),
         ));
@@ -1075,12 +1085,20 @@ async fn ingest_worker(
     job: u64,
     package: Arc<str>,
     batch: usize,
-    seq_base: u64,
     end: Instant,
     stored: Arc<AtomicU64>,
 ) -> IngestStats {
     let mut stats = IngestStats::default();
-    // Messages sent so far, per agent.
+    // Where the site stands for each agent: messages continue from there
+    // without gaps, as an agent's outbox numbers them.
+    let mut bases = Vec::with_capacity(agents.len());
+    for agent in &agents {
+        bases.push(high_water(agent).await.unwrap_or_else(|err| {
+            stats.errors.record(format!("status: {err}"));
+            0
+        }));
+    }
+    // Messages stored so far, per agent.
     let mut sent = vec![0u64; agents.len()];
     for turn in (0..agents.len()).cycle() {
         if Instant::now() >= end {
@@ -1091,16 +1109,16 @@ async fn ingest_worker(
             .map(|i| {
                 let n = sent[turn] + i;
                 StatusMessage {
-                    seq: seq_base + n,
+                    seq: bases[turn] + n,
                     at_ms,
                     body: downloading(job, &package, n),
                 }
             })
             .collect();
-        sent[turn] += batch as u64;
         let started = Instant::now();
         match agents[turn].post_status(&StatusBatch { messages }).await {
             Ok(ack) => {
+                sent[turn] += batch as u64;
                 stats.batch.push(micros(started.elapsed()));
                 stats.stored += ack.stored;
                 stats.duplicates += ack.duplicates;

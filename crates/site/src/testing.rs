@@ -1,0 +1,74 @@
+//! Test support: a site server started in-process on a real socket.
+
+use crate::error::Result;
+use cascade_protocol::{Client, EnrollRequest};
+
+/// A site served on a real socket, on a runtime of its own, until stopped.
+pub struct TestSite {
+    /// Its URL.
+    pub url: String,
+    /// What `init` reported (tokens).
+    pub report: crate::InitReport,
+    /// Holds its data directory, `site`, and room for more.
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl TestSite {
+    /// Creates a central site `CEN` and serves it.
+    pub async fn start() -> TestSite {
+        let dir = tempfile::tempdir().unwrap();
+        let site_dir = dir.path().join("site");
+        let report = crate::init(&site_dir, "CEN", None).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready, url) = tokio::sync::oneshot::channel();
+        // On a runtime of its own, as in its own process.
+        let task = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(crate::run(
+                &site_dir,
+                "127.0.0.1:0",
+                async {
+                    let _ = stopped.await;
+                },
+                move |running| {
+                    let _ = ready.send(running.url.clone());
+                },
+            ))
+        });
+        TestSite {
+            url: url.await.unwrap(),
+            report,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// A client with the credential of a newly enrolled DP.
+    pub async fn dp(&self, name: &str) -> Client {
+        let client = Client::new(&self.url, None).unwrap();
+        let enrolled = client
+            .enroll_dp(&EnrollRequest {
+                name: name.into(),
+                join_token: self.report.join_token.clone(),
+            })
+            .await
+            .unwrap();
+        client.with_token(&enrolled.credential)
+    }
+
+    /// Shuts it down cleanly.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let task = self.task.take().unwrap();
+        tokio::task::spawn_blocking(move || task.join().unwrap().unwrap())
+            .await
+            .unwrap();
+    }
+}

@@ -83,6 +83,9 @@ pub struct LinkRequest {
 /// in order, idempotently, and passes them on to its own children.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// An instruction is handled one at a time, never stored in bulk in memory:
+// the size of its largest variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Instruction {
     /// A package version: its signed manifest (the content is fetched
     /// separately, and only where needed).

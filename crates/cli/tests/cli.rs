@@ -92,13 +92,13 @@ fn site_log(dir: &Path, env: &[(&str, &str)]) -> String {
 fn logs_in_a_file_carry_no_colour_and_can_be_json() {
     let root = tempfile::tempdir().unwrap();
     let text = site_log(&root.path().join("text"), &[]);
-    assert!(text.contains("site listening"), "{text}");
-    assert!(!text.contains('\x1b'), "colour escapes in a log file: {text:?}");
-
-    let json = site_log(
-        &root.path().join("json"),
-        &[("CASCADE_LOG_FORMAT", "json")],
+    assert!(text.contains("site server listening"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "colour escapes in a log file: {text:?}"
     );
+
+    let json = site_log(&root.path().join("json"), &[("CASCADE_LOG_FORMAT", "json")]);
     let lines: Vec<Value> = json
         .lines()
         .map(|line| {
@@ -109,7 +109,7 @@ fn logs_in_a_file_carry_no_colour_and_can_be_json() {
         lines.iter().any(|line| line["level"] == "INFO"
             && line["fields"]["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("site listening"))),
+                .is_some_and(|m| m.contains("site server listening"))),
         "{json}"
     );
 }
@@ -205,13 +205,28 @@ fn json_output_is_one_object_per_thing_and_errors_are_json_too() {
     let source = root.path().join("src");
     make_tree(&source, 3, 0, 1);
 
-    let created = site.json(&["package", "create", "tools", "--source", source.to_str().unwrap()]);
+    let created = site.json(&[
+        "package",
+        "create",
+        "tools",
+        "--source",
+        source.to_str().unwrap(),
+    ]);
     assert_eq!(created["package"], "tools", "{created:#}");
     assert_eq!(created["version"], 1, "{created:#}");
     std::fs::write(source.join("new.txt"), b"new").unwrap();
-    let updated = site.json(&["package", "update", "tools", "--source", source.to_str().unwrap()]);
+    let updated = site.json(&[
+        "package",
+        "update",
+        "tools",
+        "--source",
+        source.to_str().unwrap(),
+    ]);
     assert_eq!(updated["version"], 2, "{updated:#}");
-    assert!(updated["chunks_uploaded"].as_u64().unwrap() >= 1, "{updated:#}");
+    assert!(
+        updated["chunks_uploaded"].as_u64().unwrap() >= 1,
+        "{updated:#}"
+    );
 
     // A DP is `dp` wherever it appears, an agent `agent`, a package
     // `package`, a collection `collection`.
@@ -257,9 +272,8 @@ fn json_output_is_one_object_per_thing_and_errors_are_json_too() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
-    let error: Value = serde_json::from_slice(&out.stderr).unwrap_or_else(|err| {
-        panic!("not JSON ({err}): {}", String::from_utf8_lossy(&out.stderr))
-    });
+    let error: Value = serde_json::from_slice(&out.stderr)
+        .unwrap_or_else(|err| panic!("not JSON ({err}): {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(error["error"]["code"], "unknown_package", "{error:#}");
     assert_eq!(error["error"]["status"], 404, "{error:#}");
     assert!(
@@ -324,7 +338,9 @@ fn time_options_take_zones_local_times_and_relative_times() {
             "--expires-in",
             "1d",
         ]);
-        job["offer_at_ms"].as_i64().unwrap_or_else(|| panic!("{job:#}"))
+        job["offer_at_ms"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{job:#}"))
     };
     // 2026-12-02T16:00:00Z
     let utc_ms = 1_796_227_200_000;
@@ -355,5 +371,8 @@ fn time_options_take_zones_local_times_and_relative_times() {
         "--offer-at",
         "tomorrow-ish",
     ]);
-    assert!(err.contains("tomorrow-ish") && err.contains("in 2h"), "{err}");
+    assert!(
+        err.contains("tomorrow-ish") && err.contains("in 2h"),
+        "{err}"
+    );
 }

@@ -49,6 +49,7 @@ pub struct SiteRegistration {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SiteSummary {
     /// Code.
+    #[serde(rename = "site", alias = "code")]
     pub code: String,
     /// `central`, `primary` or `secondary`.
     pub kind: String,
@@ -247,6 +248,7 @@ pub struct SiteQueues {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ParentLinkStatus {
     /// The parent's code.
+    #[serde(rename = "site", alias = "code")]
     pub code: String,
     /// The parent's URL.
     pub url: String,
@@ -312,6 +314,7 @@ pub struct DpGroupRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DpGroupInfo {
     /// Name.
+    #[serde(rename = "dp_group", alias = "name")]
     pub name: String,
     /// DPs as `SITE/DP`.
     pub dps: Vec<String>,

@@ -870,7 +870,12 @@ fn hierarchy_refuses_bad_input() {
     let link = cen.json(&["site", "link", "P01", "--no-limit"]);
     assert!(link["max_rate"].is_null(), "{link:#}");
     let err = cen.fails(&["site", "link", "S01", "--max-rate", "1MiB"]);
-    assert!(err.contains("not a direct child"), "{err}");
+    assert!(
+        err.contains("site S01 is not a direct child of CEN") && !err.contains("unknown site"),
+        "{err}"
+    );
+    let err = cen.fails(&["site", "link", "ZZZ", "--max-rate", "1MiB"]);
+    assert!(err.contains("unknown site \"ZZZ\""), "{err}");
     let err = cen.fails(&["site", "link", "P01", "--max-rate", "fast"]);
     assert!(err.contains("not a rate"), "{err}");
 

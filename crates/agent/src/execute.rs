@@ -92,12 +92,14 @@ impl Executor {
             match self.next_due().await {
                 Ok(Some(due)) => {
                     if let Err(err) = self.attempt(due).await {
-                        tracing::warn!(error = %err, "job attempt could not be recorded; will retry");
+                        tracing::warn!(error = %cascade_protocol::chain(&err), "job attempt could not be recorded; will retry");
                     }
                     continue;
                 }
                 Ok(None) => {}
-                Err(err) => tracing::warn!(error = %err, "reading due jobs failed"),
+                Err(err) => {
+                    tracing::warn!(error = %cascade_protocol::chain(&err), "reading due jobs failed")
+                }
             }
             tokio::select! {
                 _ = self.nudge.notified() => {}
@@ -374,7 +376,7 @@ impl Executor {
                                 break;
                             }
                             Err(err) => {
-                                tracing::warn!(%dp, chunk = %chunk.hash, error = %err, "content from this dp refused");
+                                tracing::warn!(%dp, chunk = %chunk.hash, error = %cascade_protocol::chain(&err), "content from this dp refused");
                                 self.refused(offer, dp, format!("chunk {}: {err}", chunk.hash))
                                     .await?;
                                 errors.push(format!("{dp}: {err}"));

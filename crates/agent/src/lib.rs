@@ -57,7 +57,7 @@ pub enum Error {
     #[error(transparent)]
     Site(#[from] cascade_protocol::Error),
     /// The agent's store failed.
-    #[error("agent store: {0}")]
+    #[error("agent store")]
     Db(#[from] cascade_store::Error),
     /// The agent is not set up as asked.
     #[error("{0}")]
@@ -67,7 +67,7 @@ pub enum Error {
     #[error("{0}")]
     NotYetAvailable(String),
     /// A file operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
@@ -316,7 +316,9 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         if !announced {
             match client.agent_hello(&report(&config.tags)).await {
                 Ok(()) => announced = true,
-                Err(err) => tracing::warn!(error = %err, "cannot report to the site yet"),
+                Err(err) => {
+                    tracing::warn!(error = %cascade_protocol::chain(&err), "cannot report to the site yet")
+                }
             }
         }
         // Hold the poll open for about one interval, with ±10% jitter.
@@ -341,7 +343,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
                     Err(err) => {
                         // Ask again at once rather than wait for the next change.
                         revision = 0;
-                        tracing::warn!(error = %err, "recording the policy failed; will retry");
+                        tracing::warn!(error = %cascade_protocol::chain(&err), "recording the policy failed; will retry");
                     }
                 }
                 if approved != Some(policy.approved) {
@@ -359,7 +361,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
             Err(err) => {
                 announced = false;
                 let delay = backoff.mul_f64(1.0 + rand::random::<f64>() * 0.5);
-                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "site unreachable");
+                tracing::warn!(error = %cascade_protocol::chain(&err), retry_in_ms = delay.as_millis() as u64, "site unreachable");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = &mut shutdown => break,

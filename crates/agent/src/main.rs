@@ -10,7 +10,8 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: cascade-agent DIR\n\n\
 Runs the workstation agent whose data directory DIR was made by\n\
 `cascade agent init DIR --site URL --join-token T --name NAME`,\n\
-until SIGTERM or Ctrl-C. Logs go to stderr (CASCADE_LOG sets the level).";
+until SIGTERM or Ctrl-C. Logs go to stderr: CASCADE_LOG sets the filter\n\
+(e.g. debug, info,cascade_agent=debug), CASCADE_LOG_FORMAT=json writes JSON lines.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,12 +26,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CASCADE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    if let Err(err) = cascade_protocol::logging::init("info", None) {
+        eprintln!("error: {err}");
+        return ExitCode::from(2);
+    }
     // One thread is all an idle agent needs, and keeps it small.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -45,6 +44,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cascade_agent::run(&dir, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            let err = cascade_protocol::chain(&err);
             eprintln!("error: running the agent in {}: {err}", dir.display());
             ExitCode::FAILURE
         }

@@ -154,7 +154,7 @@ fn bench_job(fleet: &Fleet, site: &Site) -> Result<(u64, String)> {
             "true",
         ],
     )?)?;
-    let id = out[0]["id"].as_u64().context("job create printed no id")?;
+    let id = out["id"].as_u64().context("job create printed no id")?;
     Ok((id, "tiny".to_owned()))
 }
 

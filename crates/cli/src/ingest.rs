@@ -4,7 +4,7 @@
 //! Chunking runs on a blocking thread while the previous batch uploads, so
 //! reading the disk and using the network overlap.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::BytesMut;
 use cascade_content::{chunk_file, scan, ChunkHash, Entry, EntryKind, SourceEntry};
 use cascade_protocol::frames::put_frame;
@@ -70,7 +70,9 @@ async fn upload_batch(client: &Client, fresh: Vec<(ChunkHash, Vec<u8>)>) -> Resu
 /// What an ingest did.
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestReport {
-    /// The committed version.
+    /// The committed version; its fields sit at the top level of the
+    /// `-o json` object (`package`, `version`, `file_count`, ...).
+    #[serde(flatten)]
     pub version: VersionInfo,
     /// Chunks the site already held (stored once across all versions).
     pub chunks_reused: u64,
@@ -106,8 +108,8 @@ pub async fn ingest(
         let source = source.clone();
         move || scan(&source)
     })
-    .await?
-    .with_context(|| format!("reading source directory {}", source.display()))?;
+    // The scan's error already names the directory and what it was doing.
+    .await??;
     if !listing
         .iter()
         .any(|entry| matches!(entry, SourceEntry::File(_)))

@@ -1,9 +1,12 @@
 //! The `cascade` command: runs site servers and distribution points, and
 //! administers a site. Thin: parsing, output, and wiring to the library crates.
 
+#[macro_use]
+mod print;
 mod ingest;
 mod output;
 mod quickstart;
+mod when;
 
 use anyhow::{bail, Context, Result};
 use cascade_protocol::{Client, DistributeRequest, RefreshRequest, VersionIntent};
@@ -18,12 +21,22 @@ struct Cli {
     /// Output format of administrative commands.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Text)]
     output: Format,
+    /// Format of log lines on stderr (default: CASCADE_LOG_FORMAT, else text).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Format {
+    Text,
+    Json,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
     Text,
     Json,
 }
@@ -266,11 +279,13 @@ enum JobCommand {
         /// The command line, run by `sh -c` in the package's directory.
         #[arg(long)]
         command: String,
-        /// When the job may run, RFC 3339 (default: now).
-        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        /// When the job may run (default: now): 2026-12-02T17:00:00Z,
+        /// "2026-12-02 17:00 +01:00", "2026-12-02 17:00" (local time),
+        /// "in 2h", "+2h" or now.
+        #[arg(long, value_parser = when::parse_time)]
         offer_at: Option<std::time::SystemTime>,
-        /// When the offer is withdrawn for good, RFC 3339.
-        #[arg(long, value_parser = humantime::parse_rfc3339_weak, conflicts_with = "expires_in")]
+        /// When the offer is withdrawn for good, in the forms of --offer-at.
+        #[arg(long, value_parser = when::parse_time, conflicts_with = "expires_in")]
         expires_at: Option<std::time::SystemTime>,
         /// Expiry relative to the offer time (e.g. 2d, 90m).
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -493,6 +508,10 @@ enum PackageCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let _ = LOG_FORMAT.set(cli.log_format.map(|format| match format {
+        LogFormatArg::Text => cascade_protocol::logging::LogFormat::Text,
+        LogFormatArg::Json => cascade_protocol::logging::LogFormat::Json,
+    }));
     // The agent idles on every workstation: one thread is all it needs and
     // keeps its memory small. Servers and the CLI use every core.
     let mut builder = if matches!(cli.command, Command::Agent(AgentCommand::Run { .. })) {
@@ -503,29 +522,38 @@ fn main() -> std::process::ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            errln!("error: cannot start the async runtime: {err}");
             return std::process::ExitCode::FAILURE;
         }
     };
     let out = Output {
         json: cli.output == Format::Json,
     };
-    match runtime.block_on(dispatch(cli.command, out)) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
+    // A closed stdout unwinds to here (print.rs), dropping what the command
+    // held on the way; it ends the command quietly.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(dispatch(cli.command, out))
+    }));
+    match result {
+        Ok(Ok(code)) => code,
+        Ok(Err(err)) => {
+            out.error(&err);
             std::process::ExitCode::FAILURE
         }
+        Err(payload) if payload.is::<print::ClosedStdout>() => std::process::ExitCode::SUCCESS,
+        Err(payload) => std::panic::resume_unwind(payload),
     }
 }
 
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CASCADE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// `--log-format`, kept for [`init_logging`].
+static LOG_FORMAT: std::sync::OnceLock<Option<cascade_protocol::logging::LogFormat>> =
+    std::sync::OnceLock::new();
+
+/// Sets up the log (stderr; `CASCADE_LOG`, `CASCADE_LOG_FORMAT` or
+/// `--log-format`) with `default` as the filter when `CASCADE_LOG` is unset.
+fn init_logging(default: &str) -> Result<()> {
+    let format = LOG_FORMAT.get().copied().flatten();
+    Ok(cascade_protocol::logging::init(default, format)?)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -557,7 +585,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             max_rate,
             replace,
         }) => {
-            init_logging("warn");
+            init_logging("warn")?;
             let join = match (kind, parent, join_token) {
                 (Some(kind), Some(parent_url), Some(join_token)) => Some(cascade_site::Join {
                     kind: match kind {
@@ -579,11 +607,11 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             out.site_init(&report);
         }
         Command::Site(SiteCommand::List { connection }) => {
-            init_logging("warn");
+            init_logging("warn")?;
             out.sites(&connection.client()?.sites().await?);
         }
         Command::Site(SiteCommand::Queues { connection }) => {
-            init_logging("warn");
+            init_logging("warn")?;
             out.queues(&connection.client()?.queues().await?);
         }
         Command::Site(SiteCommand::Link {
@@ -592,15 +620,15 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             no_limit: _,
             connection,
         }) => {
-            init_logging("warn");
+            init_logging("warn")?;
             let summary = connection
                 .client()?
                 .set_link(&code, &cascade_protocol::LinkRequest { max_rate })
                 .await?;
-            out.sites(&[summary]);
+            out.site(&summary);
         }
         Command::DpGroup(command) => {
-            init_logging("warn");
+            init_logging("warn")?;
             match command {
                 DpGroupCommand::Create {
                     name,
@@ -616,7 +644,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                             allow_unknown,
                         })
                         .await?;
-                    out.dp_groups(&[group]);
+                    out.dp_group(&group);
                 }
                 DpGroupCommand::List { connection } => {
                     out.dp_groups(&connection.client()?.dp_groups().await?);
@@ -624,7 +652,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             }
         }
         Command::Site(SiteCommand::Run { dir, listen }) => {
-            init_logging("info");
+            init_logging("info")?;
             cascade_site::run(&dir, &listen, shutdown_signal(), |running| {
                 out.listening("site", &running.url);
             })
@@ -638,7 +666,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             name,
             listen,
         }) => {
-            init_logging("warn");
+            init_logging("warn")?;
             let config = cascade_dp::init(&dir, &site, &join_token, &name, &listen)
                 .await
                 .with_context(|| format!("enrolling dp {name} with {site}"))?;
@@ -651,7 +679,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             );
         }
         Command::Dp(DpCommand::Run { dir, listen }) => {
-            init_logging("info");
+            init_logging("info")?;
             cascade_dp::run(&dir, listen.as_deref(), shutdown_signal(), |running| {
                 out.listening("dp", &running.url);
             })
@@ -659,7 +687,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             .with_context(|| format!("running the dp in {}", dir.display()))?;
         }
         Command::Dp(DpCommand::List { connection }) => {
-            init_logging("warn");
+            init_logging("warn")?;
             let dps = connection.client()?.dps().await?;
             out.dps(&dps);
         }
@@ -668,7 +696,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             agent_poll_interval,
             connection,
         }) => {
-            init_logging("warn");
+            init_logging("warn")?;
             let client = connection.client()?;
             let mut settings = client.settings().await?;
             if require_approval.is_some() || agent_poll_interval.is_some() {
@@ -689,7 +717,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             name,
             tags,
         }) => {
-            init_logging("warn");
+            init_logging("warn")?;
             let enrolled = cascade_agent::init(&dir, &site, &join_token, &name, &tags)
                 .await
                 .with_context(|| format!("enrolling agent {name} with {site}"))?;
@@ -702,40 +730,40 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             );
         }
         Command::Agent(AgentCommand::Run { dir }) => {
-            init_logging("info");
+            init_logging("info")?;
             cascade_agent::run(&dir, shutdown_signal())
                 .await
                 .with_context(|| format!("running the agent in {}", dir.display()))?;
         }
         Command::Agent(AgentCommand::Offers { dir }) => {
-            init_logging("warn");
+            init_logging("warn")?;
             let offers = cascade_agent::offers(&dir)
                 .await
                 .with_context(|| format!("reading the offers in {}", dir.display()))?;
             out.offers(&offers);
         }
         Command::Agent(AgentCommand::RunOffer { dir, job }) => {
-            init_logging("warn");
+            init_logging("warn")?;
             cascade_agent::run_offer(&dir, job).await?;
             if !out.json {
-                println!("job {job} requested; the running agent starts it within a second");
+                outln!("job {job} requested; the running agent starts it within a second");
             }
         }
         Command::Job(command) => {
-            init_logging("warn");
+            init_logging("warn")?;
             return job(command, out).await;
         }
         Command::Agent(AgentCommand::Approve { name, connection }) => {
-            init_logging("warn");
+            init_logging("warn")?;
             let agent = connection.client()?.approve_agent(&name).await?;
-            out.agents(&[agent]);
+            out.agent(&agent);
         }
         Command::Agent(AgentCommand::List { connection }) => {
-            init_logging("warn");
+            init_logging("warn")?;
             out.agents(&connection.client()?.agents().await?);
         }
         Command::Collection(command) => {
-            init_logging("warn");
+            init_logging("warn")?;
             match command {
                 CollectionCommand::Create {
                     name,
@@ -753,22 +781,22 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                             allow_unknown,
                         })
                         .await?;
-                    out.collections(&[info]);
+                    out.collection(&info);
                 }
                 CollectionCommand::List { connection } => {
                     out.collections(&connection.client()?.collections().await?);
                 }
                 CollectionCommand::Show { name, connection } => {
-                    out.collections(&[connection.client()?.collection(&name).await?]);
+                    out.collection(&connection.client()?.collection(&name).await?);
                 }
             }
         }
         Command::Package(command) => {
-            init_logging("warn");
+            init_logging("warn")?;
             return package(command, out).await;
         }
         Command::Quickstart(args) => {
-            init_logging("warn");
+            init_logging("warn")?;
             return quickstart::run(args, out).await;
         }
     }
@@ -825,11 +853,11 @@ async fn job(command: JobCommand, out: Output) -> Result<std::process::ExitCode>
                     dp_group,
                 })
                 .await?;
-            out.jobs(&[info]);
+            out.job(&info);
         }
         JobCommand::List { connection } => out.jobs(&connection.client()?.jobs().await?),
         JobCommand::Cancel { id, connection } => {
-            out.jobs(&[connection.client()?.cancel_job(id).await?])
+            out.job(&connection.client()?.cancel_job(id).await?)
         }
         JobCommand::Status {
             id,

@@ -30,7 +30,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 fn print_json<T: Serialize>(value: &T) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).expect("serializable")
     );
@@ -55,30 +55,54 @@ fn member_list(members: &[String]) -> String {
 /// Members of a collection a table shows by name.
 const MEMBERS_SHOWN: usize = 20;
 
-/// Prints rows as aligned columns.
+/// Prints rows as aligned columns: a header line, then a line per row,
+/// columns two spaces apart, no borders. Cells are padded by their display
+/// width (a CJK character takes two columns) by `comfy-table`; on a
+/// terminal, wide tables wrap their cells to its width.
 fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    outln!("{}", render_table(header, rows, terminal_width()));
+}
+
+/// The text of [`table`], wrapped to `width` columns if given.
+fn render_table(header: &[&str], rows: &[Vec<String>], width: Option<u16>) -> String {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(header.iter().copied());
     for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
+        table.add_row(row.iter().map(String::as_str));
+    }
+    match width {
+        Some(width) => {
+            table.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+            table.set_width(width);
+        }
+        None => {
+            table.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
         }
     }
-    let line = |cells: Vec<&str>| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            // Padded by hand: `{:width$}` panics past 65,535 columns.
-            .map(|(cell, width)| {
-                let pad = width.saturating_sub(cell.chars().count());
-                format!("{cell}{}", " ".repeat(pad))
-            })
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
+    let last = header.len().saturating_sub(1);
+    for (index, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if index < last { 2 } else { 0 }));
     }
+    table
+        .lines()
+        .map(|line| line.trim_end().to_owned())
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The width of the terminal stdout is, or `None` when it is not one (a
+/// pipe or a file: lines are not wrapped there).
+fn terminal_width() -> Option<u16> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    // SAFETY: TIOCGWINSZ fills a plain `winsize` struct we own.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    (ok && size.ws_col > 0).then_some(size.ws_col)
 }
 
 impl Output {
@@ -86,7 +110,7 @@ impl Output {
         if self.json {
             print_json(&serde_json::json!({
                 "dir": report.dir,
-                "code": report.code,
+                "site": report.code,
                 "admin_token": report.admin_token,
                 "join_token": report.join_token,
                 "site_join_token": report.site_join_token,
@@ -97,48 +121,48 @@ impl Output {
             return;
         }
         match &report.parent {
-            Some(parent) => println!(
+            Some(parent) => outln!(
                 "created {} site {} under {parent} in {}",
                 report.kind,
                 report.code,
                 report.dir.display()
             ),
-            None => println!(
+            None => outln!(
                 "created central site {} in {}",
                 report.code,
                 report.dir.display()
             ),
         }
-        println!(
+        outln!(
             "admin token: {}   (also in {}/admin.token)",
             report.admin_token,
             report.dir.display()
         );
-        println!(
+        outln!(
             "join token:  {}   (DPs and agents; also in {}/join.token)",
             report.join_token,
             report.dir.display()
         );
-        println!(
+        outln!(
             "site join token: {}   (child sites; also in {}/site-join.token)",
             report.site_join_token,
             report.dir.display()
         );
         match report.parent {
-            Some(_) => println!(
+            Some(_) => outln!(
                 "central key: {}   (every manifest is checked against it)",
                 report.public_key
             ),
-            None => println!("signing key: {}", report.public_key),
+            None => outln!("signing key: {}", report.public_key),
         }
-        println!("next: cascade site run {}", report.dir.display());
+        outln!("next: cascade site run {}", report.dir.display());
     }
 
     pub fn listening(&self, what: &str, url: &str) {
         if self.json {
             print_json(&serde_json::json!({ "role": what, "url": url }));
         } else {
-            println!("{what} listening on {url}");
+            outln!("{what} listening on {url}");
         }
     }
 
@@ -154,7 +178,7 @@ impl Output {
         if self.json {
             let mut value = serde_json::json!({
                 "dir": dir,
-                "name": enrollment.name,
+                what: enrollment.name,
                 "site": enrollment.site_code,
                 "site_url": enrollment.site_url,
             });
@@ -163,7 +187,7 @@ impl Output {
             }
             return print_json(&value);
         }
-        println!(
+        outln!(
             "enrolled {what} {} with site {} ({}); credential stored in {}/{file}",
             enrollment.name,
             enrollment.site_code,
@@ -171,22 +195,90 @@ impl Output {
             dir.display()
         );
         if approved == Some(false) {
-            println!(
+            outln!(
                 "the site requires approval: cascade agent approve {}",
                 enrollment.name
             );
         }
-        println!("next: cascade {what} run {}", dir.display());
+        outln!("next: cascade {what} run {}", dir.display());
     }
 
     pub fn settings(&self, settings: &SiteSettings) {
         if self.json {
             return print_json(settings);
         }
-        println!("require approval:    {}", settings.require_approval);
-        println!(
+        outln!("require approval:    {}", settings.require_approval);
+        outln!(
             "agent poll interval: {}",
             humantime::format_duration(Duration::from_millis(settings.agent_poll_interval_ms))
+        );
+    }
+
+    /// One site: an object under `-o json`, a one-row table for people.
+    pub fn site(&self, site: &SiteSummary) {
+        if self.json {
+            return print_json(site);
+        }
+        self.sites(std::slice::from_ref(site));
+    }
+
+    /// One DP group: an object under `-o json`.
+    pub fn dp_group(&self, group: &DpGroupInfo) {
+        if self.json {
+            return print_json(group);
+        }
+        self.dp_groups(std::slice::from_ref(group));
+    }
+
+    /// One agent: an object under `-o json`.
+    pub fn agent(&self, agent: &AgentInfo) {
+        if self.json {
+            return print_json(agent);
+        }
+        self.agents(std::slice::from_ref(agent));
+    }
+
+    /// One collection: an object under `-o json`.
+    pub fn collection(&self, collection: &CollectionInfo) {
+        if self.json {
+            return print_json(collection);
+        }
+        self.collections(std::slice::from_ref(collection));
+    }
+
+    /// One job: an object under `-o json`.
+    pub fn job(&self, job: &JobInfo) {
+        if self.json {
+            return print_json(job);
+        }
+        self.jobs(std::slice::from_ref(job));
+    }
+
+    /// A command's failure on stderr: `error: ` and the whole chain of
+    /// causes, or under `-o json` one object
+    /// `{"error": {"code", "message", "status"}}` — `code` and `status`
+    /// those of the site's refusal, else a code of the CLI's own
+    /// (`bad_url`, `unreachable`, `bad_answer`, `failed`) and `status` null.
+    pub fn error(&self, err: &anyhow::Error) {
+        let message = format!("{err:#}");
+        if !self.json {
+            errln!("error: {message}");
+            return;
+        }
+        let protocol = err.chain().find_map(|cause| cause.downcast_ref::<Error>());
+        let (code, status) = match protocol {
+            Some(Error::Refused { code, status, .. }) => (code.as_str(), Some(*status)),
+            Some(Error::BadUrl { .. }) => ("bad_url", None),
+            Some(Error::Unreachable { .. }) => ("unreachable", None),
+            Some(Error::BadAnswer { .. } | Error::Frame(_)) => ("bad_answer", None),
+            None => ("failed", None),
+        };
+        let body = serde_json::json!({
+            "error": { "code": code, "message": message, "status": status }
+        });
+        errln!(
+            "{}",
+            serde_json::to_string_pretty(&body).expect("serializable")
         );
     }
 
@@ -331,7 +423,7 @@ impl Output {
             return print_json(status);
         }
         let job = &status.job;
-        println!(
+        outln!(
             "job {} ({}, {})  {} v{} on {}: {}",
             job.offer.id,
             job.state,
@@ -342,14 +434,14 @@ impl Output {
             job.offer.command
         );
         if let Some(group) = &job.dp_group {
-            println!("distributes to dp group {group}");
+            outln!("distributes to dp group {group}");
         }
         let rows: Vec<Vec<String>> = status.sites.iter().map(site_job_row).collect();
         table(
             &["SITE", "INSTRUCTION", "TARGETS", "DISTRIBUTION", "RUNS"],
             &rows,
         );
-        println!("workstations: {}", counts(&status.counts));
+        outln!("workstations: {}", counts(&status.counts));
         let rows: Vec<Vec<String>> = status
             .workstations
             .iter()
@@ -388,7 +480,7 @@ impl Output {
             &rows,
         );
         if !status.distribution.is_empty() {
-            println!("distribution:");
+            outln!("distribution:");
             let rows: Vec<Vec<String>> = status
                 .distribution
                 .iter()
@@ -417,30 +509,30 @@ impl Output {
             print_json(ws);
             return Ok(());
         }
-        println!("job {} on {}", status.job.offer.id, ws.agent);
-        println!("state:     {} since {}", ws.state, time(ws.since_ms));
-        println!("attempts:  {}", ws.attempts);
-        println!(
+        outln!("job {} on {}", status.job.offer.id, ws.agent);
+        outln!("state:     {} since {}", ws.state, time(ws.since_ms));
+        outln!("attempts:  {}", ws.attempts);
+        outln!(
             "exit code: {}",
             ws.exit_code.map_or("-".into(), |code| code.to_string())
         );
         if let Some(reason) = &ws.reason {
-            println!("reason:    {reason}");
+            outln!("reason:    {reason}");
         }
         if let Some(at) = ws.expired_at_ms {
-            println!("expired:   {}", time(at));
+            outln!("expired:   {}", time(at));
         }
         if let Some(at) = ws.canceled_at_ms {
-            println!("canceled:  {}", time(at));
+            outln!("canceled:  {}", time(at));
         }
         if let Some(at) = ws.unreachable_since_ms {
-            println!("unreachable since {}", time(at));
+            outln!("unreachable since {}", time(at));
         }
         if let Some(tail) = ws.output_tail.as_deref().filter(|tail| !tail.is_empty()) {
-            println!("output (last 4 KiB):");
-            print!("{tail}");
+            outln!("output (last 4 KiB):");
+            out!("{tail}");
             if !tail.ends_with('\n') {
-                println!();
+                outln!();
             }
         }
         Ok(())
@@ -471,13 +563,13 @@ impl Output {
         }
         let v = &report.version;
         if v.unchanged {
-            println!(
+            outln!(
                 "package {} unchanged: version {} already holds this tree, so no version was made (--allow-unchanged makes one)",
                 v.package, v.version
             );
             return;
         }
-        println!(
+        outln!(
             "package {} version {}: {} files, {}, {} chunks ({} uploaded, {} sent; {} already stored)",
             v.package,
             v.version,
@@ -517,7 +609,7 @@ impl Output {
         if self.json {
             return print_json(detail);
         }
-        println!("package {}", detail.name);
+        outln!("package {}", detail.name);
         let rows: Vec<Vec<String>> = detail
             .versions
             .iter()
@@ -532,7 +624,7 @@ impl Output {
             })
             .collect();
         table(&["VERSION", "FILES", "SIZE", "CHUNKS", "CREATED"], &rows);
-        println!(
+        outln!(
             "distributed to: {}",
             if detail.dps.is_empty() {
                 "-".to_owned()
@@ -540,17 +632,17 @@ impl Output {
                 detail.dps.join(", ")
             }
         );
-        println!("files of the newest version:");
+        outln!("files of the newest version:");
         for entry in &detail.entries {
             match &entry.kind {
                 cascade_content::EntryKind::File { mode, size, .. } => {
-                    println!("  {:o}  {:>10}  {}", mode, bytes(*size), entry.path)
+                    outln!("  {:o}  {:>10}  {}", mode, bytes(*size), entry.path)
                 }
                 cascade_content::EntryKind::Dir { mode } => {
-                    println!("  {:o}  {:>10}  {}/", mode, "dir", entry.path)
+                    outln!("  {:o}  {:>10}  {}/", mode, "dir", entry.path)
                 }
                 cascade_content::EntryKind::Symlink { target } => {
-                    println!("  {:>4}  {:>10}  {} -> {}", "", "link", entry.path, target)
+                    outln!("  {:>4}  {:>10}  {} -> {}", "", "link", entry.path, target)
                 }
             }
         }
@@ -570,10 +662,10 @@ impl Output {
                 0 => String::new(),
                 version => format!(" v{version}"),
             };
-            println!("{verb}: {}{version} -> {}{note}", report.package, change.dp);
+            outln!("{verb}: {}{version} -> {}{note}", report.package, change.dp);
         }
         if !report.sites.is_empty() {
-            println!(
+            outln!(
                 "{verb}: {} -> sent on to {} (each applies it to its own DPs)",
                 report.package,
                 report.sites.join(", ")
@@ -620,25 +712,27 @@ impl Output {
         if self.json {
             return print_json(queues);
         }
-        println!("site {}", queues.site);
+        outln!("site {}", queues.site);
         if let Some(parent) = &queues.parent {
             let contact = parent
                 .last_contact_ms
                 .map_or("never since start".into(), time);
             match &parent.error {
-                Some(error) => println!(
+                Some(error) => outln!(
                     "parent {} ({}): unreachable, last answer {contact}: {error}",
-                    parent.code, parent.url
+                    parent.code,
+                    parent.url
                 ),
-                None => println!(
+                None => outln!(
                     "parent {} ({}): last answer {contact}",
-                    parent.code, parent.url
+                    parent.code,
+                    parent.url
                 ),
             }
         }
-        println!("inbox (from the parent): {} waiting", queues.inbox.len());
+        outln!("inbox (from the parent): {} waiting", queues.inbox.len());
         for item in &queues.inbox {
-            println!(
+            outln!(
                 "  #{} {} (received {}): {}",
                 item.seq,
                 item.description,
@@ -647,9 +741,9 @@ impl Output {
             );
         }
         let pending: u64 = queues.outbox.iter().map(|queue| queue.pending).sum();
-        println!("outbox (to child sites): {pending} waiting");
+        outln!("outbox (to child sites): {pending} waiting");
         for queue in &queues.outbox {
-            println!(
+            outln!(
                 "  {}: {} since {}: {}",
                 queue.child,
                 queue.pending,
@@ -657,9 +751,9 @@ impl Output {
                 queue.why
             );
         }
-        println!("content being brought in: {}", queues.content.len());
+        outln!("content being brought in: {}", queues.content.len());
         for item in &queues.content {
-            println!(
+            outln!(
                 "  {} v{} for {}: {} missing; {}",
                 item.package,
                 item.version,
@@ -669,7 +763,7 @@ impl Output {
             );
         }
         if queues.parent.is_some() {
-            println!(
+            outln!(
                 "status messages not yet relayed up: {}{}",
                 queues.status_pending,
                 queues
@@ -734,9 +828,10 @@ impl Output {
         if self.json {
             return print_json(status);
         }
-        println!(
+        outln!(
             "package {}  newest version {}",
-            status.package, status.latest_version
+            status.package,
+            status.latest_version
         );
         let rows: Vec<Vec<String>> = status
             .dps
@@ -980,7 +1075,37 @@ mod tests {
         // `{:width$}` panics past 65,535 columns; a collection of 200,000
         // workstations once made `collection create` panic.
         let wide = "x".repeat(70_000);
-        table(&["A", "B"], &[vec![wide, "y".into()]]);
+        table(&["A", "B"], &[vec![wide.clone(), "y".into()]]);
+        let text = render_table(&["A", "B"], &[vec![wide, "y".into()]], None);
+        assert!(text.lines().nth(1).unwrap().ends_with("xx  y"));
+    }
+
+    #[test]
+    fn tables_are_plain_and_pad_by_display_width() {
+        let text = render_table(
+            &["AGENT", "TAGS", "APPROVED"],
+            &[
+                vec!["tokyo1".into(), "loc=東京本社".into(), "yes".into()],
+                vec!["paris1".into(), "loc=paris".into(), "waiting".into()],
+            ],
+            None,
+        );
+        assert_eq!(
+            text,
+            "AGENT   TAGS          APPROVED\n\
+             tokyo1  loc=東京本社  yes\n\
+             paris1  loc=paris     waiting"
+        );
+    }
+
+    #[test]
+    fn tables_wrap_to_the_terminal_width() {
+        let long = "word ".repeat(40);
+        let text = render_table(&["A", "TEXT"], &[vec!["a".into(), long]], Some(80));
+        assert!(text.lines().count() > 2, "{text}");
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{line:?}");
+        }
     }
 
     #[test]

@@ -162,7 +162,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
     std::fs::create_dir_all(&logs)?;
     let say = |text: &str| {
         if !out.json {
-            println!("{text}");
+            outln!("{text}");
         }
     };
     say(&format!("quickstart in {}", root.display()));
@@ -288,7 +288,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
     let complete = status.counts.get("complete").copied().unwrap_or(0);
     let ok = status.outcome == "complete" && complete == workstations as u64;
     if !ok {
-        eprintln!(
+        errln!(
             "error: the job is {} after {} s ({complete} of {workstations} workstations complete); logs are in {}",
             status.outcome.replace('_', " "),
             JOB_TIMEOUT.as_secs(),
@@ -297,26 +297,28 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
     }
     if args.keep_running {
         // On stderr, so that `-o json` keeps stdout to one JSON document.
-        eprintln!();
-        eprintln!("everything keeps running; in another shell, at the central site:");
-        eprintln!("  export CASCADE_SERVER={}", central.url);
-        eprintln!("  export CASCADE_TOKEN={}", central.admin_token);
-        eprintln!("  cascade job status 1 --watch");
-        eprintln!("  cascade site list");
-        eprintln!("  cascade site queues");
-        eprintln!("  cascade package status sample");
-        eprintln!(
+        errln!();
+        errln!("everything keeps running; in another shell, at the central site:");
+        errln!("  export CASCADE_SERVER={}", central.url);
+        errln!("  export CASCADE_TOKEN={}", central.admin_token);
+        errln!("  cascade job status 1 --watch");
+        errln!("  cascade site list");
+        errln!("  cascade site queues");
+        errln!("  cascade package status sample");
+        errln!(
             "  cascade package update sample --source {}",
             sample.display()
         );
-        eprintln!("the other sites (their own view of their subtree):");
+        errln!("the other sites (their own view of their subtree):");
         for site in &sites[1..] {
-            eprintln!(
+            errln!(
                 "  {}: CASCADE_SERVER={} CASCADE_TOKEN={}",
-                site.code, site.url, site.admin_token
+                site.code,
+                site.url,
+                site.admin_token
             );
         }
-        eprintln!("logs: {}   stop with Ctrl-C", logs.display());
+        errln!("logs: {}   stop with Ctrl-C", logs.display());
         crate::shutdown_signal().await;
     }
     drop(children);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 fn members(site: &Site, collection: &str) -> Vec<String> {
     let shown = site.json(&["collection", "show", collection]);
-    shown[0]["members"]
+    shown["members"]
         .as_array()
         .unwrap()
         .iter()
@@ -42,7 +42,7 @@ fn agents_enroll_with_approval_and_rule_collections_follow_them() {
     assert_eq!(agents[0]["report"]["tags"]["role"], "kiosk");
 
     let approved = site.json(&["agent", "approve", "kiosk1"]);
-    assert_eq!(approved[0]["approved"], true);
+    assert_eq!(approved["approved"], true);
     let err = site.fails(&["agent", "approve", "ghost"]);
     assert!(err.contains("unknown agent \"ghost\""), "{err}");
 

@@ -16,8 +16,8 @@ fn large_package_reaches_three_dps_and_updates_move_only_deltas() {
     let source = root.path().join("src");
     make_tree(&source, 199, 100 * MIB, 1);
     let created = site.create_package("big", &source);
-    assert_eq!(created["version"]["version"], 1);
-    assert_eq!(created["version"]["file_count"], 200);
+    assert_eq!(created["version"], 1);
+    assert_eq!(created["file_count"], 200);
     site.json(&[
         "package",
         "distribute",
@@ -53,8 +53,8 @@ fn large_package_reaches_three_dps_and_updates_move_only_deltas() {
         "--source",
         source.to_str().unwrap(),
     ]);
-    assert_eq!(updated["version"]["version"], 2);
-    let total = updated["version"]["total_size"].as_u64().unwrap();
+    assert_eq!(updated["version"], 2);
+    let total = updated["total_size"].as_u64().unwrap();
     site.wait_installed("big", &refs, 2, Duration::from_secs(120));
     for (dp, before) in dps.iter().zip(before) {
         let moved = dp.bytes_received() - before;
@@ -194,7 +194,7 @@ fn dp_killed_mid_transfer_resumes_and_converges() {
     let source = root.path().join("src");
     make_tree(&source, 5, 120 * MIB, 4);
     let created = site.create_package("huge", &source);
-    let total = created["version"]["total_size"].as_u64().unwrap();
+    let total = created["total_size"].as_u64().unwrap();
     site.json(&["package", "distribute", "huge", "--dp", "dp1"]);
     // Kill as soon as some, but not all, chunks arrived.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -252,7 +252,7 @@ impl Site {
             command,
         ];
         args.extend_from_slice(extra);
-        self.json(&args)[0].clone()
+        self.json(&args)
     }
 
     /// `site queues` as JSON.

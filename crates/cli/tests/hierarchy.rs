@@ -87,7 +87,7 @@ fn three_levels_deliver_a_large_package_to_every_dp() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|site| format!("{}<{}", site["code"].as_str().unwrap(), site["parent"]))
+        .map(|site| format!("{}<{}", site["site"].as_str().unwrap(), site["parent"]))
         .collect();
     assert_eq!(
         listed,
@@ -437,7 +437,7 @@ fn bytes_sent_to(parent: &Site, child: &str) -> u64 {
         .as_array()
         .unwrap()
         .iter()
-        .find(|site| site["code"] == child)
+        .find(|site| site["site"] == child)
         .unwrap()["bytes_sent"]
         .as_u64()
         .unwrap()
@@ -457,7 +457,7 @@ fn child_site_killed_mid_transfer_resumes() {
     let source = root.path().join("src");
     make_tree(&source, 5, 40 * MIB, 21);
     let created = cen.create_package("big", &source);
-    let total = created["version"]["total_size"].as_u64().unwrap();
+    let total = created["total_size"].as_u64().unwrap();
     cen.json(&["package", "distribute", "big", "--dp-group", "branch"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while bytes_sent_to(&cen, "P01") < 12 * MIB as u64 {
@@ -985,11 +985,16 @@ fn hierarchy_refuses_bad_input() {
     ]);
     assert!(err.contains("unknown_dp_group"), "{err}");
     let link = cen.json(&["site", "link", "P01", "--max-rate", "5MiB"]);
-    assert_eq!(link[0]["max_rate"], 5 * MIB as u64, "{link:#}");
+    assert_eq!(link["max_rate"], 5 * MIB as u64, "{link:#}");
     let link = cen.json(&["site", "link", "P01", "--no-limit"]);
-    assert!(link[0]["max_rate"].is_null(), "{link:#}");
+    assert!(link["max_rate"].is_null(), "{link:#}");
     let err = cen.fails(&["site", "link", "S01", "--max-rate", "1MiB"]);
-    assert!(err.contains("not a direct child"), "{err}");
+    assert!(
+        err.contains("site S01 is not a direct child of CEN") && !err.contains("unknown site"),
+        "{err}"
+    );
+    let err = cen.fails(&["site", "link", "ZZZ", "--max-rate", "1MiB"]);
+    assert!(err.contains("unknown site \"ZZZ\""), "{err}");
     let err = cen.fails(&["site", "link", "P01", "--max-rate", "fast"]);
     assert!(err.contains("not a rate"), "{err}");
 

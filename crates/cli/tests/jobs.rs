@@ -76,7 +76,7 @@ fn q152229_expiry_keeps_last_status() {
         "--expires-in",
         "8s",
     ]);
-    let id = job[0]["id"].as_u64().unwrap().to_string();
+    let id = job["id"].as_u64().unwrap().to_string();
     wait_for(&site, "three complete and one failed", |site| {
         let status = site.json(&["job", "status", &id]);
         status["counts"]["complete"] == 3 && status["counts"]["failed"] == 1
@@ -195,7 +195,7 @@ fn optional_cancel_retry_and_timeout() {
     let create = |extra: &[&str]| -> String {
         let mut args = vec!["job", "create", "--package", "tool", "--collection", "one"];
         args.extend_from_slice(extra);
-        site.json(&args)[0]["id"].as_u64().unwrap().to_string()
+        site.json(&args)["id"].as_u64().unwrap().to_string()
     };
 
     let optional = create(&["--command", "true", "--optional"]);
@@ -348,7 +348,7 @@ fn tampered_content_on_one_dp_is_refused_and_the_job_completes_from_another() {
         "one",
         "--command",
         "test -f big.bin",
-    ])[0]["id"]
+    ])["id"]
         .as_u64()
         .unwrap()
         .to_string();
@@ -379,7 +379,7 @@ fn agent_killed_mid_download_resumes() {
     let source = root.path().join("src");
     make_tree(&source, 2, 60 * 1024 * 1024, 14);
     let created = site.create_package("big", &source);
-    let total = created["version"]["total_size"].as_u64().unwrap();
+    let total = created["total_size"].as_u64().unwrap();
     site.json(&["package", "distribute", "big", "--dp", "dp1"]);
     site.wait_installed("big", &[&dp], 1, Duration::from_secs(60));
     let served_before = dp.info()["counters"]["bytes_served"].as_u64().unwrap();
@@ -395,7 +395,7 @@ fn agent_killed_mid_download_resumes() {
         "one",
         "--command",
         "test -f big.bin",
-    ])[0]["id"]
+    ])["id"]
         .as_u64()
         .unwrap()
         .to_string();

@@ -37,7 +37,7 @@ fn create_job(site: &Site, collection: &str) -> String {
         collection,
         "--command",
         "test -f big.bin",
-    ])[0]["id"]
+    ])["id"]
         .as_u64()
         .unwrap()
         .to_string()

@@ -5,6 +5,7 @@ mod harness;
 
 mod agents;
 mod bad_input;
+mod cli;
 mod distribution;
 mod hierarchy;
 mod jobs;

@@ -14,10 +14,10 @@ pub enum Error {
     #[error(transparent)]
     Content(#[from] cascade_content::Error),
     /// The DP's database failed.
-    #[error("dp database: {0}")]
+    #[error("dp database")]
     Db(#[from] cascade_store::Error),
     /// A file operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
@@ -67,12 +67,12 @@ impl IntoResponse for Error {
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
+            tracing::error!(error = %cascade_protocol::chain(&self), "request failed");
         }
         let body = ErrorBody {
             error: ErrorDetail {
                 code: code.to_owned(),
-                message: self.to_string(),
+                message: cascade_protocol::chain(&self),
             },
         };
         (status, axum::Json(body)).into_response()

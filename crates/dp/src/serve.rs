@@ -226,7 +226,7 @@ async fn check_first_chunk(dp: &Dp, package: &str, chunks: &[ChunkRef], start: u
         .await
         .map_err(|err| Error::Unavailable(format!("verification task failed: {err}")))?;
     if let Err(err) = checked {
-        tracing::error!(%package, chunk = %hash, error = %err, "chunk failed verification while serving; repairing");
+        tracing::error!(%package, chunk = %hash, error = %cascade_protocol::chain(&err), "chunk failed verification while serving; repairing");
         dp.request_repair(package);
         return Err(Error::Unavailable(format!(
             "package {package} is being repaired on this dp ({err}); retry shortly or use another dp"
@@ -257,7 +257,7 @@ fn stream_range(dp: Dp, package: String, chunks: Vec<ChunkRef>, start: u64, end:
             let data = match dp.store.get(&chunk.hash) {
                 Ok(data) => data,
                 Err(err) => {
-                    tracing::error!(%package, chunk = %chunk.hash, error = %err, "chunk failed verification while serving; repairing");
+                    tracing::error!(%package, chunk = %chunk.hash, error = %cascade_protocol::chain(&err), "chunk failed verification while serving; repairing");
                     // The sync worker re-verifies the package, removes what
                     // is corrupt, reports it and fetches it again.
                     dp.request_repair(&package);

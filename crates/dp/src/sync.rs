@@ -43,7 +43,9 @@ pub async fn run(dp: Dp, url: String, mut stop: watch::Receiver<bool>) {
         if !announced {
             match crate::hello(&dp, &url).await {
                 Ok(()) => announced = true,
-                Err(err) => tracing::warn!(error = %err, "cannot announce to the site yet"),
+                Err(err) => {
+                    tracing::warn!(error = %cascade_protocol::chain(&err), "cannot announce to the site yet")
+                }
             }
         }
         // Poll: at once on start, then wait for a change, or only for the
@@ -63,7 +65,7 @@ pub async fn run(dp: Dp, url: String, mut stop: watch::Receiver<bool>) {
                 // The site is unreachable: keep serving what is held, retry
                 // with a growing backoff, and apply nothing meanwhile (every
                 // transfer would fail the same way).
-                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "site unreachable; still serving held content");
+                tracing::warn!(error = %cascade_protocol::chain(&err), retry_in_ms = backoff.as_millis() as u64, "site unreachable; still serving held content");
                 announced = false;
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -85,7 +87,7 @@ pub async fn run(dp: Dp, url: String, mut stop: watch::Receiver<bool>) {
                 }
                 Err(err) => {
                     failing = true;
-                    let reason = err.to_string();
+                    let reason = cascade_protocol::chain(&err);
                     tracing::warn!(package = %assignment.package, version = assignment.version, error = %reason, "assignment failed; will retry");
                     if reported.get(&assignment.package) != Some(&reason) {
                         reported.insert(assignment.package.clone(), reason.clone());

@@ -21,9 +21,36 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// Checks that `base` is a URL a client can talk to.
+fn check_base(base: &str) -> Result<()> {
+    let refuse = |problem: String| {
+        Err(Error::BadUrl {
+            url: base.to_owned(),
+            problem,
+        })
+    };
+    let no_scheme = || format!("has no scheme; use http://{base}");
+    // `localhost:7400` parses as scheme `localhost`: no `://`, no scheme.
+    if !base.contains("://") {
+        return refuse(no_scheme());
+    }
+    match reqwest::Url::parse(base) {
+        Ok(url) if !matches!(url.scheme(), "http" | "https") => refuse(format!(
+            "has scheme {}; use http:// or https://",
+            url.scheme()
+        )),
+        Ok(url) if !url.has_host() => refuse("names no host".into()),
+        Ok(_) => Ok(()),
+        Err(err) => refuse(format!("is not a URL: {err}")),
+    }
+}
+
 impl Client {
     /// A client of the server at `base` (e.g. `http://127.0.0.1:7400`).
+    /// Refuses a `base` that is not an `http://` or `https://` URL, naming
+    /// the fix (`127.0.0.1:7400` has no scheme: `http://127.0.0.1:7400`).
     pub fn new(base: &str, token: Option<&str>) -> Result<Client> {
+        check_base(base)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(Duration::from_secs(90))
@@ -31,7 +58,7 @@ impl Client {
             .build()
             .map_err(|source| Error::Unreachable {
                 url: base.to_owned(),
-                source,
+                source: source.without_url(),
             })?;
         Ok(Client {
             base: base.trim_end_matches('/').to_owned(),
@@ -70,7 +97,7 @@ impl Client {
     async fn send(&self, url: &str, builder: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let response = builder.send().await.map_err(|source| Error::Unreachable {
             url: url.to_owned(),
-            source,
+            source: source.without_url(),
         })?;
         if response.status().is_success() {
             return Ok(response);
@@ -95,7 +122,7 @@ impl Client {
             .await
             .map_err(|source| Error::Unreachable {
                 url: url.to_owned(),
-                source,
+                source: source.without_url(),
             })?;
         serde_json::from_slice(&bytes).map_err(|err| Error::BadAnswer {
             url: url.to_owned(),
@@ -245,7 +272,7 @@ impl Client {
         while let Some(piece) = stream.next().await {
             let piece = piece.map_err(|source| Error::Unreachable {
                 url: url.clone(),
-                source,
+                source: source.without_url(),
             })?;
             received += piece.len() as u64;
             decoder.push(&piece);
@@ -433,7 +460,7 @@ impl ChunkStream {
                 .await
                 .map_err(|source| Error::Unreachable {
                     url: self.url.clone(),
-                    source,
+                    source: source.without_url(),
                 })?;
             match piece {
                 Some(piece) => {
@@ -451,5 +478,28 @@ impl ChunkStream {
     /// Bytes received on the wire so far.
     pub fn received(&self) -> u64 {
         self.received
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_url_without_a_scheme_names_the_fix() {
+        for bare in ["127.0.0.1:7400", "localhost:7400", "site.example"] {
+            let err = Client::new(bare, None).err().unwrap().to_string();
+            assert_eq!(
+                err,
+                format!("server URL {bare} has no scheme; use http://{bare}")
+            );
+        }
+        let err = Client::new("ftp://host", None).err().unwrap().to_string();
+        assert_eq!(
+            err,
+            "server URL ftp://host has scheme ftp; use http:// or https://"
+        );
+        assert!(Client::new("http://127.0.0.1:7400/", None).is_ok());
+        assert!(Client::new("https://site.example", None).is_ok());
     }
 }

@@ -1,4 +1,10 @@
-//! Errors of the protocol layer: transport, the peer's refusals, decoding.
+//! Errors of the protocol layer: transport, the peer's refusals, decoding;
+//! and [`chain`], which shows an error with its causes.
+//!
+//! The convention of every Cascade error type: an error's `Display` says
+//! what this layer was doing and never repeats its `source`; whoever shows
+//! the error shows the whole chain — `anyhow`'s `{:#}` in the binary,
+//! [`chain`] in log fields and in reasons sent to a site.
 
 use std::fmt;
 
@@ -6,7 +12,8 @@ use std::fmt;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request never got an answer (connection refused, reset, timeout).
-    #[error("cannot reach {url}: {source}")]
+    /// `source` is stripped of its URL (`url` names it once).
+    #[error("cannot reach {url}")]
     Unreachable {
         url: String,
         #[source]
@@ -23,6 +30,9 @@ pub enum Error {
     /// The answer could not be read.
     #[error("bad answer from {url}: {reason}")]
     BadAnswer { url: String, reason: String },
+    /// The URL of a server is not an `http://` or `https://` URL.
+    #[error("server URL {url} {problem}")]
+    BadUrl { url: String, problem: String },
     /// A chunk frame stream was malformed.
     #[error("malformed chunk frame: {0}")]
     Frame(FrameError),
@@ -51,6 +61,7 @@ impl Error {
         match self {
             Error::Unreachable { .. } | Error::BadAnswer { .. } | Error::Frame(_) => true,
             Error::Refused { status, .. } => *status >= 500,
+            Error::BadUrl { .. } => false,
         }
     }
 }
@@ -73,5 +84,38 @@ impl fmt::Display for FrameError {
     }
 }
 
+/// `error` and every cause below it, `outer: inner: innermost`: the form
+/// for log fields (`error = %chain(&err)`) and for reasons written into
+/// status messages.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
+}
+
 /// Result with the protocol [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("binding 127.0.0.1:7400")]
+    struct Outer {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_chain_shows_each_cause_once() {
+        let err = Outer {
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        assert_eq!(chain(&err), "binding 127.0.0.1:7400: address in use");
+    }
+}

@@ -10,12 +10,13 @@ mod enrollment;
 mod error;
 pub mod forward;
 pub mod frames;
+pub mod logging;
 pub mod sites;
 pub mod types;
 
 pub use client::Client;
 pub use enrollment::{read_config, Enrollment};
-pub use error::{Error, Result};
+pub use error::{chain, Error, Result};
 pub use sites::*;
 pub use types::*;
 

@@ -54,6 +54,7 @@ pub struct SiteRegistration {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SiteSummary {
     /// Code.
+    #[serde(rename = "site", alias = "code")]
     pub code: String,
     /// `central`, `primary` or `secondary`.
     pub kind: String,
@@ -274,6 +275,7 @@ pub struct SiteQueues {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ParentLinkStatus {
     /// The parent's code.
+    #[serde(rename = "site", alias = "code")]
     pub code: String,
     /// The parent's URL.
     pub url: String,
@@ -343,6 +345,7 @@ pub struct DpGroupRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DpGroupInfo {
     /// Name.
+    #[serde(rename = "dp_group", alias = "name")]
     pub name: String,
     /// DPs as `SITE/DP`.
     pub dps: Vec<String>,

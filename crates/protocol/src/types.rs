@@ -130,6 +130,7 @@ fn yes() -> bool {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PackageSummary {
     /// Package name.
+    #[serde(rename = "package", alias = "name")]
     pub name: String,
     /// The newest version.
     pub latest: VersionInfo,
@@ -141,6 +142,7 @@ pub struct PackageSummary {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PackageDetail {
     /// Package name.
+    #[serde(rename = "package", alias = "name")]
     pub name: String,
     /// Every version, oldest first.
     pub versions: Vec<VersionInfo>,
@@ -297,6 +299,7 @@ pub struct DpHello {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DpInfo {
     /// Name.
+    #[serde(rename = "dp", alias = "name")]
     pub name: String,
     /// Where it serves content, as it last announced.
     pub url: Option<String>,
@@ -810,6 +813,7 @@ pub struct StatusAck {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DpSelfInfo {
     /// The DP's name.
+    #[serde(rename = "dp", alias = "name")]
     pub name: String,
     /// Its site.
     pub site: String,
@@ -881,6 +885,7 @@ pub struct AgentEnrollResponse {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AgentInfo {
     /// Name.
+    #[serde(rename = "agent", alias = "name")]
     pub name: String,
     /// Its attributes, as last reported.
     pub report: AgentReport,
@@ -1092,6 +1097,7 @@ pub struct CollectionRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CollectionInfo {
     /// Name.
+    #[serde(rename = "collection", alias = "name")]
     pub name: String,
     /// Listed workstations, for a listed collection.
     pub machines: Option<Vec<String>>,

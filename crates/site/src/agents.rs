@@ -370,7 +370,7 @@ pub async fn seen_worker(state: AppState) {
             _ = shutdown.changed() => true,
         };
         if let Err(err) = state.seen.flush(&state).await {
-            tracing::warn!(error = %err, "recording when agents were seen failed; will retry");
+            tracing::warn!(error = %cascade_protocol::chain(&err), "recording when agents were seen failed; will retry");
         }
         if stopping || *shutdown.borrow() {
             return;

@@ -215,7 +215,7 @@ pub async fn fetch(
             match store.get_encoded(hash) {
                 Ok(encoded) => put_frame(&mut piece, hash, &encoded),
                 Err(err) => {
-                    tracing::error!(chunk = %hash, error = %err, "chunk in the library failed verification");
+                    tracing::error!(chunk = %hash, error = %cascade_protocol::chain(&err), "chunk in the library failed verification");
                     let _ = sender.blocking_send(Err(std::io::Error::other(err.to_string())));
                     return;
                 }

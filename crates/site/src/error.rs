@@ -36,13 +36,13 @@ pub enum Error {
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
     /// The site's own stored content failed verification.
-    #[error("content library: {0}")]
+    #[error("content library")]
     Content(#[from] cascade_content::Error),
     /// The database failed.
-    #[error("database: {0}")]
+    #[error("database")]
     Db(#[from] cascade_store::Error),
     /// A file operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
@@ -124,14 +124,14 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
+            tracing::error!(error = %cascade_protocol::chain(&self), "request failed");
         } else if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-            tracing::warn!(error = %self, status = status.as_u16(), "request refused");
+            tracing::warn!(error = %cascade_protocol::chain(&self), status = status.as_u16(), "request refused");
         }
         let body = ErrorBody {
             error: ErrorDetail {
                 code: code.to_owned(),
-                message: self.to_string(),
+                message: cascade_protocol::chain(&self),
             },
         };
         (status, axum::Json(body)).into_response()

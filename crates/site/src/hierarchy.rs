@@ -69,7 +69,7 @@ impl Parent {
 
 /// Turns the parent's refusal or silence into this site's error.
 pub fn upstream(context: &str, err: cascade_protocol::Error) -> Error {
-    let message = format!("{context}: {err}");
+    let message = format!("{context}: {}", cascade_protocol::chain(&err));
     match err.status() {
         Some(409) => Error::Conflict(message),
         Some(401) => Error::Unauthorized(message),
@@ -454,9 +454,22 @@ pub async fn set_link(
         .await?
         .rows_affected();
     if changed == 0 {
-        return Err(Error::NotFound {
-            what: "site",
-            name: format!("{code} (not a direct child of {})", state.code),
+        let known: Option<(String,)> = sqlx::query_as("SELECT code FROM sites WHERE code = ?")
+            .bind(&code)
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+        return Err(match known {
+            Some(_) => Error::invalid(
+                "not_a_direct_child",
+                format!(
+                    "site {code} is not a direct child of {}; set its link at its parent",
+                    state.code
+                ),
+            ),
+            None => Error::NotFound {
+                what: "site",
+                name: code,
+            },
         });
     }
     tx.commit().await?;

@@ -596,7 +596,7 @@ pub async fn expiry_worker(state: AppState) {
     let mut shutdown = state.shutdown.clone();
     loop {
         if let Err(err) = record_expiries(&state).await {
-            tracing::warn!(error = %err, "recording job expiry failed; will retry");
+            tracing::warn!(error = %cascade_protocol::chain(&err), "recording job expiry failed; will retry");
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}

@@ -469,7 +469,7 @@ pub async fn run(
     .await;
     // Polls answered while shutting down, after the seen worker's last write.
     if let Err(err) = seen.flush(&last_flush).await {
-        tracing::warn!(error = %err, "recording when agents were last seen failed");
+        tracing::warn!(error = %cascade_protocol::chain(&err), "recording when agents were last seen failed");
     }
     db.close().await;
     Ok(())

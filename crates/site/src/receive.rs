@@ -162,7 +162,7 @@ pub async fn content_worker(state: AppState) {
             Err(err) => {
                 // Not an empty set: that would tell the parent nothing is
                 // needed and drop the transfers under way.
-                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "reading what content is needed failed; will retry");
+                tracing::warn!(error = %cascade_protocol::chain(&err), retry_in_ms = backoff.as_millis() as u64, "reading what content is needed failed; will retry");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return,
@@ -178,7 +178,7 @@ pub async fn content_worker(state: AppState) {
             match parent.client.put_wants(&wants).await {
                 Ok(()) => told = Some(wants),
                 Err(err) => {
-                    tracing::warn!(error = %err, "cannot tell the parent what is needed yet")
+                    tracing::warn!(error = %cascade_protocol::chain(&err), "cannot tell the parent what is needed yet")
                 }
             }
         }
@@ -211,7 +211,7 @@ pub async fn content_worker(state: AppState) {
                 }
                 Err(err) => {
                     failed = true;
-                    let reason = err.to_string();
+                    let reason = cascade_protocol::chain(&err);
                     tracing::warn!(package = %want.package, version = want.version, error = %reason, "bringing content in failed; will retry");
                     state
                         .progress
@@ -228,7 +228,7 @@ pub async fn content_worker(state: AppState) {
                         if let Err(err) = record(&state, failed).await {
                             // Reported again on the next failure.
                             reported_failures.remove(want);
-                            tracing::warn!(error = %err, "recording the failure failed");
+                            tracing::warn!(error = %cascade_protocol::chain(&err), "recording the failure failed");
                         }
                     }
                 }

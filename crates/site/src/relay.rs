@@ -50,7 +50,7 @@ pub async fn relay_worker(state: AppState) {
                     .map(|count| count > 0)
                     .inspect_err(|err| {
                         let mut progress = state.progress.lock().expect("progress lock");
-                        progress.parent_failed(err.to_string());
+                        progress.parent_failed(cascade_protocol::chain(&err));
                     })
             }
         },

@@ -238,7 +238,7 @@ pub async fn receive_worker(state: AppState) {
                         err,
                     );
                     let mut progress = state.progress.lock().expect("progress lock");
-                    progress.parent_failed(err.to_string());
+                    progress.parent_failed(cascade_protocol::chain(&err));
                     err
                 })?;
                 state
@@ -356,7 +356,7 @@ async fn apply_next(state: &AppState) -> Result<bool> {
                 ),
                 Err(_) => (format!("instruction {seq}"), None, None, None),
             };
-            tracing::warn!(seq, instruction = %what, error = %err, "instruction refused");
+            tracing::warn!(seq, instruction = %what, error = %cascade_protocol::chain(&err), "instruction refused");
             let mut tx = state.db.write().await?;
             status::record_site_message(
                 state,
@@ -366,7 +366,7 @@ async fn apply_next(state: &AppState) -> Result<bool> {
                     package,
                     version,
                     job,
-                    reason: err.to_string(),
+                    reason: cascade_protocol::chain(&err),
                 },
             )
             .await?;
@@ -379,7 +379,7 @@ async fn apply_next(state: &AppState) -> Result<bool> {
             sqlx::query(
                 "UPDATE site_inbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
             )
-            .bind(err.to_string())
+            .bind(cascade_protocol::chain(&err))
             .bind(seq)
             .execute(&mut *tx.tx)
             .await?;

@@ -208,7 +208,7 @@ pub async fn status_writer(state: AppState, mut queue: tokio::sync::mpsc::Receiv
                 }
             }
             Err(err) => {
-                tracing::warn!(error = %err, batches = group.len(), "storing status messages failed");
+                tracing::warn!(error = %cascade_protocol::chain(&err), batches = group.len(), "storing status messages failed");
                 let message = err.to_string();
                 for pending in group {
                     let _ = pending.reply.send(Err(Error::Internal(format!(

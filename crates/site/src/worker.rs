@@ -47,7 +47,7 @@ pub async fn run<F, Step>(
                 (idle, wake)
             }
             Err(err) => {
-                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "{what} failed; will retry");
+                tracing::warn!(error = %cascade_protocol::chain(&err), retry_in_ms = backoff.as_millis() as u64, "{what} failed; will retry");
                 let wait = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 (wait, None)

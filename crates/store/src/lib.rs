@@ -110,7 +110,7 @@ impl NewDir {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The database could not be opened.
-    #[error("opening database {path}: {source}")]
+    #[error("opening database {path}")]
     Open {
         path: PathBuf,
         #[source]
@@ -124,7 +124,7 @@ pub enum Error {
         known: usize,
     },
     /// A migration failed.
-    #[error("migrating database {path} to schema version {version}: {source}")]
+    #[error("migrating database {path} to schema version {version}")]
     Migrate {
         path: PathBuf,
         version: usize,

@@ -359,7 +359,7 @@ impl Output {
                 vec![
                     ws.site.clone(),
                     ws.agent.clone(),
-                    ws.state.clone(),
+                    run_state(ws),
                     ws.exit_code.map_or("-".into(), |code| code.to_string()),
                     ws.attempts.to_string(),
                     time(ws.since_ms),
@@ -410,7 +410,7 @@ impl Output {
             return Ok(());
         }
         println!("job {} on {}", status.job.offer.id, ws.agent);
-        println!("state:     {} since {}", ws.state, time(ws.since_ms));
+        println!("state:     {} since {}", run_state(ws), time(ws.since_ms));
         println!("attempts:  {}", ws.attempts);
         println!(
             "exit code: {}",
@@ -961,5 +961,16 @@ mod tests {
             shown.ends_with(",... (5 more; -o json lists all)"),
             "{shown}"
         );
+    }
+}
+
+/// A workstation's state, with the bytes so far while it downloads
+/// (`downloading 312.0 MiB/1.0 GiB`).
+fn run_state(ws: &cascade_protocol::WorkstationStatus) -> String {
+    match (ws.bytes_done, ws.bytes_total) {
+        (Some(done), Some(total)) if ws.state == "downloading" => {
+            format!("downloading {}/{}", bytes(done), bytes(total))
+        }
+        _ => ws.state.clone(),
     }
 }

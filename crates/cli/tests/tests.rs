@@ -10,4 +10,5 @@ mod hierarchy;
 mod jobs;
 mod quickstart;
 mod repair;
+mod runs;
 mod tidy;

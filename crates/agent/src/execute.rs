@@ -55,6 +55,9 @@ pub struct Executor {
     /// Downloads waiting for their sources, in memory: when the attempt
     /// began (its deadline counts from there) and its backoff.
     pub waits: std::sync::Mutex<HashMap<u64, Wait>>,
+    /// Sources' failures already reported per job (job, source, error):
+    /// a source down for an hour is reported once, not once per retry.
+    pub reported: std::sync::Mutex<HashSet<(u64, String, String)>>,
 }
 
 /// A download waiting for its sources to come back.
@@ -760,7 +763,22 @@ impl Executor {
                             }
                         }
                     }
-                    Err(Fetched::Unavailable(err)) => unavailable.push(format!("{dp}: {err}")),
+                    Err(Fetched::Unavailable(err)) => {
+                        // A chunk not there yet is the distribute phase, not
+                        // the DP's failure; anything else is reported once.
+                        if !err.starts_with("404") {
+                            let first = self.reported.lock().expect("reported lock").insert((
+                                offer.id,
+                                dp.clone(),
+                                err.clone(),
+                            ));
+                            if first {
+                                self.refused(offer, dp, format!("chunk {}: {err}", chunk.hash))
+                                    .await?;
+                            }
+                        }
+                        unavailable.push(format!("{dp}: {err}"))
+                    }
                     Err(Fetched::Refused(err)) => {
                         self.refused(offer, dp, format!("chunk {}: {err}", chunk.hash))
                             .await?;

@@ -307,6 +307,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         http: execute::dp_client(),
         canceled: canceled_rx,
         waits: Default::default(),
+        reported: Default::default(),
     };
     let executor = tokio::spawn(executor.run(stop_rx));
     tokio::pin!(shutdown);

@@ -766,10 +766,16 @@ pub async fn job_status(
         if site != own {
             return None;
         }
-        let stored = agents.iter().find(|agent| agent.name == name)?.last_seen_ms;
-        match reachability(state.seen.contact(name, stored), poll_interval, now) {
+        let agent = agents.iter().find(|agent| agent.name == name)?;
+        match reachability(
+            state.seen.contact(name, agent.last_seen_ms),
+            poll_interval,
+            now,
+        ) {
             Reachability::UnreachableSince(since) => Some(since),
-            _ => None,
+            // Never polled: not reachable since it was enrolled.
+            Reachability::Never => Some(agent.enrolled_at_ms),
+            Reachability::Reachable => None,
         }
     };
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();

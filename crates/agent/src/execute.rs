@@ -329,9 +329,13 @@ impl Executor {
         attempts: u32,
         why: Interruption,
     ) -> Result<()> {
+        let expired = offer.expires_at_ms.is_some_and(|at| at <= now_ms());
         let reason = match why {
             Interruption::Canceled => "canceled before the command started",
-            _ => "expired before the command started",
+            _ if expired => "expired before the command started",
+            // Withdrawn by the site without a cancel: it expired there
+            // first, or the workstation left the job's collection.
+            _ => "withdrawn before the command started",
         };
         tracing::info!(job = offer.id, reason, "job stopped");
         self.report(

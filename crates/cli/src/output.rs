@@ -938,6 +938,17 @@ pub async fn watch_package(
     }
 }
 
+/// A workstation's state, with the bytes so far while it downloads
+/// (`downloading 312.0 MiB/1.0 GiB`).
+fn run_state(ws: &cascade_protocol::WorkstationStatus) -> String {
+    match (ws.bytes_done, ws.bytes_total) {
+        (Some(done), Some(total)) if ws.state == "downloading" => {
+            format!("downloading {}/{}", bytes(done), bytes(total))
+        }
+        _ => ws.state.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -961,16 +972,5 @@ mod tests {
             shown.ends_with(",... (5 more; -o json lists all)"),
             "{shown}"
         );
-    }
-}
-
-/// A workstation's state, with the bytes so far while it downloads
-/// (`downloading 312.0 MiB/1.0 GiB`).
-fn run_state(ws: &cascade_protocol::WorkstationStatus) -> String {
-    match (ws.bytes_done, ws.bytes_total) {
-        (Some(done), Some(total)) if ws.state == "downloading" => {
-            format!("downloading {}/{}", bytes(done), bytes(total))
-        }
-        _ => ws.state.clone(),
     }
 }

@@ -3,25 +3,35 @@
 //! manifest and every chunk, materialise the files in a job directory, run
 //! the command with the job's timeout, and report each step.
 //!
+//! What ends a run (issue 10): sources that are unavailable (a site or DP
+//! down, content not on a DP yet) are waited for with backoff until the
+//! attempt's deadline (its timeout) or the job's expiry, never a failure;
+//! only content proven bad from every source, or the deadline, ends the
+//! download. A cancel stops the work in flight (the command's process
+//! group gets SIGTERM, then SIGKILL after [`STOP_GRACE`]) and reports
+//! `job_stopped`; expiry lets a running command finish within its timeout
+//! but stops a download (the command never starts after expiry). An agent
+//! that crashed while a command ran reports `job_interrupted` when it
+//! starts again, and reruns only if the job's retries allow: the attempt
+//! number is stored with the `job_running` report, before the command
+//! starts.
+//!
 //! **Architecture Invariant:** nothing runs that failed verification: the
 //! manifest is checked against the site key pinned at enrollment and every
 //! chunk against its hash before `materialize` writes a byte.
 
 use crate::{Error, Result};
 use cascade_content::{ChunkStore, Manifest, VerifyingKey};
+use cascade_domain::backoff::Backoff;
 use cascade_protocol::{Client, JobOffer, StatusBody};
 use cascade_store::{now_ms, Db, Outbox};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, Mutex, Notify};
-
-/// How long to wait before looking again for content no DP holds yet.
-const CONTENT_WAIT_MS: i64 = 1000;
-
-/// Bytes of output kept for the status report.
-const OUTPUT_TAIL: usize = 4096;
+use tokio::time::Instant;
 
 /// What the executor needs.
 pub struct Executor {
@@ -40,6 +50,20 @@ pub struct Executor {
     pub nudge: Arc<Notify>,
     /// The client for DPs' content servers.
     pub http: reqwest::Client,
+    /// The jobs the site says were canceled (from the latest policy).
+    pub canceled: watch::Receiver<Arc<HashSet<u64>>>,
+    /// Downloads waiting for their sources, in memory: when the attempt
+    /// began (its deadline counts from there) and its backoff.
+    pub waits: std::sync::Mutex<HashMap<u64, Wait>>,
+    /// Sources' failures already reported per job (job, source, error):
+    /// a source down for an hour is reported once, not once per retry.
+    pub reported: std::sync::Mutex<HashSet<(u64, String, String)>>,
+}
+
+/// A download waiting for its sources to come back.
+pub struct Wait {
+    started: Instant,
+    backoff: Backoff,
 }
 
 /// Content sources from the latest policy: DP URLs change when DPs
@@ -85,10 +109,105 @@ struct Due {
     attempts: u32,
 }
 
+/// Bytes of output kept for the status report.
+const OUTPUT_TAIL: usize = 4096;
+
+/// How long a command stopped on cancel (or at its timeout) has between
+/// SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How long to wait for a command's output pipes to close after it ended
+/// (a process it left in the background may hold them open).
+const PIPE_GRACE: Duration = Duration::from_secs(2);
+
+/// Progress reports while downloading: at most one per this interval.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Backoff while download sources are unavailable.
+fn source_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(15), 0.5)
+}
+
+/// Why a download did not deliver the manifest and every chunk.
+enum Fetch {
+    /// No source could serve it now (down, unreachable, not holding it
+    /// yet): wait and try again.
+    Unavailable(String),
+    /// The content was proven bad from every source, or a local failure:
+    /// the attempt fails.
+    Failed(String),
+}
+
+impl From<Error> for Fetch {
+    fn from(err: Error) -> Fetch {
+        Fetch::Failed(err.to_string())
+    }
+}
+
+/// What stopped work in flight before it ended on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Interruption {
+    /// The attempt's deadline (the job's timeout) passed.
+    TimedOut,
+    /// The job expired (by the local clock).
+    Expired,
+    /// The site says the job was canceled.
+    Canceled,
+}
+
+/// The job's row after a report.
+struct NewState {
+    state: &'static str,
+    next_at: Option<i64>,
+    attempts: u32,
+}
+
+/// Resolves once `job` is in the canceled set.
+async fn canceled(mut canceled: watch::Receiver<Arc<HashSet<u64>>>, job: u64) {
+    loop {
+        if canceled.borrow_and_update().contains(&job) {
+            return;
+        }
+        if canceled.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Resolves at `at`, or never.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The instant of a wall-clock time in ms.
+fn instant_at(at_ms: i64) -> Instant {
+    let now = now_ms();
+    Instant::now() + Duration::from_millis(at_ms.saturating_sub(now).max(0) as u64)
+}
+
 impl Executor {
-    /// Runs due jobs, one at a time, until `stop`.
+    /// Runs due jobs, one at a time, until `stop`. First reports the runs a
+    /// crash interrupted.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         loop {
+            match self.recover_interrupted().await {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "recording interrupted runs failed; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        }
+        loop {
+            if let Err(err) = self.stop_abandoned_waits().await {
+                tracing::warn!(error = %err, "stopping withdrawn downloads failed");
+            }
             match self.next_due().await {
                 Ok(Some(due)) => {
                     if let Err(err) = self.attempt(due).await {
@@ -107,6 +226,136 @@ impl Executor {
                 _ = stop.changed() => return,
             }
         }
+    }
+
+    /// Reports every run that was in progress when the agent stopped last
+    /// (state `running`): `job_interrupted`, with a retry only if the
+    /// job's policy allows one. Whatever the command left running is
+    /// killed first.
+    async fn recover_interrupted(&self) -> Result<()> {
+        let rows: Vec<(String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT offer, attempts, pgid, withdrawn_at_ms FROM jobs WHERE state = 'running'",
+        )
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(cascade_store::Error::from)?;
+        for (text, attempts, pgid, withdrawn) in rows {
+            let offer: JobOffer = serde_json::from_str(&text)
+                .map_err(|err| Error::Config(format!("stored offer is damaged: {err}")))?;
+            if let Some(pgid) = pgid {
+                kill_leftover(pgid as i32, offer.id, &self.name);
+            }
+            let attempt = attempts as u32;
+            let expired = offer.expires_at_ms.is_some_and(|at| at <= now_ms());
+            let retrying = attempt <= offer.retries && withdrawn.is_none() && !expired;
+            let reason = format!(
+                "interrupted: the agent stopped while attempt {attempt} ran; how the command ended is unknown"
+            );
+            tracing::warn!(
+                job = offer.id,
+                attempt,
+                retrying,
+                "a run was interrupted by a crash"
+            );
+            let state = if retrying {
+                NewState {
+                    state: waiting_state(&offer),
+                    next_at: Some(now_ms() + offer.retry_delay_ms as i64),
+                    attempts: attempt,
+                }
+            } else {
+                NewState {
+                    state: "done",
+                    next_at: None,
+                    attempts: attempt,
+                }
+            };
+            self.report(
+                offer.id,
+                StatusBody::JobInterrupted {
+                    job: offer.id,
+                    package: offer.package.clone(),
+                    attempt,
+                    of: offer.retries + 1,
+                    retrying,
+                    reason,
+                },
+                Some(state),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Downloads waiting for their sources whose job was withdrawn
+    /// (canceled or expired) meanwhile: reported stopped, since they never
+    /// come due again.
+    async fn stop_abandoned_waits(&self) -> Result<()> {
+        let waiting: Vec<u64> = self
+            .waits
+            .lock()
+            .expect("waits lock")
+            .keys()
+            .copied()
+            .collect();
+        for job in waiting {
+            let row: Option<(String, i64, Option<i64>)> =
+                sqlx::query_as("SELECT offer, attempts, withdrawn_at_ms FROM jobs WHERE id = ?")
+                    .bind(job as i64)
+                    .fetch_optional(self.db.pool())
+                    .await
+                    .map_err(cascade_store::Error::from)?;
+            let Some((text, attempts, withdrawn)) = row else {
+                continue;
+            };
+            let offer: JobOffer = serde_json::from_str(&text)
+                .map_err(|err| Error::Config(format!("stored offer is damaged: {err}")))?;
+            let why = if self.canceled.borrow().contains(&job) {
+                Interruption::Canceled
+            } else if withdrawn.is_some() || offer.expires_at_ms.is_some_and(|at| at <= now_ms()) {
+                Interruption::Expired
+            } else {
+                continue;
+            };
+            self.waits.lock().expect("waits lock").remove(&job);
+            self.stop_before_command(&offer, attempts as u32, why)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Reports that the job's work stopped before its command started.
+    async fn stop_before_command(
+        &self,
+        offer: &JobOffer,
+        attempts: u32,
+        why: Interruption,
+    ) -> Result<()> {
+        let expired = offer.expires_at_ms.is_some_and(|at| at <= now_ms());
+        let reason = match why {
+            Interruption::Canceled => "canceled before the command started",
+            _ if expired => "expired before the command started",
+            // Withdrawn by the site without a cancel: it expired there
+            // first, or the workstation left the job's collection.
+            _ => "withdrawn before the command started",
+        };
+        tracing::info!(job = offer.id, reason, "job stopped");
+        self.report(
+            offer.id,
+            StatusBody::JobStopped {
+                job: offer.id,
+                package: offer.package.clone(),
+                attempt: attempts,
+                reason: reason.to_owned(),
+                output_tail: String::new(),
+            },
+            Some(NewState {
+                state: "done",
+                next_at: None,
+                attempts,
+            }),
+        )
+        .await
     }
 
     async fn next_due(&self) -> Result<Option<Due>> {
@@ -135,23 +384,22 @@ impl Executor {
     }
 
     /// Records `body` in the outbox, and the job's new state with it.
-    async fn report(
-        &self,
-        job: u64,
-        body: StatusBody,
-        state: Option<(&str, Option<i64>)>,
-    ) -> Result<()> {
+    async fn report(&self, job: u64, body: StatusBody, state: Option<NewState>) -> Result<()> {
         let text = serde_json::to_string(&body).map_err(|err| Error::Config(err.to_string()))?;
         let mut tx = self.db.write().await?;
         Outbox::push_in(&mut tx, now_ms(), &text).await?;
-        if let Some((state, next_at)) = state {
-            sqlx::query("UPDATE jobs SET state = ?, next_attempt_at_ms = ? WHERE id = ?")
-                .bind(state)
-                .bind(next_at)
-                .bind(job as i64)
-                .execute(&mut *tx.tx)
-                .await
-                .map_err(cascade_store::Error::from)?;
+        if let Some(state) = state {
+            sqlx::query(
+                "UPDATE jobs SET state = ?, next_attempt_at_ms = ?, attempts = ?, pgid = NULL
+                 WHERE id = ?",
+            )
+            .bind(state.state)
+            .bind(state.next_at)
+            .bind(state.attempts as i64)
+            .bind(job as i64)
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(cascade_store::Error::from)?;
         }
         tx.commit().await?;
         self.wake.notify_one();
@@ -161,84 +409,197 @@ impl Executor {
     async fn attempt(&self, due: Due) -> Result<()> {
         let offer = &due.offer;
         let attempt = due.attempts + 1;
-        sqlx::query("UPDATE jobs SET attempts = ? WHERE id = ?")
-            .bind(attempt as i64)
-            .bind(offer.id as i64)
-            .execute(self.db.pool())
-            .await
-            .map_err(cascade_store::Error::from)?;
-        let work = async {
-            let manifest = self.download(offer).await?;
-            let job_dir = self.dir.join("jobs").join(offer.id.to_string());
-            let store = self.store.clone();
-            let target = job_dir.clone();
-            tokio::task::spawn_blocking(move || -> Result<()> {
-                if target.exists() {
-                    std::fs::remove_dir_all(&target)
-                        .map_err(crate::io(format!("clearing {}", target.display())))?;
-                }
-                std::fs::create_dir_all(&target)
-                    .map_err(crate::io(format!("creating {}", target.display())))?;
-                cascade_content::materialize(&manifest, &store, &target)
-                    .map_err(|err| Error::Config(format!("writing the package: {err}")))
-            })
-            .await
-            .map_err(|err| Error::Config(format!("materialize task failed: {err}")))??;
-            self.report(
-                offer.id,
-                StatusBody::JobRunning {
-                    job: offer.id,
-                    package: offer.package.clone(),
-                    attempt,
-                },
-                None,
-            )
-            .await?;
-            let env = [
-                ("CASCADE_AGENT", self.name.clone()),
-                ("CASCADE_JOB", offer.id.to_string()),
-                ("CASCADE_PACKAGE", offer.package.clone()),
-                ("CASCADE_VERSION", offer.version.to_string()),
-                ("CASCADE_ATTEMPT", attempt.to_string()),
-            ];
-            run_command(&offer.command, &job_dir, &env).await
+        // The deadline counts from the attempt's start, across waits for
+        // the sources.
+        let started = self
+            .waits
+            .lock()
+            .expect("waits lock")
+            .get(&offer.id)
+            .map_or_else(Instant::now, |wait| wait.started);
+        let deadline = offer
+            .timeout_ms
+            .map(|ms| started + Duration::from_millis(ms));
+        let expiry = offer.expires_at_ms.map(instant_at);
+        let downloaded = tokio::select! {
+            downloaded = self.download(offer) => Ok(downloaded),
+            _ = until(deadline) => Err(Interruption::TimedOut),
+            _ = until(expiry) => Err(Interruption::Expired),
+            _ = canceled(self.canceled.clone(), offer.id) => Err(Interruption::Canceled),
         };
-        let outcome = match offer.timeout_ms {
-            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), work).await {
-                Ok(outcome) => outcome,
-                Err(_) => Ok(Outcome {
-                    exit_code: None,
-                    reason: Some(format!("timeout: not finished after {}", humantime_ms(ms))),
-                    output_tail: String::new(),
-                }),
-            },
-            None => work.await,
-        };
-        let outcome = match outcome {
-            Err(Error::NotYetAvailable(why)) => {
-                // Not an attempt: wait for the distribute phase.
-                tracing::info!(job = offer.id, %why, "content not on a dp yet; waiting");
-                sqlx::query("UPDATE jobs SET attempts = ?, next_attempt_at_ms = ? WHERE id = ?")
-                    .bind(due.attempts as i64)
-                    .bind(now_ms() + CONTENT_WAIT_MS)
+        let manifest = match downloaded {
+            Ok(Ok(manifest)) => {
+                self.waits.lock().expect("waits lock").remove(&offer.id);
+                manifest
+            }
+            Ok(Err(Fetch::Unavailable(why))) => {
+                // Not a failed attempt: wait for the sources, with backoff.
+                let delay = {
+                    let mut waits = self.waits.lock().expect("waits lock");
+                    let wait = waits.entry(offer.id).or_insert_with(|| Wait {
+                        started,
+                        backoff: source_backoff(),
+                    });
+                    wait.backoff.next_delay(rand::random::<f64>())
+                };
+                tracing::info!(job = offer.id, %why, retry_in_ms = delay.as_millis() as u64, "content sources unavailable; waiting");
+                sqlx::query("UPDATE jobs SET next_attempt_at_ms = ? WHERE id = ?")
+                    .bind(now_ms() + delay.as_millis() as i64)
                     .bind(offer.id as i64)
                     .execute(self.db.pool())
                     .await
                     .map_err(cascade_store::Error::from)?;
                 return Ok(());
             }
-            other => other,
+            Ok(Err(Fetch::Failed(reason))) => {
+                self.waits.lock().expect("waits lock").remove(&offer.id);
+                return self
+                    .finish(offer, attempt, Outcome::failed(reason, String::new()))
+                    .await;
+            }
+            Err(Interruption::TimedOut) => {
+                self.waits.lock().expect("waits lock").remove(&offer.id);
+                let ms = offer.timeout_ms.unwrap_or_default();
+                let reason = format!(
+                    "timeout: the content could not be fetched within {}",
+                    humantime_ms(ms)
+                );
+                return self
+                    .finish(offer, attempt, Outcome::failed(reason, String::new()))
+                    .await;
+            }
+            Err(why) => {
+                self.waits.lock().expect("waits lock").remove(&offer.id);
+                return self.stop_before_command(offer, due.attempts, why).await;
+            }
         };
-        let outcome = outcome.unwrap_or_else(|err| Outcome {
-            exit_code: None,
-            reason: Some(err.to_string()),
-            output_tail: String::new(),
-        });
+        let job_dir = self.dir.join("jobs").join(offer.id.to_string());
+        let store = self.store.clone();
+        let target = job_dir.clone();
+        let materialized = tokio::task::spawn_blocking(move || -> Result<()> {
+            if target.exists() {
+                std::fs::remove_dir_all(&target)
+                    .map_err(crate::io(format!("clearing {}", target.display())))?;
+            }
+            std::fs::create_dir_all(&target)
+                .map_err(crate::io(format!("creating {}", target.display())))?;
+            cascade_content::materialize(&manifest, &store, &target)
+                .map_err(|err| Error::Config(format!("writing the package: {err}")))
+        })
+        .await
+        .map_err(|err| Error::Config(format!("materialize task failed: {err}")))
+        .and_then(|result| result);
+        if let Err(err) = materialized {
+            return self
+                .finish(
+                    offer,
+                    attempt,
+                    Outcome::failed(err.to_string(), String::new()),
+                )
+                .await;
+        }
+        // Never start the command after a cancel or after expiry.
+        if self.canceled.borrow().contains(&offer.id) {
+            return self
+                .stop_before_command(offer, due.attempts, Interruption::Canceled)
+                .await;
+        }
+        if offer.expires_at_ms.is_some_and(|at| at <= now_ms()) {
+            return self
+                .stop_before_command(offer, due.attempts, Interruption::Expired)
+                .await;
+        }
+        // The attempt number is stored with the report, before the command
+        // starts: a crash from here on is an interrupted attempt.
+        self.report(
+            offer.id,
+            StatusBody::JobRunning {
+                job: offer.id,
+                package: offer.package.clone(),
+                attempt,
+            },
+            Some(NewState {
+                state: "running",
+                next_at: None,
+                attempts: attempt,
+            }),
+        )
+        .await?;
+        let env = [
+            ("CASCADE_AGENT", self.name.clone()),
+            ("CASCADE_JOB", offer.id.to_string()),
+            ("CASCADE_PACKAGE", offer.package.clone()),
+            ("CASCADE_VERSION", offer.version.to_string()),
+            ("CASCADE_ATTEMPT", attempt.to_string()),
+        ];
+        let outcome = match spawn_command(&offer.command, &job_dir, &env) {
+            Ok(running) => {
+                if let Some(pgid) = running.pgid {
+                    sqlx::query("UPDATE jobs SET pgid = ? WHERE id = ?")
+                        .bind(pgid as i64)
+                        .bind(offer.id as i64)
+                        .execute(self.db.pool())
+                        .await
+                        .map_err(cascade_store::Error::from)?;
+                }
+                let stop = async {
+                    tokio::select! {
+                        _ = until(deadline) => Interruption::TimedOut,
+                        _ = canceled(self.canceled.clone(), offer.id) => Interruption::Canceled,
+                    }
+                };
+                running.wait(stop).await
+            }
+            Err(err) => Outcome::failed(err.to_string(), String::new()),
+        };
+        let outcome = match outcome.stopped {
+            Some(Interruption::TimedOut) => Outcome::failed(
+                format!(
+                    "timeout: not finished after {}",
+                    humantime_ms(offer.timeout_ms.unwrap_or_default())
+                ),
+                outcome.output_tail,
+            ),
+            _ => outcome,
+        };
+        self.finish(offer, attempt, outcome).await
+    }
+
+    /// Reports how attempt `attempt` ended: completed, stopped (canceled),
+    /// retrying or failed; the job's state goes with the report.
+    async fn finish(&self, offer: &JobOffer, attempt: u32, outcome: Outcome) -> Result<()> {
+        let package = offer.package.clone();
+        if outcome.stopped == Some(Interruption::Canceled) {
+            tracing::info!(
+                job = offer.id,
+                attempt,
+                "job canceled; the command was stopped"
+            );
+            return self
+                .report(
+                    offer.id,
+                    StatusBody::JobStopped {
+                        job: offer.id,
+                        package,
+                        attempt,
+                        reason: format!(
+                            "canceled: the command was stopped (SIGTERM, SIGKILL after {} s)",
+                            STOP_GRACE.as_secs()
+                        ),
+                        output_tail: outcome.output_tail,
+                    },
+                    Some(NewState {
+                        state: "done",
+                        next_at: None,
+                        attempts: attempt,
+                    }),
+                )
+                .await;
+        }
         let succeeded = outcome.reason.is_none()
             && outcome
                 .exit_code
                 .is_some_and(|code| offer.success_codes.contains(&code));
-        let package = offer.package.clone();
         if succeeded {
             let exit_code = outcome.exit_code.unwrap_or(0);
             tracing::info!(job = offer.id, attempt, exit_code, "job complete");
@@ -250,8 +611,13 @@ impl Executor {
                         package,
                         attempt,
                         exit_code,
+                        output_tail: outcome.output_tail,
                     },
-                    Some(("done", None)),
+                    Some(NewState {
+                        state: "done",
+                        next_at: None,
+                        attempts: attempt,
+                    }),
                 )
                 .await;
         }
@@ -261,7 +627,16 @@ impl Executor {
                 outcome.exit_code.map_or("none".into(), |c| c.to_string())
             )
         });
-        if attempt <= offer.retries {
+        // A retry only while the job may still run here.
+        let withdrawn: Option<i64> =
+            sqlx::query_scalar("SELECT withdrawn_at_ms FROM jobs WHERE id = ?")
+                .bind(offer.id as i64)
+                .fetch_optional(self.db.pool())
+                .await
+                .map_err(cascade_store::Error::from)?
+                .flatten();
+        let expired = offer.expires_at_ms.is_some_and(|at| at <= now_ms());
+        if attempt <= offer.retries && withdrawn.is_none() && !expired {
             tracing::info!(job = offer.id, attempt, %reason, "job attempt failed; retrying");
             let next_at = now_ms() + offer.retry_delay_ms as i64;
             self.report(
@@ -275,7 +650,11 @@ impl Executor {
                     reason,
                     output_tail: outcome.output_tail,
                 },
-                Some(("offered", Some(next_at))),
+                Some(NewState {
+                    state: waiting_state(offer),
+                    next_at: Some(next_at),
+                    attempts: attempt,
+                }),
             )
             .await
         } else {
@@ -290,7 +669,11 @@ impl Executor {
                     reason,
                     output_tail: outcome.output_tail,
                 },
-                Some(("done", None)),
+                Some(NewState {
+                    state: "done",
+                    next_at: None,
+                    attempts: attempt,
+                }),
             )
             .await
         }
@@ -312,51 +695,54 @@ impl Executor {
     }
 
     /// Fetches and verifies the manifest, then every chunk not yet held,
-    /// trying the job's DPs in turn and the site server last.
-    async fn download(&self, offer: &JobOffer) -> Result<Manifest> {
-        let wire = self.client.manifest(&offer.package, offer.version).await?;
+    /// trying the job's DPs in turn and the site server last. A source
+    /// that is down or does not hold a chunk yet makes the download
+    /// [`Fetch::Unavailable`]; only a chunk every source served bad bytes
+    /// for (or a manifest that fails verification) fails it.
+    async fn download(&self, offer: &JobOffer) -> std::result::Result<Manifest, Fetch> {
+        let wire = self
+            .client
+            .manifest(&offer.package, offer.version)
+            .await
+            .map_err(|err| Fetch::Unavailable(format!("manifest: {err}")))?;
         let signed = wire.to_signed().ok_or_else(|| {
-            Error::Config(format!(
+            Fetch::Failed(format!(
                 "manifest of {} v{} is malformed",
                 offer.package, offer.version
             ))
         })?;
         let manifest = signed.verify(&self.site_key).map_err(|err| {
-            Error::Config(format!(
+            Fetch::Failed(format!(
                 "manifest of {} v{} refused: {err}",
                 offer.package, offer.version
             ))
         })?;
         if manifest.package != offer.package || manifest.version != offer.version {
-            return Err(Error::Config(format!(
+            return Err(Fetch::Failed(format!(
                 "the site sent the manifest of {} v{} for {} v{}",
                 manifest.package, manifest.version, offer.package, offer.version
             )));
         }
-        let chunks: Vec<_> = manifest
-            .unique_chunks()
+        let unique = manifest.unique_chunks();
+        let total: u64 = unique.iter().map(|chunk| chunk.size as u64).sum();
+        let chunks: Vec<_> = unique
             .into_iter()
             .filter(|chunk| !self.store.contains(&chunk.hash))
             .collect();
-        let total: u64 = chunks.iter().map(|chunk| chunk.size as u64).sum();
+        let mut done = total - chunks.iter().map(|chunk| chunk.size as u64).sum::<u64>();
         let dps = self.sources.lock().await.for_job(offer, self.client.base());
-        self.report(
-            offer.id,
-            StatusBody::JobDownloading {
-                job: offer.id,
-                package: offer.package.clone(),
-                bytes_done: 0,
-                bytes_total: total,
-            },
-            None,
-        )
-        .await?;
+        let progress = |bytes_done| StatusBody::JobDownloading {
+            job: offer.id,
+            package: offer.package.clone(),
+            bytes_done,
+            bytes_total: total,
+        };
+        self.report(offer.id, progress(done), None).await?;
         let http = &self.http;
-        let mut done = 0u64;
         let mut last = std::time::Instant::now();
         for chunk in &chunks {
-            let mut errors = Vec::new();
-            let mut absent = 0;
+            let mut unavailable = Vec::new();
+            let mut bad = Vec::new();
             let mut stored = false;
             for dp in &dps {
                 let url = format!("{dp}/v1/chunks/{}", chunk.hash);
@@ -368,7 +754,7 @@ impl Executor {
                             tokio::task::spawn_blocking(move || store.put_encoded(&hash, &encoded))
                                 .await
                                 .map_err(|err| {
-                                    Error::Config(format!("store task failed: {err}"))
+                                    Fetch::Failed(format!("store task failed: {err}"))
                                 })?;
                         match put {
                             Ok(_) => {
@@ -379,51 +765,67 @@ impl Executor {
                                 tracing::warn!(%dp, chunk = %chunk.hash, error = %cascade_protocol::chain(&err), "content from this dp refused");
                                 self.refused(offer, dp, format!("chunk {}: {err}", chunk.hash))
                                     .await?;
-                                errors.push(format!("{dp}: {err}"));
+                                bad.push(format!("{dp}: {err}"));
                             }
                         }
                     }
-                    Err(err) => {
-                        if err.starts_with("404") {
-                            absent += 1;
-                        } else {
-                            self.refused(offer, dp, format!("chunk {}: {err}", chunk.hash))
-                                .await?;
+                    Err(Fetched::Unavailable(err)) => {
+                        // A chunk not there yet is the distribute phase, not
+                        // the DP's failure; anything else is reported once.
+                        if !err.starts_with("404") {
+                            let first = self.reported.lock().expect("reported lock").insert((
+                                offer.id,
+                                dp.clone(),
+                                err.clone(),
+                            ));
+                            if first {
+                                self.refused(offer, dp, format!("chunk {}: {err}", chunk.hash))
+                                    .await?;
+                            }
                         }
-                        errors.push(format!("{dp}: {err}"))
+                        unavailable.push(format!("{dp}: {err}"))
+                    }
+                    Err(Fetched::Refused(err)) => {
+                        self.refused(offer, dp, format!("chunk {}: {err}", chunk.hash))
+                            .await?;
+                        bad.push(format!("{dp}: {err}"));
                     }
                 }
             }
-            if !stored && absent == dps.len() {
-                return Err(Error::NotYetAvailable(format!(
-                    "neither a distribution point nor the site holds chunk {} yet",
-                    chunk.hash
-                )));
-            }
             if !stored {
-                return Err(Error::Config(format!(
-                    "chunk {} could not be fetched from any dp: {}",
-                    chunk.hash,
-                    errors.join("; ")
-                )));
+                return Err(if unavailable.is_empty() {
+                    Fetch::Failed(format!(
+                        "chunk {} is bad from every source: {}",
+                        chunk.hash,
+                        bad.join("; ")
+                    ))
+                } else {
+                    Fetch::Unavailable(format!(
+                        "chunk {} not available now: {}",
+                        chunk.hash,
+                        unavailable.join("; ")
+                    ))
+                });
             }
             done += chunk.size as u64;
-            if last.elapsed() >= Duration::from_millis(500) {
+            if last.elapsed() >= PROGRESS_EVERY {
                 last = std::time::Instant::now();
-                self.report(
-                    offer.id,
-                    StatusBody::JobDownloading {
-                        job: offer.id,
-                        package: offer.package.clone(),
-                        bytes_done: done,
-                        bytes_total: total,
-                    },
-                    None,
-                )
-                .await?;
+                self.report(offer.id, progress(done), None).await?;
             }
         }
+        if !chunks.is_empty() {
+            self.report(offer.id, progress(done), None).await?;
+        }
         Ok(manifest)
+    }
+}
+
+/// Where a job waits for its next attempt: an optional job stays requested.
+fn waiting_state(offer: &JobOffer) -> &'static str {
+    if offer.optional {
+        "requested"
+    } else {
+        "offered"
     }
 }
 
@@ -440,15 +842,38 @@ pub fn dp_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-async fn fetch(http: &reqwest::Client, url: &str) -> std::result::Result<Vec<u8>, String> {
-    let response = http.get(url).send().await.map_err(|err| err.to_string())?;
+/// Why a source did not serve a chunk.
+enum Fetched {
+    /// Down, unreachable, overloaded, repairing, or not holding it (yet).
+    Unavailable(String),
+    /// It refused in a way that will not change by waiting (a 4xx other
+    /// than 404).
+    Refused(String),
+}
+
+async fn fetch(http: &reqwest::Client, url: &str) -> std::result::Result<Vec<u8>, Fetched> {
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|err| Fetched::Unavailable(err.to_string()))?;
     let status = response.status();
-    let bytes = response.bytes().await.map_err(|err| err.to_string())?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|err| Fetched::Unavailable(err.to_string()))?;
     if !status.is_success() {
-        return Err(format!(
-            "{status}: {}",
-            String::from_utf8_lossy(&bytes).trim()
-        ));
+        let message = format!("{status}: {}", String::from_utf8_lossy(&bytes).trim());
+        return Err(
+            if status.is_server_error()
+                || status == reqwest::StatusCode::NOT_FOUND
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            {
+                Fetched::Unavailable(message)
+            } else {
+                Fetched::Refused(message)
+            },
+        );
     }
     Ok(bytes.to_vec())
 }
@@ -458,11 +883,35 @@ struct Outcome {
     exit_code: Option<i32>,
     reason: Option<String>,
     output_tail: String,
+    /// Set when the agent stopped the command.
+    stopped: Option<Interruption>,
 }
 
-/// Runs `sh -c command` in `dir` with `env` added, keeping the last 4 KiB
-/// of its output. The process is killed if the future is dropped (timeout).
-async fn run_command(command: &str, dir: &Path, env: &[(&str, String)]) -> Result<Outcome> {
+impl Outcome {
+    fn failed(reason: String, output_tail: String) -> Outcome {
+        Outcome {
+            exit_code: None,
+            reason: Some(reason),
+            output_tail,
+            stopped: None,
+        }
+    }
+}
+
+/// A command started by [`spawn_command`].
+struct RunningCommand {
+    child: tokio::process::Child,
+    /// Its process group (the shell's pid): everything it starts.
+    pgid: Option<i32>,
+    output: Arc<std::sync::Mutex<Vec<u8>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    command: String,
+}
+
+/// Starts `sh -c command` in `dir` with `env` added, in a process group of
+/// its own (so that stopping it stops everything it started), its stdout
+/// and stderr gathered into one tail of the last 4 KiB.
+fn spawn_command(command: &str, dir: &Path, env: &[(&str, String)]) -> Result<RunningCommand> {
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -471,46 +920,131 @@ async fn run_command(command: &str, dir: &Path, env: &[(&str, String)]) -> Resul
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(crate::io(format!("starting `{command}`")))?;
+    let output = Arc::new(std::sync::Mutex::new(Vec::new()));
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
-    let (out, err, status) = tokio::join!(tail(stdout), tail(stderr), child.wait());
-    let status = status.map_err(crate::io(format!("waiting for `{command}`")))?;
-    let mut output = out;
-    output.extend_from_slice(&err);
-    let start = output.len().saturating_sub(OUTPUT_TAIL);
-    let output_tail = String::from_utf8_lossy(&output[start..]).into_owned();
-    Ok(match status.code() {
-        Some(code) => Outcome {
-            exit_code: Some(code),
-            reason: None,
-            output_tail,
-        },
-        None => Outcome {
-            exit_code: None,
-            reason: Some("killed by a signal".into()),
-            output_tail,
-        },
+    let readers = vec![
+        tokio::spawn(tail(stdout, output.clone())),
+        tokio::spawn(tail(stderr, output.clone())),
+    ];
+    Ok(RunningCommand {
+        pgid: child.id().map(|id| id as i32),
+        child,
+        output,
+        readers,
+        command: command.to_owned(),
     })
 }
 
-/// Reads a stream to its end, keeping its last `OUTPUT_TAIL` bytes.
-async fn tail(mut reader: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
-    let mut kept = Vec::new();
+impl RunningCommand {
+    /// Waits for the command to end, or stops it when `stop` resolves
+    /// first (SIGTERM to its group, SIGKILL after [`STOP_GRACE`]); either
+    /// way with its output tail.
+    async fn wait(mut self, stop: impl std::future::Future<Output = Interruption>) -> Outcome {
+        let (status, stopped) = tokio::select! {
+            status = self.child.wait() => (status, None),
+            why = stop => {
+                tracing::info!(command = %self.command, ?why, "stopping the command");
+                signal_group(self.pgid, libc::SIGTERM);
+                let status = match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        signal_group(self.pgid, libc::SIGKILL);
+                        self.child.wait().await
+                    }
+                };
+                (status, Some(why))
+            }
+        };
+        if stopped.is_some() {
+            // Whatever the shell left behind in its group goes too.
+            signal_group(self.pgid, libc::SIGKILL);
+        }
+        for reader in self.readers {
+            let _ = tokio::time::timeout(PIPE_GRACE, reader).await;
+        }
+        let output = self.output.lock().expect("output lock").clone();
+        let start = output.len().saturating_sub(OUTPUT_TAIL);
+        let output_tail = String::from_utf8_lossy(&output[start..]).into_owned();
+        let status = match status {
+            Ok(status) => status,
+            Err(err) => {
+                return Outcome::failed(
+                    format!("waiting for `{}`: {err}", self.command),
+                    output_tail,
+                )
+            }
+        };
+        match (status.code(), stopped) {
+            (Some(code), None) => Outcome {
+                exit_code: Some(code),
+                reason: None,
+                output_tail,
+                stopped: None,
+            },
+            (None, None) => Outcome {
+                exit_code: None,
+                reason: Some("killed by a signal".into()),
+                output_tail,
+                stopped: None,
+            },
+            (code, Some(why)) => Outcome {
+                exit_code: code,
+                reason: Some(format!("{why:?}")),
+                output_tail,
+                stopped: Some(why),
+            },
+        }
+    }
+}
+
+/// Sends `signal` to process group `pgid`.
+fn signal_group(pgid: Option<i32>, signal: i32) {
+    if let Some(pgid) = pgid.filter(|pgid| *pgid > 1) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(-pgid, signal);
+        }
+    }
+}
+
+/// Kills what an interrupted run left behind: the process group `pgid`,
+/// but only if its leader is still the job's command (its environment
+/// names this agent and job), never a process that reused the number.
+fn kill_leftover(pgid: i32, job: u64, agent: &str) {
+    let Ok(environ) = std::fs::read(format!("/proc/{pgid}/environ")) else {
+        return;
+    };
+    let has = |entry: String| {
+        environ
+            .split(|b| *b == 0)
+            .any(|var| var == entry.as_bytes())
+    };
+    if has(format!("CASCADE_JOB={job}")) && has(format!("CASCADE_AGENT={agent}")) {
+        tracing::warn!(job, pgid, "killing what the interrupted run left running");
+        signal_group(Some(pgid), libc::SIGKILL);
+    }
+}
+
+/// Reads a stream to its end into `kept`, keeping its last `OUTPUT_TAIL`
+/// bytes (stdout and stderr share it, in arrival order).
+async fn tail(mut reader: impl tokio::io::AsyncRead + Unpin, kept: Arc<std::sync::Mutex<Vec<u8>>>) {
     let mut buffer = [0u8; 8192];
     while let Ok(n) = reader.read(&mut buffer).await {
         if n == 0 {
             break;
         }
+        let mut kept = kept.lock().expect("output lock");
         kept.extend_from_slice(&buffer[..n]);
         if kept.len() > 2 * OUTPUT_TAIL {
-            kept.drain(..kept.len() - OUTPUT_TAIL);
+            let excess = kept.len() - OUTPUT_TAIL;
+            kept.drain(..excess);
         }
     }
-    let start = kept.len().saturating_sub(OUTPUT_TAIL);
-    kept.split_off(start)
 }
 
 /// Marks an optional offer as requested; the running agent picks it up.
@@ -536,6 +1070,11 @@ pub async fn request(db: &Db, job: u64) -> Result<()> {
     if state == "done" {
         return Err(Error::Config(format!(
             "job {job} already ran on this workstation"
+        )));
+    }
+    if state == "running" {
+        return Err(Error::Config(format!(
+            "job {job} is running on this workstation"
         )));
     }
     sqlx::query("UPDATE jobs SET state = 'requested' WHERE id = ?")

@@ -12,7 +12,7 @@ mod execute;
 use cascade_protocol::{AgentEnrollRequest, AgentReport, Client, Enrollment, JobOffer, StatusBody};
 use cascade_store::{Db, NewDir, Outbox, OUTBOX_SCHEMA};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -48,6 +48,10 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN state TEXT NOT NULL DEFAULT 'offered';
      ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE jobs ADD COLUMN next_attempt_at_ms INTEGER;",
+    // Issue 10: state `running` (with `attempts` stored with the
+    // `job_running` report) marks an attempt whose command was started; the
+    // command's process group, to stop what a crash left behind.
+    "ALTER TABLE jobs ADD COLUMN pgid INTEGER;",
 ];
 
 /// Everything an agent can fail at.
@@ -62,10 +66,6 @@ pub enum Error {
     /// The agent is not set up as asked.
     #[error("{0}")]
     Config(String),
-    /// No DP holds the content yet (the distribute phase is still running):
-    /// not a failed attempt, the agent tries again shortly.
-    #[error("{0}")]
-    NotYetAvailable(String),
     /// A file operation failed.
     #[error("{context}")]
     Io {
@@ -290,6 +290,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         stop_rx.clone(),
     ));
     let sources = Arc::new(tokio::sync::Mutex::new(execute::Sources::default()));
+    let (canceled_tx, canceled_rx) = tokio::sync::watch::channel(Arc::new(HashSet::new()));
     let nudge = Arc::new(tokio::sync::Notify::new());
     let executor = execute::Executor {
         name: enrollment.name.clone(),
@@ -304,6 +305,9 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         wake: wake.clone(),
         nudge: nudge.clone(),
         http: execute::dp_client(),
+        canceled: canceled_rx,
+        waits: Default::default(),
+        reported: Default::default(),
     };
     let executor = tokio::spawn(executor.run(stop_rx));
     tokio::pin!(shutdown);
@@ -334,6 +338,10 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
                 revision = policy.revision;
                 interval = Duration::from_millis(policy.poll_interval_ms.max(1000));
                 *sources.lock().await = execute::Sources::of(&policy);
+                let canceled: HashSet<u64> = policy.canceled.iter().copied().collect();
+                if **canceled_tx.borrow() != canceled {
+                    canceled_tx.send_replace(Arc::new(canceled));
+                }
                 match apply_policy(&db, &policy.jobs).await {
                     Ok(true) => {
                         wake.notify_one();

@@ -459,7 +459,7 @@ impl Output {
                 vec![
                     ws.site.clone(),
                     ws.agent.clone(),
-                    ws.state.clone(),
+                    run_state(ws),
                     ws.exit_code.map_or("-".into(), |code| code.to_string()),
                     ws.attempts.to_string(),
                     time(ws.since_ms),
@@ -510,7 +510,7 @@ impl Output {
             return Ok(());
         }
         outln!("job {} on {}", status.job.offer.id, ws.agent);
-        outln!("state:     {} since {}", ws.state, time(ws.since_ms));
+        outln!("state:     {} since {}", run_state(ws), time(ws.since_ms));
         outln!("attempts:  {}", ws.attempts);
         outln!(
             "exit code: {}",
@@ -1063,6 +1063,17 @@ pub async fn watch_package(
             return Ok(status);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A workstation's state, with the bytes so far while it downloads
+/// (`downloading 312.0 MiB/1.0 GiB`).
+fn run_state(ws: &cascade_protocol::WorkstationStatus) -> String {
+    match (ws.bytes_done, ws.bytes_total) {
+        (Some(done), Some(total)) if ws.state == "downloading" => {
+            format!("downloading {}/{}", bytes(done), bytes(total))
+        }
+        _ => ws.state.clone(),
     }
 }
 

@@ -45,6 +45,11 @@ impl Process {
         self.child = Some(child);
     }
 
+    /// The process id while it runs (to signal it, e.g. SIGSTOP).
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|child| child.id() as i32)
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Longest the whole tour may take; it is ended past it.
+const TOUR_DEADLINE: Duration = Duration::from_secs(150);
+
 /// One shell block of the tour with what the README says of it.
 #[derive(Debug)]
 struct Block {
@@ -186,7 +189,7 @@ fn normalise(line: &str) -> String {
 }
 
 /// Whether `text` matches `pattern`, where `…` stands for anything; the
-/// letters and digits right before a `…` are an example of what it cuts
+/// hex digits right before a `…` are an example of what it cuts
 /// (`cas_admin_d406…` is any admin token).
 fn glob(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('…').collect();
@@ -196,7 +199,7 @@ fn glob(pattern: &str, text: &str) -> bool {
         .enumerate()
         .map(|(k, part)| {
             if k < last {
-                part.trim_end_matches(|c: char| c.is_ascii_alphanumeric())
+                part.trim_end_matches(|c: char| c.is_ascii_hexdigit())
             } else {
                 part
             }
@@ -238,9 +241,9 @@ fn lines_match(expected: &[String], actual: &[String]) -> bool {
     }
 }
 
-/// The README's JSON: same keys at every level (an array's elements
-/// against the README's first element), and the same words for states and
-/// names (strings of letters, `_` and `-`).
+/// The README's JSON: same keys at every level, arrays of the same length,
+/// the same booleans, and the same words for states and names (strings of
+/// letters, `_` and `-`); numbers and other strings only of the same type.
 fn json_matches(expected: &serde_json::Value, actual: &serde_json::Value) -> Result<(), String> {
     use serde_json::Value;
     match (expected, actual) {
@@ -255,11 +258,18 @@ fn json_matches(expected: &serde_json::Value, actual: &serde_json::Value) -> Res
             }
             Ok(())
         }
-        (Value::Array(want), Value::Array(got)) => match (want.first(), got.is_empty()) {
-            (None, _) => Ok(()),
-            (Some(_), true) => Err("an empty array printed".into()),
-            (Some(first), false) => got.iter().try_for_each(|item| json_matches(first, item)),
-        },
+        (Value::Array(want), Value::Array(got)) if want.len() != got.len() => Err(format!(
+            "{} elements shown, {} printed",
+            want.len(),
+            got.len()
+        )),
+        (Value::Array(want), Value::Array(got)) => want
+            .iter()
+            .zip(got)
+            .try_for_each(|(want, got)| json_matches(want, got)),
+        (Value::Bool(want), Value::Bool(got)) if want != got => {
+            Err(format!("{want} shown, {got} printed"))
+        }
         (Value::String(want), Value::String(got))
             if want
                 .chars()
@@ -309,7 +319,7 @@ fn readme_tour_runs_word_for_word() {
         ));
         let body = if block.retry {
             format!(
-                "tour_ok=1\nfor attempt in $(seq 1 300); do\nif {{\n{}\n}} > \"$TOUR_OUT\" 2>&1; then tour_ok=0; break; fi\nsleep 0.1\ndone\ncat \"$TOUR_OUT\"\n(exit $tour_ok)\n",
+                "tour_ok=1\nfor attempt in $(seq 1 300); do\nif (\nset -e\n{}\n) > \"$TOUR_OUT\"; then tour_ok=0; break; fi\nsleep 0.1\ndone\ncat \"$TOUR_OUT\"\n(exit $tour_ok)\n",
                 block.script
             )
         } else {
@@ -326,21 +336,47 @@ fn readme_tour_runs_word_for_word() {
         script.push_str(&format!("echo '@@tour {n} end@@'\n"));
     }
     let started = Instant::now();
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(dir.path())
-        .env("PATH", path)
-        .env("TOUR_OUT", dir.path().join(".tour-out"))
-        .env("HOME", dir.path())
-        .env_remove("CASCADE_SERVER")
-        .env_remove("CASCADE_TOKEN")
-        .env_remove("CASCADE_LOG")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let stdout_path = dir.path().join(".tour-stdout");
+    let stderr_path = dir.path().join(".tour-stderr");
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(dir.path())
+            .env("PATH", path)
+            .env("TOUR_OUT", dir.path().join(".tour-out"))
+            .env("HOME", dir.path())
+            .env_remove("CASCADE_SERVER")
+            .env_remove("CASCADE_TOKEN")
+            .env_remove("CASCADE_LOG")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path).unwrap())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            // Its own process group, so that a tour that hangs is ended
+            // with every server it started.
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > TOUR_DEADLINE {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The script's EXIT trap stops its servers; whatever is left (a hung
+    // command, its servers) goes with the group.
+    unsafe {
+        libc::kill(-(child.id() as i32), libc::SIGKILL);
+    }
+    let _ = child.wait();
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
     let section = |text: &str, n: usize| -> Vec<String> {
         let start = format!("@@tour {n} start@@");
         let Some(from) = text.find(&start) else {
@@ -409,16 +445,20 @@ fn readme_tour_runs_word_for_word() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
-    assert!(
-        out.status.success(),
-        "the tour ended with {:?}:\n{stderr}",
-        out.status
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(120),
-        "the tour took {:?}",
-        started.elapsed()
-    );
+    match status {
+        None => panic!("the tour did not end within {TOUR_DEADLINE:?}:\n{stdout}\n{stderr}"),
+        Some(status) => assert!(
+            status.success(),
+            "the tour ended with {status:?}:\n{stderr}"
+        ),
+    }
+    for n in 0..blocks.len() {
+        assert!(
+            stdout.contains(&format!("@@tour {n} end@@")),
+            "README.md:{}: the tour never got to the end of this block",
+            blocks[n].line
+        );
+    }
 }
 
 #[test]

@@ -13,5 +13,6 @@ mod quickstart;
 mod readme;
 mod repair;
 mod rough_edges;
+mod runs;
 mod status;
 mod tidy;

@@ -5,6 +5,7 @@
 //! serialization. Everything here is a pure function of its inputs, which is
 //! what lets the status views be tested exhaustively and derived anywhere.
 
+pub mod backoff;
 mod error;
 pub mod hierarchy;
 mod names;

@@ -21,7 +21,29 @@ pub enum RunEvent {
     /// Reported by the agent: attempt `attempt` of the command started.
     Running { attempt: u32 },
     /// Reported by the agent: the command ended with a success exit code.
-    Completed { attempt: u32, exit_code: i32 },
+    Completed {
+        attempt: u32,
+        exit_code: i32,
+        output_tail: String,
+    },
+    /// Reported by the agent when it starts again after a crash: attempt
+    /// `attempt` (of `of` allowed) was running when it stopped, so how the
+    /// command ended is unknown. The interrupted attempt counts; another
+    /// follows only if `retrying` (the job's retry policy allows it).
+    Interrupted {
+        attempt: u32,
+        of: u32,
+        retrying: bool,
+        reason: String,
+    },
+    /// Reported by the agent: it stopped the job's work in flight because
+    /// the job was canceled (the command is terminated) or expired before
+    /// the command started; nothing more happens.
+    Stopped {
+        attempt: u32,
+        reason: String,
+        output_tail: String,
+    },
     /// Reported by the agent: the attempt failed (exit code, or a reason such
     /// as a timeout or a verification error) and no attempt is left.
     Failed {
@@ -58,6 +80,12 @@ pub enum RunState {
     Failed,
     /// An attempt failed; another follows.
     Retrying { of: u32 },
+    /// The agent crashed while the command ran and the retry policy allows
+    /// no further attempt; how the command ended is unknown.
+    Interrupted,
+    /// The agent stopped the work in flight (the job was canceled, or it
+    /// expired before the command started).
+    Stopped,
 }
 
 impl RunState {
@@ -71,12 +99,23 @@ impl RunState {
             RunState::Complete => "complete",
             RunState::Failed => "failed",
             RunState::Retrying { .. } => "retrying",
+            RunState::Interrupted => "interrupted",
+            RunState::Stopped => "stopped",
         }
     }
 
     /// True once nothing more will happen on its own.
     pub fn is_final(&self) -> bool {
-        matches!(self, RunState::Complete | RunState::Failed)
+        matches!(
+            self,
+            RunState::Complete | RunState::Failed | RunState::Interrupted | RunState::Stopped
+        )
+    }
+
+    /// Whether the state named `name` (as [`RunState::name`] gives it) is
+    /// final, for views that carry the name only.
+    pub fn is_final_name(name: &str) -> bool {
+        matches!(name, "complete" | "failed" | "interrupted" | "stopped")
     }
 }
 
@@ -93,7 +132,8 @@ pub struct RunView {
     pub exit_code: Option<i32>,
     /// Why the last attempt failed, if it did.
     pub reason: Option<String>,
-    /// The last few KiB of output of the last finished attempt.
+    /// The last few KiB of output of the last finished attempt, whatever
+    /// its end (completed, failed, timed out, retrying, stopped).
     pub output_tail: Option<String>,
     /// When the job expired, shown beside the state.
     pub expired_at: Option<TimestampMs>,
@@ -153,11 +193,43 @@ impl RunFold {
                 set(RunState::Running);
                 view.attempts = view.attempts.max(*attempt);
             }
-            RunEvent::Completed { attempt, exit_code } => {
+            RunEvent::Completed {
+                attempt,
+                exit_code,
+                output_tail,
+            } => {
                 set(RunState::Complete);
                 view.attempts = view.attempts.max(*attempt);
                 view.exit_code = Some(*exit_code);
                 view.reason = None;
+                view.output_tail = Some(output_tail.clone());
+            }
+            RunEvent::Interrupted {
+                attempt,
+                of,
+                retrying,
+                reason,
+            } => {
+                set(if *retrying {
+                    RunState::Retrying { of: *of }
+                } else {
+                    RunState::Interrupted
+                });
+                view.attempts = view.attempts.max(*attempt);
+                view.exit_code = None;
+                view.reason = Some(reason.clone());
+                view.output_tail = None;
+            }
+            RunEvent::Stopped {
+                attempt,
+                reason,
+                output_tail,
+            } => {
+                set(RunState::Stopped);
+                view.attempts = view.attempts.max(*attempt);
+                view.exit_code = None;
+                view.reason = Some(reason.clone());
+                view.output_tail = Some(output_tail.clone());
             }
             RunEvent::Failed {
                 attempt,
@@ -204,21 +276,47 @@ pub enum Reachability {
     Never,
 }
 
-/// How many poll intervals of silence make an agent unreachable.
-pub const SILENT_INTERVALS: i64 = 3;
+/// What a site knows about an agent's contact with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Contact {
+    /// When it was last heard from: a poll began or ended, a report
+    /// arrived. `None`: never (enrolling is not contact: an agent that was
+    /// set up but never ran is not reachable).
+    pub last_seen: Option<TimestampMs>,
+    /// Policy polls it holds open now. A held long poll is the strongest
+    /// sign of life: the agent is connected this very moment.
+    pub polls_held: u32,
+    /// When its last poll ended by the agent closing the connection before
+    /// the answer (it stopped, crashed or lost the network), if nothing
+    /// was heard from it since.
+    pub hung_up_at: Option<TimestampMs>,
+}
 
-/// Judges an agent from its last contact, its poll interval and now.
-pub fn reachability(
-    last_seen: Option<TimestampMs>,
-    poll_interval_ms: i64,
-    now: TimestampMs,
-) -> Reachability {
-    match last_seen {
-        None => Reachability::Never,
-        Some(seen) if now - seen > SILENT_INTERVALS * poll_interval_ms => {
+/// How long after a poll ends an agent may take to poll again before it
+/// counts as unreachable, on top of the poll interval when the poll was
+/// answered. A live agent polls again at once after an answer, and within
+/// about a second after a network error.
+pub const REACHABLE_GRACE_MS: i64 = 5_000;
+
+/// Judges an agent from what the site knows of its contact, the poll
+/// interval and now: reachable while it holds a poll open; after its poll
+/// was answered, for one poll interval and a grace (it polls again at once
+/// and holds the poll for about an interval); after it hung up, for the
+/// grace only.
+pub fn reachability(contact: Contact, poll_interval_ms: i64, now: TimestampMs) -> Reachability {
+    if contact.polls_held > 0 {
+        return Reachability::Reachable;
+    }
+    let Some(seen) = contact.last_seen else {
+        return Reachability::Never;
+    };
+    match contact.hung_up_at {
+        Some(left) if now - left > REACHABLE_GRACE_MS => Reachability::UnreachableSince(left),
+        Some(_) => Reachability::Reachable,
+        None if now - seen > poll_interval_ms + REACHABLE_GRACE_MS => {
             Reachability::UnreachableSince(seen)
         }
-        Some(_) => Reachability::Reachable,
+        None => Reachability::Reachable,
     }
 }
 
@@ -254,6 +352,7 @@ mod tests {
             RunEvent::Completed {
                 attempt: 1,
                 exit_code: 0,
+                output_tail: "ok".into(),
             },
         ];
         let fails = vec![
@@ -297,23 +396,114 @@ mod tests {
         events.push(RunEvent::Completed {
             attempt: 2,
             exit_code: 0,
+            output_tail: "second".into(),
         });
         let view = fold(&events);
         assert_eq!(view.state, RunState::Complete);
         assert_eq!(view.attempts, 2);
         assert_eq!(view.exit_code, Some(0));
+        assert_eq!(view.output_tail.as_deref(), Some("second"));
     }
 
+    /// Issue 10: a crash while the command ran is reported as interrupted;
+    /// the attempt counts, and the state is final unless a retry follows.
     #[test]
-    fn an_agent_is_unreachable_after_several_silent_intervals() {
-        assert_eq!(reachability(None, 1000, 10_000), Reachability::Never);
+    fn an_interrupted_attempt_counts_and_is_final_without_retries() {
+        let events = vec![
+            RunEvent::Offered,
+            RunEvent::Running { attempt: 1 },
+            RunEvent::Interrupted {
+                attempt: 1,
+                of: 1,
+                retrying: false,
+                reason: "interrupted".into(),
+            },
+        ];
+        let view = fold(&events);
+        assert_eq!(view.state, RunState::Interrupted);
+        assert!(view.state.is_final());
+        assert_eq!(view.attempts, 1);
+        let retried = fold(&[
+            RunEvent::Running { attempt: 1 },
+            RunEvent::Interrupted {
+                attempt: 1,
+                of: 2,
+                retrying: true,
+                reason: "interrupted".into(),
+            },
+        ]);
+        assert_eq!(retried.state, RunState::Retrying { of: 2 });
+        assert!(!retried.state.is_final());
+    }
+
+    /// Issue 10: a run stopped on cancel ends in a final state with the
+    /// output it wrote.
+    #[test]
+    fn a_stopped_run_is_final_and_keeps_its_output() {
+        let view = fold(&[
+            RunEvent::Running { attempt: 1 },
+            RunEvent::Canceled,
+            RunEvent::Stopped {
+                attempt: 1,
+                reason: "canceled".into(),
+                output_tail: "half".into(),
+            },
+        ]);
+        assert_eq!(view.state, RunState::Stopped);
+        assert!(view.state.is_final() && RunState::is_final_name(view.state.name()));
+        assert_eq!(view.output_tail.as_deref(), Some("half"));
+        assert!(view.canceled_at.is_some());
+    }
+
+    /// Issue 10: an agent that never polled is not reachable, one that
+    /// holds a poll is, and one that stopped is unreachable within seconds
+    /// (a hang-up) or one interval and a grace (no new poll after an
+    /// answer), not several intervals.
+    #[test]
+    fn reachability_follows_held_polls_and_hang_ups() {
+        let contact = |last_seen, polls_held, hung_up_at| Contact {
+            last_seen,
+            polls_held,
+            hung_up_at,
+        };
+        let minute = 60_000;
+        let grace = REACHABLE_GRACE_MS;
         assert_eq!(
-            reachability(Some(9_000), 1000, 10_000),
+            reachability(contact(None, 0, None), minute, 10_000),
+            Reachability::Never
+        );
+        assert_eq!(
+            reachability(contact(Some(0), 1, None), minute, 100 * minute),
+            Reachability::Reachable
+        );
+        let now = 10 * minute;
+        assert_eq!(
+            reachability(
+                contact(Some(now - 1_000), 0, Some(now - 1_000)),
+                minute,
+                now
+            ),
             Reachability::Reachable
         );
         assert_eq!(
-            reachability(Some(1_000), 1000, 10_000),
-            Reachability::UnreachableSince(1_000)
+            reachability(
+                contact(Some(now - grace - 1), 0, Some(now - grace - 1)),
+                minute,
+                now
+            ),
+            Reachability::UnreachableSince(now - grace - 1)
+        );
+        assert_eq!(
+            reachability(contact(Some(now - minute), 0, None), minute, now),
+            Reachability::Reachable
+        );
+        assert_eq!(
+            reachability(
+                contact(Some(now - minute - grace - 1), 0, None),
+                minute,
+                now
+            ),
+            Reachability::UnreachableSince(now - minute - grace - 1)
         );
     }
 
@@ -325,8 +515,24 @@ mod tests {
                 bytes_total: t
             }),
             (1u32..4).prop_map(|attempt| RunEvent::Running { attempt }),
-            (1u32..4, 0i32..3)
-                .prop_map(|(attempt, exit_code)| RunEvent::Completed { attempt, exit_code }),
+            (1u32..4, 0i32..3).prop_map(|(attempt, exit_code)| RunEvent::Completed {
+                attempt,
+                exit_code,
+                output_tail: "done".into(),
+            }),
+            (1u32..4, 1u32..4, any::<bool>()).prop_map(|(attempt, of, retrying)| {
+                RunEvent::Interrupted {
+                    attempt,
+                    of,
+                    retrying,
+                    reason: "interrupted".into(),
+                }
+            }),
+            (1u32..4).prop_map(|attempt| RunEvent::Stopped {
+                attempt,
+                reason: "canceled".into(),
+                output_tail: "partial".into(),
+            }),
             (1u32..4).prop_map(failed),
         ]
     }

@@ -440,6 +440,32 @@ pub enum StatusBody {
         package: String,
         attempt: u32,
         exit_code: i32,
+        /// The last 4 KiB of the command's output (absent from agents
+        /// older than issue 10).
+        #[serde(default)]
+        output_tail: String,
+    },
+    /// Agent, when it starts again after a crash: attempt `attempt` (of
+    /// `of` allowed) was running when the agent stopped; the attempt
+    /// counts, and another follows only if `retrying`.
+    JobInterrupted {
+        job: u64,
+        package: String,
+        attempt: u32,
+        of: u32,
+        retrying: bool,
+        reason: String,
+    },
+    /// Agent: it stopped the job's work in flight, because the job was
+    /// canceled (a running command is terminated: SIGTERM to its process
+    /// group, SIGKILL after a grace period) or expired before the command
+    /// started. Nothing more happens for the job on this workstation.
+    JobStopped {
+        job: u64,
+        package: String,
+        attempt: u32,
+        reason: String,
+        output_tail: String,
     },
     /// Site: a DP enrolled at the site (DP groups name DPs of any site).
     DpEnrolled { dp: String },
@@ -542,6 +568,8 @@ impl StatusBody {
             | StatusBody::JobContentRefused { package, .. }
             | StatusBody::JobRunning { package, .. }
             | StatusBody::JobCompleted { package, .. }
+            | StatusBody::JobInterrupted { package, .. }
+            | StatusBody::JobStopped { package, .. }
             | StatusBody::JobFailed { package, .. }
             | StatusBody::JobRetrying { package, .. } => Some(package),
             StatusBody::InstructionRefused { package, .. } => package.as_deref(),
@@ -585,6 +613,8 @@ impl StatusBody {
             StatusBody::JobContentRefused { .. } => "job_content_refused",
             StatusBody::JobRunning { .. } => "job_running",
             StatusBody::JobCompleted { .. } => "job_completed",
+            StatusBody::JobInterrupted { .. } => "job_interrupted",
+            StatusBody::JobStopped { .. } => "job_stopped",
             StatusBody::JobFailed { .. } => "job_failed",
             StatusBody::JobRetrying { .. } => "job_retrying",
         }
@@ -611,6 +641,8 @@ impl StatusBody {
             | StatusBody::JobContentRefused { job, .. }
             | StatusBody::JobRunning { job, .. }
             | StatusBody::JobCompleted { job, .. }
+            | StatusBody::JobInterrupted { job, .. }
+            | StatusBody::JobStopped { job, .. }
             | StatusBody::JobFailed { job, .. }
             | StatusBody::JobRetrying { job, .. } => Some(*job),
             _ => None,
@@ -628,6 +660,8 @@ impl StatusBody {
             | StatusBody::JobContentRefused { job, .. }
             | StatusBody::JobRunning { job, .. }
             | StatusBody::JobCompleted { job, .. }
+            | StatusBody::JobInterrupted { job, .. }
+            | StatusBody::JobStopped { job, .. }
             | StatusBody::JobFailed { job, .. }
             | StatusBody::JobRetrying { job, .. } => Some(*job),
             StatusBody::InstructionRefused { job, .. } => *job,
@@ -652,10 +686,36 @@ impl StatusBody {
             },
             StatusBody::JobRunning { attempt, .. } => RunEvent::Running { attempt: *attempt },
             StatusBody::JobCompleted {
-                attempt, exit_code, ..
+                attempt,
+                exit_code,
+                output_tail,
+                ..
             } => RunEvent::Completed {
                 attempt: *attempt,
                 exit_code: *exit_code,
+                output_tail: output_tail.clone(),
+            },
+            StatusBody::JobInterrupted {
+                attempt,
+                of,
+                retrying,
+                reason,
+                ..
+            } => RunEvent::Interrupted {
+                attempt: *attempt,
+                of: *of,
+                retrying: *retrying,
+                reason: reason.clone(),
+            },
+            StatusBody::JobStopped {
+                attempt,
+                reason,
+                output_tail,
+                ..
+            } => RunEvent::Stopped {
+                attempt: *attempt,
+                reason: reason.clone(),
+                output_tail: output_tail.clone(),
             },
             StatusBody::JobFailed {
                 attempt,
@@ -895,7 +955,9 @@ pub struct AgentInfo {
     pub enrolled_at_ms: i64,
     /// When it last polled.
     pub last_seen_ms: Option<i64>,
-    /// `reachable`, `unreachable` (silent for several poll intervals) or `never`.
+    /// `reachable` (holding a poll open, or polled within the poll interval
+    /// and a grace), `unreachable` (silent longer, or hung up its poll
+    /// more than the grace ago) or `never` (enrolled, never polled).
     pub reachability: String,
     /// Since when it is silent, when unreachable.
     pub unreachable_since_ms: Option<i64>,
@@ -916,6 +978,12 @@ pub struct AgentPolicy {
     /// Content URLs of the site's DPs, to download from.
     #[serde(default)]
     pub dps: Vec<String>,
+    /// Jobs offered to this agent that were canceled recently (for as long
+    /// as a run of theirs may last): an agent running one stops it. A job
+    /// withdrawn without being listed here expired, and a run in progress
+    /// finishes within its timeout.
+    #[serde(default)]
+    pub canceled: Vec<u64>,
 }
 
 /// One job offered to an agent, as its policy carries it.
@@ -1021,7 +1089,9 @@ pub struct WorkstationStatus {
     /// The agent.
     pub agent: String,
     /// Its last reported state: none, offered, downloading, running,
-    /// complete, failed, retrying.
+    /// complete, failed, retrying, interrupted (the agent crashed while the
+    /// command ran and no retry is left), stopped (the agent stopped the
+    /// work on cancel, or at expiry before the command started).
     pub state: String,
     /// When that state was reported.
     pub since_ms: i64,
@@ -1031,8 +1101,14 @@ pub struct WorkstationStatus {
     pub exit_code: Option<i32>,
     /// Why the last attempt failed.
     pub reason: Option<String>,
-    /// Output tail of the last finished attempt.
+    /// Output tail of the last finished attempt, whatever its end.
     pub output_tail: Option<String>,
+    /// While downloading: bytes of the package held so far.
+    #[serde(default)]
+    pub bytes_done: Option<u64>,
+    /// While downloading: bytes of the package in all.
+    #[serde(default)]
+    pub bytes_total: Option<u64>,
     /// When the job expired, shown beside the state.
     pub expired_at_ms: Option<i64>,
     /// When the job was canceled, shown beside the state.

@@ -11,7 +11,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use cascade_domain::rule::{AgentAttributes, Rule};
-use cascade_domain::run::{reachability, Reachability};
+use cascade_domain::run::{reachability, Contact, Reachability};
 use cascade_domain::validate_name;
 use cascade_protocol::*;
 use sqlx::Row;
@@ -172,7 +172,8 @@ pub async fn enroll(
     .bind(tags_json(&request.report)?)
     .bind(approved)
     .bind(now)
-    .bind(now)
+    // Enrolling is not contact: an agent set up but never run is `never`.
+    .bind(None::<i64>)
     .execute(&mut *tx.tx)
     .await?;
     auth::store_credential(&mut tx, &credential, "agent", &request.name, now).await?;
@@ -242,6 +243,9 @@ pub async fn policy(
     let mut changes = state.agent_changes.subscribe();
     let mut shutdown = state.shutdown.clone();
     touch(&state, agent_name);
+    // Counted as held until answered or dropped: hyper drops this future
+    // when the agent closes the connection, which the guard records.
+    let mut held = SeenAgents::hold(&state.seen, agent_name);
     loop {
         changes.borrow_and_update();
         let row = sqlx::query(&format!(
@@ -258,17 +262,23 @@ pub async fn policy(
             let agent = Arc::new(agent_from_row_at(&row, 1)?);
             state.agent_rows.keep(agent.clone());
             let shared = state.policy.get(&state, revision).await?;
-            let jobs = if agent.approved {
-                shared.offers_for(state.code.as_str(), &agent, now_ms())
+            let now = now_ms();
+            let (jobs, canceled) = if agent.approved {
+                (
+                    shared.offers_for(state.code.as_str(), &agent, now),
+                    shared.canceled_for(state.code.as_str(), &agent),
+                )
             } else {
-                Vec::new()
+                (Vec::new(), Vec::new())
             };
+            held.answered();
             return Ok(Json(AgentPolicy {
                 revision: revision as u64,
                 approved: agent.approved,
                 poll_interval_ms: shared.settings.agent_poll_interval_ms,
                 jobs,
                 dps: shared.dp_urls.clone(),
+                canceled,
             }));
         }
         tokio::select! {
@@ -288,10 +298,58 @@ fn touch(state: &AppState, agent_name: &str) {
 /// transaction (one per poll capped a site at a few thousand agents per
 /// second). The time shown may lag by that much, against reachability
 /// thresholds of several poll intervals.
+///
+/// It also knows, in memory only, which agents hold a policy poll open
+/// now and which hung theirs up (closed the connection before the answer):
+/// the strongest signs the site has of an agent being there or gone. After
+/// a restart of the site nothing is held; reachability then follows the
+/// stored time until the agents poll again (within a second or so).
 #[derive(Default)]
 pub struct SeenAgents {
     /// Agent name → time of its last poll or report not yet written.
     pending: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// Agent name → its held polls and last hang-up.
+    held: std::sync::Mutex<std::collections::HashMap<String, Held>>,
+}
+
+/// The polls an agent holds open and when it last hung one up.
+#[derive(Clone, Copy, Default)]
+struct Held {
+    polls: u32,
+    hung_up_at: Option<i64>,
+}
+
+/// A policy poll being held: counted by [`SeenAgents`] until dropped. A poll
+/// dropped before [`HeldPoll::answered`] was hung up by the agent.
+pub struct HeldPoll {
+    seen: Arc<SeenAgents>,
+    name: String,
+    answered: bool,
+}
+
+impl HeldPoll {
+    /// The poll is being answered (not hung up).
+    pub fn answered(&mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for HeldPoll {
+    fn drop(&mut self) {
+        let now = now_ms();
+        {
+            let mut held = self.seen.held.lock().expect("held polls lock");
+            let entry = held.entry(self.name.clone()).or_default();
+            entry.polls = entry.polls.saturating_sub(1);
+            if entry.polls == 0 && !self.answered {
+                entry.hung_up_at = Some(now);
+            }
+        }
+        // The end of a poll is contact too.
+        let mut pending = self.seen.pending.lock().expect("seen agents lock");
+        let at = pending.entry(self.name.clone()).or_insert(now);
+        *at = (*at).max(now);
+    }
 }
 
 /// How often polls' times are written down.
@@ -300,8 +358,44 @@ pub const SEEN_FLUSH: Duration = Duration::from_secs(2);
 const SEEN_ROWS: usize = 10_000;
 
 impl SeenAgents {
-    /// Notes that agent `id` was seen at `at_ms`.
+    /// Counts a policy poll of `name` as held until the guard is dropped.
+    pub fn hold(seen: &Arc<SeenAgents>, name: &str) -> HeldPoll {
+        let mut held = seen.held.lock().expect("held polls lock");
+        let entry = held.entry(name.to_owned()).or_default();
+        entry.polls += 1;
+        entry.hung_up_at = None;
+        HeldPoll {
+            seen: seen.clone(),
+            name: name.to_owned(),
+            answered: false,
+        }
+    }
+
+    /// What is known of the agent's contact: the later of `stored` (the
+    /// database's `last_seen_ms`) and a time not yet written down, and the
+    /// polls it holds. Views judge reachability from this, never from the
+    /// database alone.
+    pub fn contact(&self, name: &str, stored: Option<i64>) -> Contact {
+        let held = self
+            .held
+            .lock()
+            .expect("held polls lock")
+            .get(name)
+            .copied()
+            .unwrap_or_default();
+        Contact {
+            last_seen: self.latest(name, stored),
+            polls_held: held.polls,
+            hung_up_at: held.hung_up_at,
+        }
+    }
+
+    /// Notes that agent `name` was seen at `at_ms` (a report: it is back
+    /// if it had hung up).
     pub fn record(&self, name: &str, at_ms: i64) {
+        if let Some(held) = self.held.lock().expect("held polls lock").get_mut(name) {
+            held.hung_up_at = None;
+        }
         let mut pending = self.pending.lock().expect("seen agents lock");
         match pending.get_mut(name) {
             Some(at) => *at = (*at).max(at_ms),
@@ -522,9 +616,10 @@ where
 }
 
 fn agent_info(row: AgentRow, seen: &SeenAgents, poll_interval_ms: u64, now: i64) -> AgentInfo {
-    let last_seen_ms = seen.latest(&row.name, row.last_seen_ms);
+    let contact = seen.contact(&row.name, row.last_seen_ms);
+    let last_seen_ms = contact.last_seen;
     let (reachability, unreachable_since_ms) =
-        match reachability(last_seen_ms, poll_interval_ms as i64, now) {
+        match reachability(contact, poll_interval_ms as i64, now) {
             Reachability::Reachable => ("reachable", None),
             Reachability::UnreachableSince(since) => ("unreachable", Some(since)),
             Reachability::Never => ("never", None),

@@ -225,6 +225,16 @@ CREATE TABLE cursors (
     value INTEGER NOT NULL
 );
 "#,
+    r#"
+-- Which DPs and workstations are enrolled at sites below, for the checks of
+-- DP group members and listed collection members (db::dp_known,
+-- db::agent_known). Partial indexes: only enrollment messages are indexed,
+-- so storing the stream of other messages costs nothing more.
+CREATE INDEX status_messages_dp_enrolled ON status_messages (site, dp)
+    WHERE kind = 'dp_enrolled';
+CREATE INDEX status_messages_agent_enrolled ON status_messages (json_extract(body, '$.agent'))
+    WHERE kind = 'agent_enrolled';
+"#,
 ];
 
 /// A stored package.
@@ -702,8 +712,8 @@ where
 }
 
 /// Whether a workstation named `name` is enrolled here or at a site below:
-/// in this site's agents table, or named by an `agent_enrolled` message or
-/// as the source of a message that came up.
+/// in this site's agents table, or named by an `agent_enrolled` message
+/// that came up (both indexed lookups).
 pub async fn agent_known<'e, E>(executor: E, name: &str) -> Result<bool>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
@@ -711,7 +721,7 @@ where
     Ok(sqlx::query_scalar::<_, i64>(
         "SELECT 1 FROM agents WHERE name = ?1
          UNION ALL SELECT 1 FROM status_messages
-         WHERE (kind = 'agent_enrolled' AND json_extract(body, '$.agent') = ?1) OR agent = ?1
+         WHERE kind = 'agent_enrolled' AND json_extract(body, '$.agent') = ?1
          LIMIT 1",
     )
     .bind(name)

@@ -274,8 +274,10 @@ pub async fn enroll(
     let mut tx = state.db.write().await?;
     // Again inside the transaction: a registration from below may have
     // taken the code while this site was registering it upwards.
+    // Two inits of one code at once both see no row before; the second
+    // must not take over the first's without --replace.
     if let Some(row) = db::site_by_code(&mut *tx.tx, code.as_str()).await? {
-        if !rejoin(&row) {
+        if !(rejoin(&row) && request.replace) {
             return Err(Error::Conflict(format!(
                 "site code {code} is already used in the hierarchy"
             )));

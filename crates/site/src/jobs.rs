@@ -463,6 +463,10 @@ pub struct SharedPolicy {
     pub settings: SiteSettings,
     /// Jobs neither canceled nor expired when read.
     jobs: Vec<SharedJob>,
+    /// Jobs canceled recently enough that a run of theirs may still be in
+    /// progress on a workstation (within their timeout and
+    /// [`CANCEL_NOTICE_MARGIN_MS`] of the cancel): agents stop those runs.
+    canceled: Vec<SharedJob>,
     /// The URLs of the site's DPs.
     pub dp_urls: Vec<String>,
     /// The highest agent revision when it was read (read first): it holds
@@ -474,6 +478,11 @@ struct SharedJob {
     offer: JobOffer,
     membership: crate::agents::Membership,
 }
+
+/// How long past a canceled job's timeout (counted from the cancel) agents
+/// are still told it was canceled: room for clock skew and an agent that
+/// was briefly out of touch.
+pub const CANCEL_NOTICE_MARGIN_MS: i64 = 10 * 60 * 1000;
 
 /// Longest a [`SharedPolicy`] is reused.
 pub const SHARED_POLICY_TTL: Duration = Duration::from_secs(1);
@@ -547,9 +556,28 @@ async fn read_shared_policy(state: &AppState) -> Result<SharedPolicy> {
             membership: membership(pool, collection_id).await?,
         });
     }
+    let rows = sqlx::query(&format!(
+        "SELECT {JOB_COLUMNS} FROM {JOB_FROM}
+         WHERE j.canceled_at_ms IS NOT NULL
+           AND j.canceled_at_ms + COALESCE(j.timeout_ms, ?) + ? > ? ORDER BY j.id"
+    ))
+    .bind(DEFAULT_TIMEOUT_MS as i64)
+    .bind(CANCEL_NOTICE_MARGIN_MS)
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    let mut canceled = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (info, collection_id) = job_from_row(row, now)?;
+        canceled.push(SharedJob {
+            offer: info.offer,
+            membership: membership(pool, collection_id).await?,
+        });
+    }
     Ok(SharedPolicy {
         settings,
         jobs,
+        canceled,
         dp_urls: dps.into_iter().filter_map(|dp| dp.url).collect(),
         revision,
     })
@@ -563,6 +591,17 @@ impl SharedPolicy {
             .filter(|job| job.offer.expires_at_ms.is_none_or(|at| at > now))
             .filter(|job| job.membership.contains(site, agent))
             .map(|job| job.offer.clone())
+            .collect()
+    }
+}
+
+impl SharedPolicy {
+    /// The recently canceled jobs that concern `agent` of site `site`.
+    pub fn canceled_for(&self, site: &str, agent: &AgentRow) -> Vec<u64> {
+        self.canceled
+            .iter()
+            .filter(|job| job.membership.contains(site, agent))
+            .map(|job| job.offer.id)
             .collect()
     }
 }
@@ -734,10 +773,16 @@ pub async fn status_of(state: &AppState, id: u64) -> Result<JobStatus> {
         if site != own {
             return None;
         }
-        let stored = agents.iter().find(|agent| agent.name == name)?.last_seen_ms;
-        match reachability(state.seen.latest(name, stored), poll_interval, now) {
+        let agent = agents.iter().find(|agent| agent.name == name)?;
+        match reachability(
+            state.seen.contact(name, agent.last_seen_ms),
+            poll_interval,
+            now,
+        ) {
             Reachability::UnreachableSince(since) => Some(since),
-            _ => None,
+            // Never polled: not reachable since it was enrolled.
+            Reachability::Never => Some(agent.enrolled_at_ms),
+            Reachability::Reachable => None,
         }
     };
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
@@ -750,6 +795,13 @@ pub async fn status_of(state: &AppState, id: u64) -> Result<JobStatus> {
             }
             let view = fold.view();
             let state_name = view.state.name().to_owned();
+            let (bytes_done, bytes_total) = match view.state {
+                cascade_domain::run::RunState::Downloading {
+                    bytes_done,
+                    bytes_total,
+                } => (Some(bytes_done), Some(bytes_total)),
+                _ => (None, None),
+            };
             *counts.entry(state_name.clone()).or_default() += 1;
             *runs
                 .entry(site.clone())
@@ -766,6 +818,8 @@ pub async fn status_of(state: &AppState, id: u64) -> Result<JobStatus> {
                 exit_code: view.exit_code,
                 reason: view.reason,
                 output_tail: view.output_tail,
+                bytes_done,
+                bytes_total,
                 expired_at_ms: view.expired_at,
                 canceled_at_ms: view.canceled_at,
             }
@@ -897,18 +951,18 @@ fn outcome(
         "expired" => "expired",
         _ => return running,
     };
-    if running != "in_progress" {
-        return running;
-    }
     let timeout = job.offer.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS) as i64;
     let still_running = workstations.iter().any(|ws| {
         matches!(ws.state.as_str(), "downloading" | "running")
             && ws.since_ms + timeout + RUN_REPORT_GRACE_MS > now
     });
-    if still_running {
-        "in_progress"
-    } else {
-        ended
+    match running {
+        "failed" => "failed",
+        // Complete only if every workstation completed: a run stopped by
+        // the cancel is final but not complete.
+        "complete" if workstations.iter().all(|ws| ws.state == "complete") => "complete",
+        "in_progress" if still_running => "in_progress",
+        _ => ended,
     }
 }
 
@@ -920,8 +974,10 @@ fn running_outcome(sites: &[SiteJobStatus], workstations: &[WorkstationStatus]) 
         .any(|site| site.instruction == "pending")
         || workstations
             .iter()
-            .any(|ws| !matches!(ws.state.as_str(), "complete" | "failed"));
-    let failed = workstations.iter().any(|ws| ws.state == "failed")
+            .any(|ws| !cascade_domain::run::RunState::is_final_name(&ws.state));
+    let failed = workstations
+        .iter()
+        .any(|ws| matches!(ws.state.as_str(), "failed" | "interrupted"))
         || sites.iter().any(|site| site.instruction == "refused");
     let distributing = sites.iter().filter(|site| connected(site)).any(|site| {
         site.instruction == "arrived"

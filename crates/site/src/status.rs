@@ -51,7 +51,7 @@ const MAX_BATCH: usize = 10_000;
 /// content) is counted as a duplicate and changes nothing.
 ///
 /// The sequence rules (see [`store_group`]): numbers run from 1 to 2^63 - 1
-/// and increase within a batch (`invalid_seq`); a batch continues from the
+/// and are consecutive within a batch (`invalid_seq`); a batch continues from the
 /// highest number stored for the source, or resends numbers below it,
 /// without skipping any (`seq_gap`); the answer acknowledges only messages
 /// of the batch.
@@ -86,11 +86,15 @@ pub async fn ingest(
         if let Some(reason) = seq_out_of_range(message.seq) {
             return Err(Error::invalid("invalid_seq", reason));
         }
-        if let Some(previous) = previous.filter(|previous| *previous >= message.seq) {
+        // Consecutive: an outbox sends a run of numbers without holes, and
+        // a batch then spans no more numbers than it carries messages, so
+        // checking it for resends reads at most that many stored rows (a
+        // batch `[1, 10^12]` cannot make the writer load a whole history).
+        if let Some(previous) = previous.filter(|previous| previous + 1 != message.seq) {
             return Err(Error::invalid(
                 "invalid_seq",
                 format!(
-                    "status sequence numbers must increase within a batch: {} follows {previous}",
+                    "status sequence numbers must be consecutive within a batch: {} follows {previous}",
                     message.seq
                 ),
             ));
@@ -669,9 +673,17 @@ mod tests {
         let (status, code, text) = refusal(dp.post_status(&batch([500])).await.unwrap_err());
         assert_eq!((status, code.as_str()), (400, "seq_gap"), "{text}");
         assert!(text.contains("500") && text.contains("47"), "{text}");
-        // Nothing of a batch that skips is stored, even its first part.
+        // Nothing of a batch with a hole is stored, even its first part.
         let (_, code, _) = refusal(dp.post_status(&batch([47, 49])).await.unwrap_err());
-        assert_eq!(code, "seq_gap");
+        assert_eq!(code, "invalid_seq");
+        // A batch spanning far more numbers than it carries is refused
+        // before the writer reads anything for it (the review's stall).
+        let (_, code, _) = refusal(
+            dp.post_status(&batch([1, 1_000_000_000_000]))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(code, "invalid_seq");
         let ack = dp.post_status(&batch(47..=49)).await.unwrap();
         assert_eq!((ack.acked_seq, ack.stored, ack.high_water_seq), (49, 3, 49));
         site.stop().await;

@@ -250,6 +250,23 @@ pub struct RelayAck {
     pub stored: u64,
     /// Stored before (a resend after a lost answer).
     pub duplicates: u64,
+    /// Messages not stored because the parent holds another message under
+    /// the same source and number (a child restored from a backup numbers
+    /// its own messages again from where the backup was); the child
+    /// renumbers its own past `high_water_seq` and relays them again.
+    #[serde(default)]
+    pub conflicts: Vec<RelayConflict>,
+}
+
+/// One relayed message the parent holds other content for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayConflict {
+    /// The message's source.
+    pub source: String,
+    /// Its number.
+    pub seq: u64,
+    /// The highest number the parent holds for the source.
+    pub high_water_seq: u64,
 }
 
 /// `GET /api/v1/site/queues`: what waits at this site, and why.

@@ -19,7 +19,7 @@ use crate::{now_ms, AppState};
 use axum::extract::State;
 use axum::Json;
 use cascade_domain::hierarchy::StatusSource;
-use cascade_protocol::{RelayAck, RelayBatch, RelayedStatus};
+use cascade_protocol::{RelayAck, RelayBatch, RelayConflict, RelayedStatus};
 use std::time::Duration;
 
 /// Largest relay request body accepted.
@@ -98,6 +98,12 @@ async fn relay_once(state: &AppState, parent: &hierarchy::Parent) -> Result<usiz
         code: "parent_unreachable",
         message: format!("relaying status to {}: {reason}", parent.code()),
     })?;
+    if !ack.conflicts.is_empty() {
+        // Nothing moves: this site's own messages are renumbered past what
+        // the parent holds and the same batch goes again.
+        renumber_own(state, parent, &ack.conflicts).await?;
+        return Ok(count);
+    }
     state
         .progress
         .lock()
@@ -110,15 +116,88 @@ async fn relay_once(state: &AppState, parent: &hierarchy::Parent) -> Result<usiz
 }
 
 /// Whether the parent's answer accounts for every one of the `count`
-/// messages relayed: each stored now or before.
+/// messages relayed: each stored now or before, or in conflict.
 fn check_relay_ack(ack: &RelayAck, count: usize) -> std::result::Result<(), String> {
-    match ack.stored.checked_add(ack.duplicates) {
+    match ack
+        .stored
+        .checked_add(ack.duplicates)
+        .and_then(|total| total.checked_add(ack.conflicts.len() as u64))
+    {
         Some(total) if total == count as u64 => Ok(()),
         _ => Err(format!(
-            "the parent answered {} stored and {} duplicates for a batch of {count} messages",
-            ack.stored, ack.duplicates
+            "the parent answered {} stored, {} duplicates and {} conflicts for a batch of {count} messages",
+            ack.stored,
+            ack.duplicates,
+            ack.conflicts.len()
         )),
     }
+}
+
+/// The parent holds other messages under numbers of this site's own: the
+/// site was restored from a backup and numbered its messages again from
+/// where the backup was. Its own messages from the first conflicting
+/// number on move past the parent's highest number, in order, and the
+/// site's counter with them, so each reaches the parent under a number of
+/// its own. A conflict about another source (this site relays it as it was
+/// given) is not this site's to mend: it stays, and the relay waits.
+async fn renumber_own(
+    state: &AppState,
+    parent: &hierarchy::Parent,
+    conflicts: &[RelayConflict],
+) -> Result<()> {
+    let own = state.code.to_string();
+    let (ours, others): (Vec<&RelayConflict>, Vec<&RelayConflict>) = conflicts
+        .iter()
+        .partition(|conflict| conflict.source == own);
+    if let Some(other) = others.first() {
+        return Err(Error::Unavailable {
+            code: "relay_conflict",
+            message: format!(
+                "relaying status to {}: it holds another message {} of {}; relaying waits",
+                parent.code(),
+                other.seq,
+                other.source
+            ),
+        });
+    }
+    let (Some(from), Some(high)) = (
+        ours.iter().map(|conflict| conflict.seq).min(),
+        ours.iter().map(|conflict| conflict.high_water_seq).max(),
+    ) else {
+        return Ok(());
+    };
+    let delta = (high + 1).saturating_sub(from) as i64;
+    if delta <= 0 {
+        return Err(Error::Internal(format!(
+            "the parent reported message {from} of {own} in conflict below its highest number {high}"
+        )));
+    }
+    let mut tx = state.db.write().await?;
+    // Through negative numbers, so that no row meets another's number on
+    // the way (source and number are unique).
+    sqlx::query(
+        "UPDATE status_messages SET seq = -(seq + ?1), body = json_set(body, '$.seq', seq + ?1)
+         WHERE source = ?2 AND seq >= ?3",
+    )
+    .bind(delta)
+    .bind(&own)
+    .bind(from as i64)
+    .execute(&mut *tx.tx)
+    .await?;
+    sqlx::query("UPDATE status_messages SET seq = -seq WHERE source = ? AND seq < 0")
+        .bind(&own)
+        .execute(&mut *tx.tx)
+        .await?;
+    sqlx::query(
+        "UPDATE status_sources SET last_seq = (SELECT MAX(seq) FROM status_messages WHERE source = ?1)
+         WHERE source = ?1",
+    )
+    .bind(&own)
+    .execute(&mut *tx.tx)
+    .await?;
+    tx.commit().await?;
+    tracing::warn!(site = %own, from, to = high + 1, parent = parent.code(), "the parent holds other messages under this site's numbers (restored from a backup?); renumbered this site's own messages past them");
+    Ok(())
 }
 
 /// `POST /api/v1/site/status`: a child relays messages of its subtree.
@@ -152,12 +231,55 @@ pub async fn ingest_relayed(
     }
     let received = now_ms();
     let mut tx = state.db.write().await?;
-    let (mut stored, mut duplicates) = (0, 0);
+    let (mut stored, mut duplicates, mut conflicts) = (0, 0, Vec::<RelayConflict>::new());
     for (source, relayed) in sources.iter().zip(&batch.messages) {
+        let key = source.to_string();
+        // After a conflict, nothing more of that source is stored from this
+        // batch: the child renumbers all of it, and a message stored now
+        // would arrive again under its new number.
+        if let Some(high_water_seq) = conflicts
+            .iter()
+            .find(|conflict| conflict.source == key)
+            .map(|conflict| conflict.high_water_seq)
+        {
+            conflicts.push(RelayConflict {
+                source: key,
+                seq: relayed.message.seq,
+                high_water_seq,
+            });
+            continue;
+        }
         if db::insert_message(&mut tx.tx, source, &relayed.message, received).await? {
             stored += 1;
-        } else {
+            continue;
+        }
+        // Held already: the same message again (a resend), or another one
+        // under its number, which is never taken for a duplicate.
+        let held: Option<String> =
+            sqlx::query_scalar("SELECT body FROM status_messages WHERE source = ? AND seq = ?")
+                .bind(&key)
+                .bind(relayed.message.seq as i64)
+                .fetch_optional(&mut *tx.tx)
+                .await?;
+        let same = held
+            .as_deref()
+            .and_then(|body| crate::status::parse_stored(body).ok())
+            == Some(relayed.message.clone());
+        if same {
             duplicates += 1;
+        } else {
+            let high: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(MAX(seq), 0) FROM status_messages WHERE source = ?",
+            )
+            .bind(&key)
+            .fetch_one(&mut *tx.tx)
+            .await?;
+            tracing::warn!(%child, source = %key, seq = relayed.message.seq, "a relayed message conflicts with one held under its number");
+            conflicts.push(RelayConflict {
+                source: key,
+                seq: relayed.message.seq,
+                high_water_seq: high as u64,
+            });
         }
     }
     crate::hierarchy::touch_in(&mut tx, &child).await?;
@@ -165,7 +287,11 @@ pub async fn ingest_relayed(
     if stored > 0 {
         state.notify_status_stored();
     }
-    Ok(Json(RelayAck { stored, duplicates }))
+    Ok(Json(RelayAck {
+        stored,
+        duplicates,
+        conflicts,
+    }))
 }
 
 #[cfg(test)]
@@ -174,7 +300,11 @@ mod tests {
 
     #[test]
     fn a_relay_ack_must_account_for_the_whole_batch() {
-        let ack = |stored, duplicates| RelayAck { stored, duplicates };
+        let ack = |stored, duplicates| RelayAck {
+            stored,
+            duplicates,
+            conflicts: Vec::new(),
+        };
         assert!(check_relay_ack(&ack(3, 2), 5).is_ok());
         assert!(check_relay_ack(&ack(3, 1), 5).is_err());
         assert!(check_relay_ack(&ack(9, 0), 5).is_err());

@@ -396,9 +396,14 @@ pub async fn list(
     .fetch_all(state.db.pool())
     .await?;
     let mut jobs = Vec::with_capacity(rows.len());
+    // Each package's history is folded once for all its jobs.
+    let mut views = PackageViews::new();
     for row in rows {
         let (mut info, _) = job_from_row(row, now)?;
-        info.outcome = status_of(&state, info.offer.id).await?.job.outcome;
+        info.outcome = status_with(&state, info.offer.id, &mut views)
+            .await?
+            .job
+            .outcome;
         jobs.push(info);
     }
     Ok(Json(jobs))
@@ -691,8 +696,16 @@ pub async fn job_status(
     status_of(&state, id).await.map(Json)
 }
 
+/// The distribution views of packages, by package, folded once per request.
+type PackageViews = std::collections::HashMap<String, BTreeMap<(String, String), DistributionView>>;
+
 /// The job's status, folded from its status messages (see [`job_status`]).
 pub async fn status_of(state: &AppState, id: u64) -> Result<JobStatus> {
+    status_with(state, id, &mut PackageViews::new()).await
+}
+
+/// [`status_of`], with the package views already folded in `views`.
+async fn status_with(state: &AppState, id: u64, views: &mut PackageViews) -> Result<JobStatus> {
     let pool = state.db.pool();
     let (job, collection_id) = job_by_id(pool, id).await?;
     let own = state.code.to_string();
@@ -741,7 +754,11 @@ pub async fn status_of(state: &AppState, id: u64) -> Result<JobStatus> {
             }
         }
     }
-    let distribution = status::distribution_views(state, &job.offer.package).await?;
+    if !views.contains_key(&job.offer.package) {
+        let folded = status::distribution_views(state, &job.offer.package).await?;
+        views.insert(job.offer.package.clone(), folded);
+    }
+    let distribution = &views[&job.offer.package];
     // A job created before this site recorded arrivals: it arrived when it
     // was created, and distributed to the DPs queued for its package.
     arrivals.entry(own.clone()).or_insert_with(|| Arrival {

@@ -304,6 +304,11 @@ fn refresh_at_central_reaches_dps_of_child_sites() {
     wait_refreshes([2, 1, 3]);
     let err = cen.fails(&["package", "refresh", "app", "--dp", "S09/dp1"]);
     assert!(err.contains("unknown site") && err.contains("S09"), "{err}");
+    let err = cen.fails(&["package", "refresh", "app", "--dp", "S01/typo"]);
+    assert!(
+        err.contains("unknown dp") && err.contains("S01/typo"),
+        "{err}"
+    );
 }
 
 /// `package status --watch` at the central site exited 0 once the first DP

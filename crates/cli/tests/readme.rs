@@ -127,7 +127,10 @@ fn tour_blocks(readme: &str) -> Vec<Block> {
                     }
                 }
             }
-            _ => {}
+            other => panic!(
+                "README.md:{}: a ```{other} block in the tour: shell blocks are ```sh (run), outputs ``` or ```json",
+                i + 1
+            ),
         }
         markers.clear();
         i = close + 1;

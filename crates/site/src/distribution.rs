@@ -295,6 +295,11 @@ pub async fn refresh(
                     what: "site",
                     name: format!("{site} (of dp {given}) below {own}"),
                 });
+            } else if !db::dp_known(&mut *tx.tx, own, site.as_str(), dp.as_str()).await? {
+                return Err(Error::NotFound {
+                    what: "dp",
+                    name: given.clone(),
+                });
             }
             let member = format!("{site}/{dp}");
             if !members.contains(&member) {

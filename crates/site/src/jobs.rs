@@ -951,11 +951,12 @@ const RUN_REPORT_GRACE_MS: i64 = 60_000;
 /// site's distribution is complete or not applicable. A site that never
 /// connected is left out.
 ///
-/// A job canceled or expired before that is final too: `canceled` or
-/// `expired` once no workstation is still downloading or running it (one
-/// that is may finish, and its report still counts, until its timeout and
-/// [`RUN_REPORT_GRACE_MS`] have passed). What was complete or failed before
-/// stays so: expiry never rewrites history (Q152229).
+/// A job canceled or expired before that is final too once no workstation
+/// is still downloading or running it (one that is may finish, and its
+/// report still counts, until its timeout and [`RUN_REPORT_GRACE_MS`] have
+/// passed): `failed` if a workstation failed, else `canceled` or
+/// `expired`. What was complete or failed before stays so: expiry never
+/// rewrites history (Q152229).
 fn outcome(
     job: &JobInfo,
     sites: &[SiteJobStatus],
@@ -973,8 +974,14 @@ fn outcome(
         matches!(ws.state.as_str(), "downloading" | "running")
             && ws.since_ms + timeout + RUN_REPORT_GRACE_MS > now
     });
+    let any_failed = workstations
+        .iter()
+        .any(|ws| matches!(ws.state.as_str(), "failed" | "interrupted"));
     match running {
         "failed" => "failed",
+        // Ended with a failure among the runs: that stays the outcome,
+        // whatever else did not run.
+        "in_progress" if !still_running && any_failed => "failed",
         // Complete only if every workstation completed: a run stopped by
         // the cancel is final but not complete.
         "complete" if workstations.iter().all(|ws| ws.state == "complete") => "complete",

@@ -449,11 +449,11 @@ fn readme_tour_runs_word_for_word() {
             "the tour ended with {status:?}:\n{stderr}"
         ),
     }
-    for n in 0..blocks.len() {
+    for (n, block) in blocks.iter().enumerate() {
         assert!(
             stdout.contains(&format!("@@tour {n} end@@")),
             "README.md:{}: the tour never got to the end of this block",
-            blocks[n].line
+            block.line
         );
     }
 }

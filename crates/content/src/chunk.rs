@@ -1,13 +1,11 @@
 //! Content-defined chunking (FastCDC 2020) and chunk names (BLAKE3 hashes).
 
-use std::fmt;
 use std::io::{self, Read};
-use std::str::FromStr;
 
 use fastcdc::v2020::StreamCDC;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::{quote_input, Error, Result};
+use crate::error::{Error, Result};
+pub use crate::hash::ChunkHash;
 
 /// Smallest chunk the chunker cuts (except a stream's last chunk).
 pub const MIN_CHUNK_SIZE: u32 = 16 * 1024;
@@ -15,87 +13,6 @@ pub const MIN_CHUNK_SIZE: u32 = 16 * 1024;
 pub const AVG_CHUNK_SIZE: u32 = 64 * 1024;
 /// Largest chunk the chunker cuts, and the largest chunk accepted anywhere.
 pub const MAX_CHUNK_SIZE: u32 = 256 * 1024;
-
-/// BLAKE3 hash of a chunk's uncompressed bytes; its name everywhere.
-///
-/// Displayed, parsed and serialised as 64 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChunkHash(pub [u8; 32]);
-
-impl ChunkHash {
-    /// The name of `data`: its BLAKE3 hash.
-    pub fn of(data: &[u8]) -> Self {
-        ChunkHash(*blake3::hash(data).as_bytes())
-    }
-
-    /// The 64 lowercase hex digits of this hash.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    /// Parses exactly 64 lowercase hex digits.
-    pub fn from_hex(s: &str) -> Result<Self> {
-        let invalid = |reason| Error::InvalidHash {
-            input: quote_input(s),
-            reason,
-        };
-        if s.len() != 64 {
-            return Err(invalid("expected 64 hex digits"));
-        }
-        if !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(invalid("expected lowercase hex digits only"));
-        }
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(s, &mut bytes).map_err(|_| invalid("not hex"))?;
-        Ok(ChunkHash(bytes))
-    }
-}
-
-impl fmt::Display for ChunkHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for ChunkHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ChunkHash({})", self.to_hex())
-    }
-}
-
-impl FromStr for ChunkHash {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        ChunkHash::from_hex(s)
-    }
-}
-
-impl Serialize for ChunkHash {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> Deserialize<'de> for ChunkHash {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        struct HexVisitor;
-
-        impl serde::de::Visitor<'_> for HexVisitor {
-            type Value = ChunkHash;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a chunk hash as 64 lowercase hex digits")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<ChunkHash, E> {
-                ChunkHash::from_hex(v).map_err(E::custom)
-            }
-        }
-
-        deserializer.deserialize_str(HexVisitor)
-    }
-}
 
 /// One content-defined chunk of a stream.
 #[derive(Clone, Debug, PartialEq, Eq)]

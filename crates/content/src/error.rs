@@ -3,20 +3,15 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::chunk::ChunkHash;
+use crate::hash::ChunkHash;
 
 /// Everything the content library can refuse or fail at. Each variant names
 /// what it was working on (a chunk hash, a path) so the message stands alone.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A string that should be a chunk hash (64 lowercase hex digits) is not.
-    #[error("invalid chunk hash {input:?}: {reason}")]
-    InvalidHash {
-        /// The offending text (truncated to 100 characters).
-        input: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
+    #[error(transparent)]
+    InvalidHash(#[from] crate::hash::InvalidHash),
 
     /// Reading from a source being chunked failed.
     #[error("reading data to chunk")]
@@ -122,10 +117,12 @@ pub enum Error {
     },
 
     /// A manifest with a format version this library does not understand.
-    #[error("unsupported manifest format {format} (this build understands {MANIFEST_FORMAT})", MANIFEST_FORMAT = crate::manifest::MANIFEST_FORMAT)]
+    #[error("unsupported manifest format {format} (this build understands {supported})")]
     UnsupportedFormat {
         /// The format the manifest declares.
         format: u32,
+        /// The format this build understands.
+        supported: u32,
     },
 
     /// A manifest that parses but breaks a structural rule.

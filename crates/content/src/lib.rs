@@ -16,6 +16,7 @@
 pub mod chunk;
 pub mod encoding;
 mod error;
+pub mod hash;
 pub mod manifest;
 pub mod materialize;
 pub mod paths;

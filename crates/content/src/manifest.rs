@@ -89,6 +89,7 @@ impl Manifest {
         if self.format != MANIFEST_FORMAT {
             return Err(Error::UnsupportedFormat {
                 format: self.format,
+                supported: MANIFEST_FORMAT,
             });
         }
         let invalid = |path: &str, reason: String| Error::InvalidManifest {
@@ -429,7 +430,7 @@ pub(crate) mod tests {
         m.format = 2;
         assert!(matches!(
             m.validate(),
-            Err(Error::UnsupportedFormat { format: 2 })
+            Err(Error::UnsupportedFormat { format: 2, .. })
         ));
     }
 

@@ -2,9 +2,8 @@
 //! instructions flowing down, wanted content, status relayed up) and of the
 //! administrator's hierarchy views (sites, queues, DP groups).
 
-use crate::types::{DpPackageStatus, JobInfo, SignedManifestWire, SiteInfo, StatusMessage};
+use crate::types::{JobInfo, SignedManifestWire, SiteInfo, StatusMessage};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// `POST /api/v1/sites/enroll`: a new child site presents its parent's join
 /// token.
@@ -371,28 +370,4 @@ pub struct DpGroupInfo {
     /// Members not enrolled at their site (yet), as far as this site knows.
     #[serde(default)]
     pub not_enrolled: Vec<String>,
-}
-
-/// One site's line in a job's status.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SiteJobStatus {
-    /// The site.
-    pub site: String,
-    /// `pending` until the site reports the instruction, then `arrived`;
-    /// `refused` when the site refused it (with the reason), `not_connected`
-    /// for a site that joined but never connected since.
-    pub instruction: String,
-    /// Why the site refused the instruction.
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// When it arrived.
-    pub arrived_at_ms: Option<i64>,
-    /// Workstations of the site the job targets.
-    pub targets: u64,
-    /// `not_applicable`, `pending`, `in_progress`, `complete` or `failed`.
-    pub distribution: String,
-    /// The DPs the job distributes to at this site.
-    pub dps: Vec<DpPackageStatus>,
-    /// Workstations of the site per state.
-    pub runs: BTreeMap<String, u64>,
 }

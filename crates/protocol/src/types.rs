@@ -1132,13 +1132,37 @@ pub struct JobStatus {
     pub distribution: Vec<DpPackageStatus>,
     /// One row per site of this site's subtree.
     #[serde(default)]
-    pub sites: Vec<crate::sites::SiteJobStatus>,
+    pub sites: Vec<SiteJobStatus>,
     /// `complete` once every site has the instruction, no distribution is
     /// pending or failing and every targeted workstation completed;
     /// `failed` once every workstation finished and one failed;
     /// `in_progress` otherwise.
     #[serde(default)]
     pub outcome: String,
+}
+
+/// One site's line in a job's status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SiteJobStatus {
+    /// The site.
+    pub site: String,
+    /// `pending` until the site reports the instruction, then `arrived`;
+    /// `refused` when the site refused it (with the reason), `not_connected`
+    /// for a site that joined but never connected since.
+    pub instruction: String,
+    /// Why the site refused the instruction.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// When it arrived.
+    pub arrived_at_ms: Option<i64>,
+    /// Workstations of the site the job targets.
+    pub targets: u64,
+    /// `not_applicable`, `pending`, `in_progress`, `complete` or `failed`.
+    pub distribution: String,
+    /// The DPs the job distributes to at this site.
+    pub dps: Vec<DpPackageStatus>,
+    /// Workstations of the site per state.
+    pub runs: std::collections::BTreeMap<String, u64>,
 }
 
 /// Query of the policy long poll.

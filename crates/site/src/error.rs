@@ -1,8 +1,42 @@
-//! The site server's error type and the one place that maps errors to HTTP.
+//! The site server's error type. Its mapping to HTTP answers is in one
+//! place, `http/error.rs`; nothing here knows about HTTP.
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use cascade_protocol::{ErrorBody, ErrorDetail};
+/// The kinds of named things a site holds, for [`Error::NotFound`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entity {
+    Package,
+    Version,
+    Dp,
+    DpGroup,
+    Agent,
+    Collection,
+    Job,
+    Site,
+    Chunk,
+}
+
+impl Entity {
+    /// How messages name it ("unknown dp group \"x\"").
+    pub fn name(self) -> &'static str {
+        match self {
+            Entity::Package => "package",
+            Entity::Version => "version",
+            Entity::Dp => "dp",
+            Entity::DpGroup => "dp group",
+            Entity::Agent => "agent",
+            Entity::Collection => "collection",
+            Entity::Job => "job",
+            Entity::Site => "site",
+            Entity::Chunk => "chunk",
+        }
+    }
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Everything the site server can refuse or fail at.
 #[derive(Debug, thiserror::Error)]
@@ -15,7 +49,7 @@ pub enum Error {
     Forbidden(String),
     /// A named thing that does not exist.
     #[error("unknown {what} {name:?}")]
-    NotFound { what: &'static str, name: String },
+    NotFound { what: Entity, name: String },
     /// No route has this path.
     #[error("{0}")]
     NoRoute(String),
@@ -48,7 +82,22 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Anything else that is the server's fault.
+    /// JSON that this site wrote or stored failed to encode or decode.
+    #[error("{context}")]
+    Json {
+        context: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A blocking task of the server died.
+    #[error("{context}")]
+    Task {
+        context: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// Anything else that is the server's fault: a stored row that breaks
+    /// an invariant, a key that is not there.
     #[error("{0}")]
     Internal(String),
 }
@@ -68,33 +117,49 @@ impl Error {
         move |source| Error::Io { context, source }
     }
 
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    /// Wraps a JSON error with what was being encoded or decoded.
+    pub fn json(context: impl Into<String>) -> impl FnOnce(serde_json::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Json { context, source }
+    }
+
+    /// Wraps a blocking task's failure with what it was doing.
+    pub fn task(context: impl Into<String>) -> impl FnOnce(tokio::task::JoinError) -> Error {
+        let context = context.into();
+        move |source| Error::Task { context, source }
+    }
+
+    /// A named thing that does not exist.
+    pub fn not_found(what: Entity, name: impl Into<String>) -> Error {
+        Error::NotFound {
+            what,
+            name: name.into(),
+        }
+    }
+
+    /// Whether what was asked is wrong in itself, so that asking again
+    /// the same way can never succeed (a malformed or refused request, a
+    /// conflict with what is stored, a name that does not exist, a
+    /// credential that may not do it), as opposed to a failure of this
+    /// site or of a peer that a retry may get past. An instruction from
+    /// the parent that fails so is refused, never retried.
+    pub fn can_never_apply(&self) -> bool {
         match self {
-            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            Error::NotFound { what, .. } => (
-                StatusCode::NOT_FOUND,
-                match *what {
-                    "package" => "unknown_package",
-                    "dp" => "unknown_dp",
-                    "version" => "unknown_version",
-                    "agent" => "unknown_agent",
-                    "collection" => "unknown_collection",
-                    "job" => "unknown_job",
-                    "site" => "unknown_site",
-                    "dp group" => "unknown_dp_group",
-                    _ => "not_found",
-                },
-            ),
-            Error::NoRoute(_) => (StatusCode::NOT_FOUND, "no_such_route"),
-            Error::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            Error::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
-            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            Error::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
-            Error::Content(_) | Error::Db(_) | Error::Io { .. } | Error::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
+            Error::Invalid { .. }
+            | Error::Conflict(_)
+            | Error::NotFound { .. }
+            | Error::Forbidden(_)
+            | Error::Unauthorized(_)
+            | Error::TooLarge(_)
+            | Error::NoRoute(_)
+            | Error::MethodNotAllowed(_) => true,
+            Error::Unavailable { .. }
+            | Error::Content(_)
+            | Error::Db(_)
+            | Error::Io { .. }
+            | Error::Json { .. }
+            | Error::Task { .. }
+            | Error::Internal(_) => false,
         }
     }
 }
@@ -117,24 +182,6 @@ impl From<cascade_domain::Error> for Error {
             cascade_domain::Error::VersionNotNewer { .. } => Error::Conflict(err.to_string()),
             cascade_domain::Error::Hierarchy(_) => Error::invalid("invalid_site", err.to_string()),
         }
-    }
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        if status.is_server_error() {
-            tracing::error!(error = %cascade_protocol::chain(&self), "request failed");
-        } else if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-            tracing::warn!(error = %cascade_protocol::chain(&self), status = status.as_u16(), "request refused");
-        }
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: code.to_owned(),
-                message: cascade_protocol::chain(&self),
-            },
-        };
-        (status, axum::Json(body)).into_response()
     }
 }
 

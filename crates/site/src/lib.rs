@@ -9,28 +9,21 @@
 //! flows up as status messages DPs and agents post to their site and every
 //! site relays to its parent, from which every status view is derived.
 
-mod agents;
-mod api;
-mod auth;
-mod content;
 pub mod db;
-mod distribution;
 mod error;
-mod groups;
-mod hierarchy;
-mod jobs;
-mod queues;
-mod receive;
-mod relay;
-mod send;
-mod status;
+mod http;
+mod service;
+mod state;
 #[cfg(test)]
 mod testing;
-mod worker;
+mod workers;
 
-pub use error::{Error, Result};
+pub use error::{Entity, Error, Result};
+pub use service::hierarchy::Join;
 
-use cascade_content::{ChunkStore, SigningKey, VerifyingKey};
+use state::AppState;
+
+use cascade_content::ChunkStore;
 use cascade_domain::hierarchy::SiteKind;
 use cascade_domain::SiteCode;
 use std::future::Future;
@@ -60,112 +53,6 @@ pub mod layout {
 
 pub use cascade_store::now_ms;
 
-/// Shared state of the running server.
-#[derive(Clone)]
-pub struct AppState {
-    db: db::Db,
-    store: ChunkStore,
-    /// The key that signs manifests: held by the central site only.
-    key: Option<Arc<SigningKey>>,
-    /// The central site's public key, which every manifest must verify against.
-    trust: VerifyingKey,
-    code: SiteCode,
-    kind: SiteKind,
-    /// The central site's code (this site's own at the central site).
-    central: SiteCode,
-    /// The link to the parent, at a child site.
-    parent: Option<Arc<hierarchy::Parent>>,
-    /// Bumped whenever any DP's assignments change; long polls wait on it.
-    changes: Arc<tokio::sync::watch::Sender<u64>>,
-    /// Bumped whenever any agent's policy changes; policy polls wait on it.
-    agent_changes: Arc<tokio::sync::watch::Sender<u64>>,
-    /// Bumped whenever instructions are queued for a child site.
-    outbox_changes: Arc<tokio::sync::watch::Sender<u64>>,
-    /// Wakes the workers of a child site.
-    wakes: Arc<Wakes>,
-    /// Per child site: rate limit pacing and bytes sent.
-    links: Arc<hierarchy::Links>,
-    /// What the hierarchy workers are doing, for `cascade site queues`.
-    progress: Arc<std::sync::Mutex<queues::Progress>>,
-    /// Set when the server is shutting down, to end long polls.
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    /// Agents' poll times not yet written down.
-    seen: Arc<agents::SeenAgents>,
-    /// Agents' rows as their last poll read them.
-    agent_rows: Arc<agents::AgentRows>,
-    /// What every agent's policy shares, read once for many polls.
-    policy: Arc<jobs::PolicyCache>,
-    /// Agents' credentials already checked: token hash → (id, name). Agents
-    /// and their credentials are never removed, so an entry stays true.
-    agent_credentials: Arc<std::sync::Mutex<AgentCredentials>>,
-    /// Status batches waiting for the status writer (group commit).
-    status_queue: tokio::sync::mpsc::Sender<status::Pending>,
-}
-
-/// Agents' credentials already checked: token hash → (agent id, name).
-type AgentCredentials = std::collections::HashMap<Vec<u8>, (i64, String)>;
-
-/// Wake-ups of the workers that talk to the parent.
-#[derive(Default)]
-struct Wakes {
-    /// Instructions arrived in the inbox.
-    inbox: tokio::sync::Notify,
-    /// The content this site needs may have changed.
-    content: tokio::sync::Notify,
-    /// Status messages were stored.
-    relay: tokio::sync::Notify,
-}
-
-impl AppState {
-    fn notify_assignments_changed(&self) {
-        self.changes.send_modify(|generation| *generation += 1);
-    }
-
-    fn notify_agents_changed(&self) {
-        self.agent_changes
-            .send_modify(|generation| *generation += 1);
-    }
-
-    fn notify_outbox_changed(&self) {
-        self.outbox_changes
-            .send_modify(|generation| *generation += 1);
-    }
-
-    /// After a transaction stored status messages: relay them up at once.
-    fn notify_status_stored(&self) {
-        self.wakes.relay.notify_one();
-    }
-
-    /// After a transaction that may change what content this site needs.
-    fn notify_content_needs_changed(&self) {
-        self.wakes.content.notify_one();
-    }
-
-    /// After any transaction that applied an instruction or created
-    /// something that flows down: wakes everyone who may care.
-    fn notify_everything(&self) {
-        self.notify_assignments_changed();
-        self.notify_agents_changed();
-        self.notify_outbox_changed();
-        self.notify_status_stored();
-        self.notify_content_needs_changed();
-    }
-
-    /// Refuses what only the central site may do.
-    fn require_central(&self, what: &str) -> Result<()> {
-        if self.kind == SiteKind::Central {
-            return Ok(());
-        }
-        Err(Error::invalid(
-            "not_central",
-            format!(
-                "{what} happens at the central site {}; {} is a {} site",
-                self.central, self.code, self.kind
-            ),
-        ))
-    }
-}
-
 /// What `cascade site init` created and must show once.
 #[derive(Debug, Clone)]
 pub struct InitReport {
@@ -186,25 +73,6 @@ pub struct InitReport {
     pub kind: String,
     /// The parent's code, for a child site.
     pub parent: Option<String>,
-}
-
-/// How a new child site joins its parent.
-#[derive(Clone, Debug)]
-pub struct Join {
-    /// `primary` or `secondary`.
-    pub kind: String,
-    /// The parent site's URL.
-    pub parent_url: String,
-    /// The parent's site join token.
-    pub join_token: String,
-    /// Hex of the central key, when the administrator pins it; the join is
-    /// refused if the parent answers with another.
-    pub central_key: Option<String>,
-    /// Bytes per second the parent may send this site.
-    pub max_rate: Option<u64>,
-    /// Take over the code if the parent holds it registered for a site
-    /// that never connected (an earlier init that failed half-way).
-    pub replace: bool,
 }
 
 /// Creates a site's data directory: database, tokens, and either the
@@ -242,9 +110,9 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
             )
         }
         Some(join) => {
-            let config = hierarchy::join(&code, kind, join).await?;
-            let text = serde_json::to_string_pretty(&config)
-                .map_err(|err| Error::Internal(err.to_string()))?;
+            let config = service::hierarchy::join(&code, kind, join).await?;
+            let text =
+                serde_json::to_string_pretty(&config).map_err(Error::json("encoding JSON"))?;
             cascade_store::write_atomically(&dir.join(layout::PARENT), text.as_bytes(), 0o600)
                 .map_err(Error::io("writing parent.json"))?;
             (
@@ -254,21 +122,21 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
             )
         }
     };
-    let admin_token = auth::mint_token("cas_admin");
-    let join_token = auth::mint_token("cas_join");
-    let site_join_token = auth::mint_token("cas_sitejoin");
+    let admin_token = service::auth::mint_token("cas_admin");
+    let join_token = service::auth::mint_token("cas_join");
+    let site_join_token = service::auth::mint_token("cas_sitejoin");
     let now = now_ms();
     let mut tx = db.write().await?;
-    sqlx::query(
-        "INSERT INTO site (id, code, kind, created_at_ms, parent_code, central_code)
-         VALUES (1, ?, ?, ?, ?, ?)",
+    db::insert_own_site(
+        &mut tx,
+        &db::OwnSite {
+            code: code.to_string(),
+            kind: kind.name().to_owned(),
+            created_at_ms: now,
+            parent_code: parent_code.clone(),
+            central_code,
+        },
     )
-    .bind(code.as_str())
-    .bind(kind.name())
-    .bind(now)
-    .bind(&parent_code)
-    .bind(&central_code)
-    .execute(&mut *tx.tx)
     .await?;
     if let Some(parent) = &parent_code {
         // Relayed when the site first runs: the hierarchy learns that it
@@ -289,7 +157,7 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
         (&join_token, "join"),
         (&site_join_token, "site_join"),
     ] {
-        auth::store_credential(&mut tx, token, role, role, now).await?;
+        service::auth::store_credential(&mut tx, token, role, role, now).await?;
     }
     tx.commit().await?;
     db.close().await;
@@ -315,19 +183,15 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
 /// A site created before child sites had a join token of their own gets
 /// one, written to `DIR/site-join.token`.
 async fn ensure_site_join_token(db: &db::Db, dir: &Path) -> Result<()> {
-    let exists: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM credentials WHERE role = 'site_join' LIMIT 1")
-            .fetch_optional(db.pool())
-            .await?;
-    if exists.is_some() {
+    if db::role_exists(db.pool(), "site_join").await? {
         return Ok(());
     }
-    let token = auth::mint_token("cas_sitejoin");
+    let token = service::auth::mint_token("cas_sitejoin");
     let path = dir.join(layout::SITE_JOIN_TOKEN);
     let _ = std::fs::remove_file(&path);
     write_secret(&path, &token)?;
     let mut tx = db.write().await?;
-    auth::store_credential(&mut tx, &token, "site_join", "site_join", now_ms()).await?;
+    service::auth::store_credential(&mut tx, &token, "site_join", "site_join", now_ms()).await?;
     tx.commit().await?;
     tracing::info!(path = %path.display(), "created the join token of child sites");
     Ok(())
@@ -375,18 +239,18 @@ pub async fn run(
         ));
     }
     let db = db::Db::open(&db_path, false, db::MIGRATIONS).await?;
-    let (code, kind, central): (String, String, Option<String>) =
-        sqlx::query_as("SELECT code, kind, central_code FROM site WHERE id = 1")
-            .fetch_one(db.pool())
-            .await?;
-    let code = SiteCode::new(&code)?;
-    let kind = SiteKind::parse(&kind)?;
+    let own = db::own_site(db.pool()).await?;
+    let (code, kind, central) = (
+        SiteCode::new(&own.code)?,
+        SiteKind::parse(&own.kind)?,
+        own.central_code,
+    );
     let (key, trust, parent) = if kind == SiteKind::Central {
         let key = cascade_content::read_key(&dir.join(layout::KEY))?;
         let trust = key.verifying_key();
         (Some(Arc::new(key)), trust, None)
     } else {
-        let parent = hierarchy::Parent::read(&dir.join(layout::PARENT))?;
+        let parent = state::Parent::read(&dir.join(layout::PARENT))?;
         let trust =
             cascade_content::public_key_from_hex(&parent.config.enrollment.site_public_key)?;
         (None, trust, Some(Arc::new(parent)))
@@ -394,7 +258,7 @@ pub async fn run(
     let store = ChunkStore::open(&dir.join(layout::CHUNKS))?;
     ensure_site_join_token(&db, dir).await?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let (status_queue, status_pending) = tokio::sync::mpsc::channel(status::QUEUE);
+    let (status_queue, status_pending) = tokio::sync::mpsc::channel(state::QUEUE);
     let state = AppState {
         db: db.clone(),
         store,
@@ -437,20 +301,27 @@ pub async fn run(
         url: url.clone(),
     });
     tracing::info!(site = %code, kind = %kind, %url, "site server listening");
-    let mut workers = vec![
-        tokio::spawn(jobs::expiry_worker(state.clone())),
-        tokio::spawn(agents::seen_worker(state.clone())),
-        tokio::spawn(status::status_writer(state.clone(), status_pending)),
+    let mut running = vec![
+        tokio::spawn(workers::expiry::expiry_worker(state.clone())),
+        tokio::spawn(workers::seen::seen_worker(state.clone())),
+        tokio::spawn(workers::status_writer::status_writer(
+            state.clone(),
+            status_pending,
+        )),
     ];
     if state.parent.is_some() {
-        workers.push(tokio::spawn(send::receive_worker(state.clone())));
-        workers.push(tokio::spawn(send::apply_worker(state.clone())));
-        workers.push(tokio::spawn(receive::content_worker(state.clone())));
-        workers.push(tokio::spawn(relay::relay_worker(state.clone())));
+        running.push(tokio::spawn(workers::receive::receive_worker(
+            state.clone(),
+        )));
+        running.push(tokio::spawn(workers::apply::apply_worker(state.clone())));
+        running.push(tokio::spawn(workers::content::content_worker(
+            state.clone(),
+        )));
+        running.push(tokio::spawn(workers::relay::relay_worker(state.clone())));
     }
     let seen = state.seen.clone();
     let last_flush = state.clone();
-    let app = api::router(state);
+    let app = http::router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -462,13 +333,13 @@ pub async fn run(
     // The workers end on the shutdown signal; give them a moment to finish
     // the transaction they are in.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        for worker in workers {
+        for worker in running {
             let _ = worker.await;
         }
     })
     .await;
     // Polls answered while shutting down, after the seen worker's last write.
-    if let Err(err) = seen.flush(&last_flush).await {
+    if let Err(err) = seen.flush(&last_flush.db).await {
         tracing::warn!(error = %cascade_protocol::chain(&err), "recording when agents were last seen failed");
     }
     db.close().await;

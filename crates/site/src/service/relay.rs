@@ -10,64 +10,24 @@
 //! sequence order, so a late message never moves a state backwards. While
 //! the parent is unreachable, messages wait here; none is lost.
 
-use crate::api::ApiJson;
-use crate::auth::Principal;
 use crate::db;
 use crate::error::{Error, Result};
-use crate::hierarchy::{self, upstream};
-use crate::{now_ms, AppState};
-use axum::extract::State;
-use axum::Json;
+use crate::service::{hierarchy, status};
+use crate::state::{upstream, AppState, Parent};
 use cascade_domain::hierarchy::StatusSource;
 use cascade_protocol::{RelayAck, RelayBatch, RelayConflict, RelayedStatus};
-use std::time::Duration;
+use cascade_store::now_ms;
 
-/// Largest relay request body accepted.
-pub const MAX_RELAY_BODY: usize = 16 * 1024 * 1024;
 /// Most messages relayed per request.
 const BATCH: i64 = 1000;
 /// Most message bytes relayed per request (at least one message is sent).
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Most messages accepted per request.
 const MAX_MESSAGES: usize = 10_000;
-/// The child's relay: delivers stored messages to the parent until
-/// shutdown, woken within milliseconds whenever messages are stored; while
-/// the parent is unreachable they wait here.
-pub async fn relay_worker(state: AppState) {
-    let Some(parent) = state.parent.clone() else {
-        return;
-    };
-    crate::worker::run(
-        &state,
-        "relaying status to the parent",
-        Some(&state.wakes.relay),
-        Duration::from_secs(1),
-        || {
-            let (state, parent) = (state.clone(), parent.clone());
-            async move {
-                relay_once(&state, &parent)
-                    .await
-                    .map(|count| count > 0)
-                    .inspect_err(|err| {
-                        let mut progress = state.progress.lock().expect("progress lock");
-                        progress.parent_failed(cascade_protocol::chain(&err));
-                    })
-            }
-        },
-    )
-    .await
-}
-
 /// Relays one batch; returns how many messages it carried.
-async fn relay_once(state: &AppState, parent: &hierarchy::Parent) -> Result<usize> {
+pub async fn relay_once(state: &AppState, parent: &Parent) -> Result<usize> {
     let cursor = db::cursor(state.db.pool(), "relayed").await?;
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT id, source, body FROM status_messages WHERE id > ? ORDER BY id LIMIT ?",
-    )
-    .bind(cursor)
-    .bind(BATCH)
-    .fetch_all(state.db.pool())
-    .await?;
+    let rows = db::messages_after(state.db.pool(), cursor, BATCH).await?;
     let mut messages = Vec::with_capacity(rows.len());
     let mut last = cursor;
     let mut bytes = 0;
@@ -78,7 +38,7 @@ async fn relay_once(state: &AppState, parent: &hierarchy::Parent) -> Result<usiz
         bytes += body.len();
         messages.push(RelayedStatus {
             source,
-            message: crate::status::parse_stored(&body)?,
+            message: status::parse_stored(&body)?,
         });
         last = id;
     }
@@ -142,7 +102,7 @@ fn check_relay_ack(ack: &RelayAck, count: usize) -> std::result::Result<(), Stri
 /// given) is not this site's to mend: it stays, and the relay waits.
 async fn renumber_own(
     state: &AppState,
-    parent: &hierarchy::Parent,
+    parent: &Parent,
     conflicts: &[RelayConflict],
 ) -> Result<()> {
     let own = state.code.to_string();
@@ -175,26 +135,7 @@ async fn renumber_own(
     let mut tx = state.db.write().await?;
     // Through negative numbers, so that no row meets another's number on
     // the way (source and number are unique).
-    sqlx::query(
-        "UPDATE status_messages SET seq = -(seq + ?1), body = json_set(body, '$.seq', seq + ?1)
-         WHERE source = ?2 AND seq >= ?3",
-    )
-    .bind(delta)
-    .bind(&own)
-    .bind(from as i64)
-    .execute(&mut *tx.tx)
-    .await?;
-    sqlx::query("UPDATE status_messages SET seq = -seq WHERE source = ? AND seq < 0")
-        .bind(&own)
-        .execute(&mut *tx.tx)
-        .await?;
-    sqlx::query(
-        "UPDATE status_sources SET last_seq = (SELECT MAX(seq) FROM status_messages WHERE source = ?1)
-         WHERE source = ?1",
-    )
-    .bind(&own)
-    .execute(&mut *tx.tx)
-    .await?;
+    db::renumber_source(&mut tx, &own, from, delta).await?;
     tx.commit().await?;
     tracing::warn!(site = %own, from, to = high + 1, parent = parent.code(), "the parent holds other messages under this site's numbers (restored from a backup?); renumbered this site's own messages past them");
     Ok(())
@@ -202,12 +143,7 @@ async fn renumber_own(
 
 /// `POST /api/v1/site/status`: a child relays messages of its subtree.
 /// A child may relay only messages whose source is a site at or below it.
-pub async fn ingest_relayed(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiJson(batch): ApiJson<RelayBatch>,
-) -> Result<Json<RelayAck>> {
-    let child = principal.require_site()?.to_owned();
+pub async fn ingest_relayed(state: &AppState, child: &str, batch: &RelayBatch) -> Result<RelayAck> {
     if batch.messages.len() > MAX_MESSAGES {
         return Err(Error::TooLarge(format!(
             "{} status messages in one batch; at most {MAX_MESSAGES}",
@@ -218,7 +154,7 @@ pub async fn ingest_relayed(
     let mut sources = Vec::with_capacity(batch.messages.len());
     for relayed in &batch.messages {
         let source = StatusSource::parse(&relayed.source)?;
-        if !hierarchy::contains(&sites, &child, source.site.as_str()) {
+        if !hierarchy::contains(&sites, child, source.site.as_str()) {
             tracing::warn!(%child, source = %source, "refused a relayed status message");
             return Err(Error::Forbidden(format!(
                 "site {child} may not relay messages of {source}, which is not in its subtree"
@@ -255,25 +191,15 @@ pub async fn ingest_relayed(
         }
         // Held already: the same message again (a resend), or another one
         // under its number, which is never taken for a duplicate.
-        let held: Option<String> =
-            sqlx::query_scalar("SELECT body FROM status_messages WHERE source = ? AND seq = ?")
-                .bind(&key)
-                .bind(relayed.message.seq as i64)
-                .fetch_optional(&mut *tx.tx)
-                .await?;
+        let held = db::message_body(&mut *tx.tx, &key, relayed.message.seq).await?;
         let same = held
             .as_deref()
-            .and_then(|body| crate::status::parse_stored(body).ok())
+            .and_then(|body| status::parse_stored(body).ok())
             == Some(relayed.message.clone());
         if same {
             duplicates += 1;
         } else {
-            let high: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(MAX(seq), 0) FROM status_messages WHERE source = ?",
-            )
-            .bind(&key)
-            .fetch_one(&mut *tx.tx)
-            .await?;
+            let high = db::max_stored_seq(&mut *tx.tx, &key).await?;
             tracing::warn!(%child, source = %key, seq = relayed.message.seq, "a relayed message conflicts with one held under its number");
             conflicts.push(RelayConflict {
                 source: key,
@@ -282,16 +208,16 @@ pub async fn ingest_relayed(
             });
         }
     }
-    crate::hierarchy::touch_in(&mut tx, &child).await?;
+    db::touch_site(&mut tx, child, now_ms()).await?;
     tx.commit().await?;
     if stored > 0 {
         state.notify_status_stored();
     }
-    Ok(Json(RelayAck {
+    Ok(RelayAck {
         stored,
         duplicates,
         conflicts,
-    }))
+    })
 }
 
 #[cfg(test)]

@@ -1,12 +1,11 @@
-//! Credentials: minting tokens, storing their hashes, and the extractor that
-//! turns an `Authorization: Bearer` header into a [`Principal`].
+//! Credentials: minting tokens, storing their hashes, and who presents a
+//! token (a [`Principal`]); `http::extract` reads the token from the
+//! `Authorization: Bearer` header.
 
+use crate::db::{self, WriteTx};
 use crate::error::{Error, Result};
-use crate::AppState;
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
+use crate::state::AppState;
 use rand::RngCore;
-use sqlx::Row;
 
 /// Who is calling.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,104 +125,64 @@ async fn require_role(state: &AppState, token: &str, role: &str, hint: &str) -> 
 
 /// Stores a credential's hash for `principal` in `role`, inside `tx`.
 pub async fn store_credential(
-    tx: &mut crate::db::WriteTx<'_>,
+    tx: &mut WriteTx<'_>,
     token: &str,
     role: &str,
     principal: &str,
     now_ms: i64,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO credentials (token_hash, role, principal, created_at_ms) VALUES (?, ?, ?, ?)",
-    )
-    .bind(token_hash(token))
-    .bind(role)
-    .bind(principal)
-    .bind(now_ms)
-    .execute(&mut *tx.tx)
-    .await?;
-    Ok(())
+    db::insert_credential(tx, &token_hash(token), role, principal, now_ms).await
 }
 
 /// Looks up a token: its role and principal name.
 pub async fn lookup(state: &AppState, token: &str) -> Result<Option<(String, String)>> {
-    let row = sqlx::query("SELECT role, principal FROM credentials WHERE token_hash = ?")
-        .bind(token_hash(token))
-        .fetch_optional(state.db.pool())
-        .await?;
-    Ok(row.map(|row| (row.get(0), row.get(1))))
+    db::credential(state.db.pool(), &token_hash(token)).await
 }
 
-impl FromRequestParts<AppState> for Principal {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Principal> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                Error::Unauthorized("missing credential: send Authorization: Bearer <token>".into())
-            })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .ok_or_else(|| {
-                Error::Unauthorized(
-                    "malformed Authorization header: expected Bearer <token>".into(),
-                )
-            })?;
-        let known = state
-            .agent_credentials
-            .lock()
-            .expect("credential cache lock")
-            .get(&token_hash(token))
-            .cloned();
-        if let Some((id, name)) = known {
-            return Ok(Principal::Agent { id, name });
+/// Who presents `token`: an administrator, one of this site's DPs or agents,
+/// or a direct child site. Agents' credentials, once checked, are kept in
+/// memory (agents poll often, and are never removed).
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal> {
+    let known = state
+        .agent_credentials
+        .lock()
+        .expect("credential cache lock")
+        .get(&token_hash(token))
+        .cloned();
+    if let Some((id, name)) = known {
+        return Ok(Principal::Agent { id, name });
+    }
+    match lookup(state, token).await? {
+        Some((role, _)) if role == "admin" => Ok(Principal::Admin),
+        Some((role, name)) if role == "dp" => {
+            let dp = db::dp_by_name(state.db.pool(), &name)
+                .await?
+                .ok_or_else(|| Error::Unauthorized(format!("dp {name} is no longer enrolled")))?;
+            Ok(Principal::Dp { id: dp.id, name })
         }
-        match lookup(state, token).await? {
-            Some((role, _)) if role == "admin" => Ok(Principal::Admin),
-            Some((role, name)) if role == "dp" => {
-                let dp = crate::db::dp_by_name(state.db.pool(), &name)
-                    .await?
-                    .ok_or_else(|| {
-                        Error::Unauthorized(format!("dp {name} is no longer enrolled"))
-                    })?;
-                Ok(Principal::Dp { id: dp.id, name })
-            }
-            Some((role, name)) if role == "agent" => {
-                let id: i64 = sqlx::query_scalar("SELECT id FROM agents WHERE name = ?")
-                    .bind(&name)
-                    .fetch_optional(state.db.pool())
-                    .await?
-                    .ok_or_else(|| {
-                        Error::Unauthorized(format!("agent {name} is no longer enrolled"))
-                    })?;
-                state
-                    .agent_credentials
-                    .lock()
-                    .expect("credential cache lock")
-                    .insert(token_hash(token), (id, name.clone()));
-                Ok(Principal::Agent { id, name })
-            }
-            Some((role, code)) if role == "site" => {
-                let child: Option<String> =
-                    sqlx::query_scalar("SELECT code FROM sites WHERE code = ? AND parent = ?")
-                        .bind(&code)
-                        .bind(state.code.as_str())
-                        .fetch_optional(state.db.pool())
-                        .await?;
-                child.ok_or_else(|| {
+        Some((role, name)) if role == "agent" => {
+            let id = db::agent_id(state.db.pool(), &name).await?.ok_or_else(|| {
+                Error::Unauthorized(format!("agent {name} is no longer enrolled"))
+            })?;
+            state
+                .agent_credentials
+                .lock()
+                .expect("credential cache lock")
+                .insert(token_hash(token), (id, name.clone()));
+            Ok(Principal::Agent { id, name })
+        }
+        Some((role, code)) if role == "site" => {
+            db::site_by_code(state.db.pool(), &code)
+                .await?
+                .filter(|row| row.parent == state.code.as_str())
+                .ok_or_else(|| {
                     Error::Unauthorized(format!("site {code} is no longer a child of this site"))
                 })?;
-                Ok(Principal::Site { code })
-            }
-            Some((role, _)) => Err(Error::Unauthorized(format!(
-                "a {role} token is not a credential for this API"
-            ))),
-            None => Err(Error::Unauthorized("unknown credential".into())),
+            Ok(Principal::Site { code })
         }
+        Some((role, _)) => Err(Error::Unauthorized(format!(
+            "a {role} token is not a credential for this API"
+        ))),
+        None => Err(Error::Unauthorized("unknown credential".into())),
     }
 }

@@ -12,12 +12,14 @@
 //! the content, and the version that completes supersedes it like any other.
 
 use crate::db::{self, WriteTx};
-use crate::error::{Error, Result};
-use crate::{now_ms, send, status, AppState};
+use crate::error::{Entity, Error, Result};
+use crate::service::{groups, hierarchy, send, status};
+use crate::state::AppState;
 use cascade_domain::{DpName, SiteCode};
 use cascade_protocol::{
     DistributeRequest, Instruction, RefreshRequest, StatusBody, TargetChange, TargetReport,
 };
+use cascade_store::now_ms;
 
 /// Sets the (package, DP) entry to `version` with `refresh`, bumps the DP's
 /// revision and records the status message.
@@ -29,23 +31,7 @@ async fn target(
     version: i64,
     refresh: i64,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO distributions (package_id, dp_id, version, refresh, updated_at_ms)
-         VALUES (?, ?, ?, ?, ?)
-         ON CONFLICT (package_id, dp_id) DO UPDATE
-         SET version = excluded.version, refresh = excluded.refresh, updated_at_ms = excluded.updated_at_ms",
-    )
-    .bind(package.0)
-    .bind(dp.0)
-    .bind(version)
-    .bind(refresh)
-    .bind(now_ms())
-    .execute(&mut *tx.tx)
-    .await?;
-    sqlx::query("UPDATE dps SET revision = revision + 1 WHERE id = ?")
-        .bind(dp.0)
-        .execute(&mut *tx.tx)
-        .await?;
+    db::set_distribution(tx, package.0, dp.0, version, refresh, now_ms()).await?;
     status::record_site_message(
         state,
         tx,
@@ -68,13 +54,7 @@ pub async fn supersede(
     package: &str,
     version: i64,
 ) -> Result<usize> {
-    let rows = sqlx::query_as::<_, (i64, String, i64, i64)>(
-        "SELECT d.id, d.name, q.version, q.refresh FROM distributions q JOIN dps d ON d.id = q.dp_id
-         WHERE q.package_id = ?",
-    )
-    .bind(package_id)
-    .fetch_all(&mut *tx.tx)
-    .await?;
+    let rows = db::entries_of_package(&mut *tx.tx, package_id).await?;
     let mut count = 0;
     for (dp_id, dp_name, current, refresh) in rows {
         if current < version {
@@ -106,13 +86,7 @@ pub async fn place(
     let version = db::latest_complete_version(&mut *tx.tx, package.0).await?;
     let mut changes = Vec::with_capacity(dps.len());
     for (dp_id, dp_name) in dps {
-        let current: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT version, refresh FROM distributions WHERE package_id = ? AND dp_id = ?",
-        )
-        .bind(package.0)
-        .bind(dp_id)
-        .fetch_optional(&mut *tx.tx)
-        .await?;
+        let current = db::entry(&mut *tx.tx, package.0, *dp_id).await?;
         let changed = match (current, version) {
             (Some((held, _)), Some(version)) if held >= version => false,
             (Some((_, refresh)), Some(version)) => {
@@ -125,15 +99,7 @@ pub async fn place(
             }
             (Some(_), None) => false,
             (None, None) => {
-                sqlx::query(
-                    "INSERT INTO distributions (package_id, dp_id, version, refresh, updated_at_ms)
-                     VALUES (?, ?, 0, 0, ?)",
-                )
-                .bind(package.0)
-                .bind(dp_id)
-                .bind(now_ms())
-                .execute(&mut *tx.tx)
-                .await?;
+                db::insert_waiting_entry(tx, package.0, *dp_id, now_ms()).await?;
                 true
             }
         };
@@ -155,11 +121,8 @@ pub async fn place_on_new_dp(
     dp_id: i64,
     dp_name: &str,
 ) -> Result<usize> {
-    let mut packages: Vec<(i64, String)> =
-        sqlx::query_as("SELECT id, name FROM packages WHERE all_dps = 1")
-            .fetch_all(&mut *tx.tx)
-            .await?;
-    for (package_id, name) in crate::groups::packages_for_dp(state, tx, dp_name).await? {
+    let mut packages = db::packages_on_all_dps(&mut *tx.tx).await?;
+    for (package_id, name) in groups::packages_for_dp(state, tx, dp_name).await? {
         if !packages.iter().any(|(id, _)| *id == package_id) {
             packages.push((package_id, name));
         }
@@ -178,10 +141,7 @@ async fn resolve_dps(tx: &mut WriteTx<'_>, names: &[String]) -> Result<Vec<(i64,
         DpName::new(name)?;
         let dp = db::dp_by_name(&mut *tx.tx, name)
             .await?
-            .ok_or(Error::NotFound {
-                what: "dp",
-                name: name.clone(),
-            })?;
+            .ok_or_else(|| Error::not_found(Entity::Dp, name))?;
         if !out.iter().any(|(id, _)| *id == dp.id) {
             out.push((dp.id, dp.name));
         }
@@ -207,7 +167,7 @@ pub async fn distribute(
         ));
     }
     if let Some(group) = &request.dp_group {
-        return crate::groups::distribute_to_group(state, name, group).await;
+        return groups::distribute_to_group(state, name, group).await;
     }
     if request.dps.is_empty() && !request.all_dps {
         return Err(Error::invalid(
@@ -218,10 +178,7 @@ pub async fn distribute(
     let mut tx = state.db.write().await?;
     let package = db::require_package(&mut *tx.tx, name).await?;
     let dps = if request.all_dps {
-        sqlx::query("UPDATE packages SET all_dps = 1 WHERE id = ?")
-            .bind(package.id)
-            .execute(&mut *tx.tx)
-            .await?;
+        db::set_all_dps(&mut tx, package.id).await?;
         db::all_dps(&mut *tx.tx)
             .await?
             .into_iter()
@@ -263,7 +220,7 @@ pub async fn refresh(
     let sites = db::subtree(&mut *tx.tx).await?;
     let own = state.code.as_str();
     let members: Option<Vec<String>> = if let Some(group) = &request.dp_group {
-        Some(crate::groups::members(&mut tx, group).await?)
+        Some(groups::members(&mut tx, group).await?)
     } else if request.dps.is_empty() {
         None
     } else {
@@ -275,13 +232,9 @@ pub async fn refresh(
             };
             if site.as_str() == own {
                 // This site knows what its DPs hold: refuse one without it.
-                let known =
-                    db::dp_by_name(&mut *tx.tx, dp.as_str())
-                        .await?
-                        .ok_or(Error::NotFound {
-                            what: "dp",
-                            name: given.clone(),
-                        })?;
+                let known = db::dp_by_name(&mut *tx.tx, dp.as_str())
+                    .await?
+                    .ok_or_else(|| Error::not_found(Entity::Dp, given))?;
                 if !held.iter().any(|row| row.0 == known.id) {
                     return Err(Error::invalid(
                         "not_distributed",
@@ -290,16 +243,13 @@ pub async fn refresh(
                         ),
                     ));
                 }
-            } else if !crate::hierarchy::contains(&sites, own, site.as_str()) {
-                return Err(Error::NotFound {
-                    what: "site",
-                    name: format!("{site} (of dp {given}) below {own}"),
-                });
+            } else if !hierarchy::contains(&sites, own, site.as_str()) {
+                return Err(Error::not_found(
+                    Entity::Site,
+                    format!("{site} (of dp {given}) below {own}"),
+                ));
             } else if !db::dp_known(&mut *tx.tx, own, site.as_str(), dp.as_str()).await? {
-                return Err(Error::NotFound {
-                    what: "dp",
-                    name: given.clone(),
-                });
+                return Err(Error::not_found(Entity::Dp, given));
             }
             let member = format!("{site}/{dp}");
             if !members.contains(&member) {
@@ -336,13 +286,7 @@ pub async fn refresh(
 /// The entries of a package on this site's DPs: DP id, DP name, version
 /// (0 while the content is still on its way here), refresh generation.
 async fn held_rows(tx: &mut WriteTx<'_>, package_id: i64) -> Result<Vec<(i64, String, i64, i64)>> {
-    Ok(sqlx::query_as(
-        "SELECT d.id, d.name, q.version, q.refresh FROM distributions q JOIN dps d ON d.id = q.dp_id
-         WHERE q.package_id = ? ORDER BY d.name",
-    )
-    .bind(package_id)
-    .fetch_all(&mut *tx.tx)
-    .await?)
+    db::entries_of_package(&mut *tx.tx, package_id).await
 }
 
 /// Refreshes this site's DPs among `members` (`SITE/DP`; `None`: every DP
@@ -375,13 +319,7 @@ pub async fn apply_refresh(
             continue;
         }
         if version == 0 {
-            sqlx::query(
-                "UPDATE distributions SET refresh = refresh + 1 WHERE package_id = ? AND dp_id = ?",
-            )
-            .bind(row.id)
-            .bind(dp_id)
-            .execute(&mut *tx.tx)
-            .await?;
+            db::bump_refresh(tx, row.id, dp_id).await?;
         } else {
             target(
                 state,

@@ -4,24 +4,22 @@
 //! **Architecture Invariant:** no status view is stored. `package_status`
 //! folds the stored messages every time it is asked.
 
-use crate::api::ApiJson;
-use crate::auth::Principal;
 use crate::db::{self, WriteTx};
 use crate::error::{Error, Result};
-use crate::{now_ms, AppState};
-use axum::extract::{Path, State};
-use axum::Json;
+use crate::service::auth::Principal;
+use crate::service::{groups, jobs};
+use crate::state::{AppState, Pending};
 use cascade_domain::hierarchy::{SourceMember, StatusSource};
 use cascade_domain::status::{DistributionFold, DistributionState, DistributionView, Timed};
 use cascade_domain::DpName;
 use cascade_protocol::*;
+use cascade_store::now_ms;
 use std::collections::{BTreeMap, HashMap};
 
 /// Parses a stored status message (stored by this site, so a failure is the
 /// server's fault).
 pub fn parse_stored(body: &str) -> Result<StatusMessage> {
-    serde_json::from_str(body)
-        .map_err(|err| Error::Internal(format!("stored status message does not parse: {err}")))
+    serde_json::from_str(body).map_err(Error::json("stored status message does not parse"))
 }
 
 /// Records a message whose source is this site, inside `tx`; call
@@ -56,13 +54,13 @@ const MAX_BATCH: usize = 10_000;
 /// without skipping any (`seq_gap`); the answer acknowledges only messages
 /// of the batch.
 pub async fn ingest(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiJson(batch): ApiJson<StatusBatch>,
-) -> Result<Json<StatusAck>> {
+    state: &AppState,
+    principal: &Principal,
+    batch: StatusBatch,
+) -> Result<StatusAck> {
     // The source is the authenticated sender: a DP or an agent reports
     // only for itself, and only messages of its own kinds.
-    let (member, sender_id) = match &principal {
+    let (member, sender_id) = match principal {
         Principal::Dp { id, name } => (SourceMember::Dp(DpName::new(name)?), *id),
         Principal::Agent { id, name } => (SourceMember::Agent(name.clone()), *id),
         Principal::Admin | Principal::Site { .. } => return Err(Error::Forbidden(
@@ -107,7 +105,7 @@ pub async fn ingest(
                 Some(job) => match allowed_jobs.get(&job) {
                     Some(known) => *known,
                     None => {
-                        let targets = crate::jobs::targets(&state, job, agent).await?;
+                        let targets = jobs::targets(state, job, agent).await?;
                         allowed_jobs.insert(job, targets);
                         targets
                     }
@@ -126,15 +124,11 @@ pub async fn ingest(
     }
     if batch.messages.is_empty() {
         // Nothing to store: the answer says where the source stands.
-        let high_water: Option<i64> =
-            sqlx::query_scalar("SELECT last_seq FROM status_sources WHERE source = ?")
-                .bind(source.to_string())
-                .fetch_optional(state.db.pool())
-                .await?;
-        return Ok(Json(StatusAck {
-            high_water_seq: high_water.unwrap_or(0) as u64,
+        let high_water = db::high_water(state.db.pool(), &source.to_string()).await?;
+        return Ok(StatusAck {
+            high_water_seq: high_water as u64,
             ..StatusAck::default()
-        }));
+        });
     }
     let (reply, answer) = tokio::sync::oneshot::channel();
     let pending = Pending {
@@ -153,76 +147,11 @@ pub async fn ingest(
         .send(pending)
         .await
         .map_err(|_| stopped())?;
-    let ack = answer.await.map_err(|_| stopped())??;
-    Ok(Json(ack))
+    answer.await.map_err(|_| stopped())?
 }
 
-/// Batches waiting for the status writer, at most.
-pub const QUEUE: usize = 4096;
-/// Sources whose numbers one statement records (two parameters each, well
-/// under SQLite's limit).
-const SOURCES_PER_STATEMENT: usize = 5_000;
 /// Messages the status writer stores in one transaction, at most.
-const GROUP_MESSAGES: usize = 20_000;
-
-/// A checked batch of status messages from one DP or agent, waiting to be
-/// stored.
-pub struct Pending {
-    source: StatusSource,
-    sender_id: i64,
-    messages: Vec<StatusMessage>,
-    received: i64,
-    reply: tokio::sync::oneshot::Sender<Result<StatusAck>>,
-}
-
-/// Stores the batches DPs and agents deliver, many per transaction (group
-/// commit): a batch waits for the transaction in progress, then goes in
-/// with every batch that arrived meanwhile, and each is acknowledged once
-/// that transaction is on disk. One commit per batch would cap a site at a
-/// few thousand batches per second, whatever their size.
-pub async fn status_writer(state: AppState, mut queue: tokio::sync::mpsc::Receiver<Pending>) {
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        let first = tokio::select! {
-            first = queue.recv() => first,
-            _ = shutdown.changed() => None,
-        };
-        let Some(first) = first else { return };
-        let mut count = first.messages.len();
-        let mut group = vec![first];
-        while count < GROUP_MESSAGES {
-            match queue.try_recv() {
-                Ok(next) => {
-                    count += next.messages.len();
-                    group.push(next);
-                }
-                Err(_) => break,
-            }
-        }
-        match store_group(&state, &group).await {
-            Ok(acks) => {
-                if acks
-                    .iter()
-                    .any(|ack| matches!(ack, Ok(ack) if ack.stored > 0))
-                {
-                    state.notify_status_stored();
-                }
-                for (pending, ack) in group.into_iter().zip(acks) {
-                    let _ = pending.reply.send(ack);
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %cascade_protocol::chain(&err), batches = group.len(), "storing status messages failed");
-                let message = err.to_string();
-                for pending in group {
-                    let _ = pending.reply.send(Err(Error::Internal(format!(
-                        "storing status messages: {message}"
-                    ))));
-                }
-            }
-        }
-    }
-}
+pub const GROUP_MESSAGES: usize = 20_000;
 
 /// What became of one batch of a group.
 enum Outcome {
@@ -258,7 +187,7 @@ enum Outcome {
 ///
 /// The acknowledgement covers only the batch: the last message of its
 /// accepted prefix, never the highest number stored for the source.
-async fn store_group(state: &AppState, group: &[Pending]) -> Result<Vec<Result<StatusAck>>> {
+pub async fn store_group(state: &AppState, group: &[Pending]) -> Result<Vec<Result<StatusAck>>> {
     let mut tx = state.db.write().await?;
     let sources: Vec<String> = group
         .iter()
@@ -266,23 +195,7 @@ async fn store_group(state: &AppState, group: &[Pending]) -> Result<Vec<Result<S
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut highest: HashMap<String, i64> = HashMap::with_capacity(sources.len());
-    for part in sources.chunks(SOURCES_PER_STATEMENT) {
-        let mut select = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT source, last_seq FROM status_sources WHERE source IN (",
-        );
-        let mut list = select.separated(", ");
-        for source in part {
-            list.push_bind(source.clone());
-        }
-        select.push(")");
-        highest.extend(
-            select
-                .build_query_as::<(String, i64)>()
-                .fetch_all(&mut *tx.tx)
-                .await?,
-        );
-    }
+    let highest = db::highest_seqs(&mut tx, &sources).await?;
     // The stored messages a batch may repeat: those at or below the
     // highest number (only resends and restored senders have any).
     let mut held: HashMap<(String, u64), String> = HashMap::new();
@@ -296,14 +209,7 @@ async fn store_group(state: &AppState, group: &[Pending]) -> Result<Vec<Result<S
             continue;
         }
         let last = pending.messages.last().map_or(first, |m| m.seq).min(top);
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT seq, body FROM status_messages WHERE source = ? AND seq >= ? AND seq <= ?",
-        )
-        .bind(&source)
-        .bind(first as i64)
-        .bind(last as i64)
-        .fetch_all(&mut *tx.tx)
-        .await?;
+        let rows = db::message_bodies(&mut *tx.tx, &source, first, last).await?;
         for (seq, body) in rows {
             held.insert((source.clone(), seq as u64), body);
         }
@@ -351,28 +257,13 @@ async fn store_group(state: &AppState, group: &[Pending]) -> Result<Vec<Result<S
         .iter()
         .filter(|(source, top)| highest.get(*source) != Some(*top))
         .collect();
-    for part in moved.chunks(SOURCES_PER_STATEMENT) {
-        let mut upsert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO status_sources (source, last_seq) ",
-        );
-        upsert.push_values(part, |mut row, (source, seq)| {
-            row.push_bind((*source).clone()).push_bind(**seq);
-        });
-        upsert.push(
-            " ON CONFLICT (source) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
-        );
-        upsert.build().execute(&mut *tx.tx).await?;
-    }
+    db::record_highest_seqs(&mut tx, &moved).await?;
     let mut acks = Vec::with_capacity(group.len());
     for (pending, outcome) in group.iter().zip(outcomes) {
         if let Some(agent) = pending.source.agent() {
             state.seen.record(agent, pending.received);
         } else {
-            sqlx::query("UPDATE dps SET last_seen_ms = ? WHERE id = ?")
-                .bind(pending.received)
-                .bind(pending.sender_id)
-                .execute(&mut *tx.tx)
-                .await?;
+            db::touch_dp(&mut tx, pending.sender_id, pending.received).await?;
         }
         let high_water_seq = running
             .get(&pending.source.to_string())
@@ -455,29 +346,19 @@ fn judge(
 }
 
 /// `GET /api/v1/packages/{name}/status`: per DP, folded from the messages.
-pub async fn package_status(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(name): Path<String>,
-) -> Result<Json<PackageStatus>> {
-    principal.require_admin()?;
-    let (package, latest, dps) = distribution_rows(&state, &name).await?;
-    Ok(Json(PackageStatus {
+pub async fn package_status(state: &AppState, name: &str) -> Result<PackageStatus> {
+    let (package, latest, dps) = distribution_rows(state, name).await?;
+    Ok(PackageStatus {
         package,
         latest_version: latest,
         dps,
-    }))
+    })
 }
 
 /// `GET /api/v1/packages/{name}/messages`: the raw history behind the views.
-pub async fn package_messages(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(name): Path<String>,
-) -> Result<Json<Vec<StatusRecord>>> {
-    principal.require_admin()?;
+pub async fn package_messages(state: &AppState, name: &str) -> Result<Vec<StatusRecord>> {
     let pool = state.db.pool();
-    let package = db::require_package(pool, &name).await?;
+    let package = db::require_package(pool, name).await?;
     let mut out = Vec::new();
     for row in db::messages_of_package(pool, &package.name).await? {
         out.push(StatusRecord {
@@ -488,7 +369,7 @@ pub async fn package_messages(
             received_at_ms: row.received_at_ms,
         });
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 /// Per-DP rows of a package, folded from its status messages: (name, newest
@@ -504,7 +385,7 @@ pub async fn distribution_rows(
     // DPs of sites below that the package goes to through a DP group are
     // known from the start: pending until they report, so that a watch
     // never ends while content is still on its way to them.
-    for (site, dp) in crate::groups::group_targets(state, package.id).await? {
+    for (site, dp) in groups::group_targets(state, package.id).await? {
         views.entry((site, dp)).or_insert_with(|| DistributionView {
             target: cascade_domain::Version::new(latest as u64),
             ..DistributionFold::default().view()

@@ -7,79 +7,36 @@
 //! relays status, all as requests to its parent; a parent never connects to
 //! a child and needs no route to it.
 
-use crate::api::ApiJson;
-use crate::auth::{self, Principal};
 use crate::db::{self, SiteRow};
-use crate::error::{Error, Result};
-use crate::{now_ms, send, AppState, Join};
-use axum::extract::{Path, State};
-use axum::Json;
+use crate::error::{Entity, Error, Result};
+use crate::service::{auth, send};
+use crate::state::{upstream, AppState, ParentConfig};
 use cascade_domain::hierarchy::{in_subtree, SiteKind};
 use cascade_domain::SiteCode;
 use cascade_protocol::{
     Client, Enrollment, LinkRequest, SiteEnrollRequest, SiteEnrollResponse, SiteRegistration,
     SiteSummary,
 };
-use serde::{Deserialize, Serialize};
+use cascade_store::now_ms;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
-/// What a child site keeps about its parent (`parent.json`, mode 0600).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ParentConfig {
-    /// Its own code as `name`, the parent's URL and code, its credential,
-    /// and the central key pinned when it joined.
-    #[serde(flatten)]
-    pub enrollment: Enrollment,
-    /// The central site's code.
-    pub central_code: String,
-}
-
-/// The running link to the parent.
-pub struct Parent {
-    /// As stored.
-    pub config: ParentConfig,
-    /// A client of the parent presenting the credential.
-    pub client: Client,
-}
-
-impl Parent {
-    /// Reads `parent.json`.
-    pub fn read(path: &std::path::Path) -> Result<Parent> {
-        let config: ParentConfig =
-            cascade_protocol::read_config(path, "cascade site init --parent")
-                .map_err(Error::Internal)?;
-        let client = config
-            .enrollment
-            .client()
-            .map_err(|err| upstream("connecting to the parent", err))?;
-        Ok(Parent { config, client })
-    }
-
-    /// The parent's code.
-    pub fn code(&self) -> &str {
-        &self.config.enrollment.site_code
-    }
-
-    /// The parent's URL.
-    pub fn url(&self) -> &str {
-        &self.config.enrollment.site_url
-    }
-}
-
-/// Turns the parent's refusal or silence into this site's error.
-pub fn upstream(context: &str, err: cascade_protocol::Error) -> Error {
-    let message = format!("{context}: {}", cascade_protocol::chain(&err));
-    match err.status() {
-        Some(409) => Error::Conflict(message),
-        Some(401) => Error::Unauthorized(message),
-        Some(403) => Error::Forbidden(message),
-        Some(status) if status < 500 => Error::invalid("refused_by_parent", message),
-        _ => Error::Unavailable {
-            code: "parent_unreachable",
-            message,
-        },
-    }
+/// How a new child site joins its parent.
+#[derive(Clone, Debug)]
+pub struct Join {
+    /// `primary` or `secondary`.
+    pub kind: String,
+    /// The parent site's URL.
+    pub parent_url: String,
+    /// The parent's site join token.
+    pub join_token: String,
+    /// Hex of the central key, when the administrator pins it; the join is
+    /// refused if the parent answers with another.
+    pub central_key: Option<String>,
+    /// Bytes per second the parent may send this site.
+    pub max_rate: Option<u64>,
+    /// Take over the code if the parent holds it registered for a site
+    /// that never connected (an earlier init that failed half-way).
+    pub replace: bool,
 }
 
 /// `cascade site init --parent`: checks the parent (and the central key,
@@ -152,47 +109,6 @@ fn check_pin(pinned: Option<&str>, parent: &cascade_protocol::SiteInfo, url: &st
     }
 }
 
-/// Per direct child: the pacing of content sent to it and the bytes sent
-/// since this site started.
-#[derive(Default)]
-pub struct Links {
-    inner: std::sync::Mutex<HashMap<String, LinkPace>>,
-}
-
-struct LinkPace {
-    next_free: Instant,
-    bytes_sent: u64,
-}
-
-impl Links {
-    /// Accounts for `bytes` about to be sent to `child` and returns how long
-    /// to wait first so that the link stays under `max_rate` bytes per
-    /// second. Every stream to the same child shares the one budget.
-    pub fn reserve(&self, child: &str, bytes: u64, max_rate: Option<u64>) -> Duration {
-        let mut links = self.inner.lock().expect("links lock");
-        let now = Instant::now();
-        let pace = links.entry(child.to_owned()).or_insert(LinkPace {
-            next_free: now,
-            bytes_sent: 0,
-        });
-        pace.bytes_sent += bytes;
-        match max_rate.filter(|rate| *rate > 0) {
-            None => Duration::ZERO,
-            Some(rate) => {
-                let start = pace.next_free.max(now);
-                pace.next_free = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
-                start - now
-            }
-        }
-    }
-
-    /// Content bytes sent to `child` since this site started.
-    pub fn bytes_sent(&self, child: &str) -> u64 {
-        let links = self.inner.lock().expect("links lock");
-        links.get(child).map_or(0, |pace| pace.bytes_sent)
-    }
-}
-
 /// Whether `site` is `root` or below it.
 pub fn contains(sites: &[SiteRow], root: &str, site: &str) -> bool {
     in_subtree(site, root, |code| {
@@ -226,13 +142,10 @@ async fn register_up(state: &AppState, registration: &SiteRegistration) -> Resul
 }
 
 /// `POST /api/v1/sites/enroll`: a new child site presents the join token.
-pub async fn enroll(
-    State(state): State<AppState>,
-    ApiJson(request): ApiJson<SiteEnrollRequest>,
-) -> Result<Json<SiteEnrollResponse>> {
+pub async fn enroll(state: &AppState, request: &SiteEnrollRequest) -> Result<SiteEnrollResponse> {
     let code = SiteCode::new(&request.code)?;
     let kind = SiteKind::parse(&request.kind)?;
-    auth::require_site_join_token(&state, &request.join_token).await?;
+    auth::require_site_join_token(state, &request.join_token).await?;
     state.kind.check_child(kind)?;
     if code == state.code || code == state.central {
         return Err(Error::Conflict(format!(
@@ -259,7 +172,7 @@ pub async fn enroll(
         }
         None => {
             register_up(
-                &state,
+                state,
                 &SiteRegistration {
                     code: code.to_string(),
                     kind: kind.name().to_owned(),
@@ -283,44 +196,31 @@ pub async fn enroll(
             )));
         }
     }
-    sqlx::query("DELETE FROM credentials WHERE role = 'site' AND principal = ?")
-        .bind(code.as_str())
-        .execute(&mut *tx.tx)
-        .await?;
-    sqlx::query("DELETE FROM site_outbox WHERE child = ?")
-        .bind(code.as_str())
-        .execute(&mut *tx.tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO sites (code, kind, parent, registered_at_ms, max_rate) VALUES (?, ?, ?, ?, ?)
-         ON CONFLICT (code) DO UPDATE SET max_rate = excluded.max_rate",
+    db::delete_credentials(&mut tx, "site", code.as_str()).await?;
+    db::outbox_clear(&mut tx, code.as_str()).await?;
+    db::upsert_child_site(
+        &mut tx,
+        code.as_str(),
+        kind.name(),
+        &own,
+        now,
+        request.max_rate.map(|rate| rate as i64),
     )
-    .bind(code.as_str())
-    .bind(kind.name())
-    .bind(&own)
-    .bind(now)
-    .bind(request.max_rate.map(|rate| rate as i64))
-    .execute(&mut *tx.tx)
     .await?;
     auth::store_credential(&mut tx, &credential, "site", code.as_str(), now).await?;
     let queued = send::snapshot(&mut tx, code.as_str()).await?;
     tx.commit().await?;
     state.notify_outbox_changed();
     tracing::info!(site = %code, %kind, instructions = queued, "child site joined");
-    Ok(Json(SiteEnrollResponse {
+    Ok(SiteEnrollResponse {
         credential,
-        parent: crate::api::site_info_of(&state),
-    }))
+        parent: state.site_info(),
+    })
 }
 
 /// `POST /api/v1/sites/register`: a child reports a site that joined at or
 /// below it.
-pub async fn register(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiJson(request): ApiJson<SiteRegistration>,
-) -> Result<Json<serde_json::Value>> {
-    let caller = principal.require_site()?;
+pub async fn register(state: &AppState, caller: &str, request: &SiteRegistration) -> Result<()> {
     let code = SiteCode::new(&request.code)?;
     let kind = SiteKind::parse(&request.kind)?;
     SiteCode::new(&request.parent)?;
@@ -336,10 +236,7 @@ pub async fn register(
         .find(|row| row.code == request.parent)
         .map(|row| SiteKind::parse(&row.kind))
         .transpose()?
-        .ok_or_else(|| Error::NotFound {
-            what: "site",
-            name: request.parent.clone(),
-        })?;
+        .ok_or_else(|| Error::not_found(Entity::Site, &request.parent))?;
     parent_kind.check_child(kind)?;
     if code == state.code {
         return Err(Error::Conflict(format!(
@@ -347,29 +244,30 @@ pub async fn register(
         )));
     }
     let existing = sites.iter().find(|row| row.code == code.as_str());
-    if already_registered(existing, &request)? {
-        return Ok(Json(serde_json::json!({})));
+    if already_registered(existing, request)? {
+        return Ok(());
     }
-    register_up(&state, &request).await?;
+    register_up(state, request).await?;
     let mut tx = state.db.write().await?;
     // Again inside the transaction: another child may have registered the
     // same code meanwhile.
     if already_registered(
         db::site_by_code(&mut *tx.tx, code.as_str()).await?.as_ref(),
-        &request,
+        request,
     )? {
-        return Ok(Json(serde_json::json!({})));
+        return Ok(());
     }
-    sqlx::query("INSERT INTO sites (code, kind, parent, registered_at_ms) VALUES (?, ?, ?, ?)")
-        .bind(code.as_str())
-        .bind(kind.name())
-        .bind(&request.parent)
-        .bind(now_ms())
-        .execute(&mut *tx.tx)
-        .await?;
+    db::insert_site(
+        &mut tx,
+        code.as_str(),
+        kind.name(),
+        &request.parent,
+        now_ms(),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(site = %code, parent = %request.parent, "site registered below");
-    Ok(Json(serde_json::json!({})))
+    Ok(())
 }
 
 /// Whether the site is registered just as asked (a repeated registration,
@@ -388,16 +286,13 @@ fn already_registered(existing: Option<&SiteRow>, request: &SiteRegistration) ->
 /// This site and every site below it, with the links to direct children.
 pub async fn summaries(state: &AppState) -> Result<Vec<SiteSummary>> {
     let pool = state.db.pool();
-    let (created_at_ms, parent): (i64, Option<String>) =
-        sqlx::query_as("SELECT created_at_ms, parent_code FROM site WHERE id = 1")
-            .fetch_one(pool)
-            .await?;
-    let pending: HashMap<String, i64> =
-        sqlx::query_as("SELECT child, COUNT(*) FROM site_outbox GROUP BY child")
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .collect();
+    let own = db::own_site(pool).await?;
+    let (created_at_ms, parent) = (own.created_at_ms, own.parent_code);
+    let pending: HashMap<String, i64> = db::outbox_waiting(pool)
+        .await?
+        .into_iter()
+        .map(|(child, count, _)| (child, count))
+        .collect();
     let mut out = vec![SiteSummary {
         code: state.code.to_string(),
         kind: state.kind.name().to_owned(),
@@ -423,24 +318,9 @@ pub async fn summaries(state: &AppState) -> Result<Vec<SiteSummary>> {
     Ok(out)
 }
 
-/// `GET /api/v1/sites`.
-pub async fn list(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> Result<Json<Vec<SiteSummary>>> {
-    principal.require_admin()?;
-    Ok(Json(summaries(&state).await?))
-}
-
 /// `PUT /api/v1/sites/{code}/link`: the rate limit of content sent to a
 /// direct child.
-pub async fn set_link(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(code): Path<String>,
-    ApiJson(request): ApiJson<LinkRequest>,
-) -> Result<Json<SiteSummary>> {
-    principal.require_admin()?;
+pub async fn set_link(state: &AppState, code: &str, request: &LinkRequest) -> Result<SiteSummary> {
     if request.max_rate == Some(0) {
         return Err(Error::invalid(
             "invalid_rate",
@@ -448,18 +328,15 @@ pub async fn set_link(
         ));
     }
     let mut tx = state.db.write().await?;
-    let changed = sqlx::query("UPDATE sites SET max_rate = ? WHERE code = ? AND parent = ?")
-        .bind(request.max_rate.map(|rate| rate as i64))
-        .bind(&code)
-        .bind(state.code.as_str())
-        .execute(&mut *tx.tx)
-        .await?
-        .rows_affected();
-    if changed == 0 {
-        let known: Option<(String,)> = sqlx::query_as("SELECT code FROM sites WHERE code = ?")
-            .bind(&code)
-            .fetch_optional(&mut *tx.tx)
-            .await?;
+    let changed = db::set_child_rate(
+        &mut tx,
+        code,
+        state.code.as_str(),
+        request.max_rate.map(|rate| rate as i64),
+    )
+    .await?;
+    if !changed {
+        let known = db::site_by_code(&mut *tx.tx, code).await?;
         return Err(match known {
             Some(_) => Error::invalid(
                 "not_a_direct_child",
@@ -468,34 +345,20 @@ pub async fn set_link(
                     state.code
                 ),
             ),
-            None => Error::NotFound {
-                what: "site",
-                name: code,
-            },
+            None => Error::not_found(Entity::Site, code),
         });
     }
     tx.commit().await?;
-    summaries(&state)
+    summaries(state)
         .await?
         .into_iter()
         .find(|summary| summary.code == code)
-        .map(Json)
         .ok_or_else(|| Error::Internal(format!("site {code} vanished")))
 }
 
 /// Records that a direct child was heard from.
 pub async fn touch(state: &AppState, child: &str) -> Result<()> {
     let mut tx = state.db.write().await?;
-    touch_in(&mut tx, child).await?;
+    db::touch_site(&mut tx, child, now_ms()).await?;
     Ok(tx.commit().await?)
-}
-
-/// [`touch`] inside the caller's transaction.
-pub async fn touch_in(tx: &mut crate::db::WriteTx<'_>, child: &str) -> Result<()> {
-    sqlx::query("UPDATE sites SET last_seen_ms = ? WHERE code = ?")
-        .bind(now_ms())
-        .bind(child)
-        .execute(&mut *tx.tx)
-        .await?;
-    Ok(())
 }

@@ -6,58 +6,21 @@
 //! doing right now (the parent's last answer or error, each transfer's
 //! state) is kept in memory in [`Progress`].
 
-use crate::auth::Principal;
 use crate::db;
-use crate::error::Result;
-use crate::{now_ms, receive, AppState};
-use axum::extract::State;
-use axum::Json;
+use crate::error::{Error, Result};
+use crate::service::receive;
+use crate::state::AppState;
 use cascade_protocol::{
     ContentItem, InboxItem, OutboxQueue, ParentLinkStatus, SiteQueues, WantedVersion,
 };
-use std::collections::BTreeMap;
+use cascade_store::now_ms;
 
 /// How long a child may be silent and still count as fetching (its long
 /// poll lasts 30 s).
 const CHILD_SILENCE_MS: i64 = 90_000;
 
-/// What the workers of a child site are doing now.
-#[derive(Default)]
-pub struct Progress {
-    last_contact_ms: Option<i64>,
-    parent_error: Option<String>,
-    content: BTreeMap<WantedVersion, String>,
-}
-
-impl Progress {
-    /// The parent answered.
-    pub fn parent_answered(&mut self) {
-        self.last_contact_ms = Some(now_ms());
-        self.parent_error = None;
-    }
-
-    /// Talking to the parent failed.
-    pub fn parent_failed(&mut self, error: String) {
-        self.parent_error = Some(error);
-    }
-
-    /// What is happening to the content of one version.
-    pub fn content(&mut self, want: &WantedVersion, what: String) {
-        self.content.insert(want.clone(), what);
-    }
-
-    /// Forgets the versions no longer needed.
-    pub fn keep_content(&mut self, needs: &BTreeMap<WantedVersion, Vec<String>>) {
-        self.content.retain(|want, _| needs.contains_key(want));
-    }
-}
-
 /// `GET /api/v1/site/queues`.
-pub async fn queues(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> Result<Json<SiteQueues>> {
-    principal.require_admin()?;
+pub async fn queues(state: &AppState) -> Result<SiteQueues> {
     let pool = state.db.pool();
     let now = now_ms();
     let (parent, content_states) = {
@@ -73,15 +36,18 @@ pub async fn queues(
         )
     };
 
-    let rows: Vec<(i64, String, i64, i64, Option<String>)> = sqlx::query_as(
-        "SELECT seq, body, received_at_ms, attempts, last_error FROM site_inbox ORDER BY seq",
-    )
-    .fetch_all(pool)
-    .await?;
-    let first = rows.first().map(|row| row.0);
+    let rows = db::inbox_all(pool).await?;
+    let first = rows.first().map(|row| row.seq);
     let inbox = rows
         .into_iter()
-        .map(|(seq, body, received_at_ms, attempts, last_error)| {
+        .map(|row| {
+            let db::InboxRow {
+                seq,
+                body,
+                received_at_ms,
+                attempts,
+                last_error,
+            } = row;
             let description = serde_json::from_str::<cascade_protocol::Instruction>(&body)
                 .map(|instruction| instruction.describe())
                 .unwrap_or_else(|_| format!("instruction {seq} (does not parse)"));
@@ -100,11 +66,7 @@ pub async fn queues(
         })
         .collect();
 
-    let waiting: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT child, COUNT(*), MIN(created_at_ms) FROM site_outbox GROUP BY child ORDER BY child",
-    )
-    .fetch_all(pool)
-    .await?;
+    let waiting = db::outbox_waiting(pool).await?;
     let sites = db::subtree(pool).await?;
     let outbox = waiting
         .into_iter()
@@ -134,8 +96,8 @@ pub async fn queues(
         .collect();
 
     let mut content = Vec::new();
-    for (want, needed_by) in receive::needs(&state).await? {
-        let bytes_missing = missing_bytes(&state, &want).await.unwrap_or(0);
+    for (want, needed_by) in receive::needs(state).await? {
+        let bytes_missing = missing_bytes(state, &want).await.unwrap_or(0);
         let why = content_states
             .get(&want)
             .cloned()
@@ -151,18 +113,13 @@ pub async fn queues(
 
     let (status_pending, status_oldest_ms) = if state.parent.is_some() {
         let cursor = db::cursor(pool, "relayed").await?;
-        let (count, oldest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), MIN(received_at_ms) FROM status_messages WHERE id > ?",
-        )
-        .bind(cursor)
-        .fetch_one(pool)
-        .await?;
+        let (count, oldest) = db::messages_pending_after(pool, cursor).await?;
         (count as u64, oldest)
     } else {
         (0, None)
     };
 
-    Ok(Json(SiteQueues {
+    Ok(SiteQueues {
         site: state.code.to_string(),
         parent,
         inbox,
@@ -170,7 +127,7 @@ pub async fn queues(
         content,
         status_pending,
         status_oldest_ms,
-    }))
+    })
 }
 
 /// Chunk bytes of a version not in the library yet.
@@ -191,5 +148,5 @@ async fn missing_bytes(state: &AppState, want: &WantedVersion) -> Result<u64> {
             .sum()
     })
     .await
-    .map_err(|err| crate::Error::Internal(format!("blocking task failed: {err}")))
+    .map_err(Error::task("blocking task failed"))
 }

@@ -9,15 +9,13 @@
 //! group (Q167007). Here such a site places the package on no DP, and its
 //! distribution is shown as not applicable.
 
-use crate::api::ApiJson;
-use crate::auth::Principal;
 use crate::db::{self, WriteTx};
-use crate::error::{Error, Result};
-use crate::{distribution, hierarchy, now_ms, send, AppState};
-use axum::extract::State;
-use axum::Json;
+use crate::error::{Entity, Error, Result};
+use crate::service::{distribution, hierarchy, send};
+use crate::state::AppState;
 use cascade_domain::{validate_name, DpName, SiteCode};
 use cascade_protocol::{DpGroupInfo, DpGroupRequest, Instruction, TargetChange, TargetReport};
+use cascade_store::now_ms;
 
 /// Most DPs in one group.
 const MAX_MEMBERS: usize = 10_000;
@@ -33,19 +31,9 @@ fn parse_member(text: &str) -> Result<(SiteCode, DpName)> {
     Ok((SiteCode::new(site)?, DpName::new(dp)?))
 }
 
-fn members_of(json: &str) -> Result<Vec<String>> {
-    serde_json::from_str(json)
-        .map_err(|err| Error::Internal(format!("stored dp group does not parse: {err}")))
-}
-
 /// `POST /api/v1/dp-groups`: every member must be a DP known in the
 /// hierarchy (this site's, or one whose site reported it enrolled).
-pub async fn create(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiJson(request): ApiJson<DpGroupRequest>,
-) -> Result<Json<DpGroupInfo>> {
-    principal.require_admin()?;
+pub async fn create(state: &AppState, request: &DpGroupRequest) -> Result<DpGroupInfo> {
     state.require_central("creating dp groups")?;
     validate_name("dp group name", &request.name)?;
     if request.dps.is_empty() {
@@ -67,10 +55,7 @@ pub async fn create(
     for member in &request.dps {
         let (site, dp) = parse_member(member)?;
         if site != state.code && !hierarchy::contains(&sites, state.code.as_str(), site.as_str()) {
-            return Err(Error::NotFound {
-                what: "site",
-                name: site.to_string(),
-            });
+            return Err(Error::not_found(Entity::Site, site.as_str()));
         }
         let member = format!("{site}/{dp}");
         if !db::dp_known(pool, state.code.as_str(), site.as_str(), dp.as_str()).await? {
@@ -96,7 +81,7 @@ pub async fn create(
             request.name
         )));
     }
-    apply_group(&state, &mut tx, &request.name, &dps).await?;
+    apply_group(state, &mut tx, &request.name, &dps).await?;
     let mut info = group_row(&mut tx, &request.name)
         .await?
         .ok_or_else(|| Error::Internal(format!("dp group {} vanished", request.name)))?
@@ -105,22 +90,14 @@ pub async fn create(
     tx.commit().await?;
     state.notify_outbox_changed();
     tracing::info!(group = %request.name, dps = dps.len(), "dp group created");
-    Ok(Json(info))
+    Ok(info)
 }
 
 /// `GET /api/v1/dp-groups`.
-pub async fn list(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> Result<Json<Vec<DpGroupInfo>>> {
-    principal.require_admin()?;
-    let rows: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT name, dps, created_at_ms FROM dp_groups ORDER BY name")
-            .fetch_all(state.db.pool())
-            .await?;
+pub async fn list(state: &AppState) -> Result<Vec<DpGroupInfo>> {
+    let rows = db::all_groups(state.db.pool()).await?;
     let mut out = Vec::with_capacity(rows.len());
     for (name, dps, created_at_ms) in rows {
-        let dps = members_of(&dps)?;
         out.push(DpGroupInfo {
             not_enrolled: not_enrolled(state.db.pool(), state.code.as_str(), &dps).await?,
             name,
@@ -128,7 +105,7 @@ pub async fn list(
             created_at_ms,
         });
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 /// The members not known to be enrolled at their site.
@@ -144,33 +121,26 @@ async fn not_enrolled(pool: &sqlx::SqlitePool, own: &str, dps: &[String]) -> Res
 }
 
 async fn group_row(tx: &mut WriteTx<'_>, name: &str) -> Result<Option<(i64, DpGroupInfo)>> {
-    let row: Option<(i64, String, i64)> =
-        sqlx::query_as("SELECT id, dps, created_at_ms FROM dp_groups WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&mut *tx.tx)
-            .await?;
-    row.map(|(id, dps, created_at_ms)| {
-        Ok((
-            id,
-            DpGroupInfo {
-                name: name.to_owned(),
-                dps: members_of(&dps)?,
-                created_at_ms,
-                not_enrolled: Vec::new(),
-            },
-        ))
-    })
-    .transpose()
+    Ok(db::group_by_name(&mut *tx.tx, name)
+        .await?
+        .map(|(id, dps, created_at_ms)| {
+            (
+                id,
+                DpGroupInfo {
+                    name: name.to_owned(),
+                    dps,
+                    created_at_ms,
+                    not_enrolled: Vec::new(),
+                },
+            )
+        }))
 }
 
 /// The group's id, or an "unknown dp group" error.
 pub async fn require_group(tx: &mut WriteTx<'_>, name: &str) -> Result<i64> {
     Ok(group_row(tx, name)
         .await?
-        .ok_or_else(|| Error::NotFound {
-            what: "dp group",
-            name: name.to_owned(),
-        })?
+        .ok_or_else(|| Error::not_found(Entity::DpGroup, name))?
         .0)
 }
 
@@ -186,16 +156,7 @@ pub async fn apply_group(
     for member in dps {
         parse_member(member)?;
     }
-    let json = serde_json::to_string(dps).map_err(|err| Error::Internal(err.to_string()))?;
-    sqlx::query(
-        "INSERT INTO dp_groups (name, dps, created_at_ms) VALUES (?, ?, ?)
-         ON CONFLICT (name) DO UPDATE SET dps = excluded.dps",
-    )
-    .bind(name)
-    .bind(json)
-    .bind(now_ms())
-    .execute(&mut *tx.tx)
-    .await?;
+    db::upsert_group(tx, name, dps, now_ms()).await?;
     send::send_down(
         state,
         tx,
@@ -209,50 +170,22 @@ pub async fn apply_group(
 
 /// Every member of the group, as `SITE/DP`.
 pub async fn members(tx: &mut WriteTx<'_>, group: &str) -> Result<Vec<String>> {
-    let id = require_group(tx, group).await?;
-    let json: String = sqlx::query_scalar("SELECT dps FROM dp_groups WHERE id = ?")
-        .bind(id)
-        .fetch_one(&mut *tx.tx)
-        .await?;
-    members_of(&json)
+    Ok(group_row(tx, group)
+        .await?
+        .ok_or_else(|| Error::not_found(Entity::DpGroup, group))?
+        .1
+        .dps)
 }
 
 /// The names of this site's DPs in the group (DPs not enrolled here yet
 /// included: they receive the group's packages when they enroll).
-pub async fn local_members(tx: &mut WriteTx<'_>, group: &str) -> Result<Vec<String>> {
-    let id = require_group(tx, group).await?;
-    let json: String = sqlx::query_scalar("SELECT dps FROM dp_groups WHERE id = ?")
-        .bind(id)
-        .fetch_one(&mut *tx.tx)
-        .await?;
-    let own: String = sqlx::query_scalar("SELECT code FROM site WHERE id = 1")
-        .fetch_one(&mut *tx.tx)
-        .await?;
-    local(&own, &json)
-}
-
-/// [`local_members`] outside a transaction; an unknown group has none.
-pub async fn local_members_of(pool: &sqlx::SqlitePool, group: &str) -> Result<Vec<String>> {
-    let row: Option<(String, String)> = sqlx::query_as(
-        "SELECT g.dps, s.code FROM dp_groups g, site s WHERE g.name = ? AND s.id = 1",
-    )
-    .bind(group)
-    .fetch_optional(pool)
-    .await?;
-    match row {
-        Some((json, own)) => local(&own, &json),
-        None => Ok(Vec::new()),
-    }
-}
-
-fn local(own: &str, json: &str) -> Result<Vec<String>> {
-    Ok(members_of(json)?
-        .into_iter()
-        .filter_map(|member| {
-            let (site, dp) = member.split_once('/')?;
-            (site == own).then(|| dp.to_owned())
-        })
-        .collect())
+pub async fn local_members(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    group: &str,
+) -> Result<Vec<String>> {
+    let members = members(tx, group).await?;
+    Ok(db::local_of(state.code.as_str(), &members))
 }
 
 /// The DPs, as (site, DP), that the package is distributed to through DP
@@ -260,18 +193,12 @@ fn local(own: &str, json: &str) -> Result<Vec<String>> {
 /// knows (a member named ahead of its enrollment is not waited for).
 pub async fn group_targets(state: &AppState, package_id: i64) -> Result<Vec<(String, String)>> {
     let pool = state.db.pool();
-    let groups: Vec<String> = sqlx::query_scalar(
-        "SELECT g.dps FROM group_distributions d JOIN dp_groups g ON g.id = d.group_id
-         WHERE d.package_id = ?",
-    )
-    .bind(package_id)
-    .fetch_all(pool)
-    .await?;
+    let groups = db::groups_of_package(pool, package_id).await?;
     let sites = db::subtree(pool).await?;
     let own = state.code.as_str();
     let mut out = Vec::new();
-    for json in groups {
-        for member in members_of(&json)? {
+    for members in groups {
+        for member in members {
             let (site, dp) = parse_member(&member)?;
             let below = site.as_str() == own || hierarchy::contains(&sites, own, site.as_str());
             let key = (site.to_string(), dp.to_string());
@@ -292,15 +219,10 @@ pub async fn packages_for_dp(
     tx: &mut WriteTx<'_>,
     dp: &str,
 ) -> Result<Vec<(i64, String)>> {
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT p.id, p.name, g.dps FROM group_distributions d
-         JOIN packages p ON p.id = d.package_id JOIN dp_groups g ON g.id = d.group_id",
-    )
-    .fetch_all(&mut *tx.tx)
-    .await?;
+    let rows = db::group_distributions(&mut *tx.tx).await?;
     let mut out = Vec::new();
-    for (id, name, json) in rows {
-        if local(state.code.as_str(), &json)?
+    for (id, name, members) in rows {
+        if db::local_of(state.code.as_str(), &members)
             .iter()
             .any(|member| member == dp)
         {
@@ -320,15 +242,8 @@ pub async fn apply_group_distribution(
 ) -> Result<Vec<TargetChange>> {
     let package = db::require_package(&mut *tx.tx, package).await?;
     let group_id = require_group(tx, group).await?;
-    sqlx::query(
-        "INSERT OR IGNORE INTO group_distributions (package_id, group_id, created_at_ms) VALUES (?, ?, ?)",
-    )
-    .bind(package.id)
-    .bind(group_id)
-    .bind(now_ms())
-    .execute(&mut *tx.tx)
-    .await?;
-    let members = local_members(tx, group).await?;
+    db::insert_group_distribution(tx, package.id, group_id, now_ms()).await?;
+    let members = local_members(state, tx, group).await?;
     let dps: Vec<(i64, String)> = db::all_dps(&mut *tx.tx)
         .await?
         .into_iter()
@@ -370,23 +285,10 @@ pub async fn distribute_to_group(
 /// The groups and their distributions, for a new child site.
 pub async fn snapshot(tx: &mut WriteTx<'_>) -> Result<Vec<Instruction>> {
     let mut out = Vec::new();
-    let groups: Vec<(String, String)> =
-        sqlx::query_as("SELECT name, dps FROM dp_groups ORDER BY id")
-            .fetch_all(&mut *tx.tx)
-            .await?;
-    for (name, json) in groups {
-        out.push(Instruction::DpGroup {
-            name,
-            dps: members_of(&json)?,
-        });
+    for (name, dps) in db::groups_in_order(&mut *tx.tx).await? {
+        out.push(Instruction::DpGroup { name, dps });
     }
-    let distributions: Vec<(String, String)> = sqlx::query_as(
-        "SELECT p.name, g.name FROM group_distributions d
-         JOIN packages p ON p.id = d.package_id JOIN dp_groups g ON g.id = d.group_id
-         ORDER BY d.created_at_ms",
-    )
-    .fetch_all(&mut *tx.tx)
-    .await?;
+    let distributions = db::group_distribution_names(&mut *tx.tx).await?;
     for (package, dp_group) in distributions {
         out.push(Instruction::Distribute { package, dp_group });
     }

@@ -1,9 +1,18 @@
-//! The loop a site's background workers run: one step at a time until
+//! The site's background workers, each in its own file, and the loop they
+//! run: one step at a time until
 //! shutdown — at once again while a step finds work, after a wake-up or an
 //! idle interval when it finds none, after a growing backoff when it fails.
 
+pub mod apply;
+pub mod content;
+pub mod expiry;
+pub mod receive;
+pub mod relay;
+pub mod seen;
+pub mod status_writer;
+
 use crate::error::Result;
-use crate::AppState;
+use crate::state::AppState;
 use std::time::Duration;
 use tokio::sync::Notify;
 

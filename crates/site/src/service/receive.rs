@@ -15,15 +15,13 @@
 //! dropped between two batches, and the newer one is fetched instead
 //! (Q235788).
 
-use crate::auth::Principal;
 use crate::db;
-use crate::error::{Error, Result};
-use crate::hierarchy::{upstream, Parent};
-use crate::{api::ApiJson, distribution, now_ms, status, AppState};
-use axum::extract::State;
-use axum::Json;
+use crate::error::{Entity, Error, Result};
+use crate::service::{distribution, status};
+use crate::state::{upstream, AppState, Parent};
 use cascade_content::{ChunkHash, ChunkRef, Manifest, SignedManifest};
 use cascade_protocol::{ChunkList, ContentWants, StatusBody, WantedVersion};
+use cascade_store::now_ms;
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -32,13 +30,9 @@ use std::time::{Duration, Instant};
 /// Most versions a child may say it needs.
 const MAX_WANTS: usize = 10_000;
 
-/// `PUT /api/v1/site/wants`: the child's needs replace what it said before.
-pub async fn put_wants(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiJson(wants): ApiJson<ContentWants>,
-) -> Result<Json<serde_json::Value>> {
-    let child = principal.require_site()?.to_owned();
+/// A child says what it needs (`PUT /api/v1/site/wants`): its needs
+/// replace what it said before.
+pub async fn put_wants(state: &AppState, child: &str, wants: &ContentWants) -> Result<()> {
     if wants.wants.len() > MAX_WANTS {
         return Err(Error::TooLarge(format!(
             "{} wanted versions; at most {MAX_WANTS}",
@@ -46,60 +40,20 @@ pub async fn put_wants(
         )));
     }
     let mut tx = state.db.write().await?;
-    sqlx::query("DELETE FROM child_wants WHERE child = ?")
-        .bind(&child)
-        .execute(&mut *tx.tx)
-        .await?;
-    for want in &wants.wants {
-        sqlx::query("INSERT OR IGNORE INTO child_wants (child, package, version) VALUES (?, ?, ?)")
-            .bind(&child)
-            .bind(&want.package)
-            .bind(want.version as i64)
-            .execute(&mut *tx.tx)
-            .await?;
-    }
-    crate::hierarchy::touch_in(&mut tx, &child).await?;
+    db::replace_child_wants(&mut tx, child, &wants.wants).await?;
+    db::touch_site(&mut tx, child, now_ms()).await?;
     tx.commit().await?;
     state.notify_content_needs_changed();
-    Ok(Json(serde_json::json!({})))
+    Ok(())
 }
 
 /// The versions whose content this site needs and does not hold yet, with
 /// who needs them (`dps`, `job N`, `site S01`).
 pub async fn needs(state: &AppState) -> Result<BTreeMap<WantedVersion, Vec<String>>> {
     let pool = state.db.pool();
-    let mut wanted: Vec<(String, i64, String)> = sqlx::query_as(
-        "SELECT p.name, MAX(v.version), 'dps' FROM packages p
-         JOIN package_versions v ON v.package_id = p.id
-         WHERE p.id IN (SELECT package_id FROM distributions) GROUP BY p.id",
-    )
-    .fetch_all(pool)
-    .await?;
-    wanted.extend(
-        sqlx::query_as::<_, (String, i64, String)>(
-            "SELECT p.name, j.version, 'job ' || j.id FROM jobs j JOIN packages p ON p.id = j.package_id
-             WHERE j.local_targets > 0 AND j.canceled_at_ms IS NULL
-               AND (j.expires_at_ms IS NULL OR j.expires_at_ms > ?)",
-        )
-        .bind(now_ms())
-        .fetch_all(pool)
-        .await?,
-    );
-    wanted.extend(
-        sqlx::query_as::<_, (String, i64, String)>(
-            "SELECT package, version, 'site ' || child FROM child_wants",
-        )
-        .fetch_all(pool)
-        .await?,
-    );
-    let incomplete: HashSet<(String, i64)> = sqlx::query_as(
-        "SELECT p.name, v.version FROM package_versions v JOIN packages p ON p.id = v.package_id
-         WHERE v.complete = 0",
-    )
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .collect();
+    let wanted = db::wanted_versions(pool, now_ms()).await?;
+    let incomplete: HashSet<(String, i64)> =
+        db::incomplete_versions(pool).await?.into_iter().collect();
     let mut out: BTreeMap<WantedVersion, Vec<String>> = BTreeMap::new();
     for (package, version, who) in wanted {
         if incomplete.contains(&(package.clone(), version)) {
@@ -268,7 +222,7 @@ async fn held_manifest(state: &AppState, want: &WantedVersion) -> Result<(i64, M
     let (bytes, signature) = db::manifest(state.db.pool(), package.id, want.version as i64)
         .await?
         .ok_or_else(|| Error::NotFound {
-            what: "version",
+            what: Entity::Version,
             name: format!("{} v{}", want.package, want.version),
         })?;
     let signed = SignedManifest {
@@ -294,7 +248,7 @@ async fn missing_chunks(state: &AppState, manifest: &Manifest) -> Result<Vec<Chu
             .collect()
     })
     .await
-    .map_err(|err| Error::Internal(format!("blocking task failed: {err}")))
+    .map_err(Error::task("blocking task failed"))
 }
 
 /// One round on one version: fetch what the parent holds of the missing
@@ -534,9 +488,7 @@ async fn fetch_batch(
     };
     let read = read.await;
     drop(sender);
-    let written = writer
-        .await
-        .map_err(|err| Error::Internal(format!("store task failed: {err}")))?;
+    let written = writer.await.map_err(Error::task("store task failed"))?;
     let (stored, bytes) = written?;
     let wire = read?;
     Ok((stored, bytes, wire))

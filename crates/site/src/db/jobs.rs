@@ -1,0 +1,324 @@
+//! Jobs, as the central site issued them.
+
+use crate::error::{Entity, Error, Result};
+use cascade_protocol::{JobInfo, JobOffer};
+use cascade_store::{now_ms, WriteTx};
+use sqlx::{Row, Sqlite};
+
+/// Deadline of a job's download and run when none is given, so that no
+/// workstation can stay "running" forever.
+pub const DEFAULT_TIMEOUT_MS: u64 = 60 * 60 * 1000;
+
+const JOB_COLUMNS: &str = "j.id, p.name, j.version, c.name, j.command, j.offer_at_ms, j.expires_at_ms, j.optional,
+     j.retries, j.retry_delay_ms, j.timeout_ms, j.success_codes, j.created_at_ms, j.canceled_at_ms, j.collection_id,
+     j.dp_group";
+
+const JOB_FROM: &str =
+    "jobs j JOIN packages p ON p.id = j.package_id JOIN collections c ON c.id = j.collection_id";
+
+fn job_from_row(row: sqlx::sqlite::SqliteRow, now: i64) -> Result<(JobInfo, i64)> {
+    let codes: String = row.get(11);
+    let offer = JobOffer {
+        id: row.get::<i64, _>(0) as u64,
+        package: row.get(1),
+        version: row.get::<i64, _>(2) as u64,
+        command: row.get(4),
+        offer_at_ms: row.get(5),
+        expires_at_ms: row.get(6),
+        optional: row.get(7),
+        retries: row.get::<i64, _>(8) as u32,
+        retry_delay_ms: row.get::<i64, _>(9) as u64,
+        timeout_ms: row.get::<Option<i64>, _>(10).map(|t| t as u64),
+        success_codes: serde_json::from_str(&codes)
+            .map_err(|err| Error::Internal(format!("stored success codes do not parse: {err}")))?,
+        dps: Vec::new(),
+    };
+    let canceled_at_ms: Option<i64> = row.get(13);
+    let state = if canceled_at_ms.is_some() {
+        "canceled"
+    } else if offer.expires_at_ms.is_some_and(|at| at <= now) {
+        "expired"
+    } else if offer.offer_at_ms > now {
+        "scheduled"
+    } else {
+        "active"
+    };
+    Ok((
+        JobInfo {
+            offer,
+            collection: row.get(3),
+            created_at_ms: row.get(12),
+            canceled_at_ms,
+            state: state.to_owned(),
+            dp_group: row.get(15),
+            outcome: None,
+        },
+        row.get(14),
+    ))
+}
+
+pub async fn job_by_id<'e, E>(executor: E, id: u64) -> Result<(JobInfo, i64)>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let row = sqlx::query(&format!(
+        "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE j.id = ?"
+    ))
+    .bind(id as i64)
+    .fetch_optional(executor)
+    .await?
+    .ok_or(Error::NotFound {
+        what: Entity::Job,
+        name: id.to_string(),
+    })?;
+    job_from_row(row, now_ms())
+}
+
+/// Jobs neither canceled nor expired at `now`, by id, with their
+/// collection's id.
+pub async fn open_jobs<'e, E>(executor: E, now: i64) -> Result<Vec<(JobInfo, i64)>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    sqlx::query(&format!(
+        "SELECT {JOB_COLUMNS} FROM {JOB_FROM}
+         WHERE j.canceled_at_ms IS NULL AND (j.expires_at_ms IS NULL OR j.expires_at_ms > ?) ORDER BY j.id"
+    ))
+    .bind(now)
+    .fetch_all(executor)
+    .await?
+    .into_iter()
+    .map(|row| job_from_row(row, now))
+    .collect()
+}
+
+/// Jobs canceled recently enough that a run of theirs may still be in
+/// progress: within their timeout and `margin_ms` of the cancel.
+pub async fn recently_canceled_jobs<'e, E>(
+    executor: E,
+    now: i64,
+    margin_ms: i64,
+) -> Result<Vec<(JobInfo, i64)>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    sqlx::query(&format!(
+        "SELECT {JOB_COLUMNS} FROM {JOB_FROM}
+         WHERE j.canceled_at_ms IS NOT NULL
+           AND j.canceled_at_ms + COALESCE(j.timeout_ms, ?) + ? > ? ORDER BY j.id"
+    ))
+    .bind(DEFAULT_TIMEOUT_MS as i64)
+    .bind(margin_ms)
+    .bind(now)
+    .fetch_all(executor)
+    .await?
+    .into_iter()
+    .map(|row| job_from_row(row, now))
+    .collect()
+}
+
+/// Every job, by id, with its collection's id.
+pub async fn all_jobs<'e, E>(executor: E, now: i64) -> Result<Vec<(JobInfo, i64)>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    sqlx::query(&format!(
+        "SELECT {JOB_COLUMNS} FROM {JOB_FROM} ORDER BY j.id"
+    ))
+    .fetch_all(executor)
+    .await?
+    .into_iter()
+    .map(|row| job_from_row(row, now))
+    .collect()
+}
+
+/// What a new job (or one passed down from the parent) stores.
+pub struct NewJob<'a> {
+    pub package_id: i64,
+    pub version: i64,
+    pub collection_id: i64,
+    pub command: &'a str,
+    pub offer_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub optional: bool,
+    pub retries: u32,
+    pub retry_delay_ms: u64,
+    pub timeout_ms: Option<u64>,
+    pub success_codes: &'a [i32],
+    pub created_at_ms: i64,
+    pub canceled_at_ms: Option<i64>,
+    pub dp_group: Option<&'a str>,
+}
+
+/// Creates a job at the central site; returns its id.
+pub async fn insert_job(tx: &mut WriteTx<'_>, job: &NewJob<'_>) -> Result<i64> {
+    let codes =
+        serde_json::to_string(job.success_codes).map_err(Error::json("encoding success codes"))?;
+    Ok(sqlx::query_scalar(
+        "INSERT INTO jobs (package_id, version, collection_id, command, offer_at_ms, expires_at_ms, optional,
+                           retries, retry_delay_ms, timeout_ms, success_codes, created_at_ms, dp_group)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(job.package_id)
+    .bind(job.version)
+    .bind(job.collection_id)
+    .bind(job.command)
+    .bind(job.offer_at_ms)
+    .bind(job.expires_at_ms)
+    .bind(job.optional)
+    .bind(job.retries as i64)
+    .bind(job.retry_delay_ms as i64)
+    .bind(job.timeout_ms.map(|ms| ms as i64))
+    .bind(codes)
+    .bind(job.created_at_ms)
+    .bind(job.dp_group)
+    .fetch_one(&mut *tx.tx)
+    .await?)
+}
+
+/// Stores a job passed down from the parent under the central site's id;
+/// false when it is stored already.
+pub async fn insert_job_from_parent(
+    tx: &mut WriteTx<'_>,
+    id: i64,
+    job: &NewJob<'_>,
+) -> Result<bool> {
+    let codes =
+        serde_json::to_string(job.success_codes).map_err(Error::json("encoding success codes"))?;
+    let inserted = sqlx::query(
+        "INSERT OR IGNORE INTO jobs (id, package_id, version, collection_id, command, offer_at_ms, expires_at_ms,
+                           optional, retries, retry_delay_ms, timeout_ms, success_codes, created_at_ms,
+                           canceled_at_ms, dp_group)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(job.package_id)
+    .bind(job.version)
+    .bind(job.collection_id)
+    .bind(job.command)
+    .bind(job.offer_at_ms)
+    .bind(job.expires_at_ms)
+    .bind(job.optional)
+    .bind(job.retries as i64)
+    .bind(job.retry_delay_ms as i64)
+    .bind(job.timeout_ms.map(|ms| ms as i64))
+    .bind(codes)
+    .bind(job.created_at_ms)
+    .bind(job.canceled_at_ms)
+    .bind(job.dp_group)
+    .execute(&mut *tx.tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Records how many of this site's workstations the job targets.
+pub async fn set_local_targets(tx: &mut WriteTx<'_>, id: i64, targets: i64) -> Result<()> {
+    sqlx::query("UPDATE jobs SET local_targets = ? WHERE id = ?")
+        .bind(targets)
+        .bind(id)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(())
+}
+
+/// Records that a job was canceled.
+pub async fn set_canceled(tx: &mut WriteTx<'_>, id: i64, now_ms: i64) -> Result<()> {
+    sqlx::query("UPDATE jobs SET canceled_at_ms = ? WHERE id = ?")
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(())
+}
+
+/// An open job that targeted none of this site's workstations when it
+/// arrived.
+pub struct UntargetedJob {
+    pub id: i64,
+    pub version: i64,
+    pub collection_id: i64,
+    pub dp_group: Option<String>,
+    pub package_id: i64,
+    pub package: String,
+}
+
+/// The jobs open at `now` that target none of this site's workstations.
+pub async fn open_jobs_without_targets<'e, E>(executor: E, now: i64) -> Result<Vec<UntargetedJob>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let rows: Vec<(i64, i64, i64, Option<String>, i64, String)> = sqlx::query_as(
+        "SELECT j.id, j.version, j.collection_id, j.dp_group, p.id, p.name FROM jobs j
+         JOIN packages p ON p.id = j.package_id
+         WHERE j.local_targets = 0 AND j.canceled_at_ms IS NULL
+           AND (j.expires_at_ms IS NULL OR j.expires_at_ms > ?)",
+    )
+    .bind(now)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, version, collection_id, dp_group, package_id, package)| UntargetedJob {
+                id,
+                version,
+                collection_id,
+                dp_group,
+                package_id,
+                package,
+            },
+        )
+        .collect())
+}
+
+/// Jobs whose expiry passed and is not recorded yet: (id, package).
+pub async fn expired_unrecorded<'e, E>(executor: E, now: i64) -> Result<Vec<(i64, String)>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query_as(
+        "SELECT j.id, p.name FROM jobs j JOIN packages p ON p.id = j.package_id
+         WHERE j.expiry_recorded = 0 AND j.expires_at_ms IS NOT NULL AND j.expires_at_ms <= ?",
+    )
+    .bind(now)
+    .fetch_all(executor)
+    .await?)
+}
+
+/// Records that a job's expiry was recorded as a status message.
+pub async fn set_expiry_recorded(tx: &mut WriteTx<'_>, id: i64) -> Result<()> {
+    sqlx::query("UPDATE jobs SET expiry_recorded = 1 WHERE id = ?")
+        .bind(id)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(())
+}
+
+/// A message about a job: source, seq, at, site, agent, body.
+pub type JobMessageRow = (String, i64, i64, Option<String>, Option<String>, String);
+
+/// Every stored message about a job.
+pub async fn messages_of_job<'e, E>(executor: E, job: u64) -> Result<Vec<JobMessageRow>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query_as(
+        "SELECT source, seq, at_ms, site, agent, body FROM status_messages WHERE job = ?",
+    )
+    .bind(job as i64)
+    .fetch_all(executor)
+    .await?)
+}
+
+/// The sites below that ever connected (their `site_joined` came up).
+pub async fn connected_sites<'e, E>(executor: E) -> Result<Vec<String>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT site FROM status_messages WHERE kind = 'site_joined' AND site IS NOT NULL",
+    )
+    .fetch_all(executor)
+    .await?)
+}

@@ -1,0 +1,156 @@
+//! Collections: listed workstations or a rule over their attributes,
+//! created at the central site and applied at every site, whose membership
+//! follows agents as they enroll or change.
+
+use crate::db::{self, Membership, WriteTx};
+use crate::error::{Entity, Error, Result};
+use crate::service::send;
+use crate::state::AppState;
+use cascade_domain::rule::Rule;
+use cascade_domain::validate_name;
+use cascade_protocol::{CollectionInfo, CollectionRequest};
+use cascade_store::now_ms;
+
+/// Creates a collection at the central site: listed workstations (each
+/// enrolled somewhere in the hierarchy, unless `allow_unknown`) or a rule.
+pub async fn create(state: &AppState, request: &CollectionRequest) -> Result<CollectionInfo> {
+    state.require_central("creating collections")?;
+    validate_name("collection name", &request.name)?;
+    let (machines, rule) = match (&request.rule, request.machines.is_empty()) {
+        (Some(_), false) => {
+            return Err(Error::invalid(
+                "conflicting_members",
+                "give either --machines or --rule, not both",
+            ))
+        }
+        (None, true) => {
+            return Err(Error::invalid(
+                "no_members",
+                "give --machines a,b,c or --rule RULE",
+            ));
+        }
+        (Some(text), true) => {
+            Rule::parse(text)?;
+            (None, Some(text.clone()))
+        }
+        (None, false) => {
+            let mut unknown = Vec::new();
+            for machine in &request.machines {
+                validate_name("machine name", machine)?;
+                if !db::agent_known(state.db.pool(), machine).await? {
+                    unknown.push(machine.as_str());
+                }
+            }
+            if !unknown.is_empty() && !request.allow_unknown {
+                return Err(Error::invalid(
+                    "unknown_machines",
+                    format!(
+                        "no workstation named {} is enrolled at {} or below; check the names, or pass --allow-unknown to name workstations before they enroll",
+                        unknown.join(", "),
+                        state.code
+                    ),
+                ));
+            }
+            (Some(request.machines.clone()), None)
+        }
+    };
+    let mut tx = state.db.write().await?;
+    if db::collection_id(&mut *tx.tx, &request.name)
+        .await?
+        .is_some()
+    {
+        return Err(Error::Conflict(format!(
+            "collection {} already exists",
+            request.name
+        )));
+    }
+    apply_collection(state, &mut tx, &request.name, machines, rule).await?;
+    let info = collection_info(state, &mut tx, &request.name).await?;
+    tx.commit().await?;
+    state.notify_outbox_changed();
+    Ok(info)
+}
+
+/// Stores a collection (replacing one of the same name: applying it twice
+/// changes nothing) and passes it on to the child sites.
+pub async fn apply_collection(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    name: &str,
+    machines: Option<Vec<String>>,
+    rule: Option<String>,
+) -> Result<()> {
+    validate_name("collection name", name)?;
+    if let Some(rule) = &rule {
+        Rule::parse(rule)?;
+    }
+    if machines.is_some() == rule.is_some() {
+        return Err(Error::invalid(
+            "conflicting_members",
+            format!("collection {name} needs either machines or a rule"),
+        ));
+    }
+    db::upsert_collection(tx, name, machines.as_deref(), rule.as_deref(), now_ms()).await?;
+    send::send_down(
+        state,
+        tx,
+        &cascade_protocol::Instruction::Collection {
+            name: name.to_owned(),
+            machines,
+            rule,
+        },
+    )
+    .await
+}
+
+/// A collection and its members now.
+async fn collection_info(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    name: &str,
+) -> Result<CollectionInfo> {
+    let (machines, rule) = db::collection_definition(&mut *tx.tx, name)
+        .await?
+        .ok_or_else(|| Error::not_found(Entity::Collection, name))?;
+    let agents = db::all_agents(&mut *tx.tx).await?;
+    let membership = Membership::new(machines.clone(), rule.as_deref())?;
+    let members = agents
+        .iter()
+        .filter(|agent| membership.contains(&state.code.to_string(), agent))
+        .map(|agent| agent.name.clone())
+        .collect();
+    let mut not_enrolled = Vec::new();
+    for machine in machines.iter().flatten() {
+        if !db::agent_known(&mut *tx.tx, machine).await? {
+            not_enrolled.push(machine.clone());
+        }
+    }
+    Ok(CollectionInfo {
+        name: name.to_owned(),
+        machines,
+        rule,
+        members,
+        not_enrolled,
+    })
+}
+
+/// Every collection with its members now.
+pub async fn list(state: &AppState) -> Result<Vec<CollectionInfo>> {
+    let names = db::collection_names(state.db.pool()).await?;
+    // Read in one transaction so every collection sees the same agents.
+    let mut tx = state.db.write().await?;
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        out.push(collection_info(state, &mut tx, &name).await?);
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// One collection with its members now.
+pub async fn show(state: &AppState, name: &str) -> Result<CollectionInfo> {
+    let mut tx = state.db.write().await?;
+    let info = collection_info(state, &mut tx, name).await?;
+    tx.commit().await?;
+    Ok(info)
+}

@@ -1,0 +1,197 @@
+//! The content library as the routes use it: which chunks it lacks,
+//! storing verified chunks, and reading chunks out for DPs, child sites
+//! and agents.
+
+use crate::db;
+use crate::error::{Entity, Error, Result};
+use crate::service::hierarchy;
+use crate::state::{AppState, Links};
+use bytes::Bytes;
+use cascade_content::ChunkHash;
+use cascade_protocol::frames::put_frame;
+use cascade_protocol::{ChunkList, MAX_HASHES_PER_REQUEST};
+use std::sync::Arc;
+
+/// Refuses a list of more hashes than one request may carry.
+pub fn check_list(list: &ChunkList) -> Result<()> {
+    if list.hashes.len() > MAX_HASHES_PER_REQUEST {
+        return Err(Error::TooLarge(format!(
+            "{} chunk hashes in one request; at most {MAX_HASHES_PER_REQUEST}",
+            list.hashes.len()
+        )));
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(Error::task("blocking task failed"))?
+}
+
+/// The hashes of `list` the library does not hold.
+pub async fn missing(state: &AppState, list: ChunkList) -> Result<Vec<ChunkHash>> {
+    state.require_central("uploading package content")?;
+    check_list(&list)?;
+    let store = state.store.clone();
+    blocking(move || {
+        Ok(list
+            .hashes
+            .into_iter()
+            .filter(|hash| !store.contains(hash))
+            .collect())
+    })
+    .await
+}
+
+/// What one stored batch of uploaded chunks counted.
+#[derive(Default)]
+pub struct Stored {
+    /// Chunks received.
+    pub received: u64,
+    /// Chunks new to the library.
+    pub stored: u64,
+    /// Their stored bytes.
+    pub stored_bytes: u64,
+}
+
+/// Verifies every chunk of a batch against its hash and stores them; a bad
+/// one refuses the whole batch (nothing of it is stored).
+pub async fn store_batch(state: &AppState, work: Vec<(ChunkHash, Bytes)>) -> Result<Stored> {
+    let store = state.store.clone();
+    blocking(move || {
+        let chunks: Vec<(ChunkHash, &[u8])> = work
+            .iter()
+            .map(|(hash, encoded)| (*hash, encoded.as_ref()))
+            .collect();
+        let outcomes = store.put_encoded_batch(&chunks).map_err(|err| match err {
+            cascade_content::Error::Corrupt { hash, .. } => Error::invalid(
+                "corrupt_chunk",
+                format!("chunk {hash} does not match its content: {err}"),
+            ),
+            other => Error::from(other),
+        })?;
+        let mut stored = Stored {
+            received: work.len() as u64,
+            ..Stored::default()
+        };
+        for outcome in outcomes.iter().filter(|outcome| outcome.newly_stored) {
+            stored.stored += 1;
+            stored.stored_bytes += outcome.stored_bytes;
+        }
+        Ok(stored)
+    })
+    .await
+}
+
+/// Who is fetching chunks: a DP of this site, or a child site (paced to
+/// its link's rate limit, and given only what is held here when it asks
+/// for a `partial` answer).
+pub enum Fetcher {
+    /// A DP: every chunk or an error naming the first one missing.
+    Dp,
+    /// A direct child site, by code.
+    Child(String),
+}
+
+/// Bytes of frames sent per body piece to a DP.
+const SEND_PIECE_BYTES: usize = 1024 * 1024;
+/// Bytes of frames sent per body piece to a child site: small, so that the
+/// rate limit paces smoothly and a transfer cut short loses little.
+const CHILD_PIECE_BYTES: usize = 128 * 1024;
+
+/// One piece of a chunk stream, or the error that ends it.
+pub type Piece = std::result::Result<Bytes, std::io::Error>;
+
+/// Starts streaming the asked chunks as frames, each read from the library
+/// and verified on the way out; the pieces arrive on the returned channel.
+/// Which chunks are held is checked first, so that a DP asking for one the
+/// library lacks gets an error rather than a stream.
+pub async fn fetch(
+    state: &AppState,
+    fetcher: &Fetcher,
+    list: &ChunkList,
+) -> Result<tokio::sync::mpsc::Receiver<Piece>> {
+    check_list(list)?;
+    let store = state.store.clone();
+    let hashes = list.hashes.clone();
+    let partial = list.partial && matches!(fetcher, Fetcher::Child(_));
+    let held: Vec<ChunkHash> = blocking(move || {
+        let mut held = Vec::with_capacity(hashes.len());
+        for hash in hashes {
+            if store.contains(&hash) {
+                held.push(hash);
+            } else if !partial {
+                return Err(Error::invalid(
+                    "unknown_chunk",
+                    format!("chunk {hash} is not in this site's library"),
+                ));
+            }
+        }
+        Ok(held)
+    })
+    .await?;
+    let (piece_bytes, pacing): (usize, Option<(String, Option<u64>, Arc<Links>)>) = match fetcher {
+        Fetcher::Child(code) => {
+            hierarchy::touch(state, code).await?;
+            let rate = db::site_max_rate(state.db.pool(), code).await?;
+            (
+                CHILD_PIECE_BYTES,
+                Some((
+                    code.clone(),
+                    rate.map(|rate| rate as u64),
+                    state.links.clone(),
+                )),
+            )
+        }
+        Fetcher::Dp => (SEND_PIECE_BYTES, None),
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Piece>(2);
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let send = |piece: Bytes| {
+            if let Some((child, rate, links)) = &pacing {
+                std::thread::sleep(links.reserve(child, piece.len() as u64, *rate));
+            }
+            sender.blocking_send(Ok(piece)).is_ok()
+        };
+        let mut piece = bytes::BytesMut::new();
+        for hash in &held {
+            match store.get_encoded(hash) {
+                Ok(encoded) => put_frame(&mut piece, hash, &encoded),
+                Err(err) => {
+                    tracing::error!(chunk = %hash, error = %cascade_protocol::chain(&err), "chunk in the library failed verification");
+                    let _ = sender.blocking_send(Err(std::io::Error::other(err.to_string())));
+                    return;
+                }
+            }
+            if piece.len() >= piece_bytes && !send(piece.split().freeze()) {
+                return;
+            }
+        }
+        if !piece.is_empty() {
+            send(piece.freeze());
+        }
+    });
+    Ok(receiver)
+}
+
+/// One chunk's encoded form, verified on the way out.
+pub async fn chunk(state: &AppState, hash: &str) -> Result<Vec<u8>> {
+    let hash = ChunkHash::from_hex(hash).map_err(|err| {
+        Error::invalid(
+            "malformed_request",
+            format!("{hash:?} is not a chunk hash: {err}"),
+        )
+    })?;
+    let store = state.store.clone();
+    blocking(move || match store.get_encoded(&hash) {
+        Ok(encoded) => Ok(Some(encoded)),
+        Err(cascade_content::Error::NotFound { .. }) => Ok(None),
+        Err(err) => Err(err.into()),
+    })
+    .await?
+    .ok_or_else(|| Error::not_found(Entity::Chunk, hash.to_string()))
+}

@@ -1,0 +1,232 @@
+//! Packages: committing a version at the central site (signed, checked
+//! against the uploaded content, an unchanged tree making no new version),
+//! listing them, and their manifests.
+
+use crate::db::{self, WriteTx};
+use crate::error::{Entity, Error, Result};
+use crate::service::{distribution, send};
+use crate::state::AppState;
+use cascade_content::{Manifest, MANIFEST_FORMAT};
+use cascade_domain::PackageName;
+use cascade_protocol::{
+    Instruction, NewVersionRequest, PackageDetail, PackageSummary, SignedManifestWire, VersionInfo,
+    VersionIntent,
+};
+use cascade_store::now_ms;
+
+fn version_info(package: &str, row: &db::VersionRow) -> VersionInfo {
+    VersionInfo {
+        package: package.to_owned(),
+        version: row.version as u64,
+        total_size: row.total_size as u64,
+        file_count: row.file_count as u64,
+        chunk_count: row.chunk_count as u64,
+        created_at_ms: row.created_at_ms,
+        complete: row.complete,
+        unchanged: false,
+    }
+}
+
+/// Commits a new version of a package (or creates the package): the
+/// manifest is validated, every chunk must be in the library, and the
+/// version is signed and passed down.
+pub async fn new_version(state: &AppState, request: NewVersionRequest) -> Result<VersionInfo> {
+    state.require_central("creating and updating packages")?;
+    let key = state
+        .key
+        .clone()
+        .ok_or_else(|| Error::Internal("the central site holds no signing key".into()))?;
+    let name = PackageName::new(&request.name)?;
+    // Validate the tree before anything is stored; version and origin are
+    // filled in below and do not affect validity.
+    let mut manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        package: name.to_string(),
+        version: 1,
+        origin_site: state.code.to_string(),
+        created_at_ms: now_ms(),
+        entries: request.entries,
+    };
+    manifest
+        .validate()
+        .map_err(|err| Error::invalid("invalid_manifest", err.to_string()))?;
+    if manifest.file_count() == 0 {
+        return Err(Error::invalid(
+            "empty_package",
+            format!("the tree for package {name} holds no file; a package needs at least one"),
+        ));
+    }
+    let chunks = manifest.unique_chunks();
+    let store = state.store.clone();
+    let missing = tokio::task::spawn_blocking(move || {
+        chunks
+            .iter()
+            .filter(|chunk| !store.contains(&chunk.hash))
+            .map(|chunk| chunk.hash)
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(Error::task("checking for missing chunks"))?;
+    if let Some(first) = missing.first() {
+        return Err(Error::invalid(
+            "missing_chunks",
+            format!(
+                "{} chunk(s) of {name} were not uploaded (first: {first}); upload them before committing the version",
+                missing.len()
+            ),
+        ));
+    }
+
+    let mut tx = state.db.write().await?;
+    let existing = db::package_by_name(&mut *tx.tx, name.as_str()).await?;
+    let (package_id, version) = match (request.intent, existing) {
+        (VersionIntent::Create, Some(_)) => {
+            return Err(Error::Conflict(format!(
+                "package {name} already exists; use `cascade package update` for a new version"
+            )))
+        }
+        (VersionIntent::Update, None) => {
+            return Err(Error::not_found(Entity::Package, name.as_str()))
+        }
+        (VersionIntent::Create, None) => {
+            let id = db::insert_package(&mut tx, name.as_str(), manifest.created_at_ms).await?;
+            (id, 1)
+        }
+        (VersionIntent::Update, Some(package)) => {
+            let latest = db::latest_version(&mut *tx.tx, package.id)
+                .await?
+                .unwrap_or(0);
+            if !request.allow_unchanged {
+                if let Some(row) = unchanged(state, &mut tx, package.id, latest, &manifest).await? {
+                    tracing::info!(package = %name, version = latest, "update with an unchanged tree: no new version");
+                    let mut info = version_info(name.as_str(), &row);
+                    info.unchanged = true;
+                    return Ok(info);
+                }
+            }
+            (package.id, latest + 1)
+        }
+    };
+    manifest.version = version as u64;
+    let signed = cascade_content::sign(&manifest, &key)?;
+    let row = db::insert_version(&mut tx, package_id, &manifest, &signed, true).await?;
+    let superseded =
+        distribution::supersede(state, &mut tx, package_id, name.as_str(), version).await?;
+    send::send_down(
+        state,
+        &mut tx,
+        &Instruction::PackageVersion {
+            package: name.to_string(),
+            version: version as u64,
+            manifest: SignedManifestWire::from_signed(&signed),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    state.notify_everything();
+    tracing::info!(package = %name, version, superseded, "package version committed");
+    Ok(version_info(name.as_str(), &row))
+}
+
+/// The newest version's row when its tree is exactly `manifest`'s (an
+/// update that would change nothing).
+async fn unchanged(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    package_id: i64,
+    latest: i64,
+    manifest: &Manifest,
+) -> Result<Option<db::VersionRow>> {
+    let Some((bytes, signature)) = db::manifest(&mut *tx.tx, package_id, latest).await? else {
+        return Ok(None);
+    };
+    let Ok(signature) = signature.try_into() else {
+        return Ok(None);
+    };
+    let signed = cascade_content::SignedManifest { bytes, signature };
+    let held = match signed.verify(&state.trust) {
+        Ok(held) => held,
+        Err(err) => {
+            // Not a reason to refuse the update: the new version replaces
+            // the damaged one as the newest.
+            tracing::warn!(package = %manifest.package, version = latest, error = %err, "stored manifest does not verify");
+            return Ok(None);
+        }
+    };
+    if held.entries != manifest.entries {
+        return Ok(None);
+    }
+    Ok(db::versions(&mut *tx.tx, package_id)
+        .await?
+        .into_iter()
+        .find(|row| row.version == latest))
+}
+
+/// Every package with its newest version and how many DPs it is queued for.
+pub async fn list(state: &AppState) -> Result<Vec<PackageSummary>> {
+    let pool = state.db.pool();
+    let mut out = Vec::new();
+    for package in db::all_packages(pool).await? {
+        let versions = db::versions(pool, package.id).await?;
+        let Some(latest) = versions.last() else {
+            continue;
+        };
+        let dp_count = db::distributions_of_package(pool, package.id).await?.len() as u64;
+        out.push(PackageSummary {
+            name: package.name.clone(),
+            latest: version_info(&package.name, latest),
+            dp_count,
+        });
+    }
+    Ok(out)
+}
+
+/// A package's versions, DPs and newest tree.
+pub async fn show(state: &AppState, name: &str) -> Result<PackageDetail> {
+    let pool = state.db.pool();
+    let package = db::require_package(pool, name).await?;
+    let versions = db::versions(pool, package.id).await?;
+    let latest = versions.last().map(|v| v.version).unwrap_or(0);
+    let (bytes, _) = db::manifest(pool, package.id, latest)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("package {name} has no versions")))?;
+    let manifest = Manifest::from_bytes(&bytes)?;
+    let dps = db::distributions_of_package(pool, package.id)
+        .await?
+        .into_iter()
+        .map(|row| row.dp)
+        .collect();
+    Ok(PackageDetail {
+        name: package.name.clone(),
+        versions: versions
+            .iter()
+            .map(|v| version_info(&package.name, v))
+            .collect(),
+        dps,
+        entries: manifest.entries,
+    })
+}
+
+/// The signed manifest of one version (`version` as given in the path).
+pub async fn manifest(state: &AppState, name: &str, version: &str) -> Result<SignedManifestWire> {
+    let pool = state.db.pool();
+    let package = db::require_package(pool, name).await?;
+    let number: i64 = version.parse().map_err(|_| {
+        Error::invalid(
+            "malformed_request",
+            format!("version {version:?} is not a number"),
+        )
+    })?;
+    let (bytes, signature) = db::manifest(pool, package.id, number)
+        .await?
+        .ok_or_else(|| Error::not_found(Entity::Version, format!("{name} v{version}")))?;
+    let signed = cascade_content::SignedManifest {
+        bytes,
+        signature: signature.try_into().map_err(|_| {
+            Error::Internal(format!(
+                "stored signature of {name} v{version} is not 64 bytes"
+            ))
+        })?,
+    };
+    Ok(SignedManifestWire::from_signed(&signed))
+}

@@ -1,0 +1,25 @@
+//! The receiver: a child site's long poll of its parent's instructions.
+
+use crate::service::apply::receive_once;
+use crate::state::AppState;
+use std::time::Duration;
+
+/// The child's receiver: long-polls the parent and stores what arrives in
+/// the inbox, until shutdown. While the parent is unreachable it backs off,
+/// and the site serves its DPs and agents from what it holds.
+pub async fn receive_worker(state: AppState) {
+    let Some(parent) = state.parent.clone() else {
+        return;
+    };
+    super::run(
+        &state,
+        "fetching instructions from the parent",
+        None,
+        Duration::ZERO,
+        || {
+            let (state, parent) = (state.clone(), parent.clone());
+            async move { receive_once(&state, &parent).await }
+        },
+    )
+    .await
+}

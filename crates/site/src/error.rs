@@ -16,7 +16,7 @@ pub enum Entity {
 }
 
 impl Entity {
-    /// How messages name it ("unknown dp group \"x\"").
+    /// How messages name it (`unknown dp group "x"`).
     pub fn name(self) -> &'static str {
         match self {
             Entity::Package => "package",

@@ -211,23 +211,19 @@ fn write_secret(path: &Path, text: &str) -> Result<()> {
         .map_err(Error::io(format!("writing {}", path.display())))
 }
 
-/// A running site server's address.
-pub struct Running {
-    /// The bound address.
-    pub addr: SocketAddr,
-    /// The URL clients use.
-    pub url: String,
+/// A site's data directory opened for serving: the state handed to every
+/// layer, and the ends of its channels that `run` keeps.
+struct Opened {
+    state: AppState,
+    /// The status writer's end of the status queue.
+    status_pending: tokio::sync::mpsc::Receiver<state::Pending>,
+    /// Ends long polls and workers when sent `true`.
+    shutdown_tx: tokio::sync::watch::Sender<bool>,
 }
 
-/// Serves the site in `dir` on `listen` until `shutdown` resolves.
-///
-/// `on_ready` is called once the socket is bound and `DIR/url` written.
-pub async fn run(
-    dir: &Path,
-    listen: &str,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_ready: impl FnOnce(&Running),
-) -> Result<()> {
+/// Opens the site in `dir`: its database (migrated), keys, link to the
+/// parent and content library.
+async fn open(dir: &Path) -> Result<Opened> {
     let db_path = dir.join(layout::DB);
     if !db_path.exists() {
         return Err(Error::invalid(
@@ -284,6 +280,37 @@ pub async fn run(
         agent_credentials: Default::default(),
         status_queue,
     };
+    Ok(Opened {
+        state,
+        status_pending,
+        shutdown_tx,
+    })
+}
+
+/// A running site server's address.
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The URL clients use.
+    pub url: String,
+}
+
+/// Serves the site in `dir` on `listen` until `shutdown` resolves.
+///
+/// `on_ready` is called once the socket is bound and `DIR/url` written.
+pub async fn run(
+    dir: &Path,
+    listen: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Running),
+) -> Result<()> {
+    let Opened {
+        state,
+        status_pending,
+        shutdown_tx,
+    } = open(dir).await?;
+    let db = state.db.clone();
+    let (code, kind) = (state.code.clone(), state.kind);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(Error::io(format!("binding {listen}")))?;
@@ -321,15 +348,12 @@ pub async fn run(
     }
     let seen = state.seen.clone();
     let last_flush = state.clone();
-    let app = http::router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = shutdown_tx.send(true);
-            tracing::info!("shutting down");
-        })
-        .await
-        .map_err(Error::io("serving HTTP"))?;
+    http::serve(listener, state, async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(true);
+        tracing::info!("shutting down");
+    })
+    .await?;
     // The workers end on the shutdown signal; give them a moment to finish
     // the transaction they are in.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {

@@ -72,3 +72,45 @@ impl TestSite {
             .unwrap();
     }
 }
+
+/// A central site `CEN` initialised in a temporary directory and opened,
+/// not served: its state for calling the router in-process.
+pub struct TestState {
+    /// The opened site's state.
+    pub state: crate::state::AppState,
+    /// What `init` reported (tokens).
+    pub report: crate::InitReport,
+    /// Holds its data directory.
+    pub dir: tempfile::TempDir,
+    /// The status writer, running on the state.
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl TestState {
+    /// Creates and opens the site, with its status writer running.
+    pub async fn open() -> TestState {
+        let dir = tempfile::tempdir().unwrap();
+        let site_dir = dir.path().join("site");
+        let report = crate::init(&site_dir, "CEN", None).await.unwrap();
+        let opened = crate::open(&site_dir).await.unwrap();
+        let writer = tokio::spawn(crate::workers::status_writer::status_writer(
+            opened.state.clone(),
+            opened.status_pending,
+        ));
+        // Kept open for the test's life: dropping it would not end
+        // anything, but the state's receiver needs a live sender.
+        std::mem::forget(opened.shutdown_tx);
+        TestState {
+            state: opened.state,
+            report,
+            dir,
+            writer,
+        }
+    }
+}
+
+impl Drop for TestState {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
+}

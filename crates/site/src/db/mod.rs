@@ -34,3 +34,5 @@ pub use status::*;
 pub use wants::*;
 
 pub use cascade_store::{Db, WriteTx};
+/// The connection pool queries run on outside a write transaction.
+pub use sqlx::SqlitePool as Pool;

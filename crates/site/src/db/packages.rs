@@ -218,3 +218,17 @@ pub async fn set_all_dps(tx: &mut WriteTx<'_>, package_id: i64) -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// Records that every chunk of a version is in the library.
+pub async fn mark_version_complete(
+    tx: &mut WriteTx<'_>,
+    package_id: i64,
+    version: i64,
+) -> Result<()> {
+    sqlx::query("UPDATE package_versions SET complete = 1 WHERE package_id = ? AND version = ?")
+        .bind(package_id)
+        .bind(version)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! The sites below this one.
 
 use crate::error::Result;
+use cascade_domain::hierarchy::in_subtree;
 use cascade_store::WriteTx;
 use sqlx::{Row, Sqlite};
 
@@ -190,4 +191,14 @@ pub async fn insert_own_site(tx: &mut WriteTx<'_>, site: &OwnSite) -> Result<()>
     .execute(&mut *tx.tx)
     .await?;
     Ok(())
+}
+
+/// Whether `site` is `root` or below it.
+pub fn contains(sites: &[SiteRow], root: &str, site: &str) -> bool {
+    in_subtree(site, root, |code| {
+        sites
+            .iter()
+            .find(|row| row.code == code)
+            .map(|row| row.parent.as_str())
+    })
 }

@@ -14,8 +14,10 @@ mod jobs;
 mod packages;
 mod sites;
 mod status;
+#[cfg(test)]
+mod tests;
 
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
@@ -95,6 +97,19 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_CONTROL_BODY))
         .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves (requests in
+/// progress are finished).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(Error::io("serving HTTP"))
 }
 
 async fn not_found(uri: axum::http::Uri) -> Error {

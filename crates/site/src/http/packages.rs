@@ -3,7 +3,7 @@
 use super::extract::ApiJson;
 use crate::error::Result;
 use crate::service::auth::Principal;
-use crate::service::{distribution, packages, status};
+use crate::service::{packages, status};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::Json;
@@ -59,9 +59,7 @@ pub async fn distribute(
     ApiJson(request): ApiJson<DistributeRequest>,
 ) -> Result<Json<TargetReport>> {
     principal.require_admin()?;
-    Ok(Json(
-        distribution::distribute(&state, &name, &request).await?,
-    ))
+    Ok(Json(packages::distribute(&state, &name, &request).await?))
 }
 
 /// `POST /api/v1/packages/{name}/refresh`.
@@ -72,7 +70,7 @@ pub async fn refresh(
     ApiJson(request): ApiJson<RefreshRequest>,
 ) -> Result<Json<TargetReport>> {
     principal.require_admin()?;
-    Ok(Json(distribution::refresh(&state, &name, &request).await?))
+    Ok(Json(packages::refresh(&state, &name, &request).await?))
 }
 
 /// `GET /api/v1/packages/{name}/status`.

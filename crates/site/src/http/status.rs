@@ -4,7 +4,7 @@
 use super::extract::ApiJson;
 use crate::error::Result;
 use crate::service::auth::Principal;
-use crate::service::{relay, status};
+use crate::service::{ingest, relay};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::Json;
@@ -16,7 +16,7 @@ pub async fn ingest(
     principal: Principal,
     ApiJson(batch): ApiJson<StatusBatch>,
 ) -> Result<Json<StatusAck>> {
-    Ok(Json(status::ingest(&state, &principal, batch).await?))
+    Ok(Json(ingest::ingest(&state, &principal, batch).await?))
 }
 
 /// `POST /api/v1/site/status`: a child relays messages of its subtree.

@@ -4,7 +4,7 @@
 
 use crate::db::{self, AgentRow};
 use crate::error::{Entity, Error, Result};
-use crate::service::{auth, jobs, status};
+use crate::service::{auth, jobs, messages};
 use crate::state::{AppState, SeenAgents};
 use cascade_domain::run::{reachability, Reachability};
 use cascade_domain::validate_name;
@@ -109,7 +109,7 @@ pub async fn enroll(state: &AppState, request: &AgentEnrollRequest) -> Result<Ag
     )
     .await?;
     auth::store_credential(&mut tx, &credential, "agent", &request.name, now).await?;
-    status::record_site_message(
+    messages::record_site_message(
         state,
         &mut tx,
         StatusBody::AgentEnrolled {

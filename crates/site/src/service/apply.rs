@@ -8,7 +8,7 @@
 
 use crate::db::{self, WriteTx};
 use crate::error::{Error, Result};
-use crate::service::{collections, distribution, groups, jobs, send, status};
+use crate::service::{collections, distribution, groups, jobs, messages, send};
 use crate::state::{upstream, AppState, Parent};
 use cascade_domain::{PackageName, Version};
 use cascade_protocol::{Instruction, InstructionEnvelope, SignedManifestWire, StatusBody};
@@ -115,7 +115,7 @@ pub async fn apply_next(state: &AppState) -> Result<bool> {
             };
             tracing::warn!(seq, instruction = %what, error = %cascade_protocol::chain(&err), "instruction refused");
             let mut tx = state.db.write().await?;
-            status::record_site_message(
+            messages::record_site_message(
                 state,
                 &mut tx,
                 StatusBody::InstructionRefused {

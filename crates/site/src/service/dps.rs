@@ -3,7 +3,7 @@
 
 use crate::db;
 use crate::error::{Error, Result};
-use crate::service::{auth, distribution, status};
+use crate::service::{auth, groups, messages};
 use crate::state::AppState;
 use cascade_domain::DpName;
 use cascade_protocol::{
@@ -46,7 +46,7 @@ pub async fn enroll(state: &AppState, request: &EnrollRequest) -> Result<EnrollR
     let now = now_ms();
     let dp_id = db::insert_dp(&mut tx, name.as_str(), now).await?;
     auth::store_credential(&mut tx, &credential, "dp", name.as_str(), now).await?;
-    status::record_site_message(
+    messages::record_site_message(
         state,
         &mut tx,
         StatusBody::DpEnrolled {
@@ -54,7 +54,7 @@ pub async fn enroll(state: &AppState, request: &EnrollRequest) -> Result<EnrollR
         },
     )
     .await?;
-    let placed = distribution::place_on_new_dp(state, &mut tx, dp_id, name.as_str()).await?;
+    let placed = groups::place_on_new_dp(state, &mut tx, dp_id, name.as_str()).await?;
     tx.commit().await?;
     state.notify_everything();
     tracing::info!(dp = %name, packages = placed, "dp enrolled");

@@ -11,7 +11,7 @@
 
 use crate::db::{self, WriteTx};
 use crate::error::{Entity, Error, Result};
-use crate::service::{distribution, hierarchy, send};
+use crate::service::{distribution, send};
 use crate::state::AppState;
 use cascade_domain::{validate_name, DpName, SiteCode};
 use cascade_protocol::{DpGroupInfo, DpGroupRequest, Instruction, TargetChange, TargetReport};
@@ -54,7 +54,7 @@ pub async fn create(state: &AppState, request: &DpGroupRequest) -> Result<DpGrou
     let mut unknown = Vec::new();
     for member in &request.dps {
         let (site, dp) = parse_member(member)?;
-        if site != state.code && !hierarchy::contains(&sites, state.code.as_str(), site.as_str()) {
+        if site != state.code && !db::contains(&sites, state.code.as_str(), site.as_str()) {
             return Err(Error::not_found(Entity::Site, site.as_str()));
         }
         let member = format!("{site}/{dp}");
@@ -109,7 +109,7 @@ pub async fn list(state: &AppState) -> Result<Vec<DpGroupInfo>> {
 }
 
 /// The members not known to be enrolled at their site.
-async fn not_enrolled(pool: &sqlx::SqlitePool, own: &str, dps: &[String]) -> Result<Vec<String>> {
+async fn not_enrolled(pool: &db::Pool, own: &str, dps: &[String]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for member in dps {
         let (site, dp) = parse_member(member)?;
@@ -200,7 +200,7 @@ pub async fn group_targets(state: &AppState, package_id: i64) -> Result<Vec<(Str
     for members in groups {
         for member in members {
             let (site, dp) = parse_member(&member)?;
-            let below = site.as_str() == own || hierarchy::contains(&sites, own, site.as_str());
+            let below = site.as_str() == own || db::contains(&sites, own, site.as_str());
             let key = (site.to_string(), dp.to_string());
             if below
                 && !out.contains(&key)
@@ -293,4 +293,26 @@ pub async fn snapshot(tx: &mut WriteTx<'_>) -> Result<Vec<Instruction>> {
         out.push(Instruction::Distribute { package, dp_group });
     }
     Ok(out)
+}
+
+/// Places on a newly enrolled DP every package that targets it: those
+/// distributed to all DPs and those distributed to a DP group holding it.
+/// No other DP is touched (Q235157).
+pub async fn place_on_new_dp(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    dp_id: i64,
+    dp_name: &str,
+) -> Result<usize> {
+    let mut packages = db::packages_on_all_dps(&mut *tx.tx).await?;
+    for (package_id, name) in packages_for_dp(state, tx, dp_name).await? {
+        if !packages.iter().any(|(id, _)| *id == package_id) {
+            packages.push((package_id, name));
+        }
+    }
+    let dp = [(dp_id, dp_name.to_owned())];
+    for (package_id, name) in &packages {
+        distribution::place(state, tx, (*package_id, name), &dp).await?;
+    }
+    Ok(packages.len())
 }

@@ -7,15 +7,16 @@
 //! relays status, all as requests to its parent; a parent never connects to
 //! a child and needs no route to it.
 
-use crate::db::{self, SiteRow};
+use crate::db::{self, SiteRow, WriteTx};
 use crate::error::{Entity, Error, Result};
-use crate::service::{auth, send};
+use crate::service::{auth, groups, jobs, send};
 use crate::state::{upstream, AppState, ParentConfig};
-use cascade_domain::hierarchy::{in_subtree, SiteKind};
+use cascade_content::SignedManifest;
+use cascade_domain::hierarchy::SiteKind;
 use cascade_domain::SiteCode;
 use cascade_protocol::{
-    Client, Enrollment, LinkRequest, SiteEnrollRequest, SiteEnrollResponse, SiteRegistration,
-    SiteSummary,
+    Client, Enrollment, Instruction, LinkRequest, SignedManifestWire, SiteEnrollRequest,
+    SiteEnrollResponse, SiteRegistration, SiteSummary,
 };
 use cascade_store::now_ms;
 use std::collections::HashMap;
@@ -109,16 +110,6 @@ fn check_pin(pinned: Option<&str>, parent: &cascade_protocol::SiteInfo, url: &st
     }
 }
 
-/// Whether `site` is `root` or below it.
-pub fn contains(sites: &[SiteRow], root: &str, site: &str) -> bool {
-    in_subtree(site, root, |code| {
-        sites
-            .iter()
-            .find(|row| row.code == code)
-            .map(|row| row.parent.as_str())
-    })
-}
-
 /// Registers a new site with the parent, which passes it on up to the
 /// central site, where codes are checked against the whole hierarchy.
 async fn register_up(state: &AppState, registration: &SiteRegistration) -> Result<()> {
@@ -208,7 +199,7 @@ pub async fn enroll(state: &AppState, request: &SiteEnrollRequest) -> Result<Sit
     )
     .await?;
     auth::store_credential(&mut tx, &credential, "site", code.as_str(), now).await?;
-    let queued = send::snapshot(&mut tx, code.as_str()).await?;
+    let queued = snapshot(&mut tx, code.as_str()).await?;
     tx.commit().await?;
     state.notify_outbox_changed();
     tracing::info!(site = %code, %kind, instructions = queued, "child site joined");
@@ -225,7 +216,7 @@ pub async fn register(state: &AppState, caller: &str, request: &SiteRegistration
     let kind = SiteKind::parse(&request.kind)?;
     SiteCode::new(&request.parent)?;
     let sites = db::subtree(state.db.pool()).await?;
-    if !contains(&sites, caller, &request.parent) {
+    if !db::contains(&sites, caller, &request.parent) {
         return Err(Error::Forbidden(format!(
             "site {caller} may not register a site under {}, which is not in its subtree",
             request.parent
@@ -361,4 +352,41 @@ pub async fn touch(state: &AppState, child: &str) -> Result<()> {
     let mut tx = state.db.write().await?;
     db::touch_site(&mut tx, child, now_ms()).await?;
     Ok(tx.commit().await?)
+}
+
+/// Queues for a new child everything it must know to catch up: every
+/// package version's manifest, the collections, the DP groups and their
+/// distributions, and the jobs still active. Returns how many.
+pub async fn snapshot(tx: &mut WriteTx<'_>, child: &str) -> Result<usize> {
+    let mut instructions = Vec::new();
+    let versions = db::all_manifests(&mut *tx.tx).await?;
+    for (package, version, manifest, signature) in versions {
+        let signed = SignedManifest {
+            bytes: manifest,
+            signature: signature.try_into().map_err(|_| {
+                Error::Internal(format!(
+                    "stored signature of {package} v{version} is damaged"
+                ))
+            })?,
+        };
+        instructions.push(Instruction::PackageVersion {
+            package,
+            version: version as u64,
+            manifest: SignedManifestWire::from_signed(&signed),
+        });
+    }
+    for (name, machines, rule) in db::all_collections(&mut *tx.tx).await? {
+        instructions.push(Instruction::Collection {
+            name,
+            machines,
+            rule,
+        });
+    }
+    instructions.extend(groups::snapshot(tx).await?);
+    instructions.extend(jobs::snapshot(tx).await?);
+    for instruction in &instructions {
+        let body = serde_json::to_string(instruction).map_err(Error::json("encoding JSON"))?;
+        send::queue(tx, child, instruction, &body).await?;
+    }
+    Ok(instructions.len())
 }

@@ -11,7 +11,7 @@
 
 use crate::db::{self, WriteTx};
 use crate::error::{Entity, Error, Result};
-use crate::service::{distribution, groups, send, status};
+use crate::service::{distribution, groups, messages, send, status};
 use crate::state::AppState;
 use cascade_domain::hierarchy::SiteDistribution;
 use cascade_domain::run::{reachability, Reachability, RunEvent, RunFold};
@@ -175,7 +175,7 @@ async fn arrive(state: &AppState, tx: &mut WriteTx<'_>, id: i64) -> Result<JobIn
     let dps = job_dps(state, tx, info.dp_group.as_deref(), !targets.is_empty()).await?;
     let package = db::require_package(&mut *tx.tx, &info.offer.package).await?;
     distribution::place(state, tx, (package.id, &package.name), &dps).await?;
-    status::record_site_message(
+    messages::record_site_message(
         state,
         tx,
         StatusBody::JobArrived {
@@ -235,7 +235,7 @@ pub async fn agent_arrived(state: &AppState, tx: &mut WriteTx<'_>, agent: &str) 
             distribution::place(state, tx, (package_id, &package), &dps).await?;
         }
         // Reported again: the site's targets and DPs for the job changed.
-        status::record_site_message(
+        messages::record_site_message(
             state,
             tx,
             StatusBody::JobArrived {
@@ -310,7 +310,7 @@ pub async fn apply_cancel(state: &AppState, tx: &mut WriteTx<'_>, id: u64) -> Re
         return Ok(());
     }
     db::set_canceled(tx, id as i64, now_ms()).await?;
-    status::record_site_message(
+    messages::record_site_message(
         state,
         tx,
         StatusBody::JobCanceled {
@@ -364,7 +364,7 @@ pub async fn record_expiries(state: &AppState) -> Result<()> {
     let mut tx = state.db.write().await?;
     for (id, package) in &due {
         db::set_expiry_recorded(&mut tx, *id).await?;
-        status::record_site_message(
+        messages::record_site_message(
             state,
             &mut tx,
             StatusBody::JobExpired {
@@ -410,7 +410,7 @@ async fn status_with(state: &AppState, id: u64, views: &mut PackageViews) -> Res
     let mut folds: BTreeMap<(String, String), RunFold> = BTreeMap::new();
     for (_, _, at, site, agent, body) in rows {
         let Some(site) = site else { continue };
-        let message = status::parse_stored(&body)?;
+        let message = messages::parse_stored(&body)?;
         match (agent, message.body) {
             (Some(agent), body) => {
                 if let Some(event) = body.run_event() {

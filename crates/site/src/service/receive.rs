@@ -17,7 +17,7 @@
 
 use crate::db;
 use crate::error::{Entity, Error, Result};
-use crate::service::{distribution, status};
+use crate::service::{distribution, messages};
 use crate::state::{upstream, AppState, Parent};
 use cascade_content::{ChunkHash, ChunkRef, Manifest, SignedManifest};
 use cascade_protocol::{ChunkList, ContentWants, StatusBody, WantedVersion};
@@ -209,7 +209,7 @@ pub async fn content_worker(state: AppState) {
 
 async fn record(state: &AppState, body: StatusBody) -> Result<()> {
     let mut tx = state.db.write().await?;
-    status::record_site_message(state, &mut tx, body).await?;
+    messages::record_site_message(state, &mut tx, body).await?;
     tx.commit().await?;
     state.notify_status_stored();
     Ok(())
@@ -323,12 +323,8 @@ async fn complete(
     bytes_received: u64,
 ) -> Result<()> {
     let mut tx = state.db.write().await?;
-    sqlx::query("UPDATE package_versions SET complete = 1 WHERE package_id = ? AND version = ?")
-        .bind(package_id)
-        .bind(want.version as i64)
-        .execute(&mut *tx.tx)
-        .await?;
-    status::record_site_message(
+    db::mark_version_complete(&mut tx, package_id, want.version as i64).await?;
+    messages::record_site_message(
         state,
         &mut tx,
         StatusBody::ContentComplete {

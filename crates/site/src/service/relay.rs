@@ -12,7 +12,7 @@
 
 use crate::db;
 use crate::error::{Error, Result};
-use crate::service::{hierarchy, status};
+use crate::service::messages;
 use crate::state::{upstream, AppState, Parent};
 use cascade_domain::hierarchy::StatusSource;
 use cascade_protocol::{RelayAck, RelayBatch, RelayConflict, RelayedStatus};
@@ -38,7 +38,7 @@ pub async fn relay_once(state: &AppState, parent: &Parent) -> Result<usize> {
         bytes += body.len();
         messages.push(RelayedStatus {
             source,
-            message: status::parse_stored(&body)?,
+            message: messages::parse_stored(&body)?,
         });
         last = id;
     }
@@ -154,7 +154,7 @@ pub async fn ingest_relayed(state: &AppState, child: &str, batch: &RelayBatch) -
     let mut sources = Vec::with_capacity(batch.messages.len());
     for relayed in &batch.messages {
         let source = StatusSource::parse(&relayed.source)?;
-        if !hierarchy::contains(&sites, child, source.site.as_str()) {
+        if !db::contains(&sites, child, source.site.as_str()) {
             tracing::warn!(%child, source = %source, "refused a relayed status message");
             return Err(Error::Forbidden(format!(
                 "site {child} may not relay messages of {source}, which is not in its subtree"
@@ -194,7 +194,7 @@ pub async fn ingest_relayed(state: &AppState, child: &str, batch: &RelayBatch) -
         let held = db::message_body(&mut *tx.tx, &key, relayed.message.seq).await?;
         let same = held
             .as_deref()
-            .and_then(|body| status::parse_stored(body).ok())
+            .and_then(|body| messages::parse_stored(body).ok())
             == Some(relayed.message.clone());
         if same {
             duplicates += 1;

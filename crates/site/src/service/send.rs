@@ -22,12 +22,8 @@
 
 use crate::db::{self, WriteTx};
 use crate::error::{Error, Result};
-use crate::service::{groups, jobs};
 use crate::state::AppState;
-use cascade_content::SignedManifest;
-use cascade_protocol::{
-    Instruction, InstructionEnvelope, Instructions, InstructionsQuery, SignedManifestWire,
-};
+use cascade_protocol::{Instruction, InstructionEnvelope, Instructions, InstructionsQuery};
 use cascade_store::now_ms;
 use std::time::Duration;
 
@@ -49,7 +45,8 @@ pub async fn send_down(
     Ok(())
 }
 
-async fn queue(
+/// Queues one instruction (`body`, its JSON) for `child`.
+pub async fn queue(
     tx: &mut WriteTx<'_>,
     child: &str,
     instruction: &Instruction,
@@ -64,43 +61,6 @@ async fn queue(
         now_ms(),
     )
     .await
-}
-
-/// Queues for a new child everything it must know to catch up: every
-/// package version's manifest, the collections, the DP groups and their
-/// distributions, and the jobs still active. Returns how many.
-pub async fn snapshot(tx: &mut WriteTx<'_>, child: &str) -> Result<usize> {
-    let mut instructions = Vec::new();
-    let versions = db::all_manifests(&mut *tx.tx).await?;
-    for (package, version, manifest, signature) in versions {
-        let signed = SignedManifest {
-            bytes: manifest,
-            signature: signature.try_into().map_err(|_| {
-                Error::Internal(format!(
-                    "stored signature of {package} v{version} is damaged"
-                ))
-            })?,
-        };
-        instructions.push(Instruction::PackageVersion {
-            package,
-            version: version as u64,
-            manifest: SignedManifestWire::from_signed(&signed),
-        });
-    }
-    for (name, machines, rule) in db::all_collections(&mut *tx.tx).await? {
-        instructions.push(Instruction::Collection {
-            name,
-            machines,
-            rule,
-        });
-    }
-    instructions.extend(groups::snapshot(tx).await?);
-    instructions.extend(jobs::snapshot(tx).await?);
-    for instruction in &instructions {
-        let body = serde_json::to_string(instruction).map_err(Error::json("encoding JSON"))?;
-        queue(tx, child, instruction, &body).await?;
-    }
-    Ok(instructions.len())
 }
 
 /// Longest an instructions poll is held.

@@ -4,151 +4,14 @@
 //! **Architecture Invariant:** no status view is stored. `package_status`
 //! folds the stored messages every time it is asked.
 
-use crate::db::{self, WriteTx};
+use crate::db::{self};
 use crate::error::{Error, Result};
-use crate::service::auth::Principal;
-use crate::service::{groups, jobs};
+use crate::service::{groups, messages};
 use crate::state::{AppState, Pending};
-use cascade_domain::hierarchy::{SourceMember, StatusSource};
+use cascade_domain::hierarchy::StatusSource;
 use cascade_domain::status::{DistributionFold, DistributionState, DistributionView, Timed};
-use cascade_domain::DpName;
 use cascade_protocol::*;
-use cascade_store::now_ms;
 use std::collections::{BTreeMap, HashMap};
-
-/// Parses a stored status message (stored by this site, so a failure is the
-/// server's fault).
-pub fn parse_stored(body: &str) -> Result<StatusMessage> {
-    serde_json::from_str(body).map_err(Error::json("stored status message does not parse"))
-}
-
-/// Records a message whose source is this site, inside `tx`; call
-/// [`AppState::notify_status_stored`] after commit so it is relayed up.
-pub async fn record_site_message(
-    state: &AppState,
-    tx: &mut WriteTx<'_>,
-    body: StatusBody,
-) -> Result<()> {
-    let source = StatusSource::site(state.code.clone());
-    let seq = db::next_seq(&mut tx.tx, state.code.as_str()).await?;
-    let at_ms = now_ms();
-    let message = StatusMessage {
-        seq: seq as u64,
-        at_ms,
-        body,
-    };
-    db::insert_message(&mut tx.tx, &source, &message, at_ms).await?;
-    Ok(())
-}
-
-/// Largest batch of status messages accepted in one call.
-const MAX_BATCH: usize = 10_000;
-
-/// `POST /api/v1/status`: a DP or an agent delivers its messages.
-/// Idempotent: a message already stored (same source, sequence number and
-/// content) is counted as a duplicate and changes nothing.
-///
-/// The sequence rules (see [`store_group`]): numbers run from 1 to 2^63 - 1
-/// and are consecutive within a batch (`invalid_seq`); a batch continues from the
-/// highest number stored for the source, or resends numbers below it,
-/// without skipping any (`seq_gap`); the answer acknowledges only messages
-/// of the batch.
-pub async fn ingest(
-    state: &AppState,
-    principal: &Principal,
-    batch: StatusBatch,
-) -> Result<StatusAck> {
-    // The source is the authenticated sender: a DP or an agent reports
-    // only for itself, and only messages of its own kinds.
-    let (member, sender_id) = match principal {
-        Principal::Dp { id, name } => (SourceMember::Dp(DpName::new(name)?), *id),
-        Principal::Agent { id, name } => (SourceMember::Agent(name.clone()), *id),
-        Principal::Admin | Principal::Site { .. } => return Err(Error::Forbidden(
-            "status messages come from DPs and agents (child sites relay theirs to /site/status)"
-                .into(),
-        )),
-    };
-    let source = StatusSource {
-        site: state.code.clone(),
-        member,
-    };
-    if batch.messages.len() > MAX_BATCH {
-        return Err(Error::TooLarge(format!(
-            "{} status messages in one batch; at most {MAX_BATCH}",
-            batch.messages.len()
-        )));
-    }
-    let mut allowed_jobs: BTreeMap<u64, bool> = BTreeMap::new();
-    let mut previous: Option<u64> = None;
-    for message in &batch.messages {
-        if let Some(reason) = seq_out_of_range(message.seq) {
-            return Err(Error::invalid("invalid_seq", reason));
-        }
-        // Consecutive: an outbox sends a run of numbers without holes, and
-        // a batch then spans no more numbers than it carries messages, so
-        // checking it for resends reads at most that many stored rows (a
-        // batch `[1, 10^12]` cannot make the writer load a whole history).
-        if let Some(previous) = previous.filter(|previous| previous + 1 != message.seq) {
-            return Err(Error::invalid(
-                "invalid_seq",
-                format!(
-                    "status sequence numbers must be consecutive within a batch: {} follows {previous}",
-                    message.seq
-                ),
-            ));
-        }
-        previous = Some(message.seq);
-        let allowed = match &source.member {
-            SourceMember::Dp(_) => message.body.is_from_dp(),
-            SourceMember::Agent(agent) => match message.body.agent_job() {
-                // Most batches are about one job: ask once per job.
-                Some(job) => match allowed_jobs.get(&job) {
-                    Some(known) => *known,
-                    None => {
-                        let targets = jobs::targets(state, job, agent).await?;
-                        allowed_jobs.insert(job, targets);
-                        targets
-                    }
-                },
-                None => false,
-            },
-            SourceMember::Site => false,
-        };
-        if !allowed {
-            tracing::warn!(%source, kind = message.body.kind(), "refused a status message");
-            return Err(Error::Forbidden(format!(
-                "{source} may not report this {} message",
-                message.body.kind()
-            )));
-        }
-    }
-    if batch.messages.is_empty() {
-        // Nothing to store: the answer says where the source stands.
-        let high_water = db::high_water(state.db.pool(), &source.to_string()).await?;
-        return Ok(StatusAck {
-            high_water_seq: high_water as u64,
-            ..StatusAck::default()
-        });
-    }
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let pending = Pending {
-        source,
-        sender_id,
-        messages: batch.messages,
-        received: now_ms(),
-        reply,
-    };
-    let stopped = || Error::Unavailable {
-        code: "shutting_down",
-        message: "the site is shutting down; deliver the status messages again".into(),
-    };
-    state
-        .status_queue
-        .send(pending)
-        .await
-        .map_err(|_| stopped())?;
-    answer.await.map_err(|_| stopped())?
-}
 
 /// Messages the status writer stores in one transaction, at most.
 pub const GROUP_MESSAGES: usize = 20_000;
@@ -322,7 +185,9 @@ fn judge(
         let key = (source.to_owned(), message.seq);
         let same = match (brought.get(&key), held.get(&key)) {
             (Some(earlier), _) => *earlier == message,
-            (None, Some(body)) => parse_stored(body).is_ok_and(|stored| &stored == message),
+            (None, Some(body)) => {
+                messages::parse_stored(body).is_ok_and(|stored| &stored == message)
+            }
             // A hole below the highest number: new here.
             (None, None) => {
                 stored += 1;
@@ -362,7 +227,7 @@ pub async fn package_messages(state: &AppState, name: &str) -> Result<Vec<Status
     let mut out = Vec::new();
     for row in db::messages_of_package(pool, &package.name).await? {
         out.push(StatusRecord {
-            body: parse_stored(&row.body)?.body,
+            body: messages::parse_stored(&row.body)?.body,
             source: row.source,
             seq: row.seq as u64,
             at_ms: row.at_ms,
@@ -422,7 +287,7 @@ pub async fn distribution_views(
         let (Some(site), Some(dp)) = (row.site, row.dp) else {
             continue;
         };
-        let message = parse_stored(&row.body)?;
+        let message = messages::parse_stored(&row.body)?;
         if let Some(event) = message.body.distribution_event() {
             folds.entry((site, dp)).or_default().apply(&Timed {
                 at: row.at_ms,

@@ -81,7 +81,7 @@ pub struct TestState {
     /// What `init` reported (tokens).
     pub report: crate::InitReport,
     /// Holds its data directory.
-    pub dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     /// The status writer, running on the state.
     writer: tokio::task::JoinHandle<()>,
 }
@@ -103,7 +103,7 @@ impl TestState {
         TestState {
             state: opened.state,
             report,
-            dir,
+            _dir: dir,
             writer,
         }
     }

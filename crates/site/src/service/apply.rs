@@ -142,8 +142,21 @@ pub async fn apply_next(state: &AppState) -> Result<bool> {
     Ok(true)
 }
 
-/// Applies one instruction here and queues it for the children, inside `tx`.
+/// Applies one instruction here, then passes it on to the children
+/// unchanged, inside `tx`. Each `apply_*` applies at this site only; the
+/// passing on is here, once, for every kind (a duplicate goes down too: the
+/// children apply it idempotently, as this site did).
 async fn apply(state: &AppState, tx: &mut WriteTx<'_>, instruction: &Instruction) -> Result<()> {
+    apply_here(state, tx, instruction).await?;
+    send::send_down(state, tx, instruction).await
+}
+
+/// Applies one instruction at this site, inside `tx`.
+async fn apply_here(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    instruction: &Instruction,
+) -> Result<()> {
     match instruction {
         Instruction::PackageVersion {
             package,
@@ -154,15 +167,17 @@ async fn apply(state: &AppState, tx: &mut WriteTx<'_>, instruction: &Instruction
             name,
             machines,
             rule,
-        } => collections::apply_collection(state, tx, name, machines.clone(), rule.clone()).await,
-        Instruction::DpGroup { name, dps } => groups::apply_group(state, tx, name, dps).await,
+        } => collections::apply_collection(tx, name, machines.clone(), rule.clone()).await,
+        Instruction::DpGroup { name, dps } => groups::apply_group(tx, name, dps).await,
         Instruction::Distribute { package, dp_group } => {
             groups::apply_group_distribution(state, tx, package, dp_group)
                 .await
                 .map(|_| ())
         }
         Instruction::Job { job } => jobs::apply_job(state, tx, job).await,
-        Instruction::JobCanceled { job, .. } => jobs::apply_cancel(state, tx, *job).await,
+        Instruction::JobCanceled { job, .. } => {
+            jobs::apply_cancel(state, tx, *job).await.map(|_| ())
+        }
         Instruction::Refresh { package, dps } => {
             distribution::apply_refresh(state, tx, package, dps.as_deref())
                 .await
@@ -226,14 +241,5 @@ async fn receive_version(
         .and_then(|held| Version::new(held as u64));
     Version::check_newer(package, held, offered)?;
     db::insert_version(tx, package_id, &manifest, &signed, false).await?;
-    send::send_down(
-        state,
-        tx,
-        &Instruction::PackageVersion {
-            package: package.to_owned(),
-            version,
-            manifest: wire.clone(),
-        },
-    )
-    .await
+    Ok(())
 }

@@ -8,7 +8,7 @@ use crate::service::send;
 use crate::state::AppState;
 use cascade_domain::rule::Rule;
 use cascade_domain::validate_name;
-use cascade_protocol::{CollectionInfo, CollectionRequest};
+use cascade_protocol::{CollectionInfo, CollectionRequest, Instruction};
 use cascade_store::now_ms;
 
 /// Creates a collection at the central site: listed workstations (each
@@ -64,7 +64,17 @@ pub async fn create(state: &AppState, request: &CollectionRequest) -> Result<Col
             request.name
         )));
     }
-    apply_collection(state, &mut tx, &request.name, machines, rule).await?;
+    apply_collection(&mut tx, &request.name, machines.clone(), rule.clone()).await?;
+    send::send_down(
+        state,
+        &mut tx,
+        &Instruction::Collection {
+            name: request.name.clone(),
+            machines,
+            rule,
+        },
+    )
+    .await?;
     let info = collection_info(state, &mut tx, &request.name).await?;
     tx.commit().await?;
     state.notify_outbox_changed();
@@ -72,9 +82,8 @@ pub async fn create(state: &AppState, request: &CollectionRequest) -> Result<Col
 }
 
 /// Stores a collection (replacing one of the same name: applying it twice
-/// changes nothing) and passes it on to the child sites.
+/// changes nothing).
 pub async fn apply_collection(
-    state: &AppState,
     tx: &mut WriteTx<'_>,
     name: &str,
     machines: Option<Vec<String>>,
@@ -90,17 +99,7 @@ pub async fn apply_collection(
             format!("collection {name} needs either machines or a rule"),
         ));
     }
-    db::upsert_collection(tx, name, machines.as_deref(), rule.as_deref(), now_ms()).await?;
-    send::send_down(
-        state,
-        tx,
-        &cascade_protocol::Instruction::Collection {
-            name: name.to_owned(),
-            machines,
-            rule,
-        },
-    )
-    .await
+    db::upsert_collection(tx, name, machines.as_deref(), rule.as_deref(), now_ms()).await
 }
 
 /// A collection and its members now.

@@ -13,9 +13,9 @@
 
 use crate::db::{self, WriteTx};
 use crate::error::Result;
-use crate::service::{messages, send};
+use crate::service::messages;
 use crate::state::AppState;
-use cascade_protocol::{Instruction, StatusBody, TargetChange};
+use cascade_protocol::{StatusBody, TargetChange};
 use cascade_store::now_ms;
 
 /// Sets the (package, DP) entry to `version` with `refresh`, bumps the DP's
@@ -119,8 +119,8 @@ pub async fn held_rows(
 }
 
 /// Refreshes this site's DPs among `members` (`SITE/DP`; `None`: every DP
-/// here holding the package) and passes the refresh on to the child sites,
-/// inside `tx`. A refresh applies to the version a DP holds or is moving
+/// here holding the package), inside `tx` (the caller passes the refresh
+/// on to the child sites). A refresh applies to the version a DP holds or is moving
 /// to: an entry still waiting for its content here keeps the new
 /// generation, and the DP verifies what it installs (Q258424). A member
 /// that does not hold the package here is left alone.
@@ -133,7 +133,6 @@ pub async fn apply_refresh(
     let Some(row) = db::package_by_name(&mut *tx.tx, package).await? else {
         // A package this site never heard of has nothing to refresh here;
         // the sites below may still hold it.
-        send_refresh_down(state, tx, package, members).await?;
         return Ok(Vec::new());
     };
     let own = format!("{}/", state.code);
@@ -166,23 +165,5 @@ pub async fn apply_refresh(
             changed: true,
         });
     }
-    send_refresh_down(state, tx, package, members).await?;
     Ok(changes)
-}
-
-async fn send_refresh_down(
-    state: &AppState,
-    tx: &mut WriteTx<'_>,
-    package: &str,
-    members: Option<&[String]>,
-) -> Result<()> {
-    send::send_down(
-        state,
-        tx,
-        &Instruction::Refresh {
-            package: package.to_owned(),
-            dps: members.map(<[String]>::to_vec),
-        },
-    )
-    .await
 }

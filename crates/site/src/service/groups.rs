@@ -81,7 +81,16 @@ pub async fn create(state: &AppState, request: &DpGroupRequest) -> Result<DpGrou
             request.name
         )));
     }
-    apply_group(state, &mut tx, &request.name, &dps).await?;
+    apply_group(&mut tx, &request.name, &dps).await?;
+    send::send_down(
+        state,
+        &mut tx,
+        &Instruction::DpGroup {
+            name: request.name.clone(),
+            dps: dps.clone(),
+        },
+    )
+    .await?;
     let mut info = group_row(&mut tx, &request.name)
         .await?
         .ok_or_else(|| Error::Internal(format!("dp group {} vanished", request.name)))?
@@ -144,28 +153,14 @@ pub async fn require_group(tx: &mut WriteTx<'_>, name: &str) -> Result<i64> {
         .0)
 }
 
-/// Stores a DP group (replacing one of the same name) and passes it on to
-/// the child sites.
-pub async fn apply_group(
-    state: &AppState,
-    tx: &mut WriteTx<'_>,
-    name: &str,
-    dps: &[String],
-) -> Result<()> {
+/// Stores a DP group (replacing one of the same name: applying it twice
+/// changes nothing).
+pub async fn apply_group(tx: &mut WriteTx<'_>, name: &str, dps: &[String]) -> Result<()> {
     validate_name("dp group name", name)?;
     for member in dps {
         parse_member(member)?;
     }
-    db::upsert_group(tx, name, dps, now_ms()).await?;
-    send::send_down(
-        state,
-        tx,
-        &Instruction::DpGroup {
-            name: name.to_owned(),
-            dps: dps.to_vec(),
-        },
-    )
-    .await
+    db::upsert_group(tx, name, dps, now_ms()).await
 }
 
 /// Every member of the group, as `SITE/DP`.
@@ -233,7 +228,7 @@ pub async fn packages_for_dp(
 }
 
 /// Distributes `package` to the group: this site places it on its own
-/// members, and passes the distribution on to the child sites.
+/// members (the caller passes the distribution on to the child sites).
 pub async fn apply_group_distribution(
     state: &AppState,
     tx: &mut WriteTx<'_>,
@@ -250,17 +245,7 @@ pub async fn apply_group_distribution(
         .filter(|dp| members.contains(&dp.name))
         .map(|dp| (dp.id, dp.name))
         .collect();
-    let changes = distribution::place(state, tx, (package.id, &package.name), &dps).await?;
-    send::send_down(
-        state,
-        tx,
-        &Instruction::Distribute {
-            package: package.name.clone(),
-            dp_group: group.to_owned(),
-        },
-    )
-    .await?;
-    Ok(changes)
+    distribution::place(state, tx, (package.id, &package.name), &dps).await
 }
 
 /// `cascade package distribute NAME --dp-group G`.
@@ -272,6 +257,15 @@ pub async fn distribute_to_group(
     state.require_central("distributing to a dp group")?;
     let mut tx = state.db.write().await?;
     let dps = apply_group_distribution(state, &mut tx, package, group).await?;
+    send::send_down(
+        state,
+        &mut tx,
+        &Instruction::Distribute {
+            package: package.to_owned(),
+            dp_group: group.to_owned(),
+        },
+    )
+    .await?;
     let sites = db::children(&mut *tx.tx, state.code.as_str()).await?;
     tx.commit().await?;
     state.notify_everything();

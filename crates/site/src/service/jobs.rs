@@ -98,6 +98,7 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
     )
     .await?;
     let info = arrive(state, &mut tx, id).await?;
+    send::send_down(state, &mut tx, &Instruction::Job { job: info.clone() }).await?;
     tx.commit().await?;
     state.notify_everything();
     tracing::info!(job = id, package = %package.name, version, collection = %request.collection, "job created");
@@ -160,8 +161,8 @@ pub async fn apply_job(state: &AppState, tx: &mut WriteTx<'_>, job: &JobInfo) ->
 /// A job arrives at this site (created here, or its instruction applied):
 /// it records which of the site's workstations it targets, places the
 /// package on the DPs it distributes to here (none: distribution is not
-/// applicable at this site, Q167007), reports `job_arrived`, offers it to
-/// the agents and passes it on to the child sites.
+/// applicable at this site, Q167007), reports `job_arrived` and offers it
+/// to the agents. The caller passes it on to the child sites.
 async fn arrive(state: &AppState, tx: &mut WriteTx<'_>, id: i64) -> Result<JobInfo> {
     let (info, collection_id) = db::job_by_id(&mut *tx.tx, id as u64).await?;
     let members = db::membership(&mut *tx.tx, collection_id).await?;
@@ -188,7 +189,6 @@ async fn arrive(state: &AppState, tx: &mut WriteTx<'_>, id: i64) -> Result<JobIn
     )
     .await?;
     db::bump_agents(tx).await?;
-    send::send_down(state, tx, &Instruction::Job { job: info.clone() }).await?;
     Ok(info)
 }
 
@@ -296,18 +296,29 @@ pub async fn list(state: &AppState) -> Result<Vec<JobInfo>> {
 pub async fn cancel(state: &AppState, id: u64) -> Result<JobInfo> {
     state.require_central("canceling jobs")?;
     let mut tx = state.db.write().await?;
-    apply_cancel(state, &mut tx, id).await?;
+    if let Some(package) = apply_cancel(state, &mut tx, id).await? {
+        send::send_down(
+            state,
+            &mut tx,
+            &Instruction::JobCanceled { job: id, package },
+        )
+        .await?;
+    }
     tx.commit().await?;
     state.notify_everything();
     Ok(status_of(state, id).await?.job)
 }
 
-/// Cancels a job here (once: `job_canceled` is recorded the first time) and
-/// passes the cancellation on to the child sites.
-pub async fn apply_cancel(state: &AppState, tx: &mut WriteTx<'_>, id: u64) -> Result<()> {
+/// Cancels a job here (once: `job_canceled` is recorded the first time);
+/// returns its package when this canceled it, `None` when it was already.
+pub async fn apply_cancel(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    id: u64,
+) -> Result<Option<String>> {
     let (info, _) = db::job_by_id(&mut *tx.tx, id).await?;
     if info.canceled_at_ms.is_some() {
-        return Ok(());
+        return Ok(None);
     }
     db::set_canceled(tx, id as i64, now_ms()).await?;
     messages::record_site_message(
@@ -320,15 +331,7 @@ pub async fn apply_cancel(state: &AppState, tx: &mut WriteTx<'_>, id: u64) -> Re
     )
     .await?;
     db::bump_agents(tx).await?;
-    send::send_down(
-        state,
-        tx,
-        &Instruction::JobCanceled {
-            job: id,
-            package: info.offer.package,
-        },
-    )
-    .await
+    Ok(Some(info.offer.package))
 }
 
 /// Whether `job` is offered to the agent named `agent` (for refusing

@@ -371,6 +371,15 @@ pub async fn refresh(
             format!("package {name} is not distributed to any of these dps; nothing to refresh"),
         ));
     }
+    send::send_down(
+        state,
+        &mut tx,
+        &Instruction::Refresh {
+            package: package.name.clone(),
+            dps: members,
+        },
+    )
+    .await?;
     tx.commit().await?;
     state.notify_assignments_changed();
     state.notify_status_stored();

@@ -93,7 +93,7 @@ async fn who_the_site_is_needs_no_credential() {
 #[tokio::test]
 async fn a_request_without_a_valid_credential_is_unauthorized() {
     let site = TestState::open().await;
-    let admin = Some(site.report.admin_token.as_str());
+    let admin = site.report.admin_token.as_str();
     let (status, answer) = call(&site, Method::GET, "/api/v1/packages", None, None).await;
     assert_eq!(
         (status, code(&answer)),
@@ -117,7 +117,7 @@ async fn a_request_without_a_valid_credential_is_unauthorized() {
         .contains("unknown credential"));
     // Not a bearer token.
     let request = Request::get("/api/v1/packages")
-        .header(header::AUTHORIZATION, format!("Basic {}", admin.unwrap()))
+        .header(header::AUTHORIZATION, format!("Basic {admin}"))
         .body(Body::empty())
         .unwrap();
     let response = router(site.state.clone()).oneshot(request).await.unwrap();
@@ -129,7 +129,7 @@ async fn a_request_without_a_valid_credential_is_unauthorized() {
         (status, code(&answer)),
         (StatusCode::UNAUTHORIZED, "unauthorized".into())
     );
-    let (status, _) = call(&site, Method::GET, "/api/v1/packages", admin, None).await;
+    let (status, _) = call(&site, Method::GET, "/api/v1/packages", Some(admin), None).await;
     assert_eq!(status, StatusCode::OK);
 }
 

@@ -102,6 +102,10 @@ const SEND_PIECE_BYTES: usize = 1024 * 1024;
 /// rate limit paces smoothly and a transfer cut short loses little.
 const CHILD_PIECE_BYTES: usize = 128 * 1024;
 
+/// A child's link: its code, its rate limit, and the pacer every stream to
+/// it shares.
+type Pacing = (String, Option<u64>, Arc<Links>);
+
 /// One piece of a chunk stream, or the error that ends it.
 pub type Piece = std::result::Result<Bytes, std::io::Error>;
 
@@ -133,7 +137,7 @@ pub async fn fetch(
         Ok(held)
     })
     .await?;
-    let (piece_bytes, pacing): (usize, Option<(String, Option<u64>, Arc<Links>)>) = match fetcher {
+    let (piece_bytes, pacing): (usize, Option<Pacing>) = match fetcher {
         Fetcher::Child(code) => {
             hierarchy::touch(state, code).await?;
             let rate = db::site_max_rate(state.db.pool(), code).await?;

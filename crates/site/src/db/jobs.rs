@@ -150,46 +150,22 @@ pub struct NewJob<'a> {
     pub dp_group: Option<&'a str>,
 }
 
-/// Creates a job at the central site; returns its id.
-pub async fn insert_job(tx: &mut WriteTx<'_>, job: &NewJob<'_>) -> Result<i64> {
+/// Stores a job: created here (`id` none: the next id), or passed down
+/// from the parent under the central site's `id`. Returns its id, or none
+/// when a job of that id is stored already (applying it twice changes
+/// nothing).
+pub async fn insert_job(
+    tx: &mut WriteTx<'_>,
+    id: Option<i64>,
+    job: &NewJob<'_>,
+) -> Result<Option<i64>> {
     let codes =
         serde_json::to_string(job.success_codes).map_err(Error::json("encoding success codes"))?;
     Ok(sqlx::query_scalar(
-        "INSERT INTO jobs (package_id, version, collection_id, command, offer_at_ms, expires_at_ms, optional,
-                           retries, retry_delay_ms, timeout_ms, success_codes, created_at_ms, dp_group)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-    )
-    .bind(job.package_id)
-    .bind(job.version)
-    .bind(job.collection_id)
-    .bind(job.command)
-    .bind(job.offer_at_ms)
-    .bind(job.expires_at_ms)
-    .bind(job.optional)
-    .bind(job.retries as i64)
-    .bind(job.retry_delay_ms as i64)
-    .bind(job.timeout_ms.map(|ms| ms as i64))
-    .bind(codes)
-    .bind(job.created_at_ms)
-    .bind(job.dp_group)
-    .fetch_one(&mut *tx.tx)
-    .await?)
-}
-
-/// Stores a job passed down from the parent under the central site's id;
-/// false when it is stored already.
-pub async fn insert_job_from_parent(
-    tx: &mut WriteTx<'_>,
-    id: i64,
-    job: &NewJob<'_>,
-) -> Result<bool> {
-    let codes =
-        serde_json::to_string(job.success_codes).map_err(Error::json("encoding success codes"))?;
-    let inserted = sqlx::query(
         "INSERT OR IGNORE INTO jobs (id, package_id, version, collection_id, command, offer_at_ms, expires_at_ms,
                            optional, retries, retry_delay_ms, timeout_ms, success_codes, created_at_ms,
                            canceled_at_ms, dp_group)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(id)
     .bind(job.package_id)
@@ -206,10 +182,8 @@ pub async fn insert_job_from_parent(
     .bind(job.created_at_ms)
     .bind(job.canceled_at_ms)
     .bind(job.dp_group)
-    .execute(&mut *tx.tx)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+    .fetch_optional(&mut *tx.tx)
+    .await?)
 }
 
 /// Records how many of this site's workstations the job targets.

@@ -79,6 +79,7 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
     }
     let id = db::insert_job(
         &mut tx,
+        None,
         &db::NewJob {
             package_id: package.id,
             version,
@@ -96,7 +97,8 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
             dp_group: request.dp_group.as_deref(),
         },
     )
-    .await?;
+    .await?
+    .ok_or_else(|| Error::Internal("a new job was not stored".into()))?;
     let info = arrive(state, &mut tx, id).await?;
     send::send_down(state, &mut tx, &Instruction::Job { job: info.clone() }).await?;
     tx.commit().await?;
@@ -131,9 +133,9 @@ pub async fn apply_job(state: &AppState, tx: &mut WriteTx<'_>, job: &JobInfo) ->
         ));
     }
     let collection_id = collection_id(tx, &job.collection).await?;
-    let inserted = db::insert_job_from_parent(
+    let inserted = db::insert_job(
         tx,
-        offer.id as i64,
+        Some(offer.id as i64),
         &db::NewJob {
             package_id: package.id,
             version: offer.version as i64,
@@ -151,7 +153,8 @@ pub async fn apply_job(state: &AppState, tx: &mut WriteTx<'_>, job: &JobInfo) ->
             dp_group: job.dp_group.as_deref(),
         },
     )
-    .await?;
+    .await?
+    .is_some();
     if inserted {
         arrive(state, tx, offer.id as i64).await?;
     }

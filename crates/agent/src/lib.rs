@@ -9,6 +9,7 @@
 
 mod execute;
 
+use cascade_protocol::worker::{Step, Work, Worker};
 use cascade_protocol::{AgentEnrollRequest, AgentReport, Client, Enrollment, JobOffer, StatusBody};
 use cascade_store::{Db, NewDir, Outbox, OUTBOX_SCHEMA};
 use serde::{Deserialize, Serialize};
@@ -269,8 +270,83 @@ pub async fn run_offer(dir: &Path, job: u64) -> Result<()> {
 /// Database connections the running agent keeps: few, to stay small.
 const AGENT_CONNECTIONS: u32 = 2;
 
-/// Longest wait between attempts while the site is unreachable.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The policy poll's state between its steps.
+struct Poll<'a> {
+    config: &'a Config,
+    client: &'a Client,
+    db: &'a Db,
+    sources: &'a tokio::sync::Mutex<execute::Sources>,
+    canceled: &'a tokio::sync::watch::Sender<Arc<HashSet<u64>>>,
+    /// Wakes the forwarder (offers were reported).
+    wake: &'a tokio::sync::Notify,
+    /// Wakes the executor (the offers may have changed).
+    nudge: &'a tokio::sync::Notify,
+    /// The policy revision held.
+    revision: u64,
+    /// How long a poll is held, as the site says.
+    interval: Duration,
+    /// Whether the site has the attributes since it last answered.
+    announced: bool,
+    approved: Option<bool>,
+}
+
+impl Work for Poll<'_> {
+    type Error = cascade_protocol::Error;
+
+    /// One policy poll, held open for about one poll interval (set by the
+    /// site) with ±10% jitter, and what it answered recorded. While the
+    /// site is unreachable, the worker's jittered backoff spaces the polls.
+    async fn step(&mut self) -> std::result::Result<Step, cascade_protocol::Error> {
+        if !self.announced {
+            match self.client.agent_hello(&report(&self.config.tags)).await {
+                Ok(()) => self.announced = true,
+                Err(err) => {
+                    tracing::warn!(error = %cascade_protocol::chain(&err), "cannot report to the site yet")
+                }
+            }
+        }
+        let jitter = rand::random::<f64>() * 0.2 - 0.1;
+        let wait = self.interval.mul_f64(1.0 + jitter);
+        let policy = match self.client.agent_policy(self.revision, wait).await {
+            Ok(policy) => policy,
+            Err(err) => {
+                self.announced = false;
+                return Err(err);
+            }
+        };
+        self.revision = policy.revision;
+        self.interval = Duration::from_millis(policy.poll_interval_ms.max(1000));
+        *self.sources.lock().await = execute::Sources::of(&policy);
+        let canceled: HashSet<u64> = policy.canceled.iter().copied().collect();
+        if **self.canceled.borrow() != canceled {
+            self.canceled.send_replace(Arc::new(canceled));
+        }
+        match apply_policy(self.db, &policy.jobs).await {
+            Ok(true) => {
+                self.wake.notify_one();
+                self.nudge.notify_one();
+            }
+            Ok(false) => self.nudge.notify_one(),
+            Err(err) => {
+                // Ask again at once rather than wait for the next change.
+                self.revision = 0;
+                tracing::warn!(error = %cascade_protocol::chain(&err), "recording the policy failed; will retry");
+            }
+        }
+        if self.approved != Some(policy.approved) {
+            self.approved = Some(policy.approved);
+            if policy.approved {
+                tracing::info!("approved by the site");
+            } else {
+                tracing::info!(
+                    "waiting for approval: `cascade agent approve {}`",
+                    self.config.enrollment.name
+                );
+            }
+        }
+        Ok(Step::Again)
+    }
+}
 
 /// Runs the agent in `dir` until `shutdown` resolves.
 pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
@@ -310,74 +386,28 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         reported: Default::default(),
     };
     let executor = tokio::spawn(executor.run(stop_rx));
-    tokio::pin!(shutdown);
-    let mut revision = 0u64;
-    let mut interval = Duration::from_secs(60);
-    let mut backoff = Duration::from_millis(500);
-    let mut announced = false;
-    let mut approved: Option<bool> = None;
-    loop {
-        if !announced {
-            match client.agent_hello(&report(&config.tags)).await {
-                Ok(()) => announced = true,
-                Err(err) => {
-                    tracing::warn!(error = %cascade_protocol::chain(&err), "cannot report to the site yet")
-                }
-            }
-        }
-        // Hold the poll open for about one interval, with ±10% jitter.
-        let jitter = rand::random::<f64>() * 0.2 - 0.1;
-        let wait = interval.mul_f64(1.0 + jitter);
-        let polled = tokio::select! {
-            polled = client.agent_policy(revision, wait) => polled,
-            _ = &mut shutdown => break,
-        };
-        match polled {
-            Ok(policy) => {
-                backoff = Duration::from_millis(500);
-                revision = policy.revision;
-                interval = Duration::from_millis(policy.poll_interval_ms.max(1000));
-                *sources.lock().await = execute::Sources::of(&policy);
-                let canceled: HashSet<u64> = policy.canceled.iter().copied().collect();
-                if **canceled_tx.borrow() != canceled {
-                    canceled_tx.send_replace(Arc::new(canceled));
-                }
-                match apply_policy(&db, &policy.jobs).await {
-                    Ok(true) => {
-                        wake.notify_one();
-                        nudge.notify_one();
-                    }
-                    Ok(false) => nudge.notify_one(),
-                    Err(err) => {
-                        // Ask again at once rather than wait for the next change.
-                        revision = 0;
-                        tracing::warn!(error = %cascade_protocol::chain(&err), "recording the policy failed; will retry");
-                    }
-                }
-                if approved != Some(policy.approved) {
-                    approved = Some(policy.approved);
-                    if policy.approved {
-                        tracing::info!("approved by the site");
-                    } else {
-                        tracing::info!(
-                            "waiting for approval: `cascade agent approve {}`",
-                            enrollment.name
-                        );
-                    }
-                }
-            }
-            Err(err) => {
-                announced = false;
-                let delay = backoff.mul_f64(1.0 + rand::random::<f64>() * 0.5);
-                tracing::warn!(error = %cascade_protocol::chain(&err), retry_in_ms = delay.as_millis() as u64, "site unreachable");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = &mut shutdown => break,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
+    // The poll ends when `shutdown` resolves; the executor and the
+    // forwarder after it.
+    let (poll_stop_tx, poll_stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = poll_stop_tx.send(true);
+    });
+    Worker::new("polling the site for the policy", poll_stop)
+        .run(Poll {
+            config: &config,
+            client: &client,
+            db: &db,
+            sources: &sources,
+            canceled: &canceled_tx,
+            wake: &wake,
+            nudge: &nudge,
+            revision: 0,
+            interval: Duration::from_secs(60),
+            announced: false,
+            approved: None,
+        })
+        .await;
     let _ = stop_tx.send(true);
     let _ = executor.await;
     let _ = forwarder.await;

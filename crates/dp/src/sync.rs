@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::{now_ms, Dp};
 use cascade_content::{ChunkHash, ChunkRef, Manifest};
 use cascade_domain::Version;
+use cascade_protocol::worker::{Step, Work, Worker};
 use cascade_protocol::{Assignment, StatusBody};
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -16,9 +17,6 @@ use tokio::sync::watch;
 
 /// How long one long poll waits for a change.
 const POLL_WAIT: Duration = Duration::from_secs(30);
-/// Longest wait between attempts while the site is unreachable or a
-/// transfer keeps failing.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Chunk bytes asked for in one fetch request.
 const FETCH_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// Fetch requests in flight at once.
@@ -26,71 +24,94 @@ const FETCH_PARALLEL: usize = 4;
 /// Least time between two progress messages.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
-/// Runs until `stop` turns true.
-pub async fn run(dp: Dp, url: String, mut stop: watch::Receiver<bool>) {
-    let mut revision = 0u64;
-    let mut assignments: Vec<Assignment> = Vec::new();
-    let mut backoff = Duration::from_millis(250);
-    let mut announced = false;
-    let mut failing = false;
-    // The last failure reported per package, so that a failure repeating
-    // on every retry is reported once, not once per attempt.
-    let mut reported: HashMap<String, String> = HashMap::new();
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        if !announced {
-            match crate::hello(&dp, &url).await {
-                Ok(()) => announced = true,
+/// Runs until `stop` turns true, as a worker: while the site is
+/// unreachable, or an assignment keeps failing, it backs off and keeps
+/// serving what it holds.
+pub async fn run(dp: Dp, url: String, stop: watch::Receiver<bool>) {
+    Worker::new("syncing with the site", stop)
+        .run(Sync {
+            dp,
+            url,
+            revision: 0,
+            assignments: Vec::new(),
+            announced: false,
+            failing: false,
+            reported: HashMap::new(),
+        })
+        .await
+}
+
+/// What the sync worker keeps between its steps.
+struct Sync {
+    dp: Dp,
+    url: String,
+    /// The revision of the assignments held.
+    revision: u64,
+    assignments: Vec<Assignment>,
+    /// Whether the site has the DP's URL since it last answered.
+    announced: bool,
+    /// Whether an assignment failed in the last step.
+    failing: bool,
+    /// The last failure reported per package, so that a failure repeating
+    /// on every retry is reported once, not once per attempt.
+    reported: HashMap<String, String>,
+}
+
+impl Work for Sync {
+    type Error = Error;
+
+    /// One poll and one pass over the assignments. The poll waits for a
+    /// change (or a repair), except after a failed pass: the worker's
+    /// backoff was the wait, and the assignments are tried again at once.
+    async fn step(&mut self) -> Result<Step> {
+        let dp = &self.dp;
+        if !self.announced {
+            match crate::hello(dp, &self.url).await {
+                Ok(()) => self.announced = true,
                 Err(err) => {
                     tracing::warn!(error = %cascade_protocol::chain(&err), "cannot announce to the site yet")
                 }
             }
         }
-        // Poll: at once on start, then wait for a change, or only for the
-        // backoff when the last round failed and must be retried.
-        let wait = if failing { backoff } else { POLL_WAIT };
+        let wait = if self.failing {
+            Duration::ZERO
+        } else {
+            POLL_WAIT
+        };
         let polled = tokio::select! {
-            result = dp.client.assignments(revision, wait) => Some(result),
+            result = dp.client.assignments(self.revision, wait) => Some(result),
             _ = dp.repair_wake.notified() => None,
-            _ = stop.changed() => return,
         };
         match polled {
             Some(Ok(answer)) => {
-                revision = answer.revision;
-                assignments = answer.assignments;
+                self.revision = answer.revision;
+                self.assignments = answer.assignments;
             }
             Some(Err(err)) => {
-                // The site is unreachable: keep serving what is held, retry
-                // with a growing backoff, and apply nothing meanwhile (every
-                // transfer would fail the same way).
-                tracing::warn!(error = %cascade_protocol::chain(&err), retry_in_ms = backoff.as_millis() as u64, "site unreachable; still serving held content");
-                announced = false;
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
+                // The site is unreachable: keep serving what is held, and
+                // apply nothing meanwhile (every transfer would fail the
+                // same way).
+                self.announced = false;
+                return Err(Error::Unavailable(format!(
+                    "site unreachable; still serving held content: {}",
+                    cascade_protocol::chain(&err)
+                )));
             }
             None => {}
         }
-        failing = false;
-        for assignment in &assignments {
-            if *stop.borrow() {
-                return;
-            }
-            match apply(&dp, assignment).await {
+        let mut failed = 0;
+        for assignment in &self.assignments {
+            match apply(dp, assignment).await {
                 Ok(()) => {
-                    reported.remove(&assignment.package);
+                    self.reported.remove(&assignment.package);
                 }
                 Err(err) => {
-                    failing = true;
+                    failed += 1;
                     let reason = cascade_protocol::chain(&err);
                     tracing::warn!(package = %assignment.package, version = assignment.version, error = %reason, "assignment failed; will retry");
-                    if reported.get(&assignment.package) != Some(&reason) {
-                        reported.insert(assignment.package.clone(), reason.clone());
+                    if self.reported.get(&assignment.package) != Some(&reason) {
+                        self.reported
+                            .insert(assignment.package.clone(), reason.clone());
                         let _ = dp
                             .emit(StatusBody::DpFailed {
                                 package: assignment.package.clone(),
@@ -102,11 +123,14 @@ pub async fn run(dp: Dp, url: String, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
-        backoff = if failing {
-            (backoff * 2).min(MAX_BACKOFF)
-        } else {
-            Duration::from_millis(250)
-        };
+        self.failing = failed > 0;
+        if self.failing {
+            return Err(Error::Unavailable(format!(
+                "{failed} of {} assignment(s) failed",
+                self.assignments.len()
+            )));
+        }
+        Ok(Step::Again)
     }
 }
 

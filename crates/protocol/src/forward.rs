@@ -1,6 +1,7 @@
 //! The status forwarder: the worker that empties a process's outbox into its
-//! site, in order, with backoff while the site is unreachable.
+//! site, in order, with the workers' backoff while the site is unreachable.
 
+use crate::worker::{Failed, Step, Worker};
 use crate::{Client, StatusAck, StatusBatch, StatusBody, StatusMessage};
 use cascade_store::{Outbox, OutboxEntry};
 use std::sync::Arc;
@@ -9,44 +10,30 @@ use tokio::sync::{watch, Notify};
 
 /// Messages sent per request.
 const BATCH: u32 = 500;
-/// Longest wait between retries while the site is unreachable.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Idle re-check interval when no wake-up came.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 
-/// Forwards the outbox until `shutdown` turns true. `wake` is notified by
-/// whoever pushes a message, so that messages leave within milliseconds.
+/// Forwards the outbox until `shutdown` turns true, as a [`Worker`]. `wake`
+/// is notified by whoever pushes a message, so that messages leave within
+/// milliseconds; while the site is unreachable or refuses the batch, the
+/// worker backs off.
 pub async fn forward_status(
     outbox: Outbox,
     client: Client,
     wake: Arc<Notify>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        match forward_once(&outbox, &client).await {
-            Ok(0) => {
-                backoff = Duration::from_millis(250);
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(IDLE_CHECK) => {}
-                    _ = shutdown.changed() => {}
-                }
+    Worker::new("status forwarding", shutdown)
+        .woken_by(&wake)
+        .idle(IDLE_CHECK)
+        .run(|| async {
+            match forward_once(&outbox, &client).await {
+                Ok(0) => Ok(Step::Idle),
+                Ok(_) => Ok(Step::Again),
+                Err(err) => Err(Failed(err)),
             }
-            Ok(_) => backoff = Duration::from_millis(250),
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "status forwarding failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
+        })
+        .await
 }
 
 /// Sends one batch; returns how many messages it carried.

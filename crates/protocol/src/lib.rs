@@ -13,6 +13,7 @@ pub mod frames;
 pub mod logging;
 pub mod sites;
 pub mod types;
+pub mod worker;
 
 pub use client::Client;
 pub use enrollment::{read_config, Enrollment};

@@ -19,7 +19,7 @@ use std::time::Duration;
 const POLL_WAIT: Duration = Duration::from_secs(30);
 
 /// One long poll of the parent's instructions, stored in the inbox.
-pub async fn receive_once(state: &AppState, parent: &Parent) -> Result<bool> {
+pub async fn receive_once(state: &AppState, parent: &Parent) -> Result<()> {
     let after = db::cursor(state.db.pool(), "instructions").await? as u64;
     let polled = parent.client.instructions(after, POLL_WAIT).await;
     let answer = polled.map_err(|err| {
@@ -36,8 +36,7 @@ pub async fn receive_once(state: &AppState, parent: &Parent) -> Result<bool> {
         .lock()
         .expect("progress lock")
         .parent_answered();
-    store_in_inbox(state, answer.instructions).await?;
-    Ok(true)
+    store_in_inbox(state, answer.instructions).await
 }
 
 /// Stores instructions received from the parent in the inbox and moves

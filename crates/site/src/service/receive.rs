@@ -20,6 +20,7 @@ use crate::error::{Entity, Error, Result};
 use crate::service::{distribution, messages};
 use crate::state::{upstream, AppState, Parent};
 use cascade_content::{ChunkHash, ChunkRef, Manifest, SignedManifest};
+use cascade_protocol::worker::Step;
 use cascade_protocol::{ChunkList, ContentWants, StatusBody, WantedVersion};
 use cascade_store::now_ms;
 use futures_util::StreamExt;
@@ -68,9 +69,6 @@ pub async fn needs(state: &AppState) -> Result<BTreeMap<WantedVersion, Vec<Strin
     Ok(out)
 }
 
-/// Shortest and longest waits after a failure.
-const MIN_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How soon to look again for chunks the parent did not hold yet.
 const PARENT_WAIT: Duration = Duration::from_millis(300);
 /// Chunk bytes asked for in one fetch request; between two requests the
@@ -96,41 +94,47 @@ enum Round {
     Superseded,
 }
 
-/// The child's content worker: brings in what the site needs until
-/// shutdown, retrying with backoff while the parent is unreachable.
-pub async fn content_worker(state: AppState) {
-    let Some(parent) = state.parent.clone() else {
-        return;
-    };
-    let mut shutdown = state.shutdown.clone();
-    let mut told: Option<ContentWants> = None;
-    let mut started: HashSet<WantedVersion> = HashSet::new();
-    let mut reported_failures: HashMap<WantedVersion, String> = HashMap::new();
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let needs = match needs(&state).await {
-            Ok(needs) => needs,
-            Err(err) => {
-                // Not an empty set: that would tell the parent nothing is
-                // needed and drop the transfers under way.
-                tracing::warn!(error = %cascade_protocol::chain(&err), retry_in_ms = backoff.as_millis() as u64, "reading what content is needed failed; will retry");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-        };
+/// What the content worker of a child site keeps between its steps.
+pub struct ContentWork {
+    state: AppState,
+    parent: Arc<Parent>,
+    /// What the parent was last told this site needs.
+    told: Option<ContentWants>,
+    /// The versions whose transfer was reported started.
+    started: HashSet<WantedVersion>,
+    /// The last failure reported per version (a failure repeating on every
+    /// retry is reported once).
+    reported_failures: HashMap<WantedVersion, String>,
+}
+
+impl ContentWork {
+    /// The content work of a child site (`None` at the central site).
+    pub fn new(state: &AppState) -> Option<ContentWork> {
+        Some(ContentWork {
+            parent: state.parent.clone()?,
+            state: state.clone(),
+            told: None,
+            started: HashSet::new(),
+            reported_failures: HashMap::new(),
+        })
+    }
+
+    /// One step: tell the parent what is needed, then a round on every
+    /// version needed. Idle when nothing is needed; at once again when a
+    /// round stored chunks; after [`PARENT_WAIT`] when the parent had
+    /// none of the missing chunks yet; a failure when a version's round
+    /// failed (each reported as `content_failed`, once per reason).
+    pub async fn round_all(&mut self) -> Result<Step> {
+        let state = &self.state;
+        // On failure, not an empty set: that would tell the parent nothing
+        // is needed and drop the transfers under way.
+        let needs = needs(state).await?;
         let wants = ContentWants {
             wants: needs.keys().cloned().collect(),
         };
-        if told.as_ref() != Some(&wants) {
-            match parent.client.put_wants(&wants).await {
-                Ok(()) => told = Some(wants),
+        if self.told.as_ref() != Some(&wants) {
+            match self.parent.client.put_wants(&wants).await {
+                Ok(()) => self.told = Some(wants),
                 Err(err) => {
                     tracing::warn!(error = %cascade_protocol::chain(&err), "cannot tell the parent what is needed yet")
                 }
@@ -142,29 +146,21 @@ pub async fn content_worker(state: AppState) {
             .expect("progress lock")
             .keep_content(&needs);
         if needs.is_empty() {
-            tokio::select! {
-                _ = state.wakes.content.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = shutdown.changed() => return,
-            }
-            continue;
+            return Ok(Step::Idle);
         }
-        let (mut progressed, mut failed) = (false, false);
+        let mut progressed = false;
+        let mut failure = None;
         for want in needs.keys() {
-            if *shutdown.borrow() {
-                return;
-            }
-            match round(&state, &parent, want, &mut started).await {
+            match round(state, &self.parent, want, &mut self.started).await {
                 Ok(Round::Complete) | Ok(Round::Superseded) => {
                     progressed = true;
-                    reported_failures.remove(want);
+                    self.reported_failures.remove(want);
                 }
                 Ok(Round::Partial { stored }) => {
                     progressed |= stored > 0;
-                    reported_failures.remove(want);
+                    self.reported_failures.remove(want);
                 }
                 Err(err) => {
-                    failed = true;
                     let reason = cascade_protocol::chain(&err);
                     tracing::warn!(package = %want.package, version = want.version, error = %reason, "bringing content in failed; will retry");
                     state
@@ -172,37 +168,27 @@ pub async fn content_worker(state: AppState) {
                         .lock()
                         .expect("progress lock")
                         .content(want, format!("failed, retrying: {reason}"));
-                    if reported_failures.get(want) != Some(&reason) {
-                        reported_failures.insert(want.clone(), reason.clone());
+                    if self.reported_failures.get(want) != Some(&reason) {
+                        self.reported_failures.insert(want.clone(), reason.clone());
                         let failed = StatusBody::ContentFailed {
                             package: want.package.clone(),
                             version: want.version,
                             reason: reason.clone(),
                         };
-                        if let Err(err) = record(&state, failed).await {
+                        if let Err(err) = record(state, failed).await {
                             // Reported again on the next failure.
-                            reported_failures.remove(want);
+                            self.reported_failures.remove(want);
                             tracing::warn!(error = %cascade_protocol::chain(&err), "recording the failure failed");
                         }
                     }
+                    failure = Some(err);
                 }
             }
         }
-        let wait = if failed {
-            let wait = backoff;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            wait
-        } else {
-            backoff = MIN_BACKOFF;
-            if progressed {
-                continue;
-            }
-            PARENT_WAIT
-        };
-        tokio::select! {
-            _ = state.wakes.content.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => return,
+        match failure {
+            Some(err) => Err(err),
+            None if progressed => Ok(Step::Again),
+            None => Ok(Step::After(PARENT_WAIT)),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! their rows as their last poll read them.
 
 use crate::db::{self, AgentRow};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use cascade_domain::run::Contact;
 use cascade_store::now_ms;
 use std::sync::Arc;
@@ -132,25 +132,25 @@ impl SeenAgents {
         stored.max(pending)
     }
 
-    /// Writes what was gathered in one transaction (put back on failure).
+    /// Writes what was gathered in one transaction.
     pub async fn flush(&self, db: &db::Db) -> Result<()> {
-        let taken = std::mem::take(&mut *self.pending.lock().expect("seen agents lock"));
-        if taken.is_empty() {
+        // A copy: what is written is forgotten only once it is committed,
+        // so a flush that fails, or is dropped half-way at shutdown, loses
+        // nothing.
+        let written = self.pending.lock().expect("seen agents lock").clone();
+        if written.is_empty() {
             return Ok(());
         }
-        let seen: Vec<(&String, i64)> = taken.iter().map(|(name, at)| (name, *at)).collect();
-        let written = async {
-            let mut tx = db.write().await?;
-            db::record_seen(&mut tx, &seen).await?;
-            tx.commit().await?;
-            Ok::<_, Error>(())
-        }
-        .await;
-        if let Err(err) = written {
-            for (name, at_ms) in taken {
-                self.record(&name, at_ms);
+        let seen: Vec<(&String, i64)> = written.iter().map(|(name, at)| (name, *at)).collect();
+        let mut tx = db.write().await?;
+        db::record_seen(&mut tx, &seen).await?;
+        tx.commit().await?;
+        let mut pending = self.pending.lock().expect("seen agents lock");
+        for (name, at) in written {
+            // Unless the agent was seen again meanwhile.
+            if pending.get(&name) == Some(&at) {
+                pending.remove(&name);
             }
-            return Err(err);
         }
         Ok(())
     }

@@ -1,8 +1,9 @@
 //! The receiver: a child site's long poll of its parent's instructions.
 
+use super::worker;
 use crate::service::apply::receive_once;
 use crate::state::AppState;
-use std::time::Duration;
+use cascade_protocol::worker::Step;
 
 /// The child's receiver: long-polls the parent and stores what arrives in
 /// the inbox, until shutdown. While the parent is unreachable it backs off,
@@ -11,15 +12,10 @@ pub async fn receive_worker(state: AppState) {
     let Some(parent) = state.parent.clone() else {
         return;
     };
-    super::run(
-        &state,
-        "fetching instructions from the parent",
-        None,
-        Duration::ZERO,
-        || {
-            let (state, parent) = (state.clone(), parent.clone());
-            async move { receive_once(&state, &parent).await }
-        },
-    )
-    .await
+    worker(&state, "fetching instructions from the parent")
+        .run(|| async {
+            // The poll itself waits for something new.
+            receive_once(&state, &parent).await.map(|()| Step::Again)
+        })
+        .await
 }

@@ -1,7 +1,9 @@
 //! The relay: a child site's status messages, up to its parent.
 
+use super::worker;
 use crate::service::relay::relay_once;
 use crate::state::AppState;
+use cascade_protocol::worker::Step;
 use std::time::Duration;
 
 /// The child's relay: delivers stored messages to the parent until
@@ -11,23 +13,19 @@ pub async fn relay_worker(state: AppState) {
     let Some(parent) = state.parent.clone() else {
         return;
     };
-    super::run(
-        &state,
-        "relaying status to the parent",
-        Some(&state.wakes.relay),
-        Duration::from_secs(1),
-        || {
-            let (state, parent) = (state.clone(), parent.clone());
-            async move {
-                relay_once(&state, &parent)
-                    .await
-                    .map(|count| count > 0)
-                    .inspect_err(|err| {
-                        let mut progress = state.progress.lock().expect("progress lock");
-                        progress.parent_failed(cascade_protocol::chain(&err));
-                    })
+    worker(&state, "relaying status to the parent")
+        .woken_by(&state.wakes.relay)
+        .idle(Duration::from_secs(1))
+        .run(|| async {
+            match relay_once(&state, &parent).await {
+                Ok(0) => Ok(Step::Idle),
+                Ok(_) => Ok(Step::Again),
+                Err(err) => {
+                    let mut progress = state.progress.lock().expect("progress lock");
+                    progress.parent_failed(cascade_protocol::chain(&err));
+                    Err(err)
+                }
             }
-        },
-    )
-    .await
+        })
+        .await
 }

@@ -121,15 +121,7 @@ pub fn report(tags: &BTreeMap<String, String>) -> AgentReport {
 }
 
 fn hostname() -> String {
-    let mut buffer = [0u8; 256];
-    // SAFETY: gethostname writes at most `len` bytes into the buffer.
-    let ok = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0;
-    let end = buffer.iter().position(|b| *b == 0).unwrap_or(buffer.len());
-    if ok {
-        String::from_utf8_lossy(&buffer[..end]).into_owned()
-    } else {
-        "unknown".to_owned()
-    }
+    gethostname::gethostname().to_string_lossy().into_owned()
 }
 
 /// What `init` did.

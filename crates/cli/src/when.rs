@@ -234,6 +234,7 @@ mod tests {
         let seconds = ms(time) / 1000;
         // SAFETY: plain C structs, exclusively borrowed.
         let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are to values borrowed for the call.
         unsafe { libc::localtime_r(&seconds, &mut tm) };
         assert_eq!(
             (

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 /// with EPIPE, as `cascade ... | head` sees once `head` has exited.
 fn closed_pipe() -> Stdio {
     let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe writes.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors are ours, just opened; the write end is
+    // owned by the `OwnedFd` from here on.
     unsafe {
         libc::close(fds[0]);
         Stdio::from(OwnedFd::from_raw_fd(fds[1]))
@@ -81,6 +84,7 @@ fn site_log(dir: &Path, env: &[(&str, &str)]) -> String {
         assert!(Instant::now() < deadline, "site did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // SAFETY: kill has no memory-safety preconditions.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }

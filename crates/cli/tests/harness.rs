@@ -61,6 +61,7 @@ impl Process {
     /// SIGTERM and wait: a clean shutdown.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // SAFETY: kill has no memory-safety preconditions.
             unsafe {
                 libc::kill(child.id() as i32, libc::SIGTERM);
             }

@@ -368,6 +368,7 @@ fn readme_tour_runs_word_for_word() {
     };
     // The script's EXIT trap stops its servers; whatever is left (a hung
     // command, its servers) goes with the group.
+    // SAFETY: kill has no memory-safety preconditions.
     unsafe {
         libc::kill(-(child.id() as i32), libc::SIGKILL);
     }

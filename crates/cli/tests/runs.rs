@@ -315,11 +315,13 @@ fn download_progress_shows_bytes_of_the_package() {
     wait_until("the download to start", 60, || chunk_count(&ws1) >= 5);
     // Freeze the DP: the download stalls mid-way, the site still answers.
     let pid = dp.process.pid().expect("the dp runs");
+    // SAFETY: kill has no memory-safety preconditions.
     unsafe {
         libc::kill(pid, libc::SIGSTOP);
     }
     let ws = wait_row(&site, id, "ws1", 30, |ws| ws["state"] == "downloading");
     let out = run_ok(&mut site.cmd(&["job", "status", &id.to_string()]));
+    // SAFETY: kill has no memory-safety preconditions.
     unsafe {
         libc::kill(pid, libc::SIGCONT);
     }

@@ -41,28 +41,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cascade_agent::run(&dir, shutdown_signal())) {
+    match runtime.block_on(cascade_agent::run(
+        &dir,
+        cascade_protocol::signal::shutdown_signal(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let err = cascade_protocol::chain(&err);
             eprintln!("error: running the agent in {}: {err}", dir.display());
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
     }
 }

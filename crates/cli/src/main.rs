@@ -556,22 +556,6 @@ fn init_logging(default: &str) -> Result<()> {
     Ok(cascade_protocol::logging::init(default, format)?)
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
-}
-
 async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCode> {
     use std::process::ExitCode;
     match command {
@@ -653,9 +637,14 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
         }
         Command::Site(SiteCommand::Run { dir, listen }) => {
             init_logging("info")?;
-            cascade_site::run(&dir, &listen, shutdown_signal(), |running| {
-                out.listening("site", &running.url);
-            })
+            cascade_site::run(
+                &dir,
+                &listen,
+                cascade_protocol::signal::shutdown_signal(),
+                |running| {
+                    out.listening("site", &running.url);
+                },
+            )
             .await
             .with_context(|| format!("running the site in {}", dir.display()))?;
         }
@@ -680,9 +669,14 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
         }
         Command::Dp(DpCommand::Run { dir, listen }) => {
             init_logging("info")?;
-            cascade_dp::run(&dir, listen.as_deref(), shutdown_signal(), |running| {
-                out.listening("dp", &running.url);
-            })
+            cascade_dp::run(
+                &dir,
+                listen.as_deref(),
+                cascade_protocol::signal::shutdown_signal(),
+                |running| {
+                    out.listening("dp", &running.url);
+                },
+            )
             .await
             .with_context(|| format!("running the dp in {}", dir.display()))?;
         }
@@ -731,7 +725,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
         }
         Command::Agent(AgentCommand::Run { dir }) => {
             init_logging("info")?;
-            cascade_agent::run(&dir, shutdown_signal())
+            cascade_agent::run(&dir, cascade_protocol::signal::shutdown_signal())
                 .await
                 .with_context(|| format!("running the agent in {}", dir.display()))?;
         }

@@ -319,7 +319,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
             );
         }
         errln!("logs: {}   stop with Ctrl-C", logs.display());
-        crate::shutdown_signal().await;
+        cascade_protocol::signal::shutdown_signal().await;
     }
     drop(children);
     if args.dir.is_none() && args.keep_running {

@@ -217,6 +217,22 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Wraps an IO error with what was being done (`action`, a lowercase
+    /// verb phrase) and to which path, for `map_err`.
+    pub(crate) fn io(
+        action: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(io::Error) -> Error {
+        let path = path.to_path_buf();
+        move |source| Error::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
 /// Result with the content library's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 

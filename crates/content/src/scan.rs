@@ -96,17 +96,9 @@ pub fn scan(root: &Path) -> Result<Vec<SourceEntry>> {
 /// Lists `dir` (at `relative` under the root) into `entries`, recursively.
 /// Returns whether `dir` had any entries.
 fn walk(dir: &Path, relative: &str, entries: &mut Vec<SourceEntry>) -> Result<bool> {
-    let io_error = |action, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io {
-            action,
-            path,
-            source,
-        }
-    };
     let mut any = false;
-    for item in fs::read_dir(dir).map_err(io_error("reading directory", dir))? {
-        let item = item.map_err(io_error("reading directory", dir))?;
+    for item in fs::read_dir(dir).map_err(Error::io("reading directory", dir))? {
+        let item = item.map_err(Error::io("reading directory", dir))?;
         any = true;
         let full_path = item.path();
         let name = item.file_name();
@@ -122,11 +114,11 @@ fn walk(dir: &Path, relative: &str, entries: &mut Vec<SourceEntry>) -> Result<bo
 
         // symlink_metadata: never follow links.
         let metadata = fs::symlink_metadata(&full_path)
-            .map_err(io_error("reading metadata of", &full_path))?;
+            .map_err(Error::io("reading metadata of", &full_path))?;
         let file_type = metadata.file_type();
         if file_type.is_symlink() {
             let target =
-                fs::read_link(&full_path).map_err(io_error("reading symlink", &full_path))?;
+                fs::read_link(&full_path).map_err(Error::io("reading symlink", &full_path))?;
             let target = target
                 .to_str()
                 .ok_or_else(|| Error::NonUtf8Name {

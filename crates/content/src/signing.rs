@@ -59,25 +59,17 @@ pub fn write_key(path: &Path, key: &SigningKey) -> Result<()> {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let io_error = |action, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io {
-            action,
-            path,
-            source,
-        }
-    };
     // tempfile creates the file with mode 0600 on Unix.
     let mut temp = tempfile::Builder::new()
         .prefix(".key-")
         .tempfile_in(&dir)
-        .map_err(io_error("creating temporary key file in", &dir))?;
+        .map_err(Error::io("creating temporary key file in", &dir))?;
     let mut contents = hex::encode(key.to_bytes());
     contents.push('\n');
     temp.write_all(contents.as_bytes())
         .and_then(|()| set_owner_only(temp.as_file()))
         .and_then(|()| temp.as_file().sync_all())
-        .map_err(io_error("writing key file", temp.path()))?;
+        .map_err(Error::io("writing key file", temp.path()))?;
     temp.persist_noclobber(path).map_err(|error| {
         if error.error.kind() == io::ErrorKind::AlreadyExists {
             Error::KeyExists {
@@ -93,7 +85,7 @@ pub fn write_key(path: &Path, key: &SigningKey) -> Result<()> {
     })?;
     fs::File::open(&dir)
         .and_then(|directory| directory.sync_all())
-        .map_err(io_error("syncing directory", &dir))?;
+        .map_err(Error::io("syncing directory", &dir))?;
     Ok(())
 }
 

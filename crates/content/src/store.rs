@@ -36,22 +36,14 @@ impl ChunkStore {
     /// Opens the store at `root`, creating it if missing, and removes
     /// leftovers of interrupted writes from `root/tmp/`.
     pub fn open(root: &Path) -> Result<Self> {
-        let io_error = |action, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        fs::create_dir_all(root).map_err(io_error("creating chunk store", root))?;
+        fs::create_dir_all(root).map_err(Error::io("creating chunk store", root))?;
         let tmp = root.join(TMP_DIR);
         match fs::remove_dir_all(&tmp) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(io_error("cleaning temporary directory", &tmp)(error)),
+            Err(error) => return Err(Error::io("cleaning temporary directory", &tmp)(error)),
         }
-        fs::create_dir(&tmp).map_err(io_error("creating temporary directory", &tmp))?;
+        fs::create_dir(&tmp).map_err(Error::io("creating temporary directory", &tmp))?;
         Ok(ChunkStore {
             root: root.to_path_buf(),
         })

@@ -123,42 +123,33 @@ async fn chunk(State(dp): State<Dp>, Path(hash): Path<String>) -> Result<Respons
     }
 }
 
-/// Parses a single `bytes=` range against a file of `size` bytes; returns
-/// the half-open interval.
+/// Parses a single `bytes=` range against a file of `size` bytes (with
+/// `http-range-header`); returns the half-open interval. A malformed header
+/// or several ranges are a bad request; a range outside the file is not
+/// satisfiable (416). A suffix longer than the file is the whole file
+/// (RFC 9110 §14.1.2).
 fn parse_range(value: &str, size: u64) -> Result<(u64, u64)> {
+    use http_range_header::StartPosition;
     let unsatisfiable = || {
         Error::RangeNotSatisfiable(format!(
             "range {value:?} does not fit a file of {size} bytes"
         ))
     };
-    let spec = value.strip_prefix("bytes=").ok_or_else(|| {
-        Error::BadRequest(format!("unsupported range {value:?}: only bytes= ranges"))
-    })?;
-    if spec.contains(',') {
+    let mut parsed = http_range_header::parse_range_header(value)
+        .map_err(|err| Error::BadRequest(format!("malformed range {value:?}: {err}")))?;
+    if parsed.ranges.len() != 1 {
         return Err(Error::BadRequest(
             "multiple ranges are not supported".into(),
         ));
     }
-    let (start, end) = spec
-        .split_once('-')
-        .ok_or_else(|| Error::BadRequest(format!("malformed range {value:?}")))?;
-    let number = |text: &str| {
-        text.trim()
-            .parse::<u64>()
-            .map_err(|_| Error::BadRequest(format!("malformed range {value:?}")))
-    };
-    let (start, end) = match (start.trim().is_empty(), end.trim().is_empty()) {
-        (true, false) => {
-            let suffix = number(end)?;
-            if suffix == 0 {
-                return Err(unsatisfiable());
-            }
-            (size.saturating_sub(suffix), size)
-        }
-        (false, true) => (number(start)?, size),
-        (false, false) => (number(start)?, number(end)?.saturating_add(1).min(size)),
-        (true, true) => return Err(Error::BadRequest(format!("malformed range {value:?}"))),
-    };
+    if let StartPosition::FromLast(suffix) = &mut parsed.ranges[0].start {
+        *suffix = (*suffix).min(size);
+    }
+    let range = parsed
+        .validate(size)
+        .map_err(|_| unsatisfiable())?
+        .remove(0);
+    let (start, end) = (*range.start(), range.end().saturating_add(1));
     if start >= size || start >= end {
         return Err(unsatisfiable());
     }
@@ -290,6 +281,7 @@ fn stream_range(dp: Dp, package: String, chunks: Vec<ChunkRef>, start: u64, end:
 #[cfg(test)]
 mod tests {
     use super::parse_range;
+    use crate::error::Error;
 
     #[test]
     fn ranges_follow_rfc_9110() {
@@ -302,5 +294,24 @@ mod tests {
         assert!(parse_range("items=0-1", 1000).is_err());
         assert!(parse_range("bytes=0-1,5-6", 1000).is_err());
         assert!(parse_range("bytes=x-1", 1000).is_err());
+        // A suffix longer than the file is the whole file.
+        assert_eq!(parse_range("bytes=-2000", 1000).unwrap(), (0, 1000));
+        // Which answer: outside the file is 416, a malformed header 400.
+        for outside in ["bytes=1000-", "bytes=1500-1600", "bytes=0-0"] {
+            let size = if outside == "bytes=0-0" { 0 } else { 1000 };
+            assert!(
+                matches!(
+                    parse_range(outside, size),
+                    Err(Error::RangeNotSatisfiable(_))
+                ),
+                "{outside}"
+            );
+        }
+        for malformed in ["bytes=x-1", "items=0-1", "bytes=0-1,5-6", "bytes=-"] {
+            assert!(
+                matches!(parse_range(malformed, 1000), Err(Error::BadRequest(_))),
+                "{malformed}"
+            );
+        }
     }
 }

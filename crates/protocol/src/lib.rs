@@ -11,6 +11,7 @@ mod error;
 pub mod forward;
 pub mod frames;
 pub mod logging;
+pub mod signal;
 pub mod sites;
 pub mod types;
 pub mod worker;

@@ -8,6 +8,7 @@
 pub mod backoff;
 mod error;
 pub mod hierarchy;
+pub mod job;
 mod names;
 pub mod rule;
 pub mod run;

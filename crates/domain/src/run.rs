@@ -111,12 +111,6 @@ impl RunState {
             RunState::Complete | RunState::Failed | RunState::Interrupted | RunState::Stopped
         )
     }
-
-    /// Whether the state named `name` (as [`RunState::name`] gives it) is
-    /// final, for views that carry the name only.
-    pub fn is_final_name(name: &str) -> bool {
-        matches!(name, "complete" | "failed" | "interrupted" | "stopped")
-    }
 }
 
 /// What the administrator sees for one workstation in a job.
@@ -450,7 +444,7 @@ mod tests {
             },
         ]);
         assert_eq!(view.state, RunState::Stopped);
-        assert!(view.state.is_final() && RunState::is_final_name(view.state.name()));
+        assert!(view.state.is_final());
         assert_eq!(view.output_tail.as_deref(), Some("half"));
         assert!(view.canceled_at.is_some());
     }

@@ -1,6 +1,7 @@
 //! Jobs, as the central site issued them.
 
 use crate::error::{Entity, Error, Result};
+use cascade_domain::job::JobState;
 use cascade_protocol::{JobInfo, JobOffer};
 use cascade_store::{now_ms, WriteTx};
 use sqlx::{Row, Sqlite};
@@ -34,15 +35,7 @@ fn job_from_row(row: sqlx::sqlite::SqliteRow, now: i64) -> Result<(JobInfo, i64)
         dps: Vec::new(),
     };
     let canceled_at_ms: Option<i64> = row.get(13);
-    let state = if canceled_at_ms.is_some() {
-        "canceled"
-    } else if offer.expires_at_ms.is_some_and(|at| at <= now) {
-        "expired"
-    } else if offer.offer_at_ms > now {
-        "scheduled"
-    } else {
-        "active"
-    };
+    let state = JobState::at(canceled_at_ms, offer.offer_at_ms, offer.expires_at_ms, now).name();
     Ok((
         JobInfo {
             offer,

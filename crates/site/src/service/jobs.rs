@@ -13,9 +13,9 @@ use crate::db::{self, WriteTx};
 use crate::error::{Entity, Error, Result};
 use crate::service::{distribution, groups, messages, send, status};
 use crate::state::AppState;
-use cascade_domain::hierarchy::SiteDistribution;
-use cascade_domain::run::{reachability, Reachability, RunEvent, RunFold};
-use cascade_domain::status::{DistributionFold, DistributionView};
+use cascade_domain::job::{JobFacts, JobFold, JobState, KnownSite, SiteEvent};
+use cascade_domain::run::{reachability, Reachability};
+use cascade_domain::status::DistributionView;
 use cascade_protocol::*;
 use cascade_store::now_ms;
 use std::collections::BTreeMap;
@@ -399,47 +399,50 @@ pub async fn status_of(state: &AppState, id: u64) -> Result<JobStatus> {
     status_with(state, id, &mut PackageViews::new()).await
 }
 
-/// [`status_of`], with the package views already folded in `views`.
+/// [`status_of`], with the package views already folded in `views`: the
+/// facts gathered here, folded by `cascade_domain::job`.
 async fn status_with(state: &AppState, id: u64, views: &mut PackageViews) -> Result<JobStatus> {
     let pool = state.db.pool();
     let (job, collection_id) = db::job_by_id(pool, id).await?;
     let own = state.code.to_string();
     let now = now_ms();
+    let version = cascade_domain::Version::new(job.offer.version)
+        .ok_or_else(|| Error::Internal(format!("job {id} has version 0")))?;
+    let mut fold = JobFold::new(JobFacts {
+        own: own.clone(),
+        created_at: job.created_at_ms,
+        state: JobState::at(
+            job.canceled_at_ms,
+            job.offer.offer_at_ms,
+            job.offer.expires_at_ms,
+            now,
+        ),
+        version,
+        timeout_ms: job.offer.timeout_ms.unwrap_or(db::DEFAULT_TIMEOUT_MS) as i64,
+    });
 
     // The job's messages, grouped by source in sequence order: a message
     // relayed late never moves a workstation's state back.
     let mut rows = db::messages_of_job(pool, id).await?;
     rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-    let mut arrivals: BTreeMap<String, Arrival> = BTreeMap::new();
-    let mut refusals: BTreeMap<String, String> = BTreeMap::new();
-    let mut site_events: BTreeMap<String, Vec<(i64, RunEvent)>> = BTreeMap::new();
-    let mut folds: BTreeMap<(String, String), RunFold> = BTreeMap::new();
     for (_, _, at, site, agent, body) in rows {
         let Some(site) = site else { continue };
         let message = messages::parse_stored(&body)?;
         match (agent, message.body) {
             (Some(agent), body) => {
                 if let Some(event) = body.run_event() {
-                    folds.entry((site, agent)).or_default().apply(at, &event);
+                    fold.workstation_event(&site, &agent, at, &event);
                 }
             }
             (None, StatusBody::JobArrived { targets, dps, .. }) => {
-                // Reported again when the site's targets change: the first
-                // time is the arrival, the last one names the DPs.
-                let arrival = arrivals.entry(site).or_insert(Arrival {
-                    at,
-                    targets: Vec::new(),
-                    dps: Vec::new(),
-                });
-                arrival.targets.extend(targets);
-                arrival.dps = dps;
+                fold.site_event(&site, at, SiteEvent::Arrived { targets, dps });
             }
             (None, StatusBody::InstructionRefused { reason, .. }) => {
-                refusals.entry(site).or_insert(reason);
+                fold.site_event(&site, at, SiteEvent::Refused { reason });
             }
             (None, body) => {
                 if let Some(event) = body.run_event() {
-                    site_events.entry(site).or_default().push((at, event));
+                    fold.site_event(&site, at, SiteEvent::Run(event));
                 }
             }
         }
@@ -449,35 +452,14 @@ async fn status_with(state: &AppState, id: u64, views: &mut PackageViews) -> Res
         views.insert(job.offer.package.clone(), folded);
     }
     let distribution = &views[&job.offer.package];
-    // A job created before this site recorded arrivals: it arrived when it
-    // was created, and distributed to the DPs queued for its package.
-    arrivals.entry(own.clone()).or_insert_with(|| Arrival {
-        at: job.created_at_ms,
-        targets: Vec::new(),
-        dps: distribution
-            .keys()
-            .filter(|(site, _)| *site == own)
-            .map(|(_, dp)| dp.clone())
-            .collect(),
-    });
-
-    // This site's workstations follow the collection live; other sites'
-    // are those they reported targeted, and any that reported.
+    // This site's workstations follow the collection live.
     let members = db::membership(pool, collection_id).await?;
     let agents = db::all_agents(pool).await?;
     for agent in agents.iter().filter(|agent| members.contains(&own, agent)) {
-        folds.entry((own.clone(), agent.name.clone())).or_default();
-    }
-    for (site, arrival) in &arrivals {
-        for agent in &arrival.targets {
-            folds.entry((site.clone(), agent.clone())).or_default();
-        }
+        fold.target(&own, &agent.name);
     }
     let poll_interval = db::read_settings(pool).await?.agent_poll_interval_ms as i64;
-    let silent_since = |site: &str, name: &str| {
-        if site != own {
-            return None;
-        }
+    let silent_since = |_: &str, name: &str| {
         let agent = agents.iter().find(|agent| agent.name == name)?;
         match reachability(
             state.seen.contact(name, agent.last_seen_ms),
@@ -490,208 +472,99 @@ async fn status_with(state: &AppState, id: u64, views: &mut PackageViews) -> Res
             Reachability::Reachable => None,
         }
     };
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut runs: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    let workstations: Vec<WorkstationStatus> = folds
+    let connected = db::connected_sites(pool).await?;
+    let mut sites = vec![KnownSite {
+        code: own.clone(),
+        registered_at: i64::MIN,
+        connected: true,
+    }];
+    sites.extend(db::subtree(pool).await?.into_iter().map(|row| KnownSite {
+        connected: connected.contains(&row.code),
+        code: row.code,
+        registered_at: row.registered_at_ms,
+    }));
+    // A job created before this site recorded arrivals distributed to the
+    // DPs queued for its package.
+    let queued = distribution
+        .keys()
+        .filter(|(site, _)| *site == own)
+        .map(|(_, dp)| dp.clone())
+        .collect();
+    let view = fold.view(
+        &sites,
+        queued,
+        |site, dp| distribution.get(&(site.to_owned(), dp.to_owned())).cloned(),
+        silent_since,
+        now,
+    );
+
+    let names = |counts: BTreeMap<&'static str, u64>| -> BTreeMap<String, u64> {
+        counts
+            .into_iter()
+            .map(|(name, count)| (name.to_owned(), count))
+            .collect()
+    };
+    let workstations: Vec<WorkstationStatus> = view
+        .workstations
         .into_iter()
-        .map(|((site, agent), mut fold)| {
-            for (at, event) in site_events.get(&site).into_iter().flatten() {
-                fold.apply(*at, event);
-            }
-            let view = fold.view();
-            let state_name = view.state.name().to_owned();
-            let (bytes_done, bytes_total) = match view.state {
+        .map(|row| {
+            let (bytes_done, bytes_total) = match row.run.state {
                 cascade_domain::run::RunState::Downloading {
                     bytes_done,
                     bytes_total,
                 } => (Some(bytes_done), Some(bytes_total)),
                 _ => (None, None),
             };
-            *counts.entry(state_name.clone()).or_default() += 1;
-            *runs
-                .entry(site.clone())
-                .or_default()
-                .entry(state_name.clone())
-                .or_default() += 1;
             WorkstationStatus {
-                unreachable_since_ms: silent_since(&site, &agent),
-                site,
-                agent,
-                state: state_name,
-                since_ms: view.since,
-                attempts: view.attempts,
-                exit_code: view.exit_code,
-                reason: view.reason,
-                output_tail: view.output_tail,
+                state: row.run.state.name().to_owned(),
+                site: row.site,
+                agent: row.agent,
+                since_ms: row.run.since,
+                attempts: row.run.attempts,
+                exit_code: row.run.exit_code,
+                reason: row.run.reason,
+                output_tail: row.run.output_tail,
                 bytes_done,
                 bytes_total,
-                expired_at_ms: view.expired_at,
-                canceled_at_ms: view.canceled_at,
+                expired_at_ms: row.run.expired_at,
+                canceled_at_ms: row.run.canceled_at,
+                unreachable_since_ms: row.unreachable_since,
             }
         })
         .collect();
-
-    // Per site: instruction, distribute phase, runs. A site that joined
-    // after the job was created and never got it is listed only while the
-    // job is active (a snapshot of active jobs goes to every new site).
-    let version = cascade_domain::Version::new(job.offer.version)
-        .ok_or_else(|| Error::Internal(format!("job {id} has version 0")))?;
-    let active = matches!(job.state.as_str(), "active" | "scheduled");
-    // Sites below that ever connected (their `site_joined` came up).
-    let connected = db::connected_sites(pool).await?;
-    let mut site_codes = vec![(own.clone(), i64::MIN)];
-    site_codes.extend(
-        db::subtree(pool)
-            .await?
-            .into_iter()
-            .map(|row| (row.code, row.registered_at_ms)),
-    );
-    let mut sites = Vec::new();
     let mut flat = Vec::new();
-    for (site, registered_at) in site_codes {
-        let arrival = arrivals.get(&site);
-        if arrival.is_none() && registered_at > job.created_at_ms && !active {
-            continue;
-        }
-        let dps: Vec<(String, DistributionView)> = arrival
-            .map(|arrival| {
-                arrival
-                    .dps
-                    .iter()
-                    .map(|dp| {
-                        let view = distribution
-                            .get(&(site.clone(), dp.clone()))
-                            .cloned()
-                            .unwrap_or_else(|| DistributionFold::default().view());
-                        (dp.clone(), view)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let refused = refusals.get(&site);
-        let instruction = match (arrival, refused) {
-            (Some(_), _) => "arrived",
-            (None, Some(_)) => "refused",
-            (None, None) if site != own && !connected.contains(&site) => "not_connected",
-            (None, None) => "pending",
-        };
-        let summary = match arrival {
-            Some(_) => {
-                let views: Vec<DistributionView> =
-                    dps.iter().map(|(_, view)| view.clone()).collect();
-                SiteDistribution::of(&views, version).name()
+    let sites: Vec<SiteJobStatus> = view
+        .sites
+        .into_iter()
+        .map(|row| {
+            let dps: Vec<DpPackageStatus> = row
+                .dps
+                .into_iter()
+                .map(|(dp, dp_view)| status::dp_status(row.site.clone(), dp, &dp_view))
+                .collect();
+            flat.extend(dps.iter().cloned());
+            SiteJobStatus {
+                instruction: row.instruction.name().to_owned(),
+                reason: row.reason,
+                arrived_at_ms: row.arrived_at,
+                targets: row.targets,
+                distribution: row.distribution.name().to_owned(),
+                dps,
+                runs: names(row.runs),
+                site: row.site,
             }
-            None => "pending",
-        };
-        let dps: Vec<DpPackageStatus> = dps
-            .into_iter()
-            .map(|(dp, view)| status::dp_status(site.clone(), dp, &view))
-            .collect();
-        flat.extend(dps.iter().cloned());
-        sites.push(SiteJobStatus {
-            instruction: instruction.to_owned(),
-            reason: refused.filter(|_| arrival.is_none()).cloned(),
-            arrived_at_ms: arrival.map(|arrival| arrival.at),
-            targets: workstations.iter().filter(|ws| ws.site == site).count() as u64,
-            distribution: summary.to_owned(),
-            dps,
-            runs: runs.remove(&site).unwrap_or_default(),
-            site,
-        });
-    }
-    let outcome = outcome(&job, &sites, &workstations, now);
+        })
+        .collect();
+    let outcome = view.outcome.name().to_owned();
     Ok(JobStatus {
         job: JobInfo {
-            outcome: Some(outcome.to_owned()),
+            outcome: Some(outcome.clone()),
             ..job
         },
-        counts,
+        counts: names(view.counts),
         workstations,
         distribution: flat,
         sites,
-        outcome: outcome.to_owned(),
+        outcome,
     })
-}
-
-/// What a site reported when the job arrived there.
-struct Arrival {
-    at: i64,
-    targets: Vec<String>,
-    dps: Vec<String>,
-}
-
-/// How long after a run's deadline (its start plus the job's timeout) a
-/// workstation that reported it running is still waited for; past it, a
-/// canceled or expired job is final even if the workstation never reports.
-const RUN_REPORT_GRACE_MS: i64 = 60_000;
-
-/// The job as a whole: `in_progress` while a connected site has not
-/// reported the instruction or a workstation has not finished; then
-/// `failed` if a workstation failed or a site refused the instruction (a DP
-/// still retrying changes nothing about that); else `complete` once every
-/// site's distribution is complete or not applicable. A site that never
-/// connected is left out.
-///
-/// A job canceled or expired before that is final too once no workstation
-/// is still downloading or running it (one that is may finish, and its
-/// report still counts, until its timeout and [`RUN_REPORT_GRACE_MS`] have
-/// passed): `failed` if a workstation failed, else `canceled` or
-/// `expired`. What was complete or failed before stays so: expiry never
-/// rewrites history (Q152229).
-fn outcome(
-    job: &JobInfo,
-    sites: &[SiteJobStatus],
-    workstations: &[WorkstationStatus],
-    now: i64,
-) -> &'static str {
-    let running = running_outcome(sites, workstations);
-    let ended = match job.state.as_str() {
-        "canceled" => "canceled",
-        "expired" => "expired",
-        _ => return running,
-    };
-    let timeout = job.offer.timeout_ms.unwrap_or(db::DEFAULT_TIMEOUT_MS) as i64;
-    let still_running = workstations.iter().any(|ws| {
-        matches!(ws.state.as_str(), "downloading" | "running")
-            && ws.since_ms + timeout + RUN_REPORT_GRACE_MS > now
-    });
-    let any_failed = workstations
-        .iter()
-        .any(|ws| matches!(ws.state.as_str(), "failed" | "interrupted"));
-    match running {
-        "failed" => "failed",
-        // Ended with a failure among the runs: that stays the outcome,
-        // whatever else did not run.
-        "in_progress" if !still_running && any_failed => "failed",
-        // Complete only if every workstation completed: a run stopped by
-        // the cancel is final but not complete.
-        "complete" if workstations.iter().all(|ws| ws.state == "complete") => "complete",
-        "in_progress" if still_running => "in_progress",
-        _ => ended,
-    }
-}
-
-fn running_outcome(sites: &[SiteJobStatus], workstations: &[WorkstationStatus]) -> &'static str {
-    let connected = |site: &SiteJobStatus| site.instruction != "not_connected";
-    let runs_open = sites
-        .iter()
-        .filter(|site| connected(site))
-        .any(|site| site.instruction == "pending")
-        || workstations
-            .iter()
-            .any(|ws| !cascade_domain::run::RunState::is_final_name(&ws.state));
-    let failed = workstations
-        .iter()
-        .any(|ws| matches!(ws.state.as_str(), "failed" | "interrupted"))
-        || sites.iter().any(|site| site.instruction == "refused");
-    let distributing = sites.iter().filter(|site| connected(site)).any(|site| {
-        site.instruction == "arrived"
-            && !matches!(site.distribution.as_str(), "not_applicable" | "complete")
-    });
-    match (runs_open, failed, distributing) {
-        (true, _, _) => "in_progress",
-        (false, true, _) => "failed",
-        (false, false, true) => "in_progress",
-        (false, false, false) => "complete",
-    }
 }

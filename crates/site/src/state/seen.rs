@@ -134,25 +134,45 @@ impl SeenAgents {
 
     /// Writes what was gathered in one transaction.
     pub async fn flush(&self, db: &db::Db) -> Result<()> {
-        // A copy: what is written is forgotten only once it is committed,
-        // so a flush that fails, or is dropped half-way at shutdown, loses
-        // nothing.
-        let written = self.pending.lock().expect("seen agents lock").clone();
-        if written.is_empty() {
+        let mut taken = Taken {
+            seen: self,
+            entries: std::mem::take(&mut *self.pending.lock().expect("seen agents lock")),
+            written: false,
+        };
+        if taken.entries.is_empty() {
             return Ok(());
         }
-        let seen: Vec<(&String, i64)> = written.iter().map(|(name, at)| (name, *at)).collect();
-        let mut tx = db.write().await?;
-        db::record_seen(&mut tx, &seen).await?;
-        tx.commit().await?;
-        let mut pending = self.pending.lock().expect("seen agents lock");
-        for (name, at) in written {
-            // Unless the agent was seen again meanwhile.
-            if pending.get(&name) == Some(&at) {
-                pending.remove(&name);
-            }
+        {
+            let seen: Vec<(&String, i64)> =
+                taken.entries.iter().map(|(name, at)| (name, *at)).collect();
+            let mut tx = db.write().await?;
+            db::record_seen(&mut tx, &seen).await?;
+            tx.commit().await?;
         }
+        taken.written = true;
         Ok(())
+    }
+}
+
+/// Poll times taken out of [`SeenAgents`] to be written: put back unless
+/// written, so that a flush that fails, or is dropped half-way (at
+/// shutdown), loses none.
+struct Taken<'a> {
+    seen: &'a SeenAgents,
+    entries: std::collections::HashMap<String, i64>,
+    written: bool,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.written {
+            return;
+        }
+        let mut pending = self.seen.pending.lock().expect("seen agents lock");
+        for (name, at) in self.entries.drain() {
+            let kept = pending.entry(name).or_insert(at);
+            *kept = (*kept).max(at);
+        }
     }
 }
 
@@ -183,5 +203,27 @@ impl AgentRows {
             .expect("agent rows lock")
             .get(name)
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_flush_that_fails_keeps_the_poll_times_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db::Db::open(&dir.path().join("site.db"), true, db::MIGRATIONS)
+            .await
+            .unwrap();
+        let seen = SeenAgents::default();
+        seen.record("ws1", 5);
+        db.close().await;
+        assert!(seen.flush(&db).await.is_err());
+        assert_eq!(seen.latest("ws1", None), Some(5));
+        // A later time recorded meanwhile is kept over the put-back one.
+        seen.record("ws1", 9);
+        assert!(seen.flush(&db).await.is_err());
+        assert_eq!(seen.latest("ws1", Some(1)), Some(9));
     }
 }

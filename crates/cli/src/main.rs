@@ -573,10 +573,9 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             let join = match (kind, parent, join_token) {
                 (Some(kind), Some(parent_url), Some(join_token)) => Some(cascade_site::Join {
                     kind: match kind {
-                        ChildKind::Primary => "primary",
-                        ChildKind::Secondary => "secondary",
-                    }
-                    .to_owned(),
+                        ChildKind::Primary => cascade_protocol::SiteKind::Primary,
+                        ChildKind::Secondary => cascade_protocol::SiteKind::Secondary,
+                    },
                     parent_url,
                     join_token,
                     central_key,

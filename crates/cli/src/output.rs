@@ -116,7 +116,7 @@ impl Output {
                 "join_token": report.join_token,
                 "site_join_token": report.site_join_token,
                 "public_key": report.public_key,
-                "kind": report.kind,
+                "kind": report.kind.name(),
                 "parent": report.parent,
             }));
             return;
@@ -298,7 +298,7 @@ impl Output {
                     .collect();
                 let reach = match agent.unreachable_since_ms {
                     Some(since) => format!("unreachable since {}", time(since)),
-                    None => agent.reachability.clone(),
+                    None => agent.reachability.to_string(),
                 };
                 vec![
                     agent.name.clone(),
@@ -394,8 +394,10 @@ impl Output {
             .map(|job| {
                 vec![
                     job.offer.id.to_string(),
-                    job.state.clone(),
-                    job.outcome.as_deref().unwrap_or("-").replace('_', " "),
+                    job.state.to_string(),
+                    job.outcome
+                        .map_or("-", JobOutcome::as_str)
+                        .replace('_', " "),
                     format!("{} v{}", job.offer.package, job.offer.version),
                     job.collection.clone(),
                     time(job.offer.offer_at_ms),
@@ -428,7 +430,7 @@ impl Output {
             "job {} ({}, {})  {} v{} on {}: {}",
             job.offer.id,
             job.state,
-            status.outcome.replace('_', " "),
+            status.outcome.as_str().replace('_', " "),
             job.offer.package,
             job.offer.version,
             job.collection,
@@ -490,7 +492,7 @@ impl Output {
                         dp.site.clone(),
                         dp.dp.clone(),
                         opt(dp.installed_version),
-                        dp.state.clone(),
+                        dp.state.to_string(),
                     ]
                 })
                 .collect();
@@ -683,7 +685,7 @@ impl Output {
             .map(|site| {
                 vec![
                     site.code.clone(),
-                    site.kind.clone(),
+                    site.kind.to_string(),
                     site.parent.clone().unwrap_or_else(|| "-".into()),
                     time(site.registered_at_ms),
                     site.last_seen_ms.map_or("-".into(), time),
@@ -850,7 +852,7 @@ impl Output {
                     dp.dp.clone(),
                     opt(dp.target_version),
                     opt(dp.installed_version),
-                    dp.state.clone(),
+                    dp.state.to_string(),
                     time(dp.since_ms),
                     detail,
                 ]
@@ -872,7 +874,7 @@ impl Output {
 }
 
 /// `complete 3, failed 1`, or `none`.
-fn counts(counts: &BTreeMap<String, u64>) -> String {
+fn counts(counts: &BTreeMap<WorkstationState, u64>) -> String {
     if counts.is_empty() {
         return "none".into();
     }
@@ -888,31 +890,29 @@ fn site_job_row(site: &SiteJobStatus) -> Vec<String> {
     let instruction = match (site.arrived_at_ms, &site.reason) {
         (Some(at), _) => format!("arrived {}", time(at)),
         (None, Some(reason)) => format!("refused: {reason}"),
-        (None, None) => site.instruction.replace('_', " "),
+        (None, None) => site.instruction.as_str().replace('_', " "),
     };
     let dps: Vec<String> = site
         .dps
         .iter()
-        .map(
-            |dp| match (dp.state.as_str(), dp.bytes_done, dp.bytes_total) {
-                ("transferring", Some(done), Some(total)) => {
-                    format!("{} {}/{}", dp.dp, bytes(done), bytes(total))
-                }
-                (state, _, _) => format!(
-                    "{} {state}{}",
-                    dp.dp,
-                    dp.installed_version
-                        .map_or(String::new(), |version| format!(" v{version}"))
-                ),
-            },
-        )
+        .map(|dp| match (dp.state, dp.bytes_done, dp.bytes_total) {
+            (DpState::Transferring, Some(done), Some(total)) => {
+                format!("{} {}/{}", dp.dp, bytes(done), bytes(total))
+            }
+            (state, _, _) => format!(
+                "{} {state}{}",
+                dp.dp,
+                dp.installed_version
+                    .map_or(String::new(), |version| format!(" v{version}"))
+            ),
+        })
         .collect();
     let distribution = if dps.is_empty() {
-        site.distribution.replace('_', " ")
+        site.distribution.as_str().replace('_', " ")
     } else {
         format!(
             "{} ({})",
-            site.distribution.replace('_', " "),
+            site.distribution.as_str().replace('_', " "),
             dps.join(", ")
         )
     };
@@ -933,8 +933,8 @@ fn site_job_row(site: &SiteJobStatus) -> Vec<String> {
 /// complete or failed everywhere, or it expired or was canceled.
 pub fn job_finished(status: &JobStatus) -> bool {
     matches!(
-        status.outcome.as_str(),
-        "complete" | "failed" | "canceled" | "expired"
+        status.outcome,
+        JobOutcome::Complete | JobOutcome::Failed | JobOutcome::Canceled | JobOutcome::Expired
     )
 }
 
@@ -943,11 +943,11 @@ pub fn job_finished(status: &JobStatus) -> bool {
 /// the watch gave up with the job still in progress (1 stays for errors of
 /// the command itself, 2 for usage errors).
 pub fn job_exit_code(status: &JobStatus) -> std::process::ExitCode {
-    std::process::ExitCode::from(match status.outcome.as_str() {
-        "complete" => 0,
-        "failed" => 3,
-        "canceled" | "expired" => 4,
-        _ => 5,
+    std::process::ExitCode::from(match status.outcome {
+        JobOutcome::Complete => 0,
+        JobOutcome::Failed => 3,
+        JobOutcome::Canceled | JobOutcome::Expired => 4,
+        JobOutcome::InProgress => 5,
     })
 }
 
@@ -980,7 +980,9 @@ pub async fn watch_job(
             let finished: u64 = site
                 .runs
                 .iter()
-                .filter(|(state, _)| matches!(state.as_str(), "complete" | "failed"))
+                .filter(|(state, _)| {
+                    matches!(state, WorkstationState::Complete | WorkstationState::Failed)
+                })
                 .map(|(_, n)| n)
                 .sum();
             let row = site_job_row(site);
@@ -1003,7 +1005,7 @@ pub async fn watch_job(
 pub fn all_installed(status: &PackageStatus) -> bool {
     !status.dps.is_empty()
         && status.dps.iter().all(|dp| {
-            dp.state == "installed" && dp.installed_version == Some(status.latest_version)
+            dp.state == DpState::Installed && dp.installed_version == Some(status.latest_version)
         })
 }
 
@@ -1034,9 +1036,11 @@ pub async fn watch_package(
                 bar.set_prefix(name);
                 bar
             });
-            let (position, message) = match (dp.state.as_str(), dp.bytes_done, dp.bytes_total) {
-                ("installed", _, _) => (100, format!("installed v{}", opt(dp.installed_version))),
-                ("transferring", Some(done), Some(total)) if total > 0 => (
+            let (position, message) = match (dp.state, dp.bytes_done, dp.bytes_total) {
+                (DpState::Installed, _, _) => {
+                    (100, format!("installed v{}", opt(dp.installed_version)))
+                }
+                (DpState::Transferring, Some(done), Some(total)) if total > 0 => (
                     done * 100 / total,
                     format!(
                         "transferring v{}: {} / {}",
@@ -1071,10 +1075,10 @@ pub async fn watch_package(
 /// (`downloading 312.0 MiB/1.0 GiB`).
 fn run_state(ws: &cascade_protocol::WorkstationStatus) -> String {
     match (ws.bytes_done, ws.bytes_total) {
-        (Some(done), Some(total)) if ws.state == "downloading" => {
+        (Some(done), Some(total)) if ws.state == WorkstationState::Downloading => {
             format!("downloading {}/{}", bytes(done), bytes(total))
         }
-        _ => ws.state.clone(),
+        _ => ws.state.to_string(),
     }
 }
 

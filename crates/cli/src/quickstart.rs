@@ -8,17 +8,19 @@
 use crate::ingest;
 use crate::output::{self, Output};
 use anyhow::{bail, Context, Result};
-use cascade_protocol::{Client, CollectionRequest, JobRequest, VersionIntent};
+use cascade_protocol::{
+    Client, CollectionRequest, JobOutcome, JobRequest, SiteKind, VersionIntent, WorkstationState,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 /// The hierarchy: (code, kind, parent).
-const SITES: [(&str, &str, Option<&str>); 4] = [
-    ("CEN", "central", None),
-    ("P01", "primary", Some("CEN")),
-    ("P02", "primary", Some("CEN")),
-    ("S01", "secondary", Some("P01")),
+const SITES: [(&str, SiteKind, Option<&str>); 4] = [
+    ("CEN", SiteKind::Central, None),
+    ("P01", SiteKind::Primary, Some("CEN")),
+    ("P02", SiteKind::Primary, Some("CEN")),
+    ("S01", SiteKind::Secondary, Some("P01")),
 ];
 
 /// Workstations the quickstart starts at each site.
@@ -179,7 +181,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
                     .find(|site| site.code == parent)
                     .context("a parent starts before its children")?;
                 Some(cascade_site::Join {
-                    kind: kind.to_owned(),
+                    kind,
                     parent_url: parent.url.clone(),
                     join_token: parent.site_join_token.clone(),
                     central_key: None,
@@ -285,12 +287,16 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
     ));
     let status = output::watch_job(&client, job.offer.id, JOB_TIMEOUT, !out.json).await?;
     out.job_status(&status);
-    let complete = status.counts.get("complete").copied().unwrap_or(0);
-    let ok = status.outcome == "complete" && complete == workstations as u64;
+    let complete = status
+        .counts
+        .get(&WorkstationState::Complete)
+        .copied()
+        .unwrap_or(0);
+    let ok = status.outcome == JobOutcome::Complete && complete == workstations as u64;
     if !ok {
         errln!(
             "error: the job is {} after {} s ({complete} of {workstations} workstations complete); logs are in {}",
-            status.outcome.replace('_', " "),
+            status.outcome.as_str().replace('_', " "),
             JOB_TIMEOUT.as_secs(),
             logs.display()
         );

@@ -215,17 +215,6 @@ impl SiteDistribution {
             SiteDistribution::Pending
         }
     }
-
-    /// The short name shown in tables and JSON.
-    pub fn name(&self) -> &'static str {
-        match self {
-            SiteDistribution::NotApplicable => "not_applicable",
-            SiteDistribution::Pending => "pending",
-            SiteDistribution::InProgress => "in_progress",
-            SiteDistribution::Complete => "complete",
-            SiteDistribution::Failed => "failed",
-        }
-    }
 }
 
 #[cfg(test)]

@@ -54,16 +54,6 @@ impl JobState {
         }
     }
 
-    /// The short name shown in tables and JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            JobState::Scheduled => "scheduled",
-            JobState::Active => "active",
-            JobState::Expired => "expired",
-            JobState::Canceled => "canceled",
-        }
-    }
-
     /// Still to be offered or on offer.
     pub fn is_open(self) -> bool {
         matches!(self, JobState::Scheduled | JobState::Active)
@@ -83,18 +73,6 @@ pub enum InstructionState {
     NotConnected,
 }
 
-impl InstructionState {
-    /// The short name shown in tables and JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            InstructionState::Pending => "pending",
-            InstructionState::Arrived => "arrived",
-            InstructionState::Refused => "refused",
-            InstructionState::NotConnected => "not_connected",
-        }
-    }
-}
-
 /// The job as a whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobOutcome {
@@ -110,19 +88,6 @@ pub enum JobOutcome {
     Canceled,
     /// Expired before it finished, without a failure.
     Expired,
-}
-
-impl JobOutcome {
-    /// The short name shown in tables and JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            JobOutcome::InProgress => "in_progress",
-            JobOutcome::Complete => "complete",
-            JobOutcome::Failed => "failed",
-            JobOutcome::Canceled => "canceled",
-            JobOutcome::Expired => "expired",
-        }
-    }
 }
 
 /// What the job's own row says.
@@ -193,8 +158,6 @@ pub struct SiteRow {
     pub distribution: SiteDistribution,
     /// The DPs it distributes to, each with its view of the package.
     pub dps: Vec<(String, DistributionView)>,
-    /// Its workstations by state name.
-    pub runs: BTreeMap<&'static str, u64>,
 }
 
 /// The whole view of a job.
@@ -202,8 +165,6 @@ pub struct SiteRow {
 pub struct JobView {
     pub workstations: Vec<WorkstationRow>,
     pub sites: Vec<SiteRow>,
-    /// Workstations by state name.
-    pub counts: BTreeMap<&'static str, u64>,
     pub outcome: JobOutcome,
 }
 
@@ -309,8 +270,6 @@ impl JobFold {
                 self.runs.entry((site.clone(), agent.clone())).or_default();
             }
         }
-        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let mut runs: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
         let workstations: Vec<WorkstationRow> = std::mem::take(&mut self.runs)
             .into_iter()
             .map(|((site, agent), mut fold)| {
@@ -318,13 +277,6 @@ impl JobFold {
                     fold.apply(*at, event);
                 }
                 let run = fold.view();
-                let name = run.state.name();
-                *counts.entry(name).or_default() += 1;
-                *runs
-                    .entry(site.clone())
-                    .or_default()
-                    .entry(name)
-                    .or_default() += 1;
                 WorkstationRow {
                     unreachable_since: if site == own {
                         unreachable(&site, &agent)
@@ -390,7 +342,6 @@ impl JobFold {
                     .count() as u64,
                 distribution,
                 dps,
-                runs: runs.remove(&site.code).unwrap_or_default(),
                 site: site.code.clone(),
             });
         }
@@ -398,7 +349,6 @@ impl JobFold {
         JobView {
             workstations,
             sites: rows,
-            counts,
             outcome,
         }
     }
@@ -642,16 +592,6 @@ mod tests {
         );
         assert_eq!(row(&view, "P04").instruction, InstructionState::Arrived);
         assert_eq!(row(&view, "P04").reason, None);
-        let names: Vec<&str> = [
-            InstructionState::Pending,
-            InstructionState::Arrived,
-            InstructionState::Refused,
-            InstructionState::NotConnected,
-        ]
-        .iter()
-        .map(|state| state.name())
-        .collect();
-        assert_eq!(names, ["pending", "arrived", "refused", "not_connected"]);
         // A connected site that has not reported yet.
         let mut fold = JobFold::new(facts(JobState::Active));
         completed(&mut fold, "CEN", "ws1");
@@ -777,20 +717,6 @@ mod tests {
             outcome(JobState::Scheduled, &|_| {}, NOW),
             JobOutcome::InProgress
         );
-        let names: Vec<&str> = [
-            JobOutcome::InProgress,
-            JobOutcome::Complete,
-            JobOutcome::Failed,
-            JobOutcome::Canceled,
-            JobOutcome::Expired,
-        ]
-        .iter()
-        .map(|outcome| outcome.name())
-        .collect();
-        assert_eq!(
-            names,
-            ["in_progress", "complete", "failed", "canceled", "expired"]
-        );
     }
 
     #[test]
@@ -842,8 +768,6 @@ mod tests {
         assert_eq!(ws("ws4").expired_at, Some(50_000));
         // A failure among the runs stays the outcome.
         assert_eq!(view.outcome, JobOutcome::Failed);
-        assert_eq!(view.counts.get("complete"), Some(&1));
-        assert_eq!(row(&view, "P01").runs.get("failed"), Some(&1));
         // Complete before the expiry: complete after it.
         let mut fold = JobFold::new(facts(JobState::Expired));
         arrived(&mut fold, "P01", &["ws2"], &[]);

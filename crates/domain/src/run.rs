@@ -89,21 +89,6 @@ pub enum RunState {
 }
 
 impl RunState {
-    /// The short name shown in tables and JSON.
-    pub fn name(&self) -> &'static str {
-        match self {
-            RunState::None => "none",
-            RunState::Offered => "offered",
-            RunState::Downloading { .. } => "downloading",
-            RunState::Running => "running",
-            RunState::Complete => "complete",
-            RunState::Failed => "failed",
-            RunState::Retrying { .. } => "retrying",
-            RunState::Interrupted => "interrupted",
-            RunState::Stopped => "stopped",
-        }
-    }
-
     /// True once nothing more will happen on its own.
     pub fn is_final(&self) -> bool {
         matches!(

@@ -73,20 +73,6 @@ pub enum DistributionState {
     Repairing { chunks: u64 },
 }
 
-impl DistributionState {
-    /// The short name shown in tables and JSON.
-    pub fn name(&self) -> &'static str {
-        match self {
-            DistributionState::Pending => "pending",
-            DistributionState::Transferring { .. } => "transferring",
-            DistributionState::Installed => "installed",
-            DistributionState::Failed { .. } => "failed",
-            DistributionState::RefreshPending => "refresh-pending",
-            DistributionState::Repairing { .. } => "repairing",
-        }
-    }
-}
-
 /// The derived status of one package on one DP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DistributionView {

@@ -13,6 +13,7 @@ pub mod frames;
 pub mod logging;
 pub mod signal;
 pub mod sites;
+pub mod states;
 pub mod types;
 pub mod worker;
 
@@ -20,6 +21,7 @@ pub use client::Client;
 pub use enrollment::{read_config, Enrollment};
 pub use error::{chain, Error, Result};
 pub use sites::*;
+pub use states::*;
 pub use types::*;
 
 /// Prefix of every API route of a site server.

@@ -2,6 +2,7 @@
 //! instructions flowing down, wanted content, status relayed up) and of the
 //! administrator's hierarchy views (sites, queues, DP groups).
 
+use crate::states::SiteKind;
 use crate::types::{JobInfo, SignedManifestWire, SiteInfo, StatusMessage};
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +13,8 @@ pub struct SiteEnrollRequest {
     /// The new site's code, unique in the hierarchy.
     pub code: String,
     /// `primary` or `secondary`.
-    pub kind: String,
+    #[serde(with = "crate::states::site_kind")]
+    pub kind: SiteKind,
     /// The parent's join token.
     pub join_token: String,
     /// Bytes per second the parent may send the new site (none: no limit).
@@ -43,7 +45,8 @@ pub struct SiteRegistration {
     /// The new site's code.
     pub code: String,
     /// Its kind.
-    pub kind: String,
+    #[serde(with = "crate::states::site_kind")]
+    pub kind: SiteKind,
     /// Its parent's code.
     pub parent: String,
 }
@@ -56,7 +59,8 @@ pub struct SiteSummary {
     #[serde(rename = "site", alias = "code")]
     pub code: String,
     /// `central`, `primary` or `secondary`.
-    pub kind: String,
+    #[serde(with = "crate::states::site_kind")]
+    pub kind: SiteKind,
     /// The parent's code (none for the central site).
     pub parent: Option<String>,
     /// When it joined (this site: when it was created).

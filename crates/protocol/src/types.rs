@@ -1,5 +1,9 @@
 //! Request and response bodies of the site server's API.
 
+use crate::states::{
+    DpState, InstructionState, JobOutcome, JobState, Reachability, SiteDistribution, SiteKind,
+    WorkstationState,
+};
 use cascade_content::{ChunkHash, Entry};
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +29,8 @@ pub struct SiteInfo {
     /// The site code.
     pub code: String,
     /// `central`, `primary` or `secondary`.
-    pub kind: String,
+    #[serde(with = "crate::states::site_kind")]
+    pub kind: SiteKind,
     /// Hex of the ed25519 key that signs manifests: the central site's key,
     /// the same at every site of a hierarchy.
     pub public_key: String,
@@ -259,7 +264,7 @@ pub struct DpPackageStatus {
     pub installed_version: Option<u64>,
     /// `pending`, `transferring`, `installed`, `failed`, `refresh-pending`,
     /// `repairing`.
-    pub state: String,
+    pub state: DpState,
     /// Bytes transferred so far, while transferring.
     pub bytes_done: Option<u64>,
     /// Bytes to transfer, while transferring.
@@ -958,7 +963,7 @@ pub struct AgentInfo {
     /// `reachable` (holding a poll open, or polled within the poll interval
     /// and a grace), `unreachable` (silent longer, or hung up its poll
     /// more than the grace ago) or `never` (enrolled, never polled).
-    pub reachability: String,
+    pub reachability: Reachability,
     /// Since when it is silent, when unreachable.
     pub unreachable_since_ms: Option<i64>,
 }
@@ -1069,7 +1074,7 @@ pub struct JobInfo {
     /// When it was canceled.
     pub canceled_at_ms: Option<i64>,
     /// `scheduled` (before its offer time), `active`, `expired` or `canceled`.
-    pub state: String,
+    pub state: JobState,
     /// The DP group it distributes to; none: each target site's DPs.
     #[serde(default)]
     pub dp_group: Option<String>,
@@ -1077,7 +1082,7 @@ pub struct JobInfo {
     /// `failed`, `canceled`, `expired`), in `job list` and `job status`;
     /// absent where it was not computed (the answer to `job create`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<JobOutcome>,
 }
 
 /// One workstation's row in a job's status.
@@ -1092,7 +1097,7 @@ pub struct WorkstationStatus {
     /// complete, failed, retrying, interrupted (the agent crashed while the
     /// command ran and no retry is left), stopped (the agent stopped the
     /// work on cancel, or at expiry before the command started).
-    pub state: String,
+    pub state: WorkstationState,
     /// When that state was reported.
     pub since_ms: i64,
     /// Attempts started.
@@ -1125,7 +1130,7 @@ pub struct JobStatus {
     /// The job.
     pub job: JobInfo,
     /// Workstations per state.
-    pub counts: std::collections::BTreeMap<String, u64>,
+    pub counts: std::collections::BTreeMap<WorkstationState, u64>,
     /// One row per targeted workstation.
     pub workstations: Vec<WorkstationStatus>,
     /// The distribute phase: the package on the DPs the job distributes to.
@@ -1136,9 +1141,11 @@ pub struct JobStatus {
     /// `complete` once every site has the instruction, no distribution is
     /// pending or failing and every targeted workstation completed;
     /// `failed` once every workstation finished and one failed;
-    /// `in_progress` otherwise.
-    #[serde(default)]
-    pub outcome: String,
+    /// `canceled` or `expired` once a job canceled or expired before it
+    /// completed has nothing left running; `in_progress` otherwise (and
+    /// when an answer lacks it).
+    #[serde(default = "in_progress")]
+    pub outcome: JobOutcome,
 }
 
 /// One site's line in a job's status.
@@ -1149,7 +1156,7 @@ pub struct SiteJobStatus {
     /// `pending` until the site reports the instruction, then `arrived`;
     /// `refused` when the site refused it (with the reason), `not_connected`
     /// for a site that joined but never connected since.
-    pub instruction: String,
+    pub instruction: InstructionState,
     /// Why the site refused the instruction.
     #[serde(default)]
     pub reason: Option<String>,
@@ -1158,11 +1165,15 @@ pub struct SiteJobStatus {
     /// Workstations of the site the job targets.
     pub targets: u64,
     /// `not_applicable`, `pending`, `in_progress`, `complete` or `failed`.
-    pub distribution: String,
+    pub distribution: SiteDistribution,
     /// The DPs the job distributes to at this site.
     pub dps: Vec<DpPackageStatus>,
     /// Workstations of the site per state.
-    pub runs: std::collections::BTreeMap<String, u64>,
+    pub runs: std::collections::BTreeMap<WorkstationState, u64>,
+}
+
+fn in_progress() -> JobOutcome {
+    JobOutcome::InProgress
 }
 
 /// Query of the policy long poll.

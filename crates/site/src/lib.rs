@@ -69,8 +69,8 @@ pub struct InitReport {
     /// Hex of the key every manifest must be signed with (the central
     /// site's).
     pub public_key: String,
-    /// `central`, `primary` or `secondary`.
-    pub kind: String,
+    /// What the site is in the hierarchy.
+    pub kind: SiteKind,
     /// The parent's code, for a child site.
     pub parent: Option<String>,
 }
@@ -84,7 +84,7 @@ pub struct InitReport {
 pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitReport> {
     let code = SiteCode::new(code)?;
     let kind = match join {
-        Some(join) => SiteKind::parse(&join.kind)?,
+        Some(join) => join.kind,
         None => SiteKind::Central,
     };
     if kind != SiteKind::Central && join.is_none() {
@@ -175,7 +175,7 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
         join_token,
         site_join_token,
         public_key,
-        kind: kind.name().to_owned(),
+        kind,
         parent: parent_code,
     })
 }

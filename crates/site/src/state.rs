@@ -116,7 +116,7 @@ impl AppState {
     pub(crate) fn site_info(&self) -> cascade_protocol::SiteInfo {
         cascade_protocol::SiteInfo {
             code: self.code.to_string(),
-            kind: self.kind.name().to_owned(),
+            kind: self.kind,
             public_key: cascade_content::public_key_hex(&self.trust),
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             parent: self.parent.as_ref().map(|parent| parent.code().to_owned()),

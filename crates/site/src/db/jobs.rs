@@ -35,14 +35,14 @@ fn job_from_row(row: sqlx::sqlite::SqliteRow, now: i64) -> Result<(JobInfo, i64)
         dps: Vec::new(),
     };
     let canceled_at_ms: Option<i64> = row.get(13);
-    let state = JobState::at(canceled_at_ms, offer.offer_at_ms, offer.expires_at_ms, now).name();
+    let state = JobState::at(canceled_at_ms, offer.offer_at_ms, offer.expires_at_ms, now);
     Ok((
         JobInfo {
             offer,
             collection: row.get(3),
             created_at_ms: row.get(12),
             canceled_at_ms,
-            state: state.to_owned(),
+            state: state.into(),
             dp_group: row.get(15),
             outcome: None,
         },

@@ -210,19 +210,18 @@ fn touch(state: &AppState, agent_name: &str) {
 fn agent_info(row: AgentRow, seen: &SeenAgents, poll_interval_ms: u64, now: i64) -> AgentInfo {
     let contact = seen.contact(&row.name, row.last_seen_ms);
     let last_seen_ms = contact.last_seen;
-    let (reachability, unreachable_since_ms) =
-        match reachability(contact, poll_interval_ms as i64, now) {
-            Reachability::Reachable => ("reachable", None),
-            Reachability::UnreachableSince(since) => ("unreachable", Some(since)),
-            Reachability::Never => ("never", None),
-        };
+    let judged = reachability(contact, poll_interval_ms as i64, now);
+    let unreachable_since_ms = match judged {
+        Reachability::UnreachableSince(since) => Some(since),
+        Reachability::Reachable | Reachability::Never => None,
+    };
     AgentInfo {
         name: row.name,
         report: row.report,
         approved: row.approved,
         enrolled_at_ms: row.enrolled_at_ms,
         last_seen_ms,
-        reachability: reachability.to_owned(),
+        reachability: judged.into(),
         unreachable_since_ms,
     }
 }

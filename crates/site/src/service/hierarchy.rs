@@ -24,8 +24,8 @@ use std::collections::HashMap;
 /// How a new child site joins its parent.
 #[derive(Clone, Debug)]
 pub struct Join {
-    /// `primary` or `secondary`.
-    pub kind: String,
+    /// `Primary` or `Secondary`.
+    pub kind: SiteKind,
     /// The parent site's URL.
     pub parent_url: String,
     /// The parent's site join token.
@@ -53,7 +53,7 @@ pub async fn join(code: &SiteCode, kind: SiteKind, join: &Join) -> Result<Parent
     let answer = client
         .enroll_site(&SiteEnrollRequest {
             code: code.to_string(),
-            kind: kind.name().to_owned(),
+            kind,
             join_token: join.join_token.trim().to_owned(),
             max_rate: join.max_rate,
             replace: join.replace,
@@ -135,7 +135,7 @@ async fn register_up(state: &AppState, registration: &SiteRegistration) -> Resul
 /// `POST /api/v1/sites/enroll`: a new child site presents the join token.
 pub async fn enroll(state: &AppState, request: &SiteEnrollRequest) -> Result<SiteEnrollResponse> {
     let code = SiteCode::new(&request.code)?;
-    let kind = SiteKind::parse(&request.kind)?;
+    let kind = request.kind;
     auth::require_site_join_token(state, &request.join_token).await?;
     state.kind.check_child(kind)?;
     if code == state.code || code == state.central {
@@ -166,7 +166,7 @@ pub async fn enroll(state: &AppState, request: &SiteEnrollRequest) -> Result<Sit
                 state,
                 &SiteRegistration {
                     code: code.to_string(),
-                    kind: kind.name().to_owned(),
+                    kind,
                     parent: own.clone(),
                 },
             )
@@ -213,7 +213,7 @@ pub async fn enroll(state: &AppState, request: &SiteEnrollRequest) -> Result<Sit
 /// below it.
 pub async fn register(state: &AppState, caller: &str, request: &SiteRegistration) -> Result<()> {
     let code = SiteCode::new(&request.code)?;
-    let kind = SiteKind::parse(&request.kind)?;
+    let kind = request.kind;
     SiteCode::new(&request.parent)?;
     let sites = db::subtree(state.db.pool()).await?;
     if !db::contains(&sites, caller, &request.parent) {
@@ -266,7 +266,7 @@ pub async fn register(state: &AppState, caller: &str, request: &SiteRegistration
 fn already_registered(existing: Option<&SiteRow>, request: &SiteRegistration) -> Result<bool> {
     match existing {
         None => Ok(false),
-        Some(row) if row.parent == request.parent && row.kind == request.kind => Ok(true),
+        Some(row) if row.parent == request.parent && row.kind == request.kind.name() => Ok(true),
         Some(_) => Err(Error::Conflict(format!(
             "site code {} is already used in the hierarchy",
             request.code
@@ -286,7 +286,7 @@ pub async fn summaries(state: &AppState) -> Result<Vec<SiteSummary>> {
         .collect();
     let mut out = vec![SiteSummary {
         code: state.code.to_string(),
-        kind: state.kind.name().to_owned(),
+        kind: state.kind,
         parent,
         registered_at_ms: created_at_ms,
         last_seen_ms: None,
@@ -299,7 +299,7 @@ pub async fn summaries(state: &AppState) -> Result<Vec<SiteSummary>> {
             bytes_sent: state.links.bytes_sent(&row.code),
             pending_instructions: pending.get(&row.code).copied().unwrap_or(0) as u64,
             code: row.code,
-            kind: row.kind,
+            kind: SiteKind::parse(&row.kind)?,
             parent: Some(row.parent),
             registered_at_ms: row.registered_at_ms,
             last_seen_ms: row.last_seen_ms,

@@ -498,12 +498,22 @@ async fn status_with(state: &AppState, id: u64, views: &mut PackageViews) -> Res
         now,
     );
 
-    let names = |counts: BTreeMap<&'static str, u64>| -> BTreeMap<String, u64> {
-        counts
-            .into_iter()
-            .map(|(name, count)| (name.to_owned(), count))
-            .collect()
-    };
+    // Workstations per state, in all and per site.
+    let mut counts: BTreeMap<WorkstationState, u64> = BTreeMap::new();
+    let mut runs: BTreeMap<&str, BTreeMap<WorkstationState, u64>> = BTreeMap::new();
+    for row in &view.workstations {
+        let state = WorkstationState::from(&row.run.state);
+        *counts.entry(state).or_default() += 1;
+        *runs
+            .entry(row.site.as_str())
+            .or_default()
+            .entry(state)
+            .or_default() += 1;
+    }
+    let mut runs: BTreeMap<String, BTreeMap<WorkstationState, u64>> = runs
+        .into_iter()
+        .map(|(site, counts)| (site.to_owned(), counts))
+        .collect();
     let workstations: Vec<WorkstationStatus> = view
         .workstations
         .into_iter()
@@ -516,7 +526,7 @@ async fn status_with(state: &AppState, id: u64, views: &mut PackageViews) -> Res
                 _ => (None, None),
             };
             WorkstationStatus {
-                state: row.run.state.name().to_owned(),
+                state: (&row.run.state).into(),
                 site: row.site,
                 agent: row.agent,
                 since_ms: row.run.since,
@@ -544,24 +554,24 @@ async fn status_with(state: &AppState, id: u64, views: &mut PackageViews) -> Res
                 .collect();
             flat.extend(dps.iter().cloned());
             SiteJobStatus {
-                instruction: row.instruction.name().to_owned(),
+                instruction: (&row.instruction).into(),
                 reason: row.reason,
                 arrived_at_ms: row.arrived_at,
                 targets: row.targets,
-                distribution: row.distribution.name().to_owned(),
+                distribution: (&row.distribution).into(),
                 dps,
-                runs: names(row.runs),
+                runs: runs.remove(&row.site).unwrap_or_default(),
                 site: row.site,
             }
         })
         .collect();
-    let outcome = view.outcome.name().to_owned();
+    let outcome = JobOutcome::from(view.outcome);
     Ok(JobStatus {
         job: JobInfo {
-            outcome: Some(outcome.clone()),
+            outcome: Some(outcome),
             ..job
         },
-        counts: names(view.counts),
+        counts,
         workstations,
         distribution: flat,
         sites,

@@ -156,7 +156,7 @@ mod tests {
             &child_dir,
             "P01",
             Some(&crate::Join {
-                kind: "primary".into(),
+                kind: cascade_domain::hierarchy::SiteKind::Primary,
                 parent_url: site.url.clone(),
                 join_token: site.report.site_join_token.clone(),
                 central_key: None,

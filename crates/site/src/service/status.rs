@@ -319,7 +319,7 @@ pub fn dp_status(site: String, dp: String, view: &DistributionView) -> DpPackage
         dp,
         target_version: view.target.map(|v| v.get()),
         installed_version: view.installed.map(|v| v.get()),
-        state: view.state.name().to_owned(),
+        state: (&view.state).into(),
         bytes_done,
         bytes_total,
         reason,

@@ -23,6 +23,7 @@
 use crate::{Error, Result};
 use cascade_content::{ChunkStore, Manifest, VerifyingKey};
 use cascade_domain::backoff::Backoff;
+use cascade_protocol::worker::{Step, Work, Worker};
 use cascade_protocol::{Client, JobOffer, StatusBody};
 use cascade_store::{now_ms, Db, Outbox};
 use std::collections::{HashMap, HashSet};
@@ -188,44 +189,52 @@ fn instant_at(at_ms: i64) -> Instant {
     Instant::now() + Duration::from_millis(at_ms.saturating_sub(now).max(0) as u64)
 }
 
+/// The job runner's step: the next due job, run, if any.
+struct DueJobs<'a> {
+    executor: &'a Executor,
+    /// Whether the runs a crash interrupted are reported.
+    recovered: bool,
+}
+
+impl Work for DueJobs<'_> {
+    type Error = Error;
+
+    /// First (until it succeeds) reports the runs a crash interrupted; then
+    /// stops withdrawn downloads and runs the next due job. A failure is
+    /// retried after the worker's backoff.
+    async fn step(&mut self) -> Result<Step> {
+        let executor = self.executor;
+        if !self.recovered {
+            executor.recover_interrupted().await?;
+            self.recovered = true;
+        }
+        if let Err(err) = executor.stop_abandoned_waits().await {
+            tracing::warn!(error = %cascade_protocol::chain(&err), "stopping withdrawn downloads failed");
+        }
+        match executor.next_due().await? {
+            Some(due) => {
+                executor.attempt(due).await?;
+                Ok(Step::Again)
+            }
+            None => Ok(Step::Idle),
+        }
+    }
+}
+
 impl Executor {
-    /// Runs due jobs, one at a time, until `stop`. First reports the runs a
-    /// crash interrupted.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        loop {
-            match self.recover_interrupted().await {
-                Ok(()) => break,
-                Err(err) => {
-                    tracing::warn!(error = %err, "recording interrupted runs failed; will retry");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = stop.changed() => return,
-                    }
-                }
-            }
-        }
-        loop {
-            if let Err(err) = self.stop_abandoned_waits().await {
-                tracing::warn!(error = %err, "stopping withdrawn downloads failed");
-            }
-            match self.next_due().await {
-                Ok(Some(due)) => {
-                    if let Err(err) = self.attempt(due).await {
-                        tracing::warn!(error = %cascade_protocol::chain(&err), "job attempt could not be recorded; will retry");
-                    }
-                    continue;
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!(error = %cascade_protocol::chain(&err), "reading due jobs failed")
-                }
-            }
-            tokio::select! {
-                _ = self.nudge.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.changed() => return,
-            }
-        }
+    /// Runs due jobs, one at a time, until `stop`, as a [`Worker`]: again
+    /// at once after each attempt, and when none is due on a nudge or
+    /// after a second. A run in progress at shutdown is let finish.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        Worker::new("running due jobs", stop)
+            .woken_by(&self.nudge)
+            .idle(Duration::from_secs(1))
+            .finish_step_at_shutdown()
+            .run(DueJobs {
+                executor: &self,
+                recovered: false,
+            })
+            .await
     }
 
     /// Reports every run that was in progress when the agent stopped last

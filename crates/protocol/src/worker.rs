@@ -70,6 +70,7 @@ pub struct Worker<'a> {
     shutdown: watch::Receiver<bool>,
     wake: Option<&'a Notify>,
     idle: Duration,
+    finish_step: bool,
 }
 
 impl<'a> Worker<'a> {
@@ -82,6 +83,7 @@ impl<'a> Worker<'a> {
             shutdown,
             wake: None,
             idle: Duration::from_secs(5),
+            finish_step: false,
         }
     }
 
@@ -98,17 +100,30 @@ impl<'a> Worker<'a> {
         self
     }
 
-    /// Runs `work` until shutdown (a step in progress is dropped then) or
-    /// until a step answers [`Step::Done`].
+    /// At shutdown, a step in progress is let finish (the worker ends
+    /// after it) instead of being dropped: for steps that must not stop
+    /// half-way, such as a job's command an agent is running.
+    pub fn finish_step_at_shutdown(mut self) -> Worker<'a> {
+        self.finish_step = true;
+        self
+    }
+
+    /// Runs `work` until shutdown (a step in progress is dropped then,
+    /// unless [`Worker::finish_step_at_shutdown`]) or until a step answers
+    /// [`Step::Done`].
     pub async fn run(mut self, mut work: impl Work) {
         let mut backoff = backoff();
         loop {
             if *self.shutdown.borrow() {
                 return;
             }
-            let result = tokio::select! {
-                result = work.step() => result,
-                _ = self.shutdown.changed() => return,
+            let result = if self.finish_step {
+                work.step().await
+            } else {
+                tokio::select! {
+                    result = work.step() => result,
+                    _ = self.shutdown.changed() => return,
+                }
             };
             let (wait, wake) = match result {
                 Ok(Step::Again) => {
@@ -308,5 +323,32 @@ mod tests {
             .await
             .expect("the worker did not end")
             .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_let_finish_at_shutdown_ends_and_the_worker_after_it() {
+        let steps = Arc::new(Mutex::new(0u32));
+        let (stop, shutdown) = watch::channel(false);
+        let counted = steps.clone();
+        let worker = tokio::spawn(Worker::new("test", shutdown).finish_step_at_shutdown().run(
+            move || {
+                let counted = counted.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    *counted.lock().unwrap() += 1;
+                    Ok::<_, Failed>(Step::Again)
+                }
+            },
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.send(true).unwrap();
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(60), worker)
+            .await
+            .expect("the worker did not end")
+            .unwrap();
+        // The step under way finished, and no other began.
+        assert_eq!(*steps.lock().unwrap(), 1);
+        assert_eq!(started.elapsed(), Duration::from_secs(9));
     }
 }

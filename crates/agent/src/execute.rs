@@ -755,7 +755,7 @@ impl Executor {
             let mut stored = false;
             for dp in &dps {
                 let url = format!("{dp}/v1/chunks/{}", chunk.hash);
-                match fetch(http, &url).await {
+                match fetch(http, &url, chunk.size).await {
                     Ok(encoded) => {
                         let store = self.store.clone();
                         let hash = chunk.hash;
@@ -860,17 +860,73 @@ enum Fetched {
     Refused(String),
 }
 
-async fn fetch(http: &reqwest::Client, url: &str) -> std::result::Result<Vec<u8>, Fetched> {
-    let response = http
+/// Most bytes of an error answer read from a DP.
+const MAX_ERROR_BODY: usize = 4096;
+
+/// The slowest a DP may serve a chunk: below it the fetch gives up and
+/// the next source is tried (a DP trickling bytes must not hold a job).
+const MIN_CHUNK_RATE: u64 = 16 * 1024;
+
+/// Time every chunk fetch gets, beyond its size at [`MIN_CHUNK_RATE`].
+const CHUNK_DEADLINE_BASE: Duration = Duration::from_secs(10);
+
+/// How long fetching a chunk of `size` bytes may take in all.
+fn chunk_deadline(size: u32) -> Duration {
+    CHUNK_DEADLINE_BASE + Duration::from_millis(size as u64 * 1000 / MIN_CHUNK_RATE)
+}
+
+/// Fetches the encoded form of a chunk of `size` bytes from `url`, reading
+/// at most its longest encoding (an endless body is cut there) within
+/// [`chunk_deadline`].
+async fn fetch(
+    http: &reqwest::Client,
+    url: &str,
+    size: u32,
+) -> std::result::Result<Vec<u8>, Fetched> {
+    let deadline = chunk_deadline(size);
+    tokio::time::timeout(deadline, fetch_bounded(http, url, size))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Fetched::Unavailable(format!(
+                "did not serve the chunk within {} s",
+                deadline.as_secs()
+            )))
+        })
+}
+
+async fn fetch_bounded(
+    http: &reqwest::Client,
+    url: &str,
+    size: u32,
+) -> std::result::Result<Vec<u8>, Fetched> {
+    let mut response = http
         .get(url)
         .send()
         .await
         .map_err(|err| Fetched::Unavailable(err.to_string()))?;
     let status = response.status();
-    let bytes = response
-        .bytes()
+    let limit = if status.is_success() {
+        cascade_content::max_encoded_len(size)
+    } else {
+        MAX_ERROR_BODY
+    };
+    let mut bytes = Vec::new();
+    while let Some(piece) = response
+        .chunk()
         .await
-        .map_err(|err| Fetched::Unavailable(err.to_string()))?;
+        .map_err(|err| Fetched::Unavailable(err.to_string()))?
+    {
+        if bytes.len() + piece.len() > limit {
+            if !status.is_success() {
+                bytes.extend_from_slice(&piece[..limit - bytes.len()]);
+                break;
+            }
+            return Err(Fetched::Refused(format!(
+                "sent more than the {limit} bytes a chunk of {size} bytes can take"
+            )));
+        }
+        bytes.extend_from_slice(&piece);
+    }
     if !status.is_success() {
         let message = format!("{status}: {}", String::from_utf8_lossy(&bytes).trim());
         return Err(
@@ -884,7 +940,7 @@ async fn fetch(http: &reqwest::Client, url: &str) -> std::result::Result<Vec<u8>
             },
         );
     }
-    Ok(bytes.to_vec())
+    Ok(bytes)
 }
 
 /// How a run ended.
@@ -1092,4 +1148,64 @@ pub async fn request(db: &Db, job: u64) -> Result<()> {
         .await
         .map_err(cascade_store::Error::from)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    /// A DP that answers every request with `head` and then sends zeros
+    /// without end.
+    async fn endless_dp(head: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let _ = socket.read(&mut request).await;
+                    socket.write_all(head.as_bytes()).await?;
+                    let zeros = vec![0u8; 64 * 1024];
+                    loop {
+                        socket.write_all(&zeros).await?;
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<_, std::io::Error>(())
+                });
+            }
+        });
+        format!("http://{addr}/v1/chunks/x")
+    }
+
+    /// Issue 12: a rogue DP sending an endless body for a chunk took an
+    /// agent from 14 MB to 1.27 GB resident.
+    #[tokio::test]
+    async fn an_endless_chunk_body_is_cut_at_the_chunk_size() {
+        let url = endless_dp("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n").await;
+        match fetch(&dp_client(), &url, 1000).await {
+            Err(Fetched::Refused(reason)) => {
+                assert!(reason.contains("more than the 1001 bytes"), "{reason}")
+            }
+            Err(Fetched::Unavailable(reason)) => panic!("unavailable: {reason}"),
+            Ok(bytes) => panic!("accepted {} bytes", bytes.len()),
+        }
+        // An error answer without end is read up to a few KiB.
+        let url = endless_dp("HTTP/1.1 500 Oops\r\nconnection: close\r\n\r\n").await;
+        match fetch(&dp_client(), &url, 1000).await {
+            Err(Fetched::Unavailable(reason)) => assert!(reason.len() < 2 * MAX_ERROR_BODY),
+            Err(Fetched::Refused(reason)) => panic!("refused: {reason}"),
+            Ok(bytes) => panic!("accepted {} bytes", bytes.len()),
+        }
+    }
+
+    #[test]
+    fn a_chunk_fetch_has_a_deadline_by_its_size() {
+        assert_eq!(chunk_deadline(0), CHUNK_DEADLINE_BASE);
+        // The largest chunk at the slowest rate: 16 s beyond the base.
+        assert_eq!(
+            chunk_deadline(cascade_content::MAX_CHUNK_SIZE),
+            CHUNK_DEADLINE_BASE + Duration::from_secs(16)
+        );
+    }
 }

@@ -10,6 +10,13 @@ const TAG_ZSTD: u8 = 1;
 /// zstd level used for chunks: fast, and most of the gain on text and binaries.
 const ZSTD_LEVEL: i32 = 1;
 
+/// The longest encoded form of a chunk of `size` bytes: the tag byte and
+/// the raw bytes (a compressed form is kept only when smaller). A reader
+/// of encoded chunks from a peer stops there.
+pub fn max_encoded_len(size: u32) -> usize {
+    size as usize + 1
+}
+
 /// Encoded form: one tag byte (0 = raw, 1 = zstd) followed by the payload.
 /// Compress with zstd level 1; keep raw when the compressed form is not at
 /// least ~3% smaller.

@@ -25,7 +25,7 @@ pub mod signing;
 pub mod store;
 
 pub use chunk::{chunks, Chunk, ChunkHash, AVG_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
-pub use encoding::{decode_verified, encode};
+pub use encoding::{decode_verified, encode, max_encoded_len};
 pub use error::{Error, Result};
 pub use manifest::{ChunkRef, Entry, EntryKind, Manifest, MANIFEST_FORMAT};
 pub use materialize::{materialize, read_file_range};

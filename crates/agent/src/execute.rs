@@ -379,6 +379,26 @@ impl Executor {
         for (text, state, attempts, next_at) in rows {
             let offer: JobOffer = serde_json::from_str(&text)
                 .map_err(|err| Error::Config(format!("stored offer is damaged: {err}")))?;
+            // Verified again before it runs: agent.db is not trusted either.
+            if let Err(err) = cascade_protocol::intent::verify_offer(&offer, &self.site_key) {
+                let reason = format!("the stored offer was refused: {err}");
+                tracing::warn!(job = offer.id, %reason, "job refused");
+                self.report(
+                    offer.id,
+                    StatusBody::JobRefused {
+                        job: offer.id,
+                        package: offer.package.clone(),
+                        reason,
+                    },
+                    Some(NewState {
+                        state: "done",
+                        next_at: None,
+                        attempts: attempts as u32,
+                    }),
+                )
+                .await?;
+                continue;
+            }
             let expired = offer.expires_at_ms.is_some_and(|at| at <= now);
             let waiting = offer.optional && state != "requested";
             if expired || waiting || offer.offer_at_ms > now || next_at.is_some_and(|at| at > now) {
@@ -847,6 +867,7 @@ pub fn dp_client() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .read_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(cascade_protocol::client::POOL_IDLE)
         .build()
         .unwrap_or_default()
 }

@@ -9,8 +9,11 @@
 
 mod execute;
 
+use cascade_content::VerifyingKey;
 use cascade_protocol::worker::{Step, Work, Worker};
-use cascade_protocol::{AgentEnrollRequest, AgentReport, Client, Enrollment, JobOffer, StatusBody};
+use cascade_protocol::{
+    intent, AgentEnrollRequest, AgentReport, Client, Enrollment, JobOffer, SignedIntent, StatusBody,
+};
 use cascade_store::{Db, NewDir, Outbox, OUTBOX_SCHEMA};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -174,23 +177,71 @@ pub async fn init(
     })
 }
 
-/// Records the jobs of a policy: new offers are stored and reported as
-/// `job_offered` in the same transaction; stored offers missing from the
-/// policy are withdrawn. Returns whether anything was reported.
-async fn apply_policy(db: &Db, jobs: &[JobOffer]) -> Result<bool> {
+/// Records the jobs of a policy. Each offer must carry the central site's
+/// signed intent, verified against the key pinned at enrollment and matching
+/// it in every field (`intent::verify_offer`); one that does not is refused
+/// and reported as `job_refused` (once per reason, in `refused`), and
+/// nothing of it is stored or run. New offers are stored and reported as
+/// `job_offered` in the same transaction; a newer revision of a held job's
+/// intent replaces the held offer, an older one is refused; stored offers
+/// missing from the policy are withdrawn. Returns whether anything was
+/// reported.
+async fn apply_policy(
+    db: &Db,
+    jobs: &[JobOffer],
+    key: &VerifyingKey,
+    refused: &mut HashSet<(u64, String)>,
+) -> Result<bool> {
     let now = cascade_store::now_ms();
     let mut tx = db.write().await?;
     let mut reported = false;
+    let mut refusals = Vec::new();
     for offer in jobs {
-        let known: Option<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ?")
+        let intent = match intent::verify_offer(offer, key) {
+            Ok(intent) => intent,
+            Err(err) => {
+                refusals.push((offer, err));
+                continue;
+            }
+        };
+        let held: Option<String> = sqlx::query_scalar("SELECT offer FROM jobs WHERE id = ?")
             .bind(offer.id as i64)
             .fetch_optional(&mut *tx.tx)
             .await
             .map_err(cascade_store::Error::from)?;
-        if known.is_some() {
+        let text = serde_json::to_string(offer).map_err(|err| Error::Config(err.to_string()))?;
+        if let Some(held) = held {
+            let held: Option<JobOffer> = serde_json::from_str(&held).ok();
+            if held.as_ref().and_then(|held| held.intent.as_ref()) == offer.intent.as_ref() {
+                continue;
+            }
+            let held_revision = held
+                .as_ref()
+                .and_then(|held| intent::verify_offer(held, key).ok())
+                .map_or(0, |held| held.revision);
+            if intent.revision <= held_revision {
+                refusals.push((
+                    offer,
+                    intent::IntentError::Older {
+                        held: held_revision,
+                        got: intent.revision,
+                    },
+                ));
+                continue;
+            }
+            sqlx::query("UPDATE jobs SET offer = ? WHERE id = ?")
+                .bind(text)
+                .bind(offer.id as i64)
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(cascade_store::Error::from)?;
+            tracing::info!(
+                job = offer.id,
+                revision = intent.revision,
+                "job revised by the central site"
+            );
             continue;
         }
-        let text = serde_json::to_string(offer).map_err(|err| Error::Config(err.to_string()))?;
         sqlx::query("INSERT INTO jobs (id, offer, first_seen_ms) VALUES (?, ?, ?)")
             .bind(offer.id as i64)
             .bind(text)
@@ -206,6 +257,21 @@ async fn apply_policy(db: &Db, jobs: &[JobOffer]) -> Result<bool> {
         Outbox::push_in(&mut tx, now, &body).await?;
         reported = true;
         tracing::info!(job = offer.id, package = %offer.package, optional = offer.optional, "job offered");
+    }
+    for (offer, err) in refusals {
+        let reason = format!("the offer was refused: {err}");
+        tracing::warn!(job = offer.id, package = %offer.package, %reason, "job refused");
+        if !refused.insert((offer.id, reason.clone())) {
+            continue;
+        }
+        let body = StatusBody::JobRefused {
+            job: offer.id,
+            package: offer.package.clone(),
+            reason,
+        };
+        let body = serde_json::to_string(&body).map_err(|err| Error::Config(err.to_string()))?;
+        Outbox::push_in(&mut tx, now, &body).await?;
+        reported = true;
     }
     let offered: Vec<i64> = jobs.iter().map(|offer| offer.id as i64).collect();
     let active: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE withdrawn_at_ms IS NULL")
@@ -223,6 +289,21 @@ async fn apply_policy(db: &Db, jobs: &[JobOffer]) -> Result<bool> {
     }
     tx.commit().await?;
     Ok(reported)
+}
+
+/// The jobs whose cancellation the central site signed, among those a
+/// policy lists (one that does not verify is ignored, with a warning).
+fn verified_cancels(canceled: &[SignedIntent], key: &VerifyingKey) -> HashSet<u64> {
+    canceled
+        .iter()
+        .filter_map(|signed| match signed.verify_cancel(key) {
+            Ok(cancel) => Some(cancel.job),
+            Err(err) => {
+                tracing::warn!(error = %err, "a cancellation in the policy was ignored");
+                None
+            }
+        })
+        .collect()
 }
 
 /// The offers this workstation holds now (read from the agent's store,
@@ -280,6 +361,10 @@ struct Poll<'a> {
     /// Whether the site has the attributes since it last answered.
     announced: bool,
     approved: Option<bool>,
+    /// The central site's key, pinned at enrollment.
+    key: &'a VerifyingKey,
+    /// Refusals reported, so that each is reported once.
+    refused: HashSet<(u64, String)>,
 }
 
 impl Work for Poll<'_> {
@@ -309,11 +394,11 @@ impl Work for Poll<'_> {
         self.revision = policy.revision;
         self.interval = Duration::from_millis(policy.poll_interval_ms.max(1000));
         *self.sources.lock().await = execute::Sources::of(&policy);
-        let canceled: HashSet<u64> = policy.canceled.iter().copied().collect();
+        let canceled = verified_cancels(&policy.canceled, self.key);
         if **self.canceled.borrow() != canceled {
             self.canceled.send_replace(Arc::new(canceled));
         }
-        match apply_policy(self.db, &policy.jobs).await {
+        match apply_policy(self.db, &policy.jobs, self.key, &mut self.refused).await {
             Ok(true) => {
                 self.wake.notify_one();
                 self.nudge.notify_one();
@@ -357,6 +442,8 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         wake.clone(),
         stop_rx.clone(),
     ));
+    let key = cascade_content::public_key_from_hex(&enrollment.site_public_key)
+        .map_err(|err| Error::Config(format!("agent.json holds a bad site key: {err}")))?;
     let sources = Arc::new(tokio::sync::Mutex::new(execute::Sources::default()));
     let (canceled_tx, canceled_rx) = tokio::sync::watch::channel(Arc::new(HashSet::new()));
     let nudge = Arc::new(tokio::sync::Notify::new());
@@ -365,8 +452,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         dir: dir.to_owned(),
         db: db.clone(),
         client: client.clone(),
-        site_key: cascade_content::public_key_from_hex(&enrollment.site_public_key)
-            .map_err(|err| Error::Config(format!("agent.json holds a bad site key: {err}")))?,
+        site_key: key,
         store: cascade_content::ChunkStore::open(&dir.join(layout::CHUNKS))
             .map_err(|err| Error::Config(format!("opening the chunk store: {err}")))?,
         sources: sources.clone(),
@@ -398,6 +484,8 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
             interval: Duration::from_secs(60),
             announced: false,
             approved: None,
+            key: &key,
+            refused: HashSet::new(),
         })
         .await;
     let _ = stop_tx.send(true);

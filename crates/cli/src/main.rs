@@ -41,6 +41,28 @@ enum LogFormatArg {
     Json,
 }
 
+/// What a server (site or DP) allows its clients.
+#[derive(Args, Clone)]
+struct ServerLimits {
+    /// Most connections open at once (also bounded by the open-files
+    /// limit, raised at start); one more is answered 503.
+    #[arg(long, default_value_t = cascade_protocol::serve::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Longest a client may take to send a request's headers, and to sit
+    /// idle on a kept-alive connection, before it is closed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    header_timeout: std::time::Duration,
+}
+
+impl ServerLimits {
+    fn limits(&self) -> cascade_protocol::serve::Limits {
+        cascade_protocol::serve::Limits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+        }
+    }
+}
+
 /// Where the site server is and the credential to use.
 #[derive(Args, Clone)]
 struct Connection {
@@ -168,6 +190,8 @@ enum SiteCommand {
         /// printed and written to DIR/url).
         #[arg(long, default_value = "127.0.0.1:7400")]
         listen: String,
+        #[command(flatten)]
+        limits: ServerLimits,
     },
 }
 
@@ -404,6 +428,8 @@ enum DpCommand {
         /// Override the address given at init.
         #[arg(long)]
         listen: Option<String>,
+        #[command(flatten)]
+        limits: ServerLimits,
     },
     /// List the site's DPs.
     List {
@@ -634,11 +660,16 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                 }
             }
         }
-        Command::Site(SiteCommand::Run { dir, listen }) => {
+        Command::Site(SiteCommand::Run {
+            dir,
+            listen,
+            limits,
+        }) => {
             init_logging("info")?;
             cascade_site::run(
                 &dir,
                 &listen,
+                limits.limits(),
                 cascade_protocol::signal::shutdown_signal(),
                 |running| {
                     out.listening("site", &running.url);
@@ -666,11 +697,16 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                 None,
             );
         }
-        Command::Dp(DpCommand::Run { dir, listen }) => {
+        Command::Dp(DpCommand::Run {
+            dir,
+            listen,
+            limits,
+        }) => {
             init_logging("info")?;
             cascade_dp::run(
                 &dir,
                 listen.as_deref(),
+                limits.limits(),
                 cascade_protocol::signal::shutdown_signal(),
                 |running| {
                     out.listening("dp", &running.url);

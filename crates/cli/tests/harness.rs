@@ -152,6 +152,19 @@ impl Site {
         )
     }
 
+    /// A central site `code` run with more `site run` arguments (limits).
+    pub fn central_run_with(root: &Path, code: &str, run_args: &[&str]) -> Site {
+        let mut site = Site::central(root, code);
+        site.process.kill();
+        let addr = site.url.trim_start_matches("http://").to_owned();
+        std::fs::remove_file(site.dir.join("url")).unwrap();
+        let mut args = vec!["site", "run", site.dir.to_str().unwrap(), "--listen", &addr];
+        args.extend_from_slice(run_args);
+        site.process = Process::spawn(&args, &root.join(format!("{code}-site.log")));
+        site.url = wait_for_url(&site.dir.join("url"), None);
+        site
+    }
+
     fn launch(root: &Path, code: &str, dir_name: &str, prefix: &str, init_args: &[&str]) -> Site {
         let dir = root.join(dir_name);
         let out = run_ok(
@@ -601,4 +614,29 @@ pub fn chunk_path(dp_dir: &Path, data: &[u8]) -> PathBuf {
     let first = cascade_content::chunks(data).next().unwrap().unwrap();
     let hex = first.hash.to_hex();
     dp_dir.join("chunks").join(&hex[..2]).join(&hex)
+}
+
+/// Runs SQL against a site's database (stopped or running), as a damaged or rolled back
+/// site, or an attacker with its disk, would leave it.
+pub fn tamper(site: &Site, statements: &[(&str, Vec<String>)]) {
+    use cascade_store::sqlx;
+    let path = site.dir.join("site.db");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            for (sql, binds) in statements {
+                let mut query = sqlx::query(sql);
+                for bind in binds {
+                    query = query.bind(bind.clone());
+                }
+                query.execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+        });
 }

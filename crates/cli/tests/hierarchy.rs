@@ -701,29 +701,6 @@ fn secondary_status_reaches_central_within_two_seconds() {
     );
 }
 
-/// Runs SQL against a stopped site's database, as a damaged or rolled back
-/// site, or an attacker with its disk, would leave it.
-fn tamper(site: &Site, statements: &[(&str, Vec<String>)]) {
-    use cascade_store::sqlx;
-    let path = site.dir.join("site.db");
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
-            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-            for (sql, binds) in statements {
-                let mut query = sqlx::query(sql);
-                for bind in binds {
-                    query = query.bind(bind.clone());
-                }
-                query.execute(&pool).await.unwrap();
-            }
-            pool.close().await;
-        });
-}
-
 /// Whether some message of `package` at `site` from `source` of `kind`
 /// has a field `field` containing `text`.
 fn reported(site: &Site, package: &str, source: &str, kind: &str, text: &str) -> bool {
@@ -795,7 +772,15 @@ fn foreign_keys_and_older_versions_are_refused_everywhere() {
                     "instruction_refused",
                     "signed by the central site",
                 ) && reported(&cen, "app", "CEN/dp/dp1", "dp_failed", "refused")
-                    && reported(&cen, "app", "CEN/agent/ws1", "job_failed", "refused"),
+                    // The job is signed with that key too: the agent
+                    // refuses it before it fetches anything (issue 12).
+                    && reported(
+                        &cen,
+                        "app",
+                        "CEN/agent/ws1",
+                        "job_refused",
+                        "does not verify against the central site's key",
+                    ),
             )
         },
         |done| *done == Value::Bool(true),
@@ -803,13 +788,19 @@ fn foreign_keys_and_older_versions_are_refused_everywhere() {
     let status = cen.wait_job(id, Duration::from_secs(30), |status| {
         site_row(status, "P01")["instruction"] == "refused"
     });
-    assert_eq!(status["workstations"][0]["state"], "failed");
+    assert_eq!(status["workstations"][0]["state"], "refused");
     assert_eq!(status["outcome"], "failed");
     let reason = site_row(&status, "P01")["reason"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(reason.contains("app v2"), "{reason}");
+    // The job itself is signed with the foreign key: P01 refuses it too
+    // (issue 12), and says why.
+    assert!(
+        reason.contains("app v2")
+            || reason.contains("every job must be signed by the central site"),
+        "{reason}"
+    );
     assert!(
         dps.iter().all(|dp| held(dp) == 1),
         "a DP moved to the foreign version"

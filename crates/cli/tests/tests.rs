@@ -16,3 +16,4 @@ mod rough_edges;
 mod runs;
 mod status;
 mod tidy;
+mod trust;

@@ -32,7 +32,7 @@ pub use materialize::{materialize, read_file_range};
 pub use paths::validate_path;
 pub use scan::{chunk_file, scan, SourceEntry, SourceFile};
 pub use signing::{
-    generate_key, public_key_from_hex, public_key_hex, read_key, sign, write_key, SignedManifest,
-    SigningKey, VerifyingKey,
+    generate_key, public_key_from_hex, public_key_hex, read_key, sign, sign_statement,
+    verify_statement, write_key, SignedManifest, SigningKey, VerifyingKey,
 };
 pub use store::{ChunkStore, PutOutcome};

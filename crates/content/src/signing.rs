@@ -41,6 +41,29 @@ impl SignedManifest {
     }
 }
 
+/// Signs a statement other than a manifest (a job's intent, a status
+/// message): the signature covers `context` followed by `bytes`, so a
+/// signature made for one kind of statement never verifies as another,
+/// nor as a manifest (whose signed bytes begin with `{`).
+pub fn sign_statement(context: &[u8], bytes: &[u8], key: &SigningKey) -> [u8; 64] {
+    key.sign(&[context, bytes].concat()).to_bytes()
+}
+
+/// Checks a signature made by [`sign_statement`] with the same `context`
+/// ([`Error::BadSignature`] if it fails).
+pub fn verify_statement(
+    context: &[u8],
+    bytes: &[u8],
+    signature: &[u8; 64],
+    key: &VerifyingKey,
+) -> Result<()> {
+    key.verify_strict(
+        &[context, bytes].concat(),
+        &Signature::from_bytes(signature),
+    )
+    .map_err(|_| Error::BadSignature)
+}
+
 /// A fresh random signing key from the operating system's generator.
 pub fn generate_key() -> SigningKey {
     SigningKey::generate(&mut rand::rngs::OsRng)
@@ -150,6 +173,26 @@ mod tests {
 
     fn fixed_key(seed: u8) -> SigningKey {
         SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn a_statement_signature_holds_only_in_its_context() {
+        let key = fixed_key(3);
+        let signature = sign_statement(b"one\n", b"{\"a\":1}", &key);
+        let public = key.verifying_key();
+        verify_statement(b"one\n", b"{\"a\":1}", &signature, &public).unwrap();
+        for (context, bytes) in [(&b"two\n"[..], &b"{\"a\":1}"[..]), (b"one\n", b"{\"a\":2}")] {
+            assert!(matches!(
+                verify_statement(context, bytes, &signature, &public),
+                Err(Error::BadSignature)
+            ));
+        }
+        // Nor is it a manifest signature over the same bytes.
+        let signed = SignedManifest {
+            bytes: b"{\"a\":1}".to_vec(),
+            signature,
+        };
+        assert!(matches!(signed.verify(&public), Err(Error::BadSignature)));
     }
 
     #[test]

@@ -354,8 +354,12 @@ impl JobFold {
     }
 }
 
+/// A refused offer counts as a failure: the job did not run there.
 fn failed(state: &RunState) -> bool {
-    matches!(state, RunState::Failed | RunState::Interrupted)
+    matches!(
+        state,
+        RunState::Failed | RunState::Interrupted | RunState::Refused
+    )
 }
 
 /// The job as a whole: in progress while a connected site has not reported

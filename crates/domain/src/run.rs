@@ -44,6 +44,9 @@ pub enum RunEvent {
         reason: String,
         output_tail: String,
     },
+    /// Reported by the agent: it refused the job's offer (not as the central
+    /// site signed it), and runs nothing for it.
+    Refused { reason: String },
     /// Reported by the agent: the attempt failed (exit code, or a reason such
     /// as a timeout or a verification error) and no attempt is left.
     Failed {
@@ -86,6 +89,9 @@ pub enum RunState {
     /// The agent stopped the work in flight (the job was canceled, or it
     /// expired before the command started).
     Stopped,
+    /// The agent refused the offer (unsigned, altered on the way, or older
+    /// than the one it held): nothing ran.
+    Refused,
 }
 
 impl RunState {
@@ -93,7 +99,11 @@ impl RunState {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            RunState::Complete | RunState::Failed | RunState::Interrupted | RunState::Stopped
+            RunState::Complete
+                | RunState::Failed
+                | RunState::Interrupted
+                | RunState::Stopped
+                | RunState::Refused
         )
     }
 }
@@ -209,6 +219,12 @@ impl RunFold {
                 view.exit_code = None;
                 view.reason = Some(reason.clone());
                 view.output_tail = Some(output_tail.clone());
+            }
+            RunEvent::Refused { reason } => {
+                set(RunState::Refused);
+                view.exit_code = None;
+                view.reason = Some(reason.clone());
+                view.output_tail = None;
             }
             RunEvent::Failed {
                 attempt,

@@ -158,6 +158,7 @@ pub struct Running {
 pub async fn run(
     dir: &Path,
     listen: Option<&str>,
+    limits: cascade_protocol::serve::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&Running),
 ) -> Result<()> {
@@ -207,13 +208,12 @@ pub async fn run(
     ));
     let syncer = tokio::spawn(sync::run(dp.clone(), url.clone(), stop_rx.clone()));
     let app = serve::router(dp.clone());
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await
-        .map_err(Error::io("serving HTTP"));
+    let result = cascade_protocol::serve::serve(listener, app, limits, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await
+    .map_err(Error::io("serving HTTP"));
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let _ = syncer.await;
         let _ = forwarder.await;

@@ -12,6 +12,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
 
+/// How long a pooled connection may sit unused before the client drops it:
+/// shorter than a server's [`crate::serve::DEFAULT_HEADER_TIMEOUT`], so the
+/// client never sends on a connection the server is closing.
+pub const POOL_IDLE: Duration = Duration::from_secs(10);
+
 /// A client of one site server, with one credential (admin token or a DP's
 /// credential) or none.
 #[derive(Clone, Debug)]
@@ -54,7 +59,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(Duration::from_secs(90))
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(POOL_IDLE)
             .build()
             .map_err(|source| Error::Unreachable {
                 url: base.to_owned(),

@@ -114,7 +114,13 @@ pub enum Instruction {
     /// A job; each site offers it to its workstations in the collection.
     Job { job: JobInfo },
     /// A job was canceled at the central site.
-    JobCanceled { job: u64, package: String },
+    JobCanceled {
+        job: u64,
+        package: String,
+        /// The central site's signed cancellation, passed on unchanged.
+        #[serde(default)]
+        intent: Option<crate::intent::SignedIntent>,
+    },
     /// Re-verify a package on DPs that hold it (or are moving to a version
     /// of it): the DPs named `SITE/DP`, or, when `dps` is absent, every DP
     /// of every site below that holds it. Each site bumps the refresh

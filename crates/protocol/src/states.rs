@@ -124,6 +124,8 @@ wire_states! {
         None = "none",
         /// The agent has the offer.
         Offered = "offered",
+        /// The agent refused the offer: not as the central site signed it.
+        Refused = "refused",
         /// An attempt failed; another follows.
         Retrying = "retrying",
         /// The command runs.
@@ -220,6 +222,7 @@ impl From<&RunState> for WorkstationState {
             RunState::Retrying { .. } => WorkstationState::Retrying,
             RunState::Interrupted => WorkstationState::Interrupted,
             RunState::Stopped => WorkstationState::Stopped,
+            RunState::Refused => WorkstationState::Refused,
         }
     }
 }
@@ -326,6 +329,29 @@ mod tests {
                     .collect::<Vec<_>>()
             ),
             "in_progress complete failed canceled expired"
+        );
+        assert_eq!(
+            names(
+                &Reachability::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+            ),
+            "reachable unreachable never"
+        );
+        assert_eq!(
+            names(&JobState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
+            "scheduled active expired canceled"
+        );
+        // `refused` is new with issue 12; the others are as before.
+        assert_eq!(
+            names(
+                &WorkstationState::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+            ),
+            "complete downloading failed interrupted none offered refused retrying running stopped"
         );
     }
 

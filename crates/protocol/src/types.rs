@@ -433,6 +433,13 @@ pub enum StatusBody {
         dp: String,
         reason: String,
     },
+    /// Agent: it refused the job's offer (unsigned, altered, older than the
+    /// one it holds), and runs nothing for it.
+    JobRefused {
+        job: u64,
+        package: String,
+        reason: String,
+    },
     /// Agent: attempt `attempt` started.
     JobRunning {
         job: u64,
@@ -571,6 +578,7 @@ impl StatusBody {
             | StatusBody::JobOffered { package, .. }
             | StatusBody::JobDownloading { package, .. }
             | StatusBody::JobContentRefused { package, .. }
+            | StatusBody::JobRefused { package, .. }
             | StatusBody::JobRunning { package, .. }
             | StatusBody::JobCompleted { package, .. }
             | StatusBody::JobInterrupted { package, .. }
@@ -616,6 +624,7 @@ impl StatusBody {
             StatusBody::JobOffered { .. } => "job_offered",
             StatusBody::JobDownloading { .. } => "job_downloading",
             StatusBody::JobContentRefused { .. } => "job_content_refused",
+            StatusBody::JobRefused { .. } => "job_refused",
             StatusBody::JobRunning { .. } => "job_running",
             StatusBody::JobCompleted { .. } => "job_completed",
             StatusBody::JobInterrupted { .. } => "job_interrupted",
@@ -644,6 +653,7 @@ impl StatusBody {
             StatusBody::JobOffered { job, .. }
             | StatusBody::JobDownloading { job, .. }
             | StatusBody::JobContentRefused { job, .. }
+            | StatusBody::JobRefused { job, .. }
             | StatusBody::JobRunning { job, .. }
             | StatusBody::JobCompleted { job, .. }
             | StatusBody::JobInterrupted { job, .. }
@@ -663,6 +673,7 @@ impl StatusBody {
             | StatusBody::JobOffered { job, .. }
             | StatusBody::JobDownloading { job, .. }
             | StatusBody::JobContentRefused { job, .. }
+            | StatusBody::JobRefused { job, .. }
             | StatusBody::JobRunning { job, .. }
             | StatusBody::JobCompleted { job, .. }
             | StatusBody::JobInterrupted { job, .. }
@@ -688,6 +699,9 @@ impl StatusBody {
             } => RunEvent::Downloading {
                 bytes_done: *bytes_done,
                 bytes_total: *bytes_total,
+            },
+            StatusBody::JobRefused { reason, .. } => RunEvent::Refused {
+                reason: reason.clone(),
             },
             StatusBody::JobRunning { attempt, .. } => RunEvent::Running { attempt: *attempt },
             StatusBody::JobCompleted {
@@ -987,8 +1001,10 @@ pub struct AgentPolicy {
     /// as a run of theirs may last): an agent running one stops it. A job
     /// withdrawn without being listed here expired, and a run in progress
     /// finishes within its timeout.
+    /// Each is the central site's signed cancellation; an agent acts only
+    /// on one whose signature verifies.
     #[serde(default)]
-    pub canceled: Vec<u64>,
+    pub canceled: Vec<crate::intent::SignedIntent>,
 }
 
 /// One job offered to an agent, as its policy carries it.
@@ -1021,6 +1037,11 @@ pub struct JobOffer {
     /// agent's own site server comes last either way.
     #[serde(default)]
     pub dps: Vec<String>,
+    /// The job's intent as the central site signed it; an agent runs the
+    /// job only if every field above (but `dps`) matches it
+    /// ([`crate::intent::verify_offer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<crate::intent::SignedIntent>,
 }
 
 /// `POST /api/v1/jobs`: run a command from a package on a collection.

@@ -301,6 +301,7 @@ pub struct Running {
 pub async fn run(
     dir: &Path,
     listen: &str,
+    limits: cascade_protocol::serve::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&Running),
 ) -> Result<()> {
@@ -348,7 +349,7 @@ pub async fn run(
     }
     let seen = state.seen.clone();
     let last_flush = state.clone();
-    http::serve(listener, state, async move {
+    http::serve(listener, state, limits, async move {
         shutdown.await;
         let _ = shutdown_tx.send(true);
         tracing::info!("shutting down");

@@ -143,4 +143,11 @@ impl AppState {
             ),
         ))
     }
+
+    /// The central site's signing key (only the central site holds one).
+    pub(crate) fn signing_key(&self) -> Result<Arc<SigningKey>> {
+        self.key
+            .clone()
+            .ok_or_else(|| Error::Internal("the central site holds no signing key".into()))
+    }
 }

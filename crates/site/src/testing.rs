@@ -33,6 +33,7 @@ impl TestSite {
             runtime.block_on(crate::run(
                 &site_dir,
                 "127.0.0.1:0",
+                Default::default(),
                 async {
                     let _ = stopped.await;
                 },

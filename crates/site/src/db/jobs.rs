@@ -2,7 +2,7 @@
 
 use crate::error::{Entity, Error, Result};
 use cascade_domain::job::JobState;
-use cascade_protocol::{JobInfo, JobOffer};
+use cascade_protocol::{JobInfo, JobOffer, SignedIntent};
 use cascade_store::{now_ms, WriteTx};
 use sqlx::{Row, Sqlite};
 
@@ -12,7 +12,7 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 
 const JOB_COLUMNS: &str = "j.id, p.name, j.version, c.name, j.command, j.offer_at_ms, j.expires_at_ms, j.optional,
      j.retries, j.retry_delay_ms, j.timeout_ms, j.success_codes, j.created_at_ms, j.canceled_at_ms, j.collection_id,
-     j.dp_group";
+     j.dp_group, j.intent, j.intent_signature, j.cancel_intent, j.cancel_signature";
 
 const JOB_FROM: &str =
     "jobs j JOIN packages p ON p.id = j.package_id JOIN collections c ON c.id = j.collection_id";
@@ -33,6 +33,7 @@ fn job_from_row(row: sqlx::sqlite::SqliteRow, now: i64) -> Result<(JobInfo, i64)
         success_codes: serde_json::from_str(&codes)
             .map_err(|err| Error::Internal(format!("stored success codes do not parse: {err}")))?,
         dps: Vec::new(),
+        intent: signed(row.get(16), row.get(17)),
     };
     let canceled_at_ms: Option<i64> = row.get(13);
     let state = JobState::at(canceled_at_ms, offer.offer_at_ms, offer.expires_at_ms, now);
@@ -48,6 +49,13 @@ fn job_from_row(row: sqlx::sqlite::SqliteRow, now: i64) -> Result<(JobInfo, i64)
         },
         row.get(14),
     ))
+}
+
+fn signed(intent: Option<String>, signature: Option<String>) -> Option<SignedIntent> {
+    Some(SignedIntent {
+        intent: intent?,
+        signature: signature?,
+    })
 }
 
 pub async fn job_by_id<'e, E>(executor: E, id: u64) -> Result<(JobInfo, i64)>
@@ -86,12 +94,13 @@ where
 }
 
 /// Jobs canceled recently enough that a run of theirs may still be in
-/// progress: within their timeout and `margin_ms` of the cancel.
+/// progress: within their timeout and `margin_ms` of the cancel; with
+/// their collection's id and their signed cancellation.
 pub async fn recently_canceled_jobs<'e, E>(
     executor: E,
     now: i64,
     margin_ms: i64,
-) -> Result<Vec<(JobInfo, i64)>>
+) -> Result<Vec<(JobInfo, i64, Option<SignedIntent>)>>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
@@ -106,7 +115,11 @@ where
     .fetch_all(executor)
     .await?
     .into_iter()
-    .map(|row| job_from_row(row, now))
+    .map(|row| {
+        let cancel = signed(row.get(18), row.get(19));
+        let (info, collection) = job_from_row(row, now)?;
+        Ok((info, collection, cancel))
+    })
     .collect()
 }
 
@@ -141,6 +154,9 @@ pub struct NewJob<'a> {
     pub created_at_ms: i64,
     pub canceled_at_ms: Option<i64>,
     pub dp_group: Option<&'a str>,
+    /// The central site's signed intent (none only while the central site
+    /// creates the job: it signs it once the id is known).
+    pub intent: Option<&'a SignedIntent>,
 }
 
 /// Stores a job: created here (`id` none: the next id), or passed down
@@ -157,8 +173,8 @@ pub async fn insert_job(
     Ok(sqlx::query_scalar(
         "INSERT OR IGNORE INTO jobs (id, package_id, version, collection_id, command, offer_at_ms, expires_at_ms,
                            optional, retries, retry_delay_ms, timeout_ms, success_codes, created_at_ms,
-                           canceled_at_ms, dp_group)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                           canceled_at_ms, dp_group, intent, intent_signature)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(id)
     .bind(job.package_id)
@@ -175,6 +191,8 @@ pub async fn insert_job(
     .bind(job.created_at_ms)
     .bind(job.canceled_at_ms)
     .bind(job.dp_group)
+    .bind(job.intent.map(|signed| &signed.intent))
+    .bind(job.intent.map(|signed| &signed.signature))
     .fetch_optional(&mut *tx.tx)
     .await?)
 }
@@ -189,13 +207,34 @@ pub async fn set_local_targets(tx: &mut WriteTx<'_>, id: i64, targets: i64) -> R
     Ok(())
 }
 
-/// Records that a job was canceled.
-pub async fn set_canceled(tx: &mut WriteTx<'_>, id: i64, now_ms: i64) -> Result<()> {
-    sqlx::query("UPDATE jobs SET canceled_at_ms = ? WHERE id = ?")
-        .bind(now_ms)
+/// Stores the central site's signed intent of a job it just created.
+pub async fn set_intent(tx: &mut WriteTx<'_>, id: i64, intent: &SignedIntent) -> Result<()> {
+    sqlx::query("UPDATE jobs SET intent = ?, intent_signature = ? WHERE id = ?")
+        .bind(&intent.intent)
+        .bind(&intent.signature)
         .bind(id)
         .execute(&mut *tx.tx)
         .await?;
+    Ok(())
+}
+
+/// Records that a job was canceled, with the central site's signed
+/// cancellation.
+pub async fn set_canceled(
+    tx: &mut WriteTx<'_>,
+    id: i64,
+    now_ms: i64,
+    cancel: Option<&SignedIntent>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET canceled_at_ms = ?, cancel_intent = ?, cancel_signature = ? WHERE id = ?",
+    )
+    .bind(now_ms)
+    .bind(cancel.map(|signed| &signed.intent))
+    .bind(cancel.map(|signed| &signed.signature))
+    .bind(id)
+    .execute(&mut *tx.tx)
+    .await?;
     Ok(())
 }
 

@@ -227,4 +227,13 @@ CREATE INDEX status_messages_dp_enrolled ON status_messages (site, dp)
 CREATE INDEX status_messages_agent_enrolled ON status_messages (json_extract(body, '$.agent'))
     WHERE kind = 'agent_enrolled';
 "#,
+    r#"
+-- The central site's signed intent of each job and of its cancellation
+-- (protocol::intent), stored and passed on byte for byte: agents run only
+-- what it says.
+ALTER TABLE jobs ADD COLUMN intent TEXT;
+ALTER TABLE jobs ADD COLUMN intent_signature TEXT;
+ALTER TABLE jobs ADD COLUMN cancel_intent TEXT;
+ALTER TABLE jobs ADD COLUMN cancel_signature TEXT;
+"#,
 ];

@@ -99,15 +99,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves (requests in
-/// progress are finished).
+/// Serves the API on `listener` within `limits` until `shutdown` resolves
+/// (requests in progress are finished).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    limits: cascade_protocol::serve::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+    cascade_protocol::serve::serve(listener, router(state), limits, shutdown)
         .await
         .map_err(Error::io("serving HTTP"))
 }

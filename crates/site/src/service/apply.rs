@@ -174,8 +174,10 @@ async fn apply_here(
                 .map(|_| ())
         }
         Instruction::Job { job } => jobs::apply_job(state, tx, job).await,
-        Instruction::JobCanceled { job, .. } => {
-            jobs::apply_cancel(state, tx, *job).await.map(|_| ())
+        Instruction::JobCanceled { job, intent, .. } => {
+            jobs::apply_cancel(state, tx, *job, intent.as_ref())
+                .await
+                .map(|_| ())
         }
         Instruction::Refresh { package, dps } => {
             distribution::apply_refresh(state, tx, package, dps.as_deref())

@@ -95,10 +95,19 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
             created_at_ms: now,
             canceled_at_ms: None,
             dp_group: request.dp_group.as_deref(),
+            intent: None,
         },
     )
     .await?
     .ok_or_else(|| Error::Internal("a new job was not stored".into()))?;
+    // Signed from what was stored, so the signature covers exactly what
+    // every site will hold.
+    let (stored, _) = db::job_by_id(&mut *tx.tx, id as u64).await?;
+    let intent = SignedIntent::sign(
+        &Intent::Job(JobIntent::of(&stored, 1, now)),
+        &*state.signing_key()?,
+    );
+    db::set_intent(&mut tx, id, &intent).await?;
     let info = arrive(state, &mut tx, id).await?;
     send::send_down(state, &mut tx, &Instruction::Job { job: info.clone() }).await?;
     tx.commit().await?;
@@ -117,6 +126,17 @@ async fn collection_id(tx: &mut WriteTx<'_>, name: &str) -> Result<i64> {
 /// site's id and lets it arrive here. Applying it twice changes nothing.
 pub async fn apply_job(state: &AppState, tx: &mut WriteTx<'_>, job: &JobInfo) -> Result<()> {
     let offer = &job.offer;
+    // Stored only as the central site signed it: a site above that
+    // altered it is refused here already, not only by the agents.
+    cascade_protocol::intent::verify_job(job, &state.trust).map_err(|err| {
+        Error::invalid(
+            "job_refused",
+            format!(
+                "job {} refused: {err} (every job must be signed by the central site {})",
+                offer.id, state.central
+            ),
+        )
+    })?;
     let package = db::require_package(&mut *tx.tx, &offer.package).await?;
     if db::manifest(&mut *tx.tx, package.id, offer.version as i64)
         .await?
@@ -151,6 +171,7 @@ pub async fn apply_job(state: &AppState, tx: &mut WriteTx<'_>, job: &JobInfo) ->
             created_at_ms: job.created_at_ms,
             canceled_at_ms: job.canceled_at_ms,
             dp_group: job.dp_group.as_deref(),
+            intent: offer.intent.as_ref(),
         },
     )
     .await?
@@ -299,11 +320,24 @@ pub async fn list(state: &AppState) -> Result<Vec<JobInfo>> {
 pub async fn cancel(state: &AppState, id: u64) -> Result<JobInfo> {
     state.require_central("canceling jobs")?;
     let mut tx = state.db.write().await?;
-    if let Some(package) = apply_cancel(state, &mut tx, id).await? {
+    let (info, _) = db::job_by_id(&mut *tx.tx, id).await?;
+    let intent = SignedIntent::sign(
+        &Intent::Cancel(CancelIntent {
+            job: id,
+            package: info.offer.package,
+            issued_at_ms: now_ms(),
+        }),
+        &*state.signing_key()?,
+    );
+    if let Some(package) = apply_cancel(state, &mut tx, id, Some(&intent)).await? {
         send::send_down(
             state,
             &mut tx,
-            &Instruction::JobCanceled { job: id, package },
+            &Instruction::JobCanceled {
+                job: id,
+                package,
+                intent: Some(intent),
+            },
         )
         .await?;
     }
@@ -312,18 +346,37 @@ pub async fn cancel(state: &AppState, id: u64) -> Result<JobInfo> {
     Ok(status_of(state, id).await?.job)
 }
 
-/// Cancels a job here (once: `job_canceled` is recorded the first time);
-/// returns its package when this canceled it, `None` when it was already.
+/// Cancels a job here (once: `job_canceled` is recorded the first time),
+/// keeping the central site's signed cancellation for the agents (a
+/// cancellation from the parent must carry one that verifies); returns its
+/// package when this canceled it, `None` when it was already.
 pub async fn apply_cancel(
     state: &AppState,
     tx: &mut WriteTx<'_>,
     id: u64,
+    intent: Option<&SignedIntent>,
 ) -> Result<Option<String>> {
+    let refused = |reason: String| {
+        Error::invalid(
+            "cancel_refused",
+            format!(
+                "the cancellation of job {id} refused: {reason} (every cancellation must be signed by the central site {})",
+                state.central
+            ),
+        )
+    };
+    let cancel = intent
+        .ok_or_else(|| refused("it is not signed".into()))?
+        .verify_cancel(&state.trust)
+        .map_err(|err| refused(err.to_string()))?;
+    if cancel.job != id {
+        return Err(refused(format!("it is signed for job {}", cancel.job)));
+    }
     let (info, _) = db::job_by_id(&mut *tx.tx, id).await?;
     if info.canceled_at_ms.is_some() {
         return Ok(None);
     }
-    db::set_canceled(tx, id as i64, now_ms()).await?;
+    db::set_canceled(tx, id as i64, now_ms(), intent).await?;
     messages::record_site_message(
         state,
         tx,

@@ -33,10 +33,7 @@ fn version_info(package: &str, row: &db::VersionRow) -> VersionInfo {
 /// version is signed and passed down.
 pub async fn new_version(state: &AppState, request: NewVersionRequest) -> Result<VersionInfo> {
     state.require_central("creating and updating packages")?;
-    let key = state
-        .key
-        .clone()
-        .ok_or_else(|| Error::Internal("the central site holds no signing key".into()))?;
+    let key = state.signing_key()?;
     let name = PackageName::new(&request.name)?;
     // Validate the tree before anything is stored; version and origin are
     // filled in below and do not affect validity.

@@ -2,7 +2,7 @@
 
 use crate::db::{self, AgentRow};
 use crate::error::Result;
-use cascade_protocol::{JobOffer, SiteSettings};
+use cascade_protocol::{JobOffer, SignedIntent, SiteSettings};
 use cascade_store::now_ms;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ pub struct SharedPolicy {
     /// Jobs canceled recently enough that a run of theirs may still be in
     /// progress on a workstation (within their timeout and
     /// [`CANCEL_NOTICE_MARGIN_MS`] of the cancel): agents stop those runs.
-    canceled: Vec<SharedJob>,
+    canceled: Vec<(SharedJob, SignedIntent)>,
     /// The URLs of the site's DPs.
     pub dp_urls: Vec<String>,
     /// The highest agent revision when it was read (read first): it holds
@@ -107,11 +107,17 @@ async fn read_shared_policy(db: &db::Db, now: i64) -> Result<SharedPolicy> {
     }
     let rows = db::recently_canceled_jobs(pool, now, CANCEL_NOTICE_MARGIN_MS).await?;
     let mut canceled = Vec::with_capacity(rows.len());
-    for (info, collection_id) in rows {
-        canceled.push(SharedJob {
-            offer: info.offer,
-            membership: db::membership(pool, collection_id).await?,
-        });
+    // A job canceled without a signed cancellation (stored before issue 12)
+    // is withdrawn from the offers but cannot stop a run.
+    for (info, collection_id, cancel) in rows {
+        let Some(cancel) = cancel else { continue };
+        canceled.push((
+            SharedJob {
+                offer: info.offer,
+                membership: db::membership(pool, collection_id).await?,
+            },
+            cancel,
+        ));
     }
     Ok(SharedPolicy {
         settings,
@@ -136,11 +142,11 @@ impl SharedPolicy {
 
 impl SharedPolicy {
     /// The recently canceled jobs that concern `agent` of site `site`.
-    pub fn canceled_for(&self, site: &str, agent: &AgentRow) -> Vec<u64> {
+    pub fn canceled_for(&self, site: &str, agent: &AgentRow) -> Vec<SignedIntent> {
         self.canceled
             .iter()
-            .filter(|job| job.membership.contains(site, agent))
-            .map(|job| job.offer.id)
+            .filter(|(job, _)| job.membership.contains(site, agent))
+            .map(|(_, cancel)| cancel.clone())
             .collect()
     }
 }

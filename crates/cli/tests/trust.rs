@@ -1,0 +1,190 @@
+//! Trust on every hop (issue 12): what a compromised site, DP or network
+//! in the middle can no longer make a workstation do.
+
+use crate::harness::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn row<'a>(status: &'a Value, agent: &str) -> Option<&'a Value> {
+    status["workstations"]
+        .as_array()?
+        .iter()
+        .find(|row| row["agent"] == agent)
+}
+
+/// Issue 12: rewriting `jobs.command` in a site's database before its
+/// agents polled made a workstation run the attacker's command as root while
+/// the central site showed the legitimate one and `complete`. Now the
+/// agent at a secondary site refuses the offer (whether only the command
+/// column or the signed text too was rewritten), runs nothing, and the
+/// central site, two levels up, shows the workstation as refused with the
+/// reason and the job as failed.
+#[test]
+fn a_command_altered_in_a_child_sites_database_is_refused_by_the_agent() {
+    let root = tempfile::tempdir().unwrap();
+    let cen = Site::central(root.path(), "CEN");
+    let p01 = Site::child(root.path(), "P01", "primary", &cen, &[]);
+    let s01 = Site::child(root.path(), "S01", "secondary", &p01, &[]);
+    let source = root.path().join("src");
+    make_tree(&source, 2, 10_000, 12);
+    cen.create_package("tool", &source);
+    // Enrolled, but not running: the jobs reach S01 before it polls.
+    let agent_dir = s01.init_agent("ws1", &[]);
+    cen.json(&[
+        "collection",
+        "create",
+        "ws1",
+        "--machines",
+        "ws1",
+        "--allow-unknown",
+    ]);
+    let evil = root.path().join("evil-ran");
+    let evil_command = format!("touch {}", evil.display());
+    let ids: Vec<u64> = ["echo one", "echo two"]
+        .iter()
+        .map(|command| {
+            cen.create_job("tool", "ws1", command, &[])["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    for id in &ids {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !s01
+            .cmd(&["job", "status", &id.to_string()])
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job {id} never reached S01"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // The first: only the command column. The second: the signed text too.
+    tamper(
+        &s01,
+        &[
+            (
+                "UPDATE jobs SET command = ? WHERE id = ?",
+                vec![evil_command.clone(), ids[0].to_string()],
+            ),
+            (
+                "UPDATE jobs SET command = ?1, intent = replace(intent, 'echo two', ?1) WHERE id = ?2",
+                vec![evil_command.clone(), ids[1].to_string()],
+            ),
+        ],
+    );
+    let _agent = Process::spawn(
+        &["agent", "run", agent_dir.to_str().unwrap()],
+        &root.path().join("S01-agent-ws1.log"),
+    );
+    let reasons = [
+        "its command differs from what the central site signed",
+        "its signature does not verify against the central site's key",
+    ];
+    for (id, reason) in ids.iter().zip(reasons) {
+        let status = cen.wait_job(*id, Duration::from_secs(60), |status| {
+            row(status, "ws1").is_some_and(|ws| ws["state"] == "refused")
+                && status["outcome"] == "failed"
+        });
+        let ws = row(&status, "ws1").unwrap();
+        assert_eq!(ws["site"], "S01", "{ws:#}");
+        assert!(
+            ws["reason"].as_str().unwrap().contains(reason),
+            "job {id}: {ws:#}"
+        );
+        assert_eq!(ws["attempts"], 0, "{ws:#}");
+        // The text view says it too.
+        let text = cen
+            .cmd(&["job", "status", &id.to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("refused"), "{text}");
+    }
+    // Nothing ran, not even later.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!evil.exists(), "the altered command ran");
+}
+
+/// Issue 12: 300 half-sent requests stayed open indefinitely, and 1,100
+/// idle sockets locked a site out (open-files limit 1,024). Now a
+/// connection that has not sent a whole request head within the header
+/// timeout (idle ones too) is closed, one over the connection cap is
+/// answered 503 at once with the JSON error, the open-files limit is
+/// raised at start, and the site answers again once they are gone.
+#[test]
+fn slowloris_connections_are_closed_and_the_cap_answers_503() {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+    let root = tempfile::tempdir().unwrap();
+    let site = Site::central_run_with(
+        root.path(),
+        "CEN",
+        &["--max-connections", "40", "--header-timeout", "2s"],
+    );
+    let addr = site.url.trim_start_matches("http://").to_owned();
+    let opened = Instant::now();
+    let mut slow: Vec<TcpStream> = (0..40)
+        .map(|i| {
+            let mut stream = TcpStream::connect(&addr).unwrap();
+            // Most trickle a request head; some send nothing at all.
+            if i % 8 != 0 {
+                stream
+                    .write_all(b"GET /api/v1/site HTTP/1.1\r\nHost: cascade\r\nX-Slow: ")
+                    .unwrap();
+            }
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut extra = TcpStream::connect(&addr).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    extra
+        .write_all(b"GET /api/v1/site HTTP/1.1\r\nHost: cascade\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    extra.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too_many_connections"), "{answer}");
+
+    for stream in &mut slow {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(err) if err.kind() == ErrorKind::ConnectionReset => break,
+                Err(err) => panic!("a slow connection was not closed: {err}"),
+            }
+        }
+    }
+    let closed_after = opened.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(1500) && closed_after < Duration::from_secs(10),
+        "closed after {closed_after:?}, the header timeout is 2 s"
+    );
+    drop(slow);
+    let info = http_get(&format!("{}/api/v1/site", site.url)).expect("the site answers again");
+    assert!(String::from_utf8_lossy(&info).contains("\"CEN\""));
+
+    let pid = site.process.pid().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3], fields[4], "soft limit not raised: {line}");
+}

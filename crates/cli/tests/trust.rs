@@ -188,3 +188,43 @@ fn slowloris_connections_are_closed_and_the_cap_answers_503() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(fields[3], fields[4], "soft limit not raised: {line}");
 }
+
+/// Issue 12: setuid bits in a package were kept and materialised as is, so
+/// a package could plant a root shell on every workstation. Now such a tree
+/// is refused at ingest, naming the file, unless `--allow-setuid` is given;
+/// and the site's database is readable by its owner only.
+#[test]
+fn setuid_files_are_refused_at_ingest_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let site = Site::start(root.path());
+    let source = root.path().join("src");
+    make_tree(&source, 2, 1_000, 7);
+    let tool = source.join("bin-tool");
+    std::fs::write(&tool, b"#!/bin/sh\nid\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let src = source.to_str().unwrap();
+    let err = site.fails(&["package", "create", "tool", "--source", src]);
+    assert!(
+        err.contains("bin-tool has mode 4755") && err.contains("--allow-setuid"),
+        "{err}"
+    );
+    assert!(site
+        .json(&["package", "list"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    site.json(&[
+        "package",
+        "create",
+        "tool",
+        "--source",
+        src,
+        "--allow-setuid",
+    ]);
+    let mode = std::fs::metadata(site.dir.join("site.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "site.db mode {mode:o}");
+}

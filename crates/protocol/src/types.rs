@@ -100,6 +100,10 @@ pub struct NewVersionRequest {
     /// version's exactly (otherwise the answer is that version, `unchanged`).
     #[serde(default)]
     pub allow_unchanged: bool,
+    /// Keep setuid and setgid bits in the tree (refused otherwise: a
+    /// package would install a program that runs as its owner).
+    #[serde(default)]
+    pub allow_setuid: bool,
 }
 
 /// A stored package version.

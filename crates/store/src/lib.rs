@@ -181,6 +181,10 @@ impl Db {
         migrations: &[&str],
         connections: u32,
     ) -> Result<Db> {
+        owner_only(path, create).map_err(|source| Error::Open {
+            path: path.to_owned(),
+            source: sqlx::Error::Io(source),
+        })?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(create)
@@ -283,6 +287,29 @@ mod tests {
         assert!(matches!(err, Error::TooNew { found: 2, .. }), "{err}");
     }
 
+    /// Issue 12: `site.db` and `agent.db` (which holds job commands) were
+    /// world-readable.
+    #[tokio::test]
+    async fn databases_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.db");
+        let db = Db::open(&path, true, SCHEMA).await.unwrap();
+        sqlx::query("INSERT INTO t (x, y) VALUES (1, 2)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("test.db-wal")), 0o600);
+        db.close().await;
+        // One left wider by an older version is narrowed when opened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let db = Db::open(&path, false, SCHEMA).await.unwrap();
+        assert_eq!(mode(&path), 0o600);
+        db.close().await;
+    }
+
     #[test]
     fn a_new_dir_appears_only_on_commit_and_never_over_content() {
         let root = tempfile::tempdir().unwrap();
@@ -306,4 +333,41 @@ mod tests {
             .await
             .is_err());
     }
+}
+
+/// Makes a database readable and writable by its owner only (mode 0600):
+/// it holds credentials' hashes, job commands and the site's state. A new
+/// one (when `create`) is created so; an existing one, and its WAL and
+/// shared-memory files (which SQLite creates with the database's mode), are
+/// narrowed if they were wider.
+fn owner_only(path: &Path, create: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if create {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
+        }
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    for file in [path.as_os_str(), &wal, &shm] {
+        match std::fs::metadata(file) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            // Absent: SQLite says so when it opens the database.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }

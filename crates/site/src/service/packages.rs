@@ -6,7 +6,7 @@ use crate::db::{self, WriteTx};
 use crate::error::{Entity, Error, Result};
 use crate::service::{distribution, groups, send};
 use crate::state::AppState;
-use cascade_content::{Manifest, MANIFEST_FORMAT};
+use cascade_content::{EntryKind, Manifest, MANIFEST_FORMAT};
 use cascade_domain::PackageName;
 use cascade_domain::{DpName, SiteCode};
 use cascade_protocol::{
@@ -25,6 +25,27 @@ fn version_info(package: &str, row: &db::VersionRow) -> VersionInfo {
         created_at_ms: row.created_at_ms,
         complete: row.complete,
         unchanged: false,
+    }
+}
+
+/// Refuses a tree with a setuid or setgid file: a package would otherwise
+/// install a program that runs as its owner (root) on every workstation,
+/// unless the administrator asked for it. (A setgid directory only passes
+/// its group on to new files, and is kept.)
+fn refuse_setuid(manifest: &Manifest) -> Result<()> {
+    const SETUID_SETGID: u32 = 0o6000;
+    let flagged = manifest.entries.iter().find_map(|entry| match entry.kind {
+        EntryKind::File { mode, .. } if mode & SETUID_SETGID != 0 => Some((&entry.path, mode)),
+        _ => None,
+    });
+    match flagged {
+        Some((path, mode)) => Err(Error::invalid(
+            "setuid_refused",
+            format!(
+                "{path} has mode {mode:04o} (setuid or setgid); pass --allow-setuid to keep such bits"
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -48,6 +69,9 @@ pub async fn new_version(state: &AppState, request: NewVersionRequest) -> Result
     manifest
         .validate()
         .map_err(|err| Error::invalid("invalid_manifest", err.to_string()))?;
+    if !request.allow_setuid {
+        refuse_setuid(&manifest)?;
+    }
     if manifest.file_count() == 0 {
         return Err(Error::invalid(
             "empty_package",

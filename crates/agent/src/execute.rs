@@ -759,7 +759,7 @@ impl Executor {
             .filter(|chunk| !self.store.contains(&chunk.hash))
             .collect();
         let mut done = total - chunks.iter().map(|chunk| chunk.size as u64).sum::<u64>();
-        let dps = self.sources.lock().await.for_job(offer, self.client.base());
+        let mut dps = self.sources.lock().await.for_job(offer, self.client.base());
         let progress = |bytes_done| StatusBody::JobDownloading {
             job: offer.id,
             package: offer.package.clone(),
@@ -773,6 +773,10 @@ impl Executor {
             let mut unavailable = Vec::new();
             let mut bad = Vec::new();
             let mut stored = false;
+            // A source that failed this chunk (slow, wrong, or without it)
+            // goes behind the others for the rest of the download: one
+            // trickling DP costs one chunk's deadline, not every chunk's.
+            let mut failed: Vec<String> = Vec::new();
             for dp in &dps {
                 let url = format!("{dp}/v1/chunks/{}", chunk.hash);
                 match fetch(http, &url, chunk.size).await {
@@ -795,6 +799,7 @@ impl Executor {
                                 self.refused(offer, dp, format!("chunk {}: {err}", chunk.hash))
                                     .await?;
                                 bad.push(format!("{dp}: {err}"));
+                                failed.push(dp.clone());
                             }
                         }
                     }
@@ -812,14 +817,20 @@ impl Executor {
                                     .await?;
                             }
                         }
-                        unavailable.push(format!("{dp}: {err}"))
+                        unavailable.push(format!("{dp}: {err}"));
+                        failed.push(dp.clone());
                     }
                     Err(Fetched::Refused(err)) => {
                         self.refused(offer, dp, format!("chunk {}: {err}", chunk.hash))
                             .await?;
                         bad.push(format!("{dp}: {err}"));
+                        failed.push(dp.clone());
                     }
                 }
+            }
+            if !failed.is_empty() {
+                dps.retain(|dp| !failed.contains(dp));
+                dps.extend(failed);
             }
             if !stored {
                 return Err(if unavailable.is_empty() {

@@ -112,6 +112,7 @@ pub struct Site {
     pub url: String,
     pub admin_token: String,
     pub join_token: String,
+    pub dp_join_token: String,
     pub site_join_token: String,
     pub process: Process,
     pub client: Client,
@@ -166,6 +167,7 @@ impl Fleet {
             url,
             admin_token,
             join_token: field("join_token")?,
+            dp_join_token: field("dp_join_token")?,
             site_join_token: field("site_join_token")?,
             process,
         })
@@ -180,7 +182,7 @@ impl Fleet {
             "--site",
             site_url,
             "--join-token",
-            &site.join_token,
+            &site.dp_join_token,
             "--name",
             name,
         ]);
@@ -191,7 +193,8 @@ impl Fleet {
             &self.root.join(format!("dp-{}-{name}.log", site.code)),
             &format!("DP {}/{name}", site.code),
         )?;
-        wait_for_url(&dir.join("url"))?;
+        let url = wait_for_url(&dir.join("url"))?;
+        site.run(self, &["dp", "approve", name, "--url", &url])?;
         Ok(Dp {
             site: site.code.clone(),
             name: name.to_owned(),

@@ -436,6 +436,17 @@ enum DpCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Admit a DP that enrolled: it is given packages and agents download
+    /// from it, at the URL it announced or at --url.
+    Approve {
+        /// The DP's name.
+        name: String,
+        /// The URL agents download from (default: the one it announced).
+        #[arg(long)]
+        url: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 #[derive(Subcommand)]
@@ -727,6 +738,18 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             init_logging("warn")?;
             let dps = connection.client()?.dps().await?;
             out.dps(&dps);
+        }
+        Command::Dp(DpCommand::Approve {
+            name,
+            url,
+            connection,
+        }) => {
+            init_logging("warn")?;
+            let dp = connection
+                .client()?
+                .approve_dp(&name, url.as_deref())
+                .await?;
+            out.dp_approved(&dp);
         }
         Command::Site(SiteCommand::Settings {
             require_approval,

@@ -114,6 +114,7 @@ impl Output {
                 "site": report.code,
                 "admin_token": report.admin_token,
                 "join_token": report.join_token,
+                "dp_join_token": report.dp_join_token,
                 "site_join_token": report.site_join_token,
                 "public_key": report.public_key,
                 "kind": report.kind.name(),
@@ -140,8 +141,13 @@ impl Output {
             report.dir.display()
         );
         outln!(
-            "join token:  {}   (DPs and agents; also in {}/join.token)",
+            "join token:  {}   (workstations' agents; also in {}/join.token)",
             report.join_token,
+            report.dir.display()
+        );
+        outln!(
+            "dp join token: {}   (DPs, admitted with `cascade dp approve`; also in {}/dp-join.token)",
+            report.dp_join_token,
             report.dir.display()
         );
         outln!(
@@ -548,9 +554,14 @@ impl Output {
         let rows: Vec<Vec<String>> = dps
             .iter()
             .map(|dp| {
+                let url = match (&dp.url, &dp.announced_url) {
+                    (Some(url), _) if dp.approved => url.clone(),
+                    (_, Some(announced)) => format!("waiting for approval (announces {announced})"),
+                    _ => "waiting for approval".into(),
+                };
                 vec![
                     dp.name.clone(),
-                    dp.url.clone().unwrap_or_else(|| "-".into()),
+                    url,
                     dp.packages.to_string(),
                     time(dp.enrolled_at_ms),
                     dp.last_seen_ms.map_or("never".into(), time),
@@ -558,6 +569,18 @@ impl Output {
             })
             .collect();
         table(&["DP", "URL", "PACKAGES", "ENROLLED", "LAST SEEN"], &rows);
+    }
+
+    pub fn dp_approved(&self, dp: &DpInfo) {
+        if self.json {
+            return print_json(dp);
+        }
+        outln!(
+            "dp {} approved at {}: agents download from it, and it holds {} package(s)",
+            dp.name,
+            dp.url.as_deref().unwrap_or("-"),
+            dp.packages
+        );
     }
 
     pub fn ingested(&self, report: &IngestReport) {

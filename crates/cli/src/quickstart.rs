@@ -145,6 +145,7 @@ struct Started {
     url: String,
     admin_token: String,
     join_token: String,
+    dp_join_token: String,
     site_join_token: String,
 }
 
@@ -208,6 +209,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
             url,
             admin_token: report.admin_token,
             join_token: report.join_token,
+            dp_join_token: report.dp_join_token,
             site_join_token: report.site_join_token,
         });
     }
@@ -215,9 +217,13 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
     for site in &sites {
         let dp = format!("{}-dp1", site.code.to_lowercase());
         let dir = root.join(&dp);
-        cascade_dp::init(&dir, &site.url, &site.join_token, "dp1", "127.0.0.1:0").await?;
+        cascade_dp::init(&dir, &site.url, &site.dp_join_token, "dp1", "127.0.0.1:0").await?;
         children.spawn(&dp, &["dp", "run", path_str(&dir)?], &logs)?;
-        wait_for_url(&dir.join(cascade_dp::layout::URL), &mut children).await?;
+        let dp_url = wait_for_url(&dir.join(cascade_dp::layout::URL), &mut children).await?;
+        // Admitted by the administrator, at the URL it serves on.
+        Client::new(&site.url, Some(&site.admin_token))?
+            .approve_dp("dp1", Some(&dp_url))
+            .await?;
         for i in 1..=AGENTS_PER_SITE {
             let name = format!("{}-ws{i}", site.code.to_lowercase());
             let dir = root.join(&name);

@@ -89,7 +89,7 @@ fn bad_input_is_refused_clearly_and_damages_nothing() {
             "--site",
             &site.url,
             "--join-token",
-            &site.join_token,
+            &site.dp_join_token,
             "--name",
             "dp1",
         ])

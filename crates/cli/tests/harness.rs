@@ -107,6 +107,7 @@ pub struct Site {
     pub url: String,
     pub admin_token: String,
     pub join_token: String,
+    pub dp_join_token: String,
     pub site_join_token: String,
     pub process: Process,
     root: PathBuf,
@@ -191,6 +192,7 @@ impl Site {
             url,
             admin_token: init["admin_token"].as_str().unwrap().to_owned(),
             join_token: init["join_token"].as_str().unwrap().to_owned(),
+            dp_join_token: init["dp_join_token"].as_str().unwrap().to_owned(),
             site_join_token: init["site_join_token"].as_str().unwrap().to_owned(),
             dir,
             process,
@@ -247,6 +249,22 @@ impl Site {
         let mut args = vec!["dp-group", "create", name];
         for member in &members {
             args.extend(["--dp", member.as_str()]);
+        }
+        // A DP of a site below is known here once its admission (its
+        // `dp_enrolled`) has come up the hierarchy: wait for that, as the
+        // README's reader does.
+        let mut full = vec!["-o", "json"];
+        full.extend_from_slice(&args);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let out = self.cmd(&full).output().unwrap();
+            if out.status.success() {
+                return serde_json::from_slice(&out.stdout).unwrap();
+            }
+            if !String::from_utf8_lossy(&out.stderr).contains("is enrolled") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
         self.json(&args)
     }
@@ -314,14 +332,21 @@ impl Site {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
-    /// Enrolls and starts a DP.
+    /// Enrolls and starts a DP, and admits it at the URL it serves on.
     pub fn add_dp(&self, name: &str) -> Dp {
+        let dp = self.add_unapproved_dp(name);
+        self.json(&["dp", "approve", name, "--url", &dp.url]);
+        dp
+    }
+
+    /// Enrolls and starts a DP, left waiting for approval.
+    pub fn add_unapproved_dp(&self, name: &str) -> Dp {
         let dir = self.root.join(format!("{}{name}", self.prefix));
         run_ok(Command::new(BIN).args(["dp", "init"]).arg(&dir).args([
             "--site",
             &self.url,
             "--join-token",
-            &self.join_token,
+            &self.dp_join_token,
             "--name",
             name,
         ]));

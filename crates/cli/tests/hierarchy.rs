@@ -171,9 +171,7 @@ fn q167007_sites_without_dps_not_failed() {
         .iter()
         .map(|site| site.add_agent(&format!("ws-{}", site.code.to_lowercase()), &["role=till"]))
         .collect();
-    cen.json(&[
-        "dp-group", "create", "tills", "--dp", "P01/dp1", "--dp", "P02/dp1",
-    ]);
+    cen.create_group("tills", &[&in_group[0], &in_group[1]]);
     let source = root.path().join("src");
     make_tree(&source, 10, 2 * MIB, 8);
     cen.create_package("pos", &source);
@@ -511,7 +509,7 @@ fn child_site_killed_mid_transfer_resumes() {
     let cen = Site::central(root.path(), "CEN");
     let mut p01 = Site::child(root.path(), "P01", "primary", &cen, &["--max-rate", "8MiB"]);
     let dp = p01.add_dp("dp1");
-    cen.json(&["dp-group", "create", "branch", "--dp", "P01/dp1"]);
+    cen.create_group("branch", &[&dp]);
     let source = root.path().join("src");
     make_tree(&source, 5, 40 * MIB, 21);
     let created = cen.create_package("big", &source);
@@ -720,9 +718,7 @@ fn foreign_keys_and_older_versions_are_refused_everywhere() {
     cen.json(&["site", "settings", "--agent-poll-interval", "2s"]);
     let dps = [cen.add_dp("dp1"), p01.add_dp("dp1")];
     let _agent = cen.add_agent("ws1", &[]);
-    cen.json(&[
-        "dp-group", "create", "both", "--dp", "CEN/dp1", "--dp", "P01/dp1",
-    ]);
+    cen.create_group("both", &[&dps[0], &dps[1]]);
     // ws1 enrolled at S01 a moment ago: its enrollment may not be up yet.
     cen.json(&[
         "collection",

@@ -228,3 +228,199 @@ fn setuid_files_are_refused_at_ingest_unless_allowed() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "site.db mode {mode:o}");
 }
+
+/// A DP's own credential, from its configuration file.
+fn dp_credential(dp: &Dp) -> String {
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(dp.dir.join("dp.json")).unwrap()).unwrap();
+    config["credential"].as_str().unwrap().to_owned()
+}
+
+/// Issue 12: anyone holding the workstation join token could run a DP,
+/// which announced any URL and could report `dp_installed` for a package it
+/// was never given. Now a DP needs the DP join token, waits for an
+/// administrator to admit it (at the URL it announced, or one the
+/// administrator sets) before it is given anything, and may report only
+/// on packages it was given.
+#[test]
+fn dps_are_admitted_not_self_declared() {
+    use reqwest::Method;
+    let root = tempfile::tempdir().unwrap();
+    let site = Site::start(root.path());
+    let out = std::process::Command::new(BIN)
+        .args(["dp", "init"])
+        .arg(root.path().join("intruder"))
+        .args(["--site", &site.url, "--join-token", &site.join_token])
+        .args(["--name", "intruder"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid join token") && err.contains("DP join token"),
+        "{err}"
+    );
+
+    let dp = site.add_unapproved_dp("dp1");
+    let source = root.path().join("src");
+    make_tree(&source, 3, 5_000, 9);
+    site.create_package("app", &source);
+    site.create_package("other", &source);
+    let listed = site.json(&["dp", "list"]);
+    assert_eq!(listed[0]["approved"], false, "{listed:#}");
+    assert!(listed[0]["url"].is_null(), "{listed:#}");
+    let err = site.fails(&["package", "distribute", "app", "--dp", "dp1"]);
+    assert!(err.contains("waiting for approval"), "{err}");
+
+    let forged = |package: &str| {
+        let body = serde_json::json!({"messages": [{
+            "seq": 1, "at_ms": 1, "kind": "dp_installed",
+            "package": package, "version": 1, "bytes_received": 0,
+        }]});
+        http(
+            Method::POST,
+            &format!("{}/api/v1/status", site.url),
+            Some(&dp_credential(&dp)),
+            Some(body.to_string().into_bytes()),
+            &[("content-type", "application/json")],
+        )
+    };
+    let err = forged("app").unwrap_err();
+    assert!(err.starts_with("403"), "{err}");
+
+    // Admitted at the URL it announced (once it has announced it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while site.json(&["dp", "list"])[0]["announced_url"] != dp.url.as_str() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dp1 never announced its URL"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let approved = site.json(&["dp", "approve", "dp1"]);
+    assert_eq!(approved["url"], dp.url.as_str(), "{approved:#}");
+    site.json(&["package", "distribute", "app", "--dp", "dp1"]);
+    site.wait_installed("app", &[&dp], 1, Duration::from_secs(60));
+    // Still nothing about a package it was not given.
+    let err = forged("other").unwrap_err();
+    assert!(err.starts_with("403"), "{err}");
+    let history = site.history("other");
+    assert!(
+        history.iter().all(|m| m["kind"] != "dp_installed"),
+        "{history:#?}"
+    );
+}
+
+/// A content server that misbehaves on every request: `endless` answers 200
+/// and sends zeros until the client hangs up; `trickle` promises a body and
+/// sends one byte every 200 ms.
+fn hostile_server(endless: bool) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head);
+                if endless {
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\r\n",
+                    );
+                    let zeros = vec![0u8; 64 * 1024];
+                    while stream.write_all(&zeros).is_ok() {}
+                } else {
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n");
+                    while stream.write_all(b"x").is_ok() {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Issue 12: a rogue DP sending an endless body for a chunk took an agent
+/// from 14 MB to 1.27 GB resident (the whole body was buffered); one
+/// trickling bytes made a job time out although a good DP held every
+/// chunk. Now, with both listed before the good DP, the agent reads no more
+/// than a chunk's size from the first, gives up on the second at the
+/// chunk's deadline and stops asking it, and the job completes within its
+/// timeout with the agent's memory bounded.
+#[test]
+fn a_rogue_dp_neither_exhausts_the_agent_nor_fails_the_job() {
+    let root = tempfile::tempdir().unwrap();
+    let site = Site::start(root.path());
+    site.json(&["site", "settings", "--agent-poll-interval", "2s"]);
+    // Real DPs, but admitted (the compromised case) at hostile URLs; the
+    // agent tries a job's DPs in name order.
+    let _endless = site.add_unapproved_dp("a-endless");
+    let _trickle = site.add_unapproved_dp("b-trickle");
+    site.json(&["dp", "approve", "a-endless", "--url", &hostile_server(true)]);
+    site.json(&[
+        "dp",
+        "approve",
+        "b-trickle",
+        "--url",
+        &hostile_server(false),
+    ]);
+    let good = site.add_dp("c-good");
+    let source = root.path().join("src");
+    make_tree(&source, 12, 0, 31);
+    site.create_package("app", &source);
+    let agent = site.add_agent("ws1", &[]);
+    site.json(&["collection", "create", "one", "--machines", "ws1"]);
+    let job = site.create_job("app", "one", "ls dir0 > /dev/null", &["--timeout", "60s"]);
+    let id = job["id"].as_u64().unwrap();
+    let status = site.wait_job(id, Duration::from_secs(90), |status| {
+        status["outcome"] != "in_progress"
+    });
+    assert_eq!(status["outcome"], "complete", "{status:#}");
+    // Each rogue DP was tried, refused, and then left alone: the trickling
+    // one cost one chunk's deadline, not one per chunk.
+    let refusals = |dp: &str| -> Vec<String> {
+        site.history("app")
+            .iter()
+            .filter(|m| {
+                m["kind"] == "job_content_refused"
+                    && m["dp"].as_str().is_some_and(|url| url.starts_with("http"))
+                    && m.to_string().contains(dp)
+            })
+            .map(|m| m["reason"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let endless_url = site.json(&["dp", "list"])[0]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let trickle_url = site.json(&["dp", "list"])[1]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let endless = refusals(&endless_url);
+    assert!(
+        endless.iter().any(|r| r.contains("sent more than")),
+        "{endless:?}"
+    );
+    let trickle = refusals(&trickle_url);
+    assert_eq!(trickle.len(), 1, "{trickle:?}");
+    assert!(
+        trickle[0].contains("did not serve the chunk within"),
+        "{trickle:?}"
+    );
+    let peak = peak_rss_kib(agent.process.pid().unwrap());
+    assert!(peak < 100 * 1024, "the agent peaked at {peak} KiB resident");
+    drop(good);
+}

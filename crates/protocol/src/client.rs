@@ -335,6 +335,17 @@ impl Client {
         self.get("/agents").await
     }
 
+    /// Admits a DP, at `url` or at the URL it announced.
+    pub async fn approve_dp(&self, name: &str, url: Option<&str>) -> Result<DpInfo> {
+        self.post(
+            &format!("/dps/{name}/approve"),
+            &DpApproval {
+                url: url.map(str::to_owned),
+            },
+        )
+        .await
+    }
+
     /// Approves an agent waiting for approval.
     pub async fn approve_agent(&self, name: &str) -> Result<AgentInfo> {
         self.post(&format!("/agents/{name}/approve"), &serde_json::json!({}))

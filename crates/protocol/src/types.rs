@@ -310,14 +310,31 @@ pub struct DpInfo {
     /// Name.
     #[serde(rename = "dp", alias = "name")]
     pub name: String,
-    /// Where it serves content, as it last announced.
+    /// Where agents download from it: the URL an administrator admitted
+    /// (`dp approve`); none until it is approved.
     pub url: Option<String>,
+    /// Where it says it serves content, as it last announced.
+    #[serde(default)]
+    pub announced_url: Option<String>,
+    /// Whether an administrator admitted it; until then it is given no
+    /// package and no agent downloads from it.
+    #[serde(default)]
+    pub approved: bool,
     /// When it enrolled.
     pub enrolled_at_ms: i64,
     /// When it last talked to the site.
     pub last_seen_ms: Option<i64>,
     /// Packages distributed to it.
     pub packages: u64,
+}
+
+/// `POST /api/v1/dps/{name}/approve`: admit a DP, at the URL it announced
+/// or at `url`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DpApproval {
+    /// Where agents download from it; the URL it announced when absent.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// `GET /api/v1/dp/assignments?after=R&wait_ms=W`: what a DP must hold.
@@ -483,7 +500,8 @@ pub enum StatusBody {
         reason: String,
         output_tail: String,
     },
-    /// Site: a DP enrolled at the site (DP groups name DPs of any site).
+    /// Site: a DP was admitted at the site (`dp approve`; DP groups name
+    /// DPs of any site).
     DpEnrolled { dp: String },
     /// Site: a workstation's agent enrolled at the site (collections name
     /// workstations of any site).
@@ -640,15 +658,33 @@ impl StatusBody {
 
     /// True for the messages a DP may send about itself.
     pub fn is_from_dp(&self) -> bool {
-        matches!(
-            self,
-            StatusBody::DpTransferStarted { .. }
-                | StatusBody::DpProgress { .. }
-                | StatusBody::DpInstalled { .. }
-                | StatusBody::DpFailed { .. }
-                | StatusBody::DpCorruptionFound { .. }
-                | StatusBody::DpRefreshed { .. }
-        )
+        self.dp_subject().is_some()
+    }
+
+    /// For the messages a DP may send about itself: the package version
+    /// it is about.
+    pub fn dp_subject(&self) -> Option<(&str, u64)> {
+        match self {
+            StatusBody::DpTransferStarted {
+                package, version, ..
+            }
+            | StatusBody::DpProgress {
+                package, version, ..
+            }
+            | StatusBody::DpInstalled {
+                package, version, ..
+            }
+            | StatusBody::DpFailed {
+                package, version, ..
+            }
+            | StatusBody::DpCorruptionFound {
+                package, version, ..
+            }
+            | StatusBody::DpRefreshed {
+                package, version, ..
+            } => Some((package, *version)),
+            _ => None,
+        }
     }
 
     /// The job an agent's message is about, if it is one an agent may send.

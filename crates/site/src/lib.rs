@@ -47,6 +47,8 @@ pub mod layout {
     pub const JOIN_TOKEN: &str = "join.token";
     /// The token child sites join with (mode 0600).
     pub const SITE_JOIN_TOKEN: &str = "site-join.token";
+    /// The join token of DPs (mode 0600).
+    pub const DP_JOIN_TOKEN: &str = "dp-join.token";
     /// A child site's credential towards its parent (mode 0600).
     pub const PARENT: &str = "parent.json";
 }
@@ -62,8 +64,10 @@ pub struct InitReport {
     pub code: String,
     /// The administrator token.
     pub admin_token: String,
-    /// The join token of DPs and agents.
+    /// The join token of workstations' agents.
     pub join_token: String,
+    /// The join token of DPs.
+    pub dp_join_token: String,
     /// The join token of child sites.
     pub site_join_token: String,
     /// Hex of the key every manifest must be signed with (the central
@@ -125,6 +129,7 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
     let admin_token = service::auth::mint_token("cas_admin");
     let join_token = service::auth::mint_token("cas_join");
     let site_join_token = service::auth::mint_token("cas_sitejoin");
+    let dp_join_token = service::auth::mint_token("cas_dpjoin");
     let now = now_ms();
     let mut tx = db.write().await?;
     db::insert_own_site(
@@ -156,6 +161,7 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
         (&admin_token, "admin"),
         (&join_token, "join"),
         (&site_join_token, "site_join"),
+        (&dp_join_token, "dp_join"),
     ] {
         service::auth::store_credential(&mut tx, token, role, role, now).await?;
     }
@@ -164,6 +170,7 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
     write_secret(&dir.join(layout::ADMIN_TOKEN), &admin_token)?;
     write_secret(&dir.join(layout::JOIN_TOKEN), &join_token)?;
     write_secret(&dir.join(layout::SITE_JOIN_TOKEN), &site_join_token)?;
+    write_secret(&dir.join(layout::DP_JOIN_TOKEN), &dp_join_token)?;
     new_dir.commit().map_err(Error::io(format!(
         "moving the new site into {}",
         target.display()
@@ -173,6 +180,7 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
         code: code.to_string(),
         admin_token,
         join_token,
+        dp_join_token,
         site_join_token,
         public_key,
         kind,
@@ -180,20 +188,26 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
     })
 }
 
-/// A site created before child sites had a join token of their own gets
-/// one, written to `DIR/site-join.token`.
-async fn ensure_site_join_token(db: &db::Db, dir: &Path) -> Result<()> {
-    if db::role_exists(db.pool(), "site_join").await? {
+/// A site created before child sites (or DPs) had a join token of their
+/// own gets one, written to `DIR/FILE`.
+async fn ensure_join_token(
+    db: &db::Db,
+    dir: &Path,
+    role: &str,
+    prefix: &str,
+    file: &str,
+) -> Result<()> {
+    if db::role_exists(db.pool(), role).await? {
         return Ok(());
     }
-    let token = service::auth::mint_token("cas_sitejoin");
-    let path = dir.join(layout::SITE_JOIN_TOKEN);
+    let token = service::auth::mint_token(prefix);
+    let path = dir.join(file);
     let _ = std::fs::remove_file(&path);
     write_secret(&path, &token)?;
     let mut tx = db.write().await?;
-    service::auth::store_credential(&mut tx, &token, "site_join", "site_join", now_ms()).await?;
+    service::auth::store_credential(&mut tx, &token, role, role, now_ms()).await?;
     tx.commit().await?;
-    tracing::info!(path = %path.display(), "created the join token of child sites");
+    tracing::info!(path = %path.display(), role, "created a join token");
     Ok(())
 }
 
@@ -252,7 +266,15 @@ async fn open(dir: &Path) -> Result<Opened> {
         (None, trust, Some(Arc::new(parent)))
     };
     let store = ChunkStore::open(&dir.join(layout::CHUNKS))?;
-    ensure_site_join_token(&db, dir).await?;
+    ensure_join_token(
+        &db,
+        dir,
+        "site_join",
+        "cas_sitejoin",
+        layout::SITE_JOIN_TOKEN,
+    )
+    .await?;
+    ensure_join_token(&db, dir, "dp_join", "cas_dpjoin", layout::DP_JOIN_TOKEN).await?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (status_queue, status_pending) = tokio::sync::mpsc::channel(state::QUEUE);
     let state = AppState {

@@ -51,14 +51,58 @@ impl TestSite {
         }
     }
 
-    /// A client with the credential of a newly enrolled DP.
+    /// A client with the credential of a newly enrolled DP, admitted and
+    /// given package `tools` (created with one small file if it is not
+    /// there yet), so that it may report on it.
     pub async fn dp(&self, name: &str) -> Client {
         let client = Client::new(&self.url, None).unwrap();
         let enrolled = client
             .enroll_dp(&EnrollRequest {
                 name: name.into(),
-                join_token: self.report.join_token.clone(),
+                join_token: self.report.dp_join_token.clone(),
             })
+            .await
+            .unwrap();
+        let admin = client.with_token(&self.report.admin_token);
+        if admin.package("tools").await.is_err() {
+            let data = b"echo tools\n";
+            let hash = cascade_content::ChunkHash::of(data);
+            let mut frames = bytes::BytesMut::new();
+            cascade_protocol::frames::put_frame(&mut frames, &hash, &cascade_content::encode(data));
+            admin.upload_chunks(frames.freeze()).await.unwrap();
+            admin
+                .new_version(&cascade_protocol::NewVersionRequest {
+                    name: "tools".into(),
+                    intent: cascade_protocol::VersionIntent::Create,
+                    entries: vec![cascade_content::Entry {
+                        path: "install.sh".into(),
+                        kind: cascade_content::EntryKind::File {
+                            mode: 0o644,
+                            size: data.len() as u64,
+                            chunks: vec![cascade_content::ChunkRef {
+                                hash,
+                                size: data.len() as u32,
+                            }],
+                        },
+                    }],
+                    allow_unchanged: false,
+                    allow_setuid: false,
+                })
+                .await
+                .unwrap();
+        }
+        admin
+            .approve_dp(name, Some("http://127.0.0.1:9"))
+            .await
+            .unwrap();
+        admin
+            .distribute(
+                "tools",
+                &cascade_protocol::DistributeRequest {
+                    dps: vec![name.into()],
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         client.with_token(&enrolled.credential)

@@ -262,6 +262,43 @@ impl Db {
     }
 }
 
+/// Makes a database readable and writable by its owner only (mode 0600):
+/// it holds credentials' hashes, job commands and the site's state. A new
+/// one (when `create`) is created so; an existing one, and its WAL and
+/// shared-memory files (which SQLite creates with the database's mode), are
+/// narrowed if they were wider.
+fn owner_only(path: &Path, create: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if create {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
+        }
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    for file in [path.as_os_str(), &wal, &shm] {
+        match std::fs::metadata(file) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            // Absent: SQLite says so when it opens the database.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,41 +370,4 @@ mod tests {
             .await
             .is_err());
     }
-}
-
-/// Makes a database readable and writable by its owner only (mode 0600):
-/// it holds credentials' hashes, job commands and the site's state. A new
-/// one (when `create`) is created so; an existing one, and its WAL and
-/// shared-memory files (which SQLite creates with the database's mode), are
-/// narrowed if they were wider.
-fn owner_only(path: &Path, create: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if create {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(_) => return Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(err) => return Err(err),
-        }
-    }
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let mut shm = path.as_os_str().to_owned();
-    shm.push("-shm");
-    for file in [path.as_os_str(), &wal, &shm] {
-        match std::fs::metadata(file) {
-            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
-                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
-            }
-            Ok(_) => {}
-            // Absent: SQLite says so when it opens the database.
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
 }

@@ -13,6 +13,10 @@ pub struct DpRow {
     pub enrolled_at_ms: i64,
     pub last_seen_ms: Option<i64>,
     pub revision: i64,
+    /// What the DP last announced as its URL.
+    pub announced_url: Option<String>,
+    /// Whether an administrator admitted it.
+    pub approved: bool,
 }
 
 fn dp_from_row(row: sqlx::sqlite::SqliteRow) -> DpRow {
@@ -23,12 +27,30 @@ fn dp_from_row(row: sqlx::sqlite::SqliteRow) -> DpRow {
         enrolled_at_ms: row.get(3),
         last_seen_ms: row.get(4),
         revision: row.get(5),
+        announced_url: row.get(6),
+        approved: row.get::<Option<i64>, _>(7).is_some(),
     }
 }
 
-const DP_COLUMNS: &str = "id, name, url, enrolled_at_ms, last_seen_ms, revision";
+const DP_COLUMNS: &str =
+    "id, name, url, enrolled_at_ms, last_seen_ms, revision, announced_url, approved_at_ms";
 
+/// The admitted DPs (approved by an administrator): the only ones given
+/// packages and offered to agents.
 pub async fn all_dps<'e, E>(executor: E) -> Result<Vec<DpRow>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let rows = sqlx::query(&format!(
+        "SELECT {DP_COLUMNS} FROM dps WHERE approved_at_ms IS NOT NULL ORDER BY name"
+    ))
+    .fetch_all(executor)
+    .await?;
+    Ok(rows.into_iter().map(dp_from_row).collect())
+}
+
+/// Every enrolled DP, admitted or waiting for approval.
+pub async fn enrolled_dps<'e, E>(executor: E) -> Result<Vec<DpRow>>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
@@ -36,6 +58,43 @@ where
         .fetch_all(executor)
         .await?;
     Ok(rows.into_iter().map(dp_from_row).collect())
+}
+
+/// Whether DP `dp_id` was given package `package` at `version` or a later
+/// version (its reports on an older one may still be on their way).
+pub async fn dp_assigned<'e, E>(
+    executor: E,
+    dp_id: i64,
+    package: &str,
+    version: u64,
+) -> Result<bool>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM distributions d JOIN packages p ON p.id = d.package_id
+         WHERE d.dp_id = ? AND p.name = ? AND d.version >= ?",
+    )
+    .bind(dp_id)
+    .bind(package)
+    .bind(version as i64)
+    .fetch_optional(executor)
+    .await?;
+    Ok(found.is_some())
+}
+
+/// Admits a DP at `url`.
+pub async fn approve_dp(tx: &mut WriteTx<'_>, dp_id: i64, url: &str, now_ms: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE dps SET url = ?, approved_at_ms = COALESCE(approved_at_ms, ?), revision = revision + 1
+         WHERE id = ?",
+    )
+    .bind(url)
+    .bind(now_ms)
+    .bind(dp_id)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
 }
 
 pub async fn dp_by_name<'e, E>(executor: E, name: &str) -> Result<Option<DpRow>>
@@ -92,8 +151,10 @@ pub async fn insert_dp(tx: &mut WriteTx<'_>, name: &str, now_ms: i64) -> Result<
 }
 
 /// Records the URL a DP announced, and that it was seen.
+/// Records the URL a DP announces (not the one agents use: that one an
+/// administrator admits).
 pub async fn set_dp_url(tx: &mut WriteTx<'_>, dp_id: i64, url: &str, now_ms: i64) -> Result<()> {
-    sqlx::query("UPDATE dps SET url = ?, last_seen_ms = ? WHERE id = ?")
+    sqlx::query("UPDATE dps SET announced_url = ?, last_seen_ms = ? WHERE id = ?")
         .bind(url)
         .bind(now_ms)
         .bind(dp_id)

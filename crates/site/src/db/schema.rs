@@ -236,4 +236,22 @@ ALTER TABLE jobs ADD COLUMN intent_signature TEXT;
 ALTER TABLE jobs ADD COLUMN cancel_intent TEXT;
 ALTER TABLE jobs ADD COLUMN cancel_signature TEXT;
 "#,
+    r#"
+-- DPs are admitted (issue 12): a join token of their own, and approval
+-- with the URL agents download from, set or confirmed by an administrator
+-- (`url`); `announced_url` is what the DP says. DPs enrolled before stay
+-- admitted at the URL they had.
+CREATE TABLE credentials_v4 (
+    token_hash BLOB PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('admin', 'join', 'dp', 'agent', 'site', 'site_join', 'dp_join')),
+    principal TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+INSERT INTO credentials_v4 SELECT token_hash, role, principal, created_at_ms FROM credentials;
+DROP TABLE credentials;
+ALTER TABLE credentials_v4 RENAME TO credentials;
+ALTER TABLE dps ADD COLUMN announced_url TEXT;
+ALTER TABLE dps ADD COLUMN approved_at_ms INTEGER;
+UPDATE dps SET approved_at_ms = enrolled_at_ms, announced_url = url;
+"#,
 ];

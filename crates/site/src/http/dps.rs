@@ -5,11 +5,11 @@ use crate::error::Result;
 use crate::service::auth::Principal;
 use crate::service::{dps, groups};
 use crate::state::AppState;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::Json;
 use cascade_protocol::{
-    Assignments, AssignmentsQuery, DpGroupInfo, DpGroupRequest, DpHello, DpInfo, EnrollRequest,
-    EnrollResponse,
+    Assignments, AssignmentsQuery, DpApproval, DpGroupInfo, DpGroupRequest, DpHello, DpInfo,
+    EnrollRequest, EnrollResponse,
 };
 
 /// `GET /api/v1/dps`.
@@ -27,6 +27,17 @@ pub async fn enroll(
     ApiJson(request): ApiJson<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>> {
     Ok(Json(dps::enroll(&state, &request).await?))
+}
+
+/// `POST /api/v1/dps/{name}/approve`: admit a DP at a URL.
+pub async fn approve(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    ApiJson(approval): ApiJson<DpApproval>,
+) -> Result<Json<DpInfo>> {
+    principal.require_admin()?;
+    Ok(Json(dps::approve(&state, &name, &approval).await?))
 }
 
 /// `POST /api/v1/dp/hello`: the DP's URL.

@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/packages/{name}/messages", get(packages::messages))
         .route("/api/v1/dps", get(dps::list))
         .route("/api/v1/dps/enroll", post(dps::enroll))
+        .route("/api/v1/dps/{name}/approve", post(dps::approve))
         .route("/api/v1/dp/hello", post(dps::hello))
         .route("/api/v1/dp/assignments", get(dps::assignments))
         .route("/api/v1/status", post(status::ingest))

@@ -55,7 +55,7 @@ fn code(answer: &Value) -> String {
 
 /// A DP enrolled through the route; its credential.
 async fn dp(site: &TestState, name: &str) -> String {
-    let body = json!({ "name": name, "join_token": site.report.join_token }).to_string();
+    let body = json!({ "name": name, "join_token": site.report.dp_join_token }).to_string();
     let (status, answer) = call(site, Method::POST, "/api/v1/dps/enroll", None, Some(body)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     answer["credential"].as_str().unwrap().to_owned()
@@ -316,8 +316,22 @@ async fn bad_input_is_refused_with_a_stable_code() {
         (status, code(&answer)),
         (StatusCode::BAD_REQUEST, "unknown_machines".into())
     );
-    // Enrolling twice, or with the wrong token.
-    let again = json!({ "name": "dp1", "join_token": site.report.join_token });
+    // Enrolling twice, or with the wrong token (the workstations' join
+    // token does not enroll a DP).
+    let workstations = json!({ "name": "dp7", "join_token": site.report.join_token });
+    let (status, answer) = call(
+        &site,
+        Method::POST,
+        "/api/v1/dps/enroll",
+        None,
+        Some(workstations.to_string()),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::UNAUTHORIZED, "unauthorized".into())
+    );
+    let again = json!({ "name": "dp1", "join_token": site.report.dp_join_token });
     let (status, answer) = call(
         &site,
         Method::POST,

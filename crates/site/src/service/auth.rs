@@ -92,13 +92,25 @@ pub fn token_hash(token: &str) -> Vec<u8> {
     blake3::hash(token.as_bytes()).as_bytes().to_vec()
 }
 
-/// Refuses anything but the site's join token (for DPs and agents).
+/// Refuses anything but the site's join token of workstations.
 pub async fn require_join_token(state: &AppState, token: &str) -> Result<()> {
     require_role(
         state,
         token,
         "join",
         "the join token `cascade site init` printed (DIR/join.token)",
+    )
+    .await
+}
+
+/// Refuses anything but the site's join token of DPs: the workstations'
+/// does not enroll a DP, which every agent of the site would download from.
+pub async fn require_dp_join_token(state: &AppState, token: &str) -> Result<()> {
+    require_role(
+        state,
+        token,
+        "dp_join",
+        "the DP join token `cascade site init` printed (DIR/dp-join.token); the join token of workstations does not enroll DPs",
     )
     .await
 }

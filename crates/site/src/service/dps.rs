@@ -2,13 +2,13 @@
 //! long poll of their assignments.
 
 use crate::db;
-use crate::error::{Error, Result};
+use crate::error::{Entity, Error, Result};
 use crate::service::{auth, groups, messages};
 use crate::state::AppState;
 use cascade_domain::DpName;
 use cascade_protocol::{
-    Assignment, Assignments, AssignmentsQuery, DpHello, DpInfo, EnrollRequest, EnrollResponse,
-    StatusBody,
+    Assignment, Assignments, AssignmentsQuery, DpApproval, DpHello, DpInfo, EnrollRequest,
+    EnrollResponse, StatusBody,
 };
 use cascade_store::now_ms;
 use std::time::Duration;
@@ -20,11 +20,13 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 pub async fn list(state: &AppState) -> Result<Vec<DpInfo>> {
     let pool = state.db.pool();
     let mut out = Vec::new();
-    for dp in db::all_dps(pool).await? {
+    for dp in db::enrolled_dps(pool).await? {
         let packages = db::distributions_of_dp(pool, dp.id).await?.len() as u64;
         out.push(DpInfo {
             name: dp.name,
             url: dp.url,
+            announced_url: dp.announced_url,
+            approved: dp.approved,
             enrolled_at_ms: dp.enrolled_at_ms,
             last_seen_ms: dp.last_seen_ms,
             packages,
@@ -33,48 +35,103 @@ pub async fn list(state: &AppState) -> Result<Vec<DpInfo>> {
     Ok(out)
 }
 
-/// A new DP presents the join token: it gets a credential, is recorded
-/// (`dp_enrolled`), and is given every package placed on all DPs.
+/// A new DP presents the DP join token: it gets a credential and waits
+/// for an administrator to admit it ([`approve`]); until then it is given
+/// nothing and no agent downloads from it.
 pub async fn enroll(state: &AppState, request: &EnrollRequest) -> Result<EnrollResponse> {
     let name = DpName::new(&request.name)?;
-    auth::require_join_token(state, &request.join_token).await?;
+    auth::require_dp_join_token(state, &request.join_token).await?;
     let credential = auth::mint_token("cas_dp");
     let mut tx = state.db.write().await?;
     if db::dp_by_name(&mut *tx.tx, name.as_str()).await?.is_some() {
         return Err(Error::Conflict(format!("dp {name} is already enrolled")));
     }
     let now = now_ms();
-    let dp_id = db::insert_dp(&mut tx, name.as_str(), now).await?;
+    db::insert_dp(&mut tx, name.as_str(), now).await?;
     auth::store_credential(&mut tx, &credential, "dp", name.as_str(), now).await?;
-    messages::record_site_message(
-        state,
-        &mut tx,
-        StatusBody::DpEnrolled {
-            dp: name.to_string(),
-        },
-    )
-    .await?;
-    let placed = groups::place_on_new_dp(state, &mut tx, dp_id, name.as_str()).await?;
     tx.commit().await?;
-    state.notify_everything();
-    tracing::info!(dp = %name, packages = placed, "dp enrolled");
+    tracing::info!(dp = %name, "dp enrolled; waiting for approval: `cascade dp approve {name}`");
     Ok(EnrollResponse {
         credential,
         site: state.site_info(),
     })
 }
 
-/// A DP says where agents reach it.
-pub async fn hello(state: &AppState, dp_id: i64, hello: &DpHello) -> Result<()> {
-    if !(hello.url.starts_with("http://") || hello.url.starts_with("https://"))
-        || hello.url.len() > 2048
-    {
+/// An administrator admits a DP at `url`, or at the URL it announced: it
+/// is recorded (`dp_enrolled`, relayed up, so DP groups can name it), given
+/// every package placed on all DPs or on its groups, and offered to agents.
+/// Approving it again moves it to a new URL.
+pub async fn approve(state: &AppState, name: &str, approval: &DpApproval) -> Result<DpInfo> {
+    let name = DpName::new(name)?;
+    let mut tx = state.db.write().await?;
+    let dp = db::dp_by_name(&mut *tx.tx, name.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found(Entity::Dp, name.as_str()))?;
+    let url = match (&approval.url, &dp.announced_url) {
+        (Some(url), _) | (None, Some(url)) => url.clone(),
+        (None, None) => {
+            return Err(Error::invalid(
+                "no_dp_url",
+                format!("dp {name} has not announced its URL yet; start it, or give --url"),
+            ))
+        }
+    };
+    check_url(&url)?;
+    let now = now_ms();
+    db::approve_dp(&mut tx, dp.id, &url, now).await?;
+    if !dp.approved {
+        messages::record_site_message(
+            state,
+            &mut tx,
+            StatusBody::DpEnrolled {
+                dp: name.to_string(),
+            },
+        )
+        .await?;
+        let placed = groups::place_on_new_dp(state, &mut tx, dp.id, name.as_str()).await?;
+        tracing::info!(dp = %name, %url, packages = placed, "dp approved");
+    } else {
+        tracing::info!(dp = %name, %url, "dp moved to a new URL");
+    }
+    db::bump_agents(&mut tx).await?;
+    tx.commit().await?;
+    state.notify_everything();
+    let packages = db::distributions_of_dp(state.db.pool(), dp.id).await?.len() as u64;
+    Ok(DpInfo {
+        name: dp.name,
+        url: Some(url),
+        announced_url: dp.announced_url,
+        approved: true,
+        enrolled_at_ms: dp.enrolled_at_ms,
+        last_seen_ms: dp.last_seen_ms,
+        packages,
+    })
+}
+
+fn check_url(url: &str) -> Result<()> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
         return Err(Error::invalid(
             "invalid_url",
-            format!("{:?} is not an http(s) URL", hello.url),
+            format!("{url:?} is not an http(s) URL"),
         ));
     }
+    Ok(())
+}
+
+/// A DP says where agents reach it.
+pub async fn hello(state: &AppState, dp_id: i64, hello: &DpHello) -> Result<()> {
+    check_url(&hello.url)?;
     let mut tx = state.db.write().await?;
+    let dp = db::dp_by_id(&mut *tx.tx, dp_id).await?;
+    if dp.approved && dp.url.as_deref() != Some(hello.url.as_str()) {
+        tracing::warn!(
+            dp = %dp.name,
+            announced = %hello.url,
+            admitted = dp.url.as_deref().unwrap_or_default(),
+            "the dp announces another URL than the one admitted; agents keep the admitted one (`cascade dp approve {} --url URL` moves it)",
+            dp.name
+        );
+    }
     db::set_dp_url(&mut tx, dp_id, &hello.url, now_ms()).await?;
     tx.commit().await?;
     Ok(())

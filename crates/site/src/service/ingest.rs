@@ -70,7 +70,14 @@ pub async fn ingest(
         }
         previous = Some(message.seq);
         let allowed = match &source.member {
-            SourceMember::Dp(_) => message.body.is_from_dp(),
+            // Only about a package it was given (a rogue DP reported
+            // `dp_installed` for one it never was).
+            SourceMember::Dp(_) => match message.body.dp_subject() {
+                Some((package, version)) => {
+                    db::dp_assigned(state.db.pool(), sender_id, package, version).await?
+                }
+                None => false,
+            },
             SourceMember::Agent(agent) => match message.body.agent_job() {
                 // Most batches are about one job: ask once per job.
                 Some(job) => match allowed_jobs.get(&job) {

@@ -261,6 +261,12 @@ async fn resolve_dps(tx: &mut WriteTx<'_>, names: &[String]) -> Result<Vec<(i64,
         let dp = db::dp_by_name(&mut *tx.tx, name)
             .await?
             .ok_or_else(|| Error::not_found(Entity::Dp, name))?;
+        if !dp.approved {
+            return Err(Error::invalid(
+                "dp_not_approved",
+                format!("dp {name} is waiting for approval: `cascade dp approve {name}`"),
+            ));
+        }
         if !out.iter().any(|(id, _)| *id == dp.id) {
             out.push((dp.id, dp.name));
         }

@@ -12,6 +12,46 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
 
+/// Longest JSON answer read (a job's status for 200,000 workstations is
+/// about 50 MiB); a longer one is refused, never buffered whole.
+pub const MAX_JSON_ANSWER: usize = 128 * 1024 * 1024;
+
+/// Longest error answer read; the rest is ignored.
+const MAX_ERROR_ANSWER: usize = 64 * 1024;
+
+/// Deadline of a request with a JSON answer, from sending to the end of
+/// the answer (long polls are held at most 60 s). Chunk streams have none
+/// of their own (a transfer may take long at a link's rate limit): each of
+/// their reads has the client's read timeout, and every frame is bounded
+/// and checked as it arrives.
+pub const JSON_DEADLINE: Duration = Duration::from_secs(300);
+
+enum Limited {
+    Read(reqwest::Error),
+    TooLong,
+}
+
+/// Reads an answer's body, at most `limit` bytes of it.
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, Limited> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(Limited::TooLong);
+    }
+    let mut bytes = Vec::new();
+    while let Some(piece) = response.chunk().await.map_err(Limited::Read)? {
+        if bytes.len() + piece.len() > limit {
+            return Err(Limited::TooLong);
+        }
+        bytes.extend_from_slice(&piece);
+    }
+    Ok(bytes)
+}
+
 /// How long a pooled connection may sit unused before the client drops it:
 /// shorter than a server's [`crate::serve::DEFAULT_HEADER_TIMEOUT`], so the
 /// client never sends on a connection the server is closing.
@@ -108,7 +148,10 @@ impl Client {
             return Ok(response);
         }
         let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
+        let text = read_limited(response, MAX_ERROR_ANSWER)
+            .await
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default();
         let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(body) => (body.error.code, body.error.message),
             Err(_) => ("http_error".to_owned(), text.trim().to_owned()),
@@ -122,12 +165,17 @@ impl Client {
     }
 
     async fn json<T: DeserializeOwned>(url: &str, response: reqwest::Response) -> Result<T> {
-        let bytes = response
-            .bytes()
+        let bytes = read_limited(response, MAX_JSON_ANSWER)
             .await
-            .map_err(|source| Error::Unreachable {
-                url: url.to_owned(),
-                source: source.without_url(),
+            .map_err(|err| match err {
+                Limited::Read(source) => Error::Unreachable {
+                    url: url.to_owned(),
+                    source: source.without_url(),
+                },
+                Limited::TooLong => Error::BadAnswer {
+                    url: url.to_owned(),
+                    reason: format!("the answer is longer than {MAX_JSON_ANSWER} bytes"),
+                },
             })?;
         serde_json::from_slice(&bytes).map_err(|err| Error::BadAnswer {
             url: url.to_owned(),
@@ -138,7 +186,11 @@ impl Client {
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = self.url(path);
         let response = self
-            .send(&url, self.request(reqwest::Method::GET, &url))
+            .send(
+                &url,
+                self.request(reqwest::Method::GET, &url)
+                    .timeout(JSON_DEADLINE),
+            )
             .await?;
         Self::json(&url, response).await
     }
@@ -146,7 +198,12 @@ impl Client {
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let url = self.url(path);
         let response = self
-            .send(&url, self.request(reqwest::Method::POST, &url).json(body))
+            .send(
+                &url,
+                self.request(reqwest::Method::POST, &url)
+                    .timeout(JSON_DEADLINE)
+                    .json(body),
+            )
             .await?;
         Self::json(&url, response).await
     }
@@ -154,7 +211,12 @@ impl Client {
     async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let url = self.url(path);
         let response = self
-            .send(&url, self.request(reqwest::Method::PUT, &url).json(body))
+            .send(
+                &url,
+                self.request(reqwest::Method::PUT, &url)
+                    .timeout(JSON_DEADLINE)
+                    .json(body),
+            )
             .await?;
         Self::json(&url, response).await
     }
@@ -500,6 +562,54 @@ impl ChunkStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server on loopback answering every request with `head` and then
+    /// bytes without end.
+    async fn endless_server(head: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let filler = vec![b' '; 64 * 1024];
+                    while stream.write_all(&filler).await.is_ok() {}
+                });
+            }
+        });
+        url
+    }
+
+    /// Issue 12: a hostile server's answer was buffered whole
+    /// (`response.bytes()`); now no more than the limit is read.
+    #[tokio::test]
+    async fn an_endless_answer_is_cut_at_the_limit() {
+        let http = reqwest::Client::new();
+        let url = endless_server("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n").await;
+        let response = http.get(&url).send().await.unwrap();
+        assert!(matches!(
+            read_limited(response, 1024 * 1024).await,
+            Err(Limited::TooLong)
+        ));
+        // One that announces too much is refused before reading.
+        let url = endless_server("HTTP/1.1 200 OK\r\ncontent-length: 999999999999\r\n\r\n").await;
+        let response = http.get(&url).send().await.unwrap();
+        assert!(matches!(
+            read_limited(response, 1024).await,
+            Err(Limited::TooLong)
+        ));
+        // Through the client: a clear error, not an exhausted process.
+        let url = endless_server("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n").await;
+        let err = Client::new(&url, None)
+            .unwrap()
+            .site_info()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("longer than"), "{err}");
+    }
 
     #[test]
     fn a_server_url_without_a_scheme_names_the_fix() {

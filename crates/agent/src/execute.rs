@@ -75,6 +75,8 @@ pub struct Sources {
     site_dps: Vec<String>,
     /// Per job: the DPs it distributes to at this site.
     jobs: std::collections::HashMap<u64, Vec<String>>,
+    /// The content ticket to present to them (and to the site).
+    ticket: Option<String>,
 }
 
 impl Sources {
@@ -87,6 +89,7 @@ impl Sources {
                 .iter()
                 .map(|offer| (offer.id, offer.dps.clone()))
                 .collect(),
+            ticket: policy.content_ticket.clone(),
         }
     }
 
@@ -759,7 +762,13 @@ impl Executor {
             .filter(|chunk| !self.store.contains(&chunk.hash))
             .collect();
         let mut done = total - chunks.iter().map(|chunk| chunk.size as u64).sum::<u64>();
-        let mut dps = self.sources.lock().await.for_job(offer, self.client.base());
+        let (mut dps, ticket) = {
+            let sources = self.sources.lock().await;
+            (
+                sources.for_job(offer, self.client.base()),
+                sources.ticket.clone(),
+            )
+        };
         let progress = |bytes_done| StatusBody::JobDownloading {
             job: offer.id,
             package: offer.package.clone(),
@@ -779,7 +788,7 @@ impl Executor {
             let mut failed: Vec<String> = Vec::new();
             for dp in &dps {
                 let url = format!("{dp}/v1/chunks/{}", chunk.hash);
-                match fetch(http, &url, chunk.size).await {
+                match fetch(http, &url, chunk.size, ticket.as_deref()).await {
                     Ok(encoded) => {
                         let store = self.store.clone();
                         let hash = chunk.hash;
@@ -914,9 +923,10 @@ async fn fetch(
     http: &reqwest::Client,
     url: &str,
     size: u32,
+    ticket: Option<&str>,
 ) -> std::result::Result<Vec<u8>, Fetched> {
     let deadline = chunk_deadline(size);
-    tokio::time::timeout(deadline, fetch_bounded(http, url, size))
+    tokio::time::timeout(deadline, fetch_bounded(http, url, size, ticket))
         .await
         .unwrap_or_else(|_| {
             Err(Fetched::Unavailable(format!(
@@ -930,9 +940,13 @@ async fn fetch_bounded(
     http: &reqwest::Client,
     url: &str,
     size: u32,
+    ticket: Option<&str>,
 ) -> std::result::Result<Vec<u8>, Fetched> {
-    let mut response = http
-        .get(url)
+    let mut request = http.get(url);
+    if let Some(ticket) = ticket {
+        request = request.bearer_auth(ticket);
+    }
+    let mut response = request
         .send()
         .await
         .map_err(|err| Fetched::Unavailable(err.to_string()))?;
@@ -1215,7 +1229,7 @@ mod tests {
     #[tokio::test]
     async fn an_endless_chunk_body_is_cut_at_the_chunk_size() {
         let url = endless_dp("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n").await;
-        match fetch(&dp_client(), &url, 1000).await {
+        match fetch(&dp_client(), &url, 1000, None).await {
             Err(Fetched::Refused(reason)) => {
                 assert!(reason.contains("more than the 1001 bytes"), "{reason}")
             }
@@ -1224,7 +1238,7 @@ mod tests {
         }
         // An error answer without end is read up to a few KiB.
         let url = endless_dp("HTTP/1.1 500 Oops\r\nconnection: close\r\n\r\n").await;
-        match fetch(&dp_client(), &url, 1000).await {
+        match fetch(&dp_client(), &url, 1000, None).await {
             Err(Fetched::Unavailable(reason)) => assert!(reason.len() < 2 * MAX_ERROR_BODY),
             Err(Fetched::Refused(reason)) => panic!("refused: {reason}"),
             Ok(bytes) => panic!("accepted {} bytes", bytes.len()),

@@ -436,6 +436,15 @@ enum DpCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Print a content ticket, to fetch from the site's DPs by hand
+    /// (`curl -H "Authorization: Bearer $(cascade dp ticket)" ...`).
+    Ticket {
+        /// How long it holds (at most and by default 24h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        valid: Option<std::time::Duration>,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Admit a DP that enrolled: it is given packages and agents download
     /// from it, at the URL it announced or at --url.
     Approve {
@@ -738,6 +747,11 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             init_logging("warn")?;
             let dps = connection.client()?.dps().await?;
             out.dps(&dps);
+        }
+        Command::Dp(DpCommand::Ticket { valid, connection }) => {
+            init_logging("warn")?;
+            let ticket = connection.client()?.content_ticket(valid).await?;
+            out.content_ticket(&ticket);
         }
         Command::Dp(DpCommand::Approve {
             name,

@@ -571,6 +571,13 @@ impl Output {
         table(&["DP", "URL", "PACKAGES", "ENROLLED", "LAST SEEN"], &rows);
     }
 
+    pub fn content_ticket(&self, ticket: &cascade_protocol::ContentTicket) {
+        if self.json {
+            return print_json(ticket);
+        }
+        outln!("{}", ticket.ticket);
+    }
+
     pub fn dp_approved(&self, dp: &DpInfo) {
         if self.json {
             return print_json(dp);

@@ -268,20 +268,16 @@ fn bad_input_is_refused_clearly_and_damages_nothing() {
     );
 
     // Ranges outside the file.
-    let err = http(
-        Method::GET,
-        &format!("{}/v1/packages/good/files/big.bin", dp.url),
-        None,
-        None,
-        &[("range", "bytes=99999999-")],
-    )
-    .unwrap_err();
+    let err = dp
+        .get(
+            "/v1/packages/good/files/big.bin",
+            &[("range", "bytes=99999999-")],
+        )
+        .unwrap_err();
     assert!(err.starts_with("416"), "{err}");
-    let err = http_get(&format!(
-        "{}/v1/packages/good/files/..%2f..%2fetc%2fpasswd",
-        dp.url
-    ))
-    .unwrap_err();
+    let err = dp
+        .get("/v1/packages/good/files/..%2f..%2fetc%2fpasswd", &[])
+        .unwrap_err();
     assert!(err.starts_with("404"), "{err}");
 
     // Nothing stored was damaged: one package, one version, still installed
@@ -304,14 +300,15 @@ fn range_requests_return_exact_slices() {
     site.json(&["package", "distribute", "r", "--dp", "dp1"]);
     site.wait_installed("r", &[&dp], 1, Duration::from_secs(60));
     let big = std::fs::read(source.join("big.bin")).unwrap();
-    let url = format!("{}/v1/packages/r/files/big.bin", dp.url);
     for (range, expected) in [
         ("bytes=0-0", &big[0..1]),
         ("bytes=100000-300000", &big[100_000..300_001]),
         ("bytes=-10", &big[big.len() - 10..]),
         ("bytes=1000000-", &big[1_000_000..]),
     ] {
-        let got = http(Method::GET, &url, None, None, &[("range", range)]).unwrap();
+        let got = dp
+            .get("/v1/packages/r/files/big.bin", &[("range", range)])
+            .unwrap();
         assert!(got == expected, "range {range}");
     }
 }

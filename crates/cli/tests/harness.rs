@@ -332,10 +332,16 @@ impl Site {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
-    /// Enrolls and starts a DP, and admits it at the URL it serves on.
+    /// Enrolls and starts a DP, and admits it at the URL it serves on; once
+    /// it answers with its site's ticket (it has the site's content key).
     pub fn add_dp(&self, name: &str) -> Dp {
         let dp = self.add_unapproved_dp(name);
         self.json(&["dp", "approve", name, "--url", &dp.url]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(err) = dp.get("/v1/info", &[]) {
+            assert!(Instant::now() < deadline, "dp {name} never served: {err}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         dp
     }
 
@@ -355,12 +361,17 @@ impl Site {
             &self.root.join(format!("{}{name}.log", self.prefix)),
         );
         let url = wait_for_url(&dir.join("url"), None);
+        let ticket = self.json(&["dp", "ticket"])["ticket"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         Dp {
             site: self.code.clone(),
             name: name.to_owned(),
             dir,
             url,
             process,
+            ticket,
         }
     }
 
@@ -470,6 +481,9 @@ pub struct Dp {
     pub dir: PathBuf,
     pub url: String,
     pub process: Process,
+    /// A content ticket of its site (an administrator's), for requests
+    /// to the DP.
+    pub ticket: String,
 }
 
 impl Dp {
@@ -481,9 +495,20 @@ impl Dp {
         self.url = wait_for_url(&self.dir.join("url"), Some(&previous));
     }
 
+    /// `GET PATH` of the DP with its site's content ticket.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<Vec<u8>, String> {
+        http(
+            reqwest::Method::GET,
+            &format!("{}{path}", self.url),
+            Some(&self.ticket),
+            None,
+            headers,
+        )
+    }
+
     /// `GET /v1/info`.
     pub fn info(&self) -> Value {
-        let body = http_get(&format!("{}/v1/info", self.url)).expect("dp info");
+        let body = self.get("/v1/info", &[]).expect("dp info");
         serde_json::from_slice(&body).unwrap()
     }
 
@@ -493,7 +518,7 @@ impl Dp {
 
     /// Downloads one file of a package from the DP.
     pub fn file(&self, package: &str, path: &str) -> Result<Vec<u8>, String> {
-        http_get(&format!("{}/v1/packages/{package}/files/{path}", self.url))
+        self.get(&format!("/v1/packages/{package}/files/{path}"), &[])
     }
 
     /// Checks every file of `source` byte for byte against the DP's copy.

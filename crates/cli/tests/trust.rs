@@ -287,6 +287,12 @@ fn dps_are_admitted_not_self_declared() {
     };
     let err = forged("app").unwrap_err();
     assert!(err.starts_with("403"), "{err}");
+    // Not admitted: it serves nothing, even with a ticket of its site.
+    let err = dp.get("/v1/info", &[]).unwrap_err();
+    assert!(
+        err.starts_with("401") && err.contains("not admitted"),
+        "{err}"
+    );
 
     // Admitted at the URL it announced (once it has announced it).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -301,6 +307,45 @@ fn dps_are_admitted_not_self_declared() {
     assert_eq!(approved["url"], dp.url.as_str(), "{approved:#}");
     site.json(&["package", "distribute", "app", "--dp", "dp1"]);
     site.wait_installed("app", &[&dp], 1, Duration::from_secs(60));
+    // Issue 12: content needed no credential. Now the DP's routes and the
+    // site's chunk route take a content ticket of the site.
+    assert!(dp.get("/v1/info", &[]).is_ok());
+    let chunk = dp.get("/v1/packages/app/manifest", &[]).unwrap();
+    let manifest: Value = serde_json::from_slice(&chunk).unwrap();
+    let manifest: Value = serde_json::from_str(manifest["manifest"].as_str().unwrap()).unwrap();
+    let hash = manifest["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|entry| entry["chunks"][0]["hash"].as_str())
+        .unwrap()
+        .to_owned();
+    for (url, token) in [
+        (format!("{}/v1/info", dp.url), None),
+        (format!("{}/v1/chunks/{hash}", dp.url), None),
+        (
+            format!("{}/v1/chunks/{hash}", dp.url),
+            Some("cct1.ws1.99999999999999.00"),
+        ),
+        (format!("{}/v1/chunks/{hash}", site.url), None),
+        (
+            format!("{}/v1/chunks/{hash}", site.url),
+            Some(site.admin_token.as_str()),
+        ),
+    ] {
+        let err = http(Method::GET, &url, token, None, &[]).unwrap_err();
+        assert!(err.starts_with("401"), "{url}: {err}");
+    }
+    assert!(dp.get(&format!("/v1/chunks/{hash}"), &[]).is_ok());
+    let ticket = dp.ticket.clone();
+    assert!(http(
+        Method::GET,
+        &format!("{}/v1/chunks/{hash}", site.url),
+        Some(&ticket),
+        None,
+        &[]
+    )
+    .is_ok());
     // Still nothing about a package it was not given.
     let err = forged("other").unwrap_err();
     assert!(err.starts_with("403"), "{err}");

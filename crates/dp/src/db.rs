@@ -22,7 +22,36 @@ CREATE TABLE counters (
 );
 "#,
     OUTBOX_SCHEMA,
+    r#"
+-- The site's content-ticket key (hex), given once the DP is admitted.
+CREATE TABLE secrets (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#,
 ];
+
+/// A secret given by the site, by name.
+pub async fn secret(db: &Db, name: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT value FROM secrets WHERE name = ?")
+            .bind(name)
+            .fetch_optional(db.pool())
+            .await?,
+    )
+}
+
+/// Stores (or replaces) a secret given by the site.
+pub async fn set_secret(db: &Db, name: &str, value: &str) -> Result<()> {
+    let mut tx = db.write().await?;
+    sqlx::query("INSERT OR REPLACE INTO secrets (name, value) VALUES (?, ?)")
+        .bind(name)
+        .bind(value)
+        .execute(&mut *tx.tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
 
 /// A package version held by the DP.
 #[derive(Clone, Debug)]

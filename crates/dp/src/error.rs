@@ -41,6 +41,9 @@ pub enum Error {
     /// Content is being repaired; try again or use another DP.
     #[error("{0}")]
     Unavailable(String),
+    /// A client presented no valid content ticket.
+    #[error("{0}")]
+    Unauthorized(String),
 }
 
 impl From<sqlx::Error> for Error {
@@ -64,6 +67,7 @@ impl IntoResponse for Error {
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "malformed_request"),
             Error::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "bad_range"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "repairing"),
+            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status.is_server_error() {

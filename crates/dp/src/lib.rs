@@ -113,9 +113,46 @@ pub(crate) struct Dp {
     /// Verified manifests of held versions, so that serving a file does not
     /// re-read and re-verify the manifest on every request.
     manifests: Arc<Mutex<ManifestCache>>,
+    /// The site's content-ticket key, once the DP is admitted: every
+    /// request for content must carry a ticket it verifies.
+    content_key: Arc<std::sync::RwLock<Option<cascade_protocol::ticket::ContentKey>>>,
 }
 
 impl Dp {
+    /// Refuses a request for content without a valid ticket of the site
+    /// (`authorization`: the `Authorization` header, `Bearer TICKET`).
+    fn check_ticket(&self, authorization: Option<&str>) -> Result<()> {
+        use cascade_protocol::ticket::{bearer, TicketError};
+        let key = self.content_key.read().expect("content key lock").clone();
+        let Some(key) = key else {
+            return Err(Error::Unauthorized(
+                "this DP is not admitted by its site yet (`cascade dp approve`), so it serves nothing".into(),
+            ));
+        };
+        bearer(authorization)
+            .ok_or(TicketError::Missing)
+            .and_then(|ticket| key.check(ticket, now_ms()))
+            .map(|_| ())
+            .map_err(|err| Error::Unauthorized(err.to_string()))
+    }
+
+    /// Keeps the content-ticket key the site gave (stored, so that the DP
+    /// serves while the site is down).
+    async fn keep_content_key(&self, hex: &str) -> Result<()> {
+        let Some(key) = cascade_protocol::ticket::ContentKey::from_hex(hex) else {
+            return Err(Error::Refused(
+                "the site sent a malformed content key".into(),
+            ));
+        };
+        if self.content_key.read().expect("content key lock").as_ref() == Some(&key) {
+            return Ok(());
+        }
+        db::set_secret(&self.db, "content_key", hex).await?;
+        *self.content_key.write().expect("content key lock") = Some(key);
+        tracing::info!("admitted by the site: serving content to holders of its tickets");
+        Ok(())
+    }
+
     /// Records a status message in the outbox and wakes the forwarder.
     async fn emit(&self, body: StatusBody) -> Result<()> {
         let text = serde_json::to_string(&body).map_err(|err| Error::Config(err.to_string()))?;
@@ -181,6 +218,11 @@ pub async fn run(
         repairs: Default::default(),
         repair_wake: Arc::new(Notify::new()),
         manifests: Default::default(),
+        content_key: Arc::new(std::sync::RwLock::new(
+            db::secret(&db, "content_key")
+                .await?
+                .and_then(|hex| cascade_protocol::ticket::ContentKey::from_hex(&hex)),
+        )),
     };
     let listen = listen.unwrap_or(&config.listen);
     let listener = tokio::net::TcpListener::bind(listen)

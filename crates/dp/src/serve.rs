@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::sync::held_manifest;
 use crate::Dp;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
@@ -15,7 +15,8 @@ use cascade_content::{ChunkRef, EntryKind, Manifest};
 use cascade_protocol::{DpCounters, DpHeldPackage, DpSelfInfo, SignedManifestWire};
 use std::sync::Arc;
 
-/// The content server's routes.
+/// The content server's routes; every one takes a content ticket of the
+/// site ([`Ticket`]).
 pub fn router(dp: Dp) -> Router {
     Router::new()
         .route("/v1/info", get(info))
@@ -25,7 +26,24 @@ pub fn router(dp: Dp) -> Router {
         .with_state(dp)
 }
 
-async fn info(State(dp): State<Dp>) -> Result<Json<DpSelfInfo>> {
+/// A request that carries a valid content ticket of the DP's site
+/// (`Authorization: Bearer TICKET`); any other is answered 401.
+pub struct Ticket;
+
+impl FromRequestParts<Dp> for Ticket {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, dp: &Dp) -> Result<Ticket> {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        dp.check_ticket(authorization)?;
+        Ok(Ticket)
+    }
+}
+
+async fn info(State(dp): State<Dp>, _: Ticket) -> Result<Json<DpSelfInfo>> {
     let packages = db::all_held(&dp.db)
         .await?
         .into_iter()
@@ -55,6 +73,7 @@ async fn held(dp: &Dp, name: &str) -> Result<db::Held> {
 
 async fn manifest(
     State(dp): State<Dp>,
+    _: Ticket,
     Path(name): Path<String>,
 ) -> Result<Json<SignedManifestWire>> {
     let held = held(&dp, &name).await?;
@@ -89,7 +108,7 @@ async fn held_manifest_cached(dp: &Dp, name: &str) -> Result<(u64, Arc<Manifest>
 /// `GET /v1/chunks/{hash}`: a chunk's encoded form (see
 /// `cascade_content::encode`), verified on the way out, for agents that
 /// fetch only the chunks they lack.
-async fn chunk(State(dp): State<Dp>, Path(hash): Path<String>) -> Result<Response> {
+async fn chunk(State(dp): State<Dp>, _: Ticket, Path(hash): Path<String>) -> Result<Response> {
     let hash = cascade_content::ChunkHash::from_hex(&hash)
         .map_err(|err| Error::BadRequest(format!("{hash:?} is not a chunk hash: {err}")))?;
     let store = dp.store.clone();
@@ -158,6 +177,7 @@ fn parse_range(value: &str, size: u64) -> Result<(u64, u64)> {
 
 async fn file(
     State(dp): State<Dp>,
+    _: Ticket,
     Path((name, path)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {

@@ -84,6 +84,9 @@ impl Work for Sync {
         };
         match polled {
             Some(Ok(answer)) => {
+                if let Some(key) = &answer.content_key {
+                    dp.keep_content_key(key).await?;
+                }
                 self.revision = answer.revision;
                 self.assignments = answer.assignments;
             }

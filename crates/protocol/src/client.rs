@@ -397,6 +397,18 @@ impl Client {
         self.get("/agents").await
     }
 
+    /// A content ticket for the administrator, valid for `valid` (at most
+    /// a day).
+    pub async fn content_ticket(&self, valid: Option<Duration>) -> Result<ContentTicket> {
+        self.post(
+            "/content/ticket",
+            &ContentTicketRequest {
+                valid_ms: valid.map(|valid| valid.as_millis() as u64),
+            },
+        )
+        .await
+    }
+
     /// Admits a DP, at `url` or at the URL it announced.
     pub async fn approve_dp(&self, name: &str, url: Option<&str>) -> Result<DpInfo> {
         self.post(

@@ -344,6 +344,28 @@ pub struct Assignments {
     pub revision: u64,
     /// Every package the DP must hold, at which version.
     pub assignments: Vec<Assignment>,
+    /// Hex of the site's content-ticket key ([`crate::ticket`]), once the DP
+    /// is admitted: the DP serves only requests with a ticket it verifies.
+    #[serde(default)]
+    pub content_key: Option<String>,
+}
+
+/// `POST /api/v1/content/ticket`: a content ticket for an administrator
+/// (to fetch from the site's DPs by hand).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContentTicket {
+    /// Present it as `Authorization: Bearer TICKET`.
+    pub ticket: String,
+    /// When it stops being accepted.
+    pub expires_at_ms: i64,
+}
+
+/// What `POST /api/v1/content/ticket` asks for.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ContentTicketRequest {
+    /// How long it holds (default and most: 24 hours).
+    #[serde(default)]
+    pub valid_ms: Option<u64>,
 }
 
 /// One package a DP must hold.
@@ -1045,6 +1067,10 @@ pub struct AgentPolicy {
     /// on one whose signature verifies.
     #[serde(default)]
     pub canceled: Vec<crate::intent::SignedIntent>,
+    /// The content ticket to present to the site's DPs and the site's
+    /// chunk route ([`crate::ticket`]); none until approved.
+    #[serde(default)]
+    pub content_ticket: Option<String>,
 }
 
 /// One job offered to an agent, as its policy carries it.

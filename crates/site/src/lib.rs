@@ -211,6 +211,21 @@ async fn ensure_join_token(
     Ok(())
 }
 
+/// The site's content-ticket key, created the first time.
+async fn content_key(db: &db::Db) -> Result<cascade_protocol::ticket::ContentKey> {
+    use cascade_protocol::ticket::ContentKey;
+    if db::secret(db.pool(), "content_key").await?.is_none() {
+        let mut tx = db.write().await?;
+        db::insert_secret(&mut tx, "content_key", &ContentKey::generate().to_hex()).await?;
+        tx.commit().await?;
+    }
+    let stored = db::secret(db.pool(), "content_key")
+        .await?
+        .unwrap_or_default();
+    ContentKey::from_hex(&stored)
+        .ok_or_else(|| Error::Internal("the stored content key is damaged".into()))
+}
+
 fn write_secret(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -275,6 +290,7 @@ async fn open(dir: &Path) -> Result<Opened> {
     )
     .await?;
     ensure_join_token(&db, dir, "dp_join", "cas_dpjoin", layout::DP_JOIN_TOKEN).await?;
+    let content_key = content_key(&db).await?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (status_queue, status_pending) = tokio::sync::mpsc::channel(state::QUEUE);
     let state = AppState {
@@ -282,6 +298,7 @@ async fn open(dir: &Path) -> Result<Opened> {
         store,
         key,
         trust,
+        content_key,
         central: match central {
             Some(central) => SiteCode::new(&central)?,
             None => code.clone(),

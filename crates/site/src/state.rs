@@ -30,6 +30,9 @@ pub struct AppState {
     pub(crate) key: Option<Arc<SigningKey>>,
     /// The central site's public key, which every manifest must verify against.
     pub(crate) trust: VerifyingKey,
+    /// The key of the content tickets this site hands its agents and
+    /// checks on its chunk route; its admitted DPs hold it too.
+    pub(crate) content_key: cascade_protocol::ticket::ContentKey,
     pub(crate) code: SiteCode,
     pub(crate) kind: SiteKind,
     /// The central site's code (this site's own at the central site).

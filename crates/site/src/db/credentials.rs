@@ -57,3 +57,26 @@ pub async fn delete_credentials(tx: &mut WriteTx<'_>, role: &str, principal: &st
         .await?;
     Ok(())
 }
+
+/// A secret of the site by name.
+pub async fn secret<'e, E>(executor: E, name: &str) -> Result<Option<String>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(
+        sqlx::query_scalar("SELECT value FROM secrets WHERE name = ?")
+            .bind(name)
+            .fetch_optional(executor)
+            .await?,
+    )
+}
+
+/// Stores a secret of the site, unless one of that name is stored.
+pub async fn insert_secret(tx: &mut WriteTx<'_>, name: &str, value: &str) -> Result<()> {
+    sqlx::query("INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)")
+        .bind(name)
+        .bind(value)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(())
+}

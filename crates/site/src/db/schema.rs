@@ -254,4 +254,12 @@ ALTER TABLE dps ADD COLUMN announced_url TEXT;
 ALTER TABLE dps ADD COLUMN approved_at_ms INTEGER;
 UPDATE dps SET approved_at_ms = enrolled_at_ms, announced_url = url;
 "#,
+    r#"
+-- Secrets of the site that are not credentials: the content-ticket key
+-- (protocol::ticket), as hex.
+CREATE TABLE secrets (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#,
 ];

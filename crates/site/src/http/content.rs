@@ -13,11 +13,23 @@ use axum::response::Response;
 use axum::Json;
 use cascade_content::ChunkHash;
 use cascade_protocol::frames::FrameDecoder;
-use cascade_protocol::{ChunkList, UploadReport, MAX_UPLOAD_BODY};
+use cascade_protocol::{
+    ChunkList, ContentTicket, ContentTicketRequest, UploadReport, MAX_UPLOAD_BODY,
+};
 use futures_util::StreamExt;
 
 /// Bytes of frames verified and stored per blocking batch.
 const STORE_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// `POST /api/v1/content/ticket`: a content ticket for an administrator.
+pub async fn ticket(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(request): ApiJson<ContentTicketRequest>,
+) -> Result<Json<ContentTicket>> {
+    principal.require_admin()?;
+    Ok(Json(content::admin_ticket(&state, &request)))
+}
 
 /// `POST /api/v1/content/missing`: the hashes the library does not hold.
 pub async fn missing(
@@ -125,7 +137,12 @@ pub async fn fetch(
 pub async fn serve_chunk(
     State(state): State<AppState>,
     Path(hash): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response> {
+    let ticket = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    content::check_ticket(&state, ticket)?;
     let encoded = content::chunk(&state, &hash).await?;
     Response::builder()
         .header("content-type", "application/octet-stream")

@@ -32,6 +32,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/site", get(sites::site_info))
         .route("/api/v1/content/missing", post(content::missing))
+        .route("/api/v1/content/ticket", post(content::ticket))
         .route(
             "/api/v1/content/chunks",
             post(content::upload).layer(DefaultBodyLimit::disable()),

@@ -193,6 +193,12 @@ pub async fn policy(
                 jobs,
                 dps: shared.dp_urls.clone(),
                 canceled,
+                content_ticket: agent.approved.then(|| {
+                    state.content_key.issue(
+                        &agent.name,
+                        now_ms() + cascade_protocol::ticket::TICKET_VALIDITY_MS,
+                    )
+                }),
             });
         }
         tokio::select! {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use cascade_content::ChunkHash;
 use cascade_protocol::frames::put_frame;
 use cascade_protocol::{ChunkList, MAX_HASHES_PER_REQUEST};
+use cascade_store::now_ms;
 use std::sync::Arc;
 
 /// Refuses a list of more hashes than one request may carry.
@@ -198,4 +199,31 @@ pub async fn chunk(state: &AppState, hash: &str) -> Result<Vec<u8>> {
     })
     .await?
     .ok_or_else(|| Error::not_found(Entity::Chunk, hash.to_string()))
+}
+
+/// Refuses a request for content without a valid content ticket of this
+/// site (`ticket`: the `Authorization` header, `Bearer TICKET`).
+pub fn check_ticket(state: &AppState, authorization: Option<&str>) -> Result<()> {
+    use cascade_protocol::ticket::{bearer, TicketError};
+    let ticket = bearer(authorization).ok_or(TicketError::Missing);
+    ticket
+        .and_then(|ticket| state.content_key.check(ticket, now_ms()))
+        .map(|_| ())
+        .map_err(|err| Error::Unauthorized(err.to_string()))
+}
+
+/// A content ticket for an administrator, valid for at most a day.
+pub fn admin_ticket(
+    state: &AppState,
+    request: &cascade_protocol::ContentTicketRequest,
+) -> cascade_protocol::ContentTicket {
+    let most = cascade_protocol::ticket::TICKET_VALIDITY_MS;
+    let valid = request
+        .valid_ms
+        .map_or(most, |ms| (ms as i64).clamp(1, most));
+    let expires_at_ms = now_ms() + valid;
+    cascade_protocol::ContentTicket {
+        ticket: state.content_key.issue("admin", expires_at_ms),
+        expires_at_ms,
+    }
 }

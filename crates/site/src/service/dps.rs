@@ -162,6 +162,9 @@ pub async fn assignments(
         {
             let rows = db::distributions_of_dp(state.db.pool(), dp_id).await?;
             return Ok(Assignments {
+                // Only an admitted DP serves agents, so only it needs to
+                // check their tickets.
+                content_key: dp.approved.then(|| state.content_key.to_hex()),
                 revision: dp.revision as u64,
                 assignments: rows
                     .into_iter()

@@ -469,3 +469,69 @@ fn a_rogue_dp_neither_exhausts_the_agent_nor_fails_the_job() {
     assert!(peak < 100 * 1024, "the agent peaked at {peak} KiB resident");
     drop(good);
 }
+
+/// Issue 12: a child site could relay `job_failed` for a workstation that
+/// does not exist in its subtree and turn the job's outcome to failed. Now
+/// the parent refuses a relayed message of a workstation or DP that never
+/// enrolled at the site it names, and the job is untouched.
+#[test]
+fn a_child_cannot_relay_results_of_a_workstation_that_never_enrolled() {
+    use reqwest::Method;
+    let root = tempfile::tempdir().unwrap();
+    let cen = Site::central(root.path(), "CEN");
+    let p01 = Site::child(root.path(), "P01", "primary", &cen, &[]);
+    let source = root.path().join("src");
+    make_tree(&source, 2, 1_000, 4);
+    cen.create_package("app", &source);
+    cen.json(&[
+        "collection",
+        "create",
+        "ghosts",
+        "--machines",
+        "ghost",
+        "--allow-unknown",
+    ]);
+    let id = cen.create_job("app", "ghosts", "true", &[])["id"]
+        .as_u64()
+        .unwrap();
+    let parent: Value =
+        serde_json::from_str(&std::fs::read_to_string(p01.dir.join("parent.json")).unwrap())
+            .unwrap();
+    let token = parent["credential"].as_str().unwrap();
+    let relay = |source: &str, kind_fields: Value| {
+        let mut message = serde_json::json!({"source": source, "seq": 1, "at_ms": 1});
+        for (key, value) in kind_fields.as_object().unwrap() {
+            message[key] = value.clone();
+        }
+        http(
+            Method::POST,
+            &format!("{}/api/v1/site/status", cen.url),
+            Some(token),
+            Some(
+                serde_json::json!({"messages": [message]})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            &[("content-type", "application/json")],
+        )
+    };
+    let failed = serde_json::json!({"kind": "job_failed", "job": id, "package": "app",
+        "attempt": 1, "exit_code": 1, "reason": "forged", "output_tail": ""});
+    let err = relay("P01/agent/ghost", failed.clone()).unwrap_err();
+    assert!(
+        err.starts_with("403") && err.contains("never enrolled"),
+        "{err}"
+    );
+    let installed = serde_json::json!({"kind": "dp_installed", "package": "app",
+        "version": 1, "bytes_received": 0});
+    let err = relay("P01/dp/phantom", installed).unwrap_err();
+    assert!(err.starts_with("403"), "{err}");
+    let status = cen.job(id);
+    assert_ne!(status["outcome"], "failed", "{status:#}");
+    assert!(
+        cen.history("app")
+            .iter()
+            .all(|m| m["source"] != "P01/agent/ghost"),
+        "a forged message was stored"
+    );
+}

@@ -25,6 +25,24 @@ where
     .is_some())
 }
 
+/// Whether an agent named `name` enrolled at site `site` below this one
+/// (its `agent_enrolled` came up).
+pub async fn agent_enrolled_below<'e, E>(executor: E, site: &str, name: &str) -> Result<bool>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query_scalar::<_, i64>(
+        "SELECT 1 FROM status_messages
+         WHERE kind = 'agent_enrolled' AND json_extract(body, '$.agent') = ? AND site = ?
+         LIMIT 1",
+    )
+    .bind(name)
+    .bind(site)
+    .fetch_optional(executor)
+    .await?
+    .is_some())
+}
+
 /// The revision an agent's policy gets when it changes: one more than any
 /// agent's, so that revisions grow across the whole site and a policy read
 /// for one revision covers every change up to it (see `jobs::PolicyCache`).

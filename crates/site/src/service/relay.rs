@@ -14,9 +14,10 @@ use crate::db;
 use crate::error::{Error, Result};
 use crate::service::messages;
 use crate::state::{upstream, AppState, Parent};
-use cascade_domain::hierarchy::StatusSource;
-use cascade_protocol::{RelayAck, RelayBatch, RelayConflict, RelayedStatus};
+use cascade_domain::hierarchy::{SourceMember, StatusSource};
+use cascade_protocol::{RelayAck, RelayBatch, RelayConflict, RelayedStatus, StatusBody};
 use cascade_store::now_ms;
+use std::collections::HashSet;
 
 /// Most messages relayed per request.
 const BATCH: i64 = 1000;
@@ -152,6 +153,9 @@ pub async fn ingest_relayed(state: &AppState, child: &str, batch: &RelayBatch) -
     }
     let sites = db::subtree(state.db.pool()).await?;
     let mut sources = Vec::with_capacity(batch.messages.len());
+    // DPs and agents enrolled earlier in this batch.
+    let mut enrolled: HashSet<String> = HashSet::new();
+    let mut known: HashSet<String> = HashSet::new();
     for relayed in &batch.messages {
         let source = StatusSource::parse(&relayed.source)?;
         if !db::contains(&sites, child, source.site.as_str()) {
@@ -159,6 +163,41 @@ pub async fn ingest_relayed(state: &AppState, child: &str, batch: &RelayBatch) -
             return Err(Error::Forbidden(format!(
                 "site {child} may not relay messages of {source}, which is not in its subtree"
             )));
+        }
+        // A DP's or workstation's message only once it is enrolled there
+        // (issue 12: a child relayed `job_failed` for a workstation that
+        // does not exist, and turned the job's outcome to failed).
+        match (&source.member, &relayed.message.body) {
+            (SourceMember::Site, StatusBody::AgentEnrolled { agent }) => {
+                enrolled.insert(format!("{}/agent/{agent}", source.site));
+            }
+            (SourceMember::Site, StatusBody::DpEnrolled { dp }) => {
+                enrolled.insert(format!("{}/dp/{dp}", source.site));
+            }
+            (SourceMember::Site, _) => {}
+            (member, _) => {
+                let key = source.to_string();
+                if !enrolled.contains(&key) && !known.contains(&key) {
+                    let site = source.site.as_str();
+                    let exists = match member {
+                        SourceMember::Agent(name) => {
+                            db::agent_enrolled_below(state.db.pool(), site, name).await?
+                        }
+                        SourceMember::Dp(name) => {
+                            db::dp_known(state.db.pool(), state.code.as_str(), site, name.as_str())
+                                .await?
+                        }
+                        SourceMember::Site => true,
+                    };
+                    if !exists {
+                        tracing::warn!(%child, source = %source, "refused a relayed status message of a source never enrolled");
+                        return Err(Error::Forbidden(format!(
+                            "site {child} relayed a message of {source}, which never enrolled there"
+                        )));
+                    }
+                    known.insert(key);
+                }
+            }
         }
         if let Some(reason) = cascade_protocol::seq_out_of_range(relayed.message.seq) {
             return Err(Error::invalid("invalid_seq", reason));

@@ -358,30 +358,35 @@ async fn fetch(
     Ok(wire_total)
 }
 
-/// One fetch request: streams the frames, then verifies and stores them off
-/// the async threads.
+/// One fetch request: streams the frames, checking each as it arrives (a
+/// chunk asked for, once: a site that sends more is cut off, so a batch
+/// never holds more than was asked), then verifies and stores them off the
+/// async threads.
 async fn fetch_batch(dp: &Dp, batch: Vec<ChunkHash>) -> Result<(u64, Vec<ChunkHash>)> {
     let wanted: HashSet<ChunkHash> = batch.iter().copied().collect();
     let mut frames = Vec::with_capacity(batch.len());
+    let mut received: HashSet<ChunkHash> = HashSet::with_capacity(batch.len());
+    let base = dp.client.base().to_owned();
     let wire = dp
         .client
         .fetch_chunks(&batch, |frame| {
+            if !wanted.contains(&frame.hash) || !received.insert(frame.hash) {
+                return Err(cascade_protocol::Error::BadAnswer {
+                    url: base.clone(),
+                    reason: format!(
+                        "the site sent chunk {} that was not asked for, or twice",
+                        frame.hash
+                    ),
+                });
+            }
             frames.push(frame);
             Ok(())
         })
         .await?;
     let store = dp.store.clone();
     tokio::task::spawn_blocking(move || -> Result<(u64, Vec<ChunkHash>)> {
-        let mut got = Vec::with_capacity(frames.len());
-        for frame in &frames {
-            if !wanted.contains(&frame.hash) {
-                return Err(Error::Refused(format!(
-                    "site sent chunk {} that was not asked for",
-                    frame.hash
-                )));
-            }
-            got.push(frame.hash);
-        }
+        // Each was asked for, once (checked as it arrived).
+        let got: Vec<ChunkHash> = frames.iter().map(|frame| frame.hash).collect();
         let chunks: Vec<(ChunkHash, &[u8])> = frames
             .iter()
             .map(|frame| (frame.hash, frame.encoded.as_ref()))

@@ -123,6 +123,19 @@ pub fn report(tags: &BTreeMap<String, String>) -> AgentReport {
     }
 }
 
+/// A workstation's attributes as a collection rule sees them (name and
+/// site left empty).
+fn attributes(report: &AgentReport) -> cascade_domain::rule::AgentAttributes {
+    cascade_domain::rule::AgentAttributes {
+        name: String::new(),
+        site: String::new(),
+        os: report.os.clone(),
+        arch: report.arch.clone(),
+        hostname: report.hostname.clone(),
+        tags: report.tags.clone(),
+    }
+}
+
 fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
@@ -159,6 +172,8 @@ pub async fn init(
             report: report(&tags),
         })
         .await?;
+    cascade_protocol::check_pinned_key(join_token, &enrolled.site.public_key, client.base())
+        .map_err(Error::Config)?;
     let config = Config {
         enrollment: Enrollment::granted(name, client.base(), enrolled.credential, enrolled.site),
         tags,
@@ -181,15 +196,18 @@ pub async fn init(
 /// signed intent, verified against the key pinned at enrollment and matching
 /// it in every field (`intent::verify_offer`); one that does not is refused
 /// and reported as `job_refused` (once per reason, in `refused`), and
-/// nothing of it is stored or run. New offers are stored and reported as
-/// `job_offered` in the same transaction; a newer revision of a held job's
-/// intent replaces the held offer, an older one is refused; stored offers
+/// nothing of it is stored or run. When a valid offer of that job is held
+/// already, an altered or older copy is refused with a warning only: a site
+/// must not turn a run's reported state into `refused`. New offers are
+/// stored and reported as `job_offered` in the same transaction; a newer
+/// revision of a held job's intent replaces the held offer; stored offers
 /// missing from the policy are withdrawn. Returns whether anything was
 /// reported.
 async fn apply_policy(
     db: &Db,
     jobs: &[JobOffer],
     key: &VerifyingKey,
+    me: &cascade_domain::rule::AgentAttributes,
     refused: &mut HashSet<(u64, String)>,
 ) -> Result<bool> {
     let now = cascade_store::now_ms();
@@ -197,18 +215,32 @@ async fn apply_policy(
     let mut reported = false;
     let mut refusals = Vec::new();
     for offer in jobs {
-        let intent = match intent::verify_offer(offer, key) {
-            Ok(intent) => intent,
-            Err(err) => {
-                refusals.push((offer, err));
-                continue;
-            }
-        };
         let held: Option<String> = sqlx::query_scalar("SELECT offer FROM jobs WHERE id = ?")
             .bind(offer.id as i64)
             .fetch_optional(&mut *tx.tx)
             .await
             .map_err(cascade_store::Error::from)?;
+        let verified = intent::verify_offer(offer, key)
+            .and_then(|intent| intent.check_target(me).map(|()| intent));
+        let intent = match verified {
+            Ok(intent) => intent,
+            // A valid offer of the job is held: the altered copy changes
+            // nothing here, and is not reported as the run's state (it
+            // would hide what the run did).
+            Err(err)
+                if held
+                    .as_deref()
+                    .and_then(|text| serde_json::from_str::<JobOffer>(text).ok())
+                    .is_some_and(|held| intent::verify_offer(&held, key).is_ok()) =>
+            {
+                tracing::warn!(job = offer.id, error = %err, "ignored an altered copy of a job already held");
+                continue;
+            }
+            Err(err) => {
+                refusals.push((offer, err));
+                continue;
+            }
+        };
         let text = serde_json::to_string(offer).map_err(|err| Error::Config(err.to_string()))?;
         if let Some(held) = held {
             let held: Option<JobOffer> = serde_json::from_str(&held).ok();
@@ -220,13 +252,13 @@ async fn apply_policy(
                 .and_then(|held| intent::verify_offer(held, key).ok())
                 .map_or(0, |held| held.revision);
             if intent.revision <= held_revision {
-                refusals.push((
-                    offer,
-                    intent::IntentError::Older {
-                        held: held_revision,
-                        got: intent.revision,
-                    },
-                ));
+                // Refused, and not reported as the run's state: the held
+                // offer stays what the run follows.
+                let err = intent::IntentError::Older {
+                    held: held_revision,
+                    got: intent.revision,
+                };
+                tracing::warn!(job = offer.id, error = %err, "ignored an older intent of a job already held");
                 continue;
             }
             sqlx::query("UPDATE jobs SET offer = ? WHERE id = ?")
@@ -398,7 +430,12 @@ impl Work for Poll<'_> {
         if **self.canceled.borrow() != canceled {
             self.canceled.send_replace(Arc::new(canceled));
         }
-        match apply_policy(self.db, &policy.jobs, self.key, &mut self.refused).await {
+        let me = cascade_domain::rule::AgentAttributes {
+            name: self.config.enrollment.name.clone(),
+            site: self.config.enrollment.site_code.clone(),
+            ..attributes(&report(&self.config.tags))
+        };
+        match apply_policy(self.db, &policy.jobs, self.key, &me, &mut self.refused).await {
             Ok(true) => {
                 self.wake.notify_one();
                 self.nudge.notify_one();

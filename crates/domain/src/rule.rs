@@ -18,6 +18,35 @@
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 
+/// Who a collection holds: listed workstations, or a rule over attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// Listed workstations, by name.
+    Listed(Vec<String>),
+    /// A rule over attributes.
+    Rule(Rule),
+}
+
+impl Membership {
+    /// From a collection's definition (a list wins over a rule; neither:
+    /// nobody).
+    pub fn new(machines: Option<Vec<String>>, rule: Option<&str>) -> Result<Membership> {
+        match (machines, rule) {
+            (Some(machines), _) => Ok(Membership::Listed(machines)),
+            (None, Some(rule)) => Ok(Membership::Rule(Rule::parse(rule)?)),
+            (None, None) => Ok(Membership::Listed(Vec::new())),
+        }
+    }
+
+    /// Whether the agent with these attributes belongs.
+    pub fn matches(&self, agent: &AgentAttributes) -> bool {
+        match self {
+            Membership::Listed(machines) => machines.contains(&agent.name),
+            Membership::Rule(rule) => rule.matches(agent),
+        }
+    }
+}
+
 /// What an agent reports about its workstation, which rules select on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentAttributes {

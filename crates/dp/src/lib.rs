@@ -73,6 +73,8 @@ pub async fn init(
             join_token: join_token.trim().to_owned(),
         })
         .await?;
+    cascade_protocol::check_pinned_key(join_token, &enrolled.site.public_key, client.base())
+        .map_err(Error::Config)?;
     let config = Config {
         enrollment: Enrollment::granted(name, client.base(), enrolled.credential, enrolled.site),
         listen: listen.to_owned(),

@@ -40,6 +40,36 @@ impl Enrollment {
     }
 }
 
+/// The central key a join token pins: join tokens end in `.KEY` (the 64 hex
+/// digits of the central site's public key), so that enrolling checks the
+/// site's answer against the key the administrator handed out with the
+/// token, and never takes it on trust. None for a token without one (made
+/// before issue 12).
+pub fn pinned_key(join_token: &str) -> Option<&str> {
+    let (_, key) = join_token.trim().rsplit_once('.')?;
+    (key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())).then_some(key)
+}
+
+/// A join token that pins `central_key` (see [`pinned_key`]).
+pub fn pinning_token(secret: &str, central_key: &str) -> String {
+    format!("{secret}.{central_key}")
+}
+
+/// Checks an enrollment answer's central key against the one the join
+/// token pins; the error says what to do.
+pub fn check_pinned_key(
+    join_token: &str,
+    answered: &str,
+    url: &str,
+) -> std::result::Result<(), String> {
+    match pinned_key(join_token) {
+        Some(pinned) if !pinned.eq_ignore_ascii_case(answered.trim()) => Err(format!(
+            "{url} answered with central key {answered}, but the join token pins {pinned}: it is not the site the token came from, or its answer was altered on the way; not enrolling"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Reads a JSON configuration file written at `init`; the error says which
 /// command creates it.
 pub fn read_config<T: DeserializeOwned>(
@@ -53,4 +83,27 @@ pub fn read_config<T: DeserializeOwned>(
         )
     })?;
     serde_json::from_str(&text).map_err(|err| format!("{} is damaged: {err}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12: `agent init` and `dp init` took the central key from an
+    /// unprotected enrollment answer (trust on first use). A join token
+    /// now pins it, and an answer with another key is refused.
+    #[test]
+    fn a_join_token_pins_the_central_key() {
+        let key = "ab".repeat(32);
+        let token = pinning_token("cas_join_0123", &key);
+        assert_eq!(pinned_key(&token), Some(key.as_str()));
+        assert!(check_pinned_key(&token, &key, "http://site").is_ok());
+        assert!(check_pinned_key(&token, &key.to_uppercase(), "http://site").is_ok());
+        let err = check_pinned_key(&token, &"cd".repeat(32), "http://site").unwrap_err();
+        assert!(err.contains("not enrolling") && err.contains(&key), "{err}");
+        // A token from before issue 12 pins nothing; nor does junk after a dot.
+        assert_eq!(pinned_key("cas_join_0123"), None);
+        assert_eq!(pinned_key("cas_join_0123.nothex"), None);
+        assert!(check_pinned_key("cas_join_0123", &key, "http://site").is_ok());
+    }
 }

@@ -26,8 +26,8 @@ pub const MAX_INTENT_LEN: usize = 64 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Intent {
-    /// Run a job.
-    Job(JobIntent),
+    /// Run a job (boxed: it is most of the enum's size).
+    Job(Box<JobIntent>),
     /// A job is canceled: stop its runs.
     Cancel(CancelIntent),
 }
@@ -46,6 +46,9 @@ pub struct JobIntent {
     pub version: u64,
     /// The target collection.
     pub collection: String,
+    /// Who the collection held when the job was signed: an agent runs the
+    /// job only if it is one of them (a site cannot offer it to others).
+    pub target: JobTarget,
     /// The command line, run by `sh -c` in the package's directory.
     pub command: String,
     /// When the job may run.
@@ -66,6 +69,16 @@ pub struct JobIntent {
     pub dp_group: Option<String>,
     /// When the central site signed it.
     pub issued_at_ms: i64,
+}
+
+/// A collection's definition as signed into a job: its listed
+/// workstations, or its rule over their attributes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobTarget {
+    /// Listed workstations, by name.
+    pub machines: Option<Vec<String>>,
+    /// A rule (`tag.role = kiosk and os = linux`).
+    pub rule: Option<String>,
 }
 
 /// A job's cancellation.
@@ -111,6 +124,9 @@ pub enum IntentError {
         /// The first field found different.
         field: &'static str,
     },
+    /// The workstation is not in the job's signed target.
+    #[error("this workstation is not in the target the central site signed ({0})")]
+    NotTargeted(String),
     /// Older than the intent held for the same job.
     #[error("it is revision {got} of the job, older than revision {held} already held")]
     Older {
@@ -160,8 +176,9 @@ impl SignedIntent {
 }
 
 impl JobIntent {
-    /// The intent of a job as stored at the central site.
-    pub fn of(info: &JobInfo, revision: u64, issued_at_ms: i64) -> JobIntent {
+    /// The intent of a job as stored at the central site, with its
+    /// collection's definition.
+    pub fn of(info: &JobInfo, target: JobTarget, revision: u64, issued_at_ms: i64) -> JobIntent {
         let offer = &info.offer;
         JobIntent {
             job: offer.id,
@@ -169,6 +186,7 @@ impl JobIntent {
             package: offer.package.clone(),
             version: offer.version,
             collection: info.collection.clone(),
+            target,
             command: offer.command.clone(),
             offer_at_ms: offer.offer_at_ms,
             expires_at_ms: offer.expires_at_ms,
@@ -180,6 +198,31 @@ impl JobIntent {
             dp_group: info.dp_group.clone(),
             issued_at_ms,
         }
+    }
+
+    /// Whether the workstation with `attributes` is in the signed target.
+    pub fn check_target(
+        &self,
+        attributes: &cascade_domain::rule::AgentAttributes,
+    ) -> Result<(), IntentError> {
+        let membership = cascade_domain::rule::Membership::new(
+            self.target.machines.clone(),
+            self.target.rule.as_deref(),
+        )
+        .map_err(|err| IntentError::Malformed(err.to_string()))?;
+        if membership.matches(attributes) {
+            return Ok(());
+        }
+        Err(IntentError::NotTargeted(match &self.target {
+            JobTarget {
+                machines: Some(machines),
+                ..
+            } => format!("collection {}: {} listed", self.collection, machines.len()),
+            JobTarget {
+                rule: Some(rule), ..
+            } => format!("collection {}: {rule}", self.collection),
+            _ => format!("collection {}: nobody", self.collection),
+        }))
     }
 
     /// The first field in which `offer` differs from this intent.
@@ -227,7 +270,7 @@ impl JobIntent {
 pub fn verify_offer(offer: &JobOffer, key: &VerifyingKey) -> Result<JobIntent, IntentError> {
     let signed = offer.intent.as_ref().ok_or(IntentError::Unsigned)?;
     let intent = match signed.verify(key)? {
-        Intent::Job(intent) => intent,
+        Intent::Job(intent) => *intent,
         Intent::Cancel(cancel) => {
             return Err(IntentError::WrongIntent(format!(
                 "the cancellation of job {}",
@@ -291,7 +334,11 @@ mod tests {
 
     fn signed(info: &JobInfo, key: &SigningKey) -> JobInfo {
         let mut info = info.clone();
-        let intent = Intent::Job(JobIntent::of(&info, 1, 1_000));
+        let target = JobTarget {
+            machines: Some(vec!["ws1".into()]),
+            rule: None,
+        };
+        let intent = Intent::Job(Box::new(JobIntent::of(&info, target, 1, 1_000)));
         info.offer.intent = Some(SignedIntent::sign(&intent, key));
         info
     }
@@ -358,6 +405,32 @@ mod tests {
             verify_offer(&job.offer, &public),
             Err(IntentError::Altered { field: "expiry" })
         );
+    }
+
+    /// A compromised site offered a job signed for one machine to all of
+    /// its workstations: each runs only what targets it.
+    #[test]
+    fn only_a_workstation_in_the_signed_target_takes_the_job() {
+        let key = key(1);
+        let intent = verify_job(&signed(&info(), &key), &key.verifying_key()).unwrap();
+        let ws = |name: &str| cascade_domain::rule::AgentAttributes {
+            name: name.into(),
+            ..Default::default()
+        };
+        assert_eq!(intent.check_target(&ws("ws1")), Ok(()));
+        assert!(matches!(
+            intent.check_target(&ws("ws2")),
+            Err(IntentError::NotTargeted(_))
+        ));
+        let mut by_rule = intent.clone();
+        by_rule.target = JobTarget {
+            machines: None,
+            rule: Some("tag.role = kiosk".into()),
+        };
+        let mut kiosk = ws("ws9");
+        kiosk.tags.insert("role".into(), "kiosk".into());
+        assert_eq!(by_rule.check_target(&kiosk), Ok(()));
+        assert!(by_rule.check_target(&ws("ws1")).is_err());
     }
 
     #[test]

@@ -21,9 +21,9 @@ pub mod types;
 pub mod worker;
 
 pub use client::Client;
-pub use enrollment::{read_config, Enrollment};
+pub use enrollment::{check_pinned_key, pinned_key, pinning_token, read_config, Enrollment};
 pub use error::{chain, Error, Result};
-pub use intent::{CancelIntent, Intent, IntentError, JobIntent, SignedIntent};
+pub use intent::{CancelIntent, Intent, IntentError, JobIntent, JobTarget, SignedIntent};
 pub use sites::*;
 pub use states::*;
 pub use types::*;

@@ -127,9 +127,14 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
         }
     };
     let admin_token = service::auth::mint_token("cas_admin");
-    let join_token = service::auth::mint_token("cas_join");
-    let site_join_token = service::auth::mint_token("cas_sitejoin");
-    let dp_join_token = service::auth::mint_token("cas_dpjoin");
+    // Join tokens pin the central key: whoever enrolls with one checks the
+    // answer against it.
+    let join_token =
+        cascade_protocol::pinning_token(&service::auth::mint_token("cas_join"), &public_key);
+    let site_join_token =
+        cascade_protocol::pinning_token(&service::auth::mint_token("cas_sitejoin"), &public_key);
+    let dp_join_token =
+        cascade_protocol::pinning_token(&service::auth::mint_token("cas_dpjoin"), &public_key);
     let now = now_ms();
     let mut tx = db.write().await?;
     db::insert_own_site(
@@ -196,11 +201,12 @@ async fn ensure_join_token(
     role: &str,
     prefix: &str,
     file: &str,
+    central_key: &str,
 ) -> Result<()> {
     if db::role_exists(db.pool(), role).await? {
         return Ok(());
     }
-    let token = service::auth::mint_token(prefix);
+    let token = cascade_protocol::pinning_token(&service::auth::mint_token(prefix), central_key);
     let path = dir.join(file);
     let _ = std::fs::remove_file(&path);
     write_secret(&path, &token)?;
@@ -281,15 +287,25 @@ async fn open(dir: &Path) -> Result<Opened> {
         (None, trust, Some(Arc::new(parent)))
     };
     let store = ChunkStore::open(&dir.join(layout::CHUNKS))?;
+    let trust_hex = cascade_content::public_key_hex(&trust);
     ensure_join_token(
         &db,
         dir,
         "site_join",
         "cas_sitejoin",
         layout::SITE_JOIN_TOKEN,
+        &trust_hex,
     )
     .await?;
-    ensure_join_token(&db, dir, "dp_join", "cas_dpjoin", layout::DP_JOIN_TOKEN).await?;
+    ensure_join_token(
+        &db,
+        dir,
+        "dp_join",
+        "cas_dpjoin",
+        layout::DP_JOIN_TOKEN,
+        &trust_hex,
+    )
+    .await?;
     let content_key = content_key(&db).await?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (status_queue, status_pending) = tokio::sync::mpsc::channel(state::QUEUE);

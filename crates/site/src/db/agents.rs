@@ -1,7 +1,7 @@
 //! Agents, their settings and the collections they belong to.
 
 use crate::error::{Error, Result};
-use cascade_domain::rule::{AgentAttributes, Rule};
+use cascade_domain::rule::AgentAttributes;
 use cascade_protocol::{AgentReport, SiteSettings};
 use cascade_store::WriteTx;
 use sqlx::{Row, Sqlite};
@@ -75,42 +75,36 @@ where
     Ok(settings)
 }
 
-/// Who belongs to a collection: a list of names or a rule.
-pub enum Membership {
-    /// Listed workstations.
-    Listed(Vec<String>),
-    /// A rule over attributes.
-    Rule(Rule),
-}
+/// Who a collection holds, as this site evaluates it for its agents (the
+/// rule itself is the domain's [`cascade_domain::rule::Membership`]).
+pub struct Membership(cascade_domain::rule::Membership);
 
 impl Membership {
     /// From a collection's stored definition.
     pub fn new(machines: Option<Vec<String>>, rule: Option<&str>) -> Result<Membership> {
-        match (machines, rule) {
-            (Some(machines), _) => Ok(Membership::Listed(machines)),
-            (None, Some(rule)) => Ok(Membership::Rule(Rule::parse(rule)?)),
-            (None, None) => Ok(Membership::Listed(Vec::new())),
-        }
+        Ok(Membership(cascade_domain::rule::Membership::new(
+            machines, rule,
+        )?))
     }
 
     /// Whether the agent belongs now.
     pub fn contains(&self, site: &str, agent: &AgentRow) -> bool {
-        match self {
-            Membership::Listed(machines) => machines.contains(&agent.name),
-            Membership::Rule(rule) => rule.matches(&AgentAttributes {
-                name: agent.name.clone(),
-                site: site.to_owned(),
-                os: agent.report.os.clone(),
-                arch: agent.report.arch.clone(),
-                hostname: agent.report.hostname.clone(),
-                tags: agent.report.tags.clone(),
-            }),
-        }
+        self.0.matches(&AgentAttributes {
+            name: agent.name.clone(),
+            site: site.to_owned(),
+            os: agent.report.os.clone(),
+            arch: agent.report.arch.clone(),
+            hostname: agent.report.hostname.clone(),
+            tags: agent.report.tags.clone(),
+        })
     }
 }
 
-/// Loads a collection's membership by id.
-pub async fn membership<'e, E>(executor: E, collection_id: i64) -> Result<Membership>
+/// A collection's definition by id: (listed machines, rule).
+pub async fn collection_definition_by_id<'e, E>(
+    executor: E,
+    collection_id: i64,
+) -> Result<(Option<Vec<String>>, Option<String>)>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
@@ -119,10 +113,15 @@ where
             .bind(collection_id)
             .fetch_one(executor)
             .await?;
-    let machines: Option<Vec<String>> = machines
-        .map(|json| serde_json::from_str(&json))
-        .transpose()
-        .map_err(Error::json("stored machine list does not parse"))?;
+    Ok((machines_of(machines)?, rule))
+}
+
+/// Loads a collection's membership by id.
+pub async fn membership<'e, E>(executor: E, collection_id: i64) -> Result<Membership>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let (machines, rule) = collection_definition_by_id(executor, collection_id).await?;
     Membership::new(machines, rule.as_deref())
 }
 

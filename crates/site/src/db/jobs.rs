@@ -207,6 +207,19 @@ pub async fn set_local_targets(tx: &mut WriteTx<'_>, id: i64, targets: i64) -> R
     Ok(())
 }
 
+/// Whether a job's signed cancellation is stored.
+pub async fn has_cancel_intent<'e, E>(executor: E, id: u64) -> Result<bool>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let held: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ? AND cancel_intent IS NOT NULL")
+            .bind(id as i64)
+            .fetch_optional(executor)
+            .await?;
+    Ok(held.is_some())
+}
+
 /// Stores the central site's signed intent of a job it just created.
 pub async fn set_intent(tx: &mut WriteTx<'_>, id: i64, intent: &SignedIntent) -> Result<()> {
     sqlx::query("UPDATE jobs SET intent = ?, intent_signature = ? WHERE id = ?")

@@ -239,8 +239,9 @@ ALTER TABLE jobs ADD COLUMN cancel_signature TEXT;
     r#"
 -- DPs are admitted (issue 12): a join token of their own, and approval
 -- with the URL agents download from, set or confirmed by an administrator
--- (`url`); `announced_url` is what the DP says. DPs enrolled before stay
--- admitted at the URL they had.
+-- (`url`); `announced_url` is what the DP says. DPs enrolled before that
+-- had announced a URL stay admitted at it (an administrator reviews them in
+-- `dp list`); one that never did waits for approval.
 CREATE TABLE credentials_v4 (
     token_hash BLOB PRIMARY KEY,
     role TEXT NOT NULL CHECK (role IN ('admin', 'join', 'dp', 'agent', 'site', 'site_join', 'dp_join')),
@@ -252,7 +253,8 @@ DROP TABLE credentials;
 ALTER TABLE credentials_v4 RENAME TO credentials;
 ALTER TABLE dps ADD COLUMN announced_url TEXT;
 ALTER TABLE dps ADD COLUMN approved_at_ms INTEGER;
-UPDATE dps SET approved_at_ms = enrolled_at_ms, announced_url = url;
+UPDATE dps SET announced_url = url;
+UPDATE dps SET approved_at_ms = enrolled_at_ms WHERE url IS NOT NULL;
 "#,
     r#"
 -- Secrets of the site that are not credentials: the content-ticket key

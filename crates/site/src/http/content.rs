@@ -113,7 +113,10 @@ pub async fn fetch(
     ApiJson(list): ApiJson<ChunkList>,
 ) -> Result<Response> {
     let fetcher = match &principal {
-        Principal::Dp { .. } => Fetcher::Dp,
+        Principal::Dp { id, .. } => {
+            crate::service::dps::require_admitted(&state, *id).await?;
+            Fetcher::Dp
+        }
         Principal::Site { code } => Fetcher::Child(code.clone()),
         other => {
             other.require_dp()?;

@@ -108,6 +108,18 @@ pub async fn approve(state: &AppState, name: &str, approval: &DpApproval) -> Res
     })
 }
 
+/// Refuses a DP that is not admitted yet: it may fetch no content.
+pub async fn require_admitted(state: &AppState, dp_id: i64) -> Result<()> {
+    let dp = db::dp_by_id(state.db.pool(), dp_id).await?;
+    if !dp.approved {
+        return Err(Error::Forbidden(format!(
+            "dp {} is waiting for approval (`cascade dp approve {}`) and may fetch no content",
+            dp.name, dp.name
+        )));
+    }
+    Ok(())
+}
+
 fn check_url(url: &str) -> Result<()> {
     if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
         return Err(Error::invalid(

@@ -49,7 +49,11 @@ pub async fn join(code: &SiteCode, kind: SiteKind, join: &Join) -> Result<Parent
         .site_info()
         .await
         .map_err(|err| upstream("asking the parent who it is", err))?;
-    check_pin(join.central_key.as_deref(), &parent, client.base())?;
+    let pinned = join
+        .central_key
+        .as_deref()
+        .or_else(|| cascade_protocol::pinned_key(&join.join_token));
+    check_pin(pinned, &parent, client.base())?;
     let answer = client
         .enroll_site(&SiteEnrollRequest {
             code: code.to_string(),
@@ -62,7 +66,7 @@ pub async fn join(code: &SiteCode, kind: SiteKind, join: &Join) -> Result<Parent
         .map_err(|err| upstream(&format!("joining {}", client.base()), err))?;
     // The key kept is the one in the enrollment answer: it must be the
     // pinned one too, and the same the parent showed before.
-    check_pin(join.central_key.as_deref(), &answer.parent, client.base())?;
+    check_pin(pinned, &answer.parent, client.base())?;
     if answer.parent.public_key != parent.public_key || answer.parent.code != parent.code {
         return Err(Error::invalid(
             "central_key_mismatch",

@@ -53,6 +53,12 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
     if request.retries > 100 {
         return Err(Error::invalid("invalid_retries", "at most 100 retries"));
     }
+    if request.success_codes.len() > 64 {
+        return Err(Error::invalid(
+            "invalid_success_codes",
+            "at most 64 success codes",
+        ));
+    }
     let success_codes = if request.success_codes.is_empty() {
         vec![0]
     } else {
@@ -103,8 +109,14 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
     // Signed from what was stored, so the signature covers exactly what
     // every site will hold.
     let (stored, _) = db::job_by_id(&mut *tx.tx, id as u64).await?;
+    let (machines, rule) = db::collection_definition_by_id(&mut *tx.tx, collection_id).await?;
     let intent = SignedIntent::sign(
-        &Intent::Job(JobIntent::of(&stored, 1, now)),
+        &Intent::Job(Box::new(JobIntent::of(
+            &stored,
+            JobTarget { machines, rule },
+            1,
+            now,
+        ))),
         &*state.signing_key()?,
     );
     db::set_intent(&mut tx, id, &intent).await?;
@@ -169,7 +181,9 @@ pub async fn apply_job(state: &AppState, tx: &mut WriteTx<'_>, job: &JobInfo) ->
             timeout_ms: offer.timeout_ms,
             success_codes: &offer.success_codes,
             created_at_ms: job.created_at_ms,
-            canceled_at_ms: job.canceled_at_ms,
+            // Not from the instruction's unsigned fields: a job is canceled
+            // here only by a signed cancellation (`apply_cancel`).
+            canceled_at_ms: None,
             dp_group: job.dp_group.as_deref(),
             intent: offer.intent.as_ref(),
         },
@@ -373,7 +387,12 @@ pub async fn apply_cancel(
         return Err(refused(format!("it is signed for job {}", cancel.job)));
     }
     let (info, _) = db::job_by_id(&mut *tx.tx, id).await?;
-    if info.canceled_at_ms.is_some() {
+    if let Some(at) = info.canceled_at_ms {
+        // Canceled already; keep the signed cancellation if none is held
+        // (a job canceled before cancellations were signed).
+        if !db::has_cancel_intent(&mut *tx.tx, id).await? {
+            db::set_canceled(tx, id as i64, at, intent).await?;
+        }
         return Ok(None);
     }
     db::set_canceled(tx, id as i64, now_ms(), intent).await?;

@@ -165,17 +165,25 @@ pub async fn init(
     let db = Db::open(&new_dir.path().join(layout::DB), true, MIGRATIONS).await?;
     db.close().await;
     let client = Client::new(site_url, None)?;
+    let status_key = Enrollment::new_status_key();
     let enrolled = client
         .enroll_agent(&AgentEnrollRequest {
             name: name.to_owned(),
             join_token: join_token.trim().to_owned(),
             report: report(&tags),
+            public_key: Some(cascade_content::public_key_hex(&status_key.verifying_key())),
         })
         .await?;
     cascade_protocol::check_pinned_key(join_token, &enrolled.site.public_key, client.base())
         .map_err(Error::Config)?;
     let config = Config {
-        enrollment: Enrollment::granted(name, client.base(), enrolled.credential, enrolled.site),
+        enrollment: Enrollment::granted(
+            name,
+            client.base(),
+            enrolled.credential,
+            enrolled.site,
+            Some(&status_key),
+        ),
         tags,
     };
     let text =
@@ -473,9 +481,16 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
     tracing::info!(agent = %enrollment.name, site = %enrollment.site_url, "agent running");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wake = Arc::new(tokio::sync::Notify::new());
+    let signer = enrollment
+        .status_signer(format!(
+            "{}/agent/{}",
+            enrollment.site_code, enrollment.name
+        ))
+        .map_err(Error::Config)?;
     let forwarder = tokio::spawn(cascade_protocol::forward::forward_status(
         Outbox::new(db.clone()),
         client.clone(),
+        signer,
         wake.clone(),
         stop_rx.clone(),
     ));

@@ -107,8 +107,22 @@ fn forged_status_seq_is_refused_and_no_agent_message_is_lost() {
     let config: Value =
         serde_json::from_slice(&std::fs::read(ws1.dir.join("agent.json")).unwrap()).unwrap();
     let credential = config["credential"].as_str().unwrap();
-    let forged = serde_json::json!({"messages": [{"seq": 500, "at_ms": 1,
+    // Whoever holds the agent's credential and key (issue 12: messages are
+    // signed; an unsigned one is refused before its number is looked at).
+    let enrollment: cascade_protocol::Enrollment = serde_json::from_value(config.clone()).unwrap();
+    let signer = enrollment
+        .status_signer("CEN/agent/ws1".into())
+        .unwrap()
+        .expect("the agent holds a status key");
+    let signed = |message: Value| -> Value {
+        let mut message: cascade_protocol::StatusMessage = serde_json::from_value(message).unwrap();
+        signer.sign(&mut message);
+        serde_json::json!({ "messages": [message] })
+    };
+    let unsigned = serde_json::json!({"messages": [{"seq": 500, "at_ms": 1,
         "kind": "job_offered", "job": job.parse::<u64>().unwrap(), "package": "tool"}]});
+    let forged = signed(serde_json::json!({"seq": 500, "at_ms": 1,
+        "kind": "job_offered", "job": job.parse::<u64>().unwrap(), "package": "tool"}));
     let post = |body: &Value| {
         http(
             Method::POST,
@@ -118,14 +132,19 @@ fn forged_status_seq_is_refused_and_no_agent_message_is_lost() {
             &[],
         )
     };
+    let err = post(&unsigned).unwrap_err();
+    assert!(
+        err.starts_with("403") && err.contains("not signed"),
+        "{err}"
+    );
     let err = post(&forged).unwrap_err();
     assert!(
         err.starts_with("400") && err.contains("seq_gap") && err.contains("500"),
         "{err}"
     );
     // Nor a number of 2^63 or more, which was stored negative.
-    let huge = serde_json::json!({"messages": [{"seq": 1u64 << 63, "at_ms": 1,
-        "kind": "job_offered", "job": job.parse::<u64>().unwrap(), "package": "tool"}]});
+    let huge = signed(serde_json::json!({"seq": 1u64 << 63, "at_ms": 1,
+        "kind": "job_offered", "job": job.parse::<u64>().unwrap(), "package": "tool"}));
     let err = post(&huge).unwrap_err();
     assert!(
         err.starts_with("400")

@@ -535,3 +535,82 @@ fn a_child_cannot_relay_results_of_a_workstation_that_never_enrolled() {
         "a forged message was stored"
     );
 }
+
+/// Issue 12: a compromised site in the middle could invent any result for
+/// its workstations. Each agent and DP now signs its status messages with
+/// its own key, registered at enrollment and relayed up with it: the
+/// agent's real results reach the central site, and a `job_failed` the
+/// site forges for it, unsigned or signed with another key, is refused by
+/// the first honest site above, with the job untouched.
+#[test]
+fn a_forged_status_message_is_refused_at_the_first_honest_site_above() {
+    use reqwest::Method;
+    let root = tempfile::tempdir().unwrap();
+    let cen = Site::central(root.path(), "CEN");
+    let p01 = Site::child(root.path(), "P01", "primary", &cen, &[]);
+    let _agent = p01.add_agent("ws1", &[]);
+    let source = root.path().join("src");
+    make_tree(&source, 2, 1_000, 5);
+    cen.create_package("app", &source);
+    cen.json(&[
+        "collection",
+        "create",
+        "ws1",
+        "--machines",
+        "ws1",
+        "--allow-unknown",
+    ]);
+    let id = cen.create_job("app", "ws1", "true", &[])["id"]
+        .as_u64()
+        .unwrap();
+    let status = cen.wait_job(id, Duration::from_secs(60), |status| {
+        status["outcome"] == "complete"
+    });
+    assert_eq!(status["workstations"][0]["state"], "complete", "{status:#}");
+    let signed = cen
+        .history("app")
+        .into_iter()
+        .find(|m| m["source"] == "P01/agent/ws1" && m["kind"] == "job_completed")
+        .expect("the agent's result at the central site");
+    assert!(signed["signature"].as_str().is_some(), "{signed:#}");
+
+    let parent: Value =
+        serde_json::from_str(&std::fs::read_to_string(p01.dir.join("parent.json")).unwrap())
+            .unwrap();
+    let token = parent["credential"].as_str().unwrap();
+    let forged = |signature: Option<&str>| {
+        let mut message = serde_json::json!({"source": "P01/agent/ws1", "seq": 1000,
+            "at_ms": 1, "kind": "job_failed", "job": id, "package": "app", "attempt": 2,
+            "exit_code": 1, "reason": "forged", "output_tail": ""});
+        if let Some(signature) = signature {
+            message["signature"] = signature.into();
+        }
+        http(
+            Method::POST,
+            &format!("{}/api/v1/site/status", cen.url),
+            Some(token),
+            Some(
+                serde_json::json!({"messages": [message]})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            &[("content-type", "application/json")],
+        )
+    };
+    let err = forged(None).unwrap_err();
+    assert!(
+        err.starts_with("403") && err.contains("not signed"),
+        "{err}"
+    );
+    let err = forged(Some(&"ab".repeat(64))).unwrap_err();
+    assert!(
+        err.starts_with("403") && err.contains("did not sign"),
+        "{err}"
+    );
+    // A signature copied from the agent's real message does not fit another.
+    let err = forged(signed["signature"].as_str()).unwrap_err();
+    assert!(err.starts_with("403"), "{err}");
+    let status = cen.job(id);
+    assert_eq!(status["outcome"], "complete", "{status:#}");
+    assert_eq!(status["workstations"][0]["state"], "complete", "{status:#}");
+}

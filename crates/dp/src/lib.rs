@@ -67,16 +67,24 @@ pub async fn init(
     db.close().await;
     ChunkStore::open(&dir.join(layout::CHUNKS))?;
     let client = Client::new(site_url, None)?;
+    let status_key = Enrollment::new_status_key();
     let enrolled = client
         .enroll_dp(&EnrollRequest {
             name: name.to_owned(),
             join_token: join_token.trim().to_owned(),
+            public_key: Some(cascade_content::public_key_hex(&status_key.verifying_key())),
         })
         .await?;
     cascade_protocol::check_pinned_key(join_token, &enrolled.site.public_key, client.base())
         .map_err(Error::Config)?;
     let config = Config {
-        enrollment: Enrollment::granted(name, client.base(), enrolled.credential, enrolled.site),
+        enrollment: Enrollment::granted(
+            name,
+            client.base(),
+            enrolled.credential,
+            enrolled.site,
+            Some(&status_key),
+        ),
         listen: listen.to_owned(),
     };
     let text =
@@ -244,9 +252,13 @@ pub async fn run(
     tracing::info!(dp = %enrollment.name, %url, site = %enrollment.site_url, "dp serving content");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let signer = enrollment
+        .status_signer(format!("{}/dp/{}", enrollment.site_code, enrollment.name))
+        .map_err(Error::Config)?;
     let forwarder = tokio::spawn(cascade_protocol::forward::forward_status(
         dp.outbox.clone(),
         client,
+        signer,
         dp.status_wake.clone(),
         stop_rx.clone(),
     ));

@@ -20,18 +20,52 @@ pub struct Enrollment {
     pub credential: String,
     /// Hex of the key every manifest must be signed with, pinned at enrollment.
     pub site_public_key: String,
+    /// Hex of its own secret key, which signs its status messages (absent
+    /// in a configuration written before issue 12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_key: Option<String>,
 }
 
 impl Enrollment {
     /// The identity granted by an enrollment answer.
-    pub fn granted(name: &str, site_url: &str, credential: String, site: SiteInfo) -> Enrollment {
+    pub fn granted(
+        name: &str,
+        site_url: &str,
+        credential: String,
+        site: SiteInfo,
+        status_key: Option<&cascade_content::SigningKey>,
+    ) -> Enrollment {
         Enrollment {
             name: name.to_owned(),
             site_url: site_url.to_owned(),
             site_code: site.code,
             credential,
             site_public_key: site.public_key,
+            status_key: status_key.map(|key| hex::encode(key.to_bytes())),
         }
+    }
+
+    /// A new key for its status messages.
+    pub fn new_status_key() -> cascade_content::SigningKey {
+        cascade_content::generate_key()
+    }
+
+    /// The signer of its status messages as `source` (`SITE/agent/NAME`),
+    /// if it holds a key.
+    pub fn status_signer(
+        &self,
+        source: String,
+    ) -> std::result::Result<Option<crate::status_signing::StatusSigner>, String> {
+        let Some(hex_key) = &self.status_key else {
+            return Ok(None);
+        };
+        let mut secret = [0u8; 32];
+        hex::decode_to_slice(hex_key.trim(), &mut secret)
+            .map_err(|_| "the configuration holds a malformed status key".to_owned())?;
+        Ok(Some(crate::status_signing::StatusSigner::new(
+            source,
+            cascade_content::SigningKey::from_bytes(&secret),
+        )))
     }
 
     /// A client of the site that presents this credential.

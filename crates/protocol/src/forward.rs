@@ -1,6 +1,7 @@
 //! The status forwarder: the worker that empties a process's outbox into its
 //! site, in order, with the workers' backoff while the site is unreachable.
 
+use crate::status_signing::StatusSigner;
 use crate::worker::{Failed, Step, Worker};
 use crate::{Client, StatusAck, StatusBatch, StatusBody, StatusMessage};
 use cascade_store::{Outbox, OutboxEntry};
@@ -20,6 +21,7 @@ const IDLE_CHECK: Duration = Duration::from_secs(5);
 pub async fn forward_status(
     outbox: Outbox,
     client: Client,
+    signer: Option<StatusSigner>,
     wake: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -27,7 +29,7 @@ pub async fn forward_status(
         .woken_by(&wake)
         .idle(IDLE_CHECK)
         .run(|| async {
-            match forward_once(&outbox, &client).await {
+            match forward_signed(&outbox, &client, signer.as_ref()).await {
                 Ok(0) => Ok(Step::Idle),
                 Ok(_) => Ok(Step::Again),
                 Err(err) => Err(Failed(err)),
@@ -45,6 +47,15 @@ pub async fn forward_status(
 /// messages from it on are renumbered past the site's highest number and
 /// go out with the next batch.
 pub async fn forward_once(outbox: &Outbox, client: &Client) -> Result<usize, String> {
+    forward_signed(outbox, client, None).await
+}
+
+/// [`forward_once`], each message signed by `signer` when given.
+pub async fn forward_signed(
+    outbox: &Outbox,
+    client: &Client,
+    signer: Option<&StatusSigner>,
+) -> Result<usize, String> {
     let entries = outbox.pending(BATCH).await.map_err(|err| err.to_string())?;
     if entries.is_empty() {
         return Ok(0);
@@ -53,11 +64,16 @@ pub async fn forward_once(outbox: &Outbox, client: &Client) -> Result<usize, Str
     for entry in &entries {
         let body: StatusBody = serde_json::from_str(&entry.body)
             .map_err(|err| format!("outbox message {} does not parse: {err}", entry.seq))?;
-        messages.push(StatusMessage {
+        let mut message = StatusMessage {
             seq: entry.seq,
             at_ms: entry.at_ms,
             body,
-        });
+            signature: None,
+        };
+        if let Some(signer) = signer {
+            signer.sign(&mut message);
+        }
+        messages.push(message);
     }
     let ack = client
         .post_status(&StatusBatch { messages })

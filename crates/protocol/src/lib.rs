@@ -16,6 +16,7 @@ pub mod serve;
 pub mod signal;
 pub mod sites;
 pub mod states;
+pub mod status_signing;
 pub mod ticket;
 pub mod types;
 pub mod worker;

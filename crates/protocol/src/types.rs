@@ -286,6 +286,9 @@ pub struct EnrollRequest {
     pub name: String,
     /// The site's join token.
     pub join_token: String,
+    /// Hex of the DP's own public key, which signs its status messages.
+    #[serde(default)]
+    pub public_key: Option<String>,
 }
 
 /// The site's answer to an enrollment.
@@ -403,6 +406,11 @@ pub struct StatusMessage {
     /// What happened.
     #[serde(flatten)]
     pub body: StatusBody,
+    /// Hex ed25519 signature of the DP or agent that sent it
+    /// ([`crate::status_signing`]); none from a site, or from a sender
+    /// enrolled before issue 12.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// What a status message reports.
@@ -524,10 +532,20 @@ pub enum StatusBody {
     },
     /// Site: a DP was admitted at the site (`dp approve`; DP groups name
     /// DPs of any site).
-    DpEnrolled { dp: String },
+    DpEnrolled {
+        dp: String,
+        /// The DP's public key, which signs its status messages.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        public_key: Option<String>,
+    },
     /// Site: a workstation's agent enrolled at the site (collections name
     /// workstations of any site).
-    AgentEnrolled { agent: String },
+    AgentEnrolled {
+        agent: String,
+        /// The agent's public key, which signs its status messages.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        public_key: Option<String>,
+    },
     /// Site: the site joined the hierarchy under `parent`; recorded when it
     /// is created and relayed once it first runs, so its arrival at the
     /// central site means the site is connected.
@@ -639,7 +657,9 @@ impl StatusBody {
     /// The DP a message is about, for the site's messages about one DP.
     pub fn dp(&self) -> Option<&str> {
         match self {
-            StatusBody::DistributionTargeted { dp, .. } | StatusBody::DpEnrolled { dp } => Some(dp),
+            StatusBody::DistributionTargeted { dp, .. } | StatusBody::DpEnrolled { dp, .. } => {
+                Some(dp)
+            }
             _ => None,
         }
     }
@@ -910,6 +930,9 @@ pub struct StatusRecord {
     /// What happened.
     #[serde(flatten)]
     pub body: StatusBody,
+    /// The sender's signature, as stored ([`StatusMessage::signature`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// `POST /api/v1/status`: a batch of one source's messages, in order.
@@ -1009,6 +1032,9 @@ pub struct AgentEnrollRequest {
     pub join_token: String,
     /// The workstation's attributes.
     pub report: AgentReport,
+    /// Hex of the agent's own public key, which signs its status messages.
+    #[serde(default)]
+    pub public_key: Option<String>,
 }
 
 /// The site's answer to an agent's enrollment.

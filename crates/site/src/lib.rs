@@ -153,6 +153,7 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
         // is connected.
         let seq = db::next_seq(&mut tx.tx, code.as_str()).await?;
         let message = cascade_protocol::StatusMessage {
+            signature: None,
             seq: seq as u64,
             at_ms: now,
             body: cascade_protocol::StatusBody::SiteJoined {

@@ -60,6 +60,7 @@ impl TestSite {
             .enroll_dp(&EnrollRequest {
                 name: name.into(),
                 join_token: self.report.dp_join_token.clone(),
+                public_key: None,
             })
             .await
             .unwrap();

@@ -286,6 +286,8 @@ async fn enroll(args: EnrollArgs) -> Result<EnrollReport> {
                     name: name.clone(),
                     join_token: join_token.clone(),
                     report: bench_report(name),
+                    // Simulated agents do not sign their messages.
+                    public_key: None,
                 };
                 let result = client
                     .enroll_agent(&request)
@@ -645,6 +647,7 @@ async fn simulate_agent(client: Client, first: Instant, shared: Arc<PollShared>)
                 seq,
                 at_ms: unix_ms(),
                 body: downloading(shared.job, &shared.package, seq - base),
+                signature: None,
             };
             let batch = StatusBatch {
                 messages: vec![message],
@@ -1112,6 +1115,7 @@ async fn ingest_worker(
                     seq: bases[turn] + n,
                     at_ms,
                     body: downloading(job, &package, n),
+                    signature: None,
                 }
             })
             .collect();

@@ -304,10 +304,11 @@ pub async fn insert_agent(
     tags_json: &str,
     approved: bool,
     now_ms: i64,
+    public_key: Option<&str>,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO agents (name, os, arch, hostname, tags, approved, enrolled_at_ms, last_seen_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO agents (name, os, arch, hostname, tags, approved, enrolled_at_ms, last_seen_ms, public_key)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(name)
     .bind(&report.os)
@@ -317,9 +318,66 @@ pub async fn insert_agent(
     .bind(approved)
     .bind(now_ms)
     .bind(None::<i64>)
+    .bind(public_key)
     .execute(&mut *tx.tx)
     .await?;
     Ok(())
+}
+
+/// The public key an agent or DP of this site signs its status with
+/// (`table`: `agents` or `dps`), if it gave one.
+pub async fn sender_key<'e, E>(executor: E, table: SenderTable, id: i64) -> Result<Option<String>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let sql = match table {
+        SenderTable::Agents => "SELECT public_key FROM agents WHERE id = ?",
+        SenderTable::Dps => "SELECT public_key FROM dps WHERE id = ?",
+    };
+    Ok(sqlx::query_scalar::<_, Option<String>>(sql)
+        .bind(id)
+        .fetch_optional(executor)
+        .await?
+        .flatten())
+}
+
+/// Which kind of sender [`sender_key`] looks up.
+#[derive(Clone, Copy, Debug)]
+pub enum SenderTable {
+    Agents,
+    Dps,
+}
+
+/// The public key a DP or agent of site `site` below registered, from its
+/// `dp_enrolled` / `agent_enrolled` message (`kind`, and the field naming
+/// it: `dp` or `agent`).
+pub async fn enrolled_key_below<'e, E>(
+    executor: E,
+    site: &str,
+    member: SenderTable,
+    name: &str,
+) -> Result<Option<String>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let sql = match member {
+        SenderTable::Agents => {
+            "SELECT json_extract(body, '$.public_key') FROM status_messages
+             WHERE kind = 'agent_enrolled' AND json_extract(body, '$.agent') = ? AND site = ?
+             ORDER BY id DESC LIMIT 1"
+        }
+        SenderTable::Dps => {
+            "SELECT json_extract(body, '$.public_key') FROM status_messages
+             WHERE kind = 'dp_enrolled' AND dp = ? AND site = ?
+             ORDER BY id DESC LIMIT 1"
+        }
+    };
+    Ok(sqlx::query_scalar::<_, Option<String>>(sql)
+        .bind(name)
+        .bind(site)
+        .fetch_optional(executor)
+        .await?
+        .flatten())
 }
 
 /// Records the attributes an agent reported, and that it was seen.

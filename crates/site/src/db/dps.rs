@@ -140,14 +140,20 @@ where
 }
 
 /// Enrolls a DP; returns its id.
-pub async fn insert_dp(tx: &mut WriteTx<'_>, name: &str, now_ms: i64) -> Result<i64> {
-    Ok(
-        sqlx::query_scalar("INSERT INTO dps (name, enrolled_at_ms) VALUES (?, ?) RETURNING id")
-            .bind(name)
-            .bind(now_ms)
-            .fetch_one(&mut *tx.tx)
-            .await?,
+pub async fn insert_dp(
+    tx: &mut WriteTx<'_>,
+    name: &str,
+    now_ms: i64,
+    public_key: Option<&str>,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO dps (name, enrolled_at_ms, public_key) VALUES (?, ?, ?) RETURNING id",
     )
+    .bind(name)
+    .bind(now_ms)
+    .bind(public_key)
+    .fetch_one(&mut *tx.tx)
+    .await?)
 }
 
 /// Records the URL a DP announced, and that it was seen.

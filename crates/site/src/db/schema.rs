@@ -264,4 +264,10 @@ CREATE TABLE secrets (
     value TEXT NOT NULL
 );
 "#,
+    r#"
+-- The public key each agent and DP signs its status messages with (hex),
+-- given at enrollment; none for one enrolled before issue 12.
+ALTER TABLE agents ADD COLUMN public_key TEXT;
+ALTER TABLE dps ADD COLUMN public_key TEXT;
+"#,
 ];

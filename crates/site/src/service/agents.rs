@@ -86,6 +86,7 @@ fn tags_json(report: &AgentReport) -> Result<String> {
 pub async fn enroll(state: &AppState, request: &AgentEnrollRequest) -> Result<AgentEnrollResponse> {
     validate_name("agent name", &request.name)?;
     check_report(&request.report)?;
+    let public_key = auth::check_public_key(request.public_key.as_deref())?;
     auth::require_join_token(state, &request.join_token).await?;
     let credential = auth::mint_token("cas_agent");
     let mut tx = state.db.write().await?;
@@ -106,6 +107,7 @@ pub async fn enroll(state: &AppState, request: &AgentEnrollRequest) -> Result<Ag
         &tags_json(&request.report)?,
         approved,
         now,
+        public_key.as_deref(),
     )
     .await?;
     auth::store_credential(&mut tx, &credential, "agent", &request.name, now).await?;
@@ -114,6 +116,7 @@ pub async fn enroll(state: &AppState, request: &AgentEnrollRequest) -> Result<Ag
         &mut tx,
         StatusBody::AgentEnrolled {
             agent: request.name.clone(),
+            public_key,
         },
     )
     .await?;

@@ -92,6 +92,16 @@ pub fn token_hash(token: &str) -> Vec<u8> {
     blake3::hash(token.as_bytes()).as_bytes().to_vec()
 }
 
+/// A sender's public key as given at enrollment, checked to be one.
+pub fn check_public_key(key: Option<&str>) -> Result<Option<String>> {
+    key.map(|key| {
+        cascade_content::public_key_from_hex(key)
+            .map(|key| cascade_content::public_key_hex(&key))
+            .map_err(|err| Error::invalid("invalid_public_key", err.to_string()))
+    })
+    .transpose()
+}
+
 /// Refuses anything but the site's join token of workstations.
 pub async fn require_join_token(state: &AppState, token: &str) -> Result<()> {
     require_role(

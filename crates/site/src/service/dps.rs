@@ -40,6 +40,7 @@ pub async fn list(state: &AppState) -> Result<Vec<DpInfo>> {
 /// nothing and no agent downloads from it.
 pub async fn enroll(state: &AppState, request: &EnrollRequest) -> Result<EnrollResponse> {
     let name = DpName::new(&request.name)?;
+    let public_key = auth::check_public_key(request.public_key.as_deref())?;
     auth::require_dp_join_token(state, &request.join_token).await?;
     let credential = auth::mint_token("cas_dp");
     let mut tx = state.db.write().await?;
@@ -47,7 +48,7 @@ pub async fn enroll(state: &AppState, request: &EnrollRequest) -> Result<EnrollR
         return Err(Error::Conflict(format!("dp {name} is already enrolled")));
     }
     let now = now_ms();
-    db::insert_dp(&mut tx, name.as_str(), now).await?;
+    db::insert_dp(&mut tx, name.as_str(), now, public_key.as_deref()).await?;
     auth::store_credential(&mut tx, &credential, "dp", name.as_str(), now).await?;
     tx.commit().await?;
     tracing::info!(dp = %name, "dp enrolled; waiting for approval: `cascade dp approve {name}`");
@@ -80,11 +81,13 @@ pub async fn approve(state: &AppState, name: &str, approval: &DpApproval) -> Res
     let now = now_ms();
     db::approve_dp(&mut tx, dp.id, &url, now).await?;
     if !dp.approved {
+        let public_key = db::sender_key(&mut *tx.tx, db::SenderTable::Dps, dp.id).await?;
         messages::record_site_message(
             state,
             &mut tx,
             StatusBody::DpEnrolled {
                 dp: name.to_string(),
+                public_key,
             },
         )
         .await?;

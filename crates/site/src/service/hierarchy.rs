@@ -91,6 +91,8 @@ pub async fn join(code: &SiteCode, kind: SiteKind, join: &Join) -> Result<Parent
             client.base(),
             answer.credential,
             answer.parent,
+            // A site's own messages are not signed (yet).
+            None,
         ),
         central_code,
     })

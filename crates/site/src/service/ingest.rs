@@ -49,6 +49,19 @@ pub async fn ingest(
             batch.messages.len()
         )));
     }
+    // Signed by the sender's own key, when it registered one (issue 12).
+    let table = match &source.member {
+        SourceMember::Dp(_) => db::SenderTable::Dps,
+        _ => db::SenderTable::Agents,
+    };
+    let sender_key = db::sender_key(state.db.pool(), table, sender_id)
+        .await?
+        .map(|key| {
+            cascade_content::public_key_from_hex(&key)
+                .map_err(|err| Error::Internal(format!("a stored sender key is damaged: {err}")))
+        })
+        .transpose()?;
+    let source_name = source.to_string();
     let mut allowed_jobs: BTreeMap<u64, bool> = BTreeMap::new();
     let mut previous: Option<u64> = None;
     for message in &batch.messages {
@@ -69,6 +82,10 @@ pub async fn ingest(
             ));
         }
         previous = Some(message.seq);
+        if let Some(key) = &sender_key {
+            cascade_protocol::status_signing::verify_status(&source_name, message, key)
+                .map_err(Error::Forbidden)?;
+        }
         let allowed = match &source.member {
             // Only about a package it was given (a rogue DP reported
             // `dp_installed` for one it never was).

@@ -28,6 +28,7 @@ pub async fn record_site_message(
         seq: seq as u64,
         at_ms,
         body,
+        signature: None,
     };
     db::insert_message(&mut tx.tx, &source, &message, at_ms).await?;
     Ok(())

@@ -14,10 +14,11 @@ use crate::db;
 use crate::error::{Error, Result};
 use crate::service::messages;
 use crate::state::{upstream, AppState, Parent};
+use cascade_content::VerifyingKey;
 use cascade_domain::hierarchy::{SourceMember, StatusSource};
 use cascade_protocol::{RelayAck, RelayBatch, RelayConflict, RelayedStatus, StatusBody};
 use cascade_store::now_ms;
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 /// Most messages relayed per request.
 const BATCH: i64 = 1000;
@@ -153,9 +154,10 @@ pub async fn ingest_relayed(state: &AppState, child: &str, batch: &RelayBatch) -
     }
     let sites = db::subtree(state.db.pool()).await?;
     let mut sources = Vec::with_capacity(batch.messages.len());
-    // DPs and agents enrolled earlier in this batch.
-    let mut enrolled: HashSet<String> = HashSet::new();
-    let mut known: HashSet<String> = HashSet::new();
+    // DPs and agents enrolled earlier in this batch, and those looked up:
+    // source → the key its messages must be signed with (none: one
+    // enrolled before status was signed).
+    let mut keys: HashMap<String, Option<VerifyingKey>> = HashMap::new();
     for relayed in &batch.messages {
         let source = StatusSource::parse(&relayed.source)?;
         if !db::contains(&sites, child, source.site.as_str()) {
@@ -166,28 +168,50 @@ pub async fn ingest_relayed(state: &AppState, child: &str, batch: &RelayBatch) -
         }
         // A DP's or workstation's message only once it is enrolled there
         // (issue 12: a child relayed `job_failed` for a workstation that
-        // does not exist, and turned the job's outcome to failed).
+        // does not exist, and turned the job's outcome to failed), and
+        // signed with the key it registered then: a site can delay its
+        // results, not invent them.
         match (&source.member, &relayed.message.body) {
-            (SourceMember::Site, StatusBody::AgentEnrolled { agent }) => {
-                enrolled.insert(format!("{}/agent/{agent}", source.site));
+            (SourceMember::Site, StatusBody::AgentEnrolled { agent, public_key }) => {
+                keys.insert(
+                    format!("{}/agent/{agent}", source.site),
+                    parse_key(public_key.as_deref())?,
+                );
             }
-            (SourceMember::Site, StatusBody::DpEnrolled { dp }) => {
-                enrolled.insert(format!("{}/dp/{dp}", source.site));
+            (SourceMember::Site, StatusBody::DpEnrolled { dp, public_key }) => {
+                keys.insert(
+                    format!("{}/dp/{dp}", source.site),
+                    parse_key(public_key.as_deref())?,
+                );
             }
             (SourceMember::Site, _) => {}
             (member, _) => {
                 let key = source.to_string();
-                if !enrolled.contains(&key) && !known.contains(&key) {
+                if !keys.contains_key(&key) {
                     let site = source.site.as_str();
-                    let exists = match member {
-                        SourceMember::Agent(name) => {
-                            db::agent_enrolled_below(state.db.pool(), site, name).await?
-                        }
-                        SourceMember::Dp(name) => {
+                    let (exists, public_key) = match member {
+                        SourceMember::Agent(name) => (
+                            db::agent_enrolled_below(state.db.pool(), site, name).await?,
+                            db::enrolled_key_below(
+                                state.db.pool(),
+                                site,
+                                db::SenderTable::Agents,
+                                name,
+                            )
+                            .await?,
+                        ),
+                        SourceMember::Dp(name) => (
                             db::dp_known(state.db.pool(), state.code.as_str(), site, name.as_str())
-                                .await?
-                        }
-                        SourceMember::Site => true,
+                                .await?,
+                            db::enrolled_key_below(
+                                state.db.pool(),
+                                site,
+                                db::SenderTable::Dps,
+                                name.as_str(),
+                            )
+                            .await?,
+                        ),
+                        SourceMember::Site => (true, None),
                     };
                     if !exists {
                         tracing::warn!(%child, source = %source, "refused a relayed status message of a source never enrolled");
@@ -195,7 +219,19 @@ pub async fn ingest_relayed(state: &AppState, child: &str, batch: &RelayBatch) -
                             "site {child} relayed a message of {source}, which never enrolled there"
                         )));
                     }
-                    known.insert(key);
+                    keys.insert(key.clone(), parse_key(public_key.as_deref())?);
+                }
+                if let Some(Some(public_key)) = keys.get(&key) {
+                    if let Err(reason) = cascade_protocol::status_signing::verify_status(
+                        &key,
+                        &relayed.message,
+                        public_key,
+                    ) {
+                        tracing::warn!(%child, source = %source, %reason, "refused a relayed status message");
+                        return Err(Error::Forbidden(format!(
+                            "site {child} relayed a message that {source} did not sign: {reason}"
+                        )));
+                    }
                 }
             }
         }
@@ -257,6 +293,15 @@ pub async fn ingest_relayed(state: &AppState, child: &str, batch: &RelayBatch) -
         duplicates,
         conflicts,
     })
+}
+
+/// A registered public key, as stored in an enrollment message.
+fn parse_key(key: Option<&str>) -> Result<Option<VerifyingKey>> {
+    key.map(|key| {
+        cascade_content::public_key_from_hex(key)
+            .map_err(|err| Error::invalid("invalid_public_key", err.to_string()))
+    })
+    .transpose()
 }
 
 #[cfg(test)]

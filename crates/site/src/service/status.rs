@@ -226,8 +226,10 @@ pub async fn package_messages(state: &AppState, name: &str) -> Result<Vec<Status
     let package = db::require_package(pool, name).await?;
     let mut out = Vec::new();
     for row in db::messages_of_package(pool, &package.name).await? {
+        let stored = messages::parse_stored(&row.body)?;
         out.push(StatusRecord {
-            body: messages::parse_stored(&row.body)?.body,
+            body: stored.body,
+            signature: stored.signature,
             source: row.source,
             seq: row.seq as u64,
             at_ms: row.at_ms,
@@ -347,6 +349,7 @@ mod tests {
                 bytes_done: seq,
                 bytes_needed: 1000,
             },
+            signature: None,
         }
     }
 

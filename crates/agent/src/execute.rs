@@ -976,9 +976,13 @@ async fn fetch_bounded(
     if !status.is_success() {
         let message = format!("{status}: {}", String::from_utf8_lossy(&bytes).trim());
         return Err(
+            // 401: no content ticket yet (a download resumed at start,
+            // before the first policy answer) or an expired one; the next
+            // policy brings a fresh one, so it is retried, not a failure.
             if status.is_server_error()
                 || status == reqwest::StatusCode::NOT_FOUND
                 || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                || status == reqwest::StatusCode::UNAUTHORIZED
             {
                 Fetched::Unavailable(message)
             } else {

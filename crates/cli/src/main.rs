@@ -52,6 +52,10 @@ struct ServerLimits {
     /// idle on a kept-alive connection, before it is closed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
     header_timeout: std::time::Duration,
+    /// Longest a request may take from its headers to its answer (its body
+    /// included), before the connection is closed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    request_timeout: std::time::Duration,
 }
 
 impl ServerLimits {
@@ -59,6 +63,7 @@ impl ServerLimits {
         cascade_protocol::serve::Limits {
             max_connections: self.max_connections,
             header_timeout: self.header_timeout,
+            request_timeout: self.request_timeout,
         }
     }
 }

@@ -114,9 +114,10 @@ fn a_command_altered_in_a_child_sites_database_is_refused_by_the_agent() {
 /// Issue 12: 300 half-sent requests stayed open indefinitely, and 1,100
 /// idle sockets locked a site out (open-files limit 1,024). Now a
 /// connection that has not sent a whole request head within the header
-/// timeout (idle ones too) is closed, one over the connection cap is
-/// answered 503 at once with the JSON error, the open-files limit is
-/// raised at start, and the site answers again once they are gone.
+/// timeout (idle ones too) is closed, one trickling its body is closed at
+/// the request timeout, one over the connection cap is answered 503 at
+/// once with the JSON error, the open-files limit is raised at start, and
+/// the site answers again once they are gone.
 #[test]
 fn slowloris_connections_are_closed_and_the_cap_answers_503() {
     use std::io::{ErrorKind, Read, Write};
@@ -126,9 +127,31 @@ fn slowloris_connections_are_closed_and_the_cap_answers_503() {
     let site = Site::central_run_with(
         root.path(),
         "CEN",
-        &["--max-connections", "40", "--header-timeout", "2s"],
+        &[
+            "--max-connections",
+            "41",
+            "--header-timeout",
+            "2s",
+            "--request-timeout",
+            "3s",
+        ],
     );
     let addr = site.url.trim_start_matches("http://").to_owned();
+    // Whole headers, then a body trickled without end: closed at the
+    // request timeout.
+    let mut trickle = TcpStream::connect(&addr).unwrap();
+    trickle
+        .write_all(
+            b"POST /api/v1/agents/enroll HTTP/1.1\r\nHost: cascade\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{",
+        )
+        .unwrap();
+    let trickled = Instant::now();
+    let trickler = std::thread::spawn(move || {
+        while trickle.write_all(b" ").is_ok() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        trickled.elapsed()
+    });
     let opened = Instant::now();
     let mut slow: Vec<TcpStream> = (0..40)
         .map(|i| {
@@ -174,6 +197,11 @@ fn slowloris_connections_are_closed_and_the_cap_answers_503() {
     assert!(
         closed_after >= Duration::from_millis(1500) && closed_after < Duration::from_secs(10),
         "closed after {closed_after:?}, the header timeout is 2 s"
+    );
+    let trickled_for = trickler.join().unwrap();
+    assert!(
+        trickled_for >= Duration::from_millis(2500) && trickled_for < Duration::from_secs(15),
+        "a trickled body was cut after {trickled_for:?}, the request timeout is 3 s"
     );
     drop(slow);
     let info = http_get(&format!("{}/api/v1/site", site.url)).expect("the site answers again");

@@ -30,6 +30,11 @@ pub struct Limits {
     /// when the connection is ready for the next request: a connection
     /// idle (or trickling a request head) longer is closed.
     pub header_timeout: Duration,
+    /// Longest a request may take from its head to its answer's head
+    /// (reading its body included; long polls are held at most a minute):
+    /// past it the connection is closed. An answer's streamed body (a
+    /// chunk stream to a DP or a child site) is not counted.
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -37,6 +42,7 @@ impl Default for Limits {
         Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -48,6 +54,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 250_000;
 /// pooled connection after [`crate::client::POOL_IDLE`], before a server
 /// closes it.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Default of [`Limits::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Open files kept free of connections.
 pub const FILES_RESERVED: u64 = 256;
@@ -94,7 +103,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<BoxError>,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -142,7 +151,10 @@ where
         let _ = stream.set_nodelay(true);
         let connection = http.serve_connection(
             TokioIo::new(stream),
-            hyper_util::service::TowerToHyperService::new(service.clone()),
+            hyper_util::service::TowerToHyperService::new(Deadline {
+                inner: service.clone(),
+                limit: limits.request_timeout,
+            }),
         );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -160,6 +172,49 @@ where
         tracing::warn!("requests still in progress at shutdown were cut");
     }
     Ok(())
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A service whose every request must reach its answer within `limit`;
+/// past it the request fails and hyper closes the connection.
+#[derive(Clone)]
+struct Deadline<S> {
+    inner: S,
+    limit: Duration,
+}
+
+impl<S, R> tower_service::Service<R> for Deadline<S>
+where
+    S: tower_service::Service<R>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let answer = self.inner.call(request);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, answer).await {
+                Ok(answer) => answer.map_err(Into::into),
+                Err(_) => Err(format!(
+                    "the request took longer than {} s; connection closed",
+                    limit.as_secs()
+                )
+                .into()),
+            }
+        })
+    }
 }
 
 /// Answers a connection over the cap with 503 and closes it.

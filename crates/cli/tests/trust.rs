@@ -498,13 +498,31 @@ fn a_rogue_dp_neither_exhausts_the_agent_nor_fails_the_job() {
     drop(good);
 }
 
+/// Relays `message` to `parent` as the child site `child` would, with the
+/// child's own credential (what a compromised child can do).
+fn relay_as(child: &Site, parent: &Site, message: Value) -> Result<Vec<u8>, String> {
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(child.dir.join("parent.json")).unwrap())
+            .unwrap();
+    http(
+        reqwest::Method::POST,
+        &format!("{}/api/v1/site/status", parent.url),
+        config["credential"].as_str(),
+        Some(
+            serde_json::json!({ "messages": [message] })
+                .to_string()
+                .into_bytes(),
+        ),
+        &[("content-type", "application/json")],
+    )
+}
+
 /// Issue 12: a child site could relay `job_failed` for a workstation that
 /// does not exist in its subtree and turn the job's outcome to failed. Now
 /// the parent refuses a relayed message of a workstation or DP that never
 /// enrolled at the site it names, and the job is untouched.
 #[test]
 fn a_child_cannot_relay_results_of_a_workstation_that_never_enrolled() {
-    use reqwest::Method;
     let root = tempfile::tempdir().unwrap();
     let cen = Site::central(root.path(), "CEN");
     let p01 = Site::child(root.path(), "P01", "primary", &cen, &[]);
@@ -522,26 +540,12 @@ fn a_child_cannot_relay_results_of_a_workstation_that_never_enrolled() {
     let id = cen.create_job("app", "ghosts", "true", &[])["id"]
         .as_u64()
         .unwrap();
-    let parent: Value =
-        serde_json::from_str(&std::fs::read_to_string(p01.dir.join("parent.json")).unwrap())
-            .unwrap();
-    let token = parent["credential"].as_str().unwrap();
     let relay = |source: &str, kind_fields: Value| {
         let mut message = serde_json::json!({"source": source, "seq": 1, "at_ms": 1});
         for (key, value) in kind_fields.as_object().unwrap() {
             message[key] = value.clone();
         }
-        http(
-            Method::POST,
-            &format!("{}/api/v1/site/status", cen.url),
-            Some(token),
-            Some(
-                serde_json::json!({"messages": [message]})
-                    .to_string()
-                    .into_bytes(),
-            ),
-            &[("content-type", "application/json")],
-        )
+        relay_as(&p01, &cen, message)
     };
     let failed = serde_json::json!({"kind": "job_failed", "job": id, "package": "app",
         "attempt": 1, "exit_code": 1, "reason": "forged", "output_tail": ""});
@@ -572,7 +576,6 @@ fn a_child_cannot_relay_results_of_a_workstation_that_never_enrolled() {
 /// the first honest site above, with the job untouched.
 #[test]
 fn a_forged_status_message_is_refused_at_the_first_honest_site_above() {
-    use reqwest::Method;
     let root = tempfile::tempdir().unwrap();
     let cen = Site::central(root.path(), "CEN");
     let p01 = Site::child(root.path(), "P01", "primary", &cen, &[]);
@@ -602,10 +605,6 @@ fn a_forged_status_message_is_refused_at_the_first_honest_site_above() {
         .expect("the agent's result at the central site");
     assert!(signed["signature"].as_str().is_some(), "{signed:#}");
 
-    let parent: Value =
-        serde_json::from_str(&std::fs::read_to_string(p01.dir.join("parent.json")).unwrap())
-            .unwrap();
-    let token = parent["credential"].as_str().unwrap();
     let forged = |signature: Option<&str>| {
         let mut message = serde_json::json!({"source": "P01/agent/ws1", "seq": 1000,
             "at_ms": 1, "kind": "job_failed", "job": id, "package": "app", "attempt": 2,
@@ -613,17 +612,7 @@ fn a_forged_status_message_is_refused_at_the_first_honest_site_above() {
         if let Some(signature) = signature {
             message["signature"] = signature.into();
         }
-        http(
-            Method::POST,
-            &format!("{}/api/v1/site/status", cen.url),
-            Some(token),
-            Some(
-                serde_json::json!({"messages": [message]})
-                    .to_string()
-                    .into_bytes(),
-            ),
-            &[("content-type", "application/json")],
-        )
+        relay_as(&p01, &cen, message)
     };
     let err = forged(None).unwrap_err();
     assert!(

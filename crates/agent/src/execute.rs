@@ -24,6 +24,7 @@ use crate::{Error, Result};
 use cascade_content::{ChunkStore, Manifest, VerifyingKey};
 use cascade_domain::backoff::Backoff;
 use cascade_protocol::worker::{Step, Work, Worker};
+use cascade_protocol::tls::Fingerprint;
 use cascade_protocol::{Client, JobOffer, StatusBody};
 use cascade_store::{now_ms, Db, Outbox};
 use std::collections::{HashMap, HashSet};
@@ -49,8 +50,8 @@ pub struct Executor {
     pub wake: Arc<Notify>,
     /// Wakes the executor (new policy, a requested offer).
     pub nudge: Arc<Notify>,
-    /// The client for DPs' content servers.
-    pub http: reqwest::Client,
+    /// The clients for DPs' content servers, one per pinned certificate.
+    pub http: DpClients,
     /// The jobs the site says were canceled (from the latest policy).
     pub canceled: watch::Receiver<Arc<HashSet<u64>>>,
     /// Downloads waiting for their sources, in memory: when the attempt
@@ -77,6 +78,8 @@ pub struct Sources {
     jobs: std::collections::HashMap<u64, Vec<String>>,
     /// The content ticket to present to them (and to the site).
     ticket: Option<String>,
+    /// Each DP's certificate, by URL (from the policy).
+    certificates: HashMap<String, Fingerprint>,
 }
 
 impl Sources {
@@ -90,7 +93,21 @@ impl Sources {
                 .map(|offer| (offer.id, offer.dps.clone()))
                 .collect(),
             ticket: policy.content_ticket.clone(),
+            certificates: policy
+                .dp_certificates
+                .iter()
+                .filter_map(|(url, hex)| Some((url.clone(), Fingerprint::parse(hex)?)))
+                .collect(),
         }
+    }
+
+    /// The certificate to pin for source `url`: the site's own for the
+    /// site, the policy's for a DP (none: the web's roots decide).
+    fn pin(&self, url: &str, site: &Client) -> Option<Fingerprint> {
+        if url == site.base() {
+            return site.pin();
+        }
+        self.certificates.get(url).copied()
     }
 
     /// Where to fetch a job's chunks, in order: the DPs the job
@@ -762,12 +779,14 @@ impl Executor {
             .filter(|chunk| !self.store.contains(&chunk.hash))
             .collect();
         let mut done = total - chunks.iter().map(|chunk| chunk.size as u64).sum::<u64>();
-        let (mut dps, ticket) = {
+        let (mut dps, ticket, pins) = {
             let sources = self.sources.lock().await;
-            (
-                sources.for_job(offer, self.client.base()),
-                sources.ticket.clone(),
-            )
+            let dps = sources.for_job(offer, self.client.base());
+            let pins: HashMap<String, Option<Fingerprint>> = dps
+                .iter()
+                .map(|dp| (dp.clone(), sources.pin(dp, &self.client)))
+                .collect();
+            (dps, sources.ticket.clone(), pins)
         };
         let progress = |bytes_done| StatusBody::JobDownloading {
             job: offer.id,
@@ -776,7 +795,6 @@ impl Executor {
             bytes_total: total,
         };
         self.report(offer.id, progress(done), None).await?;
-        let http = &self.http;
         let mut last = std::time::Instant::now();
         for chunk in &chunks {
             let mut unavailable = Vec::new();
@@ -788,7 +806,8 @@ impl Executor {
             let mut failed: Vec<String> = Vec::new();
             for dp in &dps {
                 let url = format!("{dp}/v1/chunks/{}", chunk.hash);
-                match fetch(http, &url, chunk.size, ticket.as_deref()).await {
+                let http = self.http.pinning(pins.get(dp).copied().flatten());
+                match fetch(&http, &url, chunk.size, ticket.as_deref()).await {
                     Ok(encoded) => {
                         let store = self.store.clone();
                         let hash = chunk.hash;
@@ -882,9 +901,27 @@ fn humantime_ms(ms: u64) -> String {
     format!("{:.1} s", ms as f64 / 1000.0)
 }
 
-/// A client for DPs' content servers.
-pub fn dp_client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// Clients for content sources, one per pinned certificate (each with its
+/// own connection pool), made as sources appear.
+#[derive(Default)]
+pub struct DpClients {
+    clients: std::sync::Mutex<HashMap<Option<Fingerprint>, reqwest::Client>>,
+}
+
+impl DpClients {
+    /// The client that accepts only the certificate `pin` names.
+    pub fn pinning(&self, pin: Option<Fingerprint>) -> reqwest::Client {
+        let mut clients = self.clients.lock().expect("dp clients lock");
+        clients
+            .entry(pin)
+            .or_insert_with(|| dp_client(pin))
+            .clone()
+    }
+}
+
+/// A client for DPs' content servers, pinning `pin`.
+pub fn dp_client(pin: Option<Fingerprint>) -> reqwest::Client {
+    cascade_protocol::tls::client_builder(pin)
         .connect_timeout(Duration::from_secs(5))
         .read_timeout(Duration::from_secs(60))
         .pool_idle_timeout(cascade_protocol::client::POOL_IDLE)
@@ -1203,37 +1240,20 @@ pub async fn request(db: &Db, job: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt as _;
 
-    /// A DP that answers every request with `head` and then sends zeros
-    /// without end.
-    async fn endless_dp(head: &'static str) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut request = [0u8; 1024];
-                    let _ = socket.read(&mut request).await;
-                    socket.write_all(head.as_bytes()).await?;
-                    let zeros = vec![0u8; 64 * 1024];
-                    loop {
-                        socket.write_all(&zeros).await?;
-                    }
-                    #[allow(unreachable_code)]
-                    Ok::<_, std::io::Error>(())
-                });
-            }
-        });
-        format!("http://{addr}/v1/chunks/x")
+    /// A DP that answers every request with `head` and then sends bytes
+    /// without end; its chunk URL and a client pinning it.
+    async fn endless_dp(head: &'static str) -> (String, reqwest::Client) {
+        let (url, pin) = cascade_protocol::testing::endless_server(head).await;
+        (format!("{url}/v1/chunks/x"), dp_client(Some(pin)))
     }
 
     /// Issue 12: a rogue DP sending an endless body for a chunk took an
     /// agent from 14 MB to 1.27 GB resident.
     #[tokio::test]
     async fn an_endless_chunk_body_is_cut_at_the_chunk_size() {
-        let url = endless_dp("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n").await;
-        match fetch(&dp_client(), &url, 1000, None).await {
+        let (url, http) = endless_dp("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n").await;
+        match fetch(&http, &url, 1000, None).await {
             Err(Fetched::Refused(reason)) => {
                 assert!(reason.contains("more than the 1001 bytes"), "{reason}")
             }
@@ -1241,8 +1261,8 @@ mod tests {
             Ok(bytes) => panic!("accepted {} bytes", bytes.len()),
         }
         // An error answer without end is read up to a few KiB.
-        let url = endless_dp("HTTP/1.1 500 Oops\r\nconnection: close\r\n\r\n").await;
-        match fetch(&dp_client(), &url, 1000, None).await {
+        let (url, http) = endless_dp("HTTP/1.1 500 Oops\r\nconnection: close\r\n\r\n").await;
+        match fetch(&http, &url, 1000, None).await {
             Err(Fetched::Unavailable(reason)) => assert!(reason.len() < 2 * MAX_ERROR_BODY),
             Err(Fetched::Refused(reason)) => panic!("refused: {reason}"),
             Ok(bytes) => panic!("accepted {} bytes", bytes.len()),

@@ -164,7 +164,7 @@ pub async fn init(
         .map_err(|err| Error::Config(format!("cannot create agent directory: {err}")))?;
     let db = Db::open(&new_dir.path().join(layout::DB), true, MIGRATIONS).await?;
     db.close().await;
-    let client = Client::new(site_url, None)?;
+    let client = cascade_protocol::client_for_token(site_url, join_token)?;
     let status_key = Enrollment::new_status_key();
     let enrolled = client
         .enroll_agent(&AgentEnrollRequest {
@@ -179,7 +179,7 @@ pub async fn init(
     let config = Config {
         enrollment: Enrollment::granted(
             name,
-            client.base(),
+            &client,
             enrolled.credential,
             enrolled.site,
             Some(&status_key),
@@ -510,7 +510,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         sources: sources.clone(),
         wake: wake.clone(),
         nudge: nudge.clone(),
-        http: execute::dp_client(),
+        http: Default::default(),
         canceled: canceled_rx,
         waits: Default::default(),
         reported: Default::default(),

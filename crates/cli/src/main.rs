@@ -68,6 +68,27 @@ impl ServerLimits {
     }
 }
 
+/// The TLS certificate a server is created with.
+#[derive(Args, Clone)]
+struct TlsArgs {
+    /// A PEM certificate chain (leaf first) to serve with instead of the
+    /// self-signed certificate made otherwise; tokens pin its fingerprint.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn supplied(&self) -> Option<cascade_protocol::tls::Supplied> {
+        Some(cascade_protocol::tls::Supplied {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
+}
+
 /// Where the site server is and the credential to use.
 #[derive(Args, Clone)]
 struct Connection {
@@ -87,7 +108,7 @@ impl Connection {
         let Some(token) = &self.token else {
             bail!("no credential given: pass --token TOKEN or set CASCADE_TOKEN (the site's admin token is in DIR/admin.token)");
         };
-        Ok(Client::new(server, Some(token.trim()))?)
+        Ok(cascade_protocol::client_presenting(server, token)?)
     }
 }
 
@@ -152,6 +173,8 @@ enum SiteCommand {
         /// site's credential is revoked.
         #[arg(long, requires = "parent")]
         replace: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// This site and every site below it, with the links to its children.
     List {
@@ -425,6 +448,8 @@ enum DpCommand {
         /// Where the DP serves content (port 0 picks a free port each start).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Run the DP until SIGTERM or Ctrl-C.
     Run {
@@ -627,6 +652,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             central_key,
             max_rate,
             replace,
+            tls,
         }) => {
             init_logging("warn")?;
             let join = match (kind, parent, join_token) {
@@ -643,7 +669,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                 }),
                 _ => None,
             };
-            let report = cascade_site::init(&dir, &code, join.as_ref())
+            let report = cascade_site::init(&dir, &code, join.as_ref(), tls.supplied().as_ref())
                 .await
                 .with_context(|| format!("creating site {code} in {}", dir.display()))?;
             out.site_init(&report);
@@ -717,9 +743,11 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             join_token,
             name,
             listen,
+            tls,
         }) => {
             init_logging("warn")?;
-            let config = cascade_dp::init(&dir, &site, &join_token, &name, &listen)
+            let config =
+                cascade_dp::init(&dir, &site, &join_token, &name, &listen, tls.supplied().as_ref())
                 .await
                 .with_context(|| format!("enrolling dp {name} with {site}"))?;
             out.enrolled(

@@ -117,6 +117,7 @@ impl Output {
                 "dp_join_token": report.dp_join_token,
                 "site_join_token": report.site_join_token,
                 "public_key": report.public_key,
+                "certificate": report.certificate,
                 "kind": report.kind.name(),
                 "parent": report.parent,
             }));
@@ -162,6 +163,11 @@ impl Output {
             ),
             None => outln!("signing key: {}", report.public_key),
         }
+        outln!(
+            "TLS certificate: {}   (SHA-256; every token above pins it; {}/tls/cert.pem)",
+            report.certificate,
+            report.dir.display()
+        );
         outln!("next: cascade site run {}", report.dir.display());
     }
 

@@ -9,7 +9,7 @@ use crate::ingest;
 use crate::output::{self, Output};
 use anyhow::{bail, Context, Result};
 use cascade_protocol::{
-    Client, CollectionRequest, JobOutcome, JobRequest, SiteKind, VersionIntent, WorkstationState,
+    CollectionRequest, JobOutcome, JobRequest, SiteKind, VersionIntent, WorkstationState,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -191,7 +191,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
                 })
             }
         };
-        let report = cascade_site::init(&dir, code, join.as_ref())
+        let report = cascade_site::init(&dir, code, join.as_ref(), None)
             .await
             .with_context(|| format!("creating site {code}"))?;
         children.spawn(
@@ -217,11 +217,12 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
     for site in &sites {
         let dp = format!("{}-dp1", site.code.to_lowercase());
         let dir = root.join(&dp);
-        cascade_dp::init(&dir, &site.url, &site.dp_join_token, "dp1", "127.0.0.1:0").await?;
+        cascade_dp::init(&dir, &site.url, &site.dp_join_token, "dp1", "127.0.0.1:0", None)
+            .await?;
         children.spawn(&dp, &["dp", "run", path_str(&dir)?], &logs)?;
         let dp_url = wait_for_url(&dir.join(cascade_dp::layout::URL), &mut children).await?;
         // Admitted by the administrator, at the URL it serves on.
-        Client::new(&site.url, Some(&site.admin_token))?
+        cascade_protocol::client_presenting(&site.url, &site.admin_token)?
             .approve_dp("dp1", Some(&dp_url))
             .await?;
         for i in 1..=AGENTS_PER_SITE {
@@ -247,7 +248,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
     let central = &sites[0];
     let sample = root.join("sample");
     write_sample(&sample)?;
-    let client = Client::new(&central.url, Some(&central.admin_token))?;
+    let client = cascade_protocol::client_presenting(&central.url, &central.admin_token)?;
     let report = ingest::ingest(
         &client,
         "sample",

@@ -44,6 +44,9 @@ pub enum Error {
     /// A client presented no valid content ticket.
     #[error("{0}")]
     Unauthorized(String),
+    /// The DP's TLS certificate or key could not be made, read or used.
+    #[error("TLS identity")]
+    Tls(#[from] cascade_protocol::tls::TlsError),
 }
 
 impl From<sqlx::Error> for Error {

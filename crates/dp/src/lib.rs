@@ -1,8 +1,9 @@
 //! The distribution point: a separate process that enrolls with its site
 //! once, then opens every connection to the site itself (a long poll for its
 //! assignments, chunk fetches, status delivery), keeps the package versions it
-//! is assigned in its own content library, and serves them over HTTP with
-//! Range support. It keeps serving what it holds while its site is down.
+//! is assigned in its own content library, and serves them over HTTPS
+//! (with the certificate made at init, which agents pin) with Range
+//! support. It keeps serving what it holds while its site is down.
 
 mod db;
 mod error;
@@ -57,6 +58,7 @@ pub async fn init(
     join_token: &str,
     name: &str,
     listen: &str,
+    tls: Option<&cascade_protocol::tls::Supplied>,
 ) -> Result<Config> {
     cascade_domain::DpName::new(name).map_err(|err| Error::Config(err.to_string()))?;
     let new_dir = cascade_store::NewDir::prepare(dir)
@@ -66,7 +68,8 @@ pub async fn init(
     let db = Db::open(&dir.join(layout::DB), true, db::MIGRATIONS).await?;
     db.close().await;
     ChunkStore::open(&dir.join(layout::CHUNKS))?;
-    let client = Client::new(site_url, None)?;
+    cascade_protocol::tls::make(dir, tls)?;
+    let client = cascade_protocol::client_for_token(site_url, join_token)?;
     let status_key = Enrollment::new_status_key();
     let enrolled = client
         .enroll_dp(&EnrollRequest {
@@ -80,7 +83,7 @@ pub async fn init(
     let config = Config {
         enrollment: Enrollment::granted(
             name,
-            client.base(),
+            &client,
             enrolled.credential,
             enrolled.site,
             Some(&status_key),
@@ -126,6 +129,9 @@ pub(crate) struct Dp {
     /// The site's content-ticket key, once the DP is admitted: every
     /// request for content must carry a ticket it verifies.
     content_key: Arc<std::sync::RwLock<Option<cascade_protocol::ticket::ContentKey>>>,
+    /// The fingerprint of the certificate it serves with, announced to
+    /// the site for its agents to pin.
+    certificate: cascade_protocol::tls::Fingerprint,
 }
 
 impl Dp {
@@ -217,7 +223,15 @@ pub async fn run(
     let store = ChunkStore::open(&dir.join(layout::CHUNKS))?;
     let site_key = cascade_content::public_key_from_hex(&enrollment.site_public_key)?;
     let client = enrollment.client()?;
+    // A DP from before TLS makes its certificate at its first start.
+    if !cascade_protocol::tls::Identity::exists(dir) {
+        let made = cascade_protocol::tls::make(dir, None)?;
+        tracing::info!(certificate = %made, "made the dp's TLS certificate");
+    }
+    let tls = cascade_protocol::tls::Identity::load(dir)?;
+    let acceptor = tls.acceptor()?;
     let dp = Dp {
+        certificate: tls.fingerprint(),
         config: Arc::new(config.clone()),
         outbox: Outbox::new(db.clone()),
         db: db.clone(),
@@ -264,7 +278,7 @@ pub async fn run(
     ));
     let syncer = tokio::spawn(sync::run(dp.clone(), url.clone(), stop_rx.clone()));
     let app = serve::router(dp.clone());
-    let result = cascade_protocol::serve::serve(listener, app, limits, async move {
+    let result = cascade_protocol::serve::serve(listener, app, limits, acceptor, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     })
@@ -284,6 +298,7 @@ async fn hello(dp: &Dp, url: &str) -> Result<()> {
     dp.client
         .dp_hello(&DpHello {
             url: url.to_owned(),
+            certificate: Some(dp.certificate.to_string()),
         })
         .await?;
     Ok(())

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::frames::{Frame, FrameDecoder};
 use crate::sites::*;
+use crate::tls::Fingerprint;
 use crate::types::*;
 use crate::API;
 use cascade_content::ChunkHash;
@@ -63,6 +64,7 @@ pub const POOL_IDLE: Duration = Duration::from_secs(10);
 pub struct Client {
     base: String,
     token: Option<String>,
+    pin: Option<Fingerprint>,
     http: reqwest::Client,
 }
 
@@ -74,16 +76,19 @@ fn check_base(base: &str) -> Result<()> {
             problem,
         })
     };
-    let no_scheme = || format!("has no scheme; use http://{base}");
+    let no_scheme = || format!("has no scheme; use https://{base}");
     // `localhost:7400` parses as scheme `localhost`: no `://`, no scheme.
     if !base.contains("://") {
         return refuse(no_scheme());
     }
     match reqwest::Url::parse(base) {
-        Ok(url) if !matches!(url.scheme(), "http" | "https") => refuse(format!(
-            "has scheme {}; use http:// or https://",
-            url.scheme()
+        Ok(url) if url.scheme() == "http" => refuse(format!(
+            "is plain HTTP, which Cascade servers do not speak: use https://{}",
+            &base["http://".len()..]
         )),
+        Ok(url) if url.scheme() != "https" => {
+            refuse(format!("has scheme {}; use https://", url.scheme()))
+        }
         Ok(url) if !url.has_host() => refuse("names no host".into()),
         Ok(_) => Ok(()),
         Err(err) => refuse(format!("is not a URL: {err}")),
@@ -91,12 +96,14 @@ fn check_base(base: &str) -> Result<()> {
 }
 
 impl Client {
-    /// A client of the server at `base` (e.g. `http://127.0.0.1:7400`).
-    /// Refuses a `base` that is not an `http://` or `https://` URL, naming
-    /// the fix (`127.0.0.1:7400` has no scheme: `http://127.0.0.1:7400`).
-    pub fn new(base: &str, token: Option<&str>) -> Result<Client> {
+    /// A client of the server at `base` (e.g. `https://127.0.0.1:7400`),
+    /// accepting only the certificate `pin` names (with none, one the
+    /// web's roots vouch for: [`crate::tls::client_builder`]).
+    /// Refuses a `base` that is not an `https://` URL, naming the fix
+    /// (`127.0.0.1:7400` has no scheme: `https://127.0.0.1:7400`).
+    pub fn new(base: &str, token: Option<&str>, pin: Option<Fingerprint>) -> Result<Client> {
         check_base(base)?;
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder(pin)
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(Duration::from_secs(90))
             .pool_idle_timeout(POOL_IDLE)
@@ -108,8 +115,14 @@ impl Client {
         Ok(Client {
             base: base.trim_end_matches('/').to_owned(),
             token: token.map(str::to_owned),
+            pin,
             http,
         })
+    }
+
+    /// The certificate this client pins, if it pins one.
+    pub fn pin(&self) -> Option<Fingerprint> {
+        self.pin
     }
 
     /// The same server with another credential, sharing this client's
@@ -118,6 +131,7 @@ impl Client {
         Client {
             base: self.base.clone(),
             token: Some(token.to_owned()),
+            pin: self.pin,
             http: self.http.clone(),
         }
     }
@@ -575,47 +589,36 @@ impl ChunkStream {
 mod tests {
     use super::*;
 
-    /// A server on loopback answering every request with `head` and then
-    /// bytes without end.
-    async fn endless_server(head: &'static str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let _ = stream.read(&mut buf).await;
-                    let _ = stream.write_all(head.as_bytes()).await;
-                    let filler = vec![b' '; 64 * 1024];
-                    while stream.write_all(&filler).await.is_ok() {}
-                });
-            }
-        });
-        url
+    /// [`crate::testing::endless_server`], with a client pinning it.
+    async fn endless_server(head: &'static str) -> (String, reqwest::Client, Fingerprint) {
+        let (url, pin) = crate::testing::endless_server(head).await;
+        let http = crate::tls::client_builder(Some(pin)).build().unwrap();
+        (url, http, pin)
     }
 
     /// Issue 12: a hostile server's answer was buffered whole
     /// (`response.bytes()`); now no more than the limit is read.
     #[tokio::test]
     async fn an_endless_answer_is_cut_at_the_limit() {
-        let http = reqwest::Client::new();
-        let url = endless_server("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n").await;
+        let (url, http, _) =
+            endless_server("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n").await;
         let response = http.get(&url).send().await.unwrap();
         assert!(matches!(
             read_limited(response, 1024 * 1024).await,
             Err(Limited::TooLong)
         ));
         // One that announces too much is refused before reading.
-        let url = endless_server("HTTP/1.1 200 OK\r\ncontent-length: 999999999999\r\n\r\n").await;
+        let (url, http, _) =
+            endless_server("HTTP/1.1 200 OK\r\ncontent-length: 999999999999\r\n\r\n").await;
         let response = http.get(&url).send().await.unwrap();
         assert!(matches!(
             read_limited(response, 1024).await,
             Err(Limited::TooLong)
         ));
         // Through the client: a clear error, not an exhausted process.
-        let url = endless_server("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n").await;
-        let err = Client::new(&url, None)
+        let (url, _, pin) =
+            endless_server("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n").await;
+        let err = Client::new(&url, None, Some(pin))
             .unwrap()
             .site_info()
             .await
@@ -623,21 +626,47 @@ mod tests {
         assert!(err.to_string().contains("longer than"), "{err}");
     }
 
+    /// Issue 12: a client pinning one certificate refuses a server that
+    /// presents another, naming both.
+    #[tokio::test]
+    async fn a_server_with_another_certificate_is_refused() {
+        let (url, _, _) = endless_server("HTTP/1.1 200 OK\r\n\r\n").await;
+        let other = Fingerprint::of(b"another certificate");
+        let err = Client::new(&url, None, Some(other))
+            .unwrap()
+            .site_info()
+            .await
+            .unwrap_err();
+        let text = crate::chain(&err);
+        assert!(
+            text.contains("not the pinned") && text.contains(&other.to_string()),
+            "{text}"
+        );
+    }
+
     #[test]
     fn a_server_url_without_a_scheme_names_the_fix() {
         for bare in ["127.0.0.1:7400", "localhost:7400", "site.example"] {
-            let err = Client::new(bare, None).err().unwrap().to_string();
+            let err = Client::new(bare, None, None).err().unwrap().to_string();
             assert_eq!(
                 err,
-                format!("server URL {bare} has no scheme; use http://{bare}")
+                format!("server URL {bare} has no scheme; use https://{bare}")
             );
         }
-        let err = Client::new("ftp://host", None).err().unwrap().to_string();
+        let err = Client::new("ftp://host", None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(err, "server URL ftp://host has scheme ftp; use https://");
+        // Issue 12: plain HTTP is refused before anything is sent.
+        let err = Client::new("http://127.0.0.1:7400/", None, None)
+            .err()
+            .unwrap()
+            .to_string();
         assert_eq!(
             err,
-            "server URL ftp://host has scheme ftp; use http:// or https://"
+            "server URL http://127.0.0.1:7400/ is plain HTTP, which Cascade servers do not speak: use https://127.0.0.1:7400/"
         );
-        assert!(Client::new("http://127.0.0.1:7400/", None).is_ok());
-        assert!(Client::new("https://site.example", None).is_ok());
+        assert!(Client::new("https://site.example", None, None).is_ok());
     }
 }

@@ -17,12 +17,18 @@ pub mod signal;
 pub mod sites;
 pub mod states;
 pub mod status_signing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod ticket;
+pub mod tls;
 pub mod types;
 pub mod worker;
 
 pub use client::Client;
-pub use enrollment::{check_pinned_key, pinned_key, pinning_token, read_config, Enrollment};
+pub use enrollment::{
+    check_pinned_key, client_for_token, client_presenting, pinned_key, pinning_token, read_config, Enrollment,
+    TokenPins,
+};
 pub use error::{chain, Error, Result};
 pub use intent::{CancelIntent, Intent, IntentError, JobIntent, JobTarget, SignedIntent};
 pub use sites::*;
@@ -91,5 +97,5 @@ pub fn url_for(addr: std::net::SocketAddr) -> String {
         (false, std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
         (false, std::net::IpAddr::V4(v4)) => v4.to_string(),
     };
-    format!("http://{host}:{}", addr.port())
+    format!("https://{host}:{}", addr.port())
 }

@@ -1,8 +1,10 @@
-//! The HTTP server loop every site server and DP runs, safe against
-//! hostile clients: a deadline for each request's headers (which is also
-//! how long a kept-alive connection may sit idle), a cap on open
-//! connections answered with a clear 503 when reached, and the open-files
-//! limit raised at start so that the cap, not the kernel, says no.
+//! The HTTPS server loop every site server and DP runs, safe against
+//! hostile clients: a deadline for the TLS handshake and for each
+//! request's headers (which is also how long a kept-alive connection may
+//! sit idle), a cap on open connections answered with a clear 503 when
+//! reached, and the open-files limit raised at start so that the cap, not
+//! the kernel, says no. A plain-HTTP request is answered with a clear 400
+//! naming the `https://` URL, and closed: TLS is the only way in.
 //!
 //! Request-body limits are the router's (axum's `DefaultBodyLimit`), per
 //! route.
@@ -89,12 +91,14 @@ pub fn raise_open_files_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves, then lets
-/// requests in progress finish (for at most a few seconds).
+/// Serves `service` over TLS (`tls`) on `listener` until `shutdown`
+/// resolves, then lets requests in progress finish (for at most a few
+/// seconds).
 pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
     limits: Limits,
+    tls: crate::tls::Acceptor,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()>
 where
@@ -149,16 +153,22 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            hyper_util::service::TowerToHyperService::new(Deadline {
-                inner: service.clone(),
-                limit: limits.request_timeout,
-            }),
-        );
-        let connection = graceful.watch(connection);
+        let service = Deadline {
+            inner: service.clone(),
+            limit: limits.request_timeout,
+        };
+        let (http, tls, watcher) = (http.clone(), tls.clone(), graceful.watcher());
+        let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let Some(stream) = handshake(stream, &tls, handshake_timeout).await else {
+                drop(permit);
+                return;
+            };
+            let connection = http.serve_connection(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(service),
+            );
+            if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
             drop(permit);
@@ -217,19 +227,84 @@ where
     }
 }
 
+/// The first byte of every TLS connection (a handshake record).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Completes the TLS handshake within `timeout`, or answers a plain-HTTP
+/// request with a clear 400 and closes the connection. None when the
+/// connection is not to be served.
+async fn handshake(
+    stream: TcpStream,
+    tls: &tokio_rustls::TlsAcceptor,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
+        Ok(Ok(1)) => {
+            refuse_plain(stream).await;
+            return None;
+        }
+        _ => return None,
+    }
+    match tokio::time::timeout(timeout, tls.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Answers a plain-HTTP request with 400 and closes the connection.
+async fn refuse_plain(stream: TcpStream) {
+    let host = stream
+        .local_addr()
+        .map(|addr| crate::url_for(addr))
+        .unwrap_or_else(|_| "https://HOST:PORT".into());
+    answer_and_close(
+        stream,
+        "400 Bad Request",
+        "plain_http_refused",
+        format!("this server speaks HTTPS only; use {host}"),
+        "",
+    )
+    .await;
+}
+
 /// Answers a connection over the cap with 503 and closes it.
-async fn refuse_full(mut stream: TcpStream, cap: usize) {
+async fn refuse_full(stream: TcpStream, cap: usize) {
+    answer_and_close(
+        stream,
+        "503 Service Unavailable",
+        "too_many_connections",
+        format!("the server holds the most connections it allows ({cap}); try again shortly"),
+        "retry-after: 5\r\n",
+    )
+    .await;
+}
+
+/// Writes one plain answer (an [`ErrorBody`]) and closes the connection.
+async fn answer_and_close(
+    mut stream: TcpStream,
+    status: &str,
+    code: &str,
+    message: String,
+    headers: &str,
+) {
     let body = serde_json::to_string(&ErrorBody {
         error: ErrorDetail {
-            code: "too_many_connections".into(),
-            message: format!(
-                "the server holds the most connections it allows ({cap}); try again shortly"
-            ),
+            code: code.into(),
+            message,
         },
     })
     .expect("an error body always serialises");
     let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{headers}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(2), async {

@@ -305,6 +305,10 @@ pub struct EnrollResponse {
 pub struct DpHello {
     /// Base URL of the DP's content server.
     pub url: String,
+    /// SHA-256 fingerprint (hex) of the TLS certificate it serves with,
+    /// which the site hands its agents to pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 /// `GET /api/v1/dps`: one line per DP.
@@ -1085,6 +1089,11 @@ pub struct AgentPolicy {
     /// Content URLs of the site's DPs, to download from.
     #[serde(default)]
     pub dps: Vec<String>,
+    /// The TLS certificate fingerprint of each DP, by content URL: an
+    /// agent accepts a DP's connection only with the certificate named
+    /// here (the policy itself came over the site's pinned connection).
+    #[serde(default)]
+    pub dp_certificates: std::collections::BTreeMap<String, String>,
     /// Jobs offered to this agent that were canceled recently (for as long
     /// as a run of theirs may last): an agent running one stops it. A job
     /// withdrawn without being listed here expired, and a run in progress

@@ -89,6 +89,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The site's TLS certificate or key could not be made, read or used.
+    #[error("TLS identity")]
+    Tls(#[from] cascade_protocol::tls::TlsError),
     /// A blocking task of the server died.
     #[error("{context}")]
     Task {
@@ -159,6 +162,7 @@ impl Error {
             | Error::Io { .. }
             | Error::Json { .. }
             | Error::Task { .. }
+            | Error::Tls(_)
             | Error::Internal(_) => false,
         }
     }

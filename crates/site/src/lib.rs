@@ -73,19 +73,28 @@ pub struct InitReport {
     /// Hex of the key every manifest must be signed with (the central
     /// site's).
     pub public_key: String,
+    /// The SHA-256 fingerprint of the site's TLS certificate (every token
+    /// above pins it).
+    pub certificate: String,
     /// What the site is in the hierarchy.
     pub kind: SiteKind,
     /// The parent's code, for a child site.
     pub parent: Option<String>,
 }
 
-/// Creates a site's data directory: database, tokens, and either the
-/// signing key (a central site) or, for a child site joining with `join`,
-/// its credential towards the parent.
+/// Creates a site's data directory: database, TLS identity (`tls`, or a
+/// self-signed certificate), tokens, and either the signing key (a
+/// central site) or, for a child site joining with `join`, its credential
+/// towards the parent.
 ///
 /// Refuses a directory that exists and is not empty, so nothing stored is
 /// ever overwritten; a failure half-way leaves nothing behind.
-pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitReport> {
+pub async fn init(
+    dir: &Path,
+    code: &str,
+    join: Option<&Join>,
+    tls: Option<&cascade_protocol::tls::Supplied>,
+) -> Result<InitReport> {
     let code = SiteCode::new(code)?;
     let kind = match join {
         Some(join) => join.kind,
@@ -102,6 +111,7 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
     let target = dir;
     let dir = new_dir.path();
     ChunkStore::open(&dir.join(layout::CHUNKS))?;
+    let certificate = cascade_protocol::tls::make(dir, tls)?;
     let db = db::Db::open(&dir.join(layout::DB), true, db::MIGRATIONS).await?;
     let (public_key, parent_code, central_code) = match join {
         None => {
@@ -126,15 +136,15 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
             )
         }
     };
-    let admin_token = service::auth::mint_token("cas_admin");
-    // Join tokens pin the central key: whoever enrolls with one checks the
-    // answer against it.
-    let join_token =
-        cascade_protocol::pinning_token(&service::auth::mint_token("cas_join"), &public_key);
-    let site_join_token =
-        cascade_protocol::pinning_token(&service::auth::mint_token("cas_sitejoin"), &public_key);
-    let dp_join_token =
-        cascade_protocol::pinning_token(&service::auth::mint_token("cas_dpjoin"), &public_key);
+    // Every token pins the central key and the site's certificate: whoever
+    // uses one checks the answer against them.
+    let mint = |prefix| {
+        cascade_protocol::pinning_token(&service::auth::mint_token(prefix), &public_key, &certificate)
+    };
+    let admin_token = mint("cas_admin");
+    let join_token = mint("cas_join");
+    let site_join_token = mint("cas_sitejoin");
+    let dp_join_token = mint("cas_dpjoin");
     let now = now_ms();
     let mut tx = db.write().await?;
     db::insert_own_site(
@@ -189,32 +199,50 @@ pub async fn init(dir: &Path, code: &str, join: Option<&Join>) -> Result<InitRep
         dp_join_token,
         site_join_token,
         public_key,
+        certificate: certificate.to_string(),
         kind,
         parent: parent_code,
     })
 }
 
-/// A site created before child sites (or DPs) had a join token of their
-/// own gets one, written to `DIR/FILE`.
-async fn ensure_join_token(
+/// Every token the site hands out, with the prefix of a new one and the
+/// file it is written to.
+const TOKENS: [(&str, &str, &str); 4] = [
+    ("admin", "cas_admin", layout::ADMIN_TOKEN),
+    ("join", "cas_join", layout::JOIN_TOKEN),
+    ("site_join", "cas_sitejoin", layout::SITE_JOIN_TOKEN),
+    ("dp_join", "cas_dpjoin", layout::DP_JOIN_TOKEN),
+];
+
+/// Makes sure `DIR/FILE` holds a token of `role` that pins the central key
+/// and the site's current certificate: a site created before child sites
+/// (or DPs) had a join token of their own, or before it spoke TLS, or
+/// whose certificate an administrator replaced, gets a new one (the old
+/// one stays a valid credential; it only pins nothing current).
+async fn ensure_token(
     db: &db::Db,
     dir: &Path,
-    role: &str,
-    prefix: &str,
-    file: &str,
+    (role, prefix, file): (&str, &str, &str),
     central_key: &str,
+    certificate: &cascade_protocol::tls::Fingerprint,
 ) -> Result<()> {
-    if db::role_exists(db.pool(), role).await? {
+    let path = dir.join(file);
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    let pins = cascade_protocol::TokenPins::of(&current);
+    if db::role_exists(db.pool(), role).await?
+        && pins.certificate.as_ref() == Some(certificate)
+        && pins.central_key.is_some_and(|key| key.eq_ignore_ascii_case(central_key))
+    {
         return Ok(());
     }
-    let token = cascade_protocol::pinning_token(&service::auth::mint_token(prefix), central_key);
-    let path = dir.join(file);
+    let token =
+        cascade_protocol::pinning_token(&service::auth::mint_token(prefix), central_key, certificate);
     let _ = std::fs::remove_file(&path);
     write_secret(&path, &token)?;
     let mut tx = db.write().await?;
     service::auth::store_credential(&mut tx, &token, role, role, now_ms()).await?;
     tx.commit().await?;
-    tracing::info!(path = %path.display(), role, "created a join token");
+    tracing::info!(path = %path.display(), role, "wrote a token pinning the site's certificate");
     Ok(())
 }
 
@@ -255,6 +283,8 @@ struct Opened {
     status_pending: tokio::sync::mpsc::Receiver<state::Pending>,
     /// Ends long polls and workers when sent `true`.
     shutdown_tx: tokio::sync::watch::Sender<bool>,
+    /// The certificate and key it serves with.
+    tls: cascade_protocol::tls::Identity,
 }
 
 /// Opens the site in `dir`: its database (migrated), keys, link to the
@@ -289,24 +319,15 @@ async fn open(dir: &Path) -> Result<Opened> {
     };
     let store = ChunkStore::open(&dir.join(layout::CHUNKS))?;
     let trust_hex = cascade_content::public_key_hex(&trust);
-    ensure_join_token(
-        &db,
-        dir,
-        "site_join",
-        "cas_sitejoin",
-        layout::SITE_JOIN_TOKEN,
-        &trust_hex,
-    )
-    .await?;
-    ensure_join_token(
-        &db,
-        dir,
-        "dp_join",
-        "cas_dpjoin",
-        layout::DP_JOIN_TOKEN,
-        &trust_hex,
-    )
-    .await?;
+    // A site from before TLS makes its certificate at its first start.
+    if !cascade_protocol::tls::Identity::exists(dir) {
+        let made = cascade_protocol::tls::make(dir, None)?;
+        tracing::info!(certificate = %made, "made the site's TLS certificate");
+    }
+    let tls = cascade_protocol::tls::Identity::load(dir)?;
+    for token in TOKENS {
+        ensure_token(&db, dir, token, &trust_hex, &tls.fingerprint()).await?;
+    }
     let content_key = content_key(&db).await?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (status_queue, status_pending) = tokio::sync::mpsc::channel(state::QUEUE);
@@ -340,6 +361,7 @@ async fn open(dir: &Path) -> Result<Opened> {
         state,
         status_pending,
         shutdown_tx,
+        tls,
     })
 }
 
@@ -365,7 +387,9 @@ pub async fn run(
         state,
         status_pending,
         shutdown_tx,
+        tls,
     } = open(dir).await?;
+    let acceptor = tls.acceptor()?;
     let db = state.db.clone();
     let (code, kind) = (state.code.clone(), state.kind);
     let listener = tokio::net::TcpListener::bind(listen)
@@ -405,7 +429,7 @@ pub async fn run(
     }
     let seen = state.seen.clone();
     let last_flush = state.clone();
-    http::serve(listener, state, limits, async move {
+    http::serve(listener, state, limits, acceptor, async move {
         shutdown.await;
         let _ = shutdown_tx.send(true);
         tracing::info!("shutting down");

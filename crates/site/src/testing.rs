@@ -20,7 +20,7 @@ impl TestSite {
     pub async fn start() -> TestSite {
         let dir = tempfile::tempdir().unwrap();
         let site_dir = dir.path().join("site");
-        let report = crate::init(&site_dir, "CEN", None).await.unwrap();
+        let report = crate::init(&site_dir, "CEN", None, None).await.unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready, url) = tokio::sync::oneshot::channel();
         // On a runtime of its own, as in its own process.
@@ -51,11 +51,17 @@ impl TestSite {
         }
     }
 
+    /// A client of the site pinning its certificate, with `token` (or none).
+    pub fn client(&self, token: Option<&str>) -> Client {
+        let pin = cascade_protocol::tls::Fingerprint::parse(&self.report.certificate);
+        Client::new(&self.url, token, pin).unwrap()
+    }
+
     /// A client with the credential of a newly enrolled DP, admitted and
     /// given package `tools` (created with one small file if it is not
     /// there yet), so that it may report on it.
     pub async fn dp(&self, name: &str) -> Client {
-        let client = Client::new(&self.url, None).unwrap();
+        let client = self.client(None);
         let enrolled = client
             .enroll_dp(&EnrollRequest {
                 name: name.into(),
@@ -93,7 +99,7 @@ impl TestSite {
                 .unwrap();
         }
         admin
-            .approve_dp(name, Some("http://127.0.0.1:9"))
+            .approve_dp(name, Some("https://127.0.0.1:9"))
             .await
             .unwrap();
         admin
@@ -137,7 +143,7 @@ impl TestState {
     pub async fn open() -> TestState {
         let dir = tempfile::tempdir().unwrap();
         let site_dir = dir.path().join("site");
-        let report = crate::init(&site_dir, "CEN", None).await.unwrap();
+        let report = crate::init(&site_dir, "CEN", None, None).await.unwrap();
         let opened = crate::open(&site_dir).await.unwrap();
         let writer = tokio::spawn(crate::workers::status_writer::status_writer(
             opened.state.clone(),

@@ -17,6 +17,8 @@ pub struct DpRow {
     pub announced_url: Option<String>,
     /// Whether an administrator admitted it.
     pub approved: bool,
+    /// Fingerprint of the TLS certificate it serves with, as it announced.
+    pub certificate: Option<String>,
 }
 
 fn dp_from_row(row: sqlx::sqlite::SqliteRow) -> DpRow {
@@ -29,11 +31,12 @@ fn dp_from_row(row: sqlx::sqlite::SqliteRow) -> DpRow {
         revision: row.get(5),
         announced_url: row.get(6),
         approved: row.get::<Option<i64>, _>(7).is_some(),
+        certificate: row.get(8),
     }
 }
 
 const DP_COLUMNS: &str =
-    "id, name, url, enrolled_at_ms, last_seen_ms, revision, announced_url, approved_at_ms";
+    "id, name, url, enrolled_at_ms, last_seen_ms, revision, announced_url, approved_at_ms, certificate";
 
 /// The admitted DPs (approved by an administrator): the only ones given
 /// packages and offered to agents.
@@ -159,9 +162,18 @@ pub async fn insert_dp(
 /// Records the URL a DP announced, and that it was seen.
 /// Records the URL a DP announces (not the one agents use: that one an
 /// administrator admits).
-pub async fn set_dp_url(tx: &mut WriteTx<'_>, dp_id: i64, url: &str, now_ms: i64) -> Result<()> {
-    sqlx::query("UPDATE dps SET announced_url = ?, last_seen_ms = ? WHERE id = ?")
+pub async fn set_dp_url(
+    tx: &mut WriteTx<'_>,
+    dp_id: i64,
+    url: &str,
+    certificate: Option<&str>,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE dps SET announced_url = ?, certificate = COALESCE(?, certificate), last_seen_ms = ? WHERE id = ?",
+    )
         .bind(url)
+        .bind(certificate)
         .bind(now_ms)
         .bind(dp_id)
         .execute(&mut *tx.tx)

@@ -270,4 +270,9 @@ CREATE TABLE secrets (
 ALTER TABLE agents ADD COLUMN public_key TEXT;
 ALTER TABLE dps ADD COLUMN public_key TEXT;
 "#,
+    r#"
+-- The SHA-256 fingerprint (hex) of the TLS certificate each DP serves
+-- with, as it announced it: agents pin it (protocol::tls).
+ALTER TABLE dps ADD COLUMN certificate TEXT;
+"#,
 ];

@@ -38,6 +38,7 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         | Error::Io { .. }
         | Error::Json { .. }
         | Error::Task { .. }
+        | Error::Tls(_)
         | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }

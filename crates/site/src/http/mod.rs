@@ -107,9 +107,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     limits: cascade_protocol::serve::Limits,
+    tls: cascade_protocol::tls::Acceptor,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    cascade_protocol::serve::serve(listener, router(state), limits, shutdown)
+    cascade_protocol::serve::serve(listener, router(state), limits, tls, shutdown)
         .await
         .map_err(Error::io("serving HTTP"))
 }

@@ -195,6 +195,7 @@ pub async fn policy(
                 poll_interval_ms: shared.settings.agent_poll_interval_ms,
                 jobs,
                 dps: shared.dp_urls.clone(),
+                dp_certificates: shared.dp_certificates.clone(),
                 canceled,
                 content_ticket: agent.approved.then(|| {
                     state.content_key.issue(

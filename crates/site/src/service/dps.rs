@@ -124,10 +124,10 @@ pub async fn require_admitted(state: &AppState, dp_id: i64) -> Result<()> {
 }
 
 fn check_url(url: &str) -> Result<()> {
-    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
+    if !url.starts_with("https://") || url.len() > 2048 {
         return Err(Error::invalid(
             "invalid_url",
-            format!("{url:?} is not an http(s) URL"),
+            format!("{url:?} is not an https:// URL (DPs serve HTTPS only)"),
         ));
     }
     Ok(())
@@ -147,8 +147,36 @@ pub async fn hello(state: &AppState, dp_id: i64, hello: &DpHello) -> Result<()> 
             dp.name
         );
     }
-    db::set_dp_url(&mut tx, dp_id, &hello.url, now_ms()).await?;
+    let certificate = match &hello.certificate {
+        Some(text) => Some(
+            cascade_protocol::tls::Fingerprint::parse(text)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "invalid_certificate",
+                        format!("{text:?} is not a certificate fingerprint (64 hex digits)"),
+                    )
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let changed = certificate.is_some() && certificate != dp.certificate;
+    if changed && dp.approved {
+        tracing::warn!(
+            dp = %dp.name,
+            was = dp.certificate.as_deref().unwrap_or("none"),
+            now = certificate.as_deref().unwrap_or_default(),
+            "the dp serves with a new TLS certificate; agents pin the new one"
+        );
+    }
+    db::set_dp_url(&mut tx, dp_id, &hello.url, certificate.as_deref(), now_ms()).await?;
+    if changed && dp.approved {
+        db::bump_agents(&mut tx).await?;
+    }
     tx.commit().await?;
+    if changed && dp.approved {
+        state.notify_everything();
+    }
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use cascade_content::SignedManifest;
 use cascade_domain::hierarchy::SiteKind;
 use cascade_domain::SiteCode;
 use cascade_protocol::{
-    Client, Enrollment, Instruction, LinkRequest, SignedManifestWire, SiteEnrollRequest,
+    Enrollment, Instruction, LinkRequest, SignedManifestWire, SiteEnrollRequest,
     SiteEnrollResponse, SiteRegistration, SiteSummary,
 };
 use cascade_store::now_ms;
@@ -43,7 +43,7 @@ pub struct Join {
 /// `cascade site init --parent`: checks the parent (and the central key,
 /// when pinned) and enrolls with it.
 pub async fn join(code: &SiteCode, kind: SiteKind, join: &Join) -> Result<ParentConfig> {
-    let client = Client::new(&join.parent_url, None)
+    let client = cascade_protocol::client_for_token(&join.parent_url, &join.join_token)
         .map_err(|err| upstream("connecting to the parent", err))?;
     let parent = client
         .site_info()
@@ -88,7 +88,7 @@ pub async fn join(code: &SiteCode, kind: SiteKind, join: &Join) -> Result<Parent
     Ok(ParentConfig {
         enrollment: Enrollment::granted(
             code.as_str(),
-            client.base(),
+            &client,
             answer.credential,
             answer.parent,
             // A site's own messages are not signed (yet).

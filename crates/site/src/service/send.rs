@@ -141,7 +141,7 @@ pub async fn instructions(
 mod tests {
     use super::*;
     use crate::testing::TestSite;
-    use cascade_protocol::{Client, CollectionRequest};
+    use cascade_protocol::CollectionRequest;
 
     /// Issue 10: `after` acknowledged everything up to it, so a child
     /// claiming a number it was never sent made the parent drop
@@ -163,13 +163,14 @@ mod tests {
                 max_rate: None,
                 replace: false,
             }),
+            None,
         )
         .await
         .unwrap();
         let child = crate::state::Parent::read(&child_dir.join(crate::layout::PARENT))
             .unwrap()
             .client;
-        let admin = Client::new(&site.url, Some(&site.report.admin_token)).unwrap();
+        let admin = site.client(Some(&site.report.admin_token));
         admin
             .create_collection(&CollectionRequest {
                 name: "kiosks".into(),

@@ -24,6 +24,8 @@ pub struct SharedPolicy {
     canceled: Vec<(SharedJob, SignedIntent)>,
     /// The URLs of the site's DPs.
     pub dp_urls: Vec<String>,
+    /// Their certificates' fingerprints, by URL.
+    pub dp_certificates: std::collections::BTreeMap<String, String>,
     /// The highest agent revision when it was read (read first): it holds
     /// every policy change up to that revision.
     revision: i64,
@@ -123,6 +125,10 @@ async fn read_shared_policy(db: &db::Db, now: i64) -> Result<SharedPolicy> {
         settings,
         jobs,
         canceled,
+        dp_certificates: dps
+            .iter()
+            .filter_map(|dp| Some((dp.url.clone()?, dp.certificate.clone()?)))
+            .collect(),
         dp_urls: dps.into_iter().filter_map(|dp| dp.url).collect(),
         revision,
     })

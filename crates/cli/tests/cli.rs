@@ -162,7 +162,7 @@ fn errors_say_each_thing_once() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "error: server URL 127.0.0.1:7400 has no scheme; use http://127.0.0.1:7400\n"
+        "error: server URL 127.0.0.1:7400 has no scheme; use https://127.0.0.1:7400\n"
     );
     assert_eq!(out.status.code(), Some(1));
 
@@ -187,7 +187,8 @@ fn errors_say_each_thing_once() {
             .arg(&second)
             .args(["--code", "TWO"]),
     );
-    let addr = site.url.trim_start_matches("http://");
+    let addr = addr_of(&site.url);
+    let addr = addr.as_str();
     let out = Command::new(BIN)
         .args(["site", "run"])
         .arg(&second)

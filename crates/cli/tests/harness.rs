@@ -81,13 +81,67 @@ impl Drop for Process {
     }
 }
 
-/// Waits until `path` holds a URL written after `since` (a restart rewrites it).
+/// The certificate each server started by this test serves with, by URL:
+/// [`http`] pins it, as Cascade's own clients do.
+static PINS: std::sync::Mutex<Vec<(String, cascade_protocol::tls::Fingerprint)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Remembers that the server at `url` serves with the certificate in `dir`.
+pub fn pin(url: &str, dir: &Path) {
+    let fingerprint = cascade_protocol::tls::fingerprint_in(dir)
+        .unwrap_or_else(|err| panic!("certificate of {}: {err}", dir.display()));
+    let mut pins = PINS.lock().unwrap();
+    pins.retain(|(known, _)| known != url);
+    pins.push((url.to_owned(), fingerprint));
+}
+
+/// The certificate pinned for a request to `url`.
+fn pin_for(url: &str) -> Option<cascade_protocol::tls::Fingerprint> {
+    PINS.lock()
+        .unwrap()
+        .iter()
+        .find(|(base, _)| url.starts_with(base.as_str()))
+        .map(|(_, fingerprint)| *fingerprint)
+}
+
+/// A blocking TLS connection to the server at `url`, pinning its
+/// certificate, for tests that speak HTTP/1.1 by hand (the handshake
+/// happens at the first read or write).
+pub fn tls_connect(url: &str) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let pin = pin_for(url).unwrap_or_else(|| panic!("no certificate pinned for {url}"));
+    let config = std::sync::Arc::new(cascade_protocol::tls::pinned_config(pin));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connection = rustls::ClientConnection::new(config, name).unwrap();
+    let socket = std::net::TcpStream::connect(addr_of(url)).unwrap();
+    rustls::StreamOwned::new(connection, socket)
+}
+
+/// A blocking TLS server side with the certificate of the server whose
+/// data directory is `dir` (a compromised DP holds its own key).
+pub fn tls_accept(
+    dir: &Path,
+    socket: std::net::TcpStream,
+) -> rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream> {
+    let config = cascade_protocol::tls::Identity::load(dir)
+        .and_then(|identity| identity.server_config())
+        .unwrap();
+    rustls::StreamOwned::new(rustls::ServerConnection::new(config).unwrap(), socket)
+}
+
+/// `host:port` of a server URL.
+pub fn addr_of(url: &str) -> String {
+    url.trim_start_matches("https://").to_owned()
+}
+
+/// Waits until `path` holds a URL written after `since` (a restart
+/// rewrites it), and pins the certificate of the server beside it.
 fn wait_for_url(path: &Path, previous: Option<&str>) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(text) = std::fs::read_to_string(path) {
             let text = text.trim().to_owned();
             if !text.is_empty() && Some(text.as_str()) != previous {
+                pin(&text, path.parent().unwrap());
                 return text;
             }
         }
@@ -157,7 +211,7 @@ impl Site {
     pub fn central_run_with(root: &Path, code: &str, run_args: &[&str]) -> Site {
         let mut site = Site::central(root, code);
         site.process.kill();
-        let addr = site.url.trim_start_matches("http://").to_owned();
+        let addr = addr_of(&site.url);
         std::fs::remove_file(site.dir.join("url")).unwrap();
         let mut args = vec!["site", "run", site.dir.to_str().unwrap(), "--listen", &addr];
         args.extend_from_slice(run_args);
@@ -205,7 +259,7 @@ impl Site {
     /// same address, as a real site with a fixed port would come back.
     pub fn restart(&mut self) {
         self.process.kill();
-        let addr = self.url.trim_start_matches("http://").to_owned();
+        let addr = addr_of(&self.url);
         std::fs::remove_file(self.dir.join("url")).unwrap();
         let log = self.root.join(format!(
             "{}.log",
@@ -554,7 +608,9 @@ pub fn http(
         .build()
         .unwrap();
     runtime.block_on(async {
-        let client = reqwest::Client::new();
+        let client = cascade_protocol::tls::client_builder(pin_for(url))
+            .build()
+            .unwrap();
         let mut request = client.request(method, url);
         if let Some(token) = token {
             request = request.bearer_auth(token);

@@ -387,7 +387,7 @@ fn readme_tour_runs_word_for_word() {
             .skip(1)
             // What the servers started in the background print lands
             // wherever the tour is at that moment.
-            .filter(|line| !line.contains(" listening on http://"))
+            .filter(|line| !line.contains(" listening on https://"))
             .map(str::to_owned)
             .collect()
     };
@@ -462,8 +462,8 @@ fn readme_tour_runs_word_for_word() {
 #[test]
 fn tour_matcher_placeholders() {
     assert!(lines_match(
-        &["dp1  http://127.0.0.1:34345  0  2026-11-22T01:27:33Z".into()],
-        &["dp1 http://127.0.0.1:40001 0 2026-12-02T18:00:00Z".into()],
+        &["dp1  https://127.0.0.1:34345  0  2026-11-22T01:27:33Z".into()],
+        &["dp1 https://127.0.0.1:40001 0 2026-12-02T18:00:00Z".into()],
     ));
     assert!(lines_match(
         &["admin token: cas_admin_d406…   (also in ./cen/admin.token)".into()],

@@ -136,10 +136,10 @@ fn slowloris_connections_are_closed_and_the_cap_answers_503() {
             "3s",
         ],
     );
-    let addr = site.url.trim_start_matches("http://").to_owned();
+    let addr = addr_of(&site.url);
     // Whole headers, then a body trickled without end: closed at the
     // request timeout.
-    let mut trickle = TcpStream::connect(&addr).unwrap();
+    let mut trickle = tls_connect(&site.url);
     trickle
         .write_all(
             b"POST /api/v1/agents/enroll HTTP/1.1\r\nHost: cascade\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{",
@@ -153,42 +153,53 @@ fn slowloris_connections_are_closed_and_the_cap_answers_503() {
         trickled.elapsed()
     });
     let opened = Instant::now();
-    let mut slow: Vec<TcpStream> = (0..40)
-        .map(|i| {
-            let mut stream = TcpStream::connect(&addr).unwrap();
-            // Most trickle a request head; some send nothing at all.
-            if i % 8 != 0 {
-                stream
-                    .write_all(b"GET /api/v1/site HTTP/1.1\r\nHost: cascade\r\nX-Slow: ")
-                    .unwrap();
+    // Most trickle a request head inside TLS; some send nothing at all
+    // (not even a TLS handshake).
+    let mut slow: Vec<Box<dyn ReadWrite>> = (0..40)
+        .map(|i| -> Box<dyn ReadWrite> {
+            if i % 8 == 0 {
+                return Box::new(TcpStream::connect(&addr).unwrap());
             }
+            let mut stream = tls_connect(&site.url);
             stream
+                .write_all(b"GET /api/v1/site HTTP/1.1\r\nHost: cascade\r\nX-Slow: ")
+                .unwrap();
+            Box::new(stream)
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
 
-    let mut extra = TcpStream::connect(&addr).unwrap();
+    // One over the cap reads a 503 over TLS.
+    let mut extra = tls_connect(&site.url);
     extra
+        .sock
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     extra
         .write_all(b"GET /api/v1/site HTTP/1.1\r\nHost: cascade\r\n\r\n")
         .unwrap();
-    let mut answer = String::new();
-    extra.read_to_string(&mut answer).unwrap();
+    let mut answer = Vec::new();
+    let _ = extra.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("too_many_connections"), "{answer}");
 
     for stream in &mut slow {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        stream.socket().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut buf = [0u8; 1024];
         loop {
             match stream.read(&mut buf) {
                 Ok(0) => break,
                 Ok(_) => continue,
-                Err(err) if err.kind() == ErrorKind::ConnectionReset => break,
+                // Closed without a TLS close_notify, or reset.
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    break
+                }
                 Err(err) => panic!("a slow connection was not closed: {err}"),
             }
         }
@@ -215,6 +226,76 @@ fn slowloris_connections_are_closed_and_the_cap_answers_503() {
         .unwrap();
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(fields[3], fields[4], "soft limit not raised: {line}");
+}
+
+/// A connection a test reads and writes by hand: plain TCP or TLS.
+trait ReadWrite: std::io::Read + std::io::Write {
+    fn socket(&self) -> &std::net::TcpStream;
+}
+
+impl ReadWrite for std::net::TcpStream {
+    fn socket(&self) -> &std::net::TcpStream {
+        self
+    }
+}
+
+impl ReadWrite for rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    fn socket(&self) -> &std::net::TcpStream {
+        &self.sock
+    }
+}
+
+/// Issue 12: Cascade servers speak HTTPS only. A plain-HTTP request is
+/// answered with a clear 400 naming the https:// URL, and the CLI refuses
+/// an http:// server URL before sending anything (the token never crosses
+/// the network in clear); a client pinning another certificate refuses
+/// the site.
+#[test]
+fn plain_http_is_refused_and_certificates_are_pinned() {
+    use std::io::{Read, Write};
+    let root = tempfile::tempdir().unwrap();
+    let site = Site::start(root.path());
+    let mut plain = std::net::TcpStream::connect(addr_of(&site.url)).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    plain
+        .write_all(b"GET /api/v1/site HTTP/1.1\r\nHost: cascade\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    plain.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("plain_http_refused")
+            && answer.contains(&format!("use {}", site.url)),
+        "{answer}"
+    );
+    let http_url = site.url.replace("https://", "http://");
+    let out = std::process::Command::new(BIN)
+        .args(["site", "list", "--server", &http_url, "--token", &site.admin_token])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is plain HTTP") && err.contains(&site.url), "{err}");
+    // An admin token pins the certificate of the site that minted it:
+    // another site on that address is refused.
+    let other = Site::central(root.path(), "OTH");
+    let out = std::process::Command::new(BIN)
+        .args(["site", "list", "--server", &other.url, "--token", &site.admin_token])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("not the pinned"), "{err}");
+    // A token from before TLS pins no certificate, and is refused.
+    let old = site.admin_token.rsplit_once('.').unwrap().0;
+    let out = std::process::Command::new(BIN)
+        .args(["site", "list", "--server", &site.url, "--token", old])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pins no TLS certificate"), "{err}");
 }
 
 /// Issue 12: setuid bits in a package were kept and materialised as is, so
@@ -384,16 +465,19 @@ fn dps_are_admitted_not_self_declared() {
     );
 }
 
-/// A content server that misbehaves on every request: `endless` answers 200
-/// and sends zeros until the client hangs up; `trickle` promises a body and
-/// sends one byte every 200 ms.
-fn hostile_server(endless: bool) -> String {
+/// A content server that misbehaves on every request, with the key of
+/// the DP in `dir` (a compromised DP): `endless` answers 200 and sends
+/// zeros until the client hangs up; `trickle` promises a body and sends one
+/// byte every 200 ms.
+fn hostile_server(dir: &std::path::Path, endless: bool) -> String {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let dir = dir.to_owned();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
+            let Ok(socket) = stream else { continue };
+            let mut stream = tls_accept(&dir, socket);
             std::thread::spawn(move || {
                 let mut head = [0u8; 4096];
                 let _ = stream.read(&mut head);
@@ -439,15 +523,21 @@ fn a_rogue_dp_neither_exhausts_the_agent_nor_fails_the_job() {
     site.json(&["site", "settings", "--agent-poll-interval", "2s"]);
     // Real DPs, but admitted (the compromised case) at hostile URLs; the
     // agent tries a job's DPs in name order.
-    let _endless = site.add_unapproved_dp("a-endless");
-    let _trickle = site.add_unapproved_dp("b-trickle");
-    site.json(&["dp", "approve", "a-endless", "--url", &hostile_server(true)]);
+    let endless = site.add_unapproved_dp("a-endless");
+    let trickle = site.add_unapproved_dp("b-trickle");
+    site.json(&[
+        "dp",
+        "approve",
+        "a-endless",
+        "--url",
+        &hostile_server(&endless.dir, true),
+    ]);
     site.json(&[
         "dp",
         "approve",
         "b-trickle",
         "--url",
-        &hostile_server(false),
+        &hostile_server(&trickle.dir, false),
     ]);
     let good = site.add_dp("c-good");
     let source = root.path().join("src");

@@ -145,8 +145,9 @@ where
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             if let Ok(refusal) = refusing.clone().try_acquire_owned() {
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    refuse_full(stream, cap).await;
+                    refuse_full(stream, cap, &tls).await;
                     drop(refusal);
                 });
             }
@@ -230,22 +231,31 @@ where
 /// The first byte of every TLS connection (a handshake record).
 const TLS_HANDSHAKE: u8 = 0x16;
 
+/// Whether the client starts a TLS handshake (Some(true)) or speaks
+/// plain HTTP (Some(false)); None if it sent nothing within `timeout`.
+async fn speaks_tls(stream: &TcpStream, timeout: Duration) -> Option<bool> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0] == TLS_HANDSHAKE),
+        _ => None,
+    }
+}
+
 /// Completes the TLS handshake within `timeout`, or answers a plain-HTTP
 /// request with a clear 400 and closes the connection. None when the
 /// connection is not to be served.
 async fn handshake(
     stream: TcpStream,
-    tls: &tokio_rustls::TlsAcceptor,
+    tls: &crate::tls::Acceptor,
     timeout: Duration,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
-        Ok(Ok(1)) => {
+    match speaks_tls(&stream, timeout).await {
+        Some(true) => {}
+        Some(false) => {
             refuse_plain(stream).await;
             return None;
         }
-        _ => return None,
+        None => return None,
     }
     match tokio::time::timeout(timeout, tls.accept(stream)).await {
         Ok(Ok(stream)) => Some(stream),
@@ -276,8 +286,19 @@ async fn refuse_plain(stream: TcpStream) {
     .await;
 }
 
-/// Answers a connection over the cap with 503 and closes it.
-async fn refuse_full(stream: TcpStream, cap: usize) {
+/// How long a connection over the cap gets to complete its handshake and
+/// read its 503.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Answers a connection over the cap with 503 (over TLS, so that the
+/// client reads it) and closes it.
+async fn refuse_full(stream: TcpStream, cap: usize, tls: &crate::tls::Acceptor) {
+    if speaks_tls(&stream, REFUSAL_DEADLINE).await != Some(true) {
+        return;
+    }
+    let Ok(Ok(stream)) = tokio::time::timeout(REFUSAL_DEADLINE, tls.accept(stream)).await else {
+        return;
+    };
     answer_and_close(
         stream,
         "503 Service Unavailable",
@@ -288,9 +309,9 @@ async fn refuse_full(stream: TcpStream, cap: usize) {
     .await;
 }
 
-/// Writes one plain answer (an [`ErrorBody`]) and closes the connection.
+/// Writes one answer (an [`ErrorBody`]) and closes the connection.
 async fn answer_and_close(
-    mut stream: TcpStream,
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     status: &str,
     code: &str,
     message: String,
@@ -307,7 +328,7 @@ async fn answer_and_close(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{headers}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(REFUSAL_DEADLINE, async {
         stream.write_all(answer.as_bytes()).await?;
         stream.shutdown().await?;
         // Read what the client sent, so that closing does not reset the

@@ -196,8 +196,12 @@ impl Identity {
 
     /// The server side of TLS with this identity (HTTP/1.1 only).
     pub fn acceptor(&self) -> Result<Acceptor, TlsError> {
-        let config = server_config(self.chain.clone(), self.key.clone_key(), &self.dir)?;
-        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        Ok(tokio_rustls::TlsAcceptor::from(self.server_config()?))
+    }
+
+    /// The rustls configuration of [`Identity::acceptor`].
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        server_config(self.chain.clone(), self.key.clone_key(), &self.dir).map(Arc::new)
     }
 }
 
@@ -284,7 +288,9 @@ pub fn client_builder(pin: Option<Fingerprint>) -> reqwest::ClientBuilder {
     }
 }
 
-fn pinned_config(pin: Fingerprint) -> rustls::ClientConfig {
+/// The client side of TLS accepting only the certificate `pin` names (for
+/// a client other than reqwest's: a test speaking raw HTTP/1.1).
+pub fn pinned_config(pin: Fingerprint) -> rustls::ClientConfig {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("the ring provider supports the default protocol versions")

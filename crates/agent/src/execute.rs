@@ -23,8 +23,8 @@
 use crate::{Error, Result};
 use cascade_content::{ChunkStore, Manifest, VerifyingKey};
 use cascade_domain::backoff::Backoff;
-use cascade_protocol::worker::{Step, Work, Worker};
 use cascade_protocol::tls::Fingerprint;
+use cascade_protocol::worker::{Step, Work, Worker};
 use cascade_protocol::{Client, JobOffer, StatusBody};
 use cascade_store::{now_ms, Db, Outbox};
 use std::collections::{HashMap, HashSet};
@@ -912,10 +912,7 @@ impl DpClients {
     /// The client that accepts only the certificate `pin` names.
     pub fn pinning(&self, pin: Option<Fingerprint>) -> reqwest::Client {
         let mut clients = self.clients.lock().expect("dp clients lock");
-        clients
-            .entry(pin)
-            .or_insert_with(|| dp_client(pin))
-            .clone()
+        clients.entry(pin).or_insert_with(|| dp_client(pin)).clone()
     }
 }
 

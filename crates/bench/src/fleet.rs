@@ -163,7 +163,7 @@ impl Fleet {
         let admin_token = field("admin_token")?;
         Ok(Site {
             code: code.to_owned(),
-            client: Client::new(&url, Some(&admin_token))?,
+            client: cascade_protocol::client_presenting(&url, &admin_token)?,
             url,
             admin_token,
             join_token: field("join_token")?,

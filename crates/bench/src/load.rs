@@ -20,6 +20,8 @@ const INTERVAL_MS: u64 = 60_000;
 struct Loadgen {
     bin: PathBuf,
     site: String,
+    /// The site's certificate fingerprint, which the simulated agents pin.
+    certificate: String,
     state: PathBuf,
     server_pid: u32,
 }
@@ -30,6 +32,7 @@ impl Loadgen {
         let out = Command::new(&self.bin)
             .arg(subcommand)
             .args(["--site", &self.site])
+            .args(["--certificate", &self.certificate])
             .arg("--state")
             .arg(&self.state)
             .args(args)
@@ -92,6 +95,11 @@ fn agent_rows(
         let loadgen = Loadgen {
             bin: fleet::sibling("cascade-loadgen")?,
             site: site.url.clone(),
+            certificate: site
+                .client
+                .pin()
+                .context("the site's admin token pins no certificate")?
+                .to_string(),
             state: fleet.root.join("agents.jsonl"),
             server_pid: site.process.pid(),
         };

@@ -1,6 +1,7 @@
 //! A byte-counting TCP relay on loopback, put between a DP and its site so
 //! that the bytes a transfer really costs on the wire (headers, manifests,
-//! status traffic and all) are counted, as rsync's `--stats` counts its own.
+//! status traffic and TLS records and all) are counted, as rsync's
+//! `--stats` counts its own.
 
 use anyhow::Result;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,21 +12,21 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A running relay; counting goes on until the bench ends.
 pub struct CountingProxy {
-    /// `http://127.0.0.1:PORT`, to give the client instead of the server's URL.
+    /// `https://127.0.0.1:PORT`, to give the client instead of the server's URL.
     pub url: String,
     bytes: Arc<AtomicU64>,
 }
 
 impl CountingProxy {
     /// Relays connections made to a new loopback port to `upstream`
-    /// (`http://HOST:PORT`).
+    /// (`https://HOST:PORT`).
     pub async fn start(upstream: &str) -> Result<CountingProxy> {
         let upstream = upstream
-            .trim_start_matches("http://")
+            .trim_start_matches("https://")
             .trim_end_matches('/')
             .to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let url = format!("https://{}", listener.local_addr()?);
         let bytes = Arc::new(AtomicU64::new(0));
         let counter = bytes.clone();
         tokio::spawn(async move {

@@ -746,10 +746,16 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             tls,
         }) => {
             init_logging("warn")?;
-            let config =
-                cascade_dp::init(&dir, &site, &join_token, &name, &listen, tls.supplied().as_ref())
-                .await
-                .with_context(|| format!("enrolling dp {name} with {site}"))?;
+            let config = cascade_dp::init(
+                &dir,
+                &site,
+                &join_token,
+                &name,
+                &listen,
+                tls.supplied().as_ref(),
+            )
+            .await
+            .with_context(|| format!("enrolling dp {name} with {site}"))?;
             out.enrolled(
                 "dp",
                 &dir,

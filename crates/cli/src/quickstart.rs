@@ -217,8 +217,15 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
     for site in &sites {
         let dp = format!("{}-dp1", site.code.to_lowercase());
         let dir = root.join(&dp);
-        cascade_dp::init(&dir, &site.url, &site.dp_join_token, "dp1", "127.0.0.1:0", None)
-            .await?;
+        cascade_dp::init(
+            &dir,
+            &site.url,
+            &site.dp_join_token,
+            "dp1",
+            "127.0.0.1:0",
+            None,
+        )
+        .await?;
         children.spawn(&dp, &["dp", "run", path_str(&dir)?], &logs)?;
         let dp_url = wait_for_url(&dir.join(cascade_dp::layout::URL), &mut children).await?;
         // Admitted by the administrator, at the URL it serves on.

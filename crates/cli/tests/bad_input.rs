@@ -182,9 +182,11 @@ fn bad_input_is_refused_clearly_and_damages_nothing() {
     )
     .unwrap_err();
     assert!(err.starts_with("401"), "{err}");
+    // A token with the site's pins but a secret it never minted.
+    let pins = site.admin_token.split_once('.').unwrap().1;
     let out = site
         .cmd(&["package", "list"])
-        .env("CASCADE_TOKEN", "cas_admin_wrong")
+        .env("CASCADE_TOKEN", format!("cas_admin_wrong.{pins}"))
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown credential"));

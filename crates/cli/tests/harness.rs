@@ -107,7 +107,9 @@ fn pin_for(url: &str) -> Option<cascade_protocol::tls::Fingerprint> {
 /// A blocking TLS connection to the server at `url`, pinning its
 /// certificate, for tests that speak HTTP/1.1 by hand (the handshake
 /// happens at the first read or write).
-pub fn tls_connect(url: &str) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+pub fn tls_connect(
+    url: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
     let pin = pin_for(url).unwrap_or_else(|| panic!("no certificate pinned for {url}"));
     let config = std::sync::Arc::new(cascade_protocol::tls::pinned_config(pin));
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

@@ -946,7 +946,15 @@ fn hierarchy_refuses_bad_input() {
     assert!(err.contains("parent must be a primary"), "{err}");
     let err = join("b", "P01", "primary", &p02, &p02.site_join_token, &[]);
     assert!(err.contains("already used in the hierarchy"), "{err}");
-    let err = join("c", "P09", "primary", &cen, "cas_sitejoin_wrong", &[]);
+    let pins = cen.site_join_token.split_once('.').unwrap().1;
+    let err = join(
+        "c",
+        "P09",
+        "primary",
+        &cen,
+        &format!("cas_sitejoin_wrong.{pins}"),
+        &[],
+    );
     assert!(err.contains("invalid join token"), "{err}");
     // The token every DP and workstation holds does not enroll a site.
     let err = join("c2", "P09", "primary", &cen, &cen.join_token, &[]);

@@ -185,7 +185,10 @@ fn slowloris_connections_are_closed_and_the_cap_answers_503() {
     assert!(answer.contains("too_many_connections"), "{answer}");
 
     for stream in &mut slow {
-        stream.socket().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .socket()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut buf = [0u8; 1024];
         loop {
             match stream.read(&mut buf) {
@@ -266,23 +269,39 @@ fn plain_http_is_refused_and_certificates_are_pinned() {
     plain.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(
-        answer.contains("plain_http_refused")
-            && answer.contains(&format!("use {}", site.url)),
+        answer.contains("plain_http_refused") && answer.contains(&format!("use {}", site.url)),
         "{answer}"
     );
     let http_url = site.url.replace("https://", "http://");
     let out = std::process::Command::new(BIN)
-        .args(["site", "list", "--server", &http_url, "--token", &site.admin_token])
+        .args([
+            "site",
+            "list",
+            "--server",
+            &http_url,
+            "--token",
+            &site.admin_token,
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("is plain HTTP") && err.contains(&site.url), "{err}");
+    assert!(
+        err.contains("is plain HTTP") && err.contains(&site.url),
+        "{err}"
+    );
     // An admin token pins the certificate of the site that minted it:
     // another site on that address is refused.
     let other = Site::central(root.path(), "OTH");
     let out = std::process::Command::new(BIN)
-        .args(["site", "list", "--server", &other.url, "--token", &site.admin_token])
+        .args([
+            "site",
+            "list",
+            "--server",
+            &other.url,
+            "--token",
+            &site.admin_token,
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -69,7 +69,7 @@ pub struct Client {
 }
 
 /// Checks that `base` is a URL a client can talk to.
-fn check_base(base: &str) -> Result<()> {
+pub(crate) fn check_base(base: &str) -> Result<()> {
     let refuse = |problem: String| {
         Err(Error::BadUrl {
             url: base.to_owned(),

@@ -82,7 +82,9 @@ impl Enrollment {
         let pin = match &self.site_certificate {
             Some(hex) => Some(Fingerprint::parse(hex).ok_or_else(|| Error::BadUrl {
                 url: self.site_url.clone(),
-                problem: format!("is pinned to a malformed certificate fingerprint {hex:?} in the configuration"),
+                problem: format!(
+                    "is pinned to a malformed certificate fingerprint {hex:?} in the configuration"
+                ),
             })?),
             None => None,
         };
@@ -127,6 +129,7 @@ impl<'a> TokenPins<'a> {
 /// a token that pins none, naming the fix.
 pub fn client_for_token(url: &str, token: &str) -> Result<Client> {
     let token = token.trim();
+    crate::client::check_base(url)?;
     let Some(pin) = TokenPins::of(token).certificate else {
         return Err(Error::BadUrl {
             url: url.to_owned(),

@@ -26,8 +26,8 @@ pub mod worker;
 
 pub use client::Client;
 pub use enrollment::{
-    check_pinned_key, client_for_token, client_presenting, pinned_key, pinning_token, read_config, Enrollment,
-    TokenPins,
+    check_pinned_key, client_for_token, client_presenting, pinned_key, pinning_token, read_config,
+    Enrollment, TokenPins,
 };
 pub use error::{chain, Error, Result};
 pub use intent::{CancelIntent, Intent, IntentError, JobIntent, JobTarget, SignedIntent};

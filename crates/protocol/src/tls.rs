@@ -143,7 +143,11 @@ impl Identity {
         }
         let made = rcgen::generate_simple_self_signed(names)
             .map_err(|err| TlsError::Generate(err.to_string()))?;
-        write(dir, made.cert.pem().as_bytes(), made.signing_key.serialize_pem().as_bytes())?;
+        write(
+            dir,
+            made.cert.pem().as_bytes(),
+            made.signing_key.serialize_pem().as_bytes(),
+        )?;
         Ok(Fingerprint::of(made.cert.der()))
     }
 

@@ -139,7 +139,11 @@ pub async fn init(
     // Every token pins the central key and the site's certificate: whoever
     // uses one checks the answer against them.
     let mint = |prefix| {
-        cascade_protocol::pinning_token(&service::auth::mint_token(prefix), &public_key, &certificate)
+        cascade_protocol::pinning_token(
+            &service::auth::mint_token(prefix),
+            &public_key,
+            &certificate,
+        )
     };
     let admin_token = mint("cas_admin");
     let join_token = mint("cas_join");
@@ -231,12 +235,17 @@ async fn ensure_token(
     let pins = cascade_protocol::TokenPins::of(&current);
     if db::role_exists(db.pool(), role).await?
         && pins.certificate.as_ref() == Some(certificate)
-        && pins.central_key.is_some_and(|key| key.eq_ignore_ascii_case(central_key))
+        && pins
+            .central_key
+            .is_some_and(|key| key.eq_ignore_ascii_case(central_key))
     {
         return Ok(());
     }
-    let token =
-        cascade_protocol::pinning_token(&service::auth::mint_token(prefix), central_key, certificate);
+    let token = cascade_protocol::pinning_token(
+        &service::auth::mint_token(prefix),
+        central_key,
+        certificate,
+    );
     let _ = std::fs::remove_file(&path);
     write_secret(&path, &token)?;
     let mut tx = db.write().await?;

@@ -22,6 +22,8 @@
 mod procfs;
 
 use anyhow::{bail, ensure, Context, Result};
+use cascade_protocol::status_signing::StatusSigner;
+use cascade_protocol::tls::Fingerprint;
 use cascade_protocol::{
     AgentEnrollRequest, AgentReport, Client, StatusBatch, StatusBody, StatusMessage,
 };
@@ -84,11 +86,19 @@ enum Command {
     Ingest(IngestArgs),
 }
 
+fn parse_certificate(text: &str) -> std::result::Result<Fingerprint, String> {
+    Fingerprint::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a SHA-256 fingerprint (64 hex digits)"))
+}
+
 #[derive(Args)]
 struct EnrollArgs {
     /// The site server's URL.
     #[arg(long)]
     site: String,
+    /// SHA-256 fingerprint of the site's TLS certificate, pinned.
+    #[arg(long, value_parser = parse_certificate)]
+    certificate: Fingerprint,
     /// The site's join token.
     #[arg(long)]
     join_token: String,
@@ -112,6 +122,9 @@ struct FleetArgs {
     /// The site server's URL.
     #[arg(long)]
     site: String,
+    /// SHA-256 fingerprint of the site's TLS certificate, pinned.
+    #[arg(long, value_parser = parse_certificate)]
+    certificate: Fingerprint,
     /// The state file written by `enroll`.
     #[arg(long)]
     state: PathBuf,
@@ -271,7 +284,8 @@ async fn enroll(args: EnrollArgs) -> Result<EnrollReport> {
     }
     let mut file = tokio::fs::File::from_std(file);
 
-    let client = Client::new(&args.site, None).context("cannot build the HTTP client")?;
+    let client = Client::new(&args.site, None, Some(args.certificate))
+        .context("cannot build the HTTP client")?;
     let names = Arc::new(names);
     let next = Arc::new(AtomicUsize::new(0));
     let (results, mut arrivals) = tokio::sync::mpsc::channel(1024);
@@ -286,8 +300,9 @@ async fn enroll(args: EnrollArgs) -> Result<EnrollReport> {
                     name: name.clone(),
                     join_token: join_token.clone(),
                     report: bench_report(name),
-                    // Simulated agents do not sign their messages.
-                    public_key: None,
+                    public_key: Some(cascade_content::public_key_hex(
+                        &bench_key(name).verifying_key(),
+                    )),
                 };
                 let result = client
                     .enroll_agent(&request)
@@ -356,6 +371,33 @@ async fn enroll(args: EnrollArgs) -> Result<EnrollReport> {
 }
 
 /// What a simulated workstation reports about itself.
+/// The status key of simulated agent `name`: derived from its name, so
+/// that the state file needs to keep only credentials (a benchmark's
+/// agents guard nothing).
+fn bench_key(name: &str) -> cascade_content::SigningKey {
+    cascade_content::SigningKey::from_bytes(
+        blake3::hash(format!("cascade-loadgen status key {name}").as_bytes()).as_bytes(),
+    )
+}
+
+/// The signer of simulated agent `name` of site `site`, signing every
+/// status message as a real agent's forwarder does.
+fn signer(site: &str, name: &str) -> Arc<StatusSigner> {
+    Arc::new(StatusSigner::new(
+        format!("{site}/agent/{name}"),
+        bench_key(name),
+    ))
+}
+
+/// The site's code, which names the sources of its agents' messages.
+async fn site_code(client: &Client) -> Result<String> {
+    Ok(client
+        .site_info()
+        .await
+        .context("cannot ask the site who it is")?
+        .code)
+}
+
 fn bench_report(name: &str) -> AgentReport {
     AgentReport {
         os: std::env::consts::OS.to_owned(),
@@ -503,7 +545,8 @@ async fn poll(args: PollArgs, fd_limit: u64) -> Result<PollReport> {
     check_fd_budget(args.connections, fd_limit)?;
     let watch = Watch::new(args.fleet.server_pid)?;
     let fleet = load_fleet(&args.fleet)?;
-    let base = Client::new(&args.fleet.site, None).context("cannot build the HTTP client")?;
+    let base = Client::new(&args.fleet.site, None, Some(args.fleet.certificate))
+        .context("cannot build the HTTP client")?;
     check_job_offered(&base, &fleet[0], args.job.job).await?;
 
     let interval = Duration::from_millis(args.interval_ms);
@@ -533,11 +576,13 @@ async fn poll(args: PollArgs, fd_limit: u64) -> Result<PollReport> {
 
     // One task per agent, each first polling at a uniformly random moment of
     // the first interval so that the load is even from the start.
+    let site = site_code(&base).await?;
     let mut agents = JoinSet::new();
     for agent in &fleet {
         let first = start + interval.mul_f64(rand::thread_rng().gen::<f64>());
         agents.spawn(simulate_agent(
             base.with_token(&agent.credential),
+            signer(&site, &agent.name),
             first,
             shared.clone(),
         ));
@@ -593,7 +638,12 @@ async fn poll(args: PollArgs, fd_limit: u64) -> Result<PollReport> {
 
 /// One steady-state agent: polls, sometimes reports, sleeps a jittered
 /// interval, until the end of the run.
-async fn simulate_agent(client: Client, first: Instant, shared: Arc<PollShared>) {
+async fn simulate_agent(
+    client: Client,
+    signer: Arc<StatusSigner>,
+    first: Instant,
+    shared: Arc<PollShared>,
+) {
     let mut revision = 0;
     let mut polls = 0u64;
     // Where the site stands for this agent, asked before its first report:
@@ -643,12 +693,13 @@ async fn simulate_agent(client: Client, first: Instant, shared: Arc<PollShared>)
         }
         if let Some(base) = seq_base.filter(|_| polls % shared.status_every.max(1) == 0) {
             seq += 1;
-            let message = StatusMessage {
+            let mut message = StatusMessage {
                 seq,
                 at_ms: unix_ms(),
                 body: downloading(shared.job, &shared.package, seq - base),
                 signature: None,
             };
+            signer.sign(&mut message);
             let batch = StatusBatch {
                 messages: vec![message],
             };
@@ -833,7 +884,8 @@ async fn hold(args: HoldArgs, fd_limit: u64) -> Result<HoldReport> {
     ensure!(args.open_rate > 0.0, "--open-rate must be positive");
     let watch = Watch::new(args.fleet.server_pid)?;
     let fleet = load_fleet(&args.fleet)?;
-    let base = Client::new(&args.fleet.site, None).context("cannot build the HTTP client")?;
+    let base = Client::new(&args.fleet.site, None, Some(args.fleet.certificate))
+        .context("cannot build the HTTP client")?;
 
     let wait = Duration::from_millis(args.wait_ms);
     let rss_before = watch.server_memory().map(|(rss, _)| rss);
@@ -1002,7 +1054,8 @@ async fn ingest(args: IngestArgs, fd_limit: u64) -> Result<IngestReport> {
     check_fd_budget(args.concurrency, fd_limit)?;
     let watch = Watch::new(args.fleet.server_pid)?;
     let fleet = load_fleet(&args.fleet)?;
-    let base = Client::new(&args.fleet.site, None).context("cannot build the HTTP client")?;
+    let base = Client::new(&args.fleet.site, None, Some(args.fleet.certificate))
+        .context("cannot build the HTTP client")?;
     check_job_offered(&base, &fleet[0], args.job.job).await?;
     eprintln!(
         "ingest: {} agents, {} workers posting batches of {} for {} s",
@@ -1018,13 +1071,19 @@ async fn ingest(args: IngestArgs, fd_limit: u64) -> Result<IngestReport> {
     let end = start + Duration::from_secs_f64(args.duration_s);
     let before = watch.sample();
     // Agent i belongs to worker i % C alone, so its messages go out in order.
+    let site = site_code(&base).await?;
     let mut workers = JoinSet::new();
     for worker in 0..args.concurrency {
-        let agents: Vec<Client> = fleet
+        let agents: Vec<(Client, Arc<StatusSigner>)> = fleet
             .iter()
             .skip(worker)
             .step_by(args.concurrency)
-            .map(|agent| base.with_token(&agent.credential))
+            .map(|agent| {
+                (
+                    base.with_token(&agent.credential),
+                    signer(&site, &agent.name),
+                )
+            })
             .collect();
         workers.spawn(ingest_worker(
             agents,
@@ -1084,7 +1143,7 @@ async fn ingest(args: IngestArgs, fd_limit: u64) -> Result<IngestReport> {
 
 /// Posts batches for its agents in turn, back to back, until `end`.
 async fn ingest_worker(
-    agents: Vec<Client>,
+    agents: Vec<(Client, Arc<StatusSigner>)>,
     job: u64,
     package: Arc<str>,
     batch: usize,
@@ -1095,7 +1154,7 @@ async fn ingest_worker(
     // Where the site stands for each agent: messages continue from there
     // without gaps, as an agent's outbox numbers them.
     let mut bases = Vec::with_capacity(agents.len());
-    for agent in &agents {
+    for (agent, _) in &agents {
         bases.push(high_water(agent).await.unwrap_or_else(|err| {
             stats.errors.record(format!("status: {err}"));
             0
@@ -1111,16 +1170,18 @@ async fn ingest_worker(
         let messages = (1..=batch as u64)
             .map(|i| {
                 let n = sent[turn] + i;
-                StatusMessage {
+                let mut message = StatusMessage {
                     seq: bases[turn] + n,
                     at_ms,
                     body: downloading(job, &package, n),
                     signature: None,
-                }
+                };
+                agents[turn].1.sign(&mut message);
+                message
             })
             .collect();
         let started = Instant::now();
-        match agents[turn].post_status(&StatusBatch { messages }).await {
+        match agents[turn].0.post_status(&StatusBatch { messages }).await {
             Ok(ack) => {
                 sent[turn] += batch as u64;
                 stats.batch.push(micros(started.elapsed()));

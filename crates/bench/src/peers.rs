@@ -122,15 +122,35 @@ impl RsyncDaemon {
 /// set up to hand out packages would.
 pub struct Nginx {
     pub url: String,
+    /// With TLS: the certificate curl is told to trust.
+    cacert: Option<PathBuf>,
     _process: Process,
 }
 
 impl Nginx {
-    pub fn start(work: &Path, root: &Path) -> Result<Nginx> {
+    /// nginx serving `root`; with `tls`, over HTTPS with a certificate
+    /// made as Cascade makes its own (ECDSA P-256), so that both sides of
+    /// row 3 pay for the same TLS.
+    pub fn start(work: &Path, root: &Path, tls: bool) -> Result<Nginx> {
         let port = free_port()?;
-        let dir = work.join("nginx");
+        let dir = work.join(if tls { "nginx-tls" } else { "nginx" });
         std::fs::create_dir_all(dir.join("tmp"))?;
         let dir_str = path_str(&dir)?;
+        let (listen, cacert) = if tls {
+            cascade_protocol::tls::Identity::create(&dir, &[])?;
+            let cert = dir.join(cascade_protocol::tls::layout::CERT);
+            let key = dir.join(cascade_protocol::tls::layout::KEY);
+            (
+                format!(
+                    "listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {};",
+                    path_str(&cert)?,
+                    path_str(&key)?
+                ),
+                Some(cert),
+            )
+        } else {
+            (format!("listen 127.0.0.1:{port};"), None)
+        };
         let config = dir.join("nginx.conf");
         std::fs::write(
             &config,
@@ -141,7 +161,7 @@ impl Nginx {
                  client_body_temp_path {dir_str}/tmp;\n  proxy_temp_path {dir_str}/tmp;\n\
                  fastcgi_temp_path {dir_str}/tmp;\n  uwsgi_temp_path {dir_str}/tmp;\n\
                  scgi_temp_path {dir_str}/tmp;\n\
-                 server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
+                 server {{ {listen} root {root}; }}\n}}\n",
                 root = path_str(root)?
             ),
         )?;
@@ -153,15 +173,20 @@ impl Nginx {
         )?;
         wait_for_port(port)?;
         Ok(Nginx {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" }),
+            cacert,
             _process: process,
         })
     }
 
     /// `curl -o OUT URL/NAME`: the time, and the bytes downloaded.
     pub fn download(&self, name: &str, out: &Path) -> Result<(Duration, u64)> {
+        let cacert = match &self.cacert {
+            Some(cert) => format!("--cacert '{}' ", path_str(cert)?),
+            None => String::new(),
+        };
         let (_, took) = shell(&format!(
-            "curl -sS --fail -o '{}' '{}/{name}'",
+            "curl -sS --fail {cacert}-o '{}' '{}/{name}'",
             path_str(out)?,
             self.url
         ))?;

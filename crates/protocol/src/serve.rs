@@ -274,7 +274,7 @@ async fn handshake(
 async fn refuse_plain(stream: TcpStream) {
     let host = stream
         .local_addr()
-        .map(|addr| crate::url_for(addr))
+        .map(crate::url_for)
         .unwrap_or_else(|_| "https://HOST:PORT".into());
     answer_and_close(
         stream,

@@ -418,8 +418,7 @@ mod tests {
             &made.path().join(layout::CERT),
             &other.path().join(layout::KEY),
         )
-        .err()
-        .expect("a mismatched key is refused");
+        .expect_err("a mismatched key is refused");
         assert!(matches!(err, TlsError::Identity { .. }), "{err}");
         assert!(!Identity::exists(target.path()));
         let err = Identity::install(
@@ -427,8 +426,7 @@ mod tests {
             &made.path().join(layout::KEY),
             &made.path().join(layout::KEY),
         )
-        .err()
-        .expect("a key is not a certificate");
+        .expect_err("a key is not a certificate");
         assert!(err.to_string().contains("no usable certificate"), "{err}");
     }
 }

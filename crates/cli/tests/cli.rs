@@ -347,11 +347,13 @@ fn time_options_take_zones_local_times_and_relative_times() {
             .as_i64()
             .unwrap_or_else(|| panic!("{job:#}"))
     };
-    // 2026-12-02T16:00:00Z
-    let utc_ms = 1_796_227_200_000;
-    assert_eq!(offer_at("2026-12-02T17:00:00+01:00"), utc_ms);
-    assert_eq!(offer_at("2026-12-02 17:00 +01:00"), utc_ms);
-    assert_eq!(offer_at("2026-12-02 16:00Z"), utc_ms);
+    // 2036-12-02T16:00:00Z: far enough ahead that the job (expiring a day
+    // after its offer) is never refused as already expired (this test
+    // failed on 2026-12-03 while it used 2026-12-02).
+    let utc_ms = 2_111_846_400_000;
+    assert_eq!(offer_at("2036-12-02T17:00:00+01:00"), utc_ms);
+    assert_eq!(offer_at("2036-12-02 17:00 +01:00"), utc_ms);
+    assert_eq!(offer_at("2036-12-02 16:00Z"), utc_ms);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -362,7 +364,7 @@ fn time_options_take_zones_local_times_and_relative_times() {
     assert!((plus_two_hours - now_ms - 2 * 3600 * 1000).abs() < 60_000);
     // A bare local time, in the zone of the machine (here TZ is unset in
     // the test's environment or whatever it is: only the form is checked).
-    offer_at("2026-12-02 17:00");
+    offer_at("2036-12-02 17:00");
 
     let err = site.fails(&[
         "job",

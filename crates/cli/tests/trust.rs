@@ -272,20 +272,18 @@ fn plain_http_is_refused_and_certificates_are_pinned() {
         answer.contains("plain_http_refused") && answer.contains(&format!("use {}", site.url)),
         "{answer}"
     );
+    // `cascade site list` at `server` with `token`: what it printed on
+    // stderr, after checking that it failed.
+    let refused = |server: &str, token: &str| -> String {
+        let out = std::process::Command::new(BIN)
+            .args(["site", "list", "--server", server, "--token", token])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     let http_url = site.url.replace("https://", "http://");
-    let out = std::process::Command::new(BIN)
-        .args([
-            "site",
-            "list",
-            "--server",
-            &http_url,
-            "--token",
-            &site.admin_token,
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = refused(&http_url, &site.admin_token);
     assert!(
         err.contains("is plain HTTP") && err.contains(&site.url),
         "{err}"
@@ -293,27 +291,11 @@ fn plain_http_is_refused_and_certificates_are_pinned() {
     // An admin token pins the certificate of the site that minted it:
     // another site on that address is refused.
     let other = Site::central(root.path(), "OTH");
-    let out = std::process::Command::new(BIN)
-        .args([
-            "site",
-            "list",
-            "--server",
-            &other.url,
-            "--token",
-            &site.admin_token,
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = refused(&other.url, &site.admin_token);
     assert!(err.contains("not the pinned"), "{err}");
     // A token from before TLS pins no certificate, and is refused.
     let old = site.admin_token.rsplit_once('.').unwrap().0;
-    let out = std::process::Command::new(BIN)
-        .args(["site", "list", "--server", &site.url, "--token", old])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&site.url, old);
     assert!(err.contains("pins no TLS certificate"), "{err}");
 }
 
@@ -431,6 +413,13 @@ fn dps_are_admitted_not_self_declared() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // It announced the certificate it serves with (agents pin it), shown
+    // for the administrator to compare before approving.
+    let fingerprint = cascade_protocol::tls::fingerprint_in(&dp.dir).unwrap();
+    assert_eq!(
+        site.json(&["dp", "list"])[0]["certificate"],
+        fingerprint.to_string().as_str()
+    );
     let approved = site.json(&["dp", "approve", "dp1"]);
     assert_eq!(approved["url"], dp.url.as_str(), "{approved:#}");
     site.json(&["package", "distribute", "app", "--dp", "dp1"]);

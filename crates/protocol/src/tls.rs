@@ -155,13 +155,6 @@ impl Identity {
     /// files), checks that they make an identity, and copies them under
     /// `dir`. Returns the leaf certificate's fingerprint.
     pub fn install(dir: &Path, cert: &Path, key: &Path) -> Result<Fingerprint, TlsError> {
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::Io {
-                what: "reading",
-                path: path.to_owned(),
-                source,
-            })
-        };
         let (cert_pem, key_pem) = (read(cert)?, read(key)?);
         let chain = parse_chain(&cert_pem, cert)?;
         let private = parse_key(&key_pem, key)?;
@@ -174,13 +167,6 @@ impl Identity {
     pub fn load(dir: &Path) -> Result<Identity, TlsError> {
         let cert = dir.join(layout::CERT);
         let key = dir.join(layout::KEY);
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::Io {
-                what: "reading",
-                path: path.to_owned(),
-                source,
-            })
-        };
         Ok(Identity {
             chain: parse_chain(&read(&cert)?, &cert)?,
             key: parse_key(&read(&key)?, &key)?,
@@ -231,6 +217,14 @@ fn server_config(
         .map_err(|err| identity(err.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Io {
+        what: "reading",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn parse_chain(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -333,6 +333,11 @@ pub struct DpInfo {
     pub last_seen_ms: Option<i64>,
     /// Packages distributed to it.
     pub packages: u64,
+    /// SHA-256 fingerprint of the TLS certificate it serves with, as it
+    /// announced (agents pin it); compare with its `tls/cert.pem` before
+    /// approving.
+    #[serde(default)]
+    pub certificate: Option<String>,
 }
 
 /// `POST /api/v1/dps/{name}/approve`: admit a DP, at the URL it announced

@@ -30,6 +30,7 @@ pub async fn list(state: &AppState) -> Result<Vec<DpInfo>> {
             enrolled_at_ms: dp.enrolled_at_ms,
             last_seen_ms: dp.last_seen_ms,
             packages,
+            certificate: dp.certificate,
         });
     }
     Ok(out)
@@ -108,6 +109,7 @@ pub async fn approve(state: &AppState, name: &str, approval: &DpApproval) -> Res
         enrolled_at_ms: dp.enrolled_at_ms,
         last_seen_ms: dp.last_seen_ms,
         packages,
+        certificate: dp.certificate,
     })
 }
 

@@ -902,16 +902,25 @@ fn humantime_ms(ms: u64) -> String {
 }
 
 /// Clients for content sources, one per pinned certificate (each with its
-/// own connection pool), made as sources appear.
+/// own connection pool), made as sources appear; at most
+/// [`MAX_DP_CLIENTS`], so a site naming a new certificate in every policy
+/// cannot make the agent hold pools without end.
 #[derive(Default)]
 pub struct DpClients {
     clients: std::sync::Mutex<HashMap<Option<Fingerprint>, reqwest::Client>>,
 }
 
+/// Most content-source clients kept; past it they are all dropped and made
+/// again as needed.
+const MAX_DP_CLIENTS: usize = 64;
+
 impl DpClients {
     /// The client that accepts only the certificate `pin` names.
     pub fn pinning(&self, pin: Option<Fingerprint>) -> reqwest::Client {
         let mut clients = self.clients.lock().expect("dp clients lock");
+        if clients.len() >= MAX_DP_CLIENTS && !clients.contains_key(&pin) {
+            clients.clear();
+        }
         clients.entry(pin).or_insert_with(|| dp_client(pin)).clone()
     }
 }
@@ -1264,6 +1273,22 @@ mod tests {
             Err(Fetched::Refused(reason)) => panic!("refused: {reason}"),
             Ok(bytes) => panic!("accepted {} bytes", bytes.len()),
         }
+    }
+
+    /// A hostile site naming a new DP certificate in every policy must not
+    /// make the agent keep a connection pool for each.
+    #[test]
+    fn content_source_clients_are_bounded() {
+        let clients = DpClients::default();
+        for i in 0..(3 * MAX_DP_CLIENTS as u32) {
+            clients.pinning(Some(Fingerprint::of(&i.to_le_bytes())));
+            assert!(clients.clients.lock().unwrap().len() <= MAX_DP_CLIENTS);
+        }
+        // One in use stays while there is room.
+        let pin = Some(Fingerprint::of(b"kept"));
+        clients.pinning(pin);
+        clients.pinning(pin);
+        assert!(clients.clients.lock().unwrap().contains_key(&pin));
     }
 
     #[test]

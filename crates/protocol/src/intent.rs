@@ -9,6 +9,7 @@
 //! cancellation. The unsigned fields of an offer are a copy for display and
 //! for the sites' own bookkeeping, never what the agent trusts.
 
+pub use crate::signed::SignedIntent;
 use crate::types::{JobInfo, JobOffer};
 use cascade_content::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -90,16 +91,6 @@ pub struct CancelIntent {
     pub package: String,
     /// When the central site signed it.
     pub issued_at_ms: i64,
-}
-
-/// An intent as it is stored and travels: its JSON text exactly as signed,
-/// and the hex ed25519 signature over [`INTENT_CONTEXT`] and that text.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedIntent {
-    /// The intent's JSON, byte for byte as signed.
-    pub intent: String,
-    /// Hex of the 64-byte signature.
-    pub signature: String,
 }
 
 /// Why an intent, or an offer said to carry one, is refused.

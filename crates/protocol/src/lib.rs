@@ -14,6 +14,7 @@ pub mod intent;
 pub mod logging;
 pub mod serve;
 pub mod signal;
+mod signed;
 pub mod sites;
 pub mod states;
 pub mod status_signing;

@@ -1106,7 +1106,7 @@ pub struct AgentPolicy {
     /// Each is the central site's signed cancellation; an agent acts only
     /// on one whose signature verifies.
     #[serde(default)]
-    pub canceled: Vec<crate::intent::SignedIntent>,
+    pub canceled: Vec<crate::signed::SignedIntent>,
     /// The content ticket to present to the site's DPs and the site's
     /// chunk route ([`crate::ticket`]); none until approved.
     #[serde(default)]
@@ -1147,7 +1147,7 @@ pub struct JobOffer {
     /// job only if every field above (but `dps`) matches it
     /// ([`crate::intent::verify_offer`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub intent: Option<crate::intent::SignedIntent>,
+    pub intent: Option<crate::signed::SignedIntent>,
 }
 
 /// `POST /api/v1/jobs`: run a command from a package on a collection.

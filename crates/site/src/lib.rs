@@ -334,8 +334,9 @@ async fn open(dir: &Path) -> Result<Opened> {
         tracing::info!(certificate = %made, "made the site's TLS certificate");
     }
     let tls = cascade_protocol::tls::Identity::load(dir)?;
+    let certificate = tls.fingerprint();
     for token in TOKENS {
-        ensure_token(&db, dir, token, &trust_hex, &tls.fingerprint()).await?;
+        ensure_token(&db, dir, token, &trust_hex, &certificate).await?;
     }
     let content_key = content_key(&db).await?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

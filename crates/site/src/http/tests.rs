@@ -464,3 +464,42 @@ fn every_error_kind_has_one_status_and_code() {
     let err = Error::io("reading site.key")(io());
     assert_eq!(cascade_protocol::chain(&err), "reading site.key: disk");
 }
+
+/// Issue 12: a DP announces the URL and TLS certificate it serves with.
+/// Agents are told to pin that certificate, so the announcement is
+/// checked: an `http://` URL and a fingerprint that is not 64 hex digits
+/// are refused with their codes, and nothing is recorded; a good one is
+/// shown in `dp list`, normalised to lowercase hex.
+#[tokio::test]
+async fn a_dp_announcement_is_checked_before_agents_pin_it() {
+    let site = TestState::open().await;
+    let dp = dp(&site, "dp1").await;
+    let admin = Some(site.report.admin_token.as_str());
+    let hello = |url: &str, certificate: &str| {
+        Some(json!({ "url": url, "certificate": certificate }).to_string())
+    };
+    let good = "AB".repeat(32);
+    for (body, expected) in [
+        (hello("http://127.0.0.1:9", &good), "invalid_url"),
+        (hello("https://127.0.0.1:9", "abc"), "invalid_certificate"),
+        (
+            hello("https://127.0.0.1:9", &"zz".repeat(32)),
+            "invalid_certificate",
+        ),
+    ] {
+        let (status, answer) = call(&site, Method::POST, "/api/v1/dp/hello", Some(&dp), body).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (StatusCode::BAD_REQUEST, expected.into()),
+            "{answer}"
+        );
+    }
+    let (_, listed) = call(&site, Method::GET, "/api/v1/dps", admin, None).await;
+    assert_eq!(listed[0]["announced_url"], Value::Null, "{listed}");
+    assert_eq!(listed[0]["certificate"], Value::Null, "{listed}");
+    let body = hello("https://127.0.0.1:9", &good);
+    let (status, answer) = call(&site, Method::POST, "/api/v1/dp/hello", Some(&dp), body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (_, listed) = call(&site, Method::GET, "/api/v1/dps", admin, None).await;
+    assert_eq!(listed[0]["certificate"], "ab".repeat(32), "{listed}");
+}

@@ -23,6 +23,7 @@
 use crate::{Error, Result};
 use cascade_content::{ChunkStore, Manifest, VerifyingKey};
 use cascade_domain::backoff::Backoff;
+use cascade_protocol::intent::{Freshness, Timestamp};
 use cascade_protocol::tls::Fingerprint;
 use cascade_protocol::worker::{Step, Work, Worker};
 use cascade_protocol::{Client, JobOffer, StatusBody};
@@ -54,6 +55,12 @@ pub struct Executor {
     pub http: DpClients,
     /// The jobs the site says were canceled (from the latest policy).
     pub canceled: watch::Receiver<Arc<HashSet<u64>>>,
+    /// The newest timestamp the central site signed that the agent holds
+    /// (`freshness.rs`): no job starts while it is not current.
+    pub timestamp: watch::Receiver<Option<Timestamp>>,
+    /// Jobs reported held, with the timestamp held then (when it was
+    /// signed): each is reported once per timestamp.
+    pub held: std::sync::Mutex<HashSet<(u64, Option<i64>)>>,
     /// Downloads waiting for their sources, in memory: when the attempt
     /// began (its deadline counts from there) and its backoff.
     pub waits: std::sync::Mutex<HashMap<u64, Wait>>,
@@ -422,6 +429,25 @@ impl Executor {
             let expired = offer.expires_at_ms.is_some_and(|at| at <= now);
             let waiting = offer.optional && state != "requested";
             if expired || waiting || offer.offer_at_ms > now || next_at.is_some_and(|at| at > now) {
+                continue;
+            }
+            // Due; but nothing starts on instructions not known current.
+            let timestamp = *self.timestamp.borrow();
+            if let Some(reason) = Freshness::judge(timestamp.as_ref(), now).hold_reason() {
+                let first = self
+                    .held
+                    .lock()
+                    .expect("held lock")
+                    .insert((offer.id, timestamp.map(|held| held.issued_at_ms)));
+                if first {
+                    tracing::warn!(job = offer.id, %reason, "job held");
+                    let body = StatusBody::JobHeld {
+                        job: offer.id,
+                        package: offer.package.clone(),
+                        reason,
+                    };
+                    self.report(offer.id, body, None).await?;
+                }
                 continue;
             }
             return Ok(Some(Due {

@@ -8,11 +8,13 @@
 //! this loop.
 
 mod execute;
+mod freshness;
 
 use cascade_content::VerifyingKey;
 use cascade_protocol::worker::{Step, Work, Worker};
 use cascade_protocol::{
-    intent, AgentEnrollRequest, AgentReport, Client, Enrollment, JobOffer, SignedIntent, StatusBody,
+    intent, AgentEnrollRequest, AgentReport, Client, Enrollment, JobOffer, SignedIntent,
+    StatusBody, Timestamp,
 };
 use cascade_store::{Db, NewDir, Outbox, OUTBOX_SCHEMA};
 use serde::{Deserialize, Serialize};
@@ -390,6 +392,8 @@ struct Poll<'a> {
     db: &'a Db,
     sources: &'a tokio::sync::Mutex<execute::Sources>,
     canceled: &'a tokio::sync::watch::Sender<Arc<HashSet<u64>>>,
+    /// The newest timestamp held, for the executor.
+    timestamp: &'a tokio::sync::watch::Sender<Option<Timestamp>>,
     /// Wakes the forwarder (offers were reported).
     wake: &'a tokio::sync::Notify,
     /// Wakes the executor (the offers may have changed).
@@ -437,6 +441,18 @@ impl Work for Poll<'_> {
         let canceled = verified_cancels(&policy.canceled, self.key);
         if **self.canceled.borrow() != canceled {
             self.canceled.send_replace(Arc::new(canceled));
+        }
+        if let Some(offered) = &policy.timestamp {
+            let held = *self.timestamp.borrow();
+            match freshness::accept(self.db, self.key, offered, held).await {
+                Ok(now_held) if now_held != held => {
+                    self.timestamp.send_replace(now_held);
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %cascade_protocol::chain(&err), "recording the timestamp failed")
+                }
+            }
         }
         let me = cascade_domain::rule::AgentAttributes {
             name: self.config.enrollment.name.clone(),
@@ -498,6 +514,8 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         .map_err(|err| Error::Config(format!("agent.json holds a bad site key: {err}")))?;
     let sources = Arc::new(tokio::sync::Mutex::new(execute::Sources::default()));
     let (canceled_tx, canceled_rx) = tokio::sync::watch::channel(Arc::new(HashSet::new()));
+    let (timestamp_tx, timestamp_rx) =
+        tokio::sync::watch::channel(freshness::load(&db, &key).await?);
     let nudge = Arc::new(tokio::sync::Notify::new());
     let executor = execute::Executor {
         name: enrollment.name.clone(),
@@ -512,6 +530,8 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         nudge: nudge.clone(),
         http: Default::default(),
         canceled: canceled_rx,
+        timestamp: timestamp_rx,
+        held: Default::default(),
         waits: Default::default(),
         reported: Default::default(),
     };
@@ -530,6 +550,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
             db: &db,
             sources: &sources,
             canceled: &canceled_tx,
+            timestamp: &timestamp_tx,
             wake: &wake,
             nudge: &nudge,
             revision: 0,

@@ -207,6 +207,11 @@ enum SiteCommand {
         /// How often agents poll for policy (e.g. 60s, 5m).
         #[arg(long, value_parser = humantime::parse_duration)]
         agent_poll_interval: Option<std::time::Duration>,
+        /// At the central site: how long each signed timestamp stays valid
+        /// (e.g. 24h, 3days). A workstation whose site has passed on no
+        /// current one for this long starts no job.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timestamp_validity: Option<std::time::Duration>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -807,12 +812,19 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
         Command::Site(SiteCommand::Settings {
             require_approval,
             agent_poll_interval,
+            timestamp_validity,
             connection,
         }) => {
             init_logging("warn")?;
             let client = connection.client()?;
             let mut settings = client.settings().await?;
-            if require_approval.is_some() || agent_poll_interval.is_some() {
+            if require_approval.is_some()
+                || agent_poll_interval.is_some()
+                || timestamp_validity.is_some()
+            {
+                if let Some(validity) = timestamp_validity {
+                    settings.timestamp_validity_ms = validity.as_millis() as u64;
+                }
                 if let Some(require) = require_approval {
                     settings.require_approval = require;
                 }

@@ -225,6 +225,10 @@ impl Output {
             "agent poll interval: {}",
             humantime::format_duration(Duration::from_millis(settings.agent_poll_interval_ms))
         );
+        outln!(
+            "timestamp validity:  {}",
+            humantime::format_duration(Duration::from_millis(settings.timestamp_validity_ms))
+        );
     }
 
     /// One site: an object under `-o json`, a one-row table for people.
@@ -470,6 +474,9 @@ impl Output {
                 }
                 if let Some(at) = ws.unreachable_since_ms {
                     flags.push(format!("unreachable since {}", time(at)));
+                }
+                if ws.state == WorkstationState::Held {
+                    flags.push("held until a current central timestamp arrives".into());
                 }
                 vec![
                     ws.site.clone(),
@@ -768,6 +775,20 @@ impl Output {
                     parent.url
                 ),
             }
+        }
+        let now_ms = UNIX_EPOCH.elapsed().unwrap_or_default().as_millis() as i64;
+        match &queues.timestamp {
+            Some(held) if held.expires_at_ms > now_ms => outln!(
+                "central timestamp: signed {}, valid until {}",
+                time(held.issued_at_ms),
+                time(held.expires_at_ms)
+            ),
+            Some(held) => outln!(
+                "central timestamp: signed {}, EXPIRED {}: agents here start no job until a current one arrives",
+                time(held.issued_at_ms),
+                time(held.expires_at_ms)
+            ),
+            None => outln!("central timestamp: none yet: agents here start no job until one arrives"),
         }
         outln!("inbox (from the parent): {} waiting", queues.inbox.len());
         for item in &queues.inbox {

@@ -729,3 +729,125 @@ fn a_forged_status_message_is_refused_at_the_first_honest_site_above() {
     assert_eq!(status["outcome"], "complete", "{status:#}");
     assert_eq!(status["workstations"][0]["state"], "complete", "{status:#}");
 }
+
+/// Issue 12, TUF's freeze attack: a site that keeps serving yesterday's
+/// instructions (here: cut off from the central site, which is stopped)
+/// could withhold a cancellation or a newer revision for ever. The central
+/// site signs a timestamp with an expiry every quarter of its validity;
+/// every site passes on the newest it holds; an agent whose newest one has
+/// expired starts no job, reports it held with the reason, and starts it
+/// once a current timestamp arrives.
+#[test]
+fn a_frozen_site_is_detected_and_its_agents_start_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cen = Site::central(root.path(), "CEN");
+    // Refused below four agent poll intervals (60 s by default).
+    let refused = cen.fails(&["site", "settings", "--timestamp-validity", "12s"]);
+    assert!(refused.contains("four agent poll intervals"), "{refused}");
+    let settings = cen.json(&[
+        "site",
+        "settings",
+        "--agent-poll-interval",
+        "2s",
+        "--timestamp-validity",
+        "12s",
+    ]);
+    assert_eq!(settings["timestamp_validity_ms"], 12_000, "{settings:#}");
+    let p01 = Site::child(root.path(), "P01", "primary", &cen, &[]);
+    // Only the central site signs, so only it sets the validity.
+    let refused = p01.fails(&["site", "settings", "--timestamp-validity", "1h"]);
+    assert!(refused.contains("central site"), "{refused}");
+    p01.json(&["site", "settings", "--agent-poll-interval", "1s"]);
+    let _agent = p01.add_agent("ws1", &[]);
+    let source = root.path().join("src");
+    make_tree(&source, 2, 10_000, 21);
+    cen.create_package("tool", &source);
+    cen.json(&[
+        "collection",
+        "create",
+        "ws1",
+        "--machines",
+        "ws1",
+        "--allow-unknown",
+    ]);
+
+    // Current: P01 holds a timestamp signed seconds ago, passed on from
+    // the central site, and the job runs.
+    let queues = p01.queues();
+    let expires = queues["timestamp"]["expires_at_ms"].as_i64().unwrap();
+    assert!(expires > cascade_store::now_ms(), "{queues:#}");
+    let first = root.path().join("first-ran");
+    let id = cen.create_job("tool", "ws1", &format!("touch {}", first.display()), &[])["id"]
+        .as_u64()
+        .unwrap();
+    cen.wait_job(id, Duration::from_secs(60), |status| {
+        status["outcome"] == "complete"
+    });
+    assert!(first.exists());
+
+    // A job offered in 20 s; once the agent holds it, the central site
+    // goes away and P01 serves the last timestamp it has.
+    let second = root.path().join("second-ran");
+    let id = cen.create_job(
+        "tool",
+        "ws1",
+        &format!("touch {}", second.display()),
+        &["--offer-at", "in 20s"],
+    )["id"]
+        .as_u64()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !p01
+        .cmd(&["job", "status", &id.to_string()])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(std::time::Instant::now() < deadline, "job never reached P01");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p01.wait_job(id, Duration::from_secs(30), |status| {
+        row(status, "ws1").is_some_and(|ws| ws["state"] == "offered")
+    });
+    cen.process.kill();
+    let status = p01.wait_job(id, Duration::from_secs(60), |status| {
+        row(status, "ws1").is_some_and(|ws| ws["state"] == "held")
+    });
+    let ws = row(&status, "ws1").unwrap();
+    let reason = ws["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("expired") && reason.contains("frozen or cut off"),
+        "{ws:#}"
+    );
+    assert_eq!(ws["attempts"], 0, "{ws:#}");
+    assert!(!second.exists(), "a job started on an expired timestamp");
+    let text = p01.cmd(&["site", "queues"]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("EXPIRED"), "{text}");
+    let text = p01
+        .cmd(&["job", "status", &id.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("held until a current central timestamp arrives"),
+        "{text}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!second.exists(), "a job started on an expired timestamp");
+
+    // The central site comes back: a current timestamp flows down, the job
+    // runs, and the central site sees the hold and the completion.
+    cen.restart();
+    let status = cen.wait_job(id, Duration::from_secs(90), |status| {
+        status["outcome"] == "complete"
+    });
+    assert!(second.exists(), "{status:#}");
+    let held = cen
+        .history("tool")
+        .into_iter()
+        .filter(|message| message["kind"] == "job_held")
+        .count();
+    assert_eq!(held, 1, "reported once, and relayed up");
+}

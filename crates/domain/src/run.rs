@@ -47,6 +47,9 @@ pub enum RunEvent {
     /// Reported by the agent: it refused the job's offer (not as the central
     /// site signed it), and runs nothing for it.
     Refused { reason: String },
+    /// Reported by the agent: the job is due but held, not started, because
+    /// the instructions its site passes on are not known current.
+    Held { reason: String },
     /// Reported by the agent: the attempt failed (exit code, or a reason such
     /// as a timeout or a verification error) and no attempt is left.
     Failed {
@@ -92,6 +95,8 @@ pub enum RunState {
     /// The agent refused the offer (unsigned, altered on the way, or older
     /// than the one it held): nothing ran.
     Refused,
+    /// Due, but held until the central site's timestamp is current again.
+    Held,
 }
 
 impl RunState {
@@ -225,6 +230,10 @@ impl RunFold {
                 view.exit_code = None;
                 view.reason = Some(reason.clone());
                 view.output_tail = None;
+            }
+            RunEvent::Held { reason } => {
+                set(RunState::Held);
+                view.reason = Some(reason.clone());
             }
             RunEvent::Failed {
                 attempt,

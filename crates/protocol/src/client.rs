@@ -508,9 +508,15 @@ impl Client {
     }
 
     /// Long poll of a child site for its instructions after `after`.
-    pub async fn instructions(&self, after: u64, wait: Duration) -> Result<Instructions> {
+    pub async fn instructions(
+        &self,
+        after: u64,
+        wait: Duration,
+        timestamp_ms: Option<i64>,
+    ) -> Result<Instructions> {
+        let timestamp = timestamp_ms.map_or(String::new(), |ms| format!("&timestamp_ms={ms}"));
         self.get(&format!(
-            "/site/instructions?after={after}&wait_ms={}",
+            "/site/instructions?after={after}&wait_ms={}{timestamp}",
             wait.as_millis()
         ))
         .await

@@ -31,6 +31,8 @@ pub enum Intent {
     Job(Box<JobIntent>),
     /// A job is canceled: stop its runs.
     Cancel(CancelIntent),
+    /// The instructions a site passes on are current (see [`Timestamp`]).
+    Timestamp(Timestamp),
 }
 
 /// Every field of a job that decides what runs, where and when.
@@ -91,6 +93,96 @@ pub struct CancelIntent {
     pub package: String,
     /// When the central site signed it.
     pub issued_at_ms: i64,
+}
+
+/// The central site's statement, signed afresh every quarter of its
+/// validity, that it is issuing instructions now: TUF's timestamp role.
+/// Every site passes the newest one it holds down the tree and to its
+/// agents; an agent whose newest timestamp has expired knows that the site
+/// it polls is frozen (replaying yesterday's instructions, withholding
+/// cancellations) or cut off from the central site, and starts no job
+/// until a current one arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timestamp {
+    /// When the central site signed it.
+    pub issued_at_ms: i64,
+    /// After this, instructions passed on with it are not known current.
+    pub expires_at_ms: i64,
+}
+
+impl Timestamp {
+    /// Whether this one replaces `held`: signed later. An older one is a
+    /// replay (a rollback) and changes nothing.
+    pub fn replaces(&self, held: Option<&Timestamp>) -> bool {
+        held.is_none_or(|held| self.issued_at_ms > held.issued_at_ms)
+    }
+}
+
+/// Whether a workstation may act on the instructions it holds, judged from
+/// the newest timestamp it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// Current until then.
+    Current {
+        /// When the timestamp expires.
+        until_ms: i64,
+    },
+    /// The newest timestamp expired then.
+    Expired {
+        /// When it was signed.
+        issued_at_ms: i64,
+        /// When it expired.
+        at_ms: i64,
+    },
+    /// No timestamp ever arrived.
+    Missing,
+}
+
+impl Freshness {
+    /// How current the instructions are at `now`, from the newest
+    /// timestamp held.
+    pub fn judge(held: Option<&Timestamp>, now_ms: i64) -> Freshness {
+        match held {
+            None => Freshness::Missing,
+            Some(held) if held.expires_at_ms > now_ms => Freshness::Current {
+                until_ms: held.expires_at_ms,
+            },
+            Some(held) => Freshness::Expired {
+                issued_at_ms: held.issued_at_ms,
+                at_ms: held.expires_at_ms,
+            },
+        }
+    }
+
+    /// Why no job may start now, if none may.
+    pub fn hold_reason(&self) -> Option<String> {
+        match self {
+            Freshness::Current { .. } => None,
+            Freshness::Expired {
+                issued_at_ms,
+                at_ms,
+            } => Some(format!(
+                "held: the newest timestamp the central site signed (issued {}) expired {}; \
+                 the site this workstation polls is frozen or cut off from the central site, \
+                 so its instructions may not be current",
+                format_ms(*issued_at_ms),
+                format_ms(*at_ms)
+            )),
+            Freshness::Missing => Some(
+                "held: no timestamp signed by the central site has arrived yet, \
+                 so the instructions held may not be current"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// A wall-clock time in ms as RFC 3339 UTC (seconds).
+fn format_ms(ms: i64) -> String {
+    std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_millis(ms.max(0) as u64))
+        .map(|at| humantime::format_rfc3339_seconds(at).to_string())
+        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 /// Why an intent, or an offer said to carry one, is refused.
@@ -158,10 +250,32 @@ impl SignedIntent {
     pub fn verify_cancel(&self, key: &VerifyingKey) -> Result<CancelIntent, IntentError> {
         match self.verify(key)? {
             Intent::Cancel(cancel) => Ok(cancel),
-            Intent::Job(job) => Err(IntentError::WrongIntent(format!(
-                "job {}, not a cancellation",
-                job.job
+            other => Err(IntentError::WrongIntent(format!(
+                "{}, not a cancellation",
+                other.describe()
             ))),
+        }
+    }
+
+    /// Verifies a timestamp.
+    pub fn verify_timestamp(&self, key: &VerifyingKey) -> Result<Timestamp, IntentError> {
+        match self.verify(key)? {
+            Intent::Timestamp(timestamp) => Ok(timestamp),
+            other => Err(IntentError::WrongIntent(format!(
+                "{}, not a timestamp",
+                other.describe()
+            ))),
+        }
+    }
+}
+
+impl Intent {
+    /// What it is, for errors.
+    fn describe(&self) -> String {
+        match self {
+            Intent::Job(job) => format!("job {}", job.job),
+            Intent::Cancel(cancel) => format!("the cancellation of job {}", cancel.job),
+            Intent::Timestamp(_) => "a timestamp".into(),
         }
     }
 }
@@ -262,12 +376,7 @@ pub fn verify_offer(offer: &JobOffer, key: &VerifyingKey) -> Result<JobIntent, I
     let signed = offer.intent.as_ref().ok_or(IntentError::Unsigned)?;
     let intent = match signed.verify(key)? {
         Intent::Job(intent) => *intent,
-        Intent::Cancel(cancel) => {
-            return Err(IntentError::WrongIntent(format!(
-                "the cancellation of job {}",
-                cancel.job
-            )))
-        }
+        other => return Err(IntentError::WrongIntent(other.describe())),
     };
     intent.check_offer(offer)?;
     Ok(intent)
@@ -448,5 +557,62 @@ mod tests {
             job.offer.intent.unwrap().verify_cancel(&public),
             Err(IntentError::WrongIntent(_))
         ));
+    }
+
+    /// The freeze attack TUF's timestamp role guards against: a site keeps
+    /// serving yesterday's instructions (or an older timestamp).
+    #[test]
+    fn a_frozen_site_is_detected_by_its_expired_timestamp() {
+        let key = key(1);
+        let public = key.verifying_key();
+        let stamp = |issued_at_ms| Timestamp {
+            issued_at_ms,
+            expires_at_ms: issued_at_ms + 10_000,
+        };
+        let signed = SignedIntent::sign(&Intent::Timestamp(stamp(1_000)), &key);
+        assert_eq!(signed.verify_timestamp(&public), Ok(stamp(1_000)));
+        assert!(matches!(
+            SignedIntent::sign(&Intent::Timestamp(stamp(1_000)), &self::key(2))
+                .verify_timestamp(&public),
+            Err(IntentError::BadSignature)
+        ));
+        let job = signed_job();
+        assert!(matches!(
+            job.verify_timestamp(&public),
+            Err(IntentError::WrongIntent(_))
+        ));
+        assert!(matches!(
+            signed.verify_cancel(&public),
+            Err(IntentError::WrongIntent(_))
+        ));
+
+        // Newest wins; a replayed older one changes nothing.
+        assert!(stamp(2_000).replaces(Some(&stamp(1_000))));
+        assert!(!stamp(1_000).replaces(Some(&stamp(2_000))));
+        assert!(!stamp(1_000).replaces(Some(&stamp(1_000))));
+        assert!(stamp(1_000).replaces(None));
+
+        let held = stamp(1_000);
+        assert_eq!(
+            Freshness::judge(Some(&held), 5_000),
+            Freshness::Current { until_ms: 11_000 }
+        );
+        assert_eq!(Freshness::judge(Some(&held), 5_000).hold_reason(), None);
+        let expired = Freshness::judge(Some(&held), 11_000);
+        assert_eq!(
+            expired,
+            Freshness::Expired {
+                issued_at_ms: 1_000,
+                at_ms: 11_000
+            }
+        );
+        let reason = expired.hold_reason().unwrap();
+        assert!(reason.contains("1970-01-01T00:00:11Z"), "{reason}");
+        assert!(reason.contains("frozen"), "{reason}");
+        assert!(Freshness::judge(None, 0).hold_reason().is_some());
+    }
+
+    fn signed_job() -> SignedIntent {
+        signed(&info(), &key(1)).offer.intent.unwrap()
     }
 }

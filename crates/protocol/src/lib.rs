@@ -31,7 +31,9 @@ pub use enrollment::{
     Enrollment, TokenPins,
 };
 pub use error::{chain, Error, Result};
-pub use intent::{CancelIntent, Intent, IntentError, JobIntent, JobTarget, SignedIntent};
+pub use intent::{
+    CancelIntent, Freshness, Intent, IntentError, JobIntent, JobTarget, SignedIntent, Timestamp,
+};
 pub use sites::*;
 pub use states::*;
 pub use types::*;

@@ -204,6 +204,12 @@ pub struct InstructionEnvelope {
 pub struct Instructions {
     /// In order.
     pub instructions: Vec<InstructionEnvelope>,
+    /// The newest timestamp the central site signed that the parent holds
+    /// ([`crate::intent::Timestamp`]), passed on unchanged: the child keeps
+    /// it if it verifies and is newer than its own, and hands it to its own
+    /// children and agents.
+    #[serde(default)]
+    pub timestamp: Option<crate::intent::SignedIntent>,
 }
 
 /// Query of the instructions long poll.
@@ -215,6 +221,10 @@ pub struct InstructionsQuery {
     /// How long to wait for an instruction, at most 60 s.
     #[serde(default)]
     pub wait_ms: u64,
+    /// When the newest timestamp the child holds was signed: the parent
+    /// answers at once when it holds a newer one.
+    #[serde(default)]
+    pub timestamp_ms: Option<i64>,
 }
 
 /// A package version whose content a site needs.
@@ -295,6 +305,10 @@ pub struct SiteQueues {
     pub status_pending: u64,
     /// When the oldest of them was stored here.
     pub status_oldest_ms: Option<i64>,
+    /// The newest timestamp the central site signed that this site holds
+    /// and passes on: past its expiry, this site's agents start no job.
+    #[serde(default)]
+    pub timestamp: Option<crate::intent::Timestamp>,
 }
 
 /// The state of a child site's link to its parent.

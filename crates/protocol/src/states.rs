@@ -118,6 +118,9 @@ wire_states! {
         Downloading = "downloading",
         /// The command failed and will not be retried.
         Failed = "failed",
+        /// Due, but held: the instructions its site passes on are not
+        /// known current (an expired timestamp).
+        Held = "held",
         /// The agent crashed while the command ran and no retry is left.
         Interrupted = "interrupted",
         /// Nothing reported.
@@ -223,6 +226,7 @@ impl From<&RunState> for WorkstationState {
             RunState::Interrupted => WorkstationState::Interrupted,
             RunState::Stopped => WorkstationState::Stopped,
             RunState::Refused => WorkstationState::Refused,
+            RunState::Held => WorkstationState::Held,
         }
     }
 }

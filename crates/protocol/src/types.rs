@@ -500,6 +500,15 @@ pub enum StatusBody {
         package: String,
         reason: String,
     },
+    /// Agent: a job is due but held, not started: the newest timestamp the
+    /// central site signed has expired (its site is frozen or cut off), or
+    /// none arrived yet ([`crate::intent::Freshness`]). Reported once per
+    /// timestamp held; the job starts when a current one arrives.
+    JobHeld {
+        job: u64,
+        package: String,
+        reason: String,
+    },
     /// Agent: attempt `attempt` started.
     JobRunning {
         job: u64,
@@ -650,6 +659,7 @@ impl StatusBody {
             | StatusBody::JobDownloading { package, .. }
             | StatusBody::JobContentRefused { package, .. }
             | StatusBody::JobRefused { package, .. }
+            | StatusBody::JobHeld { package, .. }
             | StatusBody::JobRunning { package, .. }
             | StatusBody::JobCompleted { package, .. }
             | StatusBody::JobInterrupted { package, .. }
@@ -698,6 +708,7 @@ impl StatusBody {
             StatusBody::JobDownloading { .. } => "job_downloading",
             StatusBody::JobContentRefused { .. } => "job_content_refused",
             StatusBody::JobRefused { .. } => "job_refused",
+            StatusBody::JobHeld { .. } => "job_held",
             StatusBody::JobRunning { .. } => "job_running",
             StatusBody::JobCompleted { .. } => "job_completed",
             StatusBody::JobInterrupted { .. } => "job_interrupted",
@@ -745,6 +756,7 @@ impl StatusBody {
             | StatusBody::JobDownloading { job, .. }
             | StatusBody::JobContentRefused { job, .. }
             | StatusBody::JobRefused { job, .. }
+            | StatusBody::JobHeld { job, .. }
             | StatusBody::JobRunning { job, .. }
             | StatusBody::JobCompleted { job, .. }
             | StatusBody::JobInterrupted { job, .. }
@@ -765,6 +777,7 @@ impl StatusBody {
             | StatusBody::JobDownloading { job, .. }
             | StatusBody::JobContentRefused { job, .. }
             | StatusBody::JobRefused { job, .. }
+            | StatusBody::JobHeld { job, .. }
             | StatusBody::JobRunning { job, .. }
             | StatusBody::JobCompleted { job, .. }
             | StatusBody::JobInterrupted { job, .. }
@@ -792,6 +805,9 @@ impl StatusBody {
                 bytes_total: *bytes_total,
             },
             StatusBody::JobRefused { reason, .. } => RunEvent::Refused {
+                reason: reason.clone(),
+            },
+            StatusBody::JobHeld { reason, .. } => RunEvent::Held {
                 reason: reason.clone(),
             },
             StatusBody::JobRunning { attempt, .. } => RunEvent::Running { attempt: *attempt },
@@ -1111,6 +1127,11 @@ pub struct AgentPolicy {
     /// chunk route ([`crate::ticket`]); none until approved.
     #[serde(default)]
     pub content_ticket: Option<String>,
+    /// The newest timestamp the central site signed that the site holds
+    /// ([`crate::intent::Timestamp`]): an agent starts no job while the
+    /// newest one it holds has expired.
+    #[serde(default)]
+    pub timestamp: Option<crate::signed::SignedIntent>,
 }
 
 /// One job offered to an agent, as its policy carries it.
@@ -1355,4 +1376,18 @@ pub struct SiteSettings {
     pub require_approval: bool,
     /// How often agents poll, in milliseconds.
     pub agent_poll_interval_ms: u64,
+    /// How long a timestamp the central site signs stays valid, in
+    /// milliseconds ([`crate::intent::Timestamp`]); it signs a new one every
+    /// quarter of that. Only the central site's setting matters: a
+    /// workstation whose site has not passed on a current one for this long
+    /// starts no job.
+    #[serde(default = "default_timestamp_validity_ms")]
+    pub timestamp_validity_ms: u64,
+}
+
+/// One day, as TUF's timestamp role defaults to.
+pub const DEFAULT_TIMESTAMP_VALIDITY_MS: u64 = 24 * 3_600_000;
+
+fn default_timestamp_validity_ms() -> u64 {
+    DEFAULT_TIMESTAMP_VALIDITY_MS
 }

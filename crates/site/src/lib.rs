@@ -402,6 +402,10 @@ pub async fn run(
     let acceptor = tls.acceptor()?;
     let db = state.db.clone();
     let (code, kind) = (state.code.clone(), state.kind);
+    // The first timestamp exists before anyone can ask for it.
+    if state.key.is_some() {
+        service::timestamp::sign_if_due(&state).await?;
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(Error::io(format!("binding {listen}")))?;
@@ -427,6 +431,11 @@ pub async fn run(
             status_pending,
         )),
     ];
+    if state.key.is_some() {
+        running.push(tokio::spawn(workers::timestamp::timestamp_worker(
+            state.clone(),
+        )));
+    }
     if state.parent.is_some() {
         running.push(tokio::spawn(workers::receive::receive_worker(
             state.clone(),

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use cascade_domain::rule::AgentAttributes;
-use cascade_protocol::{AgentReport, SiteSettings};
+use cascade_protocol::{AgentReport, SignedIntent, SiteSettings, DEFAULT_TIMESTAMP_VALIDITY_MS};
 use cascade_store::WriteTx;
 use sqlx::{Row, Sqlite};
 
@@ -62,12 +62,17 @@ where
     let mut settings = SiteSettings {
         require_approval: false,
         agent_poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
+        timestamp_validity_ms: DEFAULT_TIMESTAMP_VALIDITY_MS,
     };
     for (key, value) in rows {
         match key.as_str() {
             "require_approval" => settings.require_approval = value == "true",
             "agent_poll_interval_ms" => {
                 settings.agent_poll_interval_ms = value.parse().unwrap_or(DEFAULT_POLL_INTERVAL_MS)
+            }
+            "timestamp_validity_ms" => {
+                settings.timestamp_validity_ms =
+                    value.parse().unwrap_or(DEFAULT_TIMESTAMP_VALIDITY_MS)
             }
             _ => {}
         }
@@ -263,17 +268,49 @@ pub async fn write_settings(tx: &mut WriteTx<'_>, settings: &SiteSettings) -> Re
             "agent_poll_interval_ms",
             settings.agent_poll_interval_ms.to_string(),
         ),
+        (
+            "timestamp_validity_ms",
+            settings.timestamp_validity_ms.to_string(),
+        ),
     ] {
-        sqlx::query(
-            "INSERT INTO settings (key, value) VALUES (?, ?)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(&mut *tx.tx)
-        .await?;
+        write_setting(tx, key, &value).await?;
     }
     Ok(())
+}
+
+/// Sets one key of the settings table.
+async fn write_setting(tx: &mut WriteTx<'_>, key: &str, value: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO settings (key, value) VALUES (?, ?)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(key)
+    .bind(value)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
+}
+
+/// The newest timestamp the central site signed that this site holds (it
+/// signed it, at the central site), as signed.
+pub async fn read_timestamp<'e, E>(executor: E) -> Result<Option<SignedIntent>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let text: Option<String> =
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = 'timestamp'")
+            .fetch_optional(executor)
+            .await?;
+    text.map(|text| {
+        serde_json::from_str(&text).map_err(Error::json("the stored timestamp does not parse"))
+    })
+    .transpose()
+}
+
+/// Replaces the timestamp held (the caller checked it is newer).
+pub async fn write_timestamp(tx: &mut WriteTx<'_>, timestamp: &SignedIntent) -> Result<()> {
+    let text = serde_json::to_string(timestamp).map_err(Error::json("encoding the timestamp"))?;
+    write_setting(tx, "timestamp", &text).await
 }
 
 /// Tells every agent its policy changed.

@@ -4,7 +4,7 @@
 
 use crate::db::{self, AgentRow};
 use crate::error::{Entity, Error, Result};
-use crate::service::{auth, jobs, messages};
+use crate::service::{auth, jobs, messages, timestamp};
 use crate::state::{AppState, SeenAgents};
 use cascade_domain::run::{reachability, Reachability};
 use cascade_domain::validate_name;
@@ -36,8 +36,33 @@ pub async fn put_settings(state: &AppState, settings: SiteSettings) -> Result<Si
             ),
         ));
     }
+    let validity = settings.timestamp_validity_ms;
+    if !timestamp::VALIDITY_RANGE_MS.contains(&validity) {
+        return Err(Error::invalid(
+            "invalid_setting",
+            format!("timestamp validity {validity} ms is outside 10 s to 30 days"),
+        ));
+    }
     let mut tx = state.db.write().await?;
+    let held = db::read_settings(&mut *tx.tx).await?;
+    let validity_changed = held.timestamp_validity_ms != validity;
+    if validity_changed {
+        state.require_central("setting the timestamp validity")?;
+    }
+    if state.key.is_some() && validity < 4 * settings.agent_poll_interval_ms {
+        return Err(Error::invalid(
+            "invalid_setting",
+            format!(
+                "timestamp validity {validity} ms is shorter than four agent poll intervals \
+                 ({} ms each): agents would hold jobs between two polls",
+                settings.agent_poll_interval_ms
+            ),
+        ));
+    }
     db::write_settings(&mut tx, &settings).await?;
+    if validity_changed {
+        timestamp::sign_in(&mut tx, state, validity as i64, now_ms()).await?;
+    }
     // Every agent's policy carries the poll interval.
     db::bump_agents(&mut tx).await?;
     tx.commit().await?;
@@ -197,6 +222,7 @@ pub async fn policy(
                 dps: shared.dp_urls.clone(),
                 dp_certificates: shared.dp_certificates.clone(),
                 canceled,
+                timestamp: shared.timestamp.clone(),
                 content_ticket: agent.approved.then(|| {
                     state.content_key.issue(
                         &agent.name,

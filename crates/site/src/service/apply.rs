@@ -8,7 +8,7 @@
 
 use crate::db::{self, WriteTx};
 use crate::error::{Error, Result};
-use crate::service::{collections, distribution, groups, jobs, messages, send};
+use crate::service::{collections, distribution, groups, jobs, messages, send, timestamp};
 use crate::state::{upstream, AppState, Parent};
 use cascade_domain::{PackageName, Version};
 use cascade_protocol::{Instruction, InstructionEnvelope, SignedManifestWire, StatusBody};
@@ -21,7 +21,10 @@ const POLL_WAIT: Duration = Duration::from_secs(30);
 /// One long poll of the parent's instructions, stored in the inbox.
 pub async fn receive_once(state: &AppState, parent: &Parent) -> Result<()> {
     let after = db::cursor(state.db.pool(), "instructions").await? as u64;
-    let polled = parent.client.instructions(after, POLL_WAIT).await;
+    let held = timestamp::held(state)
+        .await?
+        .map(|(_, held)| held.issued_at_ms);
+    let polled = parent.client.instructions(after, POLL_WAIT, held).await;
     let answer = polled.map_err(|err| {
         let err = upstream(
             &format!("fetching instructions from {}", parent.code()),
@@ -36,6 +39,9 @@ pub async fn receive_once(state: &AppState, parent: &Parent) -> Result<()> {
         .lock()
         .expect("progress lock")
         .parent_answered();
+    // Before the instructions: whatever a policy offers from them is
+    // offered with a timestamp at least as new as the one that came along.
+    timestamp::accept_from_parent(state, answer.timestamp).await?;
     store_in_inbox(state, answer.instructions).await
 }
 

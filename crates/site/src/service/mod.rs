@@ -21,3 +21,4 @@ pub mod receive;
 pub mod relay;
 pub mod send;
 pub mod status;
+pub mod timestamp;

@@ -8,7 +8,7 @@
 
 use crate::db;
 use crate::error::{Error, Result};
-use crate::service::receive;
+use crate::service::{receive, timestamp};
 use crate::state::AppState;
 use cascade_protocol::{
     ContentItem, InboxItem, OutboxQueue, ParentLinkStatus, SiteQueues, WantedVersion,
@@ -127,6 +127,7 @@ pub async fn queues(state: &AppState) -> Result<SiteQueues> {
         content,
         status_pending,
         status_oldest_ms,
+        timestamp: timestamp::held(state).await?.map(|(_, held)| held),
     })
 }
 

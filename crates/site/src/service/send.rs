@@ -22,6 +22,7 @@
 
 use crate::db::{self, WriteTx};
 use crate::error::{Error, Result};
+use crate::service::timestamp;
 use crate::state::AppState;
 use cascade_protocol::{Instruction, InstructionEnvelope, Instructions, InstructionsQuery};
 use cascade_store::now_ms;
@@ -103,7 +104,15 @@ pub async fn instructions(
     loop {
         changes.borrow_and_update();
         let rows = db::outbox_after(state.db.pool(), child, acked as i64, 500).await?;
-        if !rows.is_empty() || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
+        let timestamp = timestamp::held(state).await?;
+        let newer_timestamp = timestamp
+            .as_ref()
+            .is_some_and(|(_, held)| query.timestamp_ms.is_none_or(|ms| held.issued_at_ms > ms));
+        if !rows.is_empty()
+            || newer_timestamp
+            || tokio::time::Instant::now() >= deadline
+            || *shutdown.borrow()
+        {
             let mut out = Vec::with_capacity(rows.len());
             let mut bytes = 0;
             for (seq, created_at_ms, body) in rows {
@@ -127,7 +136,10 @@ pub async fn instructions(
                 db::advance_cursor(&mut tx.tx, &delivered_cursor(child), last.seq as i64).await?;
                 tx.commit().await?;
             }
-            return Ok(Instructions { instructions: out });
+            return Ok(Instructions {
+                instructions: out,
+                timestamp: timestamp.map(|(signed, _)| signed),
+            });
         }
         tokio::select! {
             _ = changes.changed() => {}
@@ -182,14 +194,17 @@ mod tests {
             .unwrap();
         // The child claims to hold everything up to 1000: it was sent
         // nothing yet, so nothing is dropped and it is sent the collection.
-        let first = child.instructions(1000, Duration::ZERO).await.unwrap();
+        let first = child
+            .instructions(1000, Duration::ZERO, None)
+            .await
+            .unwrap();
         let seqs: Vec<u64> = first.instructions.iter().map(|e| e.seq).collect();
         assert!(
             !seqs.is_empty(),
             "the undelivered instructions were dropped"
         );
         // Asked again from the start, they are all still there.
-        let again = child.instructions(0, Duration::ZERO).await.unwrap();
+        let again = child.instructions(0, Duration::ZERO, None).await.unwrap();
         let again: Vec<u64> = again.instructions.iter().map(|e| e.seq).collect();
         assert_eq!(again, seqs);
         // Once delivered, an acknowledgement drops them, and only them.
@@ -203,7 +218,10 @@ mod tests {
             })
             .await
             .unwrap();
-        let rest = child.instructions(u64::MAX, Duration::ZERO).await.unwrap();
+        let rest = child
+            .instructions(u64::MAX, Duration::ZERO, None)
+            .await
+            .unwrap();
         let rest: Vec<u64> = rest.instructions.iter().map(|e| e.seq).collect();
         assert!(
             !rest.is_empty() && rest.iter().all(|seq| *seq > last),

@@ -26,6 +26,8 @@ pub struct SharedPolicy {
     pub dp_urls: Vec<String>,
     /// Their certificates' fingerprints, by URL.
     pub dp_certificates: std::collections::BTreeMap<String, String>,
+    /// The newest timestamp the central site signed that this site holds.
+    pub timestamp: Option<SignedIntent>,
     /// The highest agent revision when it was read (read first): it holds
     /// every policy change up to that revision.
     revision: i64,
@@ -130,6 +132,7 @@ async fn read_shared_policy(db: &db::Db, now: i64) -> Result<SharedPolicy> {
             .filter_map(|dp| Some((dp.url.clone()?, dp.certificate.clone()?)))
             .collect(),
         dp_urls: dps.into_iter().filter_map(|dp| dp.url).collect(),
+        timestamp: db::read_timestamp(pool).await?,
         revision,
     })
 }

@@ -11,6 +11,7 @@ pub mod receive;
 pub mod relay;
 pub mod seen;
 pub mod status_writer;
+pub mod timestamp;
 
 use crate::state::AppState;
 use cascade_protocol::worker::Worker;

@@ -1,0 +1,112 @@
+//! The central site's signed timestamp (TUF's timestamp role,
+//! [`cascade_protocol::intent::Timestamp`]): signed afresh at the central
+//! site every quarter of its validity, passed down unchanged by every site
+//! in its instructions answers, and handed to agents in their policy. A
+//! site keeps only the newest that verifies against the central key: a
+//! parent that sends an older one (a replay) or a forged one changes
+//! nothing.
+
+use crate::db::{self, WriteTx};
+use crate::error::{Error, Result};
+use crate::state::AppState;
+use cascade_protocol::intent::{Intent, Timestamp};
+use cascade_protocol::SignedIntent;
+use cascade_store::now_ms;
+use std::time::Duration;
+
+/// Longest wait between two looks at the central site's timestamp.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Shortest and longest validity an administrator may set.
+pub const VALIDITY_RANGE_MS: std::ops::RangeInclusive<u64> = 10_000..=30 * 86_400_000;
+
+/// At the central site: signs a new timestamp when none is held, when a
+/// quarter of the held one's validity has passed, or when the validity
+/// setting changed. Returns how long until the next look.
+pub async fn sign_if_due(state: &AppState) -> Result<Duration> {
+    let validity = db::read_settings(state.db.pool())
+        .await?
+        .timestamp_validity_ms as i64;
+    let now = now_ms();
+    let due = held(state).await?.map_or(now, |(_, held)| {
+        if held.expires_at_ms - held.issued_at_ms != validity {
+            now
+        } else {
+            held.issued_at_ms + validity / 4
+        }
+    });
+    if due <= now {
+        let mut tx = state.db.write().await?;
+        sign_in(&mut tx, state, validity, now).await?;
+        tx.commit().await?;
+        state.notify_outbox_changed();
+        tracing::debug!(validity_ms = validity, "timestamp signed");
+        return Ok(Duration::from_millis((validity / 4) as u64).min(MAX_WAIT));
+    }
+    Ok(Duration::from_millis((due - now) as u64).min(MAX_WAIT))
+}
+
+/// The timestamp this site holds, as signed and as read. One stored that
+/// does not verify (a damaged database) is an error, never passed on.
+pub async fn held(state: &AppState) -> Result<Option<(SignedIntent, Timestamp)>> {
+    let Some(signed) = db::read_timestamp(state.db.pool()).await? else {
+        return Ok(None);
+    };
+    let timestamp = signed
+        .verify_timestamp(&state.trust)
+        .map_err(|err| Error::Internal(format!("the stored timestamp is refused: {err}")))?;
+    Ok(Some((signed, timestamp)))
+}
+
+/// Signs a timestamp valid for `validity_ms` from `now` and stores it in
+/// `tx` (central site only).
+pub async fn sign_in(
+    tx: &mut WriteTx<'_>,
+    state: &AppState,
+    validity_ms: i64,
+    now: i64,
+) -> Result<()> {
+    let signed = SignedIntent::sign(
+        &Intent::Timestamp(Timestamp {
+            issued_at_ms: now,
+            expires_at_ms: now + validity_ms,
+        }),
+        &*state.signing_key()?,
+    );
+    db::write_timestamp(tx, &signed).await
+}
+
+/// At a child site: keeps the timestamp the parent passed on if it
+/// verifies against the central key and is newer than the one held. One
+/// that does not verify is logged and ignored (the parent cannot make this
+/// site believe it, nor stop the instructions that came with it).
+pub async fn accept_from_parent(state: &AppState, offered: Option<SignedIntent>) -> Result<()> {
+    let Some(offered) = offered else {
+        return Ok(());
+    };
+    let timestamp = match offered.verify_timestamp(&state.trust) {
+        Ok(timestamp) => timestamp,
+        Err(err) => {
+            tracing::warn!(error = %err, "the parent passed on a timestamp that was refused");
+            return Ok(());
+        }
+    };
+    let mut tx = state.db.write().await?;
+    let held = db::read_timestamp(&mut *tx.tx)
+        .await?
+        .and_then(|held| held.verify_timestamp(&state.trust).ok());
+    if !timestamp.replaces(held.as_ref()) {
+        if held.is_some_and(|held| held.issued_at_ms > timestamp.issued_at_ms) {
+            tracing::warn!(
+                offered_issued_at_ms = timestamp.issued_at_ms,
+                "the parent passed on an older timestamp than this site holds; ignored"
+            );
+        }
+        return Ok(());
+    }
+    db::write_timestamp(&mut tx, &offered).await?;
+    tx.commit().await?;
+    // Children's instructions polls and agents' policies carry it.
+    state.notify_outbox_changed();
+    Ok(())
+}

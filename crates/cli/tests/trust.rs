@@ -804,7 +804,10 @@ fn a_frozen_site_is_detected_and_its_agents_start_nothing() {
         .status
         .success()
     {
-        assert!(std::time::Instant::now() < deadline, "job never reached P01");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job never reached P01"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     p01.wait_job(id, Duration::from_secs(30), |status| {

@@ -7,7 +7,7 @@
 //! nothing.
 
 use crate::db::{self, WriteTx};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::state::AppState;
 use cascade_protocol::intent::{Intent, Timestamp};
 use cascade_protocol::SignedIntent;
@@ -47,15 +47,19 @@ pub async fn sign_if_due(state: &AppState) -> Result<Duration> {
 }
 
 /// The timestamp this site holds, as signed and as read. One stored that
-/// does not verify (a damaged database) is an error, never passed on.
+/// does not verify (a damaged database, a central key replaced) counts as
+/// none: it is never passed on, and the next one replaces it.
 pub async fn held(state: &AppState) -> Result<Option<(SignedIntent, Timestamp)>> {
     let Some(signed) = db::read_timestamp(state.db.pool()).await? else {
         return Ok(None);
     };
-    let timestamp = signed
-        .verify_timestamp(&state.trust)
-        .map_err(|err| Error::Internal(format!("the stored timestamp is refused: {err}")))?;
-    Ok(Some((signed, timestamp)))
+    match signed.verify_timestamp(&state.trust) {
+        Ok(timestamp) => Ok(Some((signed, timestamp))),
+        Err(err) => {
+            tracing::warn!(error = %err, "the stored timestamp is refused; it counts as none");
+            Ok(None)
+        }
+    }
 }
 
 /// Signs a timestamp valid for `validity_ms` from `now` and stores it in
@@ -109,4 +113,79 @@ pub async fn accept_from_parent(state: &AppState, offered: Option<SignedIntent>)
     // Children's instructions polls and agents' policies carry it.
     state.notify_outbox_changed();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestState;
+
+    fn stamp(issued_at_ms: i64, key: &cascade_content::SigningKey) -> SignedIntent {
+        SignedIntent::sign(
+            &Intent::Timestamp(Timestamp {
+                issued_at_ms,
+                expires_at_ms: issued_at_ms + 60_000,
+            }),
+            key,
+        )
+    }
+
+    /// A hostile or restored parent: only a newer timestamp that verifies
+    /// replaces the one held.
+    #[tokio::test]
+    async fn a_site_keeps_only_a_newer_timestamp_that_verifies() {
+        let site = TestState::open().await;
+        let state = &site.state;
+        assert_eq!(held(state).await.unwrap(), None);
+        sign_if_due(state).await.unwrap();
+        let (_, first) = held(state).await.unwrap().unwrap();
+        assert_eq!(
+            first.expires_at_ms - first.issued_at_ms,
+            cascade_protocol::DEFAULT_TIMESTAMP_VALIDITY_MS as i64
+        );
+        // Not due again yet: the same one is kept.
+        sign_if_due(state).await.unwrap();
+        assert_eq!(held(state).await.unwrap().unwrap().1, first);
+
+        let key = state.signing_key().unwrap();
+        // Older: a replay.
+        accept_from_parent(state, Some(stamp(first.issued_at_ms - 1, &key)))
+            .await
+            .unwrap();
+        assert_eq!(held(state).await.unwrap().unwrap().1, first);
+        // Newer, but signed by another key.
+        let other = cascade_content::SigningKey::from_bytes(&[7; 32]);
+        accept_from_parent(state, Some(stamp(first.issued_at_ms + 1_000, &other)))
+            .await
+            .unwrap();
+        assert_eq!(held(state).await.unwrap().unwrap().1, first);
+        // A signed intent that is not a timestamp.
+        let cancel = SignedIntent::sign(
+            &Intent::Cancel(cascade_protocol::CancelIntent {
+                job: 1,
+                package: "app".into(),
+                issued_at_ms: first.issued_at_ms + 1_000,
+            }),
+            &key,
+        );
+        accept_from_parent(state, Some(cancel)).await.unwrap();
+        assert_eq!(held(state).await.unwrap().unwrap().1, first);
+        // Newer and signed: kept, as signed.
+        let newer = stamp(first.issued_at_ms + 1_000, &key);
+        accept_from_parent(state, Some(newer.clone()))
+            .await
+            .unwrap();
+        assert_eq!(held(state).await.unwrap().unwrap().0, newer);
+
+        // One stored that does not verify (the central key was replaced)
+        // counts as none, and the central site signs a new one.
+        let mut tx = state.db.write().await.unwrap();
+        db::write_timestamp(&mut tx, &stamp(first.issued_at_ms + 2_000, &other))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(held(state).await.unwrap(), None);
+        sign_if_due(state).await.unwrap();
+        assert!(held(state).await.unwrap().is_some());
+    }
 }

@@ -432,7 +432,7 @@ impl Executor {
                 continue;
             }
             // Due; but nothing starts on instructions not known current.
-            let timestamp = *self.timestamp.borrow();
+            let timestamp = self.timestamp.borrow().clone();
             if let Some(reason) = Freshness::judge(timestamp.as_ref(), now).hold_reason() {
                 let first = self
                     .held

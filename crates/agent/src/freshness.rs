@@ -53,7 +53,10 @@ pub async fn accept(
         }
     };
     if !timestamp.replaces(held.as_ref()) {
-        if held.is_some_and(|held| held.issued_at_ms > timestamp.issued_at_ms) {
+        if held
+            .as_ref()
+            .is_some_and(|held| held.issued_at_ms > timestamp.issued_at_ms)
+        {
             tracing::warn!(
                 offered_issued_at_ms = timestamp.issued_at_ms,
                 "the site passed on an older timestamp than this agent holds; ignored"

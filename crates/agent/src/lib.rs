@@ -348,6 +348,17 @@ fn verified_cancels(canceled: &[SignedIntent], key: &VerifyingKey) -> HashSet<u6
         .collect()
 }
 
+/// The jobs canceled: `signed` (the policy's signed cancellations) and
+/// those the newest timestamp held names.
+fn canceled_by(mut signed: HashSet<u64>, timestamp: Option<&Timestamp>) -> HashSet<u64> {
+    signed.extend(
+        timestamp
+            .iter()
+            .flat_map(|held| held.canceled.iter().copied()),
+    );
+    signed
+}
+
 /// The offers this workstation holds now (read from the agent's store,
 /// without the site): not withdrawn and not past their expiry by the local
 /// clock, which the agent enforces even while it cannot reach its site.
@@ -438,13 +449,9 @@ impl Work for Poll<'_> {
         self.revision = policy.revision;
         self.interval = Duration::from_millis(policy.poll_interval_ms.max(1000));
         *self.sources.lock().await = execute::Sources::of(&policy);
-        let canceled = verified_cancels(&policy.canceled, self.key);
-        if **self.canceled.borrow() != canceled {
-            self.canceled.send_replace(Arc::new(canceled));
-        }
         if let Some(offered) = &policy.timestamp {
-            let held = *self.timestamp.borrow();
-            match freshness::accept(self.db, self.key, offered, held).await {
+            let held = self.timestamp.borrow().clone();
+            match freshness::accept(self.db, self.key, offered, held.clone()).await {
                 Ok(now_held) if now_held != held => {
                     self.timestamp.send_replace(now_held);
                 }
@@ -453,6 +460,15 @@ impl Work for Poll<'_> {
                     tracing::warn!(error = %cascade_protocol::chain(&err), "recording the timestamp failed")
                 }
             }
+        }
+        // The policy's signed cancellations, and those the newest
+        // timestamp names (which a site cannot withhold).
+        let canceled = canceled_by(
+            verified_cancels(&policy.canceled, self.key),
+            self.timestamp.borrow().as_ref(),
+        );
+        if **self.canceled.borrow() != canceled {
+            self.canceled.send_replace(Arc::new(canceled));
         }
         let me = cascade_domain::rule::AgentAttributes {
             name: self.config.enrollment.name.clone(),
@@ -513,9 +529,10 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
     let key = cascade_content::public_key_from_hex(&enrollment.site_public_key)
         .map_err(|err| Error::Config(format!("agent.json holds a bad site key: {err}")))?;
     let sources = Arc::new(tokio::sync::Mutex::new(execute::Sources::default()));
-    let (canceled_tx, canceled_rx) = tokio::sync::watch::channel(Arc::new(HashSet::new()));
-    let (timestamp_tx, timestamp_rx) =
-        tokio::sync::watch::channel(freshness::load(&db, &key).await?);
+    let timestamp = freshness::load(&db, &key).await?;
+    let (canceled_tx, canceled_rx) =
+        tokio::sync::watch::channel(Arc::new(canceled_by(HashSet::new(), timestamp.as_ref())));
+    let (timestamp_tx, timestamp_rx) = tokio::sync::watch::channel(timestamp);
     let nudge = Arc::new(tokio::sync::Notify::new());
     let executor = execute::Executor {
         name: enrollment.name.clone(),

@@ -28,7 +28,7 @@ impl Process {
         process
     }
 
-    fn start(&mut self) {
+    pub fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -854,3 +854,88 @@ fn a_frozen_site_is_detected_and_its_agents_start_nothing() {
         .count();
     assert_eq!(held, 1, "reported once, and relayed up");
 }
+
+/// Issue 12: a site still in touch with its parent could pass on current
+/// timestamps while withholding a cancellation, and its workstations would
+/// run a job the central site canceled. The timestamp names every job
+/// canceled and not expired, so the agent stops it whatever its site says.
+#[test]
+fn a_cancellation_withheld_by_a_site_still_stops_the_job() {
+    let root = tempfile::tempdir().unwrap();
+    let cen = Site::central(root.path(), "CEN");
+    let p01 = Site::child(root.path(), "P01", "primary", &cen, &[]);
+    p01.json(&["site", "settings", "--agent-poll-interval", "1s"]);
+    let mut agent = p01.add_agent("ws1", &[]);
+    let source = root.path().join("src");
+    make_tree(&source, 2, 10_000, 22);
+    cen.create_package("tool", &source);
+    cen.json(&[
+        "collection",
+        "create",
+        "ws1",
+        "--machines",
+        "ws1",
+        "--allow-unknown",
+    ]);
+    let ran = root.path().join("ran");
+    let id = cen.create_job(
+        "tool",
+        "ws1",
+        &format!("touch {}", ran.display()),
+        &["--offer-at", "in 15s"],
+    )["id"]
+        .as_u64()
+        .unwrap();
+    let id_text = id.to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !p01
+        .cmd(&["job", "status", &id_text])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job never reached P01"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p01.wait_job(id, Duration::from_secs(30), |status| {
+        row(status, "ws1").is_some_and(|ws| ws["state"] == "offered")
+    });
+    // The workstation is away while the job is canceled; P01 then forgets
+    // the cancellation and offers the job again, as a compromised site
+    // withholding it would.
+    agent.process.kill();
+    cen.json(&["job", "cancel", &id_text]);
+    p01.wait_job(id, Duration::from_secs(30), |status| {
+        status["job"]["state"] == "canceled"
+    });
+    tamper(
+        &p01,
+        &[(
+            "UPDATE jobs SET canceled_at_ms = NULL, cancel_intent = NULL WHERE id = ?",
+            vec![id_text.clone()],
+        )],
+    );
+    assert_ne!(p01.job(id)["job"]["state"], "canceled");
+    // Past the site's shared-policy cache (1 s), which still holds the
+    // cancellation.
+    std::thread::sleep(Duration::from_secs(2));
+    agent.process.start();
+    let status = p01.wait_job(id, Duration::from_secs(60), |status| {
+        row(status, "ws1").is_some_and(|ws| ws["state"] == "stopped")
+    });
+    let ws = row(&status, "ws1").unwrap();
+    assert!(
+        ws["reason"].as_str().unwrap().contains("canceled"),
+        "{ws:#}"
+    );
+    // The central site sees it too.
+    cen.wait_job(id, Duration::from_secs(30), |status| {
+        row(status, "ws1").is_some_and(|ws| ws["state"] == "stopped")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!ran.exists(), "a job canceled at the central site ran");
+}

@@ -102,13 +102,24 @@ pub struct CancelIntent {
 /// it polls is frozen (replaying yesterday's instructions, withholding
 /// cancellations) or cut off from the central site, and starts no job
 /// until a current one arrives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// It also names the jobs canceled at the central site that have not
+/// expired (the newest [`MAX_TIMESTAMP_CANCELED`]): a site that passes on
+/// current timestamps cannot withhold a cancellation, since an agent stops
+/// every job its timestamp names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timestamp {
     /// When the central site signed it.
     pub issued_at_ms: i64,
     /// After this, instructions passed on with it are not known current.
     pub expires_at_ms: i64,
+    /// Jobs canceled and not expired, newest first.
+    #[serde(default)]
+    pub canceled: Vec<u64>,
 }
+
+/// Most canceled jobs a timestamp names.
+pub const MAX_TIMESTAMP_CANCELED: usize = 1_000;
 
 impl Timestamp {
     /// Whether this one replaces `held`: signed later. An older one is a
@@ -568,6 +579,7 @@ mod tests {
         let stamp = |issued_at_ms| Timestamp {
             issued_at_ms,
             expires_at_ms: issued_at_ms + 10_000,
+            canceled: vec![7],
         };
         let signed = SignedIntent::sign(&Intent::Timestamp(stamp(1_000)), &key);
         assert_eq!(signed.verify_timestamp(&public), Ok(stamp(1_000)));

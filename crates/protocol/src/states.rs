@@ -347,7 +347,8 @@ mod tests {
             names(&JobState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
             "scheduled active expired canceled"
         );
-        // `refused` is new with issue 12; the others are as before.
+        // `refused` and `held` are new with issue 12; the others are as
+        // before.
         assert_eq!(
             names(
                 &WorkstationState::ALL
@@ -355,7 +356,7 @@ mod tests {
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
             ),
-            "complete downloading failed interrupted none offered refused retrying running stopped"
+            "complete downloading failed held interrupted none offered refused retrying running stopped"
         );
     }
 

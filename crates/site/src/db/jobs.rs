@@ -123,6 +123,28 @@ where
     .collect()
 }
 
+/// The jobs canceled and not expired at `now`, most recently canceled
+/// first, at most `limit`.
+pub async fn canceled_unexpired_job_ids<'e, E>(
+    executor: E,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<u64>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM jobs
+         WHERE canceled_at_ms IS NOT NULL AND (expires_at_ms IS NULL OR expires_at_ms > ?)
+         ORDER BY canceled_at_ms DESC, id DESC LIMIT ?",
+    )
+    .bind(now)
+    .bind(limit as i64)
+    .fetch_all(executor)
+    .await?;
+    Ok(ids.into_iter().map(|id| id as u64).collect())
+}
+
 /// Every job, by id, with its collection's id.
 pub async fn all_jobs<'e, E>(executor: E, now: i64) -> Result<Vec<(JobInfo, i64)>>
 where

@@ -61,7 +61,7 @@ pub async fn put_settings(state: &AppState, settings: SiteSettings) -> Result<Si
     }
     db::write_settings(&mut tx, &settings).await?;
     if validity_changed {
-        timestamp::sign_in(&mut tx, state, validity as i64, now_ms()).await?;
+        timestamp::sign_in(&mut tx, state, now_ms()).await?;
     }
     // Every agent's policy carries the poll interval.
     db::bump_agents(&mut tx).await?;

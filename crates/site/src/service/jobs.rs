@@ -11,7 +11,7 @@
 
 use crate::db::{self, WriteTx};
 use crate::error::{Entity, Error, Result};
-use crate::service::{distribution, groups, messages, send, status};
+use crate::service::{distribution, groups, messages, send, status, timestamp};
 use crate::state::AppState;
 use cascade_domain::job::{JobFacts, JobFold, JobState, KnownSite, SiteEvent};
 use cascade_domain::run::{reachability, Reachability};
@@ -344,6 +344,8 @@ pub async fn cancel(state: &AppState, id: u64) -> Result<JobInfo> {
         &*state.signing_key()?,
     );
     if let Some(package) = apply_cancel(state, &mut tx, id, Some(&intent)).await? {
+        // The timestamp names it from now on: no site can withhold it.
+        timestamp::sign_in(&mut tx, state, now_ms()).await?;
         send::send_down(
             state,
             &mut tx,

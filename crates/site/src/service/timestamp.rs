@@ -9,7 +9,7 @@
 use crate::db::{self, WriteTx};
 use crate::error::Result;
 use crate::state::AppState;
-use cascade_protocol::intent::{Intent, Timestamp};
+use cascade_protocol::intent::{Intent, Timestamp, MAX_TIMESTAMP_CANCELED};
 use cascade_protocol::SignedIntent;
 use cascade_store::now_ms;
 use std::time::Duration;
@@ -37,7 +37,7 @@ pub async fn sign_if_due(state: &AppState) -> Result<Duration> {
     });
     if due <= now {
         let mut tx = state.db.write().await?;
-        sign_in(&mut tx, state, validity, now).await?;
+        sign_in(&mut tx, state, now).await?;
         tx.commit().await?;
         state.notify_outbox_changed();
         tracing::debug!(validity_ms = validity, "timestamp signed");
@@ -62,18 +62,17 @@ pub async fn held(state: &AppState) -> Result<Option<(SignedIntent, Timestamp)>>
     }
 }
 
-/// Signs a timestamp valid for `validity_ms` from `now` and stores it in
-/// `tx` (central site only).
-pub async fn sign_in(
-    tx: &mut WriteTx<'_>,
-    state: &AppState,
-    validity_ms: i64,
-    now: i64,
-) -> Result<()> {
+/// Signs a timestamp valid for the validity setting from `now`, naming
+/// the jobs canceled and not expired, and stores it in `tx` (central site
+/// only: after a cancellation too, so that it reaches every agent at once).
+pub async fn sign_in(tx: &mut WriteTx<'_>, state: &AppState, now: i64) -> Result<()> {
+    let validity = db::read_settings(&mut *tx.tx).await?.timestamp_validity_ms as i64;
+    let canceled = db::canceled_unexpired_job_ids(&mut *tx.tx, now, MAX_TIMESTAMP_CANCELED).await?;
     let signed = SignedIntent::sign(
         &Intent::Timestamp(Timestamp {
             issued_at_ms: now,
-            expires_at_ms: now + validity_ms,
+            expires_at_ms: now + validity,
+            canceled,
         }),
         &*state.signing_key()?,
     );
@@ -100,7 +99,10 @@ pub async fn accept_from_parent(state: &AppState, offered: Option<SignedIntent>)
         .await?
         .and_then(|held| held.verify_timestamp(&state.trust).ok());
     if !timestamp.replaces(held.as_ref()) {
-        if held.is_some_and(|held| held.issued_at_ms > timestamp.issued_at_ms) {
+        if held
+            .as_ref()
+            .is_some_and(|held| held.issued_at_ms > timestamp.issued_at_ms)
+        {
             tracing::warn!(
                 offered_issued_at_ms = timestamp.issued_at_ms,
                 "the parent passed on an older timestamp than this site holds; ignored"
@@ -125,6 +127,7 @@ mod tests {
             &Intent::Timestamp(Timestamp {
                 issued_at_ms,
                 expires_at_ms: issued_at_ms + 60_000,
+                canceled: Vec::new(),
             }),
             key,
         )

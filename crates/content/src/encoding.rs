@@ -17,36 +17,59 @@ pub fn max_encoded_len(size: u32) -> usize {
     size as usize + 1
 }
 
+/// Chunks at least this long are first tried on a sample.
+const SAMPLE_FROM: usize = 32 * 1024;
+/// The sample tried: this many bytes from the middle of the chunk.
+const SAMPLE_LEN: usize = 8 * 1024;
+
 /// Encoded form: one tag byte (0 = raw, 1 = zstd) followed by the payload.
 /// Compress with zstd level 1; keep raw when the compressed form is not at
-/// least ~3% smaller.
+/// least ~3% smaller. A chunk of [`SAMPLE_FROM`] bytes or more whose middle
+/// [`SAMPLE_LEN`] bytes do not compress (media, archives, encrypted data:
+/// half a typical software tree) is kept raw without compressing the rest:
+/// the test costs an eighth of compressing the chunk.
 pub fn encode(data: &[u8]) -> Vec<u8> {
-    thread_local! {
-        // A compression context per thread, reused: making one per chunk
-        // cost about a fifth of the compression time.
-        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    let compressed = COMPRESSOR.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell.is_none() {
-            *cell = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
-        }
-        cell.as_mut()?.compress(data).ok()
-    });
-    if let Some(compressed) = compressed {
-        // Worth it only when it saves at least 3% (compressed <= 97% of raw).
-        if (compressed.len() as u64) * 100 <= (data.len() as u64) * 97 {
-            let mut encoded = Vec::with_capacity(compressed.len() + 1);
-            encoded.push(TAG_ZSTD);
-            encoded.extend_from_slice(&compressed);
-            return encoded;
+    let worth_trying = data.len() < SAMPLE_FROM || {
+        let middle = (data.len() - SAMPLE_LEN) / 2;
+        compress(&data[middle..middle + SAMPLE_LEN])
+            .is_some_and(|sample| saves_enough(sample.len(), SAMPLE_LEN))
+    };
+    if worth_trying {
+        if let Some(compressed) = compress(data) {
+            if saves_enough(compressed.len(), data.len()) {
+                let mut encoded = Vec::with_capacity(compressed.len() + 1);
+                encoded.push(TAG_ZSTD);
+                encoded.extend_from_slice(&compressed);
+                return encoded;
+            }
         }
     }
     let mut encoded = Vec::with_capacity(data.len() + 1);
     encoded.push(TAG_RAW);
     encoded.extend_from_slice(data);
     encoded
+}
+
+/// Worth it only when it saves at least 3% (compressed <= 97% of raw).
+fn saves_enough(compressed: usize, raw: usize) -> bool {
+    (compressed as u64) * 100 <= (raw as u64) * 97
+}
+
+/// zstd level-1 compression, with a context per thread.
+fn compress(data: &[u8]) -> Option<Vec<u8>> {
+    thread_local! {
+        // A compression context per thread, reused: making one per chunk
+        // cost about a fifth of the compression time.
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        cell.as_mut()?.compress(data).ok()
+    })
 }
 
 /// Decodes and verifies against `expected`: error [`Error::Corrupt`] if the
@@ -129,6 +152,33 @@ mod tests {
         assert_eq!(&encoded[1..], &data[..]);
         let hash = ChunkHash::of(&data);
         assert_eq!(decode_verified(&hash, &encoded).unwrap(), data);
+    }
+
+    /// Issue 13: chunks that do not compress were compressed whole to find
+    /// out. A large chunk whose middle does not compress stays raw, even
+    /// when its edges would; one whose middle does is compressed.
+    #[test]
+    fn a_large_chunk_is_tried_on_a_sample_first() {
+        let mut mixed = b"header text ".repeat(2_000);
+        let edge = mixed.len();
+        mixed.extend(random_bytes(40 * 1024));
+        mixed.extend(b"trailer text ".repeat(2_000));
+        let middle = (mixed.len() - SAMPLE_LEN) / 2;
+        assert!(middle > edge && middle + SAMPLE_LEN < edge + 40 * 1024);
+        let encoded = encode(&mixed);
+        assert_eq!(encoded[0], TAG_RAW, "the random middle decides");
+        assert_eq!(
+            decode_verified(&ChunkHash::of(&mixed), &encoded).unwrap(),
+            mixed
+        );
+
+        let text = b"lorem ipsum dolor sit amet ".repeat(4_000);
+        assert!(text.len() >= SAMPLE_FROM);
+        assert_eq!(encode(&text)[0], TAG_ZSTD);
+        // Small chunks are compressed whole, as before.
+        let small = b"abc ".repeat(1_000);
+        assert!(small.len() < SAMPLE_FROM);
+        assert_eq!(encode(&small)[0], TAG_ZSTD);
     }
 
     #[test]

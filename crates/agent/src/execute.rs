@@ -67,6 +67,8 @@ pub struct Executor {
     /// Sources' failures already reported per job (job, source, error):
     /// a source down for an hour is reported once, not once per retry.
     pub reported: std::sync::Mutex<HashSet<(u64, String, String)>>,
+    /// The chunk cache's budget (`cache.rs`).
+    pub cache_bytes: u64,
 }
 
 /// A download waiting for its sources to come back.
@@ -221,7 +223,19 @@ struct DueJobs<'a> {
     executor: &'a Executor,
     /// Whether the runs a crash interrupted are reported.
     recovered: bool,
+    /// When the disk was last tidied, and whether an attempt ran since.
+    tidied_at: Option<Instant>,
+    attempted: bool,
+    /// When the finished jobs were last counted, and how many there were.
+    checked_at: Option<Instant>,
+    finished: Option<(i64, i64)>,
 }
+
+/// How often an idle agent counts its finished jobs (done, withdrawn or
+/// expired: one query), to tidy its disk when the count changes.
+const TIDY_CHECK: Duration = Duration::from_secs(2);
+/// Longest an idle agent goes without tidying its disk anyway.
+const TIDY_EVERY: Duration = Duration::from_secs(3600);
 
 impl Work for DueJobs<'_> {
     type Error = Error;
@@ -241,9 +255,44 @@ impl Work for DueJobs<'_> {
         match executor.next_due().await? {
             Some(due) => {
                 executor.attempt(due).await?;
+                self.attempted = true;
                 Ok(Step::Again)
             }
-            None => Ok(Step::Idle),
+            None => {
+                // Idle, so no download is under way: tidy the disk when
+                // an attempt ran or a job finished since the last time.
+                let check =
+                    self.attempted || self.checked_at.is_none_or(|at| at.elapsed() >= TIDY_CHECK);
+                if !check {
+                    return Ok(Step::Idle);
+                }
+                self.checked_at = Some(Instant::now());
+                let finished = crate::cache::finished_jobs(&executor.db, now_ms()).await?;
+                let due = self.attempted
+                    || self.finished != Some(finished)
+                    || self.tidied_at.is_none_or(|at| at.elapsed() >= TIDY_EVERY);
+                if due {
+                    let tidied = crate::cache::tidy(
+                        &executor.db,
+                        &executor.dir,
+                        &executor.store,
+                        executor.cache_bytes,
+                    )
+                    .await?;
+                    if tidied != Default::default() {
+                        tracing::info!(
+                            job_dirs = tidied.job_dirs,
+                            chunks = tidied.chunks,
+                            bytes = tidied.bytes,
+                            "disk tidied"
+                        );
+                    }
+                    self.tidied_at = Some(Instant::now());
+                    self.attempted = false;
+                    self.finished = Some(finished);
+                }
+                Ok(Step::Idle)
+            }
         }
     }
 }
@@ -260,6 +309,10 @@ impl Executor {
             .run(DueJobs {
                 executor: &self,
                 recovered: false,
+                tidied_at: None,
+                attempted: false,
+                checked_at: None,
+                finished: None,
             })
             .await
     }
@@ -798,6 +851,8 @@ impl Executor {
                 manifest.package, manifest.version, offer.package, offer.version
             )));
         }
+        // Needed until the job is over: the cache keeps them.
+        crate::cache::protect(&self.db, offer.id, &manifest).await?;
         let unique = manifest.unique_chunks();
         let total: u64 = unique.iter().map(|chunk| chunk.size as u64).sum();
         let chunks: Vec<_> = unique

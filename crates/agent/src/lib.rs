@@ -7,6 +7,7 @@
 //! The run phase (jobs: download from a DP, verify, run, report) builds on
 //! this loop.
 
+mod cache;
 mod execute;
 mod freshness;
 
@@ -58,6 +59,9 @@ const MIGRATIONS: &[&str] = &[
     // `job_running` report) marks an attempt whose command was started; the
     // command's process group, to stop what a crash left behind.
     "ALTER TABLE jobs ADD COLUMN pgid INTEGER;",
+    // Issue 13: the chunks each open job needs, kept whatever the cache's
+    // budget (`cache.rs`).
+    cache::SCHEMA,
 ];
 
 /// Everything an agent can fail at.
@@ -97,6 +101,10 @@ pub struct Config {
     pub enrollment: Enrollment,
     /// Administrator-given tags.
     pub tags: BTreeMap<String, String>,
+    /// The chunk cache's budget in bytes (`agent init --cache-size`);
+    /// [`cache::DEFAULT_CACHE_BYTES`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_bytes: Option<u64>,
 }
 
 /// Parses `key=value` tags.
@@ -158,6 +166,7 @@ pub async fn init(
     join_token: &str,
     name: &str,
     tags: &[String],
+    cache_bytes: Option<u64>,
 ) -> Result<Enrolled> {
     cascade_domain::validate_name("agent name", name)
         .map_err(|err| Error::Config(err.to_string()))?;
@@ -187,6 +196,7 @@ pub async fn init(
             Some(&status_key),
         ),
         tags,
+        cache_bytes,
     };
     let text =
         serde_json::to_string_pretty(&config).map_err(|err| Error::Config(err.to_string()))?;
@@ -551,6 +561,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         held: Default::default(),
         waits: Default::default(),
         reported: Default::default(),
+        cache_bytes: config.cache_bytes.unwrap_or(cache::DEFAULT_CACHE_BYTES),
     };
     let executor = tokio::spawn(executor.run(stop_rx));
     // The poll ends when `shutdown` resolves; the executor and the

@@ -235,6 +235,13 @@ enum ChildKind {
     Secondary,
 }
 
+/// Parses a size such as `512MiB`, `10KB` or `0`.
+fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    text.parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|err| format!("{text:?} is not a size such as 512MiB or 10KB: {err}"))
+}
+
 /// Parses a rate such as `10MiB`, `500KB` or `1048576` (bytes per second).
 fn parse_rate(text: &str) -> std::result::Result<u64, String> {
     let size: bytesize::ByteSize = text
@@ -288,6 +295,11 @@ enum AgentCommand {
         /// A tag collections can select on, key=value (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Most bytes of downloaded chunks kept for later jobs once their
+        /// own jobs are over (e.g. 512MiB; default 1GiB). Chunks an open job
+        /// needs are kept whatever this says.
+        #[arg(long, value_parser = parse_size)]
+        cache_size: Option<u64>,
     },
     /// Run the agent until SIGTERM or Ctrl-C.
     Run {
@@ -841,9 +853,10 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             join_token,
             name,
             tags,
+            cache_size,
         }) => {
             init_logging("warn")?;
-            let enrolled = cascade_agent::init(&dir, &site, &join_token, &name, &tags)
+            let enrolled = cascade_agent::init(&dir, &site, &join_token, &name, &tags, cache_size)
                 .await
                 .with_context(|| format!("enrolling agent {name} with {site}"))?;
             out.enrolled(

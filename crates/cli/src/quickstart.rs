@@ -241,6 +241,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
                 &site.join_token,
                 &name,
                 &["fleet=demo".to_owned()],
+                None,
             )
             .await?;
             children.spawn(&name, &["agent", "run", path_str(&dir)?], &logs)?;

@@ -6,6 +6,7 @@
 use crate::harness::*;
 use serde_json::Value;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn row<'a>(status: &'a Value, agent: &str) -> &'a Value {
@@ -401,4 +402,58 @@ fn agent_reachable_only_while_it_polls() {
         reachability(&site, "ws1") == "unreachable" && reachability(&site, "ws2") == "unreachable"
     });
     assert!(stopped_at.elapsed() < Duration::from_secs(15));
+}
+
+/// Issue 13: a workstation kept every chunk it fetched and every job's
+/// directory for good (2.1 GiB after one 1 GiB job). With `--cache-size 0`
+/// the chunks of a download interrupted by its site going down are kept
+/// while the job waits (the agent tidies its disk meanwhile), none is left
+/// once the job is done, and the job's directory goes once the job is no
+/// longer offered.
+#[test]
+fn the_workstation_keeps_what_open_jobs_need_and_no_more() {
+    let root = tempfile::tempdir().unwrap();
+    let mut site = Site::start(root.path());
+    site.json(&["site", "settings", "--agent-poll-interval", "2s"]);
+    let source = root.path().join("src");
+    make_tree(&source, 2, 40 * 1024 * 1024, 23);
+    site.create_package("big", &source);
+    let dir = root.path().join("agent-ws1");
+    run_ok(Command::new(BIN).args(["agent", "init"]).arg(&dir).args([
+        "--site",
+        &site.url,
+        "--join-token",
+        &site.join_token,
+        "--name",
+        "ws1",
+        "--cache-size",
+        "0",
+    ]));
+    let ws1 = Agent {
+        name: "ws1".into(),
+        process: Process::spawn(
+            &["agent", "run", dir.to_str().unwrap()],
+            &root.path().join("agent-ws1.log"),
+        ),
+        dir,
+    };
+    site.json(&["collection", "create", "one", "--machines", "ws1"]);
+    let id = job_id(&site.create_job("big", "one", "test -f big.bin", &[]));
+    wait_until("the download to start", 60, || chunk_count(&ws1) >= 5);
+    site.process.kill();
+    let held = chunk_count(&ws1);
+    // Idle, waiting for its source: it tidies (every 2 s at most), and
+    // keeps what the open job needs.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        chunk_count(&ws1) >= held,
+        "chunks of an open job were removed"
+    );
+    site.restart();
+    wait_row(&site, id, "ws1", 120, |ws| ws["state"] == "complete");
+    let job_dir = ws1.dir.join("jobs").join(id.to_string());
+    wait_until("the cache to be emptied", 30, || chunk_count(&ws1) == 0);
+    assert!(job_dir.join("big.bin").is_file(), "still offered: kept");
+    site.json(&["job", "cancel", &id.to_string()]);
+    wait_until("the job's directory to go", 30, || !job_dir.exists());
 }

@@ -35,4 +35,4 @@ pub use signing::{
     generate_key, public_key_from_hex, public_key_hex, read_key, sign, sign_statement,
     verify_statement, write_key, SignedManifest, SigningKey, VerifyingKey,
 };
-pub use store::{ChunkStore, PutOutcome};
+pub use store::{ChunkStore, PutOutcome, StoredChunk};

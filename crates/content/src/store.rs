@@ -23,6 +23,17 @@ pub struct ChunkStore {
     root: PathBuf,
 }
 
+/// One chunk as [`ChunkStore::list`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredChunk {
+    /// Its hash.
+    pub hash: ChunkHash,
+    /// Size of its stored (encoded) form.
+    pub stored_bytes: u64,
+    /// When it was stored.
+    pub written: std::time::SystemTime,
+}
+
 /// What a put did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PutOutcome {
@@ -199,6 +210,48 @@ impl ChunkStore {
                 source,
             }),
         }
+    }
+
+    /// Every chunk stored, with its stored size and when it was written
+    /// (for a cache's eviction), in no particular order. Files that are not
+    /// chunks (a name that is not a hash of its shard) are left out.
+    pub fn list(&self) -> Result<Vec<StoredChunk>> {
+        let mut out = Vec::new();
+        let shards =
+            fs::read_dir(&self.root).map_err(Error::io("listing chunk store", &self.root))?;
+        for shard in shards {
+            let shard = shard.map_err(Error::io("listing chunk store", &self.root))?;
+            let name = shard.file_name();
+            let Some(prefix) = name.to_str().filter(|name| name.len() == 2) else {
+                continue;
+            };
+            if !shard.path().is_dir() {
+                continue;
+            }
+            let files = fs::read_dir(shard.path())
+                .map_err(Error::io("listing chunk store", &shard.path()))?;
+            for file in files {
+                let file = file.map_err(Error::io("listing chunk store", &shard.path()))?;
+                let Some(hash) = file
+                    .file_name()
+                    .to_str()
+                    .filter(|name| name.starts_with(prefix))
+                    .and_then(|name| ChunkHash::from_hex(name).ok())
+                else {
+                    continue;
+                };
+                // Gone since the listing (a concurrent removal): skipped.
+                let Ok(metadata) = file.metadata() else {
+                    continue;
+                };
+                out.push(StoredChunk {
+                    hash,
+                    stored_bytes: metadata.len(),
+                    written: metadata.modified().unwrap_or(std::time::UNIX_EPOCH),
+                });
+            }
+        }
+        Ok(out)
     }
 
     fn already_stored(&self, hash: &ChunkHash) -> Option<PutOutcome> {
@@ -595,6 +648,36 @@ mod tests {
         // Writes leave nothing behind in tmp.
         reopened.put(&ChunkHash::of(b"more"), b"more").unwrap();
         assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn list_finds_every_chunk_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let mut hashes: Vec<ChunkHash> = (0..5u8)
+            .map(|i| {
+                let data = vec![i; 1000 + i as usize];
+                let hash = ChunkHash::of(&data);
+                store.put(&hash, &data).unwrap();
+                hash
+            })
+            .collect();
+        fs::write(dir.path().join("stray"), b"x").unwrap();
+        let shard = store.path_of(&hashes[0]).parent().unwrap().to_path_buf();
+        fs::write(shard.join("not-a-hash"), b"x").unwrap();
+        let mut listed: Vec<StoredChunk> = store.list().unwrap();
+        listed.sort_by_key(|chunk| chunk.hash.to_hex());
+        hashes.sort_by_key(|hash| hash.to_hex());
+        assert_eq!(
+            listed.iter().map(|chunk| chunk.hash).collect::<Vec<_>>(),
+            hashes
+        );
+        for chunk in &listed {
+            assert_eq!(
+                chunk.stored_bytes,
+                fs::metadata(store.path_of(&chunk.hash)).unwrap().len()
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,248 @@
+//! What the agent keeps on disk (issue 13): a workstation kept a job's
+//! materialised directory and every chunk it ever fetched for good (2.1 GiB
+//! after one 1 GiB job). Now a job's directory is removed once the job is
+//! no longer offered (withdrawn: canceled or expired at the site, or past
+//! its expiry by the local clock): while it is offered its command may
+//! keep files there, as the quickstart's does. A job's chunks are needed
+//! until it is done here or no longer offered; past that the chunk store is
+//! trimmed to a budget (`agent init --cache-size`, [`DEFAULT_CACHE_BYTES`]),
+//! the chunks stored last kept first, so that the next version of a
+//! package still downloads only what changed.
+//!
+//! **Architecture Invariant:** the cache never removes a chunk an open job
+//! needs. A job's chunks are recorded (`job_chunks`) as soon as its signed
+//! manifest is verified, before the first chunk is fetched, and stay
+//! protected until the job is done here or no longer offered, whatever the
+//! budget; [`tidy`] runs in
+//! the executor between attempts, never beside a download.
+
+use crate::{Error, Result};
+use cascade_content::{ChunkHash, ChunkStore, Manifest};
+use cascade_protocol::JobOffer;
+use cascade_store::{now_ms, Db};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// The chunk cache's budget unless `agent init --cache-size` set another.
+pub const DEFAULT_CACHE_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// The migration of the table [`protect`] fills.
+pub const SCHEMA: &str = "CREATE TABLE job_chunks (
+    job INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (job, hash)
+) WITHOUT ROWID;";
+
+/// Records the chunks of `job`'s verified manifest as needed until the job
+/// is over.
+pub async fn protect(db: &Db, job: u64, manifest: &Manifest) -> Result<()> {
+    let mut tx = db.write().await?;
+    for chunk in manifest.unique_chunks() {
+        sqlx::query("INSERT OR IGNORE INTO job_chunks (job, hash) VALUES (?, ?)")
+            .bind(job as i64)
+            .bind(&chunk.hash.0[..])
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(cascade_store::Error::from)?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// How many jobs are done here, and how many are no longer offered, at
+/// `now`: when either changes, there is something to tidy.
+pub async fn finished_jobs(db: &Db, now: i64) -> Result<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT COALESCE(SUM(state = 'done'), 0),
+                COALESCE(SUM(withdrawn_at_ms IS NOT NULL
+                             OR json_extract(offer, '$.expires_at_ms') <= ?), 0)
+         FROM jobs",
+    )
+    .bind(now)
+    .fetch_one(db.pool())
+    .await
+    .map_err(cascade_store::Error::from)?)
+}
+
+/// What one [`tidy`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tidied {
+    /// Job directories removed.
+    pub job_dirs: usize,
+    /// Chunks removed.
+    pub chunks: usize,
+    /// Their stored bytes.
+    pub bytes: u64,
+}
+
+/// Removes the directories of jobs no longer offered and the chunks past
+/// the budget that no open job needs, oldest first.
+pub async fn tidy(db: &Db, dir: &Path, store: &ChunkStore, budget: u64) -> Result<Tidied> {
+    let now = now_ms();
+    let rows: Vec<(i64, String, String, Option<i64>)> =
+        sqlx::query_as("SELECT id, offer, state, withdrawn_at_ms FROM jobs")
+            .fetch_all(db.pool())
+            .await
+            .map_err(cascade_store::Error::from)?;
+    let mut tidied = Tidied::default();
+    for (id, offer, state, withdrawn) in &rows {
+        let expired = serde_json::from_str::<JobOffer>(offer)
+            .ok()
+            .and_then(|offer| offer.expires_at_ms)
+            .is_some_and(|at| at <= now);
+        let offered = withdrawn.is_none() && !expired;
+        if offered && state != "done" {
+            continue;
+        }
+        // Done here, or no longer offered: its chunks are cache.
+        sqlx::query("DELETE FROM job_chunks WHERE job = ?")
+            .bind(id)
+            .execute(db.pool())
+            .await
+            .map_err(cascade_store::Error::from)?;
+        if offered {
+            continue;
+        }
+        let job_dir = dir.join("jobs").join(id.to_string());
+        let removed =
+            tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&job_dir) {
+                Ok(()) => Ok(true),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(err) => Err(crate::io(format!("removing {}", job_dir.display()))(err)),
+            })
+            .await
+            .map_err(|err| Error::Config(format!("cleanup task failed: {err}")))??;
+        tidied.job_dirs += removed as usize;
+    }
+    let needed: Vec<Vec<u8>> = sqlx::query_scalar("SELECT DISTINCT hash FROM job_chunks")
+        .fetch_all(db.pool())
+        .await
+        .map_err(cascade_store::Error::from)?;
+    let needed: HashSet<ChunkHash> = needed
+        .into_iter()
+        .filter_map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok().map(ChunkHash))
+        .collect();
+    let store = store.clone();
+    let (chunks, bytes) = tokio::task::spawn_blocking(move || -> Result<(usize, u64)> {
+        let mut cached: Vec<_> = store
+            .list()
+            .map_err(|err| Error::Config(format!("listing the chunk store: {err}")))?
+            .into_iter()
+            .filter(|chunk| !needed.contains(&chunk.hash))
+            .collect();
+        // Newest first: what was stored last is kept.
+        cached.sort_by_key(|chunk| std::cmp::Reverse(chunk.written));
+        let mut kept = 0u64;
+        let (mut chunks, mut bytes) = (0, 0);
+        for chunk in cached {
+            if kept + chunk.stored_bytes <= budget {
+                kept += chunk.stored_bytes;
+                continue;
+            }
+            store
+                .remove(&chunk.hash)
+                .map_err(|err| Error::Config(format!("removing a cached chunk: {err}")))?;
+            chunks += 1;
+            bytes += chunk.stored_bytes;
+        }
+        Ok((chunks, bytes))
+    })
+    .await
+    .map_err(|err| Error::Config(format!("cleanup task failed: {err}")))??;
+    tidied.chunks = chunks;
+    tidied.bytes = bytes;
+    Ok(tidied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::RngCore;
+
+    fn put(store: &ChunkStore, seed: u8, age_s: u64) -> ChunkHash {
+        let mut data = vec![0u8; 10_000];
+        rand::thread_rng().fill_bytes(&mut data);
+        data[0] = seed;
+        let hash = ChunkHash::of(&data);
+        store.put(&hash, &data).unwrap();
+        let written = std::time::SystemTime::now() - std::time::Duration::from_secs(age_s);
+        std::fs::File::options()
+            .write(true)
+            .open(store.path_of(&hash))
+            .unwrap()
+            .set_modified(written)
+            .unwrap();
+        hash
+    }
+
+    /// Issue 13: a workstation kept 2.1 GiB after one 1 GiB job. Over
+    /// budget, the oldest chunks no open job needs go, and the directories
+    /// of jobs no longer offered; an open job's chunks stay whatever the
+    /// budget, and a done job still offered keeps its directory.
+    #[tokio::test]
+    async fn tidy_keeps_what_open_jobs_need_and_the_newest_within_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("agent.db"), true, crate::MIGRATIONS)
+            .await
+            .unwrap();
+        let store = ChunkStore::open(&dir.path().join("chunks")).unwrap();
+        let needed = [put(&store, 1, 500), put(&store, 2, 400)];
+        let free: Vec<ChunkHash> = (0..4)
+            .map(|i| put(&store, 10 + i, 300 - 60 * i as u64))
+            .collect();
+        // Job 1 is open; job 2 is done; job 3 was withdrawn.
+        for (id, state, withdrawn) in [
+            (1, "offered", None),
+            (2, "done", None),
+            (3, "offered", Some(5)),
+        ] {
+            sqlx::query(
+                "INSERT INTO jobs (id, offer, first_seen_ms, withdrawn_at_ms, state) VALUES (?, '{}', 0, ?, ?)",
+            )
+            .bind(id)
+            .bind(withdrawn)
+            .bind(state)
+            .execute(db.pool())
+            .await
+            .unwrap();
+            std::fs::create_dir_all(dir.path().join("jobs").join(id.to_string())).unwrap();
+        }
+        for (job, hash) in [(1, needed[0]), (1, needed[1]), (2, free[1]), (3, free[0])] {
+            sqlx::query("INSERT INTO job_chunks (job, hash) VALUES (?, ?)")
+                .bind(job)
+                .bind(&hash.0[..])
+                .execute(db.pool())
+                .await
+                .unwrap();
+        }
+        // Room for two of the free chunks (10,001 bytes stored each).
+        let tidied = tidy(&db, dir.path(), &store, 25_000).await.unwrap();
+        assert_eq!(
+            tidied,
+            Tidied {
+                job_dirs: 1,
+                chunks: 2,
+                bytes: 20_002
+            }
+        );
+        assert!(
+            needed.iter().all(|hash| store.contains(hash)),
+            "an open job's chunks went"
+        );
+        // Newest kept: free[3] and free[2]; the oldest two removed.
+        assert!(!store.contains(&free[0]) && !store.contains(&free[1]));
+        assert!(store.contains(&free[2]) && store.contains(&free[3]));
+        assert!(dir.path().join("jobs/1").is_dir() && dir.path().join("jobs/2").is_dir());
+        assert!(!dir.path().join("jobs/3").exists());
+        // Nothing more to do: idempotent.
+        assert_eq!(
+            tidy(&db, dir.path(), &store, 25_000).await.unwrap(),
+            Tidied::default()
+        );
+        // With no budget, only what job 1 needs stays.
+        tidy(&db, dir.path(), &store, 0).await.unwrap();
+        let left: HashSet<ChunkHash> = store.list().unwrap().iter().map(|c| c.hash).collect();
+        assert_eq!(left, needed.into_iter().collect());
+        db.close().await;
+    }
+}

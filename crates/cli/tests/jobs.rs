@@ -151,8 +151,17 @@ fn q152229_expiry_keeps_last_status() {
 
     // A restarted agent never runs a completed job again.
     let mut ws1 = agents.into_iter().next().unwrap();
+    // Expired, so no longer offered: the agent removed the job's directory
+    // (issue 13).
     let marker = ws1.dir.join("jobs").join(&id);
-    std::fs::remove_dir_all(&marker).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired job's directory stayed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     ws1.process.kill();
     let log = root.path().join("ws1-again.log");
     ws1.process = Process::spawn(&["agent", "run", ws1.dir.to_str().unwrap()], &log);

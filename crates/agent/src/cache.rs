@@ -34,8 +34,25 @@ pub const SCHEMA: &str = "CREATE TABLE job_chunks (
 ) WITHOUT ROWID;";
 
 /// Records the chunks of `job`'s verified manifest as needed until the job
-/// is over.
-pub async fn protect(db: &Db, job: u64, manifest: &Manifest) -> Result<()> {
+/// is over, and marks those already held as just used (the cache keeps the
+/// chunks used last, not only those stored last).
+pub async fn protect(db: &Db, store: &ChunkStore, job: u64, manifest: &Manifest) -> Result<()> {
+    let held: Vec<std::path::PathBuf> = manifest
+        .unique_chunks()
+        .iter()
+        .map(|chunk| store.path_of(&chunk.hash))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let now = std::time::SystemTime::now();
+        for path in held {
+            // Absent ones are fetched next; a failure only ages it.
+            if let Ok(file) = std::fs::File::options().write(true).open(path) {
+                let _ = file.set_modified(now);
+            }
+        }
+    })
+    .await
+    .map_err(|err| Error::Config(format!("cache task failed: {err}")))?;
     let mut tx = db.write().await?;
     for chunk in manifest.unique_chunks() {
         sqlx::query("INSERT OR IGNORE INTO job_chunks (job, hash) VALUES (?, ?)")
@@ -47,6 +64,35 @@ pub async fn protect(db: &Db, job: u64, manifest: &Manifest) -> Result<()> {
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Removes `root` and what it holds without following symbolic links or
+/// leaving its file system: a directory that is another mount (one a
+/// command left, a bind mount of the host's files) is refused with an
+/// error and nothing in it is touched. False when `root` did not exist.
+fn remove_tree(root: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    fn below(path: &Path, device: u64) -> std::io::Result<()> {
+        let metadata = std::fs::symlink_metadata(path)?;
+        if !metadata.is_dir() {
+            return std::fs::remove_file(path);
+        }
+        if metadata.dev() != device {
+            return Err(std::io::Error::other(format!(
+                "{} is another file system (a mount left behind?); not removed",
+                path.display()
+            )));
+        }
+        for entry in std::fs::read_dir(path)? {
+            below(&entry?.path(), device)?;
+        }
+        std::fs::remove_dir(path)
+    }
+    match std::fs::symlink_metadata(root) {
+        Ok(metadata) => below(root, metadata.dev()).map(|()| true),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 /// How many jobs are done here, and how many are no longer offered, at
@@ -104,15 +150,18 @@ pub async fn tidy(db: &Db, dir: &Path, store: &ChunkStore, budget: u64) -> Resul
             continue;
         }
         let job_dir = dir.join("jobs").join(id.to_string());
-        let removed =
-            tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&job_dir) {
-                Ok(()) => Ok(true),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
-                Err(err) => Err(crate::io(format!("removing {}", job_dir.display()))(err)),
-            })
-            .await
-            .map_err(|err| Error::Config(format!("cleanup task failed: {err}")))??;
-        tidied.job_dirs += removed as usize;
+        let removed = tokio::task::spawn_blocking(move || {
+            remove_tree(&job_dir).map_err(|err| (job_dir, err))
+        })
+        .await
+        .map_err(|err| Error::Config(format!("cleanup task failed: {err}")))?;
+        match removed {
+            Ok(removed) => tidied.job_dirs += removed as usize,
+            // The rest is tidied all the same; this one again next time.
+            Err((job_dir, err)) => {
+                tracing::warn!(dir = %job_dir.display(), error = %err, "a job's directory was not removed")
+            }
+        }
     }
     let needed: Vec<Vec<u8>> = sqlx::query_scalar("SELECT DISTINCT hash FROM job_chunks")
         .fetch_all(db.pool())
@@ -215,6 +264,12 @@ mod tests {
                 .await
                 .unwrap();
         }
+        // A link in a job's directory to a file outside: the link goes,
+        // never the file.
+        let outside = dir.path().join("outside.txt");
+        std::fs::write(&outside, b"keep").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.path().join("jobs/3/link")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("jobs/3/up")).unwrap();
         // Room for two of the free chunks (10,001 bytes stored each).
         let tidied = tidy(&db, dir.path(), &store, 25_000).await.unwrap();
         assert_eq!(
@@ -234,6 +289,7 @@ mod tests {
         assert!(store.contains(&free[2]) && store.contains(&free[3]));
         assert!(dir.path().join("jobs/1").is_dir() && dir.path().join("jobs/2").is_dir());
         assert!(!dir.path().join("jobs/3").exists());
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
         // Nothing more to do: idempotent.
         assert_eq!(
             tidy(&db, dir.path(), &store, 25_000).await.unwrap(),

@@ -267,25 +267,33 @@ impl Work for DueJobs<'_> {
                     return Ok(Step::Idle);
                 }
                 self.checked_at = Some(Instant::now());
-                let finished = crate::cache::finished_jobs(&executor.db, now_ms()).await?;
+                let Ok(finished) = crate::cache::finished_jobs(&executor.db, now_ms()).await else {
+                    return Ok(Step::Idle);
+                };
                 let due = self.attempted
                     || self.finished != Some(finished)
                     || self.tidied_at.is_none_or(|at| at.elapsed() >= TIDY_EVERY);
                 if due {
-                    let tidied = crate::cache::tidy(
+                    // A failure is logged, never in the way of due jobs.
+                    match crate::cache::tidy(
                         &executor.db,
                         &executor.dir,
                         &executor.store,
                         executor.cache_bytes,
                     )
-                    .await?;
-                    if tidied != Default::default() {
-                        tracing::info!(
+                    .await
+                    {
+                        Ok(tidied) if tidied != Default::default() => tracing::info!(
                             job_dirs = tidied.job_dirs,
                             chunks = tidied.chunks,
                             bytes = tidied.bytes,
                             "disk tidied"
-                        );
+                        ),
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(
+                            error = %cascade_protocol::chain(&err),
+                            "tidying the disk failed; will try again"
+                        ),
                     }
                     self.tidied_at = Some(Instant::now());
                     self.attempted = false;
@@ -485,22 +493,7 @@ impl Executor {
                 continue;
             }
             // Due; but nothing starts on instructions not known current.
-            let timestamp = self.timestamp.borrow().clone();
-            if let Some(reason) = Freshness::judge(timestamp.as_ref(), now).hold_reason() {
-                let first = self
-                    .held
-                    .lock()
-                    .expect("held lock")
-                    .insert((offer.id, timestamp.map(|held| held.issued_at_ms)));
-                if first {
-                    tracing::warn!(job = offer.id, %reason, "job held");
-                    let body = StatusBody::JobHeld {
-                        job: offer.id,
-                        package: offer.package.clone(),
-                        reason,
-                    };
-                    self.report(offer.id, body, None).await?;
-                }
+            if self.hold(&offer, now).await? {
                 continue;
             }
             return Ok(Some(Due {
@@ -509,6 +502,30 @@ impl Executor {
             }));
         }
         Ok(None)
+    }
+
+    /// Whether `offer` must wait for a current timestamp at `now`; reports
+    /// it held once per timestamp held.
+    async fn hold(&self, offer: &JobOffer, now: i64) -> Result<bool> {
+        let timestamp = self.timestamp.borrow().clone();
+        let Some(reason) = Freshness::judge(timestamp.as_ref(), now).hold_reason() else {
+            return Ok(false);
+        };
+        let first = self
+            .held
+            .lock()
+            .expect("held lock")
+            .insert((offer.id, timestamp.map(|held| held.issued_at_ms)));
+        if first {
+            tracing::warn!(job = offer.id, %reason, "job held");
+            let body = StatusBody::JobHeld {
+                job: offer.id,
+                package: offer.package.clone(),
+                reason,
+            };
+            self.report(offer.id, body, None).await?;
+        }
+        Ok(true)
     }
 
     /// Records `body` in the outbox, and the job's new state with it.
@@ -636,6 +653,11 @@ impl Executor {
             return self
                 .stop_before_command(offer, due.attempts, Interruption::Expired)
                 .await;
+        }
+        // Nor on a timestamp that expired during the download: held, and
+        // started once a current one arrives.
+        if self.hold(offer, now_ms()).await? {
+            return Ok(());
         }
         // The attempt number is stored with the report, before the command
         // starts: a crash from here on is an interrupted attempt.
@@ -852,7 +874,7 @@ impl Executor {
             )));
         }
         // Needed until the job is over: the cache keeps them.
-        crate::cache::protect(&self.db, offer.id, &manifest).await?;
+        crate::cache::protect(&self.db, &self.store, offer.id, &manifest).await?;
         let unique = manifest.unique_chunks();
         let total: u64 = unique.iter().map(|chunk| chunk.size as u64).sum();
         let chunks: Vec<_> = unique

@@ -336,13 +336,21 @@ fn verify_on_every_core(chunks: &[(ChunkHash, &[u8])]) -> Result<()> {
     std::thread::scope(|scope| {
         let mut parts = chunks.chunks(per_thread);
         let first = parts.next().unwrap_or_default();
+        // A part whose thread cannot be started is verified here, in turn.
         let others: Vec<_> = parts
-            .map(|part| scope.spawn(move || verify(part)))
+            .map(|part| {
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, move || verify(part))
+                    .map_err(|_| part)
+            })
             .collect();
         // The calling thread takes the first part.
         let mut result = verify(first);
         for other in others {
-            let other = other.join().expect("a verification thread panicked");
+            let other = match other {
+                Ok(thread) => thread.join().expect("a verification thread panicked"),
+                Err(part) => verify(part),
+            };
             result = result.and(other);
         }
         result

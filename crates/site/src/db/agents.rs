@@ -301,10 +301,15 @@ where
         sqlx::query_scalar("SELECT value FROM settings WHERE key = 'timestamp'")
             .fetch_optional(executor)
             .await?;
-    text.map(|text| {
-        serde_json::from_str(&text).map_err(Error::json("the stored timestamp does not parse"))
-    })
-    .transpose()
+    // One that does not parse (a damaged database) counts as none: the
+    // next one replaces it.
+    Ok(text.and_then(|text| match serde_json::from_str(&text) {
+        Ok(signed) => Some(signed),
+        Err(err) => {
+            tracing::warn!(error = %err, "the stored timestamp does not parse; it counts as none");
+            None
+        }
+    }))
 }
 
 /// Replaces the timestamp held (the caller checked it is newer).

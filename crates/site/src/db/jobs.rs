@@ -123,8 +123,9 @@ where
     .collect()
 }
 
-/// The jobs canceled and not expired at `now`, most recently canceled
-/// first, at most `limit`.
+/// The jobs canceled and not expired a day before `now` (an agent's clock
+/// may lag the central site's), most recently canceled first, at most
+/// `limit`.
 pub async fn canceled_unexpired_job_ids<'e, E>(
     executor: E,
     now: i64,
@@ -138,7 +139,7 @@ where
          WHERE canceled_at_ms IS NOT NULL AND (expires_at_ms IS NULL OR expires_at_ms > ?)
          ORDER BY canceled_at_ms DESC, id DESC LIMIT ?",
     )
-    .bind(now)
+    .bind(now - 86_400_000)
     .bind(limit as i64)
     .fetch_all(executor)
     .await?;

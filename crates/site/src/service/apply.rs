@@ -21,10 +21,20 @@ const POLL_WAIT: Duration = Duration::from_secs(30);
 /// One long poll of the parent's instructions, stored in the inbox.
 pub async fn receive_once(state: &AppState, parent: &Parent) -> Result<()> {
     let after = db::cursor(state.db.pool(), "instructions").await? as u64;
+    // The newest held or offered (0 for none): an older site sends
+    // nothing, and its parent answers it as before, at the end of the wait.
     let held = timestamp::held(state)
         .await?
-        .map(|(_, held)| held.issued_at_ms);
-    let polled = parent.client.instructions(after, POLL_WAIT, held).await;
+        .map_or(0, |(_, held)| held.issued_at_ms)
+        .max(
+            parent
+                .timestamp_offered
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+    let polled = parent
+        .client
+        .instructions(after, POLL_WAIT, Some(held))
+        .await;
     let answer = polled.map_err(|err| {
         let err = upstream(
             &format!("fetching instructions from {}", parent.code()),
@@ -41,7 +51,11 @@ pub async fn receive_once(state: &AppState, parent: &Parent) -> Result<()> {
         .parent_answered();
     // Before the instructions: whatever a policy offers from them is
     // offered with a timestamp at least as new as the one that came along.
-    timestamp::accept_from_parent(state, answer.timestamp).await?;
+    if let Some(offered) = timestamp::accept_from_parent(state, answer.timestamp).await? {
+        parent
+            .timestamp_offered
+            .fetch_max(offered, std::sync::atomic::Ordering::Relaxed);
+    }
     store_in_inbox(state, answer.instructions).await
 }
 

@@ -107,7 +107,7 @@ pub async fn instructions(
         let timestamp = timestamp::held(state).await?;
         let newer_timestamp = timestamp
             .as_ref()
-            .is_some_and(|(_, held)| query.timestamp_ms.is_none_or(|ms| held.issued_at_ms > ms));
+            .is_some_and(|(_, held)| query.timestamp_ms.is_some_and(|ms| held.issued_at_ms > ms));
         if !rows.is_empty()
             || newer_timestamp
             || tokio::time::Instant::now() >= deadline

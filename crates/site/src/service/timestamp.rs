@@ -67,6 +67,12 @@ pub async fn held(state: &AppState) -> Result<Option<(SignedIntent, Timestamp)>>
 /// only: after a cancellation too, so that it reaches every agent at once).
 pub async fn sign_in(tx: &mut WriteTx<'_>, state: &AppState, now: i64) -> Result<()> {
     let validity = db::read_settings(&mut *tx.tx).await?.timestamp_validity_ms as i64;
+    // Later than the one held, always (two signed in the same millisecond,
+    // or a clock set back): sites and agents keep only a newer one.
+    let held = db::read_timestamp(&mut *tx.tx)
+        .await?
+        .and_then(|held| held.verify_timestamp(&state.trust).ok());
+    let now = held.map_or(now, |held| now.max(held.issued_at_ms + 1));
     let canceled = db::canceled_unexpired_job_ids(&mut *tx.tx, now, MAX_TIMESTAMP_CANCELED).await?;
     let signed = SignedIntent::sign(
         &Intent::Timestamp(Timestamp {
@@ -82,16 +88,27 @@ pub async fn sign_in(tx: &mut WriteTx<'_>, state: &AppState, now: i64) -> Result
 /// At a child site: keeps the timestamp the parent passed on if it
 /// verifies against the central key and is newer than the one held. One
 /// that does not verify is logged and ignored (the parent cannot make this
-/// site believe it, nor stop the instructions that came with it).
-pub async fn accept_from_parent(state: &AppState, offered: Option<SignedIntent>) -> Result<()> {
+/// site believe it, nor stop the instructions that came with it). Returns
+/// when the one offered says it was signed, kept or not (none when it does
+/// not parse).
+pub async fn accept_from_parent(
+    state: &AppState,
+    offered: Option<SignedIntent>,
+) -> Result<Option<i64>> {
     let Some(offered) = offered else {
-        return Ok(());
+        return Ok(None);
     };
+    let said = serde_json::from_str::<Intent>(&offered.intent)
+        .ok()
+        .and_then(|intent| match intent {
+            Intent::Timestamp(timestamp) => Some(timestamp.issued_at_ms),
+            _ => None,
+        });
     let timestamp = match offered.verify_timestamp(&state.trust) {
         Ok(timestamp) => timestamp,
         Err(err) => {
             tracing::warn!(error = %err, "the parent passed on a timestamp that was refused");
-            return Ok(());
+            return Ok(said);
         }
     };
     let mut tx = state.db.write().await?;
@@ -108,13 +125,13 @@ pub async fn accept_from_parent(state: &AppState, offered: Option<SignedIntent>)
                 "the parent passed on an older timestamp than this site holds; ignored"
             );
         }
-        return Ok(());
+        return Ok(said);
     }
     db::write_timestamp(&mut tx, &offered).await?;
     tx.commit().await?;
     // Children's instructions polls and agents' policies carry it.
     state.notify_outbox_changed();
-    Ok(())
+    Ok(said)
 }
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ pub struct Parent {
     pub config: ParentConfig,
     /// A client of the parent presenting the credential.
     pub client: Client,
+    /// When the newest timestamp the parent offered was signed, kept or
+    /// refused: told back to the parent, so that it does not answer at
+    /// once again with one this site refused.
+    pub timestamp_offered: std::sync::atomic::AtomicI64,
 }
 
 impl Parent {
@@ -36,7 +40,11 @@ impl Parent {
             .enrollment
             .client()
             .map_err(|err| upstream("connecting to the parent", err))?;
-        Ok(Parent { config, client })
+        Ok(Parent {
+            config,
+            client,
+            timestamp_offered: Default::default(),
+        })
     }
 
     /// The parent's code.

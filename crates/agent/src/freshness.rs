@@ -52,16 +52,7 @@ pub async fn accept(
             return Ok(held);
         }
     };
-    if !timestamp.replaces(held.as_ref()) {
-        if held
-            .as_ref()
-            .is_some_and(|held| held.issued_at_ms > timestamp.issued_at_ms)
-        {
-            tracing::warn!(
-                offered_issued_at_ms = timestamp.issued_at_ms,
-                "the site passed on an older timestamp than this agent holds; ignored"
-            );
-        }
+    if !timestamp.replaces_or_warn(held.as_ref(), "the site") {
         return Ok(held);
     }
     let text = serde_json::to_string(offered).map_err(|err| Error::Config(err.to_string()))?;

@@ -5,6 +5,25 @@ use crate::harness::*;
 use serde_json::Value;
 use std::time::Duration;
 
+/// Waits until job `id` has reached `site` (its `job status` answers).
+fn wait_until_known(site: &Site, id: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !site
+        .cmd(&["job", "status", id])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} never reached {}",
+            site.code
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn row<'a>(status: &'a Value, agent: &str) -> Option<&'a Value> {
     status["workstations"]
         .as_array()?
@@ -796,20 +815,7 @@ fn a_frozen_site_is_detected_and_its_agents_start_nothing() {
     )["id"]
         .as_u64()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !p01
-        .cmd(&["job", "status", &id.to_string()])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "job never reached P01"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_known(&p01, &id.to_string());
     p01.wait_job(id, Duration::from_secs(30), |status| {
         row(status, "ws1").is_some_and(|ws| ws["state"] == "offered")
     });
@@ -887,20 +893,7 @@ fn a_cancellation_withheld_by_a_site_still_stops_the_job() {
         .as_u64()
         .unwrap();
     let id_text = id.to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !p01
-        .cmd(&["job", "status", &id_text])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "job never reached P01"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_known(&p01, &id_text);
     p01.wait_job(id, Duration::from_secs(30), |status| {
         row(status, "ws1").is_some_and(|ws| ws["state"] == "offered")
     });

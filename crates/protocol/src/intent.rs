@@ -127,6 +127,21 @@ impl Timestamp {
     pub fn replaces(&self, held: Option<&Timestamp>) -> bool {
         held.is_none_or(|held| self.issued_at_ms > held.issued_at_ms)
     }
+
+    /// [`Timestamp::replaces`], with a warning when `from` (who passed it
+    /// on: "the parent", "the site") offered an older one than is held.
+    pub fn replaces_or_warn(&self, held: Option<&Timestamp>, from: &str) -> bool {
+        if self.replaces(held) {
+            return true;
+        }
+        if held.is_some_and(|held| held.issued_at_ms > self.issued_at_ms) {
+            tracing::warn!(
+                offered_issued_at_ms = self.issued_at_ms,
+                "{from} passed on an older timestamp than the one held; ignored"
+            );
+        }
+        false
+    }
 }
 
 /// Whether a workstation may act on the instructions it holds, judged from

@@ -115,16 +115,7 @@ pub async fn accept_from_parent(
     let held = db::read_timestamp(&mut *tx.tx)
         .await?
         .and_then(|held| held.verify_timestamp(&state.trust).ok());
-    if !timestamp.replaces(held.as_ref()) {
-        if held
-            .as_ref()
-            .is_some_and(|held| held.issued_at_ms > timestamp.issued_at_ms)
-        {
-            tracing::warn!(
-                offered_issued_at_ms = timestamp.issued_at_ms,
-                "the parent passed on an older timestamp than this site holds; ignored"
-            );
-        }
+    if !timestamp.replaces_or_warn(held.as_ref(), "the parent") {
         return Ok(said);
     }
     db::write_timestamp(&mut tx, &offered).await?;

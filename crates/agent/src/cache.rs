@@ -37,22 +37,17 @@ pub const SCHEMA: &str = "CREATE TABLE job_chunks (
 /// is over, and marks those already held as just used (the cache keeps the
 /// chunks used last, not only those stored last).
 pub async fn protect(db: &Db, store: &ChunkStore, job: u64, manifest: &Manifest) -> Result<()> {
-    let held: Vec<std::path::PathBuf> = manifest
+    let held: Vec<ChunkHash> = manifest
         .unique_chunks()
         .iter()
-        .map(|chunk| store.path_of(&chunk.hash))
+        .map(|chunk| chunk.hash)
         .collect();
-    tokio::task::spawn_blocking(move || {
-        let now = std::time::SystemTime::now();
-        for path in held {
-            // Absent ones are fetched next; a failure only ages it.
-            if let Ok(file) = std::fs::File::options().write(true).open(path) {
-                let _ = file.set_modified(now);
-            }
-        }
-    })
-    .await
-    .map_err(|err| Error::Config(format!("cache task failed: {err}")))?;
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.touch(&held, std::time::SystemTime::now()))
+        .await
+        .map_err(|err| Error::Config(format!("cache task failed: {err}")))?
+        // Absent ones are fetched next; a failure only ages the chunks.
+        .unwrap_or_else(|err| tracing::warn!(error = %err, "chunks were not marked as used"));
     let mut tx = db.write().await?;
     for chunk in manifest.unique_chunks() {
         sqlx::query("INSERT OR IGNORE INTO job_chunks (job, hash) VALUES (?, ?)")
@@ -194,6 +189,12 @@ pub async fn tidy(db: &Db, dir: &Path, store: &ChunkStore, budget: u64) -> Resul
             chunks += 1;
             bytes += chunk.stored_bytes;
         }
+        // The packs mostly removed give their disk back.
+        if chunks > 0 {
+            store
+                .compact()
+                .map_err(|err| Error::Config(format!("compacting the chunk store: {err}")))?;
+        }
         Ok((chunks, bytes))
     })
     .await
@@ -215,12 +216,7 @@ mod tests {
         let hash = ChunkHash::of(&data);
         store.put(&hash, &data).unwrap();
         let written = std::time::SystemTime::now() - std::time::Duration::from_secs(age_s);
-        std::fs::File::options()
-            .write(true)
-            .open(store.path_of(&hash))
-            .unwrap()
-            .set_modified(written)
-            .unwrap();
+        store.touch(&[hash], written).unwrap();
         hash
     }
 

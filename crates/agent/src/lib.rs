@@ -539,6 +539,11 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
     let key = cascade_content::public_key_from_hex(&enrollment.site_public_key)
         .map_err(|err| Error::Config(format!("agent.json holds a bad site key: {err}")))?;
     let sources = Arc::new(tokio::sync::Mutex::new(execute::Sources::default()));
+    let store = cascade_content::ChunkStore::open(&dir.join(layout::CHUNKS))
+        .map_err(|err| Error::Config(format!("opening the chunk store: {err}")))?;
+    if !store.opened().is_clean() {
+        tracing::warn!(report = %store.opened(), "the chunk store needed care when opened");
+    }
     let timestamp = freshness::load(&db, &key).await?;
     let (canceled_tx, canceled_rx) =
         tokio::sync::watch::channel(Arc::new(canceled_by(HashSet::new(), timestamp.as_ref())));
@@ -550,8 +555,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         db: db.clone(),
         client: client.clone(),
         site_key: key,
-        store: cascade_content::ChunkStore::open(&dir.join(layout::CHUNKS))
-            .map_err(|err| Error::Config(format!("opening the chunk store: {err}")))?,
+        store: store.clone(),
         sources: sources.clone(),
         wake: wake.clone(),
         nudge: nudge.clone(),

@@ -708,20 +708,34 @@ pub fn files_of(root: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// Flips bytes of a stored chunk file, as disk damage or tampering would.
-pub fn corrupt(path: &Path) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    bytes[1] ^= 0x55;
-    std::fs::write(path, bytes).unwrap();
+/// How many chunks the store of a site, DP or agent at `dir` holds, read
+/// from its pack indexes (the store may be open in the running process).
+pub fn stored_chunks(dir: &Path) -> usize {
+    cascade_content::list_in(&dir.join("chunks"))
+        .map(|chunks| chunks.len())
+        .unwrap_or(0)
 }
 
-/// The path of a chunk file on a DP's disk that belongs to `data`'s first chunk.
-pub fn chunk_path(dp_dir: &Path, data: &[u8]) -> PathBuf {
+/// Flips bytes of the stored form of `data`'s first chunk on a DP's (or
+/// agent's, or site's) disk, as disk damage or tampering would; the store
+/// may be open in the running process.
+pub fn corrupt_chunk(dir: &Path, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
     let first = cascade_content::chunks(data).next().unwrap().unwrap();
-    let hex = first.hash.to_hex();
-    dp_dir.join("chunks").join(&hex[..2]).join(&hex)
+    let at = cascade_content::locate_in(&dir.join("chunks"), &first.hash)
+        .unwrap()
+        .expect("the chunk to corrupt is stored");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&at.pack)
+        .unwrap();
+    for offset in [at.offset + 1, at.offset + at.len / 2] {
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, offset).unwrap();
+        byte[0] ^= 0x55;
+        file.write_all_at(&byte, offset).unwrap();
+    }
 }
 
 /// Runs SQL against a site's database (stopped or running), as a damaged or rolled back

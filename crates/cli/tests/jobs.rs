@@ -344,7 +344,7 @@ fn tampered_content_on_one_dp_is_refused_and_the_job_completes_from_another() {
     site.json(&["package", "distribute", "tool", "--all-dps"]);
     site.wait_installed("tool", &[&dp1, &dp2], 1, Duration::from_secs(30));
     let big = std::fs::read(source.join("big.bin")).unwrap();
-    corrupt(&chunk_path(&dp1.dir, &big));
+    corrupt_chunk(&dp1.dir, &big);
 
     let ws1 = site.add_agent("ws1", &[]);
     site.json(&["collection", "create", "one", "--machines", "ws1"]);
@@ -409,25 +409,13 @@ fn agent_killed_mid_download_resumes() {
         .unwrap()
         .to_string();
     // Kill as soon as some chunks arrived on the workstation.
-    let chunks = ws1.dir.join("chunks");
-    let count = |dir: &std::path::Path| -> usize {
-        std::fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok())
-                    .filter(|e| e.file_name() != "tmp")
-                    .map(|e| std::fs::read_dir(e.path()).map(|d| d.count()).unwrap_or(0))
-                    .sum()
-            })
-            .unwrap_or(0)
-    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&chunks) < 5 {
+    while stored_chunks(&ws1.dir) < 5 {
         assert!(Instant::now() < deadline, "the download never started");
         std::thread::sleep(Duration::from_millis(5));
     }
     ws1.process.kill();
-    let held_at_kill = count(&chunks);
+    let held_at_kill = stored_chunks(&ws1.dir);
     assert!(
         !ws1.dir.join("jobs").join(&id).exists(),
         "the download finished before the kill"

@@ -14,8 +14,7 @@ fn corrupted_chunk_is_detected_when_served_and_repaired() {
     site.json(&["package", "distribute", "pkg", "--dp", "dp1"]);
     site.wait_installed("pkg", &[&dp], 1, Duration::from_secs(60));
     let big = std::fs::read(source.join("big.bin")).unwrap();
-    let chunk = chunk_path(&dp.dir, &big);
-    corrupt(&chunk);
+    corrupt_chunk(&dp.dir, &big);
 
     // Serving detects it: the client never gets the bad bytes as good, but
     // a 503 telling it to retry or use another DP.
@@ -55,7 +54,7 @@ fn refresh_reverifies_and_repairs_without_touching_other_dps() {
     site.json(&["package", "distribute", "pkg", "--all-dps"]);
     site.wait_installed("pkg", &[&dp1, &dp2], 1, Duration::from_secs(60));
     let big = std::fs::read(source.join("big.bin")).unwrap();
-    corrupt(&chunk_path(&dp1.dir, &big));
+    corrupt_chunk(&dp1.dir, &big);
     let dp2_before = dp2.bytes_received();
 
     let report = site.json(&["package", "refresh", "pkg", "--dp", "dp1"]);

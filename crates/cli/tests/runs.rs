@@ -42,12 +42,16 @@ fn lines(path: &Path) -> Vec<String> {
 
 /// Chunk files held in an agent's chunk store.
 fn chunk_count(agent: &Agent) -> usize {
-    std::fs::read_dir(agent.dir.join("chunks"))
+    stored_chunks(&agent.dir)
+}
+
+/// Bytes of the agent's chunk store on disk (its packs and indexes).
+fn chunk_disk(agent: &Agent) -> u64 {
+    std::fs::read_dir(agent.dir.join("chunks").join("packs"))
         .map(|entries| {
             entries
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_name() != "tmp")
-                .map(|e| std::fs::read_dir(e.path()).map(|d| d.count()).unwrap_or(0))
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
                 .sum()
         })
         .unwrap_or(0)
@@ -408,8 +412,8 @@ fn agent_reachable_only_while_it_polls() {
 /// directory for good (2.1 GiB after one 1 GiB job). With `--cache-size 0`
 /// the chunks of a download interrupted by its site going down are kept
 /// while the job waits (the agent tidies its disk meanwhile), none is left
-/// once the job is done, and the job's directory goes once the job is no
-/// longer offered.
+/// once the job is done (their packs compacted away), and the job's
+/// directory goes once the job is no longer offered.
 #[test]
 fn the_workstation_keeps_what_open_jobs_need_and_no_more() {
     let root = tempfile::tempdir().unwrap();
@@ -453,6 +457,10 @@ fn the_workstation_keeps_what_open_jobs_need_and_no_more() {
     wait_row(&site, id, "ws1", 120, |ws| ws["state"] == "complete");
     let job_dir = ws1.dir.join("jobs").join(id.to_string());
     wait_until("the cache to be emptied", 30, || chunk_count(&ws1) == 0);
+    // Emptied on disk too: the packs of removed chunks are compacted away.
+    wait_until("the packs to be compacted", 30, || {
+        chunk_disk(&ws1) < 64 * 1024
+    });
     assert!(job_dir.join("big.bin").is_file(), "still offered: kept");
     site.json(&["job", "cancel", &id.to_string()]);
     wait_until("the job's directory to go", 30, || !job_dir.exists());

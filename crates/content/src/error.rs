@@ -37,31 +37,19 @@ pub enum Error {
         hash: ChunkHash,
     },
 
-    /// Reading a chunk file from the store failed.
+    /// Reading a chunk from its pack failed.
     #[error("reading chunk {hash} from {path}")]
     ReadChunk {
         /// The chunk being read.
         hash: ChunkHash,
-        /// Its file in the store.
+        /// Its pack.
         path: PathBuf,
         /// The underlying error.
         #[source]
         source: io::Error,
     },
 
-    /// Writing a chunk file into the store failed.
-    #[error("writing chunk {hash} to {path}")]
-    WriteChunk {
-        /// The chunk being written.
-        hash: ChunkHash,
-        /// The file being written (temporary or final).
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-
-    /// Storing a batch of chunks durably failed (syncing or renaming).
+    /// Storing a batch of chunks durably failed (writing or syncing a pack).
     #[error("storing a batch of chunks in {path}")]
     WriteBatch {
         /// The file or directory being synced or written.
@@ -71,16 +59,22 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// Removing a chunk file from the store failed.
-    #[error("removing chunk {hash} at {path}")]
-    RemoveChunk {
-        /// The chunk being removed.
-        hash: ChunkHash,
-        /// Its file in the store.
+    /// The chunk store is open in another process (a second site, DP or
+    /// agent started on the same directory).
+    #[error("the chunk store at {path} is in use by another process")]
+    StoreLocked {
+        /// The store's directory.
         path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
+    },
+
+    /// The chunk store was written by a format this build does not read
+    /// (a newer Cascade, or not a chunk store).
+    #[error("{path} names chunk store format {found:?}; this build reads format 2 (and upgrades format 1)")]
+    StoreFormat {
+        /// The store's FORMAT file.
+        path: PathBuf,
+        /// What it says.
+        found: String,
     },
 
     /// Any other filesystem operation failed; `action` says which

@@ -35,4 +35,7 @@ pub use signing::{
     generate_key, public_key_from_hex, public_key_hex, read_key, sign, sign_statement,
     verify_statement, write_key, SignedManifest, SigningKey, VerifyingKey,
 };
-pub use store::{ChunkStore, PutOutcome, StoredChunk};
+pub use store::{
+    list_in, locate_in, ChunkLocation, ChunkStore, CompactReport, OpenReport, PutOutcome,
+    StoreUsage, StoredChunk, DEFAULT_PACK_TARGET, FORMAT_VERSION,
+};

@@ -427,11 +427,7 @@ mod tests {
         let manifest = ingest(source.path(), &store);
         let victim = manifest.unique_chunks()[1].hash;
 
-        let path = store.path_of(&victim);
-        let mut bytes = fs::read(&path).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0xff;
-        fs::write(&path, &bytes).unwrap();
+        crate::store::damage(&store, &victim);
         let dest = tempfile::tempdir().unwrap();
         assert!(matches!(
             materialize(&manifest, &store, dest.path()),
@@ -548,10 +544,7 @@ mod tests {
             ));
         }
         // A range that touches a damaged chunk fails; one that does not, works.
-        let path = store.path_of(&refs[1].hash);
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[100] ^= 1;
-        fs::write(&path, &bytes).unwrap();
+        crate::store::damage(&store, &refs[1].hash);
         assert!(matches!(
             read_file_range(&store, &refs, first_cut - 1, first_cut + 1),
             Err(Error::Corrupt { .. })

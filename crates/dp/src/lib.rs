@@ -221,6 +221,9 @@ pub async fn run(
     let enrollment = &config.enrollment;
     let db = Db::open(&dir.join(layout::DB), false, db::MIGRATIONS).await?;
     let store = ChunkStore::open(&dir.join(layout::CHUNKS))?;
+    if !store.opened().is_clean() {
+        tracing::warn!(report = %store.opened(), "the chunk store needed care when opened");
+    }
     let site_key = cascade_content::public_key_from_hex(&enrollment.site_public_key)?;
     let client = enrollment.client()?;
     // A DP from before TLS makes its certificate at its first start.

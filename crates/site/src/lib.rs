@@ -327,6 +327,9 @@ async fn open(dir: &Path) -> Result<Opened> {
         (None, trust, Some(Arc::new(parent)))
     };
     let store = ChunkStore::open(&dir.join(layout::CHUNKS))?;
+    if !store.opened().is_clean() {
+        tracing::warn!(report = %store.opened(), "the chunk store needed care when opened");
+    }
     let trust_hex = cascade_content::public_key_hex(&trust);
     // A site from before TLS makes its certificate at its first start.
     if !cascade_protocol::tls::Identity::exists(dir) {

@@ -682,7 +682,7 @@ async fn simulate_agent(
         }
         polls += 1;
 
-        if shared.status_every > 0 && polls % shared.status_every == 0 && seq_base.is_none() {
+        if shared.status_every > 0 && polls.is_multiple_of(shared.status_every) && seq_base.is_none() {
             match high_water(&client).await {
                 Ok(base) => {
                     seq = base;
@@ -691,7 +691,7 @@ async fn simulate_agent(
                 Err(err) => lock(&shared.stats).error(measured, "status", err),
             }
         }
-        if let Some(base) = seq_base.filter(|_| polls % shared.status_every.max(1) == 0) {
+        if let Some(base) = seq_base.filter(|_| polls.is_multiple_of(shared.status_every.max(1))) {
             seq += 1;
             let mut message = StatusMessage {
                 seq,

@@ -5,6 +5,99 @@ use std::time::{Duration, Instant};
 
 const MIB: usize = 1024 * 1024;
 
+/// Issue 13: a site SIGKILLed while an ingest appends chunks to its packs
+/// restarts with every chunk it stored verifying; the ingest run again
+/// completes (sending only what the site does not hold), and a DP gets the
+/// package whole.
+#[test]
+fn a_site_killed_during_pack_writes_restarts_and_converges() {
+    let root = tempfile::tempdir().unwrap();
+    let mut site = Site::start(root.path());
+    let source = root.path().join("src");
+    make_tree(&source, 5, 120 * MIB, 41);
+    let mut ingest = site
+        .cmd(&[
+            "package",
+            "create",
+            "huge",
+            "--source",
+            source.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored_chunks(&site.dir) < 50 {
+        assert!(Instant::now() < deadline, "the ingest never started");
+        assert!(
+            ingest.try_wait().unwrap().is_none(),
+            "the ingest ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    site.process.kill();
+    let _ = ingest.wait();
+    let held = verify_store(&site.dir);
+    assert!(held >= 50, "{held}");
+    site.restart();
+    site.create_package("huge", &source);
+    let dp = site.add_dp("dp1");
+    site.json(&["package", "distribute", "huge", "--dp", "dp1"]);
+    site.wait_installed("huge", &[&dp], 1, Duration::from_secs(120));
+    dp.verify_against("huge", &source);
+    site.process.stop();
+    assert!(verify_store(&site.dir) >= held);
+}
+
+/// Issue 13: nothing was ever deleted at a DP (every version it had held
+/// stayed on its disk). Once it holds version 2, the chunks only version 1
+/// used are removed and their packs compacted: it holds the chunks of
+/// version 2 and no more, on a disk not much larger than one version.
+#[test]
+fn a_dp_keeps_only_the_chunks_of_the_version_it_holds() {
+    let root = tempfile::tempdir().unwrap();
+    let site = Site::start(root.path());
+    let dp = site.add_dp("dp1");
+    let source = root.path().join("src");
+    make_tree(&source, 10, 40 * MIB, 51);
+    site.create_package("pkg", &source);
+    site.json(&["package", "distribute", "pkg", "--dp", "dp1"]);
+    site.wait_installed("pkg", &[&dp], 1, Duration::from_secs(60));
+    let one_version = store_disk(&dp.dir);
+    std::fs::write(source.join("big.bin"), random_bytes(52, 40 * MIB)).unwrap();
+    site.json(&[
+        "package",
+        "update",
+        "pkg",
+        "--source",
+        source.to_str().unwrap(),
+    ]);
+    site.wait_installed("pkg", &[&dp], 2, Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dp.info()["counters"]["chunks_collected"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "nothing was collected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    dp.verify_against("pkg", &source);
+    let expected: std::collections::HashSet<_> = files_of(&source)
+        .iter()
+        .flat_map(|(_, data)| {
+            cascade_content::chunks(data.as_slice()).map(|chunk| chunk.unwrap().hash)
+        })
+        .collect();
+    assert_eq!(stored_chunks(&dp.dir), expected.len());
+    let disk = store_disk(&dp.dir);
+    assert!(
+        disk < one_version * 3 / 2,
+        "{disk} bytes on disk for one version of {one_version}"
+    );
+}
+
 /// 200 files, one of 100 MiB, to 3 DPs, each copy verified byte for byte;
 /// then an update changing 1% of the large file moves at most ~2% of the
 /// package's bytes to each DP.
@@ -215,6 +308,10 @@ fn dp_killed_mid_transfer_resumes_and_converges() {
     site.wait_installed("huge", &[&dp], 1, Duration::from_secs(120));
     dp.verify_against("huge", &source);
     let received = dp.bytes_received();
+    // Issue 13: killed while appending to its packs, the DP kept every
+    // chunk it had synced, each verifying.
+    dp.process.stop();
+    assert!(verify_store(&dp.dir) > 0);
     // Resumed, not restarted: at most one fetch batch per parallel request
     // (4 × 8 MiB) is lost to the kill.
     assert!(

@@ -716,6 +716,33 @@ pub fn stored_chunks(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Bytes of the chunk store of a site, DP or agent at `dir` on disk (its
+/// packs and their indexes).
+pub fn store_disk(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("chunks").join("packs"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Opens the chunk store of a stopped site, DP or agent at `dir` (cutting
+/// what a kill left torn, as its own restart would) and checks every chunk
+/// against its name; returns how many it holds.
+pub fn verify_store(dir: &Path) -> usize {
+    let store = cascade_content::ChunkStore::open(&dir.join("chunks")).unwrap();
+    let chunks = store.list().unwrap();
+    for chunk in &chunks {
+        if let Err(err) = store.get(&chunk.hash) {
+            panic!("{}: a stored chunk does not verify: {err}", dir.display());
+        }
+    }
+    chunks.len()
+}
+
 /// Flips bytes of the stored form of `data`'s first chunk on a DP's (or
 /// agent's, or site's) disk, as disk damage or tampering would; the store
 /// may be open in the running process.

@@ -45,18 +45,6 @@ fn chunk_count(agent: &Agent) -> usize {
     stored_chunks(&agent.dir)
 }
 
-/// Bytes of the agent's chunk store on disk (its packs and indexes).
-fn chunk_disk(agent: &Agent) -> u64 {
-    std::fs::read_dir(agent.dir.join("chunks").join("packs"))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 fn wait_until(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !check() {
@@ -459,7 +447,7 @@ fn the_workstation_keeps_what_open_jobs_need_and_no_more() {
     wait_until("the cache to be emptied", 30, || chunk_count(&ws1) == 0);
     // Emptied on disk too: the packs of removed chunks are compacted away.
     wait_until("the packs to be compacted", 30, || {
-        chunk_disk(&ws1) < 64 * 1024
+        store_disk(&ws1.dir) < 64 * 1024
     });
     assert!(job_dir.join("big.bin").is_file(), "still offered: kept");
     site.json(&["job", "cancel", &id.to_string()]);

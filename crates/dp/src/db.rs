@@ -64,6 +64,15 @@ pub struct Held {
 }
 
 impl Held {
+    /// The stored manifest, verified again against the site's key (it is
+    /// read from disk).
+    pub fn verified(
+        &self,
+        key: &cascade_content::VerifyingKey,
+    ) -> Result<cascade_content::Manifest> {
+        Ok(self.signed()?.verify(key)?)
+    }
+
     /// The stored signed manifest (its signature is checked by the caller).
     pub fn signed(&self) -> Result<cascade_content::SignedManifest> {
         Ok(cascade_content::SignedManifest {

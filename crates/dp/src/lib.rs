@@ -5,6 +5,7 @@
 //! (with the certificate made at init, which agents pin) with Range
 //! support. It keeps serving what it holds while its site is down.
 
+mod collect;
 mod db;
 mod error;
 mod serve;

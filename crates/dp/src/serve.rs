@@ -3,7 +3,6 @@
 
 use crate::db;
 use crate::error::{Error, Result};
-use crate::sync::held_manifest;
 use crate::Dp;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, Path, State};
@@ -61,6 +60,8 @@ async fn info(State(dp): State<Dp>, _: Ticket) -> Result<Json<DpSelfInfo>> {
             chunks_received: db::counter(&dp.db, "chunks_received").await?,
             bytes_served: db::counter(&dp.db, "bytes_served").await?,
             chunks_repaired: db::counter(&dp.db, "chunks_repaired").await?,
+            chunks_collected: db::counter(&dp.db, "chunks_collected").await?,
+            bytes_collected: db::counter(&dp.db, "bytes_collected").await?,
         },
     }))
 }
@@ -94,7 +95,7 @@ async fn held_manifest_cached(dp: &Dp, name: &str) -> Result<(u64, Arc<Manifest>
     }
     let held = held(dp, name).await?;
     let verifier = dp.clone();
-    let manifest = tokio::task::spawn_blocking(move || held_manifest(&verifier, &held))
+    let manifest = tokio::task::spawn_blocking(move || held.verified(&verifier.site_key))
         .await
         .map_err(|err| Error::Unavailable(format!("verification task failed: {err}")))??;
     let manifest = Arc::new(manifest);

@@ -6,7 +6,7 @@
 use crate::db::{self, Held};
 use crate::error::{Error, Result};
 use crate::{now_ms, Dp};
-use cascade_content::{ChunkHash, ChunkRef, Manifest};
+use cascade_content::{ChunkHash, ChunkRef};
 use cascade_domain::Version;
 use cascade_protocol::worker::{Step, Work, Worker};
 use cascade_protocol::{Assignment, StatusBody};
@@ -37,6 +37,7 @@ pub async fn run(dp: Dp, url: String, stop: watch::Receiver<bool>) {
             announced: false,
             failing: false,
             reported: HashMap::new(),
+            collected: None,
         })
         .await
 }
@@ -55,6 +56,9 @@ struct Sync {
     /// The last failure reported per package, so that a failure repeating
     /// on every retry is reported once, not once per attempt.
     reported: HashMap<String, String>,
+    /// The revision of the assignments after which chunks no held version
+    /// uses were last collected.
+    collected: Option<u64>,
 }
 
 impl Work for Sync {
@@ -132,6 +136,16 @@ impl Work for Sync {
                 "{failed} of {} assignment(s) failed",
                 self.assignments.len()
             )));
+        }
+        // Every assignment is in place: what no held version uses goes,
+        // once per revision of the assignments, between transfers.
+        if self.collected != Some(self.revision) {
+            match crate::collect::collect(dp).await {
+                Ok(_) => self.collected = Some(self.revision),
+                Err(err) => {
+                    tracing::warn!(error = %cascade_protocol::chain(&err), "collecting unused chunks failed; will retry")
+                }
+            }
         }
         Ok(Step::Again)
     }
@@ -403,9 +417,4 @@ async fn fetch_batch(dp: &Dp, batch: Vec<ChunkHash>) -> Result<(u64, Vec<ChunkHa
     })
     .await
     .map_err(|err| Error::Config(format!("store task failed: {err}")))?
-}
-
-/// The manifest of a held package, verified again (it is read from disk).
-pub fn held_manifest(dp: &Dp, held: &Held) -> Result<Manifest> {
-    Ok(held.signed()?.verify(&dp.site_key)?)
 }

@@ -1032,6 +1032,12 @@ pub struct DpCounters {
     pub bytes_served: u64,
     /// Stored chunks found corrupt and repaired.
     pub chunks_repaired: u64,
+    /// Chunks removed because no held version uses them any more.
+    #[serde(default)]
+    pub chunks_collected: u64,
+    /// Their stored bytes.
+    #[serde(default)]
+    pub bytes_collected: u64,
 }
 
 /// What an agent reports about its workstation.

@@ -682,7 +682,10 @@ async fn simulate_agent(
         }
         polls += 1;
 
-        if shared.status_every > 0 && polls.is_multiple_of(shared.status_every) && seq_base.is_none() {
+        if shared.status_every > 0
+            && polls.is_multiple_of(shared.status_every)
+            && seq_base.is_none()
+        {
             match high_water(&client).await {
                 Ok(base) => {
                     seq = base;

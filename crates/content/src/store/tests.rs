@@ -1,3 +1,5 @@
+//! Tests of the chunk store: packs, crashes, compaction, the upgrade from format 1.
+
 use super::*;
 use crate::encoding::encode;
 use rand::{RngCore, SeedableRng};

@@ -475,6 +475,11 @@ enum DpCommand {
         /// Override the address given at init.
         #[arg(long)]
         listen: Option<String>,
+        /// How long one pass of verifying every stored chunk takes, paced
+        /// evenly (continuous content validation; damage found is
+        /// repaired).
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        scrub_pass: std::time::Duration,
         #[command(flatten)]
         limits: ServerLimits,
     },
@@ -784,6 +789,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
         Command::Dp(DpCommand::Run {
             dir,
             listen,
+            scrub_pass,
             limits,
         }) => {
             init_logging("info")?;
@@ -791,6 +797,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                 &dir,
                 listen.as_deref(),
                 limits.limits(),
+                scrub_pass,
                 cascade_protocol::signal::shutdown_signal(),
                 |running| {
                     out.listening("dp", &running.url);

@@ -391,7 +391,12 @@ impl Site {
     /// Enrolls and starts a DP, and admits it at the URL it serves on; once
     /// it answers with its site's ticket (it has the site's content key).
     pub fn add_dp(&self, name: &str) -> Dp {
-        let dp = self.add_unapproved_dp(name);
+        self.add_dp_with(name, &[])
+    }
+
+    /// Enrolls, starts (`dp run DIR RUN_ARGS…`) and approves a DP.
+    pub fn add_dp_with(&self, name: &str, run_args: &[&str]) -> Dp {
+        let dp = self.add_unapproved_dp_with(name, run_args);
         self.json(&["dp", "approve", name, "--url", &dp.url]);
         let deadline = Instant::now() + Duration::from_secs(30);
         while let Err(err) = dp.get("/v1/info", &[]) {
@@ -403,6 +408,10 @@ impl Site {
 
     /// Enrolls and starts a DP, left waiting for approval.
     pub fn add_unapproved_dp(&self, name: &str) -> Dp {
+        self.add_unapproved_dp_with(name, &[])
+    }
+
+    fn add_unapproved_dp_with(&self, name: &str, run_args: &[&str]) -> Dp {
         let dir = self.root.join(format!("{}{name}", self.prefix));
         run_ok(Command::new(BIN).args(["dp", "init"]).arg(&dir).args([
             "--site",
@@ -412,10 +421,9 @@ impl Site {
             "--name",
             name,
         ]));
-        let process = Process::spawn(
-            &["dp", "run", dir.to_str().unwrap()],
-            &self.root.join(format!("{}{name}.log", self.prefix)),
-        );
+        let mut args = vec!["dp", "run", dir.to_str().unwrap()];
+        args.extend_from_slice(run_args);
+        let process = Process::spawn(&args, &self.root.join(format!("{}{name}.log", self.prefix)));
         let url = wait_for_url(&dir.join("url"), None);
         let ticket = self.json(&["dp", "ticket"])["ticket"]
             .as_str()

@@ -82,3 +82,37 @@ fn refresh_reverifies_and_repairs_without_touching_other_dps() {
         "refreshing dp1 touched dp2"
     );
 }
+
+/// Issue 13: a sender no longer decodes and hashes every chunk it sends,
+/// so damage must be found before anyone asks for it: the scheduled scrub
+/// (`dp run --scrub-pass`) verifies every stored chunk and the DP repairs
+/// what it finds, with nothing served and nothing requested.
+#[test]
+fn the_scrub_finds_damage_nobody_asked_for_and_the_dp_repairs_it() {
+    let root = tempfile::tempdir().unwrap();
+    let site = Site::start(root.path());
+    let dp = site.add_dp_with("dp1", &["--scrub-pass", "3s"]);
+    let source = root.path().join("src");
+    make_tree(&source, 10, 3 * 1024 * 1024, 8);
+    site.create_package("pkg", &source);
+    site.json(&["package", "distribute", "pkg", "--dp", "dp1"]);
+    site.wait_installed("pkg", &[&dp], 1, Duration::from_secs(60));
+    let big = std::fs::read(source.join("big.bin")).unwrap();
+    corrupt_chunk(&dp.dir, &big);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counters = &dp.info()["counters"];
+        if counters["chunks_repaired"].as_u64().unwrap() >= 1 {
+            assert!(counters["chunks_scrubbed"].as_u64().unwrap() >= 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never repaired: {counters}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let history = site.history("pkg");
+    assert!(
+        history.iter().any(|m| m["kind"] == "dp_corruption_found"),
+        "{history:#?}"
+    );
+    dp.verify_against("pkg", &source);
+}

@@ -8,6 +8,7 @@
 mod collect;
 mod db;
 mod error;
+mod scrub;
 mod serve;
 mod sync;
 
@@ -24,6 +25,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Notify};
 
 /// Files and folders of a DP's data directory.
+pub use scrub::DEFAULT_PASS as DEFAULT_SCRUB_PASS;
+
 pub mod layout {
     /// The DP's configuration and credential (mode 0600).
     pub const CONFIG: &str = "dp.json";
@@ -213,6 +216,7 @@ pub async fn run(
     dir: &Path,
     listen: Option<&str>,
     limits: cascade_protocol::serve::Limits,
+    scrub_pass: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&Running),
 ) -> Result<()> {
@@ -281,6 +285,7 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let syncer = tokio::spawn(sync::run(dp.clone(), url.clone(), stop_rx.clone()));
+    let scrubber = tokio::spawn(scrub::run(dp.clone(), scrub_pass, stop_rx.clone()));
     let app = serve::router(dp.clone());
     let result = cascade_protocol::serve::serve(listener, app, limits, acceptor, async move {
         shutdown.await;
@@ -291,6 +296,7 @@ pub async fn run(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let _ = syncer.await;
         let _ = forwarder.await;
+        let _ = scrubber.await;
     })
     .await;
     db.close().await;

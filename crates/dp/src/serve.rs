@@ -62,6 +62,7 @@ async fn info(State(dp): State<Dp>, _: Ticket) -> Result<Json<DpSelfInfo>> {
             chunks_repaired: db::counter(&dp.db, "chunks_repaired").await?,
             chunks_collected: db::counter(&dp.db, "chunks_collected").await?,
             bytes_collected: db::counter(&dp.db, "bytes_collected").await?,
+            chunks_scrubbed: db::counter(&dp.db, "chunks_scrubbed").await?,
         },
     }))
 }

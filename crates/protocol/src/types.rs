@@ -1038,6 +1038,9 @@ pub struct DpCounters {
     /// Their stored bytes.
     #[serde(default)]
     pub bytes_collected: u64,
+    /// Stored chunks verified by the scheduled scrub (`dp run --scrub-pass`).
+    #[serde(default)]
+    pub chunks_scrubbed: u64,
 }
 
 /// What an agent reports about its workstation.

@@ -76,10 +76,88 @@ pub struct IngestReport {
     pub version: VersionInfo,
     /// Chunks the site already held (stored once across all versions).
     pub chunks_reused: u64,
-    /// Chunks uploaded.
+    /// Chunks new to the site: uploaded, or stored by the site itself.
     pub chunks_uploaded: u64,
-    /// Bytes sent for them (encoded form).
+    /// Their encoded bytes (sent, or stored when the site read the tree).
     pub bytes_uploaded: u64,
+    /// How the tree reached the site: `local` (the site read it from its
+    /// own machine) or `upload`.
+    pub ingest: IngestPath,
+}
+
+/// How a tree reached the site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestPath {
+    /// The site read the directory itself (`site run --local-ingest-root`).
+    Local,
+    /// The CLI cut it and uploaded what the site lacked.
+    Upload,
+}
+
+/// Whether the site at `base` (a URL) runs on this machine.
+fn on_this_machine(base: &str) -> bool {
+    let host = base
+        .split_once("://")
+        .map_or(base, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(host, _)| host),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Asks a site on this machine to read `source` itself; `None` when it
+/// may not (no local ingest root, or the directory is outside it), and
+/// the tree is to be uploaded.
+async fn try_local(
+    client: &Client,
+    name: &str,
+    source: &Path,
+    intent: VersionIntent,
+    options: VersionOptions,
+) -> Result<Option<IngestReport>> {
+    if !on_this_machine(client.base()) {
+        return Ok(None);
+    }
+    let Ok(path) = source.canonicalize() else {
+        return Ok(None);
+    };
+    let Some(path) = path.to_str() else {
+        return Ok(None);
+    };
+    let request = cascade_protocol::LocalIngestRequest {
+        name: name.to_owned(),
+        intent,
+        path: path.to_owned(),
+        allow_unchanged: options.allow_unchanged,
+        allow_setuid: options.allow_setuid,
+    };
+    match client.ingest_local(&request).await {
+        Ok(report) => Ok(Some(IngestReport {
+            version: report.version,
+            chunks_reused: report.chunks_reused,
+            chunks_uploaded: report.chunks_stored,
+            bytes_uploaded: report.bytes_stored,
+            ingest: IngestPath::Local,
+        })),
+        Err(err)
+            if matches!(
+                err.code(),
+                Some("local_ingest_off" | "outside_local_ingest_root")
+            ) || err.status() == Some(404) =>
+        {
+            // A site that may not read it, or one from before local ingest.
+            Ok(None)
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// What a new version may be, beyond the defaults.
@@ -111,6 +189,9 @@ pub async fn ingest(
         }
         (_, Err(err)) if err.status() != Some(404) => return Err(err.into()),
         _ => {}
+    }
+    if let Some(report) = try_local(client, name, source, intent, options).await? {
+        return Ok(report);
     }
     let source = source.to_owned();
     let listing = tokio::task::spawn_blocking({
@@ -234,5 +315,6 @@ pub async fn ingest(
         chunks_reused: reused,
         chunks_uploaded: uploaded,
         bytes_uploaded,
+        ingest: IngestPath::Upload,
     })
 }

@@ -223,6 +223,11 @@ enum SiteCommand {
         /// printed and written to DIR/url).
         #[arg(long, default_value = "127.0.0.1:7400")]
         listen: String,
+        /// Let `cascade package create`/`update` run on this machine have
+        /// the site read directories under DIR itself (no upload, chunks
+        /// hashed once); none by default. Never the site's own directory.
+        #[arg(long, value_name = "DIR")]
+        local_ingest_root: Option<PathBuf>,
         #[command(flatten)]
         limits: ServerLimits,
     },
@@ -744,6 +749,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
         Command::Site(SiteCommand::Run {
             dir,
             listen,
+            local_ingest_root,
             limits,
         }) => {
             init_logging("info")?;
@@ -751,6 +757,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                 &dir,
                 &listen,
                 limits.limits(),
+                local_ingest_root.as_deref(),
                 cascade_protocol::signal::shutdown_signal(),
                 |running| {
                     out.listening("site", &running.url);

@@ -615,8 +615,12 @@ impl Output {
             );
             return;
         }
+        let how = match report.ingest {
+            crate::ingest::IngestPath::Upload => "uploaded",
+            crate::ingest::IngestPath::Local => "read and stored by the site",
+        };
         outln!(
-            "package {} version {}: {} files, {}, {} chunks ({} uploaded, {} sent; {} already stored)",
+            "package {} version {}: {} files, {}, {} chunks ({} {how}, {}; {} already stored)",
             v.package,
             v.version,
             v.file_count,

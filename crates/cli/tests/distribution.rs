@@ -50,6 +50,81 @@ fn a_site_killed_during_pack_writes_restarts_and_converges() {
     assert!(verify_store(&site.dir) >= held);
 }
 
+/// Issue 13, the local ingest path: `package create` run on the site's
+/// machine against a directory under the site's `--local-ingest-root` is
+/// read by the site itself (nothing uploaded); the package reaches a DP
+/// whole; an update reuses what is stored; a directory outside the root
+/// is uploaded as before; and the site refuses to read its own directory
+/// whatever it is asked.
+#[test]
+fn the_site_reads_a_package_under_its_local_ingest_root_itself() {
+    let root = tempfile::tempdir().unwrap();
+    let packages = root.path().join("packages");
+    std::fs::create_dir(&packages).unwrap();
+    let site = Site::central_run_with(
+        root.path(),
+        "CEN",
+        &["--local-ingest-root", root.path().to_str().unwrap()],
+    );
+    let source = packages.join("tool");
+    make_tree(&source, 20, 8 * MIB, 61);
+    let created = site.create_package("tool", &source);
+    assert_eq!(created["ingest"], "local", "{created}");
+    assert!(
+        created["chunks_uploaded"].as_u64().unwrap() > 0,
+        "{created}"
+    );
+    let dp = site.add_dp("dp1");
+    site.json(&["package", "distribute", "tool", "--dp", "dp1"]);
+    site.wait_installed("tool", &[&dp], 1, Duration::from_secs(60));
+    dp.verify_against("tool", &source);
+
+    std::fs::write(source.join("new.txt"), b"one more file").unwrap();
+    let updated = site.json(&[
+        "package",
+        "update",
+        "tool",
+        "--source",
+        source.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        (updated["ingest"].as_str(), updated["version"].as_u64()),
+        (Some("local"), Some(2))
+    );
+    assert_eq!(updated["chunks_uploaded"], 1, "{updated}");
+    assert!(updated["chunks_reused"].as_u64().unwrap() > 0);
+    site.wait_installed("tool", &[&dp], 2, Duration::from_secs(60));
+    dp.verify_against("tool", &source);
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    make_tree(elsewhere.path(), 3, 1024, 62);
+    let uploaded = site.create_package("other", elsewhere.path());
+    assert_eq!(uploaded["ingest"], "upload", "{uploaded}");
+
+    // The site's directory (its signing key) is never read for anyone.
+    for path in [root.path(), site.dir.as_path(), &site.dir.join("chunks")] {
+        let body = serde_json::json!({
+            "name": "keys", "intent": "create", "path": path.to_str().unwrap()
+        });
+        let err = http(
+            reqwest::Method::POST,
+            &format!("{}/api/v1/ingest/local", site.url),
+            Some(&site.admin_token),
+            Some(body.to_string().into_bytes()),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("400") && err.contains("outside_local_ingest_root"),
+            "{}: {err}",
+            path.display()
+        );
+    }
+    assert!(site
+        .fails(&["package", "show", "keys"])
+        .contains("unknown package"));
+}
+
 /// Issue 13: nothing was ever deleted at a DP (every version it had held
 /// stayed on its disk). Once it holds version 2, the chunks only version 1
 /// used are removed and their packs compacted: it holds the chunks of

@@ -267,6 +267,13 @@ impl Client {
         self.post("/packages", request).await
     }
 
+    /// Has the site read a directory of its own machine as a new version
+    /// (refused with `local_ingest_off` or `outside_local_ingest_root`
+    /// when it may not).
+    pub async fn ingest_local(&self, request: &LocalIngestRequest) -> Result<LocalIngestReport> {
+        self.post("/ingest/local", request).await
+    }
+
     /// Every package.
     pub async fn packages(&self) -> Result<Vec<PackageSummary>> {
         self.get("/packages").await

@@ -106,6 +106,37 @@ pub struct NewVersionRequest {
     pub allow_setuid: bool,
 }
 
+/// `POST /api/v1/ingest/local`: the site reads a directory of its own
+/// machine (under its `site run --local-ingest-root`) as a new version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LocalIngestRequest {
+    /// Package name.
+    pub name: String,
+    /// Create or update.
+    pub intent: VersionIntent,
+    /// The directory, an absolute path on the site's machine.
+    pub path: String,
+    /// As in [`NewVersionRequest`].
+    #[serde(default)]
+    pub allow_unchanged: bool,
+    /// As in [`NewVersionRequest`].
+    #[serde(default)]
+    pub allow_setuid: bool,
+}
+
+/// What a local ingest did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LocalIngestReport {
+    /// The committed version.
+    pub version: VersionInfo,
+    /// Chunks the site held already.
+    pub chunks_reused: u64,
+    /// Chunks stored.
+    pub chunks_stored: u64,
+    /// Their stored (encoded) bytes.
+    pub bytes_stored: u64,
+}
+
 /// A stored package version.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VersionInfo {

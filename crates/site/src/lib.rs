@@ -369,6 +369,7 @@ async fn open(dir: &Path) -> Result<Opened> {
         agent_rows: Default::default(),
         agent_credentials: Default::default(),
         status_queue,
+        local_ingest: None,
     };
     Ok(Opened {
         state,
@@ -393,15 +394,24 @@ pub async fn run(
     dir: &Path,
     listen: &str,
     limits: cascade_protocol::serve::Limits,
+    local_ingest_root: Option<&Path>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&Running),
 ) -> Result<()> {
     let Opened {
-        state,
+        mut state,
         status_pending,
         shutdown_tx,
         tls,
     } = open(dir).await?;
+    if let Some(root) = local_ingest_root {
+        let local =
+            service::local_ingest::LocalIngest::new(root, dir).map_err(|source| Error::Io {
+                context: format!("the local ingest root {}", root.display()),
+                source,
+            })?;
+        state.local_ingest = Some(Arc::new(local));
+    }
     let acceptor = tls.acceptor()?;
     let db = state.db.clone();
     let (code, kind) = (state.code.clone(), state.kind);

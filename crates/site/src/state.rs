@@ -64,6 +64,9 @@ pub struct AppState {
     pub(crate) agent_credentials: Arc<std::sync::Mutex<AgentCredentials>>,
     /// Status batches waiting for the status writer (group commit).
     pub(crate) status_queue: tokio::sync::mpsc::Sender<Pending>,
+    /// Where the site may read packages from on its own machine (`site run
+    /// --local-ingest-root`); none by default.
+    pub(crate) local_ingest: Option<Arc<crate::service::local_ingest::LocalIngest>>,
 }
 
 /// Agents' credentials already checked: token hash → (agent id, name).

@@ -34,6 +34,7 @@ impl TestSite {
                 &site_dir,
                 "127.0.0.1:0",
                 Default::default(),
+                None,
                 async {
                     let _ = stopped.await;
                 },

@@ -417,6 +417,52 @@ impl ChunkStore {
         self.store_verified(&records)
     }
 
+    /// Stores chunks this process has just cut and hashed itself (as
+    /// [`crate::chunk_file`] does), encoding them on every core; nothing is
+    /// hashed again, so the caller answers for each hash being its data's.
+    /// The local ingest path (the site reading a directory of its own
+    /// machine) stores through this; whatever arrives from another process
+    /// goes through [`ChunkStore::put_encoded_batch`]. Outcomes are in the
+    /// order given.
+    pub fn put_hashed_batch(&self, chunks: &[(ChunkHash, &[u8])]) -> Result<Vec<PutOutcome>> {
+        let fresh: Vec<(ChunkHash, &[u8])> = {
+            let index = self.index();
+            let mut seen = HashSet::new();
+            chunks
+                .iter()
+                .filter(|(hash, _)| !index.chunks.contains_key(hash) && seen.insert(*hash))
+                .copied()
+                .collect()
+        };
+        let encoded = on_every_core(&fresh, |(_, data)| data.len(), |(_, data)| encode(data));
+        let at_ms = now_ms();
+        let records: Vec<Record<'_>> = fresh
+            .iter()
+            .zip(&encoded)
+            .map(|((hash, _), encoded)| Record {
+                hash: *hash,
+                encoded,
+                at_ms,
+            })
+            .collect();
+        let mut stored: HashMap<ChunkHash, PutOutcome> = fresh
+            .iter()
+            .map(|(hash, _)| *hash)
+            .zip(self.store_verified(&records)?)
+            .collect();
+        Ok(chunks
+            .iter()
+            .map(|(hash, _)| {
+                stored.remove(hash).unwrap_or_else(|| {
+                    self.already_stored(hash).unwrap_or(PutOutcome {
+                        stored_bytes: 0,
+                        newly_stored: false,
+                    })
+                })
+            })
+            .collect())
+    }
+
     /// Reads, decodes and verifies a chunk against its name.
     /// [`Error::NotFound`] when absent, [`Error::Corrupt`] when the stored
     /// bytes are damaged.
@@ -1131,45 +1177,57 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Below this many encoded bytes a batch is verified on the calling thread:
-/// starting threads would cost more than it saves.
+/// Below this many bytes a batch is verified or encoded on the calling
+/// thread: starting threads would cost more than it saves.
 const PARALLEL_FROM: usize = 512 * 1024;
 
-/// Decodes and verifies every chunk of a batch, split over the machine's
-/// cores; the error is the first in the batch's order.
-fn verify_on_every_core(chunks: &[(ChunkHash, &[u8])]) -> Result<()> {
-    let verify = |part: &[(ChunkHash, &[u8])]| {
-        part.iter()
-            .try_for_each(|(hash, encoded)| decode_verified(hash, encoded).map(drop))
-    };
-    let bytes: usize = chunks.iter().map(|(_, encoded)| encoded.len()).sum();
+/// `f` of every item, in order, split over the machine's cores when the
+/// items hold at least [`PARALLEL_FROM`] bytes (`bytes` of each).
+fn on_every_core<T: Sync, R: Send>(
+    items: &[T],
+    bytes: impl Fn(&T) -> usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let total: usize = items.iter().map(bytes).sum();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores < 2 || chunks.len() < 2 || bytes < PARALLEL_FROM {
-        return verify(chunks);
+    if cores < 2 || items.len() < 2 || total < PARALLEL_FROM {
+        return items.iter().map(f).collect();
     }
-    let per_thread = chunks.len().div_ceil(cores.min(chunks.len()));
+    let per_thread = items.len().div_ceil(cores.min(items.len()));
+    let f = &f;
     std::thread::scope(|scope| {
-        let mut parts = chunks.chunks(per_thread);
+        let mut parts = items.chunks(per_thread);
         let first = parts.next().unwrap_or_default();
-        // A part whose thread cannot be started is verified here, in turn.
+        // A part whose thread cannot be started is done here, in turn.
         let others: Vec<_> = parts
             .map(|part| {
                 std::thread::Builder::new()
-                    .spawn_scoped(scope, move || verify(part))
+                    .spawn_scoped(scope, move || part.iter().map(f).collect::<Vec<R>>())
                     .map_err(|_| part)
             })
             .collect();
         // The calling thread takes the first part.
-        let mut result = verify(first);
+        let mut out: Vec<R> = first.iter().map(f).collect();
         for other in others {
-            let other = match other {
-                Ok(thread) => thread.join().expect("a verification thread panicked"),
-                Err(part) => verify(part),
-            };
-            result = result.and(other);
+            match other {
+                Ok(thread) => out.extend(thread.join().expect("a worker thread panicked")),
+                Err(part) => out.extend(part.iter().map(f)),
+            }
         }
-        result
+        out
     })
+}
+
+/// Decodes and verifies every chunk of a batch on every core; the error is
+/// the first in the batch's order.
+fn verify_on_every_core(chunks: &[(ChunkHash, &[u8])]) -> Result<()> {
+    on_every_core(
+        chunks,
+        |(_, encoded)| encoded.len(),
+        |(hash, encoded)| decode_verified(hash, encoded).map(drop),
+    )
+    .into_iter()
+    .collect()
 }
 
 /// Flips a byte in the middle of a stored chunk, as a failing disk would

@@ -70,6 +70,42 @@ fn chunks_go_into_packs_not_files_of_their_own() {
     }
 }
 
+/// The local ingest path: chunks hashed by the caller are encoded (on
+/// every core for a large batch) and stored, each once.
+#[test]
+fn hashed_chunks_are_encoded_and_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let datas: Vec<Vec<u8>> = (0..30)
+        .map(|i| {
+            let mut data = random_bytes(700 + i, 40_000);
+            if i % 2 == 0 {
+                data[1000..].fill(3);
+            }
+            data
+        })
+        .collect();
+    // One of them is stored already.
+    let first_hash = ChunkHash::of(&datas[1]);
+    store.put(&first_hash, &datas[1]).unwrap();
+    let mut batch: Vec<(ChunkHash, &[u8])> = datas
+        .iter()
+        .map(|data| (ChunkHash::of(data), data.as_slice()))
+        .collect();
+    batch.push(batch[3]);
+    let outcomes = store.put_hashed_batch(&batch).unwrap();
+    assert_eq!(outcomes.len(), 31);
+    assert!(!outcomes[30].newly_stored, "the repeat");
+    for (i, data) in datas.iter().enumerate() {
+        let hash = ChunkHash::of(data);
+        assert_eq!(&store.get(&hash).unwrap(), data);
+        assert_eq!(outcomes[i].stored_bytes, encode(data).len() as u64);
+        assert_eq!(outcomes[i].newly_stored, hash != first_hash, "{i}");
+    }
+    // Compressible ones were compressed.
+    assert!(outcomes[0].stored_bytes < 10_000);
+}
+
 #[test]
 fn put_of_wrong_hash_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
                 .post(packages::new_version)
                 .layer(DefaultBodyLimit::max(MAX_MANIFEST_BODY)),
         )
+        .route("/api/v1/ingest/local", post(packages::ingest_local))
         .route("/api/v1/packages/{name}", get(packages::show))
         .route(
             "/api/v1/packages/{name}/versions/{version}/manifest",

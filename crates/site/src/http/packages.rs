@@ -3,13 +3,14 @@
 use super::extract::ApiJson;
 use crate::error::Result;
 use crate::service::auth::Principal;
-use crate::service::{packages, status};
+use crate::service::{local_ingest, packages, status};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::Json;
 use cascade_protocol::{
-    DistributeRequest, NewVersionRequest, PackageDetail, PackageStatus, PackageSummary,
-    RefreshRequest, SignedManifestWire, StatusRecord, TargetReport, VersionInfo,
+    DistributeRequest, LocalIngestReport, LocalIngestRequest, NewVersionRequest, PackageDetail,
+    PackageStatus, PackageSummary, RefreshRequest, SignedManifestWire, StatusRecord, TargetReport,
+    VersionInfo,
 };
 
 /// `POST /api/v1/packages`.
@@ -20,6 +21,16 @@ pub async fn new_version(
 ) -> Result<Json<VersionInfo>> {
     principal.require_admin()?;
     Ok(Json(packages::new_version(&state, request).await?))
+}
+
+/// `POST /api/v1/ingest/local`.
+pub async fn ingest_local(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(request): ApiJson<LocalIngestRequest>,
+) -> Result<Json<LocalIngestReport>> {
+    principal.require_admin()?;
+    Ok(Json(local_ingest::ingest(&state, request).await?))
 }
 
 /// `GET /api/v1/packages`.

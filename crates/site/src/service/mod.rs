@@ -14,6 +14,7 @@ pub mod groups;
 pub mod hierarchy;
 pub mod ingest;
 pub mod jobs;
+pub mod local_ingest;
 pub mod messages;
 pub mod packages;
 pub mod queues;

@@ -1,0 +1,176 @@
+//! The local ingest path (issue 13): `cascade package create` run on the
+//! central site's machine, against a directory of that machine, is read
+//! by the site itself: scanned, cut, hashed and compressed once, straight
+//! into the chunk store, without HTTP and without a second verification
+//! (the site hashed every chunk itself). Uploads from elsewhere stay the
+//! way in.
+//!
+//! Only directories under the root given to `site run --local-ingest-root`
+//! (an operator's choice on the site's machine, never settable through
+//! the API) are read, and never one that holds the site's own directory
+//! or lies inside it: an administrator's token must not turn the site's
+//! signing key into a package.
+
+use crate::error::{Error, Result};
+use crate::service::packages;
+use crate::state::AppState;
+use cascade_content::{chunk_file, scan, ChunkHash, Entry, EntryKind, SourceEntry};
+use cascade_protocol::{LocalIngestReport, LocalIngestRequest, NewVersionRequest};
+use std::path::{Path, PathBuf};
+
+/// Chunk bytes stored per batch (one sync of the pack for each).
+const BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Where the site may read packages from, as given to `site run`.
+#[derive(Clone, Debug)]
+pub struct LocalIngest {
+    /// The root, resolved (no symbolic link in it).
+    root: PathBuf,
+    /// The site's own directory, resolved.
+    site_dir: PathBuf,
+}
+
+impl LocalIngest {
+    /// Resolves `root` (which must be a directory) for a site in `site_dir`.
+    pub fn new(root: &Path, site_dir: &Path) -> std::io::Result<LocalIngest> {
+        let root = root.canonicalize()?;
+        if !root.is_dir() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a directory",
+                root.display()
+            )));
+        }
+        Ok(LocalIngest {
+            root,
+            site_dir: site_dir.canonicalize()?,
+        })
+    }
+
+    /// The directory to read for `path`, resolved, or why it may not be.
+    fn allowed(&self, path: &str) -> Result<PathBuf> {
+        let refused = |why: String| Error::invalid("outside_local_ingest_root", why);
+        let given = Path::new(path);
+        if !given.is_absolute() {
+            return Err(refused(format!("{path:?} is not an absolute path")));
+        }
+        let resolved = given.canonicalize().map_err(|err| {
+            refused(format!(
+                "{path:?} cannot be read on the site's machine: {err}"
+            ))
+        })?;
+        if !resolved.starts_with(&self.root) {
+            return Err(refused(format!(
+                "{} is not under the site's local ingest root {}",
+                resolved.display(),
+                self.root.display()
+            )));
+        }
+        if self.site_dir.starts_with(&resolved) || resolved.starts_with(&self.site_dir) {
+            return Err(refused(format!(
+                "{} holds or is inside the site's own directory",
+                resolved.display()
+            )));
+        }
+        Ok(resolved)
+    }
+}
+
+/// `POST /api/v1/ingest/local`: reads the directory and commits it as a
+/// new version, as [`packages::new_version`] does for an upload.
+pub async fn ingest(state: &AppState, request: LocalIngestRequest) -> Result<LocalIngestReport> {
+    state.require_central("creating and updating packages")?;
+    let local = state.local_ingest.as_ref().ok_or_else(|| {
+        Error::invalid(
+            "local_ingest_off",
+            "this site reads no directory of its own machine (site run --local-ingest-root)",
+        )
+    })?;
+    cascade_domain::PackageName::new(&request.name)?;
+    let dir = local.allowed(&request.path)?;
+    let store = state.store.clone();
+    let (entries, chunks_reused, chunks_stored, bytes_stored) =
+        tokio::task::spawn_blocking(move || read_tree(&store, &dir))
+            .await
+            .map_err(Error::task("local ingest task failed"))?
+            .map_err(|err| match err {
+                // The store failing is the site's trouble, not the request's.
+                cascade_content::Error::WriteBatch { .. } => Error::Content(err),
+                err => Error::invalid("unreadable_source", cascade_protocol::chain(&err)),
+            })?;
+    let version = packages::new_version(
+        state,
+        NewVersionRequest {
+            name: request.name,
+            intent: request.intent,
+            entries,
+            allow_unchanged: request.allow_unchanged,
+            allow_setuid: request.allow_setuid,
+        },
+    )
+    .await?;
+    Ok(LocalIngestReport {
+        version,
+        chunks_reused,
+        chunks_stored,
+        bytes_stored,
+    })
+}
+
+/// Scans `dir` and stores its chunks in batches: the tree's entries and
+/// how many chunks were held already, how many were stored and their
+/// stored bytes.
+fn read_tree(
+    store: &cascade_content::ChunkStore,
+    dir: &Path,
+) -> cascade_content::Result<(Vec<Entry>, u64, u64, u64)> {
+    let listing = scan(dir)?;
+    let mut entries = Vec::with_capacity(listing.len());
+    let mut batch: Vec<(ChunkHash, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0;
+    let (mut reused, mut stored, mut bytes) = (0u64, 0u64, 0u64);
+    let mut flush = |batch: &mut Vec<(ChunkHash, Vec<u8>)>| -> cascade_content::Result<()> {
+        let refs: Vec<(ChunkHash, &[u8])> = batch
+            .iter()
+            .map(|(hash, data)| (*hash, data.as_slice()))
+            .collect();
+        for outcome in store.put_hashed_batch(&refs)? {
+            if outcome.newly_stored {
+                stored += 1;
+                bytes += outcome.stored_bytes;
+            } else {
+                reused += 1;
+            }
+        }
+        batch.clear();
+        Ok(())
+    };
+    for item in listing {
+        match item {
+            SourceEntry::File(file) => {
+                let kind = chunk_file(&file, |chunk| {
+                    batch_bytes += chunk.data.len();
+                    batch.push((chunk.hash, chunk.data.clone()));
+                    if batch_bytes >= BATCH_BYTES {
+                        batch_bytes = 0;
+                        flush(&mut batch)?;
+                    }
+                    Ok(())
+                })?;
+                entries.push(Entry {
+                    path: file.path,
+                    kind,
+                });
+            }
+            SourceEntry::Dir { path, mode } => entries.push(Entry {
+                path,
+                kind: EntryKind::Dir { mode },
+            }),
+            SourceEntry::Symlink { path, target } => entries.push(Entry {
+                path,
+                kind: EntryKind::Symlink { target },
+            }),
+        }
+    }
+    flush(&mut batch)?;
+    Ok((entries, reused, stored, bytes))
+}

@@ -137,6 +137,16 @@ impl Fleet {
     /// Creates and starts a site (`parent`: kind and parent site for a
     /// child site).
     pub fn site(&self, code: &str, parent: Option<(&str, &Site)>) -> Result<Site> {
+        self.site_with(code, parent, &[])
+    }
+
+    /// As [`Fleet::site`], with more `site run` arguments.
+    pub fn site_with(
+        &self,
+        code: &str,
+        parent: Option<(&str, &Site)>,
+        run_args: &[&str],
+    ) -> Result<Site> {
         let dir = self.root.join(format!("site-{code}"));
         let mut init = self.cascade();
         init.args(["-o", "json", "site", "init"])
@@ -153,9 +163,11 @@ impl Fleet {
                 .with_context(|| format!("site init printed no {name}"))?
                 .to_owned())
         };
+        let mut args = vec!["site", "run", path_str(&dir)?, "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(run_args);
         let process = Process::spawn(
             &self.bin,
-            &["site", "run", path_str(&dir)?, "--listen", "127.0.0.1:0"],
+            &args,
             &self.root.join(format!("site-{code}.log")),
             &format!("site {code}"),
         )?;

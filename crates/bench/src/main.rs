@@ -140,7 +140,9 @@ async fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&central.root)?;
     let mut site = None;
     if [1, 2, 3].into_iter().any(wanted) {
-        site = Some(central.site("CEN", None)?);
+        // The tree is on the site's machine: the site reads it itself.
+        let local = ["--local-ingest-root", fleet::path_str(&tree)?];
+        site = Some(central.site_with("CEN", None, &local)?);
     }
     // A row that fails is reported as failed, with its error, and the run
     // goes on: one broken row must not lose the figures of the others.
@@ -272,14 +274,16 @@ async fn row_ingest(
         cascade: format!("{} ({})", secs(took), rate(tree_bytes, took)),
         peer: format!("`tar c \\| zstd -1 -T0`: {} ({})", secs(peer), rate(tree_bytes, peer)),
         ratio: format!("{ratio:.2}× the time"),
-        target: "≤ 0.5× the time".into(),
-        met: Some(ratio <= 0.5),
+        target: "≤ 0.8× the time".into(),
+        met: Some(ratio <= 0.8),
         details: vec![
             format!(
-                "Cascade: `cascade package create` end to end (scan, chunk, hash, compress, \
-                 upload to the central site, which verifies, stores each chunk durably and signs \
-                 the manifest): {}; {} chunks stored, {} stored (compressed); the site server used \
-                 {} of CPU.",
+                "Cascade: `cascade package create` end to end, run on the central site's machine \
+                 against a directory under its `--local-ingest-root`, so the site reads the tree \
+                 itself (path: {}): scan, chunk, hash once, compress on every core, append to \
+                 packs with a sync per 16 MiB batch, sign the manifest: {}; {} chunks stored, {} \
+                 stored (compressed); the site server used {} of CPU.",
+                report["ingest"].as_str().unwrap_or("?"),
                 secs(took),
                 report["chunks_uploaded"],
                 bytes(report["bytes_uploaded"].as_u64().unwrap_or(0)),
@@ -366,8 +370,8 @@ async fn row_one_hop(
                 rate(peer_bytes, peer)
             ),
             ratio: format!("{ratio:.2}× the throughput"),
-            target: "≥ 0.8× the throughput".into(),
-            met: Some(ratio >= 0.8),
+            target: "≥ 0.9× the throughput".into(),
+            met: Some(ratio >= 0.9),
             details: vec![
                 format!(
                     "Cascade: from `cascade package distribute` to the site's status showing the \
@@ -559,6 +563,10 @@ async fn row_delta(fleet: &Fleet, site: &mut Site, tree: &Path, work: &Path) -> 
         ],
     )?;
     let ingested = started.elapsed();
+    // Row 1b's peer: the same archiver as row 1's, of the changed tree.
+    let archive = peers::scratch(work, "changed.tar.zst");
+    let (reingest_peer, _) = peers::tar_zstd(tree, &archive)?;
+    std::fs::remove_file(&archive)?;
     let transfer_start = Instant::now();
     site.wait_installed("delta", &member, 2, Duration::from_secs(1800))
         .await?;
@@ -594,7 +602,25 @@ async fn row_delta(fleet: &Fleet, site: &mut Site, tree: &Path, work: &Path) -> 
             bytes(rsync_bytes)
         ),
     ];
+    let reingest_ratio = ingested.as_secs_f64() / reingest_peer.as_secs_f64();
     Ok(vec![
+        Row {
+            number: "1b",
+            measure: "re-ingest the tree after a 1% change (a new version)".into(),
+            cascade: secs(ingested),
+            peer: format!("`tar c \\| zstd -1 -T0`: {}", secs(reingest_peer)),
+            ratio: format!("{reingest_ratio:.2}× the time"),
+            target: "≤ 0.2× the time".into(),
+            met: Some(reingest_ratio <= 0.2),
+            details: vec![format!(
+                "Cascade: `cascade package update` of the changed tree (row 2's change), read by \
+                 the site itself (its local ingest root): every file is read and chunked again, \
+                 only new chunks are compressed and stored: {}. Peer: the whole changed tree \
+                 archived again as in row 1: {}.",
+                secs(ingested),
+                secs(reingest_peer)
+            )],
+        },
         Row {
             number: "2a",
             measure: "bytes to bring a DP from version n to n+1 (1% of the bytes changed)".into(),

@@ -118,59 +118,98 @@ pub async fn ingest(state: &AppState, request: LocalIngestRequest) -> Result<Loc
 
 /// Scans `dir` and stores its chunks in batches: the tree's entries and
 /// how many chunks were held already, how many were stored and their
-/// stored bytes.
+/// stored bytes. Reading and cutting (this thread) overlaps with encoding
+/// and storing earlier batches (two threads, each encoding on every core,
+/// one appending while the other encodes), two batches at most waiting.
 fn read_tree(
     store: &cascade_content::ChunkStore,
     dir: &Path,
 ) -> cascade_content::Result<(Vec<Entry>, u64, u64, u64)> {
     let listing = scan(dir)?;
-    let mut entries = Vec::with_capacity(listing.len());
-    let mut batch: Vec<(ChunkHash, Vec<u8>)> = Vec::new();
-    let mut batch_bytes = 0;
-    let (mut reused, mut stored, mut bytes) = (0u64, 0u64, 0u64);
-    let mut flush = |batch: &mut Vec<(ChunkHash, Vec<u8>)>| -> cascade_content::Result<()> {
-        let refs: Vec<(ChunkHash, &[u8])> = batch
-            .iter()
-            .map(|(hash, data)| (*hash, data.as_slice()))
-            .collect();
-        for outcome in store.put_hashed_batch(&refs)? {
-            if outcome.newly_stored {
-                stored += 1;
-                bytes += outcome.stored_bytes;
-            } else {
-                reused += 1;
-            }
-        }
-        batch.clear();
-        Ok(())
-    };
-    for item in listing {
-        match item {
-            SourceEntry::File(file) => {
-                let kind = chunk_file(&file, |chunk| {
-                    batch_bytes += chunk.data.len();
-                    batch.push((chunk.hash, chunk.data.clone()));
-                    if batch_bytes >= BATCH_BYTES {
-                        batch_bytes = 0;
-                        flush(&mut batch)?;
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<(ChunkHash, Vec<u8>)>>(2);
+    let receiver = std::sync::Mutex::new(receiver);
+    std::thread::scope(|scope| {
+        // Two storing threads: one encodes its batch (on every core) while
+        // the other appends and syncs the previous one.
+        let receiver = &receiver;
+        let store_batches = move || -> cascade_content::Result<(u64, u64, u64)> {
+            let (mut reused, mut stored, mut bytes) = (0u64, 0u64, 0u64);
+            loop {
+                let next = receiver.lock().expect("batch receiver").recv();
+                let Ok(batch) = next else {
+                    return Ok((reused, stored, bytes));
+                };
+                let refs: Vec<(ChunkHash, &[u8])> = batch
+                    .iter()
+                    .map(|(hash, data)| (*hash, data.as_slice()))
+                    .collect();
+                for outcome in store.put_hashed_batch(&refs)? {
+                    if outcome.newly_stored {
+                        stored += 1;
+                        bytes += outcome.stored_bytes;
+                    } else {
+                        reused += 1;
                     }
-                    Ok(())
-                })?;
-                entries.push(Entry {
-                    path: file.path,
-                    kind,
-                });
+                }
             }
-            SourceEntry::Dir { path, mode } => entries.push(Entry {
-                path,
-                kind: EntryKind::Dir { mode },
-            }),
-            SourceEntry::Symlink { path, target } => entries.push(Entry {
-                path,
-                kind: EntryKind::Symlink { target },
-            }),
+        };
+        let storing: Vec<_> = (0..2)
+            .map(|_| {
+                std::thread::Builder::new()
+                    .name("local-ingest-store".into())
+                    .spawn_scoped(scope, store_batches)
+            })
+            .collect::<std::io::Result<_>>()
+            .map_err(|source| cascade_content::Error::Chunking { source })?;
+        // The storing thread stopped (an error it returns below).
+        let gone = || cascade_content::Error::Chunking {
+            source: std::io::Error::other("storing chunks stopped"),
+        };
+        let cut = (|| -> cascade_content::Result<Vec<Entry>> {
+            let mut entries = Vec::with_capacity(listing.len());
+            let mut batch: Vec<(ChunkHash, Vec<u8>)> = Vec::new();
+            let mut batch_bytes = 0;
+            for item in listing {
+                match item {
+                    SourceEntry::File(file) => {
+                        let kind = chunk_file(&file, |chunk| {
+                            batch_bytes += chunk.data.len();
+                            batch.push((chunk.hash, chunk.data.clone()));
+                            if batch_bytes >= BATCH_BYTES {
+                                batch_bytes = 0;
+                                sender
+                                    .send(std::mem::take(&mut batch))
+                                    .map_err(|_| gone())?;
+                            }
+                            Ok(())
+                        })?;
+                        entries.push(Entry {
+                            path: file.path,
+                            kind,
+                        });
+                    }
+                    SourceEntry::Dir { path, mode } => entries.push(Entry {
+                        path,
+                        kind: EntryKind::Dir { mode },
+                    }),
+                    SourceEntry::Symlink { path, target } => entries.push(Entry {
+                        path,
+                        kind: EntryKind::Symlink { target },
+                    }),
+                }
+            }
+            if !batch.is_empty() {
+                sender.send(batch).map_err(|_| gone())?;
+            }
+            Ok(entries)
+        })();
+        drop(sender);
+        let (mut reused, mut stored, mut bytes) = (0, 0, 0);
+        // A storing thread's error explains a cut stopped by it.
+        for thread in storing {
+            let (r, s, b) = thread.join().expect("a storing thread panicked")?;
+            (reused, stored, bytes) = (reused + r, stored + s, bytes + b);
         }
-    }
-    flush(&mut batch)?;
-    Ok((entries, reused, stored, bytes))
+        Ok((cut?, reused, stored, bytes))
+    })
 }

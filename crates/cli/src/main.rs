@@ -212,6 +212,11 @@ enum SiteCommand {
         /// current one for this long starts no job.
         #[arg(long, value_parser = humantime::parse_duration)]
         timestamp_validity: Option<std::time::Duration>,
+        /// How many versions of each package this site keeps, newest first,
+        /// beside every version an open job needs (3 unless set); the
+        /// chunks only older versions use are removed.
+        #[arg(long)]
+        keep_versions: Option<u32>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -228,6 +233,10 @@ enum SiteCommand {
         /// hashed once); none by default. Never the site's own directory.
         #[arg(long, value_name = "DIR")]
         local_ingest_root: Option<PathBuf>,
+        /// How long a chunk that no kept version uses stays before it is
+        /// removed (protects uploads in progress).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        chunk_grace: std::time::Duration,
         #[command(flatten)]
         limits: ServerLimits,
     },
@@ -750,6 +759,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             dir,
             listen,
             local_ingest_root,
+            chunk_grace,
             limits,
         }) => {
             init_logging("info")?;
@@ -757,7 +767,10 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                 &dir,
                 &listen,
                 limits.limits(),
-                local_ingest_root.as_deref(),
+                cascade_site::RunOptions {
+                    local_ingest_root: local_ingest_root.as_deref(),
+                    chunk_grace,
+                },
                 cascade_protocol::signal::shutdown_signal(),
                 |running| {
                     out.listening("site", &running.url);
@@ -839,6 +852,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             require_approval,
             agent_poll_interval,
             timestamp_validity,
+            keep_versions,
             connection,
         }) => {
             init_logging("warn")?;
@@ -847,7 +861,11 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             if require_approval.is_some()
                 || agent_poll_interval.is_some()
                 || timestamp_validity.is_some()
+                || keep_versions.is_some()
             {
+                if let Some(keep) = keep_versions {
+                    settings.keep_versions = keep;
+                }
                 if let Some(validity) = timestamp_validity {
                     settings.timestamp_validity_ms = validity.as_millis() as u64;
                 }

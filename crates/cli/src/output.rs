@@ -229,6 +229,7 @@ impl Output {
             "timestamp validity:  {}",
             humantime::format_duration(Duration::from_millis(settings.timestamp_validity_ms))
         );
+        outln!("keep versions:       {}", settings.keep_versions);
     }
 
     /// One site: an object under `-o json`, a one-row table for people.

@@ -125,6 +125,115 @@ fn the_site_reads_a_package_under_its_local_ingest_root_itself() {
         .contains("unknown package"));
 }
 
+/// The chunk hashes of the tree at `source`.
+fn chunks_of(source: &std::path::Path) -> std::collections::HashSet<cascade_content::ChunkHash> {
+    files_of(source)
+        .iter()
+        .flat_map(|(_, data)| {
+            cascade_content::chunks(data.as_slice()).map(|chunk| chunk.unwrap().hash)
+        })
+        .collect()
+}
+
+/// The chunk hashes the store of the site, DP or agent at `dir` holds.
+fn held_chunks(dir: &std::path::Path) -> std::collections::HashSet<cascade_content::ChunkHash> {
+    cascade_content::list_in(&dir.join("chunks"))
+        .unwrap()
+        .into_iter()
+        .map(|(hash, _)| hash)
+        .collect()
+}
+
+/// Issue 13: a site kept every version and every chunk for good. With
+/// `site settings --keep-versions 3`, after ten versions the site holds
+/// the chunks of the newest three and of the version an open job names,
+/// and no other, on a disk that shrank with them; a job for a retired
+/// version is refused; once the job is canceled its version goes too.
+#[test]
+fn a_site_keeps_the_versions_its_retention_names_and_no_other_chunks() {
+    let root = tempfile::tempdir().unwrap();
+    let site = Site::central_run_with(root.path(), "CEN", &["--chunk-grace", "2s"]);
+    site.json(&["site", "settings", "--keep-versions", "3"]);
+    site.json(&[
+        "collection",
+        "create",
+        "one",
+        "--machines",
+        "ws1",
+        "--allow-unknown",
+    ]);
+    let source = root.path().join("src");
+    make_tree(&source, 3, 2 * MIB, 71);
+    site.create_package("app", &source);
+    let mut versions = vec![chunks_of(&source)];
+    let mut pinned = 0;
+    for version in 2..=10u64 {
+        std::fs::write(source.join("big.bin"), random_bytes(700 + version, 2 * MIB)).unwrap();
+        site.json(&[
+            "package",
+            "update",
+            "app",
+            "--source",
+            source.to_str().unwrap(),
+        ]);
+        versions.push(chunks_of(&source));
+        if version == 2 {
+            let job = site.create_job("app", "one", "true", &["--version", "2"]);
+            pinned = job["id"].as_u64().unwrap();
+        }
+    }
+    let kept = |numbers: &[usize]| -> std::collections::HashSet<_> {
+        numbers
+            .iter()
+            .flat_map(|n| versions[n - 1].iter().copied())
+            .collect()
+    };
+    let wait_for_store = |expected: &std::collections::HashSet<_>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while held_chunks(&site.dir) != *expected {
+            assert!(
+                Instant::now() < deadline,
+                "the site holds {} chunks, not the {} its retention keeps",
+                held_chunks(&site.dir).len(),
+                expected.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for_store(&kept(&[2, 8, 9, 10]));
+    let shown = site.json(&["package", "show", "app"]);
+    let retired: Vec<u64> = shown["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["retired_at_ms"].is_i64())
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(retired, [1, 3, 4, 5, 6, 7], "{shown:#}");
+    let err = site.fails(&[
+        "job",
+        "create",
+        "--package",
+        "app",
+        "--version",
+        "5",
+        "--collection",
+        "one",
+        "--command",
+        "true",
+    ]);
+    assert!(err.contains("retired"), "{err}");
+    // Ten versions of 2 MiB of fresh data each; four kept.
+    let disk = store_disk(&site.dir);
+    assert!(
+        disk < 6 * 2 * MIB as u64 + MIB as u64,
+        "{disk} bytes on disk"
+    );
+
+    site.json(&["job", "cancel", &pinned.to_string()]);
+    wait_for_store(&kept(&[8, 9, 10]));
+}
+
 /// Issue 13: nothing was ever deleted at a DP (every version it had held
 /// stayed on its disk). Once it holds version 2, the chunks only version 1
 /// used are removed and their packs compacted: it holds the chunks of

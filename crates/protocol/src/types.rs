@@ -160,6 +160,10 @@ pub struct VersionInfo {
     /// version's: no version was made, and this is the newest one.
     #[serde(default)]
     pub unchanged: bool,
+    /// When this site's retention stopped keeping the version (`site
+    /// settings --keep-versions`): its chunks are gone, no job can use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at_ms: Option<i64>,
 }
 
 fn yes() -> bool {
@@ -1423,6 +1427,19 @@ pub struct SiteSettings {
     /// starts no job.
     #[serde(default = "default_timestamp_validity_ms")]
     pub timestamp_validity_ms: u64,
+    /// How many versions of each package the site keeps, newest first (at
+    /// least 1), beside every version an open job needs: the chunks of the
+    /// others are removed. Each site applies its own.
+    #[serde(default = "default_keep_versions")]
+    pub keep_versions: u32,
+}
+
+/// Versions of a package a site keeps unless `site settings
+/// --keep-versions` says otherwise.
+pub const DEFAULT_KEEP_VERSIONS: u32 = 3;
+
+fn default_keep_versions() -> u32 {
+    DEFAULT_KEEP_VERSIONS
 }
 
 /// One day, as TUF's timestamp role defaults to.

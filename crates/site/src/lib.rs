@@ -387,6 +387,25 @@ pub struct Running {
     pub url: String,
 }
 
+/// How `site run` runs the site, beyond its address and limits.
+#[derive(Clone, Copy, Debug)]
+pub struct RunOptions<'a> {
+    /// Where the site may read packages on its own machine
+    /// (`--local-ingest-root`); nowhere by default.
+    pub local_ingest_root: Option<&'a Path>,
+    /// How long a chunk no kept version uses stays (`--chunk-grace`).
+    pub chunk_grace: std::time::Duration,
+}
+
+impl Default for RunOptions<'_> {
+    fn default() -> Self {
+        RunOptions {
+            local_ingest_root: None,
+            chunk_grace: service::retention::DEFAULT_CHUNK_GRACE,
+        }
+    }
+}
+
 /// Serves the site in `dir` on `listen` until `shutdown` resolves.
 ///
 /// `on_ready` is called once the socket is bound and `DIR/url` written.
@@ -394,7 +413,7 @@ pub async fn run(
     dir: &Path,
     listen: &str,
     limits: cascade_protocol::serve::Limits,
-    local_ingest_root: Option<&Path>,
+    options: RunOptions<'_>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&Running),
 ) -> Result<()> {
@@ -404,7 +423,7 @@ pub async fn run(
         shutdown_tx,
         tls,
     } = open(dir).await?;
-    if let Some(root) = local_ingest_root {
+    if let Some(root) = options.local_ingest_root {
         let local =
             service::local_ingest::LocalIngest::new(root, dir).map_err(|source| Error::Io {
                 context: format!("the local ingest root {}", root.display()),
@@ -438,6 +457,10 @@ pub async fn run(
     tracing::info!(site = %code, kind = %kind, %url, "site server listening");
     let mut running = vec![
         tokio::spawn(workers::expiry::expiry_worker(state.clone())),
+        tokio::spawn(workers::retention::retention_worker(
+            state.clone(),
+            options.chunk_grace,
+        )),
         tokio::spawn(workers::seen::seen_worker(state.clone())),
         tokio::spawn(workers::status_writer::status_writer(
             state.clone(),

@@ -81,6 +81,9 @@ pub(crate) struct Wakes {
     pub(crate) content: tokio::sync::Notify,
     /// Status messages were stored.
     pub(crate) relay: tokio::sync::Notify,
+    /// A version may have stopped being needed (a new version, a job
+    /// canceled or expired, a smaller retention).
+    pub(crate) retention: tokio::sync::Notify,
 }
 
 impl AppState {
@@ -116,6 +119,7 @@ impl AppState {
         self.notify_outbox_changed();
         self.notify_status_stored();
         self.notify_content_needs_changed();
+        self.wakes.retention.notify_one();
     }
 
     /// Who this site is, as it answers `GET /api/v1/site`.

@@ -34,7 +34,7 @@ impl TestSite {
                 &site_dir,
                 "127.0.0.1:0",
                 Default::default(),
-                None,
+                Default::default(),
                 async {
                     let _ = stopped.await;
                 },

@@ -63,6 +63,7 @@ where
         require_approval: false,
         agent_poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
         timestamp_validity_ms: DEFAULT_TIMESTAMP_VALIDITY_MS,
+        keep_versions: cascade_protocol::DEFAULT_KEEP_VERSIONS,
     };
     for (key, value) in rows {
         match key.as_str() {
@@ -73,6 +74,11 @@ where
             "timestamp_validity_ms" => {
                 settings.timestamp_validity_ms =
                     value.parse().unwrap_or(DEFAULT_TIMESTAMP_VALIDITY_MS)
+            }
+            "keep_versions" => {
+                settings.keep_versions = value
+                    .parse()
+                    .unwrap_or(cascade_protocol::DEFAULT_KEEP_VERSIONS)
             }
             _ => {}
         }
@@ -272,6 +278,7 @@ pub async fn write_settings(tx: &mut WriteTx<'_>, settings: &SiteSettings) -> Re
             "timestamp_validity_ms",
             settings.timestamp_validity_ms.to_string(),
         ),
+        ("keep_versions", settings.keep_versions.to_string()),
     ] {
         write_setting(tx, key, &value).await?;
     }

@@ -22,6 +22,8 @@ pub struct VersionRow {
     pub chunk_count: i64,
     pub created_at_ms: i64,
     pub complete: bool,
+    /// When the retention stopped keeping it.
+    pub retired_at_ms: Option<i64>,
 }
 
 pub async fn package_by_name<'e, E>(executor: E, name: &str) -> Result<Option<PackageRow>>
@@ -99,7 +101,7 @@ where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
     let rows = sqlx::query(
-        "SELECT version, total_size, file_count, chunk_count, created_at_ms, complete
+        "SELECT version, total_size, file_count, chunk_count, created_at_ms, complete, retired_at_ms
          FROM package_versions WHERE package_id = ? ORDER BY version",
     )
     .bind(package_id)
@@ -114,8 +116,24 @@ where
             chunk_count: row.get(3),
             created_at_ms: row.get(4),
             complete: row.get(5),
+            retired_at_ms: row.get(6),
         })
         .collect())
+}
+
+/// Whether the retention retired a version (false for one not stored).
+pub async fn version_retired<'e, E>(executor: E, package_id: i64, version: i64) -> Result<bool>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM package_versions
+           WHERE package_id = ? AND version = ? AND retired_at_ms IS NOT NULL)",
+    )
+    .bind(package_id)
+    .bind(version)
+    .fetch_one(executor)
+    .await?)
 }
 
 /// The signed manifest of one version: (manifest bytes, signature).
@@ -153,6 +171,7 @@ pub async fn insert_version(
         chunk_count: manifest.unique_chunks().len() as i64,
         created_at_ms: manifest.created_at_ms,
         complete,
+        retired_at_ms: None,
     };
     sqlx::query(
         "INSERT INTO package_versions

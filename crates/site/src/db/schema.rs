@@ -275,4 +275,9 @@ ALTER TABLE dps ADD COLUMN public_key TEXT;
 -- with, as it announced it: agents pin it (protocol::tls).
 ALTER TABLE dps ADD COLUMN certificate TEXT;
 "#,
+    r#"
+-- Retention (service::retention): when a version stopped being kept; its
+-- manifest stays, its chunks go.
+ALTER TABLE package_versions ADD COLUMN retired_at_ms INTEGER;
+"#,
 ];

@@ -36,6 +36,12 @@ pub async fn put_settings(state: &AppState, settings: SiteSettings) -> Result<Si
             ),
         ));
     }
+    if settings.keep_versions == 0 {
+        return Err(Error::invalid(
+            "invalid_setting",
+            "keep versions must be at least 1: the newest version is always kept",
+        ));
+    }
     let validity = settings.timestamp_validity_ms;
     if !timestamp::VALIDITY_RANGE_MS.contains(&validity) {
         return Err(Error::invalid(
@@ -67,6 +73,8 @@ pub async fn put_settings(state: &AppState, settings: SiteSettings) -> Result<Si
     db::bump_agents(&mut tx).await?;
     tx.commit().await?;
     state.notify_agents_changed();
+    // A smaller retention applies at once.
+    state.wakes.retention.notify_one();
     Ok(settings)
 }
 

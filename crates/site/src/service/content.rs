@@ -38,11 +38,14 @@ pub async fn missing(state: &AppState, list: ChunkList) -> Result<Vec<ChunkHash>
     check_list(&list)?;
     let store = state.store.clone();
     blocking(move || {
-        Ok(list
+        let (held, missing): (Vec<ChunkHash>, Vec<ChunkHash>) = list
             .hashes
             .into_iter()
-            .filter(|hash| !store.contains(hash))
-            .collect())
+            .partition(|hash| store.contains(hash));
+        // The upload relies on these from now on: used, so that the
+        // retention's grace keeps them until the version is committed.
+        store.touch(&held, std::time::SystemTime::now())?;
+        Ok(missing)
     })
     .await
 }

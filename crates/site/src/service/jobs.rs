@@ -79,6 +79,13 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
         Some(version) => version as i64,
         None => latest,
     };
+    if db::version_retired(&mut *tx.tx, package.id, version).await? {
+        return Err(Error::Conflict(format!(
+            "version {version} of {} was retired by this site's retention (site settings \
+             --keep-versions): its content is gone; use a newer version",
+            package.name
+        )));
+    }
     let collection_id = collection_id(&mut tx, &request.collection).await?;
     if let Some(group) = &request.dp_group {
         groups::require_group(&mut tx, group).await?;

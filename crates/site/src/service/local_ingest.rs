@@ -143,14 +143,19 @@ fn read_tree(
                     .iter()
                     .map(|(hash, data)| (*hash, data.as_slice()))
                     .collect();
-                for outcome in store.put_hashed_batch(&refs)? {
+                let mut held = Vec::new();
+                for (outcome, (hash, _)) in store.put_hashed_batch(&refs)?.into_iter().zip(&refs) {
                     if outcome.newly_stored {
                         stored += 1;
                         bytes += outcome.stored_bytes;
                     } else {
                         reused += 1;
+                        held.push(*hash);
                     }
                 }
+                // The version relies on these: used, so that the retention's
+                // grace keeps them until it is committed.
+                store.touch(&held, std::time::SystemTime::now())?;
             }
         };
         let storing: Vec<_> = (0..2)

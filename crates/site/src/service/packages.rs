@@ -25,6 +25,7 @@ fn version_info(package: &str, row: &db::VersionRow) -> VersionInfo {
         created_at_ms: row.created_at_ms,
         complete: row.complete,
         unchanged: false,
+        retired_at_ms: row.retired_at_ms,
     }
 }
 

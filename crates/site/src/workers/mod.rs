@@ -9,6 +9,7 @@ pub mod content;
 pub mod expiry;
 pub mod receive;
 pub mod relay;
+pub mod retention;
 pub mod seen;
 pub mod status_writer;
 pub mod timestamp;

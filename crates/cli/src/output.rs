@@ -616,12 +616,12 @@ impl Output {
             );
             return;
         }
-        let how = match report.ingest {
-            crate::ingest::IngestPath::Upload => "uploaded",
-            crate::ingest::IngestPath::Local => "read and stored by the site",
+        let (how, bytes_how) = match report.ingest {
+            crate::ingest::IngestPath::Upload => ("uploaded", "sent"),
+            crate::ingest::IngestPath::Local => ("read and stored by the site", "stored"),
         };
         outln!(
-            "package {} version {}: {} files, {}, {} chunks ({} {how}, {}; {} already stored)",
+            "package {} version {}: {} files, {}, {} chunks ({} {how}, {} {bytes_how}; {} already stored)",
             v.package,
             v.version,
             v.file_count,
@@ -671,10 +671,14 @@ impl Output {
                     bytes(v.total_size),
                     v.chunk_count.to_string(),
                     time(v.created_at_ms),
+                    v.retired_at_ms.map_or_else(|| "-".to_owned(), time),
                 ]
             })
             .collect();
-        table(&["VERSION", "FILES", "SIZE", "CHUNKS", "CREATED"], &rows);
+        table(
+            &["VERSION", "FILES", "SIZE", "CHUNKS", "CREATED", "RETIRED"],
+            &rows,
+        );
         outln!(
             "distributed to: {}",
             if detail.dps.is_empty() {

@@ -424,11 +424,10 @@ pub async fn run(
         tls,
     } = open(dir).await?;
     if let Some(root) = options.local_ingest_root {
-        let local =
-            service::local_ingest::LocalIngest::new(root, dir).map_err(|source| Error::Io {
-                context: format!("the local ingest root {}", root.display()),
-                source,
-            })?;
+        let local = state::LocalIngest::new(root, dir).map_err(|source| Error::Io {
+            context: format!("the local ingest root {}", root.display()),
+            source,
+        })?;
         state.local_ingest = Some(Arc::new(local));
     }
     let acceptor = tls.acceptor()?;

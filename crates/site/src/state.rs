@@ -9,12 +9,14 @@ use cascade_domain::hierarchy::SiteKind;
 use cascade_domain::SiteCode;
 use std::sync::Arc;
 
+mod local_ingest;
 mod parent;
 mod policy;
 mod progress;
 mod seen;
 mod status_queue;
 
+pub use local_ingest::LocalIngest;
 pub use parent::{upstream, Links, Parent, ParentConfig};
 pub use policy::{PolicyCache, SharedPolicy};
 pub use progress::Progress;
@@ -66,7 +68,7 @@ pub struct AppState {
     pub(crate) status_queue: tokio::sync::mpsc::Sender<Pending>,
     /// Where the site may read packages from on its own machine (`site run
     /// --local-ingest-root`); none by default.
-    pub(crate) local_ingest: Option<Arc<crate::service::local_ingest::LocalIngest>>,
+    pub(crate) local_ingest: Option<Arc<LocalIngest>>,
 }
 
 /// Agents' credentials already checked: token hash → (agent id, name).

@@ -121,6 +121,71 @@ where
         .collect())
 }
 
+/// A package's versions not retired, newest first: (version, complete).
+pub async fn unretired_versions<'e, E>(executor: E, package_id: i64) -> Result<Vec<(i64, bool)>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query_as(
+        "SELECT version, complete FROM package_versions
+         WHERE package_id = ? AND retired_at_ms IS NULL ORDER BY version DESC",
+    )
+    .bind(package_id)
+    .fetch_all(executor)
+    .await?)
+}
+
+/// Whether a job neither canceled nor expired at `now` names the version.
+pub async fn open_job_names<'e, E>(
+    executor: E,
+    package_id: i64,
+    version: i64,
+    now: i64,
+) -> Result<bool>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE package_id = ? AND version = ?
+           AND canceled_at_ms IS NULL AND (expires_at_ms IS NULL OR expires_at_ms > ?))",
+    )
+    .bind(package_id)
+    .bind(version)
+    .bind(now)
+    .fetch_one(executor)
+    .await?)
+}
+
+/// Marks a version retired at `now`.
+pub async fn retire_version(
+    tx: &mut WriteTx<'_>,
+    package_id: i64,
+    version: i64,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE package_versions SET retired_at_ms = ? WHERE package_id = ? AND version = ?",
+    )
+    .bind(now)
+    .bind(package_id)
+    .bind(version)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
+}
+
+/// The manifests of every version not retired (bytes as signed).
+pub async fn unretired_manifests<'e, E>(executor: E) -> Result<Vec<Vec<u8>>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(
+        sqlx::query_scalar("SELECT manifest FROM package_versions WHERE retired_at_ms IS NULL")
+            .fetch_all(executor)
+            .await?,
+    )
+}
+
 /// Whether the retention retired a version (false for one not stored).
 pub async fn version_retired<'e, E>(executor: E, package_id: i64, version: i64) -> Result<bool>
 where

@@ -31,50 +31,22 @@ pub async fn retire_due(state: &AppState) -> Result<Vec<(String, u64)>> {
     let now = now_ms();
     let mut tx = state.db.write().await?;
     let keep = db::read_settings(&mut *tx.tx).await?.keep_versions.max(1) as usize;
-    let packages: Vec<(i64, String)> = sqlx::query_as("SELECT id, name FROM packages")
-        .fetch_all(&mut *tx.tx)
-        .await
-        .map_err(cascade_store::Error::from)?;
     let mut retired = Vec::new();
-    for (package_id, name) in packages {
-        let versions: Vec<(i64, bool)> = sqlx::query_as(
-            "SELECT version, complete FROM package_versions
-             WHERE package_id = ? AND retired_at_ms IS NULL ORDER BY version DESC",
-        )
-        .bind(package_id)
-        .fetch_all(&mut *tx.tx)
-        .await
-        .map_err(cascade_store::Error::from)?;
+    for package in db::all_packages(&mut *tx.tx).await? {
+        let (package_id, name) = (package.id, package.name);
         // Newest first: incomplete ones newer than the kept complete ones
-        // are still arriving and stay; past `keep` complete ones, the rest go.
+        // are still arriving and stay; past `keep` complete ones, the rest
+        // go unless an open job names them.
         let mut complete_kept = 0;
-        for (version, complete) in versions {
+        for (version, complete) in db::unretired_versions(&mut *tx.tx, package_id).await? {
             if complete_kept < keep {
                 complete_kept += complete as usize;
                 continue;
             }
-            let needed: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM jobs WHERE package_id = ? AND version = ?
-                   AND canceled_at_ms IS NULL AND (expires_at_ms IS NULL OR expires_at_ms > ?))",
-            )
-            .bind(package_id)
-            .bind(version)
-            .bind(now)
-            .fetch_one(&mut *tx.tx)
-            .await
-            .map_err(cascade_store::Error::from)?;
-            if needed {
+            if db::open_job_names(&mut *tx.tx, package_id, version, now).await? {
                 continue;
             }
-            sqlx::query(
-                "UPDATE package_versions SET retired_at_ms = ? WHERE package_id = ? AND version = ?",
-            )
-            .bind(now)
-            .bind(package_id)
-            .bind(version)
-            .execute(&mut *tx.tx)
-            .await
-            .map_err(cascade_store::Error::from)?;
+            db::retire_version(&mut tx, package_id, version, now).await?;
             retired.push((name.clone(), version as u64));
         }
     }
@@ -101,11 +73,7 @@ pub struct Collected {
 /// Removes the chunks no version that is not retired uses, once unused
 /// for `grace`, and compacts the library.
 pub async fn collect(state: &AppState, grace: Duration) -> Result<Collected> {
-    let manifests: Vec<Vec<u8>> =
-        sqlx::query_scalar("SELECT manifest FROM package_versions WHERE retired_at_ms IS NULL")
-            .fetch_all(state.db.pool())
-            .await
-            .map_err(cascade_store::Error::from)?;
+    let manifests = db::unretired_manifests(state.db.pool()).await?;
     let mut referenced: HashSet<ChunkHash> = HashSet::new();
     for bytes in manifests {
         // Stored after its signature verified; a row that no longer parses

@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 use bytes::BytesMut;
-use cascade_content::{chunk_file, scan, ChunkHash, Entry, EntryKind, SourceEntry};
+use cascade_content::{chunk_tree, scan, ChunkHash, Entry, SourceEntry};
 use cascade_protocol::frames::put_frame;
 use cascade_protocol::{Client, NewVersionRequest, VersionInfo, VersionIntent};
 use futures_util::StreamExt;
@@ -234,41 +234,22 @@ pub async fn ingest(
     let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<(ChunkHash, Vec<u8>)>>(2);
     let producer_bar = bar.clone();
     let producer = tokio::task::spawn_blocking(move || -> Result<Vec<Entry>> {
-        let mut entries = Vec::with_capacity(listing.len());
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
-        for item in listing {
-            match item {
-                SourceEntry::File(file) => {
-                    let kind = chunk_file(&file, |chunk| {
-                        batch_bytes += chunk.data.len();
-                        batch.push((chunk.hash, chunk.data.clone()));
-                        producer_bar.inc(chunk.data.len() as u64);
-                        if batch_bytes >= BATCH_BYTES {
-                            batch_bytes = 0;
-                            if sender.blocking_send(std::mem::take(&mut batch)).is_err() {
-                                return Err(cascade_content::Error::Chunking {
-                                    source: std::io::Error::other("upload stopped"),
-                                });
-                            }
-                        }
-                        Ok(())
-                    })?;
-                    entries.push(Entry {
-                        path: file.path,
-                        kind,
+        let entries = chunk_tree(listing, |chunk| {
+            batch_bytes += chunk.data.len();
+            batch.push((chunk.hash, chunk.data.clone()));
+            producer_bar.inc(chunk.data.len() as u64);
+            if batch_bytes >= BATCH_BYTES {
+                batch_bytes = 0;
+                if sender.blocking_send(std::mem::take(&mut batch)).is_err() {
+                    return Err(cascade_content::Error::Chunking {
+                        source: std::io::Error::other("upload stopped"),
                     });
                 }
-                SourceEntry::Dir { path, mode } => entries.push(Entry {
-                    path,
-                    kind: EntryKind::Dir { mode },
-                }),
-                SourceEntry::Symlink { path, target } => entries.push(Entry {
-                    path,
-                    kind: EntryKind::Symlink { target },
-                }),
             }
-        }
+            Ok(())
+        })?;
         if !batch.is_empty() {
             let _ = sender.blocking_send(batch);
         }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::chunk::{chunk_stream, Chunk};
 use crate::error::{Error, Result};
-use crate::manifest::{ChunkRef, EntryKind};
+use crate::manifest::{ChunkRef, Entry, EntryKind};
 use crate::paths::{validate_path, validate_symlink_target};
 
 /// A regular file found by [`scan`].
@@ -184,6 +184,36 @@ fn special_kind(file_type: &fs::FileType) -> &'static str {
 #[cfg(not(unix))]
 fn special_kind(_file_type: &fs::FileType) -> &'static str {
     "special file"
+}
+
+/// The manifest entries of a scanned tree, every file cut into chunks on
+/// the way: `on_chunk` sees each chunk in order (to store or send it), and
+/// an error of its stops the cutting.
+pub fn chunk_tree(
+    listing: Vec<SourceEntry>,
+    mut on_chunk: impl FnMut(&Chunk) -> Result<()>,
+) -> Result<Vec<Entry>> {
+    let mut entries = Vec::with_capacity(listing.len());
+    for item in listing {
+        entries.push(match item {
+            SourceEntry::File(file) => {
+                let kind = chunk_file(&file, &mut on_chunk)?;
+                Entry {
+                    path: file.path,
+                    kind,
+                }
+            }
+            SourceEntry::Dir { path, mode } => Entry {
+                path,
+                kind: EntryKind::Dir { mode },
+            },
+            SourceEntry::Symlink { path, target } => Entry {
+                path,
+                kind: EntryKind::Symlink { target },
+            },
+        });
+    }
+    Ok(entries)
 }
 
 /// Chunks one file and builds its entry: calls `on_chunk` for every chunk

@@ -44,16 +44,12 @@ pub(crate) async fn collect(dp: &Dp) -> Result<Collected> {
         .collect();
     let store = dp.store.clone();
     let collected = tokio::task::spawn_blocking(move || -> Result<Collected> {
-        let mut collected = Collected::default();
-        for chunk in store.list()? {
-            if !referenced.contains(&chunk.hash) {
-                store.remove(&chunk.hash)?;
-                collected.chunks += 1;
-                collected.bytes += chunk.stored_bytes;
-            }
-        }
-        collected.compacted = store.compact()?;
-        Ok(collected)
+        let (chunks, bytes) = store.remove_where(|chunk| !referenced.contains(&chunk.hash))?;
+        Ok(Collected {
+            chunks,
+            bytes,
+            compacted: store.compact()?,
+        })
     })
     .await
     .map_err(|err| Error::Config(format!("collection task failed: {err}")))??;

@@ -586,6 +586,21 @@ impl ChunkStore {
             .collect())
     }
 
+    /// Removes every chunk `doomed` says to (it sees each stored chunk
+    /// once); returns how many and their stored bytes. Their disk comes
+    /// back at the next [`ChunkStore::compact`].
+    pub fn remove_where(&self, mut doomed: impl FnMut(&StoredChunk) -> bool) -> Result<(u64, u64)> {
+        let (mut chunks, mut bytes) = (0, 0);
+        for chunk in self.list()? {
+            if doomed(&chunk) {
+                self.remove(&chunk.hash)?;
+                chunks += 1;
+                bytes += chunk.stored_bytes;
+            }
+        }
+        Ok((chunks, bytes))
+    }
+
     /// How the store's disk is used.
     pub fn usage(&self) -> StoreUsage {
         let index = self.index();

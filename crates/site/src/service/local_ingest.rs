@@ -14,7 +14,7 @@
 use crate::error::{Error, Result};
 use crate::service::packages;
 use crate::state::AppState;
-use cascade_content::{chunk_file, scan, ChunkHash, Entry, EntryKind, SourceEntry};
+use cascade_content::{chunk_tree, scan, ChunkHash, Entry};
 use cascade_protocol::{LocalIngestReport, LocalIngestRequest, NewVersionRequest};
 use std::path::Path;
 
@@ -117,38 +117,19 @@ fn read_tree(
             source: std::io::Error::other("storing chunks stopped"),
         };
         let cut = (|| -> cascade_content::Result<Vec<Entry>> {
-            let mut entries = Vec::with_capacity(listing.len());
             let mut batch: Vec<(ChunkHash, Vec<u8>)> = Vec::new();
             let mut batch_bytes = 0;
-            for item in listing {
-                match item {
-                    SourceEntry::File(file) => {
-                        let kind = chunk_file(&file, |chunk| {
-                            batch_bytes += chunk.data.len();
-                            batch.push((chunk.hash, chunk.data.clone()));
-                            if batch_bytes >= BATCH_BYTES {
-                                batch_bytes = 0;
-                                sender
-                                    .send(std::mem::take(&mut batch))
-                                    .map_err(|_| gone())?;
-                            }
-                            Ok(())
-                        })?;
-                        entries.push(Entry {
-                            path: file.path,
-                            kind,
-                        });
-                    }
-                    SourceEntry::Dir { path, mode } => entries.push(Entry {
-                        path,
-                        kind: EntryKind::Dir { mode },
-                    }),
-                    SourceEntry::Symlink { path, target } => entries.push(Entry {
-                        path,
-                        kind: EntryKind::Symlink { target },
-                    }),
+            let entries = chunk_tree(listing, |chunk| {
+                batch_bytes += chunk.data.len();
+                batch.push((chunk.hash, chunk.data.clone()));
+                if batch_bytes >= BATCH_BYTES {
+                    batch_bytes = 0;
+                    sender
+                        .send(std::mem::take(&mut batch))
+                        .map_err(|_| gone())?;
                 }
-            }
+                Ok(())
+            })?;
             if !batch.is_empty() {
                 sender.send(batch).map_err(|_| gone())?;
             }

@@ -88,23 +88,24 @@ pub async fn collect(state: &AppState, grace: Duration) -> Result<Collected> {
     let store = state.store.clone();
     let now = SystemTime::now();
     tokio::task::spawn_blocking(move || -> Result<Collected> {
-        let mut collected = Collected::default();
-        for chunk in store.list()? {
+        let mut next_due: Option<Duration> = None;
+        let (chunks, bytes) = store.remove_where(|chunk| {
             if referenced.contains(&chunk.hash) {
-                continue;
+                return false;
             }
             let unused_for = now.duration_since(chunk.written).unwrap_or_default();
-            if unused_for < grace {
-                let due = grace - unused_for;
-                collected.next_due = Some(collected.next_due.map_or(due, |next| next.min(due)));
-                continue;
+            let due = grace.saturating_sub(unused_for);
+            if !due.is_zero() {
+                next_due = Some(next_due.map_or(due, |next| next.min(due)));
             }
-            store.remove(&chunk.hash)?;
-            collected.chunks += 1;
-            collected.bytes += chunk.stored_bytes;
-        }
-        collected.compacted = store.compact()?;
-        Ok(collected)
+            due.is_zero()
+        })?;
+        Ok(Collected {
+            chunks,
+            bytes,
+            compacted: store.compact()?,
+            next_due,
+        })
     })
     .await
     .map_err(Error::task("collection task failed"))?

@@ -733,14 +733,14 @@ async fn row_delta(fleet: &Fleet, site: &mut Site, tree: &Path, work: &Path) -> 
         ],
     )?;
     let ingested = started.elapsed();
-    // Row 1b's peer: the same archiver as row 1's, of the changed tree.
-    let archive = peers::scratch(work, "changed.tar.zst");
-    let (reingest_peer, _) = peers::tar_zstd(tree, &archive)?;
-    std::fs::remove_file(&archive)?;
     let transfer_start = Instant::now();
     site.wait_installed("delta", &member, 2, Duration::from_secs(1800))
         .await?;
     let transfer = transfer_start.elapsed();
+    // Row 1b's peer: the same archiver as row 1's, of the changed tree.
+    let archive = peers::scratch(work, "changed.tar.zst");
+    let (reingest_peer, _) = peers::tar_zstd(tree, &archive)?;
+    std::fs::remove_file(&archive)?;
     // Let the DP's last status reports and poll answers pass the relay.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let wire = proxy.bytes() - before;

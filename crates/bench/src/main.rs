@@ -661,12 +661,18 @@ async fn row_retention(bin: &Path, work: &Path, plan: &Plan) -> Result<Row> {
         }
         Ok(total)
     };
-    // The grace passes, the retention runs, the packs are compacted.
+    // The grace passes, the retention runs, the packs are compacted: read
+    // the disk once it has not changed for five seconds.
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut on_disk = disk()?;
-    while on_disk > kept + kept / 2 && Instant::now() < deadline {
+    let mut steady_since = Instant::now();
+    while steady_since.elapsed() < Duration::from_secs(5) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        on_disk = disk()?;
+        let now = disk()?;
+        if now != on_disk {
+            on_disk = now;
+            steady_since = Instant::now();
+        }
     }
     let all: u64 = stored.iter().sum();
     let ratio = on_disk as f64 / kept as f64;

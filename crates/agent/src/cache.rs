@@ -35,8 +35,19 @@ pub const SCHEMA: &str = "CREATE TABLE job_chunks (
 
 /// Records the chunks of `job`'s verified manifest as needed until the job
 /// is over, and marks those already held as just used (the cache keeps the
-/// chunks used last, not only those stored last).
+/// chunks used last, not only those stored last). Once per job: a retry
+/// finds them recorded and marks nothing again (each mark is an entry in
+/// the store's index).
 pub async fn protect(db: &Db, store: &ChunkStore, job: u64, manifest: &Manifest) -> Result<()> {
+    let recorded: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM job_chunks WHERE job = ?)")
+            .bind(job as i64)
+            .fetch_one(db.pool())
+            .await
+            .map_err(cascade_store::Error::from)?;
+    if recorded {
+        return Ok(());
+    }
     let held: Vec<ChunkHash> = manifest
         .unique_chunks()
         .iter()
@@ -218,6 +229,57 @@ mod tests {
         let written = std::time::SystemTime::now() - std::time::Duration::from_secs(age_s);
         store.touch(&[hash], written).unwrap();
         hash
+    }
+
+    /// A job's chunks are marked used once, not at every retry (each mark
+    /// is an index entry: a job retried for days grew the index).
+    #[tokio::test]
+    async fn protect_marks_a_jobs_chunks_once() {
+        use cascade_content::{ChunkRef, Entry, EntryKind, Manifest, MANIFEST_FORMAT};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("agent.db"), true, crate::MIGRATIONS)
+            .await
+            .unwrap();
+        let store = ChunkStore::open(&dir.path().join("chunks")).unwrap();
+        let old = [put(&store, 1, 500), put(&store, 2, 500)];
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            package: "p".into(),
+            version: 1,
+            origin_site: "CEN".into(),
+            created_at_ms: 0,
+            entries: vec![Entry {
+                path: "f".into(),
+                kind: EntryKind::File {
+                    mode: 0o644,
+                    size: 20_000,
+                    chunks: old.map(|hash| ChunkRef { hash, size: 10_000 }).to_vec(),
+                },
+            }],
+        };
+        let written = |store: &ChunkStore| -> Vec<std::time::SystemTime> {
+            let mut times: Vec<_> = store.list().unwrap().iter().map(|c| c.written).collect();
+            times.sort();
+            times
+        };
+        let before = written(&store);
+        protect(&db, &store, 7, &manifest).await.unwrap();
+        let first = written(&store);
+        assert!(first
+            .iter()
+            .zip(&before)
+            .all(|(after, before)| after > before));
+        // Aged again by hand: a second protect of the same job leaves them.
+        store
+            .touch(
+                &old,
+                std::time::SystemTime::now() - std::time::Duration::from_secs(900),
+            )
+            .unwrap();
+        let aged = written(&store);
+        protect(&db, &store, 7, &manifest).await.unwrap();
+        assert_eq!(written(&store), aged);
+        db.close().await;
     }
 
     /// Issue 13: a workstation kept 2.1 GiB after one 1 GiB job. Over

@@ -53,15 +53,8 @@ pub(crate) async fn collect(dp: &Dp) -> Result<Collected> {
     })
     .await
     .map_err(|err| Error::Config(format!("collection task failed: {err}")))??;
-    for manifest in &manifests {
-        let damaged = manifest
-            .unique_chunks()
-            .iter()
-            .any(|chunk| collected.compacted.damaged.contains(&chunk.hash));
-        if damaged {
-            dp.request_repair(&manifest.package);
-        }
-    }
+    dp.repair_packages_using(&collected.compacted.damaged)
+        .await?;
     if collected.chunks > 0 || collected.compacted.packs_removed > 0 {
         db::add_counters(
             &dp.db,

@@ -192,6 +192,25 @@ impl Dp {
         self.status_wake.notify_one();
     }
 
+    /// Marks for repair every held package that uses one of `damaged`
+    /// (chunks found failing verification by the scrub or a compaction).
+    async fn repair_packages_using(&self, damaged: &[cascade_content::ChunkHash]) -> Result<()> {
+        if damaged.is_empty() {
+            return Ok(());
+        }
+        for held in db::all_held(&self.db).await? {
+            let manifest = held.verified(&self.site_key)?;
+            if manifest
+                .unique_chunks()
+                .iter()
+                .any(|chunk| damaged.contains(&chunk.hash))
+            {
+                self.request_repair(&held.name);
+            }
+        }
+        Ok(())
+    }
+
     /// Marks a package for repair after a chunk failed verification.
     fn request_repair(&self, package: &str) {
         self.repairs

@@ -81,16 +81,7 @@ impl Work for Scrub {
                 chunks = damaged.len(),
                 "stored chunks failed verification; repairing"
             );
-            for held in db::all_held(&self.dp.db).await? {
-                let manifest = held.verified(&self.dp.site_key)?;
-                let uses = manifest
-                    .unique_chunks()
-                    .iter()
-                    .any(|chunk| damaged.contains(&chunk.hash));
-                if uses {
-                    self.dp.request_repair(&held.name);
-                }
-            }
+            self.dp.repair_packages_using(&damaged).await?;
         }
         Ok(Step::After(wait))
     }

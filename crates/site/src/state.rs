@@ -121,6 +121,13 @@ impl AppState {
         self.notify_outbox_changed();
         self.notify_status_stored();
         self.notify_content_needs_changed();
+    }
+
+    /// A version may have stopped being needed (a new or completed version,
+    /// a cancellation, a smaller retention): the retention worker looks.
+    /// Not part of [`AppState::notify_everything`]: what a workstation or a
+    /// DP does never makes the site walk its library.
+    pub(crate) fn notify_retention(&self) {
         self.wakes.retention.notify_one();
     }
 

@@ -74,7 +74,7 @@ pub async fn put_settings(state: &AppState, settings: SiteSettings) -> Result<Si
     tx.commit().await?;
     state.notify_agents_changed();
     // A smaller retention applies at once.
-    state.wakes.retention.notify_one();
+    state.notify_retention();
     Ok(settings)
 }
 

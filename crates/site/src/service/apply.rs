@@ -158,6 +158,8 @@ pub async fn apply_next(state: &AppState) -> Result<bool> {
         }
     }
     state.notify_everything();
+    // A new version or a cancellation from above.
+    state.notify_retention();
     Ok(true)
 }
 

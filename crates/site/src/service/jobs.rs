@@ -366,6 +366,7 @@ pub async fn cancel(state: &AppState, id: u64) -> Result<JobInfo> {
     }
     tx.commit().await?;
     state.notify_everything();
+    state.notify_retention();
     Ok(status_of(state, id).await?.job)
 }
 

@@ -147,6 +147,7 @@ pub async fn new_version(state: &AppState, request: NewVersionRequest) -> Result
     .await?;
     tx.commit().await?;
     state.notify_everything();
+    state.notify_retention();
     tracing::info!(package = %name, version, superseded, "package version committed");
     Ok(version_info(name.as_str(), &row))
 }

@@ -330,6 +330,8 @@ async fn complete(
     .await?;
     tx.commit().await?;
     state.notify_everything();
+    // A version complete here lets an older one go.
+    state.notify_retention();
     tracing::info!(package = %want.package, version = want.version, bytes_received, dps = placed, "content complete");
     Ok(())
 }

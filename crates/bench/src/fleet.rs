@@ -250,6 +250,24 @@ impl Site {
         command
     }
 
+    /// Creates DP group `name` of `members` (`SITE/DP`), retrying for a
+    /// minute: a group's members are checked against the DPs this site has
+    /// heard of, and a DP below reaches it through its sites' status relay.
+    pub async fn create_group(&self, fleet: &Fleet, name: &str, members: &[String]) -> Result<()> {
+        let mut args = vec!["dp-group", "create", name];
+        for member in members {
+            args.extend(["--dp", member.as_str()]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(err) = self.run(fleet, &args) {
+            if Instant::now() > deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
     /// Runs an admin command that must succeed.
     pub fn run(&self, fleet: &Fleet, args: &[&str]) -> Result<Vec<u8>> {
         run(self.cmd(fleet, args), &args.join(" "))

@@ -445,18 +445,7 @@ async fn row_hierarchy(
         .iter()
         .map(|dp| format!("{}/{}", dp.site, dp.name))
         .collect();
-    let mut group = vec!["dp-group", "create", "all"];
-    for member in &members {
-        group.extend(["--dp", member.as_str()]);
-    }
-    // DP groups check their members against the DPs central has heard of.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while let Err(err) = central.run(&fleet, &group) {
-        if Instant::now() > deadline {
-            return Err(err);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    central.create_group(&fleet, "all", &members).await?;
     central.run(
         &fleet,
         &[
@@ -554,14 +543,9 @@ async fn row_chain(
     let secondary = fleet.site("S11", Some(("secondary", &primary)))?;
     let dp = fleet.dp(&secondary, "dp", &secondary.url)?;
     let member = format!("{}/{}", dp.site, dp.name);
-    let group = ["dp-group", "create", "chain", "--dp", member.as_str()];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while let Err(err) = central.run(&fleet, &group) {
-        if Instant::now() > deadline {
-            return Err(err);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    central
+        .create_group(&fleet, "chain", std::slice::from_ref(&member))
+        .await?;
     central.run(
         &fleet,
         &[

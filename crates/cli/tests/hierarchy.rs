@@ -1147,3 +1147,60 @@ fn workstations_enrolled_after_the_job_arrived_get_it() {
     assert_eq!(site_row(&status, "S09")["instruction"], "not_connected");
     dp.verify_against("late", &source);
 }
+
+/// Issue 13, cut-through: a child site's DP receives each chunk once the
+/// site has stored it, not once the whole version has arrived. The link
+/// from CEN to P01 is held to 4 MiB/s, so a 24 MiB package takes P01 about
+/// six seconds to receive; its DP holds chunks, and P01 reports the DP's
+/// transfer under way, while P01 still waits for the rest of the version.
+/// Both end with every chunk, and the DP's copy is whole.
+#[test]
+fn a_child_sites_dp_receives_chunks_while_the_version_arrives() {
+    let root = tempfile::tempdir().unwrap();
+    let cen = Site::central(root.path(), "CEN");
+    let p01 = Site::child(root.path(), "P01", "primary", &cen, &["--max-rate", "4MiB"]);
+    let dp = p01.add_dp("dp1");
+    cen.create_group("branch", &[&dp]);
+    let source = root.path().join("src");
+    make_tree(&source, 10, 24 * MIB, 71);
+    cen.create_package("app", &source);
+    cen.json(&["package", "distribute", "app", "--dp-group", "branch"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored_chunks(&dp.dir) < 40 {
+        assert!(Instant::now() < deadline, "the DP received nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let at_p01 = p01.history("app");
+    let of = |kind: &str, source: &str| {
+        at_p01
+            .iter()
+            .filter(|m| m["kind"] == kind && m["source"] == source)
+            .count()
+    };
+    assert_eq!(
+        of("content_complete", "P01"),
+        0,
+        "P01 had the whole version before its DP received 40 chunks: {at_p01:#?}"
+    );
+    assert!(of("content_started", "P01") > 0, "{at_p01:#?}");
+    // The DP announced its transfer while its site was still receiving.
+    wait_until(
+        "the DP's transfer reported",
+        Duration::from_secs(10),
+        || Value::Array(p01.history("app")),
+        |history| {
+            let history = history.as_array().unwrap();
+            let started = history
+                .iter()
+                .position(|m| m["kind"] == "dp_transfer_started");
+            let complete = history
+                .iter()
+                .position(|m| m["kind"] == "content_complete" && m["source"] == "P01");
+            matches!((started, complete), (Some(s), c) if c.is_none_or(|c| s < c))
+        },
+    );
+    cen.wait_installed("app", &[&dp], 1, Duration::from_secs(120));
+    dp.verify_against("app", &source);
+    let failures = messages_of_kinds(&cen, "app", &["dp_failed", "content_failed"]);
+    assert!(failures.is_empty(), "failed status messages: {failures:#?}");
+}

@@ -9,7 +9,7 @@ use crate::{now_ms, Dp};
 use cascade_content::{ChunkHash, ChunkRef};
 use cascade_domain::Version;
 use cascade_protocol::worker::{Step, Work, Worker};
-use cascade_protocol::{Assignment, StatusBody};
+use cascade_protocol::{Assignment, ChunkList, StatusBody};
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -107,10 +107,18 @@ impl Work for Sync {
             None => {}
         }
         let mut failed = 0;
+        let mut superseded = false;
         for assignment in &self.assignments {
             match apply(dp, assignment).await {
-                Ok(()) => {
+                Ok(Outcome::InPlace) => {
                     self.reported.remove(&assignment.package);
+                }
+                Ok(Outcome::Superseded) => {
+                    // The site moved the package on while its content was
+                    // arriving: the next poll answers at once with the
+                    // assignments as they are now.
+                    tracing::info!(package = %assignment.package, version = assignment.version, "assignment changed while its content arrived");
+                    superseded = true;
                 }
                 Err(err) => {
                     failed += 1;
@@ -137,6 +145,9 @@ impl Work for Sync {
                 self.assignments.len()
             )));
         }
+        if superseded {
+            return Ok(Step::Again);
+        }
         // Every assignment is in place: what no held version uses goes,
         // once per revision of the assignments, between transfers.
         if self.collected != Some(self.revision) {
@@ -151,8 +162,17 @@ impl Work for Sync {
     }
 }
 
+/// What bringing an assignment about came to.
+enum Outcome {
+    /// The package is held as the assignment says.
+    InPlace,
+    /// The site changed the assignment while its content was arriving
+    /// there (a newer version, or the package taken off this DP).
+    Superseded,
+}
+
 /// Brings one assignment about: install, refresh or repair as needed.
-async fn apply(dp: &Dp, assignment: &Assignment) -> Result<()> {
+async fn apply(dp: &Dp, assignment: &Assignment) -> Result<Outcome> {
     let held = db::held(&dp.db, &assignment.package).await?;
     let repair = dp
         .repairs
@@ -178,7 +198,7 @@ async fn apply(dp: &Dp, assignment: &Assignment) -> Result<()> {
         None => (true, refresh_requested),
     };
     if !install && !refresh && !repair {
-        return Ok(());
+        return Ok(Outcome::InPlace);
     }
     let result = bring(dp, assignment, held, install, refresh, refresh || repair).await;
     if result.is_err() && repair {
@@ -194,7 +214,7 @@ async fn bring(
     install: bool,
     refresh: bool,
     verify_all: bool,
-) -> Result<()> {
+) -> Result<Outcome> {
     let package = &assignment.package;
     let version = assignment.version;
     let signed = match (&held, install) {
@@ -268,7 +288,9 @@ async fn bring(
         })
         .await?;
     }
-    let received = fetch(dp, package, version, &missing, bytes_needed).await?;
+    let Some(received) = fetch(dp, assignment, &missing, bytes_needed).await? else {
+        return Ok(Outcome::Superseded);
+    };
 
     let mut tx = dp.db.write().await?;
     let refresh_done = if install {
@@ -318,35 +340,110 @@ async fn bring(
     tx.commit().await?;
     dp.wake_forwarder();
     tracing::info!(%package, version, bytes_received = received, repaired = corrupt, "package in place");
-    Ok(())
+    Ok(Outcome::InPlace)
 }
 
 /// Fetches `missing` from the site, verifying and storing every chunk.
-/// Returns the bytes received on the wire.
+/// Returns the bytes received on the wire, or `None` when the site changed
+/// the assignment meanwhile.
+///
+/// While the version's content is still arriving at the site
+/// ([`Assignment::arriving`]), the DP fetches in rounds: each round asks
+/// for the chunks still missing, in the manifest's order (the order the
+/// site brings them in), takes what the site holds and stops at the first
+/// answer that lacks some; between rounds that brought nothing it waits a
+/// little (growing to [`ARRIVING_WAIT_MAX`]) and asks the site whether the
+/// assignment still stands. Once the version is complete at the site a
+/// chunk it lacks is an error again.
 async fn fetch(
+    dp: &Dp,
+    assignment: &Assignment,
+    missing: &[ChunkRef],
+    bytes_needed: u64,
+) -> Result<Option<u64>> {
+    let (package, version) = (&assignment.package, assignment.version);
+    let mut arriving = assignment.arriving;
+    let mut remaining = missing.to_vec();
+    let mut progress = Progress {
+        wire: 0,
+        bytes_done: 0,
+        bytes_needed,
+        last: Instant::now(),
+    };
+    let mut wait = ARRIVING_WAIT_MIN;
+    while !remaining.is_empty() {
+        let got = fetch_round(dp, package, version, &remaining, arriving, &mut progress).await?;
+        if !got.is_empty() {
+            remaining.retain(|chunk| !got.contains(&chunk.hash));
+            wait = ARRIVING_WAIT_MIN;
+            continue;
+        }
+        // Nothing new at the site yet (a strict round that lacks a chunk
+        // has failed already).
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(ARRIVING_WAIT_MAX);
+        let now = dp.client.assignments(0, Duration::ZERO).await?;
+        match now.assignments.iter().find(|now| now.package == *package) {
+            Some(now) if now.version == version => arriving = now.arriving,
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(progress.wire))
+}
+
+/// First wait between two rounds that found nothing new at the site.
+const ARRIVING_WAIT_MIN: Duration = Duration::from_millis(50);
+/// Longest wait between two such rounds.
+const ARRIVING_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// What a transfer has done so far, for its progress messages.
+struct Progress {
+    wire: u64,
+    bytes_done: u64,
+    bytes_needed: u64,
+    last: Instant,
+}
+
+/// One round of fetch requests over `missing`, four in flight. Strict
+/// (`partial` false): every chunk comes or the round fails. Partial: the
+/// chunks the site holds come, and no request is started after one that
+/// came back short. Returns the chunks stored.
+async fn fetch_round(
     dp: &Dp,
     package: &str,
     version: u64,
     missing: &[ChunkRef],
-    bytes_needed: u64,
-) -> Result<u64> {
-    if missing.is_empty() {
-        return Ok(0);
-    }
+    partial: bool,
+    progress: &mut Progress,
+) -> Result<HashSet<ChunkHash>> {
     let batches = cascade_protocol::fetch_batches(missing, FETCH_BATCH_BYTES);
-    let sizes: std::collections::HashMap<ChunkHash, u64> = missing
+    let sizes: HashMap<ChunkHash, u64> = missing
         .iter()
         .map(|chunk| (chunk.hash, chunk.size as u64))
         .collect();
+    let short = std::sync::atomic::AtomicBool::new(false);
+    let short = &short;
     let mut results = futures_util::stream::iter(batches)
-        .map(|batch| fetch_batch(dp, batch))
-        .buffer_unordered(FETCH_PARALLEL);
-    let (mut wire_total, mut bytes_done) = (0u64, 0u64);
-    let mut last_progress = Instant::now();
+        .map(|batch| async move {
+            if short.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok((0, Vec::new()));
+            }
+            let asked = batch.len();
+            let (wire, got) = fetch_batch(dp, batch, partial).await?;
+            if got.len() < asked {
+                short.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok::<_, Error>((wire, got))
+        })
+        .buffered(FETCH_PARALLEL);
+    let mut stored = HashSet::new();
     while let Some(result) = results.next().await {
         let (wire, hashes) = result?;
-        wire_total += wire;
-        bytes_done += hashes
+        if hashes.is_empty() && wire == 0 {
+            continue;
+        }
+        progress.wire += wire;
+        progress.bytes_done += hashes
             .iter()
             .map(|hash| sizes.get(hash).copied().unwrap_or(0))
             .sum::<u64>();
@@ -358,32 +455,42 @@ async fn fetch(
             ],
         )
         .await?;
-        if last_progress.elapsed() >= PROGRESS_EVERY {
-            last_progress = Instant::now();
+        stored.extend(hashes);
+        if progress.last.elapsed() >= PROGRESS_EVERY {
+            progress.last = Instant::now();
             dp.emit(StatusBody::DpProgress {
                 package: package.to_owned(),
                 version,
-                bytes_done,
-                bytes_needed,
+                bytes_done: progress.bytes_done,
+                bytes_needed: progress.bytes_needed,
             })
             .await?;
         }
     }
-    Ok(wire_total)
+    Ok(stored)
 }
 
 /// One fetch request: streams the frames, checking each as it arrives (a
 /// chunk asked for, once: a site that sends more is cut off, so a batch
 /// never holds more than was asked), then verifies and stores them off the
-/// async threads.
-async fn fetch_batch(dp: &Dp, batch: Vec<ChunkHash>) -> Result<(u64, Vec<ChunkHash>)> {
+/// async threads. Unless `partial`, a site that sends fewer than asked
+/// fails the request (what it sent is stored).
+async fn fetch_batch(
+    dp: &Dp,
+    batch: Vec<ChunkHash>,
+    partial: bool,
+) -> Result<(u64, Vec<ChunkHash>)> {
     let wanted: HashSet<ChunkHash> = batch.iter().copied().collect();
     let mut frames = Vec::with_capacity(batch.len());
     let mut received: HashSet<ChunkHash> = HashSet::with_capacity(batch.len());
     let base = dp.client.base().to_owned();
+    let list = ChunkList {
+        hashes: batch,
+        partial,
+    };
     let wire = dp
         .client
-        .fetch_chunks(&batch, |frame| {
+        .fetch_chunks(&list, |frame| {
             if !wanted.contains(&frame.hash) || !received.insert(frame.hash) {
                 return Err(cascade_protocol::Error::BadAnswer {
                     url: base.clone(),
@@ -405,8 +512,10 @@ async fn fetch_batch(dp: &Dp, batch: Vec<ChunkHash>) -> Result<(u64, Vec<ChunkHa
             .iter()
             .map(|frame| (frame.hash, frame.encoded.as_ref()))
             .collect();
-        store.put_encoded_batch(&chunks)?;
-        if got.len() != wanted.len() {
+        if !chunks.is_empty() {
+            store.put_encoded_batch(&chunks)?;
+        }
+        if !partial && got.len() != wanted.len() {
             return Err(Error::Refused(format!(
                 "site sent {} of the {} chunks asked for",
                 got.len(),

@@ -343,16 +343,12 @@ impl Client {
     /// Returns the bytes received on the wire.
     pub async fn fetch_chunks(
         &self,
-        hashes: &[ChunkHash],
+        list: &ChunkList,
         mut on_frame: impl FnMut(Frame) -> Result<()>,
     ) -> Result<u64> {
         let url = self.url("/content/fetch");
         let response = self
-            .send(
-                &url,
-                self.request(reqwest::Method::POST, &url)
-                    .json(&ChunkList::of(hashes.to_vec())),
-            )
+            .send(&url, self.request(reqwest::Method::POST, &url).json(list))
             .await?;
         let mut decoder = FrameDecoder::default();
         let mut received = 0u64;

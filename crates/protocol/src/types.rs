@@ -49,8 +49,8 @@ pub struct SiteInfo {
 pub struct ChunkList {
     /// The chunks.
     pub hashes: Vec<ChunkHash>,
-    /// `/content/fetch` for a child site: send the chunks held and skip the
-    /// others (the parent may still be bringing them in) instead of
+    /// `/content/fetch` for a child site or a DP: send the chunks held and
+    /// skip the others (the site may still be bringing them in) instead of
     /// refusing the request.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub partial: bool,
@@ -425,6 +425,13 @@ pub struct Assignment {
     /// Explicit refresh requests so far; a higher number than the DP last
     /// handled means: re-verify every chunk and repair.
     pub refresh: u64,
+    /// The site is still receiving this version's content from its parent
+    /// (cut-through): the DP fetches what the site holds already
+    /// (`partial`) and waits for the rest, instead of waiting for the whole
+    /// version to reach the site first. False once the version is complete
+    /// there, when a chunk the site lacks is an error again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub arriving: bool,
 }
 
 /// Query of the assignments long poll.

@@ -11,6 +11,9 @@ pub struct DistributionRow {
     pub dp: String,
     pub version: i64,
     pub refresh: i64,
+    /// The version's content is still on its way to this site (its
+    /// manifest is here, not every chunk yet).
+    pub arriving: bool,
 }
 
 /// The assignments of one DP, by package name: its queue entries, without
@@ -47,8 +50,10 @@ where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
     let rows = sqlx::query(&format!(
-        "SELECT p.name, d.name, q.version, q.refresh FROM distributions q
+        "SELECT p.name, d.name, q.version, q.refresh, COALESCE(v.complete, 1) = 0
+         FROM distributions q
          JOIN packages p ON p.id = q.package_id JOIN dps d ON d.id = q.dp_id
+         LEFT JOIN package_versions v ON v.package_id = q.package_id AND v.version = q.version
          WHERE {condition}"
     ))
     .bind(id)
@@ -63,6 +68,7 @@ fn distribution_from_row(row: sqlx::sqlite::SqliteRow) -> DistributionRow {
         dp: row.get(1),
         version: row.get(2),
         refresh: row.get(3),
+        arriving: row.get(4),
     }
 }
 
@@ -96,8 +102,27 @@ pub async fn set_distribution(
     Ok(())
 }
 
-/// Queues a DP for a package whose content is not here yet (version 0: no
-/// assignment the DP sees).
+/// Bumps the revision of every DP with an entry for the package at
+/// `version`, so that their long polls answer what changed about it (its
+/// content completed here).
+pub async fn bump_dps_at_version(
+    tx: &mut WriteTx<'_>,
+    package_id: i64,
+    version: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE dps SET revision = revision + 1
+         WHERE id IN (SELECT dp_id FROM distributions WHERE package_id = ? AND version = ?)",
+    )
+    .bind(package_id)
+    .bind(version)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
+}
+
+/// Queues a DP for a package of which no version is here yet (version 0:
+/// no assignment the DP sees).
 pub async fn insert_waiting_entry(
     tx: &mut WriteTx<'_>,
     package_id: i64,

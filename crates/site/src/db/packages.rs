@@ -83,19 +83,6 @@ where
     )
 }
 
-/// The newest version whose content this site holds completely.
-pub async fn latest_complete_version<'e, E>(executor: E, package_id: i64) -> Result<Option<i64>>
-where
-    E: sqlx::Executor<'e, Database = Sqlite>,
-{
-    Ok(sqlx::query_scalar(
-        "SELECT MAX(version) FROM package_versions WHERE package_id = ? AND complete = 1",
-    )
-    .bind(package_id)
-    .fetch_one(executor)
-    .await?)
-}
-
 pub async fn versions<'e, E>(executor: E, package_id: i64) -> Result<Vec<VersionRow>>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,

@@ -103,10 +103,11 @@ pub async fn upload(
 }
 
 /// `POST /api/v1/content/fetch`: streams the asked chunks as frames, each
-/// read from the library and verified on the way out. A DP gets every chunk
-/// or an error naming the first one missing; a child site asking `partial`
-/// gets the chunks held here and none of the others (this site may still be
-/// bringing them in from its own parent), paced to its link's rate limit.
+/// read from the library and checked on the way out. A DP or a child site
+/// gets every chunk or an error naming the first one missing, or, asking
+/// `partial`, the chunks held here and none of the others (this site may
+/// still be bringing them in from its own parent); a child site's stream is
+/// paced to its link's rate limit.
 pub async fn fetch(
     State(state): State<AppState>,
     principal: Principal,

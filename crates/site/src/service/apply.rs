@@ -212,7 +212,9 @@ async fn apply_here(
 /// A package version from the parent: its manifest must verify against the
 /// central key and be newer than every version of the package held here
 /// (the same manifest again is a duplicate and changes nothing). Only the
-/// manifest is stored; the content follows where it is needed.
+/// manifest is stored; the content follows where it is needed, and the DPs
+/// holding the package move to the version at once, fetching its chunks as
+/// they arrive here (cut-through).
 async fn receive_version(
     state: &AppState,
     tx: &mut WriteTx<'_>,
@@ -264,5 +266,6 @@ async fn receive_version(
         .and_then(|held| Version::new(held as u64));
     Version::check_newer(package, held, offered)?;
     db::insert_version(tx, package_id, &manifest, &signed, false).await?;
+    distribution::supersede(state, tx, package_id, package, version as i64).await?;
     Ok(())
 }

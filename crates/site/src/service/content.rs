@@ -91,10 +91,11 @@ pub async fn store_batch(state: &AppState, work: Vec<(ChunkHash, Bytes)>) -> Res
 }
 
 /// Who is fetching chunks: a DP of this site, or a child site (paced to
-/// its link's rate limit, and given only what is held here when it asks
-/// for a `partial` answer).
+/// its link's rate limit). Either is given only what is held here when it
+/// asks for a `partial` answer (content still arriving from the parent),
+/// and otherwise every chunk or an error naming the first one missing.
 pub enum Fetcher {
-    /// A DP: every chunk or an error naming the first one missing.
+    /// A DP of this site.
     Dp,
     /// A direct child site, by code.
     Child(String),
@@ -125,7 +126,7 @@ pub async fn fetch(
     check_list(list)?;
     let store = state.store.clone();
     let hashes = list.hashes.clone();
-    let partial = list.partial && matches!(fetcher, Fetcher::Child(_));
+    let partial = list.partial;
     let held: Vec<ChunkHash> = blocking(move || {
         let mut held = Vec::with_capacity(hashes.len());
         for hash in hashes {

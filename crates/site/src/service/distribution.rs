@@ -6,10 +6,14 @@
 //! its long poll, and records a `distribution_targeted` status message in the
 //! same transaction, so the status views see exactly what the queue says.
 //!
-//! At a child site the content of a version arrives after its manifest. An
-//! entry for a package whose content is not here yet has version 0: it is
-//! not an assignment (the DP does not see it) but it makes the site fetch
-//! the content, and the version that completes supersedes it like any other.
+//! At a child site the content of a version arrives after its manifest.
+//! DPs are moved to a version as soon as its manifest is here (cut-through):
+//! their assignment says the content is still `arriving`, and they fetch
+//! each chunk as soon as the site has stored it rather than after the whole
+//! version. An entry for a package of which no version is here yet has
+//! version 0: it is not an assignment (the DP does not see it) but it makes
+//! the site fetch the content, and the first version to arrive supersedes
+//! it like any other.
 
 use crate::db::{self, WriteTx};
 use crate::error::Result;
@@ -70,9 +74,9 @@ pub async fn supersede(
     Ok(count)
 }
 
-/// Places `package` on `dps` at its newest version held here, or, when no
-/// version's content is here yet, queues them for the first one that
-/// completes. A DP already at that version is left alone (nothing new is
+/// Places `package` on `dps` at its newest version held here (its content
+/// possibly still arriving), or, when no version is here yet, queues them
+/// for the first one that arrives. A DP already at that version is left alone (nothing new is
 /// sent to it). Returns one line per DP.
 pub async fn place(
     state: &AppState,
@@ -80,7 +84,7 @@ pub async fn place(
     package: (i64, &str),
     dps: &[(i64, String)],
 ) -> Result<Vec<TargetChange>> {
-    let version = db::latest_complete_version(&mut *tx.tx, package.0).await?;
+    let version = db::latest_version(&mut *tx.tx, package.0).await?;
     let mut changes = Vec::with_capacity(dps.len());
     for (dp_id, dp_name) in dps {
         let current = db::entry(&mut *tx.tx, package.0, *dp_id).await?;

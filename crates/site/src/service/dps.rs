@@ -217,6 +217,7 @@ pub async fn assignments(
                         package: row.package,
                         version: row.version as u64,
                         refresh: row.refresh as u64,
+                        arriving: row.arriving,
                     })
                     .collect(),
             });

@@ -301,7 +301,8 @@ async fn round(
 }
 
 /// Every chunk is here: the version is complete, and the DPs queued for
-/// the package move to it.
+/// the package move to it (those already moved to it while it arrived are
+/// told it is complete).
 async fn complete(
     state: &AppState,
     package_id: i64,
@@ -328,6 +329,7 @@ async fn complete(
         want.version as i64,
     )
     .await?;
+    db::bump_dps_at_version(&mut tx, package_id, want.version as i64).await?;
     tx.commit().await?;
     state.notify_everything();
     // A version complete here lets an older one go.

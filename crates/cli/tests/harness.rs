@@ -45,6 +45,30 @@ impl Process {
         self.child = Some(child);
     }
 
+    /// Listens on `addr` from the next start on (the value of `--listen`).
+    pub fn listen_on(&mut self, addr: &str) {
+        let at = self
+            .args
+            .iter()
+            .position(|arg| arg == "--listen")
+            .expect("a server process")
+            + 1;
+        self.args[at] = addr.to_owned();
+    }
+
+    /// Freezes the process (SIGSTOP), runs `look` while nothing it does can
+    /// change, then SIGKILLs it, as a crash at that very moment would.
+    pub fn freeze_look_and_kill<T>(&mut self, look: impl FnOnce() -> T) -> T {
+        let pid = self.pid().expect("a running process");
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, libc::SIGSTOP);
+        }
+        let seen = look();
+        self.kill();
+        seen
+    }
+
     /// The process id while it runs (to signal it, e.g. SIGSTOP).
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|child| child.id() as i32)
@@ -258,19 +282,14 @@ impl Site {
     }
 
     /// Starts the site again (after `process.stop()` or `kill()`) on the
-    /// same address, as a real site with a fixed port would come back.
+    /// same address, with the same `site run` arguments, as a real site
+    /// with a fixed port would come back.
     pub fn restart(&mut self) {
         self.process.kill();
         let addr = addr_of(&self.url);
         std::fs::remove_file(self.dir.join("url")).unwrap();
-        let log = self.root.join(format!(
-            "{}.log",
-            self.dir.file_name().unwrap().to_str().unwrap()
-        ));
-        self.process = Process::spawn(
-            &["site", "run", self.dir.to_str().unwrap(), "--listen", &addr],
-            &log,
-        );
+        self.process.listen_on(&addr);
+        self.process.start();
         self.url = wait_for_url(&self.dir.join("url"), None);
     }
 
@@ -735,6 +754,48 @@ pub fn store_disk(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// The chunk store of a site, DP or agent at `dir` as its files show it
+/// (the store may be open in the running process).
+pub struct StoreOnDisk {
+    /// The chunks its indexes hold.
+    pub chunks: std::collections::HashSet<cascade_content::ChunkHash>,
+    /// Each pack file, with its length and the bytes of its live chunks.
+    pub packs: std::collections::BTreeMap<PathBuf, (u64, u64)>,
+}
+
+impl StoreOnDisk {
+    pub fn read(dir: &Path) -> StoreOnDisk {
+        let root = dir.join("chunks");
+        let mut packs = std::collections::BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(root.join("packs")) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|ext| ext == "pack") {
+                    let len = entry.metadata().map_or(0, |m| m.len());
+                    packs.insert(path, (len, 0));
+                }
+            }
+        }
+        let mut chunks = std::collections::HashSet::new();
+        for (hash, at) in cascade_content::list_in(&root).unwrap() {
+            chunks.insert(hash);
+            if let Some((_, live)) = packs.get_mut(&at.pack) {
+                *live += at.len;
+            }
+        }
+        StoreOnDisk { chunks, packs }
+    }
+
+    /// Packs that are at least half dead (what compaction rewrites; an
+    /// empty pack just made counts as none).
+    pub fn half_dead_packs(&self) -> usize {
+        self.packs
+            .values()
+            .filter(|(len, live)| *len > 4096 && live * 2 <= *len)
+            .count()
+    }
 }
 
 /// Opens the chunk store of a stopped site, DP or agent at `dir` (cutting

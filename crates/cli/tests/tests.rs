@@ -6,6 +6,7 @@ mod harness;
 mod agents;
 mod bad_input;
 mod cli;
+mod collection;
 mod distribution;
 mod hierarchy;
 mod jobs;

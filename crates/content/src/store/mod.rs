@@ -523,21 +523,48 @@ impl ChunkStore {
     /// Removes a chunk (its bytes go at the next [`ChunkStore::compact`]);
     /// removing a missing chunk is not an error.
     pub fn remove(&self, hash: &ChunkHash) -> Result<()> {
+        self.remove_all(&[(*hash, None)]).map(|_| ())
+    }
+
+    /// Removes chunks with one write of their drop entries: each one
+    /// stored, and, when it comes with a time, still last used then (a
+    /// chunk used again since a caller decided to remove it stays).
+    /// Returns the bytes of each chunk removed.
+    fn remove_all(&self, doomed: &[(ChunkHash, Option<u64>)]) -> Result<Vec<u64>> {
         let mut writer = lock(&self.inner.writer);
-        let Some(_) = self.index_mut().remove(hash) else {
-            return Ok(());
+        let at_ms = now_ms();
+        let mut removed = Vec::new();
+        let entries: Vec<Entry> = {
+            let mut index = self.index_mut();
+            let mut entries = Vec::new();
+            for (hash, used_at) in doomed {
+                let Some(loc) = index.chunks.get(hash) else {
+                    continue;
+                };
+                if used_at.is_some_and(|used_at| used_at != loc.at_ms) {
+                    continue;
+                }
+                if let Some(loc) = index.remove(hash) {
+                    removed.push(u64::from(loc.len));
+                    entries.push(Entry {
+                        kind: Kind::Drop,
+                        hash: *hash,
+                        offset: 0,
+                        len: 0,
+                        checksum: 0,
+                        at_ms,
+                    });
+                }
+            }
+            entries
         };
-        let entry = Entry {
-            kind: Kind::Drop,
-            hash: *hash,
-            offset: 0,
-            len: 0,
-            checksum: 0,
-            at_ms: now_ms(),
-        };
+        if entries.is_empty() {
+            return Ok(removed);
+        }
         // Not synced: a drop lost in a crash brings back a chunk whose
         // bytes are still there, to be removed again.
-        self.append_entries(&mut writer, &[entry])
+        self.append_entries(&mut writer, &entries)?;
+        Ok(removed)
     }
 
     /// Marks chunks as used at `at` (those not stored are skipped): a
@@ -587,18 +614,22 @@ impl ChunkStore {
     }
 
     /// Removes every chunk `doomed` says to (it sees each stored chunk
-    /// once); returns how many and their stored bytes. Their disk comes
-    /// back at the next [`ChunkStore::compact`].
+    /// once), with one write of their drop entries, except those used
+    /// again ([`ChunkStore::touch`]) while it was deciding; returns how many were removed and their stored bytes.
+    /// Their disk comes back at the next [`ChunkStore::compact`].
     pub fn remove_where(&self, mut doomed: impl FnMut(&StoredChunk) -> bool) -> Result<(u64, u64)> {
-        let (mut chunks, mut bytes) = (0, 0);
+        let mut chosen = Vec::new();
         for chunk in self.list()? {
             if doomed(&chunk) {
-                self.remove(&chunk.hash)?;
-                chunks += 1;
-                bytes += chunk.stored_bytes;
+                let used_at = chunk
+                    .written
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |at| at.as_millis() as u64);
+                chosen.push((chunk.hash, Some(used_at)));
             }
         }
-        Ok((chunks, bytes))
+        let removed = self.remove_all(&chosen)?;
+        Ok((removed.len() as u64, removed.iter().sum()))
     }
 
     /// How the store's disk is used.

@@ -570,6 +570,32 @@ fn list_finds_every_chunk_and_touch_counts_as_use() {
     assert!(used.contains(&hashes[0]) && used.contains(&hashes[1]));
 }
 
+/// A collection decides from a listing, then removes: a chunk an upload
+/// relied on (touched) after the listing stays, and the removal is one
+/// write of drop entries that a reopened store replays.
+#[test]
+fn remove_where_keeps_a_chunk_used_while_it_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let hashes: Vec<ChunkHash> = (0..4u64).map(|i| put_random(&store, i, 2000).0).collect();
+    let later = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+    let (removed, bytes) = store
+        .remove_where(|chunk| {
+            if chunk.hash == hashes[0] {
+                store.touch(&[hashes[0]], later).unwrap();
+            }
+            true
+        })
+        .unwrap();
+    assert_eq!(removed, 3);
+    assert!(bytes >= 3 * 2000, "{bytes}");
+    assert!(store.contains(&hashes[0]));
+    drop(store);
+    let reopened = ChunkStore::open(dir.path()).unwrap();
+    let left: Vec<ChunkHash> = reopened.list().unwrap().iter().map(|c| c.hash).collect();
+    assert_eq!(left, [hashes[0]]);
+}
+
 #[test]
 fn locate_in_reads_the_store_while_it_is_open() {
     let dir = tempfile::tempdir().unwrap();

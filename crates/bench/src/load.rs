@@ -56,12 +56,12 @@ fn f(value: &Value) -> f64 {
 }
 
 /// Rows 5, 6 and 7 (those `wanted`).
-pub async fn rows(fleet: &Fleet, plan: &Plan, wanted: &dyn Fn(u8) -> bool) -> Result<Vec<Row>> {
+pub async fn rows(fleet: &Fleet, plan: &Plan, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<Row>> {
     let site = fleet.site("CEN", None)?;
     let mut rows = Vec::new();
-    if wanted(5) || wanted(6) {
+    if wanted("5") || wanted("6") {
         if let Err(err) = agent_rows(fleet, &site, plan, wanted, &mut rows) {
-            if wanted(5) && !rows.iter().any(|row| row.number == "5") {
+            if wanted("5") && !rows.iter().any(|row| row.number == "5") {
                 rows.push(crate::failed(
                     "5",
                     "simulated agents one site server sustains",
@@ -76,7 +76,7 @@ pub async fn rows(fleet: &Fleet, plan: &Plan, wanted: &dyn Fn(u8) -> bool) -> Re
             }
         }
     }
-    if wanted(7) {
+    if wanted("7") {
         let row = row_idle(fleet, &site, plan).await;
         rows.push(row.unwrap_or_else(|err| crate::failed("7", "idle agent", err)));
     }
@@ -88,7 +88,7 @@ fn agent_rows(
     fleet: &Fleet,
     site: &Site,
     plan: &Plan,
-    wanted: &dyn Fn(u8) -> bool,
+    wanted: &dyn Fn(&str) -> bool,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
     {
@@ -117,10 +117,10 @@ fn agent_rows(
             ],
         )?;
         let job = bench_job(fleet, site)?;
-        if wanted(5) {
+        if wanted("5") {
             rows.push(row_agents(&loadgen, plan, &job, &enrolled)?);
         }
-        if wanted(6) {
+        if wanted("6") {
             rows.push(row_ingest_status(&loadgen, plan, &job, most)?);
         }
     }

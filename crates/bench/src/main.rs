@@ -38,9 +38,10 @@ struct Args {
     /// [default: target/bench/work].
     #[arg(long)]
     work: Option<PathBuf>,
-    /// Run only these rows (comma-separated numbers, e.g. 1,3).
+    /// Run only these rows (comma-separated, e.g. 1,3): a number stands
+    /// for its lettered rows too (4 runs 4 and 4b); 4b runs 4b alone.
     #[arg(long, value_delimiter = ',')]
-    rows: Vec<u8>,
+    rows: Vec<String>,
     /// Keep the scratch directory afterwards (logs of every process).
     #[arg(long)]
     keep: bool,
@@ -118,10 +119,16 @@ async fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let work = work.canonicalize()?;
     let bin = fleet::sibling("cascade")?;
-    let wanted = |row: u8| args.rows.is_empty() || args.rows.contains(&row);
+    let wanted = |row: &str| {
+        args.rows.is_empty()
+            || args.rows.iter().any(|asked| {
+                row.strip_prefix(asked.as_str())
+                    .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_lowercase()))
+            })
+    };
 
     let tree = work.join("tree");
-    let needs_tree = [1, 2, 3, 4].into_iter().any(wanted);
+    let needs_tree = ["1", "2", "3", "4"].into_iter().any(wanted);
     let mut tree_bytes = 0;
     if needs_tree {
         say(&format!("generating a {} tree", bytes(plan.tree_bytes)));
@@ -139,20 +146,20 @@ async fn run(args: Args) -> Result<()> {
     };
     std::fs::create_dir_all(&central.root)?;
     let mut site = None;
-    if [1, 2, 3].into_iter().any(wanted) {
+    if ["1", "2", "3"].into_iter().any(wanted) {
         // The tree is on the site's machine: the site reads it itself.
         let local = ["--local-ingest-root", fleet::path_str(&tree)?];
         site = Some(central.site_with("CEN", None, &local)?);
     }
     // A row that fails is reported as failed, with its error, and the run
     // goes on: one broken row must not lose the figures of the others.
-    if wanted(1) {
+    if wanted("1") {
         let site = site.as_mut().context("site")?;
         let row = row_ingest(&central, site, &tree, tree_bytes, &work).await;
         rows.push(row.unwrap_or_else(|err| failed("1", "ingest", err)));
     }
     let mut one_hop = None;
-    if wanted(3) {
+    if wanted("3") {
         let site = site.as_mut().context("site")?;
         match row_one_hop(&central, site, &tree, tree_bytes, &work).await {
             Ok((row, took)) => {
@@ -162,13 +169,15 @@ async fn run(args: Args) -> Result<()> {
             Err(err) => rows.push(failed("3", "one hop, site → DP", err)),
         }
     }
-    if wanted(4) {
+    if wanted("4") {
         let row = row_hierarchy(&bin, &work, &tree, tree_bytes, one_hop).await;
         rows.push(row.unwrap_or_else(|err| failed("4", "every DP of a hierarchy", err)));
+    }
+    if wanted("4b") {
         let row = row_chain(&bin, &work, &tree, tree_bytes, one_hop).await;
         rows.push(row.unwrap_or_else(|err| failed("4b", "a chain of sites", err)));
     }
-    if wanted(2) {
+    if wanted("2") {
         let site = site.as_mut().context("site")?;
         match row_delta(&central, site, &tree, &work).await {
             Ok(delta) => rows.extend(delta),
@@ -176,11 +185,11 @@ async fn run(args: Args) -> Result<()> {
         }
     }
     drop(site);
-    if wanted(8) {
+    if wanted("8") {
         let row = row_retention(&bin, &work, &plan).await;
         rows.push(row.unwrap_or_else(|err| failed("8", "disk at a site with retention", err)));
     }
-    if [5, 6, 7].into_iter().any(wanted) {
+    if ["5", "6", "7"].into_iter().any(wanted) {
         let fleet = Fleet {
             bin: bin.clone(),
             root: work.join("load"),

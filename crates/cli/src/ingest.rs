@@ -80,6 +80,10 @@ pub struct IngestReport {
     pub chunks_uploaded: u64,
     /// Their encoded bytes (sent, or stored when the site read the tree).
     pub bytes_uploaded: u64,
+    /// Files the site did not read again, unchanged since its previous
+    /// local ingest of the package (0 for an upload, which reads every
+    /// file).
+    pub files_unchanged: u64,
     /// How the tree reached the site: `local` (the site read it from its
     /// own machine) or `upload`.
     pub ingest: IngestPath,
@@ -138,6 +142,7 @@ async fn try_local(
         path: path.to_owned(),
         allow_unchanged: options.allow_unchanged,
         allow_setuid: options.allow_setuid,
+        read_all: options.read_all,
     };
     match client.ingest_local(&request).await {
         Ok(report) => Ok(Some(IngestReport {
@@ -145,6 +150,7 @@ async fn try_local(
             chunks_reused: report.chunks_reused,
             chunks_uploaded: report.chunks_stored,
             bytes_uploaded: report.bytes_stored,
+            files_unchanged: report.files_unchanged,
             ingest: IngestPath::Local,
         })),
         Err(err)
@@ -167,6 +173,8 @@ pub struct VersionOptions {
     pub allow_unchanged: bool,
     /// Keep setuid and setgid bits.
     pub allow_setuid: bool,
+    /// A site reading the tree itself reads every file again.
+    pub read_all: bool,
 }
 
 /// Ingests `source` as a new version of `name`.
@@ -296,6 +304,7 @@ pub async fn ingest(
         chunks_reused: reused,
         chunks_uploaded: uploaded,
         bytes_uploaded,
+        files_unchanged: 0,
         ingest: IngestPath::Upload,
     })
 }

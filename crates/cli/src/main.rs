@@ -557,6 +557,13 @@ enum PackageCommand {
         /// without it).
         #[arg(long)]
         allow_setuid: bool,
+        /// When the site reads the directory itself (its
+        /// `--local-ingest-root`): read every file again, also those whose
+        /// size, modification and change times and inode are those the
+        /// previous update read them with (otherwise taken unchanged, as
+        /// rsync's quick check does).
+        #[arg(long)]
+        read_all: bool,
         #[command(flatten)]
         connection: Connection,
     },
@@ -1084,6 +1091,7 @@ async fn package(command: PackageCommand, out: Output) -> Result<std::process::E
             let options = ingest::VersionOptions {
                 allow_unchanged: false,
                 allow_setuid,
+                read_all: false,
             };
             ingest_version(
                 &connection,
@@ -1100,11 +1108,13 @@ async fn package(command: PackageCommand, out: Output) -> Result<std::process::E
             source,
             allow_unchanged,
             allow_setuid,
+            read_all,
             connection,
         } => {
             let options = ingest::VersionOptions {
                 allow_unchanged,
                 allow_setuid,
+                read_all,
             };
             ingest_version(
                 &connection,

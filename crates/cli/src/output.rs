@@ -620,8 +620,12 @@ impl Output {
             crate::ingest::IngestPath::Upload => ("uploaded", "sent"),
             crate::ingest::IngestPath::Local => ("read and stored by the site", "stored"),
         };
+        let unchanged = match report.files_unchanged {
+            0 => String::new(),
+            n => format!("; {n} files unchanged since the last update, not read again"),
+        };
         outln!(
-            "package {} version {}: {} files, {}, {} chunks ({} {how}, {} {bytes_how}; {} already stored)",
+            "package {} version {}: {} files, {}, {} chunks ({} {how}, {} {bytes_how}; {} already stored{unchanged})",
             v.package,
             v.version,
             v.file_count,

@@ -125,6 +125,88 @@ fn the_site_reads_a_package_under_its_local_ingest_root_itself() {
         .contains("unknown package"));
 }
 
+/// Issue 13, the local ingest's quick check: an update read by the site
+/// itself reads only the files whose size, times or inode changed since
+/// the previous update read them (as rsync's quick check does); a file
+/// rewritten in place with its size and modification time put back is
+/// still read (its change time moved), and `--read-all` reads everything.
+/// The DP ends with exactly the bytes of the tree each time.
+#[test]
+fn a_local_update_reads_only_the_files_that_changed() {
+    let root = tempfile::tempdir().unwrap();
+    let site = Site::central_run_with(
+        root.path(),
+        "CEN",
+        &["--local-ingest-root", root.path().to_str().unwrap()],
+    );
+    let source = root.path().join("tool");
+    make_tree(&source, 20, 4 * MIB, 91);
+    let files = files_of(&source).len() as u64;
+    // A file written within two seconds of a scan proves nothing by its
+    // stamp; these are older.
+    std::thread::sleep(Duration::from_millis(2100));
+    let created = site.create_package("tool", &source);
+    assert_eq!(created["files_unchanged"], 0, "{created}");
+    let dp = site.add_dp("dp1");
+    site.json(&["package", "distribute", "tool", "--dp", "dp1"]);
+    site.wait_installed("tool", &[&dp], 1, Duration::from_secs(60));
+    let update = || {
+        site.json(&[
+            "package",
+            "update",
+            "tool",
+            "--source",
+            source.to_str().unwrap(),
+        ])
+    };
+    let same = update();
+    assert_eq!(
+        (
+            same["unchanged"].as_bool(),
+            same["files_unchanged"].as_u64()
+        ),
+        (Some(true), Some(files)),
+        "{same}"
+    );
+
+    // Same size, modification time put back: the change time tells.
+    let big = source.join("big.bin");
+    let modified = std::fs::metadata(&big).unwrap().modified().unwrap();
+    let mut data = std::fs::read(&big).unwrap();
+    data[MIB..MIB + 1000].copy_from_slice(&random_bytes(92, 1000));
+    std::fs::write(&big, &data).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(&big).unwrap().modified().unwrap(),
+        modified
+    );
+    let second = update();
+    assert_eq!(second["version"], 2, "{second}");
+    assert_eq!(second["files_unchanged"], files - 1, "{second}");
+    assert!(second["chunks_uploaded"].as_u64().unwrap() >= 1, "{second}");
+    site.wait_installed("tool", &[&dp], 2, Duration::from_secs(60));
+    dp.verify_against("tool", &source);
+
+    let all = site.json(&[
+        "package",
+        "update",
+        "tool",
+        "--source",
+        source.to_str().unwrap(),
+        "--read-all",
+    ]);
+    assert_eq!(
+        (all["unchanged"].as_bool(), all["files_unchanged"].as_u64()),
+        (Some(true), Some(0)),
+        "{all}"
+    );
+}
+
 /// The chunk hashes of the tree at `source`.
 fn chunks_of(source: &std::path::Path) -> std::collections::HashSet<cascade_content::ChunkHash> {
     files_of(source)

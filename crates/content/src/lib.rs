@@ -30,7 +30,9 @@ pub use error::{Error, Result};
 pub use manifest::{ChunkRef, Entry, EntryKind, Manifest, MANIFEST_FORMAT};
 pub use materialize::{materialize, read_file_range};
 pub use paths::validate_path;
-pub use scan::{chunk_file, chunk_tree, scan, SourceEntry, SourceFile};
+pub use scan::{
+    chunk_file, chunk_tree, chunk_tree_reusing, scan, FileStamp, SourceEntry, SourceFile,
+};
 pub use signing::{
     generate_key, public_key_from_hex, public_key_hex, read_key, sign, sign_statement,
     verify_statement, write_key, SignedManifest, SigningKey, VerifyingKey,

@@ -22,6 +22,71 @@ pub struct SourceFile {
     pub mode: u32,
     /// Size when scanned.
     pub size: u64,
+    /// What the file system said of it when scanned: a file whose stamp is
+    /// the one a previous ingest read it with is taken to hold the same
+    /// bytes (see [`chunk_tree_reusing`]).
+    pub stamp: FileStamp,
+}
+
+/// A file's size, times and identity as the file system reports them
+/// (`stat`): any write changes its modification and change times, and the
+/// change time cannot be set back by the file's owner. On systems without
+/// change times and inode numbers those are 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileStamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Status change time, nanoseconds since the Unix epoch.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub ino: u64,
+    /// Device number.
+    pub dev: u64,
+}
+
+impl FileStamp {
+    /// The stamp of a file's metadata (not following a symlink).
+    #[cfg(unix)]
+    pub fn of(metadata: &fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |secs: i64, nanos: i64| secs.saturating_mul(1_000_000_000).saturating_add(nanos);
+        FileStamp {
+            size: metadata.len(),
+            mtime_ns: ns(metadata.mtime(), metadata.mtime_nsec()),
+            ctime_ns: ns(metadata.ctime(), metadata.ctime_nsec()),
+            ino: metadata.ino(),
+            dev: metadata.dev(),
+        }
+    }
+
+    /// The stamp of a file's metadata (not following a symlink).
+    #[cfg(not(unix))]
+    pub fn of(metadata: &fs::Metadata) -> FileStamp {
+        let mtime_ns = metadata
+            .modified()
+            .ok()
+            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |at| at.as_nanos() as i64);
+        FileStamp {
+            size: metadata.len(),
+            mtime_ns,
+            ctime_ns: 0,
+            ino: 0,
+            dev: 0,
+        }
+    }
+
+    /// Whether a file with this stamp, read by a scan that started at
+    /// `scan_started_ns`, may have been written again after it was read
+    /// without its stamp changing (its times fall within the file system's
+    /// time granularity of the read: "racy" in git's words). Such a stamp
+    /// proves nothing; two seconds covers the coarsest file systems.
+    pub fn racy(&self, scan_started_ns: i64) -> bool {
+        const MARGIN_NS: i64 = 2_000_000_000;
+        self.mtime_ns >= scan_started_ns - MARGIN_NS || self.ctime_ns >= scan_started_ns - MARGIN_NS
+    }
 }
 
 /// One thing found by [`scan`].
@@ -139,6 +204,7 @@ fn walk(dir: &Path, relative: &str, entries: &mut Vec<SourceEntry>) -> Result<bo
                 full_path,
                 mode: permission_bits(&metadata),
                 size: metadata.len(),
+                stamp: FileStamp::of(&metadata),
             }));
         } else {
             return Err(Error::SpecialFile {
@@ -191,13 +257,40 @@ fn special_kind(_file_type: &fs::FileType) -> &'static str {
 /// an error of its stops the cutting.
 pub fn chunk_tree(
     listing: Vec<SourceEntry>,
+    on_chunk: impl FnMut(&Chunk) -> Result<()>,
+) -> Result<Vec<Entry>> {
+    chunk_tree_reusing(listing, |_| None, on_chunk)
+}
+
+/// As [`chunk_tree`], except for the files `known` gives the chunk list of
+/// (the caller knows them unchanged since they were last read, by their
+/// [`FileStamp`]): those are not read, and their chunks are not passed to
+/// `on_chunk`. A list whose sizes do not add up to the file's size is not
+/// taken, and the file is read.
+pub fn chunk_tree_reusing(
+    listing: Vec<SourceEntry>,
+    known: impl Fn(&SourceFile) -> Option<Vec<ChunkRef>>,
     mut on_chunk: impl FnMut(&Chunk) -> Result<()>,
 ) -> Result<Vec<Entry>> {
     let mut entries = Vec::with_capacity(listing.len());
     for item in listing {
         entries.push(match item {
             SourceEntry::File(file) => {
-                let kind = chunk_file(&file, &mut on_chunk)?;
+                let known = known(&file).filter(|chunks| {
+                    chunks
+                        .iter()
+                        .map(|chunk| u64::from(chunk.size))
+                        .sum::<u64>()
+                        == file.size
+                });
+                let kind = match known {
+                    Some(chunks) => EntryKind::File {
+                        mode: file.mode,
+                        size: file.size,
+                        chunks,
+                    },
+                    None => chunk_file(&file, &mut on_chunk)?,
+                };
                 Entry {
                     path: file.path,
                     kind,

@@ -350,10 +350,11 @@ async fn bring(
 /// While the version's content is still arriving at the site
 /// ([`Assignment::arriving`]), the DP fetches in rounds: each round asks
 /// for the chunks still missing, in the manifest's order (the order the
-/// site brings them in), takes what the site holds and stops at the first
-/// answer that lacks some; between rounds that brought nothing it waits a
-/// little (growing to [`ARRIVING_WAIT_MAX`]) and asks the site whether the
-/// assignment still stands. Once the version is complete at the site a
+/// site brings them in), takes what the site holds and starts no request
+/// after an answer that lacked some. After a round it waits a little for
+/// the site to gather more ([`ARRIVING_WAIT_MIN`]); after one that brought
+/// nothing, longer each time (to [`ARRIVING_WAIT_MAX`]), and it asks the
+/// site whether the assignment still stands. Once the version is complete at the site a
 /// chunk it lacks is an error again.
 async fn fetch(
     dp: &Dp,
@@ -376,6 +377,10 @@ async fn fetch(
         if !got.is_empty() {
             remaining.retain(|chunk| !got.contains(&chunk.hash));
             wait = ARRIVING_WAIT_MIN;
+            if !remaining.is_empty() {
+                // Let the site gather more before asking again.
+                tokio::time::sleep(ARRIVING_WAIT_MIN).await;
+            }
             continue;
         }
         // Nothing new at the site yet (a strict round that lacks a chunk
@@ -391,8 +396,9 @@ async fn fetch(
     Ok(Some(progress.wire))
 }
 
-/// First wait between two rounds that found nothing new at the site.
-const ARRIVING_WAIT_MIN: Duration = Duration::from_millis(50);
+/// Wait after a round that brought chunks but not all, and first wait
+/// after one that found nothing new at the site.
+const ARRIVING_WAIT_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between two such rounds.
 const ARRIVING_WAIT_MAX: Duration = Duration::from_secs(1);
 

@@ -122,6 +122,11 @@ pub struct LocalIngestRequest {
     /// As in [`NewVersionRequest`].
     #[serde(default)]
     pub allow_setuid: bool,
+    /// Read every file, also those whose size, times and inode are the
+    /// ones the package's previous local ingest read them with (which are
+    /// otherwise taken unchanged, as rsync's quick check does).
+    #[serde(default)]
+    pub read_all: bool,
 }
 
 /// What a local ingest did.
@@ -135,6 +140,10 @@ pub struct LocalIngestReport {
     pub chunks_stored: u64,
     /// Their stored (encoded) bytes.
     pub bytes_stored: u64,
+    /// Files not read again: unchanged (size, times, inode) since the
+    /// package's previous local ingest read them for its newest version.
+    #[serde(default)]
+    pub files_unchanged: u64,
 }
 
 /// A stored package version.

@@ -280,4 +280,25 @@ ALTER TABLE dps ADD COLUMN certificate TEXT;
 -- manifest stays, its chunks go.
 ALTER TABLE package_versions ADD COLUMN retired_at_ms INTEGER;
 "#,
+    r#"
+-- The local ingest's quick check (service::local_ingest): the files it
+-- read for a package's newest version, from which directory, and when the
+-- scan started; a file found again with the same stamp is not read again.
+CREATE TABLE local_ingest_scans (
+    package_id INTEGER PRIMARY KEY REFERENCES packages(id),
+    version INTEGER NOT NULL,
+    root TEXT NOT NULL,
+    started_at_ns INTEGER NOT NULL
+);
+CREATE TABLE local_ingest_files (
+    package_id INTEGER NOT NULL REFERENCES packages(id),
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    dev INTEGER NOT NULL,
+    PRIMARY KEY (package_id, path)
+) WITHOUT ROWID;
+"#,
 ];

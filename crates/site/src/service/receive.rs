@@ -71,6 +71,9 @@ pub async fn needs(state: &AppState) -> Result<BTreeMap<WantedVersion, Vec<Strin
 
 /// How soon to look again for chunks the parent did not hold yet.
 const PARENT_WAIT: Duration = Duration::from_millis(300);
+/// How soon to look again after a round that stored chunks but found the
+/// parent still receiving others.
+const ARRIVING_WAIT: Duration = Duration::from_millis(100);
 /// Chunk bytes asked for in one fetch request; between two requests the
 /// worker checks that the version is still the one to bring in.
 const FETCH_BATCH_BYTES: u64 = 2 * 1024 * 1024;
@@ -121,8 +124,9 @@ impl ContentWork {
 
     /// One step: tell the parent what is needed, then a round on every
     /// version needed. Idle when nothing is needed; at once again when a
-    /// round stored chunks; after [`PARENT_WAIT`] when the parent had
-    /// none of the missing chunks yet; a failure when a version's round
+    /// version completed or was superseded; after [`ARRIVING_WAIT`] when a
+    /// round stored chunks and the parent lacked others; after
+    /// [`PARENT_WAIT`] when the parent had none of the missing chunks yet; a failure when a version's round
     /// failed (each reported as `content_failed`, once per reason).
     pub async fn round_all(&mut self) -> Result<Step> {
         let state = &self.state;
@@ -148,7 +152,7 @@ impl ContentWork {
         if needs.is_empty() {
             return Ok(Step::Idle);
         }
-        let mut progressed = false;
+        let (mut progressed, mut arriving) = (false, false);
         let mut failure = None;
         for want in needs.keys() {
             match round(state, &self.parent, want, &mut self.started).await {
@@ -157,7 +161,7 @@ impl ContentWork {
                     self.reported_failures.remove(want);
                 }
                 Ok(Round::Partial { stored }) => {
-                    progressed |= stored > 0;
+                    arriving |= stored > 0;
                     self.reported_failures.remove(want);
                 }
                 Err(err) => {
@@ -188,6 +192,8 @@ impl ContentWork {
         match failure {
             Some(err) => Err(err),
             None if progressed => Ok(Step::Again),
+            // Let the parent gather more before asking again.
+            None if arriving => Ok(Step::After(ARRIVING_WAIT)),
             None => Ok(Step::After(PARENT_WAIT)),
         }
     }
@@ -338,8 +344,9 @@ async fn complete(
     Ok(())
 }
 
-/// Fetches the `missing` chunks the parent holds, storing each as it
-/// arrives. Returns the chunks stored and the bytes received, or `None`
+/// Fetches the `missing` chunks the parent holds, in the manifest's order,
+/// storing each as it arrives; no request is started after an answer that
+/// lacked chunks (the parent is still receiving them). Returns the chunks stored and the bytes received, or `None`
 /// when the version stopped being needed meanwhile.
 async fn fetch(
     state: &AppState,
@@ -355,16 +362,28 @@ async fn fetch(
             .map(|chunk| (chunk.hash, chunk.size as u64))
             .collect(),
     );
+    // Set by an answer that lacked chunks (the parent is still receiving
+    // them, in the manifest's order): no request is started after it.
+    let short = std::sync::atomic::AtomicBool::new(false);
+    let short = &short;
     let mut results = futures_util::stream::iter(batches)
         .map(|batch| {
             let sizes = sizes.clone();
             async move {
+                if short.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok::<_, Error>(Some((0, 0, 0)));
+                }
                 // Before each request: is this version still the one to
                 // bring in, or did a newer one supersede it?
                 if !needs(state).await?.contains_key(want) {
                     return Ok(None);
                 }
-                fetch_batch(state, parent, batch, sizes).await.map(Some)
+                let asked = batch.len() as u64;
+                let got = fetch_batch(state, parent, batch, sizes).await?;
+                if got.0 < asked {
+                    short.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(Some(got))
             }
         })
         .buffer_unordered(FETCH_PARALLEL);

@@ -144,7 +144,9 @@ pub async fn fetch(
     .await?;
     let (piece_bytes, pacing): (usize, Option<Pacing>) = match fetcher {
         Fetcher::Child(code) => {
-            hierarchy::touch(state, code).await?;
+            if state.links.touch_due(code) {
+                hierarchy::touch(state, code).await?;
+            }
             let rate = db::site_max_rate(state.db.pool(), code).await?;
             (
                 CHILD_PIECE_BYTES,

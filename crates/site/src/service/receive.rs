@@ -81,9 +81,9 @@ const FETCH_BATCH_BYTES: u64 = 2 * 1024 * 1024;
 const FETCH_PARALLEL: usize = 2;
 /// Encoded bytes of chunks received from the parent stored with one round
 /// of syncs, at most.
-const STORE_BATCH_BYTES: usize = 1024 * 1024;
+const STORE_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Chunks received and waiting to be stored, at most.
-const STORE_QUEUE_FRAMES: usize = 16;
+const STORE_QUEUE_FRAMES: usize = 256;
 /// Least time between two progress messages.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -346,8 +346,16 @@ async fn complete(
 
 /// Fetches the `missing` chunks the parent holds, in the manifest's order,
 /// storing each as it arrives; no request is started after an answer that
-/// lacked chunks (the parent is still receiving them). Returns the chunks stored and the bytes received, or `None`
-/// when the version stopped being needed meanwhile.
+/// lacked chunks (the parent is still receiving them). Returns the chunks
+/// stored and the bytes received, or `None` when the version stopped being
+/// needed meanwhile.
+///
+/// Requests ([`FETCH_PARALLEL`] at once) hand their frames to one storing
+/// thread, which stores whatever has arrived with one round of syncs (up
+/// to [`STORE_BATCH_BYTES`]): a request is not held up by the syncs of the
+/// one before, and the faster the parent sends the fewer the syncs. At
+/// most [`STORE_QUEUE_FRAMES`] received chunks wait to be stored, which is
+/// what a crash can lose beyond the requests in flight.
 async fn fetch(
     state: &AppState,
     parent: &Parent,
@@ -356,44 +364,51 @@ async fn fetch(
     bytes_needed: u64,
 ) -> Result<Option<(u64, u64)>> {
     let batches = cascade_protocol::fetch_batches(missing, FETCH_BATCH_BYTES);
-    let sizes: Arc<HashMap<ChunkHash, u64>> = Arc::new(
-        missing
-            .iter()
-            .map(|chunk| (chunk.hash, chunk.size as u64))
-            .collect(),
-    );
+    let sizes: HashMap<ChunkHash, u64> = missing
+        .iter()
+        .map(|chunk| (chunk.hash, chunk.size as u64))
+        .collect();
+    let (sender, receiver) =
+        tokio::sync::mpsc::channel::<cascade_protocol::frames::Frame>(STORE_QUEUE_FRAMES);
+    let store = state.store.clone();
+    let writer = tokio::task::spawn_blocking(move || store_frames(&store, receiver));
     // Set by an answer that lacked chunks (the parent is still receiving
     // them, in the manifest's order): no request is started after it.
     let short = std::sync::atomic::AtomicBool::new(false);
-    let short = &short;
+    let (short, sizes, sender_ref) = (&short, &sizes, &sender);
     let mut results = futures_util::stream::iter(batches)
-        .map(|batch| {
-            let sizes = sizes.clone();
-            async move {
-                if short.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Ok::<_, Error>(Some((0, 0, 0)));
-                }
-                // Before each request: is this version still the one to
-                // bring in, or did a newer one supersede it?
-                if !needs(state).await?.contains_key(want) {
-                    return Ok(None);
-                }
-                let asked = batch.len() as u64;
-                let got = fetch_batch(state, parent, batch, sizes).await?;
-                if got.0 < asked {
-                    short.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                Ok(Some(got))
+        .map(|batch| async move {
+            if short.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok::<_, Error>(Some((0, 0, 0)));
             }
+            // Before each request: is this version still the one to
+            // bring in, or did a newer one supersede it?
+            if !needs(state).await?.contains_key(want) {
+                return Ok(None);
+            }
+            let asked = batch.len() as u64;
+            let got = fetch_batch(parent, batch, sizes, sender_ref.clone()).await?;
+            if got.0 < asked {
+                short.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(Some(got))
         })
         .buffer_unordered(FETCH_PARALLEL);
-    let (mut stored, mut wire, mut bytes_done) = (0u64, 0u64, 0u64);
+    let (mut wire, mut bytes_done) = (0u64, 0u64);
     let mut last_progress = Instant::now();
+    let mut outcome = Ok(true);
     while let Some(result) = results.next().await {
-        let Some((got, got_bytes, got_wire)) = result? else {
-            return Ok(None);
+        let (got_bytes, got_wire) = match result {
+            Ok(Some((_, got_bytes, got_wire))) => (got_bytes, got_wire),
+            Ok(None) => {
+                outcome = Ok(false);
+                break;
+            }
+            Err(err) => {
+                outcome = Err(err);
+                break;
+            }
         };
-        stored += got;
         wire += got_wire;
         bytes_done += got_bytes;
         if last_progress.elapsed() >= PROGRESS_EVERY {
@@ -405,7 +420,7 @@ async fn fetch(
                     parent.code()
                 ),
             );
-            record(
+            if let Err(err) = record(
                 state,
                 StatusBody::ContentProgress {
                     package: want.package.clone(),
@@ -414,19 +429,62 @@ async fn fetch(
                     bytes_needed,
                 },
             )
-            .await?;
+            .await
+            {
+                outcome = Err(err);
+                break;
+            }
         }
     }
-    Ok(Some((stored, wire)))
+    drop(results);
+    drop(sender);
+    // What arrived is stored in any case; a storing failure explains a
+    // request that stopped for it.
+    let stored = writer.await.map_err(Error::task("store task failed"))??;
+    match outcome? {
+        true => Ok(Some((stored, wire))),
+        false => Ok(None),
+    }
 }
 
-/// One partial fetch: stores every frame as it arrives, on a blocking
-/// thread. Returns (chunks stored, their bytes, bytes on the wire).
+/// The storing thread of [`fetch`]: stores each group of the frames that
+/// have arrived (up to [`STORE_BATCH_BYTES`]) with one round of syncs,
+/// verifying every chunk. Returns how many it stored. On a slow link that
+/// is a chunk at a time, so a crash loses no more than what was in flight;
+/// children fetching `partial` see a group once it is stored.
+fn store_frames(
+    store: &cascade_content::ChunkStore,
+    mut receiver: tokio::sync::mpsc::Receiver<cascade_protocol::frames::Frame>,
+) -> Result<u64> {
+    let mut stored = 0u64;
+    while let Some(first) = receiver.blocking_recv() {
+        let mut group_bytes = first.encoded.len();
+        let mut group = vec![first];
+        while group_bytes < STORE_BATCH_BYTES {
+            let Ok(frame) = receiver.try_recv() else {
+                break;
+            };
+            group_bytes += frame.encoded.len();
+            group.push(frame);
+        }
+        let chunks: Vec<(ChunkHash, &[u8])> = group
+            .iter()
+            .map(|frame| (frame.hash, frame.encoded.as_ref()))
+            .collect();
+        store.put_encoded_batch(&chunks)?;
+        stored += group.len() as u64;
+    }
+    Ok(stored)
+}
+
+/// One partial fetch: checks that every frame is a chunk it asked for and
+/// hands it to the storing thread as it arrives. Returns (chunks received,
+/// their bytes, bytes on the wire).
 async fn fetch_batch(
-    state: &AppState,
     parent: &Parent,
     batch: Vec<ChunkHash>,
-    sizes: Arc<HashMap<ChunkHash, u64>>,
+    sizes: &HashMap<ChunkHash, u64>,
+    store: tokio::sync::mpsc::Sender<cascade_protocol::frames::Frame>,
 ) -> Result<(u64, u64, u64)> {
     let mut stream = parent
         .client
@@ -436,65 +494,28 @@ async fn fetch_batch(
         })
         .await
         .map_err(|err| upstream(&format!("fetching chunks from {}", parent.code()), err))?;
-    let wanted: HashSet<ChunkHash> = batch.into_iter().collect();
-    let (sender, mut receiver) =
-        tokio::sync::mpsc::channel::<cascade_protocol::frames::Frame>(STORE_QUEUE_FRAMES);
-    let store = state.store.clone();
-    let writer = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
-        let (mut stored, mut bytes) = (0u64, 0u64);
-        // Each group is stored with one round of syncs: the chunk that
-        // arrived first, and whatever else is already waiting (up to
-        // STORE_BATCH_BYTES). On a slow link that is one chunk at a time, so
-        // a crash loses no more than what was in flight; when the parent
-        // sends faster than chunks can be stored, groups grow and syncs
-        // become rare. Children fetching `partial` see a group once stored.
-        while let Some(first) = receiver.blocking_recv() {
-            let mut group_bytes = first.encoded.len();
-            let mut group = vec![first];
-            while group_bytes < STORE_BATCH_BYTES {
-                let Ok(frame) = receiver.try_recv() else {
-                    break;
-                };
-                group_bytes += frame.encoded.len();
-                group.push(frame);
-            }
-            if let Some(frame) = group.iter().find(|frame| !wanted.contains(&frame.hash)) {
-                return Err(Error::invalid(
-                    "unexpected_chunk",
-                    format!(
-                        "the parent sent chunk {} that was not asked for",
-                        frame.hash
-                    ),
-                ));
-            }
-            let chunks: Vec<(ChunkHash, &[u8])> = group
-                .iter()
-                .map(|frame| (frame.hash, frame.encoded.as_ref()))
-                .collect();
-            store.put_encoded_batch(&chunks)?;
-            for frame in &group {
-                stored += 1;
-                bytes += sizes.get(&frame.hash).copied().unwrap_or(0);
-            }
+    let mut wanted: HashSet<ChunkHash> = batch.into_iter().collect();
+    let (mut received, mut bytes) = (0u64, 0u64);
+    while let Some(frame) = stream
+        .next_frame()
+        .await
+        .map_err(|err| upstream(&format!("receiving chunks from {}", parent.code()), err))?
+    {
+        if !wanted.remove(&frame.hash) {
+            return Err(Error::invalid(
+                "unexpected_chunk",
+                format!(
+                    "the parent sent chunk {} that was not asked for, or twice",
+                    frame.hash
+                ),
+            ));
         }
-        Ok((stored, bytes))
-    });
-    let read = async {
-        while let Some(frame) = stream
-            .next_frame()
-            .await
-            .map_err(|err| upstream(&format!("receiving chunks from {}", parent.code()), err))?
-        {
-            if sender.send(frame).await.is_err() {
-                break;
-            }
+        received += 1;
+        bytes += sizes.get(&frame.hash).copied().unwrap_or(0);
+        if store.send(frame).await.is_err() {
+            // The storing thread stopped: its error is the one to report.
+            return Err(Error::Internal("storing received chunks stopped".into()));
         }
-        Ok::<u64, Error>(stream.received())
-    };
-    let read = read.await;
-    drop(sender);
-    let written = writer.await.map_err(Error::task("store task failed"))?;
-    let (stored, bytes) = written?;
-    let wire = read?;
-    Ok((stored, bytes, wire))
+    }
+    Ok((received, bytes, stream.received()))
 }

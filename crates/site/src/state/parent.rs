@@ -83,7 +83,13 @@ pub struct Links {
 struct LinkPace {
     next_free: Instant,
     bytes_sent: u64,
+    /// When a content fetch last recorded the child's contact.
+    touched: Option<Instant>,
 }
+
+/// Least time between two contacts of a child recorded by its content
+/// fetches (each a write to the database).
+const TOUCH_EVERY: Duration = Duration::from_secs(1);
 
 impl Links {
     /// Accounts for `bytes` about to be sent to `child` and returns how long
@@ -95,6 +101,7 @@ impl Links {
         let pace = links.entry(child.to_owned()).or_insert(LinkPace {
             next_free: now,
             bytes_sent: 0,
+            touched: None,
         });
         pace.bytes_sent += bytes;
         match max_rate.filter(|rate| *rate > 0) {
@@ -105,6 +112,24 @@ impl Links {
                 start - now
             }
         }
+    }
+
+    /// Whether a content fetch of `child` is to record its contact now: the
+    /// first in [`TOUCH_EVERY`] is (a child fetching many batches at once
+    /// does not make a database write of each).
+    pub fn touch_due(&self, child: &str) -> bool {
+        let mut links = self.inner.lock().expect("links lock");
+        let now = Instant::now();
+        let pace = links.entry(child.to_owned()).or_insert(LinkPace {
+            next_free: now,
+            bytes_sent: 0,
+            touched: None,
+        });
+        if pace.touched.is_some_and(|at| now - at < TOUCH_EVERY) {
+            return false;
+        }
+        pace.touched = Some(now);
+        true
     }
 
     /// Content bytes sent to `child` since this site started.

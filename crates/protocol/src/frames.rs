@@ -16,6 +16,31 @@ pub const FRAME_HEADER: usize = 36;
 /// the largest chunk plus its tag byte and a little compression overhead.
 pub const MAX_FRAME_PAYLOAD: u32 = MAX_CHUNK_SIZE + 4096;
 
+/// Appends one frame to `out`; `fill` appends its payload and returns the
+/// payload's length (a store reading a chunk straight into the sender's
+/// buffer, with no buffer of its own). On an error of `fill`, `out` is as
+/// it was.
+pub fn put_frame_with<E>(
+    out: &mut Vec<u8>,
+    hash: &ChunkHash,
+    fill: impl FnOnce(&mut Vec<u8>) -> Result<usize, E>,
+) -> Result<(), E> {
+    let start = out.len();
+    out.extend_from_slice(&hash.0);
+    out.extend_from_slice(&[0; 4]);
+    match fill(out) {
+        Ok(len) => {
+            debug_assert_eq!(out.len(), start + FRAME_HEADER + len);
+            out[start + 32..start + FRAME_HEADER].copy_from_slice(&(len as u32).to_be_bytes());
+            Ok(())
+        }
+        Err(err) => {
+            out.truncate(start);
+            Err(err)
+        }
+    }
+}
+
 /// Appends one frame to `out`.
 pub fn put_frame(out: &mut BytesMut, hash: &ChunkHash, encoded: &[u8]) {
     out.reserve(FRAME_HEADER + encoded.len());
@@ -104,6 +129,30 @@ mod tests {
                 assert_eq!(&frame.encoded[..], &chunk[..]);
             }
         }
+    }
+
+    #[test]
+    fn a_frame_filled_in_place_is_the_same_frame() {
+        let chunk = vec![9u8; 5000];
+        let hash = ChunkHash::of(&chunk);
+        let mut expected = BytesMut::new();
+        put_frame(&mut expected, &hash, &chunk);
+        let mut out = b"before".to_vec();
+        put_frame_with::<()>(&mut out, &hash, |out| {
+            out.extend_from_slice(&chunk);
+            Ok(chunk.len())
+        })
+        .unwrap();
+        assert_eq!(&out[6..], &expected[..]);
+        assert_eq!(
+            put_frame_with(&mut out, &hash, |_| Err("unreadable")),
+            Err("unreadable")
+        );
+        assert_eq!(
+            &out[6..],
+            &expected[..],
+            "a failed fill leaves nothing behind"
+        );
     }
 
     #[test]

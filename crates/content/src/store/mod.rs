@@ -476,6 +476,25 @@ impl ChunkStore {
     /// stored (verified then): [`Error::Corrupt`] when the disk damaged it.
     /// The receiver verifies the chunk against its name.
     pub fn get_encoded(&self, hash: &ChunkHash) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.get_encoded_into(hash, &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`ChunkStore::get_encoded`], read straight onto the end of `out`
+    /// (a sender's buffer of frames, reused from chunk to chunk: no buffer
+    /// of its own, no copy); returns its length. On an error `out` is as
+    /// it was.
+    pub fn get_encoded_into(&self, hash: &ChunkHash, out: &mut Vec<u8>) -> Result<usize> {
+        let start = out.len();
+        let result = self.read_encoded(hash, out, start);
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+
+    fn read_encoded(&self, hash: &ChunkHash, out: &mut Vec<u8>, start: usize) -> Result<usize> {
         // A chunk moved by a compaction between the look-up and the open
         // is looked up again.
         for _ in 0..2 {
@@ -496,8 +515,10 @@ impl ChunkStore {
                 Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
                 Err(error) => return Err(read_error(error)),
             };
-            let bytes = match pack::read_at(&file, loc.offset, loc.len) {
-                Ok(bytes) => bytes,
+            out.resize(start + loc.len as usize, 0);
+            let bytes = &mut out[start..];
+            match pack::read_into(&file, loc.offset, bytes) {
+                Ok(()) => {}
                 Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
                     return Err(Error::Corrupt {
                         hash: *hash,
@@ -506,7 +527,7 @@ impl ChunkStore {
                 }
                 Err(error) => return Err(read_error(error)),
             };
-            if pack::record_checksum(&bytes) != loc.checksum {
+            if pack::record_checksum(bytes) != loc.checksum {
                 return Err(Error::Corrupt {
                     hash: *hash,
                     reason: format!(
@@ -515,7 +536,7 @@ impl ChunkStore {
                     ),
                 });
             }
-            return Ok(bytes);
+            return Ok(bytes.len());
         }
         Err(Error::NotFound { hash: *hash })
     }

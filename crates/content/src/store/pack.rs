@@ -192,8 +192,13 @@ pub(crate) fn write_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()>
 /// Reads `len` bytes at `offset` of `file`.
 pub(crate) fn read_at(file: &File, offset: u64, len: u32) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset)?;
+    read_into(file, offset, &mut buf)?;
     Ok(buf)
+}
+
+/// Fills `buf` with the bytes at `offset` of `file`.
+pub(crate) fn read_into(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    file.read_exact_at(buf, offset)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::service::hierarchy;
 use crate::state::{AppState, Links};
 use bytes::Bytes;
 use cascade_content::ChunkHash;
-use cascade_protocol::frames::put_frame;
+use cascade_protocol::frames::{put_frame_with, FRAME_HEADER, MAX_FRAME_PAYLOAD};
 use cascade_protocol::{ChunkList, MAX_HASHES_PER_REQUEST};
 use cascade_store::now_ms;
 use std::sync::Arc;
@@ -115,7 +115,8 @@ type Pacing = (String, Option<u64>, Arc<Links>);
 pub type Piece = std::result::Result<Bytes, std::io::Error>;
 
 /// Starts streaming the asked chunks as frames, each read from the library
-/// and verified on the way out; the pieces arrive on the returned channel.
+/// into the piece being sent and checked against its record checksum on
+/// the way out; the pieces arrive on the returned channel.
 /// Which chunks are held is checked first, so that a DP asking for one the
 /// library lacks gets an error rather than a stream.
 pub async fn fetch(
@@ -168,22 +169,28 @@ pub async fn fetch(
             }
             sender.blocking_send(Ok(piece)).is_ok()
         };
-        let mut piece = bytes::BytesMut::new();
+        // Each chunk is read straight into the piece being filled (no
+        // buffer of its own, no copy), and a full piece is handed over
+        // whole.
+        let capacity = piece_bytes + FRAME_HEADER + MAX_FRAME_PAYLOAD as usize;
+        let mut piece: Vec<u8> = Vec::with_capacity(capacity);
         for hash in &held {
-            match store.get_encoded(hash) {
-                Ok(encoded) => put_frame(&mut piece, hash, &encoded),
-                Err(err) => {
-                    tracing::error!(chunk = %hash, error = %cascade_protocol::chain(&err), "chunk in the library failed verification");
-                    let _ = sender.blocking_send(Err(std::io::Error::other(err.to_string())));
+            if let Err(err) =
+                put_frame_with(&mut piece, hash, |out| store.get_encoded_into(hash, out))
+            {
+                tracing::error!(chunk = %hash, error = %cascade_protocol::chain(&err), "chunk in the library failed verification");
+                let _ = sender.blocking_send(Err(std::io::Error::other(err.to_string())));
+                return;
+            }
+            if piece.len() >= piece_bytes {
+                let full = std::mem::replace(&mut piece, Vec::with_capacity(capacity));
+                if !send(Bytes::from(full)) {
                     return;
                 }
             }
-            if piece.len() >= piece_bytes && !send(piece.split().freeze()) {
-                return;
-            }
         }
         if !piece.is_empty() {
-            send(piece.freeze());
+            send(Bytes::from(piece));
         }
     });
     Ok(receiver)

@@ -72,6 +72,8 @@ impl FromRequestParts<AppState> for Principal {
                     "malformed Authorization header: expected Bearer <token>".into(),
                 )
             })?;
-        auth::authenticate(state, token).await
+        // Boxed: the handler's future is as large as its largest step, and
+        // a long poll's handler is held for up to a minute.
+        Box::pin(auth::authenticate(state, token)).await
     }
 }

@@ -202,16 +202,20 @@ pub async fn policy(
     // Counted as held until answered or dropped: hyper drops this future
     // when the agent closes the connection, which the guard records.
     let mut held = SeenAgents::hold(&state.seen, agent_name);
+    // The queries' futures are boxed: they live for a moment, while this
+    // one is held for up to a minute per agent, and its size is that of
+    // everything it awaits (issue 13, memory per held poll).
     loop {
         changes.borrow_and_update();
-        let (revision, agent) = db::agent_with_revision(state.db.pool(), agent_id).await?;
+        let (revision, agent) =
+            Box::pin(db::agent_with_revision(state.db.pool(), agent_id)).await?;
         if revision as u64 > query.after
             || tokio::time::Instant::now() >= deadline
             || *shutdown.borrow()
         {
             let agent = Arc::new(agent);
             state.agent_rows.keep(agent.clone());
-            let shared = state.shared_policy(revision).await?;
+            let shared = Box::pin(state.shared_policy(revision)).await?;
             let now = now_ms();
             let (jobs, canceled) = if agent.approved {
                 (

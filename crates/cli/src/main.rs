@@ -237,6 +237,11 @@ enum SiteCommand {
         /// removed (protects uploads in progress).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         chunk_grace: std::time::Duration,
+        /// How long one pass of verifying every stored chunk takes, paced
+        /// evenly (continuous content validation; a damaged chunk is
+        /// removed and, at a child site, fetched again from the parent).
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        scrub_pass: std::time::Duration,
         #[command(flatten)]
         limits: ServerLimits,
     },
@@ -767,6 +772,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             listen,
             local_ingest_root,
             chunk_grace,
+            scrub_pass,
             limits,
         }) => {
             init_logging("info")?;
@@ -777,6 +783,7 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                 cascade_site::RunOptions {
                     local_ingest_root: local_ingest_root.as_deref(),
                     chunk_grace,
+                    scrub_pass,
                 },
                 cascade_protocol::signal::shutdown_signal(),
                 |running| {

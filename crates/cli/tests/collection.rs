@@ -42,7 +42,9 @@ fn write_version(source: &Path, version: usize) -> HashSet<ChunkHash> {
 /// version uses still stored, or packs at least half dead).
 #[derive(Default, Debug)]
 struct Caught {
-    /// Kills as the first chunk went (its drop written).
+    /// Kills as the first chunk went (the drops are written in one append,
+    /// so this catches the compaction that follows; a torn append is the
+    /// store-level victim test's case, `a_store_killed_at_any_moment_…`).
     starting: usize,
     /// Kills as a compaction deleted a pack.
     compacting: usize,

@@ -56,6 +56,11 @@ impl Process {
         self.args[at] = addr.to_owned();
     }
 
+    /// Runs with these arguments too from the next start on.
+    pub fn add_args(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(|arg| arg.to_string()));
+    }
+
     /// Freezes the process (SIGSTOP), runs `look` while nothing it does can
     /// change, then SIGKILLs it, as a crash at that very moment would.
     pub fn freeze_look_and_kill<T>(&mut self, look: impl FnOnce() -> T) -> T {
@@ -291,6 +296,13 @@ impl Site {
         self.process.listen_on(&addr);
         self.process.start();
         self.url = wait_for_url(&self.dir.join("url"), None);
+    }
+
+    /// Restarts the site with more `site run` arguments (kept from then on).
+    pub fn run_with(&mut self, run_args: &[&str]) {
+        self.process.kill();
+        self.process.add_args(run_args);
+        self.restart();
     }
 
     /// A job's status, as JSON.

@@ -116,3 +116,116 @@ fn the_scrub_finds_damage_nobody_asked_for_and_the_dp_repairs_it() {
     );
     dp.verify_against("pkg", &source);
 }
+
+/// The chunk of `data`'s first bytes, as stored.
+fn first_chunk(data: &[u8]) -> cascade_content::ChunkHash {
+    cascade_content::chunks(data).next().unwrap().unwrap().hash
+}
+
+/// Whether the store of the site, DP or agent at `dir` holds `hash`.
+fn holds(dir: &std::path::Path, hash: &cascade_content::ChunkHash) -> bool {
+    cascade_content::locate_in(&dir.join("chunks"), hash)
+        .unwrap()
+        .is_some()
+}
+
+/// Issue 13, the site's scrub: a chunk damaged on a child site's disk is
+/// found by its scrub (`site run --scrub-pass`) before anyone asks for it,
+/// removed, and fetched again from the parent; the site completes the
+/// version again, its DP keeps the version it holds and nothing is
+/// reported failed.
+#[test]
+fn a_child_sites_scrub_finds_damage_and_fetches_the_chunk_again() {
+    let root = tempfile::tempdir().unwrap();
+    let cen = Site::central(root.path(), "CEN");
+    let mut p01 = Site::child(root.path(), "P01", "primary", &cen, &[]);
+    let dp = p01.add_dp("dp1");
+    cen.create_group("branch", &[&dp]);
+    let source = root.path().join("src");
+    make_tree(&source, 10, 3 * 1024 * 1024, 81);
+    cen.create_package("pkg", &source);
+    cen.json(&["package", "distribute", "pkg", "--dp-group", "branch"]);
+    cen.wait_installed("pkg", &[&dp], 1, Duration::from_secs(60));
+    p01.run_with(&["--scrub-pass", "2s"]);
+    let big = std::fs::read(source.join("big.bin")).unwrap();
+    let damaged = first_chunk(&big);
+    let completed = |site: &Site| {
+        site.history("pkg")
+            .iter()
+            .filter(|m| m["source"] == "P01" && m["kind"] == "content_complete")
+            .count()
+    };
+    assert_eq!(completed(&p01), 1);
+    corrupt_chunk(&p01.dir, &big);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while completed(&p01) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "P01 never completed the version again: {:#?}",
+            p01.history("pkg")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(holds(&p01.dir, &damaged));
+    p01.process.stop();
+    verify_store(&p01.dir);
+    p01.restart();
+    let failures: Vec<_> = cen
+        .history("pkg")
+        .into_iter()
+        .filter(|m| m["kind"] == "dp_failed" || m["kind"] == "content_failed")
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+    cen.wait_installed("pkg", &[&dp], 1, Duration::from_secs(10));
+    dp.verify_against("pkg", &source);
+}
+
+/// Issue 13: a chunk damaged on the central site's disk is caught when a
+/// DP asks for it (its record checksum), removed and never served; the DP
+/// reports which chunk the site lacks; the central site holds no other
+/// copy, and `package update` of the same tree (which makes no version)
+/// puts the chunk back, after which the DP gets the package whole.
+#[test]
+fn the_central_site_drops_a_damaged_chunk_and_an_update_puts_it_back() {
+    let root = tempfile::tempdir().unwrap();
+    let mut site = Site::start(root.path());
+    let source = root.path().join("src");
+    make_tree(&source, 10, 3 * 1024 * 1024, 82);
+    site.create_package("pkg", &source);
+    let big = std::fs::read(source.join("big.bin")).unwrap();
+    let damaged = first_chunk(&big);
+    corrupt_chunk(&site.dir, &big);
+    let dp = site.add_dp("dp1");
+    site.json(&["package", "distribute", "pkg", "--dp", "dp1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let history = site.history("pkg");
+        if let Some(failed) = history.iter().find(|m| {
+            m["kind"] == "dp_failed"
+                && m["reason"]
+                    .as_str()
+                    .is_some_and(|reason| reason.contains(&damaged.to_string()))
+        }) {
+            break failed.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failure reported: {history:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!holds(&site.dir, &damaged), "{failed:#}");
+    let updated = site.json(&[
+        "package",
+        "update",
+        "pkg",
+        "--source",
+        source.to_str().unwrap(),
+    ]);
+    assert_eq!(updated["unchanged"], true, "{updated}");
+    assert_eq!(updated["chunks_uploaded"], 1, "{updated}");
+    site.wait_installed("pkg", &[&dp], 1, Duration::from_secs(60));
+    dp.verify_against("pkg", &source);
+    site.process.stop();
+    verify_store(&site.dir);
+}

@@ -38,6 +38,6 @@ pub use signing::{
     verify_statement, write_key, SignedManifest, SigningKey, VerifyingKey,
 };
 pub use store::{
-    list_in, locate_in, ChunkLocation, ChunkStore, CompactReport, OpenReport, PutOutcome,
-    StoreUsage, StoredChunk, DEFAULT_PACK_TARGET, FORMAT_VERSION,
+    list_in, locate_in, ChunkLocation, ChunkStore, CompactReport, OpenReport, PutOutcome, Scrubbed,
+    Scrubber, StoreUsage, StoredChunk, DEFAULT_PACK_TARGET, DEFAULT_SCRUB_PASS, FORMAT_VERSION,
 };

@@ -2,24 +2,21 @@
 //! decodes and hashes every chunk it sends (it checks the record's stored
 //! checksum); instead every stored chunk is verified against its name on
 //! a schedule, a whole pass of the store every `dp run --scrub-pass`
-//! ([`DEFAULT_PASS`] unless given), paced evenly over the pass. A chunk
-//! that does not verify queues the packages using it for repair (the sync
-//! worker removes and fetches it again).
+//! ([`DEFAULT_PASS`] unless given), paced evenly over the pass
+//! ([`cascade_content::Scrubber`]). A chunk that does not verify queues the
+//! packages using it for repair (the sync worker removes and fetches it
+//! again).
 
 use crate::db;
 use crate::error::{Error, Result};
 use crate::Dp;
-use cascade_content::ChunkHash;
+use cascade_content::Scrubber;
 use cascade_protocol::worker::{Step, Work, Worker};
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// A whole pass of the store this often unless `dp run --scrub-pass` says.
-pub const DEFAULT_PASS: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Shortest wait between two steps, however short the pass.
-const MIN_STEP_WAIT: Duration = Duration::from_secs(1);
-/// Longest wait between two steps, however long the pass.
-const MAX_STEP_WAIT: Duration = Duration::from_secs(600);
+pub const DEFAULT_PASS: Duration = cascade_content::DEFAULT_SCRUB_PASS;
 
 /// Runs until `stop` turns true.
 pub(crate) async fn run(dp: Dp, pass: Duration, stop: watch::Receiver<bool>) {
@@ -27,8 +24,7 @@ pub(crate) async fn run(dp: Dp, pass: Duration, stop: watch::Receiver<bool>) {
         .run(Scrub {
             dp,
             pass,
-            todo: Vec::new(),
-            per_step: 0,
+            scrubber: None,
         })
         .await
 }
@@ -36,52 +32,39 @@ pub(crate) async fn run(dp: Dp, pass: Duration, stop: watch::Receiver<bool>) {
 struct Scrub {
     dp: Dp,
     pass: Duration,
-    /// The chunks of this pass not verified yet (stored ones when the pass
-    /// began; a chunk stored since was verified when stored).
-    todo: Vec<ChunkHash>,
-    /// How many to verify per step in this pass.
-    per_step: usize,
+    /// The pass in progress, lent to the blocking thread during a step
+    /// (a new pass starts if a step's thread failed).
+    scrubber: Option<Scrubber>,
 }
 
 impl Work for Scrub {
     type Error = Error;
 
     async fn step(&mut self) -> Result<Step> {
-        let wait = (self.pass / 1000).clamp(MIN_STEP_WAIT, MAX_STEP_WAIT);
-        if self.todo.is_empty() {
-            let store = self.dp.store.clone();
-            self.todo = tokio::task::spawn_blocking(move || store.list())
-                .await
-                .map_err(|err| Error::Config(format!("scrub task failed: {err}")))??
-                .into_iter()
-                .map(|chunk| chunk.hash)
-                .collect();
-            let steps = (self.pass.as_millis() / wait.as_millis()).max(1) as usize;
-            self.per_step = self.todo.len().div_ceil(steps).max(1);
-            if self.todo.is_empty() {
-                return Ok(Step::After(wait));
-            }
-        }
-        let take = self.per_step.min(self.todo.len());
-        let batch: Vec<ChunkHash> = self.todo.split_off(self.todo.len() - take);
+        let mut scrubber = self
+            .scrubber
+            .take()
+            .unwrap_or_else(|| Scrubber::new(self.pass));
+        let wait = scrubber.wait();
         let store = self.dp.store.clone();
-        let damaged = tokio::task::spawn_blocking(move || {
-            batch
-                .into_iter()
-                .filter(|hash| {
-                    matches!(store.get(hash), Err(cascade_content::Error::Corrupt { .. }))
-                })
-                .collect::<Vec<_>>()
+        let (scrubber, scrubbed) = tokio::task::spawn_blocking(move || {
+            let scrubbed = scrubber.step(&store);
+            (scrubber, scrubbed)
         })
         .await
         .map_err(|err| Error::Config(format!("scrub task failed: {err}")))?;
-        db::add_counters(&self.dp.db, &[("chunks_scrubbed", take as u64)]).await?;
-        if !damaged.is_empty() {
+        self.scrubber = Some(scrubber);
+        let scrubbed = scrubbed?;
+        for (hash, err) in &scrubbed.unreadable {
+            tracing::warn!(chunk = %hash, error = %cascade_protocol::chain(err), "a stored chunk could not be read to verify it");
+        }
+        db::add_counters(&self.dp.db, &[("chunks_scrubbed", scrubbed.verified)]).await?;
+        if !scrubbed.damaged.is_empty() {
             tracing::warn!(
-                chunks = damaged.len(),
+                chunks = scrubbed.damaged.len(),
                 "stored chunks failed verification; repairing"
             );
-            self.dp.repair_packages_using(&damaged).await?;
+            self.dp.repair_packages_using(&scrubbed.damaged).await?;
         }
         Ok(Step::After(wait))
     }

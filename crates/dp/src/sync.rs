@@ -6,7 +6,7 @@
 use crate::db::{self, Held};
 use crate::error::{Error, Result};
 use crate::{now_ms, Dp};
-use cascade_content::{ChunkHash, ChunkRef};
+use cascade_content::{ChunkHash, ChunkRef, SignedManifest};
 use cascade_domain::Version;
 use cascade_protocol::worker::{Step, Work, Worker};
 use cascade_protocol::{Assignment, ChunkList, StatusBody};
@@ -38,6 +38,8 @@ pub async fn run(dp: Dp, url: String, stop: watch::Receiver<bool>) {
             failing: false,
             reported: HashMap::new(),
             collected: None,
+            transfers: HashMap::new(),
+            arriving_wait: None,
         })
         .await
 }
@@ -59,14 +61,34 @@ struct Sync {
     /// The revision of the assignments after which chunks no held version
     /// uses were last collected.
     collected: Option<u64>,
+    /// Versions being installed whose content is still arriving at the
+    /// site, by package: carried from step to step.
+    transfers: HashMap<String, Transfer>,
+    /// While a version is arriving at the site: how long the next poll
+    /// waits for a change before the DP asks for chunks again.
+    arriving_wait: Option<Duration>,
+}
+
+/// A version being installed while its content arrives at the site.
+struct Transfer {
+    version: u64,
+    /// Its manifest, verified.
+    signed: SignedManifest,
+    /// Corrupt chunks found (and removed) when it started, for a refresh.
+    corrupt: u64,
+    /// What the transfer has done so far, for its progress messages.
+    progress: Progress,
 }
 
 impl Work for Sync {
     type Error = Error;
 
     /// One poll and one pass over the assignments. The poll waits for a
-    /// change (or a repair), except after a failed pass: the worker's
-    /// backoff was the wait, and the assignments are tried again at once.
+    /// change (or a repair), except after a failed pass (the worker's
+    /// backoff was the wait, and the assignments are tried again at once)
+    /// and while a version's content is still arriving at the site (a
+    /// short wait, [`ARRIVING_WAIT_MIN`] growing to [`ARRIVING_WAIT_MAX`]
+    /// while nothing new arrives, then the DP asks for chunks again).
     async fn step(&mut self) -> Result<Step> {
         let dp = &self.dp;
         if !self.announced {
@@ -77,10 +99,10 @@ impl Work for Sync {
                 }
             }
         }
-        let wait = if self.failing {
-            Duration::ZERO
-        } else {
-            POLL_WAIT
+        let wait = match (self.failing, self.arriving_wait) {
+            (true, _) => Duration::ZERO,
+            (false, Some(wait)) => wait,
+            (false, None) => POLL_WAIT,
         };
         let polled = tokio::select! {
             result = dp.client.assignments(self.revision, wait) => Some(result),
@@ -106,22 +128,27 @@ impl Work for Sync {
             }
             None => {}
         }
-        let mut failed = 0;
-        let mut superseded = false;
+        // A transfer whose assignment changed is given up.
+        let assignments = &self.assignments;
+        self.transfers.retain(|package, transfer| {
+            assignments
+                .iter()
+                .any(|now| now.package == *package && now.version == transfer.version)
+        });
+        let (mut failed, mut waiting, mut arrived) = (0, false, false);
         for assignment in &self.assignments {
-            match apply(dp, assignment).await {
+            match apply(dp, assignment, &mut self.transfers).await {
                 Ok(Outcome::InPlace) => {
                     self.reported.remove(&assignment.package);
                 }
-                Ok(Outcome::Superseded) => {
-                    // The site moved the package on while its content was
-                    // arriving: the next poll answers at once with the
-                    // assignments as they are now.
-                    tracing::info!(package = %assignment.package, version = assignment.version, "assignment changed while its content arrived");
-                    superseded = true;
+                Ok(Outcome::Waiting { progressed }) => {
+                    self.reported.remove(&assignment.package);
+                    waiting = true;
+                    arrived |= progressed;
                 }
                 Err(err) => {
                     failed += 1;
+                    self.transfers.remove(&assignment.package);
                     let reason = cascade_protocol::chain(&err);
                     tracing::warn!(package = %assignment.package, version = assignment.version, error = %reason, "assignment failed; will retry");
                     if self.reported.get(&assignment.package) != Some(&reason) {
@@ -138,6 +165,10 @@ impl Work for Sync {
                 }
             }
         }
+        self.arriving_wait = waiting.then(|| match (arrived, self.arriving_wait) {
+            (false, Some(wait)) => (wait * 2).min(ARRIVING_WAIT_MAX),
+            _ => ARRIVING_WAIT_MIN,
+        });
         self.failing = failed > 0;
         if self.failing {
             return Err(Error::Unavailable(format!(
@@ -145,7 +176,7 @@ impl Work for Sync {
                 self.assignments.len()
             )));
         }
-        if superseded {
+        if waiting {
             return Ok(Step::Again);
         }
         // Every assignment is in place: what no held version uses goes,
@@ -166,13 +197,18 @@ impl Work for Sync {
 enum Outcome {
     /// The package is held as the assignment says.
     InPlace,
-    /// The site changed the assignment while its content was arriving
-    /// there (a newer version, or the package taken off this DP).
-    Superseded,
+    /// The version's content is still arriving at the site: the chunks it
+    /// held were fetched (`progressed` if there were any), the rest come
+    /// in a later step.
+    Waiting { progressed: bool },
 }
 
 /// Brings one assignment about: install, refresh or repair as needed.
-async fn apply(dp: &Dp, assignment: &Assignment) -> Result<Outcome> {
+async fn apply(
+    dp: &Dp,
+    assignment: &Assignment,
+    transfers: &mut HashMap<String, Transfer>,
+) -> Result<Outcome> {
     let held = db::held(&dp.db, &assignment.package).await?;
     let repair = dp
         .repairs
@@ -200,8 +236,18 @@ async fn apply(dp: &Dp, assignment: &Assignment) -> Result<Outcome> {
     if !install && !refresh && !repair {
         return Ok(Outcome::InPlace);
     }
-    let result = bring(dp, assignment, held, install, refresh, refresh || repair).await;
-    if result.is_err() && repair {
+    let result = bring(
+        dp,
+        assignment,
+        held,
+        install,
+        refresh,
+        refresh || repair,
+        transfers,
+    )
+    .await;
+    // A repair not done (failed, or waiting for content) is asked again.
+    if repair && !matches!(result, Ok(Outcome::InPlace)) {
         dp.request_repair(&assignment.package);
     }
     result
@@ -214,10 +260,102 @@ async fn bring(
     install: bool,
     refresh: bool,
     verify_all: bool,
+    transfers: &mut HashMap<String, Transfer>,
 ) -> Result<Outcome> {
     let package = &assignment.package;
     let version = assignment.version;
-    let signed = match (&held, install) {
+    let mut transfer = match transfers.remove(package) {
+        Some(transfer) if transfer.version == version => transfer,
+        _ => start(dp, assignment, held.as_ref(), install, verify_all).await?,
+    };
+    let manifest = transfer.signed.verify(&dp.site_key).map_err(|err| {
+        Error::Refused(format!("manifest of {package} v{version} refused: {err}"))
+    })?;
+    let store = dp.store.clone();
+    let chunks = manifest.unique_chunks();
+    let missing = tokio::task::spawn_blocking(move || {
+        chunks
+            .into_iter()
+            .filter(|chunk| !store.contains(&chunk.hash))
+            .collect::<Vec<ChunkRef>>()
+    })
+    .await
+    .map_err(|err| Error::Config(format!("store task failed: {err}")))?;
+    let arrived = fetch(dp, assignment, &missing, &mut transfer.progress).await?;
+    if arrived.len() < missing.len() {
+        // Still arriving at the site: the rest in a later step.
+        let progressed = !arrived.is_empty();
+        transfers.insert(package.clone(), transfer);
+        return Ok(Outcome::Waiting { progressed });
+    }
+
+    let mut tx = dp.db.write().await?;
+    let refresh_done = if install {
+        assignment.refresh
+    } else {
+        held.as_ref()
+            .map_or(0, |held| held.refresh_done)
+            .max(assignment.refresh)
+    };
+    let signed = &transfer.signed;
+    db::store_held(
+        &mut tx,
+        &Held {
+            name: package.clone(),
+            version,
+            manifest: signed.bytes.clone(),
+            signature: signed.signature.to_vec(),
+            refresh_done,
+        },
+        now_ms(),
+    )
+    .await?;
+    let received = transfer.progress.wire;
+    if install {
+        dp.emit_in(
+            &mut tx,
+            StatusBody::DpInstalled {
+                package: package.clone(),
+                version,
+                bytes_received: received,
+            },
+        )
+        .await?;
+    }
+    // A refresh (or a repair) is reported done, also when it came with a
+    // move to a new version: the site's view waits for this message.
+    if refresh || !install {
+        dp.emit_in(
+            &mut tx,
+            StatusBody::DpRefreshed {
+                package: package.clone(),
+                version,
+                refresh: refresh_done,
+                repaired: transfer.corrupt,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    dp.wake_forwarder();
+    tracing::info!(%package, version, bytes_received = received, repaired = transfer.corrupt, "package in place");
+    Ok(Outcome::InPlace)
+}
+
+/// Starts bringing an assignment about: fetches and verifies the manifest
+/// (or takes the held one, for a refresh or a repair), removes the stored
+/// chunks that fail verification when `verify_all`, and reports the
+/// transfer started.
+async fn start(
+    dp: &Dp,
+    assignment: &Assignment,
+    held: Option<&Held>,
+    install: bool,
+    verify_all: bool,
+) -> Result<Transfer> {
+    let package = &assignment.package;
+    let version = assignment.version;
+    let signed = match (held, install) {
         (Some(held), false) => held.signed()?,
         _ => {
             let wire = dp.client.manifest(package, version).await?;
@@ -242,10 +380,10 @@ async fn bring(
     // Which chunks must cross the network: the absent ones, plus, when
     // verifying, the ones that fail verification (removed here).
     let store = dp.store.clone();
-    let (missing, corrupt) = tokio::task::spawn_blocking({
+    let (bytes_needed, corrupt) = tokio::task::spawn_blocking({
         let chunks = chunks.clone();
-        move || -> Result<(Vec<ChunkRef>, u64)> {
-            let mut missing = Vec::new();
+        move || -> Result<(u64, u64)> {
+            let mut bytes_needed = 0;
             let mut corrupt = 0;
             for chunk in chunks {
                 let present = store.contains(&chunk.hash);
@@ -261,9 +399,9 @@ async fn bring(
                 } else if present {
                     continue;
                 }
-                missing.push(chunk);
+                bytes_needed += chunk.size as u64;
             }
-            Ok((missing, corrupt))
+            Ok((bytes_needed, corrupt))
         }
     })
     .await
@@ -278,7 +416,6 @@ async fn bring(
         })
         .await?;
     }
-    let bytes_needed: u64 = missing.iter().map(|chunk| chunk.size as u64).sum();
     if install {
         dp.emit(StatusBody::DpTransferStarted {
             package: package.clone(),
@@ -288,119 +425,66 @@ async fn bring(
         })
         .await?;
     }
-    let Some(received) = fetch(dp, assignment, &missing, bytes_needed).await? else {
-        return Ok(Outcome::Superseded);
-    };
-
-    let mut tx = dp.db.write().await?;
-    let refresh_done = if install {
-        assignment.refresh
-    } else {
-        held.as_ref()
-            .map_or(0, |held| held.refresh_done)
-            .max(assignment.refresh)
-    };
-    db::store_held(
-        &mut tx,
-        &Held {
-            name: package.clone(),
-            version,
-            manifest: signed.bytes.clone(),
-            signature: signed.signature.to_vec(),
-            refresh_done,
+    Ok(Transfer {
+        version,
+        signed,
+        corrupt,
+        progress: Progress {
+            wire: 0,
+            bytes_done: 0,
+            bytes_needed,
+            last: Instant::now(),
         },
-        now_ms(),
-    )
-    .await?;
-    if install {
-        dp.emit_in(
-            &mut tx,
-            StatusBody::DpInstalled {
-                package: package.clone(),
-                version,
-                bytes_received: received,
-            },
-        )
-        .await?;
-    }
-    // A refresh (or a repair) is reported done, also when it came with a
-    // move to a new version: the site's view waits for this message.
-    if refresh || !install {
-        dp.emit_in(
-            &mut tx,
-            StatusBody::DpRefreshed {
-                package: package.clone(),
-                version,
-                refresh: refresh_done,
-                repaired: corrupt,
-            },
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    dp.wake_forwarder();
-    tracing::info!(%package, version, bytes_received = received, repaired = corrupt, "package in place");
-    Ok(Outcome::InPlace)
+    })
 }
 
-/// Fetches `missing` from the site, verifying and storing every chunk.
-/// Returns the bytes received on the wire, or `None` when the site changed
-/// the assignment meanwhile.
+/// Fetches `missing` from the site, verifying and storing every chunk;
+/// returns the chunks stored.
 ///
 /// While the version's content is still arriving at the site
-/// ([`Assignment::arriving`]), the DP fetches in rounds: each round asks
-/// for the chunks still missing, in the manifest's order (the order the
-/// site brings them in), takes what the site holds and starts no request
-/// after an answer that lacked some. After a round it waits a little for
-/// the site to gather more ([`ARRIVING_WAIT_MIN`]); after one that brought
-/// nothing, longer each time (to [`ARRIVING_WAIT_MAX`]), and it asks the
-/// site whether the assignment still stands. Once the version is complete at the site a
-/// chunk it lacks is an error again.
+/// ([`Assignment::arriving`]), the DP fetches what the site holds
+/// (`partial`) in rounds: each round asks for the chunks still missing, in
+/// the manifest's order (the order the site brings them in), one request
+/// first and four at a time once that one came back whole, and starts no
+/// request after an answer that lacked some. Rounds follow each other
+/// ([`ARRIVING_WAIT_MIN`] apart, to let the site gather more) while they
+/// bring chunks, for at most [`ROUNDS_FOR`]; then the step ends, so that
+/// the other assignments are not held up, and a later step goes on. Once
+/// the version is complete at the site, a chunk it lacks is an error.
 async fn fetch(
     dp: &Dp,
     assignment: &Assignment,
     missing: &[ChunkRef],
-    bytes_needed: u64,
-) -> Result<Option<u64>> {
+    progress: &mut Progress,
+) -> Result<HashSet<ChunkHash>> {
     let (package, version) = (&assignment.package, assignment.version);
-    let mut arriving = assignment.arriving;
+    let partial = assignment.arriving;
+    let mut stored = HashSet::new();
     let mut remaining = missing.to_vec();
-    let mut progress = Progress {
-        wire: 0,
-        bytes_done: 0,
-        bytes_needed,
-        last: Instant::now(),
-    };
-    let mut wait = ARRIVING_WAIT_MIN;
+    let started = Instant::now();
     while !remaining.is_empty() {
-        let got = fetch_round(dp, package, version, &remaining, arriving, &mut progress).await?;
-        if !got.is_empty() {
-            remaining.retain(|chunk| !got.contains(&chunk.hash));
-            wait = ARRIVING_WAIT_MIN;
-            if !remaining.is_empty() {
-                // Let the site gather more before asking again.
-                tokio::time::sleep(ARRIVING_WAIT_MIN).await;
-            }
-            continue;
+        let got = fetch_round(dp, package, version, &remaining, partial, progress).await?;
+        if got.is_empty() {
+            break;
         }
-        // Nothing new at the site yet (a strict round that lacks a chunk
-        // has failed already).
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(ARRIVING_WAIT_MAX);
-        let now = dp.client.assignments(0, Duration::ZERO).await?;
-        match now.assignments.iter().find(|now| now.package == *package) {
-            Some(now) if now.version == version => arriving = now.arriving,
-            _ => return Ok(None),
+        remaining.retain(|chunk| !got.contains(&chunk.hash));
+        stored.extend(got);
+        if remaining.is_empty() || started.elapsed() >= ROUNDS_FOR {
+            break;
         }
+        // Let the site gather more before asking again.
+        tokio::time::sleep(ARRIVING_WAIT_MIN).await;
     }
-    Ok(Some(progress.wire))
+    Ok(stored)
 }
 
-/// Wait after a round that brought chunks but not all, and first wait
-/// after one that found nothing new at the site.
+/// Wait between two rounds that brought chunks, and first wait of the poll
+/// after a step that found nothing new at the site.
 const ARRIVING_WAIT_MIN: Duration = Duration::from_millis(100);
-/// Longest wait between two such rounds.
-const ARRIVING_WAIT_MAX: Duration = Duration::from_secs(1);
+/// Longest wait of the poll between two steps that found nothing new.
+const ARRIVING_WAIT_MAX: Duration = Duration::from_secs(2);
+/// Longest a step keeps fetching rounds of one arriving version.
+const ROUNDS_FOR: Duration = Duration::from_secs(5);
 
 /// What a transfer has done so far, for its progress messages.
 struct Progress {
@@ -410,10 +494,11 @@ struct Progress {
     last: Instant,
 }
 
-/// One round of fetch requests over `missing`, four in flight. Strict
-/// (`partial` false): every chunk comes or the round fails. Partial: the
-/// chunks the site holds come, and no request is started after one that
-/// came back short. Returns the chunks stored.
+/// One round of fetch requests over `missing`. Strict (`partial` false):
+/// every chunk comes or the round fails, four requests at a time. Partial:
+/// the chunks the site holds come; the first request goes alone, the rest
+/// four at a time only if it came back whole, and none is started after
+/// one that came back short. Returns the chunks stored.
 async fn fetch_round(
     dp: &Dp,
     package: &str,
@@ -422,11 +507,23 @@ async fn fetch_round(
     partial: bool,
     progress: &mut Progress,
 ) -> Result<HashSet<ChunkHash>> {
-    let batches = cascade_protocol::fetch_batches(missing, FETCH_BATCH_BYTES);
+    let mut batches = cascade_protocol::fetch_batches(missing, FETCH_BATCH_BYTES);
     let sizes: HashMap<ChunkHash, u64> = missing
         .iter()
         .map(|chunk| (chunk.hash, chunk.size as u64))
         .collect();
+    let mut stored = HashSet::new();
+    if partial && !batches.is_empty() {
+        let first = batches.remove(0);
+        let asked = first.len();
+        let (wire, got) = fetch_batch(dp, first, true).await?;
+        let whole = got.len() == asked;
+        record(dp, package, version, progress, &sizes, wire, &got).await?;
+        stored.extend(got);
+        if !whole {
+            return Ok(stored);
+        }
+    }
     let short = std::sync::atomic::AtomicBool::new(false);
     let short = &short;
     let mut results = futures_util::stream::iter(batches)
@@ -442,38 +539,52 @@ async fn fetch_round(
             Ok::<_, Error>((wire, got))
         })
         .buffered(FETCH_PARALLEL);
-    let mut stored = HashSet::new();
     while let Some(result) = results.next().await {
-        let (wire, hashes) = result?;
-        if hashes.is_empty() && wire == 0 {
+        let (wire, got) = result?;
+        if got.is_empty() && wire == 0 {
             continue;
         }
-        progress.wire += wire;
-        progress.bytes_done += hashes
-            .iter()
-            .map(|hash| sizes.get(hash).copied().unwrap_or(0))
-            .sum::<u64>();
-        db::add_counters(
-            &dp.db,
-            &[
-                ("bytes_received", wire),
-                ("chunks_received", hashes.len() as u64),
-            ],
-        )
-        .await?;
-        stored.extend(hashes);
-        if progress.last.elapsed() >= PROGRESS_EVERY {
-            progress.last = Instant::now();
-            dp.emit(StatusBody::DpProgress {
-                package: package.to_owned(),
-                version,
-                bytes_done: progress.bytes_done,
-                bytes_needed: progress.bytes_needed,
-            })
-            .await?;
-        }
+        record(dp, package, version, progress, &sizes, wire, &got).await?;
+        stored.extend(got);
     }
     Ok(stored)
+}
+
+/// Counts what a request brought, and reports progress at most every
+/// [`PROGRESS_EVERY`].
+async fn record(
+    dp: &Dp,
+    package: &str,
+    version: u64,
+    progress: &mut Progress,
+    sizes: &HashMap<ChunkHash, u64>,
+    wire: u64,
+    got: &[ChunkHash],
+) -> Result<()> {
+    progress.wire += wire;
+    progress.bytes_done += got
+        .iter()
+        .map(|hash| sizes.get(hash).copied().unwrap_or(0))
+        .sum::<u64>();
+    db::add_counters(
+        &dp.db,
+        &[
+            ("bytes_received", wire),
+            ("chunks_received", got.len() as u64),
+        ],
+    )
+    .await?;
+    if progress.last.elapsed() >= PROGRESS_EVERY {
+        progress.last = Instant::now();
+        dp.emit(StatusBody::DpProgress {
+            package: package.to_owned(),
+            version,
+            bytes_done: progress.bytes_done,
+            bytes_needed: progress.bytes_needed,
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// One fetch request: streams the frames, checking each as it arrives (a
@@ -511,7 +622,7 @@ async fn fetch_batch(
         })
         .await?;
     let store = dp.store.clone();
-    tokio::task::spawn_blocking(move || -> Result<(u64, Vec<ChunkHash>)> {
+    let stored = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<ChunkHash>)> {
         // Each was asked for, once (checked as it arrived).
         let got: Vec<ChunkHash> = frames.iter().map(|frame| frame.hash).collect();
         let chunks: Vec<(ChunkHash, &[u8])> = frames
@@ -531,5 +642,26 @@ async fn fetch_batch(
         Ok((wire, got))
     })
     .await
-    .map_err(|err| Error::Config(format!("store task failed: {err}")))?
+    .map_err(|err| Error::Config(format!("store task failed: {err}")))?;
+    if let Err(Error::Content(cascade_content::Error::Corrupt { hash, .. })) = &stored {
+        report_damaged(dp, *hash).await;
+    }
+    stored
+}
+
+/// Tells the site a chunk it sent does not match its name, so that it
+/// checks its own copy (and repairs it if that is damaged); the batch is
+/// refused and fetched again either way.
+async fn report_damaged(dp: &Dp, hash: ChunkHash) {
+    match dp.client.report_damaged(&[hash]).await {
+        Ok(check) if check.damaged > 0 => {
+            tracing::warn!(chunk = %hash, "the site's copy of a chunk it sent was damaged; it is repairing it")
+        }
+        Ok(_) => {
+            tracing::warn!(chunk = %hash, "a chunk arrived damaged although the site's copy verifies")
+        }
+        Err(err) => {
+            tracing::warn!(chunk = %hash, error = %cascade_protocol::chain(&err), "telling the site about a damaged chunk failed")
+        }
+    }
 }

@@ -248,6 +248,14 @@ impl Client {
         Ok(list.hashes)
     }
 
+    /// Tells the site the chunks it sent were damaged (they did not match
+    /// their names here): it verifies them and repairs what is damaged on
+    /// its side.
+    pub async fn report_damaged(&self, hashes: &[ChunkHash]) -> Result<DamageCheck> {
+        self.post("/content/damaged", &ChunkList::of(hashes.to_vec()))
+            .await
+    }
+
     /// Uploads chunk frames (see [`crate::frames`]) into the site's library.
     pub async fn upload_chunks(&self, frames: bytes::Bytes) -> Result<UploadReport> {
         let url = self.url("/content/chunks");

@@ -66,6 +66,17 @@ impl ChunkList {
     }
 }
 
+/// `POST /api/v1/content/damaged`: what the site found of the chunks a
+/// receiver (a DP or a child site) says it sent damaged.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DamageCheck {
+    /// Chunks listed.
+    pub checked: u64,
+    /// Those whose stored bytes here do not match their name: removed, and
+    /// brought back where the site can (from its parent).
+    pub damaged: u64,
+}
+
 /// `POST /api/v1/content/chunks`: what an upload stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UploadReport {

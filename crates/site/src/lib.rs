@@ -370,6 +370,7 @@ async fn open(dir: &Path) -> Result<Opened> {
         agent_credentials: Default::default(),
         status_queue,
         local_ingest: None,
+        damage_checks: Arc::new(tokio::sync::Semaphore::new(state::DAMAGE_CHECKS)),
     };
     Ok(Opened {
         state,
@@ -395,6 +396,9 @@ pub struct RunOptions<'a> {
     pub local_ingest_root: Option<&'a Path>,
     /// How long a chunk no kept version uses stays (`--chunk-grace`).
     pub chunk_grace: std::time::Duration,
+    /// How long one pass of verifying every stored chunk takes
+    /// (`--scrub-pass`).
+    pub scrub_pass: std::time::Duration,
 }
 
 impl Default for RunOptions<'_> {
@@ -402,6 +406,7 @@ impl Default for RunOptions<'_> {
         RunOptions {
             local_ingest_root: None,
             chunk_grace: service::retention::DEFAULT_CHUNK_GRACE,
+            scrub_pass: cascade_content::DEFAULT_SCRUB_PASS,
         }
     }
 }
@@ -461,6 +466,10 @@ pub async fn run(
             options.chunk_grace,
         )),
         tokio::spawn(workers::seen::seen_worker(state.clone())),
+        tokio::spawn(workers::scrub::scrub_worker(
+            state.clone(),
+            options.scrub_pass,
+        )),
         tokio::spawn(workers::status_writer::status_writer(
             state.clone(),
             status_pending,

@@ -69,7 +69,14 @@ pub struct AppState {
     /// Where the site may read packages from on its own machine (`site run
     /// --local-ingest-root`); none by default.
     pub(crate) local_ingest: Option<Arc<LocalIngest>>,
+    /// Receivers' damage reports being checked at once
+    /// ([`DAMAGE_CHECKS`]): each reads and verifies chunks, so a peer
+    /// sending many cannot keep the disk and the cores busy.
+    pub(crate) damage_checks: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most damage reports checked at once.
+pub(crate) const DAMAGE_CHECKS: usize = 2;
 
 /// Agents' credentials already checked: token hash → (agent id, name).
 pub(crate) type AgentCredentials = std::collections::HashMap<Vec<u8>, (i64, String)>;

@@ -35,6 +35,9 @@
 
 mod legacy;
 mod pack;
+mod scrub;
+
+pub use scrub::{Scrubbed, Scrubber, DEFAULT_SCRUB_PASS};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
@@ -553,6 +556,29 @@ impl ChunkStore {
     /// Returns the bytes of each chunk removed.
     fn remove_all(&self, doomed: &[(ChunkHash, Option<u64>)]) -> Result<Vec<u64>> {
         let mut writer = lock(&self.inner.writer);
+        self.drop_entries(&mut writer, doomed)
+    }
+
+    /// Removes a chunk whose stored bytes no longer match its name, checked
+    /// again under the writer lock: a good copy stored since whoever found
+    /// the damage decided to remove it stays. Returns whether it was
+    /// removed.
+    pub fn remove_if_damaged(&self, hash: &ChunkHash) -> Result<bool> {
+        let mut writer = lock(&self.inner.writer);
+        match self.get(hash) {
+            Err(Error::Corrupt { .. }) => {}
+            Ok(_) | Err(Error::NotFound { .. }) => return Ok(false),
+            Err(error) => return Err(error),
+        }
+        Ok(!self.drop_entries(&mut writer, &[(*hash, None)])?.is_empty())
+    }
+
+    /// The drops of [`ChunkStore::remove_all`], the writer lock held.
+    fn drop_entries(
+        &self,
+        writer: &mut Writer,
+        doomed: &[(ChunkHash, Option<u64>)],
+    ) -> Result<Vec<u64>> {
         let at_ms = now_ms();
         let mut removed = Vec::new();
         let entries: Vec<Entry> = {
@@ -584,7 +610,7 @@ impl ChunkStore {
         }
         // Not synced: a drop lost in a crash brings back a chunk whose
         // bytes are still there, to be removed again.
-        self.append_entries(&mut writer, &entries)?;
+        self.append_entries(writer, &entries)?;
         Ok(removed)
     }
 

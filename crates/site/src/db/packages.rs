@@ -173,6 +173,21 @@ where
     )
 }
 
+/// Every version held whose content is complete here and that is not
+/// retired: package id, name, version and manifest bytes.
+pub async fn complete_manifests<'e, E>(executor: E) -> Result<Vec<(i64, String, i64, Vec<u8>)>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query_as(
+        "SELECT p.id, p.name, v.version, v.manifest FROM package_versions v
+         JOIN packages p ON p.id = v.package_id
+         WHERE v.complete = 1 AND v.retired_at_ms IS NULL",
+    )
+    .fetch_all(executor)
+    .await?)
+}
+
 /// Whether the retention retired a version (false for one not stored).
 pub async fn version_retired<'e, E>(executor: E, package_id: i64, version: i64) -> Result<bool>
 where
@@ -291,6 +306,21 @@ pub async fn set_all_dps(tx: &mut WriteTx<'_>, package_id: i64) -> Result<()> {
 }
 
 /// Records that every chunk of a version is in the library.
+/// A version whose content is no longer all here (a damaged chunk was
+/// removed): the content worker brings in what is missing again.
+pub async fn mark_version_incomplete(
+    tx: &mut WriteTx<'_>,
+    package_id: i64,
+    version: i64,
+) -> Result<()> {
+    sqlx::query("UPDATE package_versions SET complete = 0 WHERE package_id = ? AND version = ?")
+        .bind(package_id)
+        .bind(version)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(())
+}
+
 pub async fn mark_version_complete(
     tx: &mut WriteTx<'_>,
     package_id: i64,

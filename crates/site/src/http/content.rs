@@ -6,6 +6,7 @@ use super::extract::ApiJson;
 use crate::error::{Error, Result};
 use crate::service::auth::Principal;
 use crate::service::content::{self, Fetcher};
+use crate::service::repair;
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -14,7 +15,7 @@ use axum::Json;
 use cascade_content::ChunkHash;
 use cascade_protocol::frames::FrameDecoder;
 use cascade_protocol::{
-    ChunkList, ContentTicket, ContentTicketRequest, UploadReport, MAX_UPLOAD_BODY,
+    ChunkList, ContentTicket, ContentTicketRequest, DamageCheck, UploadReport, MAX_UPLOAD_BODY,
 };
 use futures_util::StreamExt;
 
@@ -132,6 +133,30 @@ pub async fn fetch(
         .header("content-type", "application/octet-stream")
         .body(Body::from_stream(stream))
         .map_err(|err| Error::Internal(err.to_string()))
+}
+
+/// `POST /api/v1/content/damaged`: a DP or a child site says chunks this
+/// site sent it did not match their names. Each is verified here; those
+/// damaged are removed and brought back where the site can
+/// (`service::repair`).
+pub async fn damaged(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(list): ApiJson<ChunkList>,
+) -> Result<Json<DamageCheck>> {
+    match &principal {
+        Principal::Dp { id, .. } => crate::service::dps::require_admitted(&state, *id).await?,
+        Principal::Site { .. } => {}
+        other => {
+            other.require_dp()?;
+        }
+    }
+    let mut hashes = list.hashes;
+    hashes.sort_unstable_by_key(|hash| hash.0);
+    hashes.dedup();
+    let checked = hashes.len() as u64;
+    let damaged = repair::check_reported(&state, hashes).await? as u64;
+    Ok(Json(DamageCheck { checked, damaged }))
 }
 
 /// `GET /v1/chunks/{hash}`: one chunk's encoded form, verified on the way

@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
             post(content::upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/api/v1/content/fetch", post(content::fetch))
+        .route("/api/v1/content/damaged", post(content::damaged))
         .route(
             "/api/v1/packages",
             get(packages::list)

@@ -503,3 +503,91 @@ async fn a_dp_announcement_is_checked_before_agents_pin_it() {
     let (_, listed) = call(&site, Method::GET, "/api/v1/dps", admin, None).await;
     assert_eq!(listed[0]["certificate"], "ab".repeat(32), "{listed}");
 }
+
+/// Issue 13: a receiver says chunks this site sent it were damaged. Only an
+/// admitted DP or a child site may say so; the site verifies each chunk it
+/// is told of, and removes only those whose stored bytes do not match
+/// their name (an intact chunk stays, whatever the receiver claims).
+#[tokio::test]
+async fn a_damage_report_is_checked_against_the_library() {
+    use std::os::unix::fs::FileExt;
+    let site = TestState::open().await;
+    let admin = site.report.admin_token.clone();
+    let dp = dp(&site, "dp1").await;
+    let store = site.state.store.clone();
+    let chunks: Vec<cascade_content::ChunkHash> = (0..2u8)
+        .map(|i| {
+            let data = vec![i; 10_000];
+            let hash = cascade_content::ChunkHash::of(&data);
+            store.put(&hash, &data).unwrap();
+            hash
+        })
+        .collect();
+    let report = json!({ "hashes": chunks }).to_string();
+    let uri = "/api/v1/content/damaged";
+    let (status, answer) = call(&site, Method::POST, uri, Some(&dp), Some(report.clone())).await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::FORBIDDEN, "forbidden".into()),
+        "a DP waiting for approval: {answer}"
+    );
+    let (status, answer) = call(&site, Method::POST, uri, Some(&admin), Some(report.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    let approval = json!({ "url": "https://dp1.example:7443" }).to_string();
+    let (status, answer) = call(
+        &site,
+        Method::POST,
+        "/api/v1/dps/dp1/approve",
+        Some(&admin),
+        Some(approval),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // Both intact: nothing removed.
+    let (status, answer) = call(&site, Method::POST, uri, Some(&dp), Some(report.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        (answer["checked"].as_u64(), answer["damaged"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert!(store.contains(&chunks[0]) && store.contains(&chunks[1]));
+
+    // The first damaged on disk: removed; the second stays.
+    let at = store.location(&chunks[0]).unwrap();
+    let pack = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&at.pack)
+        .unwrap();
+    pack.write_all_at(b"\xff\xff", at.offset + at.len / 2)
+        .unwrap();
+    let (status, answer) = call(&site, Method::POST, uri, Some(&dp), Some(report)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["damaged"], 1, "{answer}");
+    assert!(!store.contains(&chunks[0]) && store.contains(&chunks[1]));
+
+    let agent = agent(&site, "ws1").await;
+    let (status, _) = call(
+        &site,
+        Method::POST,
+        uri,
+        Some(&agent),
+        Some(json!({ "hashes": [chunks[1]] }).to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let too_many: Vec<cascade_content::ChunkHash> = (0..=crate::service::repair::MAX_REPORTED
+        as u8)
+        .map(|i| cascade_content::ChunkHash::of(&[i]))
+        .collect();
+    let too_many = json!({ "hashes": too_many });
+    let (status, answer) = call(
+        &site,
+        Method::POST,
+        uri,
+        Some(&dp),
+        Some(too_many.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+}

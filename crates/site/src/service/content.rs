@@ -4,7 +4,7 @@
 
 use crate::db;
 use crate::error::{Entity, Error, Result};
-use crate::service::hierarchy;
+use crate::service::{hierarchy, repair};
 use crate::state::{AppState, Links};
 use bytes::Bytes;
 use cascade_content::ChunkHash;
@@ -162,6 +162,7 @@ pub async fn fetch(
     };
     let (sender, receiver) = tokio::sync::mpsc::channel::<Piece>(2);
     let store = state.store.clone();
+    let repairs = (tokio::runtime::Handle::current(), state.clone());
     tokio::task::spawn_blocking(move || {
         let send = |piece: Bytes| {
             if let Some((child, rate, links)) = &pacing {
@@ -179,6 +180,11 @@ pub async fn fetch(
                 put_frame_with(&mut piece, hash, |out| store.get_encoded_into(hash, out))
             {
                 tracing::error!(chunk = %hash, error = %cascade_protocol::chain(&err), "chunk in the library failed verification");
+                if matches!(err, cascade_content::Error::Corrupt { .. }) {
+                    let (runtime, state) = (repairs.0.clone(), repairs.1.clone());
+                    let damaged = vec![*hash];
+                    runtime.spawn(async move { log_repair(&state, damaged).await });
+                }
                 let _ = sender.blocking_send(Err(std::io::Error::other(err.to_string())));
                 return;
             }
@@ -196,7 +202,16 @@ pub async fn fetch(
     Ok(receiver)
 }
 
-/// One chunk's encoded form, verified on the way out.
+/// Repairs chunks found damaged while serving them, logging a failure
+/// (the scrub finds them again otherwise).
+async fn log_repair(state: &AppState, damaged: Vec<ChunkHash>) {
+    if let Err(err) = repair::repair(state, damaged).await {
+        tracing::warn!(error = %cascade_protocol::chain(&err), "repairing a damaged chunk failed");
+    }
+}
+
+/// One chunk's encoded form, checked on the way out (a damaged one is
+/// repaired and not served).
 pub async fn chunk(state: &AppState, hash: &str) -> Result<Vec<u8>> {
     let hash = ChunkHash::from_hex(hash).map_err(|err| {
         Error::invalid(
@@ -205,13 +220,16 @@ pub async fn chunk(state: &AppState, hash: &str) -> Result<Vec<u8>> {
         )
     })?;
     let store = state.store.clone();
-    blocking(move || match store.get_encoded(&hash) {
+    let read = blocking(move || match store.get_encoded(&hash) {
         Ok(encoded) => Ok(Some(encoded)),
         Err(cascade_content::Error::NotFound { .. }) => Ok(None),
         Err(err) => Err(err.into()),
     })
-    .await?
-    .ok_or_else(|| Error::not_found(Entity::Chunk, hash.to_string()))
+    .await;
+    if let Err(Error::Content(cascade_content::Error::Corrupt { .. })) = &read {
+        log_repair(state, vec![hash]).await;
+    }
+    read?.ok_or_else(|| Error::not_found(Entity::Chunk, hash.to_string()))
 }
 
 /// Refuses a request for content without a valid content ticket of this

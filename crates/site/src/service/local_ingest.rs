@@ -195,7 +195,8 @@ fn read_tree(store: &ChunkStore, dir: &Path, known: &Known) -> cascade_content::
         })
         .collect();
     let files_unchanged = std::cell::Cell::new(0u64);
-    let chunks_unchanged = std::cell::Cell::new(0u64);
+    // The chunks of the files taken unchanged: the version relies on them.
+    let unchanged = std::cell::RefCell::new(Vec::<ChunkHash>::new());
     let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<(ChunkHash, Vec<u8>)>>(2);
     let receiver = std::sync::Mutex::new(receiver);
     std::thread::scope(|scope| {
@@ -246,7 +247,9 @@ fn read_tree(store: &ChunkStore, dir: &Path, known: &Known) -> cascade_content::
             let reuse = |file: &SourceFile| {
                 let chunks = known.chunks_of(store, file)?;
                 files_unchanged.set(files_unchanged.get() + 1);
-                chunks_unchanged.set(chunks_unchanged.get() + chunks.len() as u64);
+                unchanged
+                    .borrow_mut()
+                    .extend(chunks.iter().map(|chunk| chunk.hash));
                 Some(chunks)
             };
             let entries = chunk_tree_reusing(listing, reuse, |chunk| {
@@ -272,10 +275,15 @@ fn read_tree(store: &ChunkStore, dir: &Path, known: &Known) -> cascade_content::
             let (r, s, b) = thread.join().expect("a storing thread panicked")?;
             (reused, stored, bytes) = (reused + r, stored + s, bytes + b);
         }
+        let entries = cut?;
+        // Used, so that the retention's grace keeps them until the version
+        // is committed, as the chunks found already stored are.
+        let unchanged = unchanged.into_inner();
+        store.touch(&unchanged, std::time::SystemTime::now())?;
         Ok(Read {
-            entries: cut?,
+            entries,
             stamps,
-            chunks_reused: reused + chunks_unchanged.get(),
+            chunks_reused: reused + unchanged.len() as u64,
             chunks_stored: stored,
             bytes_stored: bytes,
             files_unchanged: files_unchanged.get(),

@@ -20,6 +20,7 @@ pub mod packages;
 pub mod queues;
 pub mod receive;
 pub mod relay;
+pub mod repair;
 pub mod retention;
 pub mod send;
 pub mod status;

@@ -440,10 +440,31 @@ async fn fetch(
     drop(sender);
     // What arrived is stored in any case; a storing failure explains a
     // request that stopped for it.
-    let stored = writer.await.map_err(Error::task("store task failed"))??;
+    let stored = writer.await.map_err(Error::task("store task failed"))?;
+    if let Err(Error::Content(cascade_content::Error::Corrupt { hash, .. })) = &stored {
+        report_damaged(parent, *hash).await;
+    }
+    let stored = stored?;
     match outcome? {
         true => Ok(Some((stored, wire))),
         false => Ok(None),
+    }
+}
+
+/// Tells the parent a chunk it sent does not match its name, so that it
+/// checks its own copy (and repairs it if that is damaged); what was
+/// received is fetched again either way.
+async fn report_damaged(parent: &Parent, hash: ChunkHash) {
+    match parent.client.report_damaged(&[hash]).await {
+        Ok(check) if check.damaged > 0 => {
+            tracing::warn!(chunk = %hash, parent = %parent.code(), "the parent's copy of a chunk it sent was damaged; it is repairing it")
+        }
+        Ok(_) => {
+            tracing::warn!(chunk = %hash, parent = %parent.code(), "a chunk arrived damaged although the parent's copy verifies")
+        }
+        Err(err) => {
+            tracing::warn!(chunk = %hash, error = %cascade_protocol::chain(&err), "telling the parent about a damaged chunk failed")
+        }
     }
 }
 

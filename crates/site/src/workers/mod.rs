@@ -10,6 +10,7 @@ pub mod expiry;
 pub mod receive;
 pub mod relay;
 pub mod retention;
+pub mod scrub;
 pub mod seen;
 pub mod status_writer;
 pub mod timestamp;

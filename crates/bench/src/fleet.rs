@@ -217,7 +217,24 @@ impl Fleet {
     /// Enrolls and starts an agent of `site`, run by `program` with `args`
     /// before its directory (`cascade-agent`, or `cascade agent run`).
     pub fn agent(&self, site: &Site, name: &str, program: &Path, args: &[&str]) -> Result<Process> {
-        let dir = self.root.join(format!("agent-{}-{name}", site.code));
+        self.agent_with(site, name, &[], program, args)
+    }
+
+    /// The directory of the agent `name` of `site`.
+    pub fn agent_dir(&self, site: &Site, name: &str) -> PathBuf {
+        self.root.join(format!("agent-{}-{name}", site.code))
+    }
+
+    /// As [`Fleet::agent`], with more `agent init` arguments.
+    pub fn agent_with(
+        &self,
+        site: &Site,
+        name: &str,
+        init_args: &[&str],
+        program: &Path,
+        args: &[&str],
+    ) -> Result<Process> {
+        let dir = self.agent_dir(site, name);
         let mut init = self.cascade();
         init.args(["agent", "init"]).arg(&dir).args([
             "--site",
@@ -227,6 +244,7 @@ impl Fleet {
             "--name",
             name,
         ]);
+        init.args(init_args);
         run(init, &format!("agent init {name}"))?;
         let mut full = args.to_vec();
         full.push(path_str(&dir)?);

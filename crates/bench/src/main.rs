@@ -186,8 +186,10 @@ async fn run(args: Args) -> Result<()> {
     }
     drop(site);
     if wanted("8") {
-        let row = row_retention(&bin, &work, &plan).await;
-        rows.push(row.unwrap_or_else(|err| failed("8", "disk at a site with retention", err)));
+        match row_retention(&bin, &work, &plan).await {
+            Ok(retention) => rows.extend(retention),
+            Err(err) => rows.push(failed("8", "disk at a site with retention", err)),
+        }
     }
     if ["5", "6", "7"].into_iter().any(wanted) {
         let fleet = Fleet {
@@ -609,7 +611,7 @@ async fn row_chain(
 
 /// Row 8: a site's disk after ten versions of a package with `site settings
 /// --keep-versions 3`, against the stored size of the three it keeps.
-async fn row_retention(bin: &Path, work: &Path, plan: &Plan) -> Result<Row> {
+async fn row_retention(bin: &Path, work: &Path, plan: &Plan) -> Result<Vec<Row>> {
     say("row 8: ten versions at a site keeping three");
     let fleet = Fleet {
         bin: bin.to_owned(),
@@ -650,29 +652,12 @@ async fn row_retention(bin: &Path, work: &Path, plan: &Plan) -> Result<Row> {
     }
     let kept: u64 = stored[7..].iter().sum();
     let packs = fleet.root.join("site-CEN").join("chunks").join("packs");
-    let disk = || -> Result<u64> {
-        let mut total = 0;
-        for entry in std::fs::read_dir(&packs)? {
-            total += entry?.metadata()?.len();
-        }
-        Ok(total)
-    };
-    // The grace passes, the retention runs, the packs are compacted: read
-    // the disk once it has not changed for five seconds.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut on_disk = disk()?;
-    let mut steady_since = Instant::now();
-    while steady_since.elapsed() < Duration::from_secs(5) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = disk()?;
-        if now != on_disk {
-            on_disk = now;
-            steady_since = Instant::now();
-        }
-    }
+    // The grace passes, the retention runs, the packs are compacted.
+    let on_disk = settled(|| dir_bytes(&packs)).await?;
     let all: u64 = stored.iter().sum();
     let ratio = on_disk as f64 / kept as f64;
-    Ok(Row {
+    let workstation = row_workstation_disk(&fleet, &site, version_bytes).await;
+    let site_row = Row {
         number: "8",
         measure: format!(
             "a site's disk after 10 versions of {} each (all new bytes), keeping 3",
@@ -692,7 +677,134 @@ async fn row_retention(bin: &Path, work: &Path, plan: &Plan) -> Result<Row> {
             bytes(on_disk),
             bytes(kept)
         )],
+    };
+    Ok(vec![
+        site_row,
+        workstation.unwrap_or_else(|err| failed("8b", "a workstation's disk after a job", err)),
+    ])
+}
+
+/// Row 8b: a workstation's disk after a job of the newest version of row
+/// 8's package (`version_bytes` of new bytes), while the job is offered and
+/// once it no longer is, against the cache bound its agent was given.
+async fn row_workstation_disk(fleet: &Fleet, site: &Site, version_bytes: u64) -> Result<Row> {
+    say("row 8b: a workstation's disk after a job");
+    let cache = version_bytes / 2;
+    let lean = fleet::sibling("cascade-agent")?;
+    let _agent = fleet.agent_with(
+        site,
+        "ws",
+        &["--cache-size", &cache.to_string()],
+        &lean,
+        &[],
+    )?;
+    let agent_dir = fleet.agent_dir(site, "ws");
+    site.run(fleet, &["collection", "create", "one", "--machines", "ws"])?;
+    let job: Value = serde_json::from_slice(&site.run(
+        fleet,
+        &[
+            "-o",
+            "json",
+            "job",
+            "create",
+            "--package",
+            "app",
+            "--collection",
+            "one",
+            "--command",
+            "true",
+        ],
+    )?)?;
+    let id = job["id"].as_u64().context("the job's id")?.to_string();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let status: Value =
+            serde_json::from_slice(&site.run(fleet, &["-o", "json", "job", "status", &id])?)?;
+        let states: Vec<&str> = status["workstations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|row| row["state"].as_str())
+            .collect();
+        if states.contains(&"complete") {
+            break;
+        }
+        if states.contains(&"failed") || Instant::now() > deadline {
+            anyhow::bail!("the job did not complete on the workstation: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let during = dir_bytes(&agent_dir.join("chunks"))? + dir_bytes(&agent_dir.join("jobs"))?;
+    site.run(fleet, &["job", "cancel", &id])?;
+    let after =
+        settled(|| Ok(dir_bytes(&agent_dir.join("chunks"))? + dir_bytes(&agent_dir.join("jobs"))?))
+            .await?;
+    let ratio = after as f64 / cache as f64;
+    Ok(Row {
+        number: "8b",
+        measure: format!(
+            "a workstation's disk after a job of {} (its chunks and the job's directory), once \
+             the job is no longer offered",
+            bytes(version_bytes)
+        ),
+        cascade: bytes(after),
+        peer: format!(
+            "the agent's cache bound (`agent init --cache-size`): {}",
+            bytes(cache)
+        ),
+        ratio: format!("{ratio:.2}× the bound"),
+        target: "bounded by the cache (≤ 1.5× the bound: packs are compacted once half dead)"
+            .into(),
+        met: Some(ratio <= 1.5),
+        details: vec![format!(
+            "The real agent (`cascade-agent`, enrolled with `--cache-size {}`) runs a job of row \
+             8's newest version, downloaded from the site: right after it reported the job \
+             complete, while the job is still offered, its chunk store and job directories \
+             held {} (the chunks the open job needs are kept whatever the cache bound, and the \
+             job's tree); once the job was canceled and the agent tidied (the job's directory \
+             removed, the chunks trimmed to the bound, the packs compacted), {}.",
+            bytes(cache),
+            bytes(during),
+            bytes(after)
+        )],
     })
+}
+
+/// Bytes of the files under `dir` (none when it does not exist).
+fn dir_bytes(dir: &Path) -> Result<u64> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut total = 0;
+    for entry in entries {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            total += dir_bytes(&entry.path())?;
+        } else if kind.is_file() {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+/// `measure` once it has not changed for five seconds (at most two
+/// minutes): what a disk holds once a collection has run its course.
+async fn settled(measure: impl Fn() -> Result<u64>) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut value = measure()?;
+    let mut steady_since = Instant::now();
+    while steady_since.elapsed() < Duration::from_secs(5) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = measure()?;
+        if now != value {
+            value = now;
+            steady_since = Instant::now();
+        }
+    }
+    Ok(value)
 }
 
 /// Row 2: a DP from version n to n+1 with 1% of the bytes changed, against

@@ -91,6 +91,21 @@ struct LinkPace {
 /// fetches (each a write to the database).
 const TOUCH_EVERY: Duration = Duration::from_secs(1);
 
+impl LinkPace {
+    /// The link to `child`, made fresh at `now` if there is none yet.
+    fn of<'a>(
+        links: &'a mut HashMap<String, LinkPace>,
+        child: &str,
+        now: Instant,
+    ) -> &'a mut LinkPace {
+        links.entry(child.to_owned()).or_insert(LinkPace {
+            next_free: now,
+            bytes_sent: 0,
+            touched: None,
+        })
+    }
+}
+
 impl Links {
     /// Accounts for `bytes` about to be sent to `child` and returns how long
     /// to wait first so that the link stays under `max_rate` bytes per
@@ -98,11 +113,7 @@ impl Links {
     pub fn reserve(&self, child: &str, bytes: u64, max_rate: Option<u64>) -> Duration {
         let mut links = self.inner.lock().expect("links lock");
         let now = Instant::now();
-        let pace = links.entry(child.to_owned()).or_insert(LinkPace {
-            next_free: now,
-            bytes_sent: 0,
-            touched: None,
-        });
+        let pace = LinkPace::of(&mut links, child, now);
         pace.bytes_sent += bytes;
         match max_rate.filter(|rate| *rate > 0) {
             None => Duration::ZERO,
@@ -120,11 +131,7 @@ impl Links {
     pub fn touch_due(&self, child: &str) -> bool {
         let mut links = self.inner.lock().expect("links lock");
         let now = Instant::now();
-        let pace = links.entry(child.to_owned()).or_insert(LinkPace {
-            next_free: now,
-            bytes_sent: 0,
-            touched: None,
-        });
+        let pace = LinkPace::of(&mut links, child, now);
         if pace.touched.is_some_and(|at| now - at < TOUCH_EVERY) {
             return false;
         }

@@ -6,17 +6,23 @@
 //! the kernel, says no. A plain-HTTP request is answered with a clear 400
 //! naming the `https://` URL, and closed: TLS is the only way in.
 //!
+//! Every connection is closed lingering (as nginx does): the server shuts
+//! its side, then reads and discards what the client still sends for a
+//! few seconds. Closing a socket with unread bytes makes the kernel reset
+//! the connection, and a reset can overtake an answer the client has not
+//! read yet: a 413 to an oversize body would reach the client as a
+//! broken pipe.
+//!
 //! Request-body limits are the router's (axum's `DefaultBodyLimit`), per
 //! route.
 
 use crate::types::{ErrorBody, ErrorDetail};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -70,6 +76,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// is closed without an answer.
 const MAX_REFUSING: usize = 64;
 
+/// Longest a closing connection is read (and what it sends discarded)
+/// after the server shut its side: time for a client to finish sending a
+/// body that was answered before it was read.
+const LINGER: Duration = Duration::from_secs(5);
+
 /// Raises the soft limit on open files to the hard limit (as a service
 /// manager's `LimitNOFILE` would), and returns the soft limit in force.
 pub fn raise_open_files_limit() -> u64 {
@@ -105,6 +116,7 @@ where
     S: tower_service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>
         + Clone
         + Send
+        + Unpin
         + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -124,7 +136,9 @@ where
     );
     let permits = Arc::new(Semaphore::new(cap));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
-    let graceful = GracefulShutdown::new();
+    // Every connection task watches it, and finishes its request in
+    // progress once it turns true.
+    let (closing, closing_seen) = tokio::sync::watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
@@ -158,25 +172,20 @@ where
             inner: service.clone(),
             limit: limits.request_timeout,
         };
-        let (http, tls, watcher) = (http.clone(), tls.clone(), graceful.watcher());
+        let (http, tls, closing) = (http.clone(), tls.clone(), closing_seen.clone());
         let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            let Some(stream) = handshake(stream, &tls, handshake_timeout).await else {
-                drop(permit);
-                return;
-            };
-            let connection = http.serve_connection(
-                TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(service),
-            );
-            if let Err(err) = watcher.watch(connection).await {
-                tracing::debug!(error = %err, "connection ended with an error");
+            if let Some(stream) = handshake(stream, &tls, handshake_timeout).await {
+                serve_connection(&http, stream, service, closing).await;
             }
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    let _ = closing.send(true);
+    // Every connection holds a permit until it is closed.
+    let all = u32::try_from(cap).unwrap_or(u32::MAX);
+    if tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all))
         .await
         .is_err()
     {
@@ -186,6 +195,57 @@ where
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves the requests of one connection until either side ends it (or
+/// `closing` turns true and the request in progress is answered), then
+/// closes it lingering.
+async fn serve_connection<S, B>(
+    http: &hyper::server::conn::http1::Builder,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    service: Deadline<S>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) where
+    S: tower_service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>
+        + Clone
+        + Send
+        + Unpin
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connection = http.serve_connection(
+        TokioIo::new(stream),
+        hyper_util::service::TowerToHyperService::new(service),
+    );
+    let mut asked_to_close = false;
+    let ended = loop {
+        tokio::select! {
+            ended = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => break ended,
+            _ = closing.wait_for(|closing| *closing), if !asked_to_close => {
+                std::pin::Pin::new(&mut connection).graceful_shutdown();
+                asked_to_close = true;
+            }
+        }
+    };
+    if let Err(err) = ended {
+        tracing::debug!(error = %err, "connection ended with an error");
+    }
+    close_lingering(connection.into_parts().io.into_inner()).await;
+}
+
+/// Shuts the server's side of `stream`, then reads and discards what the
+/// client still sends, for at most [`LINGER`] (see the module's
+/// documentation), and closes it.
+async fn close_lingering(mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin) {
+    let _ = tokio::time::timeout(LINGER, async {
+        stream.shutdown().await?;
+        tokio::io::copy(&mut stream, &mut tokio::io::sink()).await
+    })
+    .await;
+}
 
 /// A service whose every request must reach its answer within `limit`;
 /// past it the request fails and hyper closes the connection.
@@ -328,14 +388,86 @@ async fn answer_and_close(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{headers}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(REFUSAL_DEADLINE, async {
-        stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await?;
-        // Read what the client sent, so that closing does not reset the
-        // connection before it read the answer.
-        let mut sink = [0u8; 4096];
-        while stream.read(&mut sink).await? > 0 {}
-        std::io::Result::Ok(())
-    })
-    .await;
+    let written = tokio::time::timeout(REFUSAL_DEADLINE, stream.write_all(answer.as_bytes())).await;
+    if matches!(written, Ok(Ok(()))) {
+        close_lingering(stream).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::convert::Infallible;
+    use std::task::{Context, Poll};
+
+    /// Answers 413 at once to a request declaring a body over 1 MiB,
+    /// without reading it (as axum's `DefaultBodyLimit` does); anything
+    /// else 200.
+    #[derive(Clone)]
+    struct RefuseLarge;
+
+    impl tower_service::Service<hyper::Request<Incoming>> for RefuseLarge {
+        type Response = hyper::Response<String>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: hyper::Request<Incoming>) -> Self::Future {
+            let declared: u64 = request
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|value| value.to_str().ok()?.parse().ok())
+                .unwrap_or(0);
+            let status = if declared > 1 << 20 { 413 } else { 200 };
+            std::future::ready(Ok(hyper::Response::builder()
+                .status(status)
+                .body(String::new())
+                .expect("a valid answer")))
+        }
+    }
+
+    /// Regression (CI, 2026-12-08: `bad_input` saw "error sending
+    /// request" instead of its 413): a server that answers before reading
+    /// a large body must not reset the connection under the client, which
+    /// is still sending and has not read the answer yet.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_early_answer_to_a_large_body_reaches_the_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let pin = crate::tls::Identity::create(dir.path(), &[]).unwrap();
+        let acceptor = crate::tls::Identity::load(dir.path())
+            .unwrap()
+            .acceptor()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = crate::url_for(listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            RefuseLarge,
+            Limits::default(),
+            acceptor,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let body = Bytes::from(vec![b' '; 8 << 20]);
+        for attempt in 0..20 {
+            // A fresh client each time: a new connection, as the failing
+            // test made.
+            let client = crate::tls::client_builder(Some(pin)).build().unwrap();
+            let answer = client
+                .post(format!("{url}/upload"))
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap_or_else(|err| panic!("attempt {attempt}: {err:?}"));
+            assert_eq!(answer.status(), 413, "attempt {attempt}");
+        }
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
 }

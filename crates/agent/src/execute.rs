@@ -20,9 +20,10 @@
 //! manifest is checked against the site key pinned at enrollment and every
 //! chunk against its hash before `materialize` writes a byte.
 
-use crate::{Error, Result};
+use crate::{history, Error, Result};
 use cascade_content::{ChunkStore, Manifest, VerifyingKey};
 use cascade_domain::backoff::Backoff;
+use cascade_domain::run::{PastOutcome, RerunRule};
 use cascade_protocol::intent::{Freshness, Timestamp};
 use cascade_protocol::tls::Fingerprint;
 use cascade_protocol::worker::{Step, Work, Worker};
@@ -185,11 +186,13 @@ enum Interruption {
     Canceled,
 }
 
-/// The job's row after a report.
+/// The job's row after a report, and what it records of the run
+/// (`history.rs`).
 struct NewState {
     state: &'static str,
     next_at: Option<i64>,
     attempts: u32,
+    run: Option<history::Entry>,
 }
 
 /// Resolves once `job` is in the canceled set.
@@ -359,16 +362,18 @@ impl Executor {
                     state: waiting_state(&offer),
                     next_at: Some(now_ms() + offer.retry_delay_ms as i64),
                     attempts: attempt,
+                    run: Some(history::Entry::Ended { succeeded: false }),
                 }
             } else {
                 NewState {
                     state: "done",
                     next_at: None,
                     attempts: attempt,
+                    run: Some(history::Entry::Ended { succeeded: false }),
                 }
             };
             self.report(
-                offer.id,
+                &offer,
                 StatusBody::JobInterrupted {
                     job: offer.id,
                     package: offer.package.clone(),
@@ -438,7 +443,7 @@ impl Executor {
         };
         tracing::info!(job = offer.id, reason, "job stopped");
         self.report(
-            offer.id,
+            offer,
             StatusBody::JobStopped {
                 job: offer.id,
                 package: offer.package.clone(),
@@ -450,6 +455,7 @@ impl Executor {
                 state: "done",
                 next_at: None,
                 attempts,
+                run: None,
             }),
         )
         .await
@@ -468,25 +474,29 @@ impl Executor {
             let offer: JobOffer = serde_json::from_str(&text)
                 .map_err(|err| Error::Config(format!("stored offer is damaged: {err}")))?;
             // Verified again before it runs: agent.db is not trusted either.
-            if let Err(err) = cascade_protocol::intent::verify_offer(&offer, &self.site_key) {
-                let reason = format!("the stored offer was refused: {err}");
-                tracing::warn!(job = offer.id, %reason, "job refused");
-                self.report(
-                    offer.id,
-                    StatusBody::JobRefused {
-                        job: offer.id,
-                        package: offer.package.clone(),
-                        reason,
-                    },
-                    Some(NewState {
-                        state: "done",
-                        next_at: None,
-                        attempts: attempts as u32,
-                    }),
-                )
-                .await?;
-                continue;
-            }
+            let intent = match cascade_protocol::intent::verify_offer(&offer, &self.site_key) {
+                Ok(intent) => intent,
+                Err(err) => {
+                    let reason = format!("the stored offer was refused: {err}");
+                    tracing::warn!(job = offer.id, %reason, "job refused");
+                    self.report(
+                        &offer,
+                        StatusBody::JobRefused {
+                            job: offer.id,
+                            package: offer.package.clone(),
+                            reason,
+                        },
+                        Some(NewState {
+                            state: "done",
+                            next_at: None,
+                            attempts: attempts as u32,
+                            run: None,
+                        }),
+                    )
+                    .await?;
+                    continue;
+                }
+            };
             let expired = offer.expires_at_ms.is_some_and(|at| at <= now);
             let waiting = offer.optional && state != "requested";
             if expired || waiting || offer.offer_at_ms > now || next_at.is_some_and(|at| at > now) {
@@ -496,12 +506,52 @@ impl Executor {
             if self.hold(&offer, now).await? {
                 continue;
             }
+            // First due: does the same program's history here rule it
+            // out? A job the workstation requested runs regardless.
+            if attempts == 0 && !offer.optional {
+                let rule = intent.rerun;
+                if let Some((previous_job, previous)) =
+                    history::rules_out(&self.db, &offer, rule).await?
+                {
+                    self.skip(&offer, rule, previous_job, previous).await?;
+                    continue;
+                }
+            }
             return Ok(Some(Due {
                 offer,
                 attempts: attempts as u32,
             }));
         }
         Ok(None)
+    }
+
+    /// Reports `offer` skipped: the same program ended as `previous` here
+    /// in job `previous_job`, and `rule` says not again.
+    async fn skip(
+        &self,
+        offer: &JobOffer,
+        rule: RerunRule,
+        previous_job: u64,
+        previous: PastOutcome,
+    ) -> Result<()> {
+        tracing::info!(job = offer.id, %rule, previous_job, ?previous, "job not run again (rerun rule)");
+        self.report(
+            offer,
+            StatusBody::JobSkipped {
+                job: offer.id,
+                package: offer.package.clone(),
+                rule,
+                previous_job,
+                previous_succeeded: previous == PastOutcome::Succeeded,
+            },
+            Some(NewState {
+                state: "done",
+                next_at: None,
+                attempts: 0,
+                run: None,
+            }),
+        )
+        .await
     }
 
     /// Whether `offer` must wait for a current timestamp at `now`; reports
@@ -523,17 +573,27 @@ impl Executor {
                 package: offer.package.clone(),
                 reason,
             };
-            self.report(offer.id, body, None).await?;
+            self.report(offer, body, None).await?;
         }
         Ok(true)
     }
 
     /// Records `body` in the outbox, and the job's new state with it.
-    async fn report(&self, job: u64, body: StatusBody, state: Option<NewState>) -> Result<()> {
+    async fn report(
+        &self,
+        offer: &JobOffer,
+        body: StatusBody,
+        state: Option<NewState>,
+    ) -> Result<()> {
+        let job = offer.id;
         let text = serde_json::to_string(&body).map_err(|err| Error::Config(err.to_string()))?;
         let mut tx = self.db.write().await?;
-        Outbox::push_in(&mut tx, now_ms(), &text).await?;
+        let now = now_ms();
+        Outbox::push_in(&mut tx, now, &text).await?;
         if let Some(state) = state {
+            if let Some(entry) = state.run {
+                history::record(&mut tx, offer, entry, now).await?;
+            }
             sqlx::query(
                 "UPDATE jobs SET state = ?, next_attempt_at_ms = ?, attempts = ?, pgid = NULL
                  WHERE id = ?",
@@ -662,7 +722,7 @@ impl Executor {
         // The attempt number is stored with the report, before the command
         // starts: a crash from here on is an interrupted attempt.
         self.report(
-            offer.id,
+            offer,
             StatusBody::JobRunning {
                 job: offer.id,
                 package: offer.package.clone(),
@@ -672,6 +732,7 @@ impl Executor {
                 state: "running",
                 next_at: None,
                 attempts: attempt,
+                run: Some(history::Entry::Started),
             }),
         )
         .await?;
@@ -727,7 +788,7 @@ impl Executor {
             );
             return self
                 .report(
-                    offer.id,
+                    offer,
                     StatusBody::JobStopped {
                         job: offer.id,
                         package,
@@ -742,6 +803,7 @@ impl Executor {
                         state: "done",
                         next_at: None,
                         attempts: attempt,
+                        run: Some(history::Entry::Ended { succeeded: false }),
                     }),
                 )
                 .await;
@@ -755,7 +817,7 @@ impl Executor {
             tracing::info!(job = offer.id, attempt, exit_code, "job complete");
             return self
                 .report(
-                    offer.id,
+                    offer,
                     StatusBody::JobCompleted {
                         job: offer.id,
                         package,
@@ -767,6 +829,7 @@ impl Executor {
                         state: "done",
                         next_at: None,
                         attempts: attempt,
+                        run: Some(history::Entry::Ended { succeeded: true }),
                     }),
                 )
                 .await;
@@ -790,7 +853,7 @@ impl Executor {
             tracing::info!(job = offer.id, attempt, %reason, "job attempt failed; retrying");
             let next_at = now_ms() + offer.retry_delay_ms as i64;
             self.report(
-                offer.id,
+                offer,
                 StatusBody::JobRetrying {
                     job: offer.id,
                     package,
@@ -804,13 +867,14 @@ impl Executor {
                     state: waiting_state(offer),
                     next_at: Some(next_at),
                     attempts: attempt,
+                    run: Some(history::Entry::Ended { succeeded: false }),
                 }),
             )
             .await
         } else {
             tracing::info!(job = offer.id, attempt, %reason, "job failed");
             self.report(
-                offer.id,
+                offer,
                 StatusBody::JobFailed {
                     job: offer.id,
                     package,
@@ -823,6 +887,7 @@ impl Executor {
                     state: "done",
                     next_at: None,
                     attempts: attempt,
+                    run: Some(history::Entry::Ended { succeeded: false }),
                 }),
             )
             .await
@@ -832,7 +897,7 @@ impl Executor {
     /// Reports that a DP's content was refused; the run goes on elsewhere.
     async fn refused(&self, offer: &JobOffer, dp: &str, reason: String) -> Result<()> {
         self.report(
-            offer.id,
+            offer,
             StatusBody::JobContentRefused {
                 job: offer.id,
                 package: offer.package.clone(),
@@ -897,7 +962,7 @@ impl Executor {
             bytes_done,
             bytes_total: total,
         };
-        self.report(offer.id, progress(done), None).await?;
+        self.report(offer, progress(done), None).await?;
         let mut last = std::time::Instant::now();
         for chunk in &chunks {
             let mut unavailable = Vec::new();
@@ -981,11 +1046,11 @@ impl Executor {
             done += chunk.size as u64;
             if last.elapsed() >= PROGRESS_EVERY {
                 last = std::time::Instant::now();
-                self.report(offer.id, progress(done), None).await?;
+                self.report(offer, progress(done), None).await?;
             }
         }
         if !chunks.is_empty() {
-            self.report(offer.id, progress(done), None).await?;
+            self.report(offer, progress(done), None).await?;
         }
         Ok(manifest)
     }

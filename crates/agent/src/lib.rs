@@ -10,6 +10,7 @@
 mod cache;
 mod execute;
 mod freshness;
+mod history;
 
 use cascade_content::VerifyingKey;
 use cascade_protocol::worker::{Step, Work, Worker};
@@ -62,6 +63,8 @@ const MIGRATIONS: &[&str] = &[
     // Issue 13: the chunks each open job needs, kept whatever the cache's
     // budget (`cache.rs`).
     cache::SCHEMA,
+    // Issue 14: what ran here, by program, for rerun rules.
+    history::SCHEMA,
 ];
 
 /// Everything an agent can fail at.

@@ -397,6 +397,15 @@ enum JobCommand {
         /// whose workstations the job targets).
         #[arg(long)]
         dp_group: Option<String>,
+        /// Whether the job runs on a workstation where the same program
+        /// (this package version and command line) already ran, by any
+        /// job: always; never; if-failed (unless its last run there
+        /// succeeded; the default); if-succeeded (unless its last run
+        /// there failed). Decided by the agent from its own history; a
+        /// job not run shows as skipped. An optional job, run when
+        /// requested, runs regardless.
+        #[arg(long, value_parser = parse_rerun, value_name = "RULE")]
+        rerun: Option<cascade_domain::run::RerunRule>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -993,6 +1002,11 @@ fn ms(time: std::time::SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
+/// A rerun rule as `job create --rerun` takes it.
+fn parse_rerun(text: &str) -> std::result::Result<cascade_domain::run::RerunRule, String> {
+    cascade_domain::run::RerunRule::parse(text).map_err(|err| err.to_string())
+}
+
 async fn job(command: JobCommand, out: Output) -> Result<std::process::ExitCode> {
     match command {
         JobCommand::Create {
@@ -1009,6 +1023,7 @@ async fn job(command: JobCommand, out: Output) -> Result<std::process::ExitCode>
             timeout,
             success_codes,
             dp_group,
+            rerun,
             connection,
         } => {
             let offer_at_ms = offer_at.map(ms);
@@ -1035,6 +1050,7 @@ async fn job(command: JobCommand, out: Output) -> Result<std::process::ExitCode>
                     timeout_ms: timeout.map(|t| t.as_millis() as u64),
                     success_codes,
                     dp_group,
+                    rerun,
                 })
                 .await?;
             out.job(&info);

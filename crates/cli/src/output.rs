@@ -419,6 +419,7 @@ impl Output {
                     job.collection.clone(),
                     time(job.offer.offer_at_ms),
                     job.offer.expires_at_ms.map_or("-".into(), time),
+                    job.offer.rerun.to_string(),
                     job.offer.command.clone(),
                 ]
             })
@@ -432,6 +433,7 @@ impl Output {
                 "COLLECTION",
                 "OFFER AT",
                 "EXPIRES",
+                "RERUN",
                 "COMMAND",
             ],
             &rows,
@@ -1051,7 +1053,12 @@ pub async fn watch_job(
                 .runs
                 .iter()
                 .filter(|(state, _)| {
-                    matches!(state, WorkstationState::Complete | WorkstationState::Failed)
+                    matches!(
+                        state,
+                        WorkstationState::Complete
+                            | WorkstationState::Failed
+                            | WorkstationState::Skipped
+                    )
                 })
                 .map(|(_, n)| n)
                 .sum();

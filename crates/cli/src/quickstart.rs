@@ -294,6 +294,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
             timeout_ms: Some(120_000),
             success_codes: Vec::new(),
             dp_group: None,
+            rerun: None,
         })
         .await?;
     say(&format!(

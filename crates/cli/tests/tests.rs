@@ -7,6 +7,7 @@ mod agents;
 mod bad_input;
 mod cli;
 mod collection;
+mod deployments;
 mod distribution;
 mod hierarchy;
 mod jobs;

@@ -21,6 +21,13 @@ pub enum Error {
     /// source.
     #[error("{0}")]
     Hierarchy(String),
+    /// A value outside the few a setting takes.
+    #[error("invalid {what} {value:?}: expected {expected}")]
+    InvalidValue {
+        what: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     /// A version that would move a package backwards (or stand still).
     #[error("version {offered} of {package} is not newer than version {current}")]
     VersionNotNewer {

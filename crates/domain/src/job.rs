@@ -354,14 +354,6 @@ impl JobFold {
     }
 }
 
-/// A refused offer counts as a failure: the job did not run there.
-fn failed(state: &RunState) -> bool {
-    matches!(
-        state,
-        RunState::Failed | RunState::Interrupted | RunState::Refused
-    )
-}
-
 /// The job as a whole: in progress while a connected site has not reported
 /// the instruction or a workstation has not finished; then failed if a
 /// workstation failed or a site refused the instruction (a DP still
@@ -393,19 +385,16 @@ fn outcome(
             RunState::Downloading { .. } | RunState::Running
         ) && ws.run.since + job.timeout_ms + RUN_REPORT_GRACE_MS > now
     });
-    let any_failed = workstations.iter().any(|ws| failed(&ws.run.state));
+    let any_failed = workstations.iter().any(|ws| ws.run.state.failed());
     match running {
         JobOutcome::Failed => JobOutcome::Failed,
         // Ended with a failure among the runs: that stays the outcome,
         // whatever else did not run.
         JobOutcome::InProgress if !still_running && any_failed => JobOutcome::Failed,
-        // Complete only if every workstation completed: a run stopped by
-        // the cancel is final but not complete.
-        JobOutcome::Complete
-            if workstations
-                .iter()
-                .all(|ws| ws.run.state == RunState::Complete) =>
-        {
+        // Complete only if every workstation completed (or was skipped
+        // after an earlier success): a run stopped by the cancel is final
+        // but not complete.
+        JobOutcome::Complete if workstations.iter().all(|ws| ws.run.state.succeeded()) => {
             JobOutcome::Complete
         }
         JobOutcome::InProgress if still_running => JobOutcome::InProgress,
@@ -420,7 +409,7 @@ fn running_outcome(sites: &[SiteRow], workstations: &[WorkstationRow]) -> JobOut
         .filter(connected)
         .any(|site| site.instruction == InstructionState::Pending)
         || workstations.iter().any(|ws| !ws.run.state.is_final());
-    let failed = workstations.iter().any(|ws| failed(&ws.run.state))
+    let failed = workstations.iter().any(|ws| ws.run.state.failed())
         || sites
             .iter()
             .any(|site| site.instruction == InstructionState::Refused);

@@ -1,11 +1,92 @@
 //! The run phase: what one workstation did with one job, folded from its
-//! status events, and whether an agent is reachable.
+//! status events, whether a job runs a program that already ran there
+//! (its rerun rule), and whether an agent is reachable.
 //!
 //! The rule that seed 003 (Q152229) was about lives here: a job's expiry or
 //! cancellation is a flag shown *beside* each workstation's last reported
 //! state, never a state that replaces it.
 
-use crate::TimestampMs;
+use crate::{Error, Result, TimestampMs};
+use std::fmt;
+
+/// Whether a job runs a program that already ran on the workstation:
+/// Configuration Manager's four rerun behaviours. "The program" is the
+/// same package version run by the same command line, by any job; the
+/// agent decides from its own history when the job is first due, so the
+/// decision holds while it is cut off from its site. A job the
+/// workstation requested (an optional one) always runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RerunRule {
+    /// Runs whatever happened before.
+    Always,
+    /// Runs only if the program never ran here.
+    Never,
+    /// Runs unless the program's last run here succeeded (the default, as
+    /// in Configuration Manager).
+    #[default]
+    IfFailed,
+    /// Runs unless the program's last run here failed.
+    IfSucceeded,
+}
+
+/// How a program's last run on a workstation ended: the command ran and
+/// ended with a success code, or it ran and did not (a failure code, a
+/// timeout, stopped by a cancel, interrupted by a crash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PastOutcome {
+    Succeeded,
+    Failed,
+}
+
+impl RerunRule {
+    /// Every rule, in the order help texts list them.
+    pub const ALL: [RerunRule; 4] = [
+        RerunRule::IfFailed,
+        RerunRule::Always,
+        RerunRule::Never,
+        RerunRule::IfSucceeded,
+    ];
+
+    /// Parses `always`, `never`, `if-failed` or `if-succeeded`.
+    pub fn parse(text: &str) -> Result<RerunRule> {
+        RerunRule::ALL
+            .into_iter()
+            .find(|rule| rule.name() == text)
+            .ok_or_else(|| Error::InvalidValue {
+                what: "rerun rule",
+                value: text.to_owned(),
+                expected: "always, never, if-failed or if-succeeded",
+            })
+    }
+
+    /// The name used on the wire, in tables and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            RerunRule::Always => "always",
+            RerunRule::Never => "never",
+            RerunRule::IfFailed => "if-failed",
+            RerunRule::IfSucceeded => "if-succeeded",
+        }
+    }
+
+    /// Whether the job runs, given how the same program's last run here
+    /// ended (`None`: it never ran here). Every rule runs a program that
+    /// never ran.
+    pub fn runs_after(self, last: Option<PastOutcome>) -> bool {
+        match (self, last) {
+            (_, None) | (RerunRule::Always, _) => true,
+            (RerunRule::Never, Some(_)) => false,
+            (RerunRule::IfFailed, Some(last)) => last == PastOutcome::Failed,
+            (RerunRule::IfSucceeded, Some(last)) => last == PastOutcome::Succeeded,
+        }
+    }
+}
+
+impl fmt::Display for RerunRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// One change in the life of a job on one workstation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +131,14 @@ pub enum RunEvent {
     /// Reported by the agent: the job is due but held, not started, because
     /// the instructions its site passes on are not known current.
     Held { reason: String },
+    /// Reported by the agent: the job did not run because the same program
+    /// ran here before (in job `previous_job`, ending as `previous`) and the
+    /// job's rerun rule says not again. Final.
+    Skipped {
+        rule: RerunRule,
+        previous_job: u64,
+        previous: PastOutcome,
+    },
     /// Reported by the agent: the attempt failed (exit code, or a reason such
     /// as a timeout or a verification error) and no attempt is left.
     Failed {
@@ -97,6 +186,9 @@ pub enum RunState {
     Refused,
     /// Due, but held until the central site's timestamp is current again.
     Held,
+    /// Not run: the same program ran here before, and the rerun rule says
+    /// not again. The workstation is left as that run left it (`previous`).
+    Skipped { previous: PastOutcome },
 }
 
 impl RunState {
@@ -109,6 +201,36 @@ impl RunState {
                 | RunState::Interrupted
                 | RunState::Stopped
                 | RunState::Refused
+                | RunState::Skipped { .. }
+        )
+    }
+
+    /// True when the program is known to have succeeded on the
+    /// workstation: this job's run completed, or it was skipped because an
+    /// earlier run of the same program had.
+    pub fn succeeded(&self) -> bool {
+        matches!(
+            self,
+            RunState::Complete
+                | RunState::Skipped {
+                    previous: PastOutcome::Succeeded
+                }
+        )
+    }
+
+    /// True when the job failed on the workstation: its last attempt
+    /// failed or was interrupted, the offer was refused (it did not run
+    /// there), or it was skipped after an earlier run of the same program
+    /// had failed (the rule `never` or `if-succeeded`).
+    pub fn failed(&self) -> bool {
+        matches!(
+            self,
+            RunState::Failed
+                | RunState::Interrupted
+                | RunState::Refused
+                | RunState::Skipped {
+                    previous: PastOutcome::Failed
+                }
         )
     }
 }
@@ -234,6 +356,24 @@ impl RunFold {
             RunEvent::Held { reason } => {
                 set(RunState::Held);
                 view.reason = Some(reason.clone());
+            }
+            RunEvent::Skipped {
+                rule,
+                previous_job,
+                previous,
+            } => {
+                set(RunState::Skipped {
+                    previous: *previous,
+                });
+                view.exit_code = None;
+                let ended = match previous {
+                    PastOutcome::Succeeded => "succeeded",
+                    PastOutcome::Failed => "failed",
+                };
+                view.reason = Some(format!(
+                    "not run again (rerun rule {rule}): the same program {ended} here in job {previous_job}"
+                ));
+                view.output_tail = None;
             }
             RunEvent::Failed {
                 attempt,
@@ -380,6 +520,55 @@ mod tests {
             assert_eq!(after.state, before.state);
             assert_eq!(after.exit_code, before.exit_code);
             assert!(after.expired_at.is_some());
+        }
+    }
+
+    #[test]
+    fn the_four_rerun_rules_follow_configuration_manager() {
+        use PastOutcome::{Failed, Succeeded};
+        use RerunRule::*;
+        let table = [
+            (Always, [true, true, true]),
+            (Never, [true, false, false]),
+            (IfFailed, [true, false, true]),
+            (IfSucceeded, [true, true, false]),
+        ];
+        for (rule, [never_ran, after_success, after_failure]) in table {
+            assert_eq!(rule.runs_after(None), never_ran, "{rule} after nothing");
+            assert_eq!(rule.runs_after(Some(Succeeded)), after_success, "{rule}");
+            assert_eq!(rule.runs_after(Some(Failed)), after_failure, "{rule}");
+            assert_eq!(RerunRule::parse(rule.name()), Ok(rule));
+        }
+        assert_eq!(RerunRule::default(), IfFailed);
+        let err = RerunRule::parse("sometimes").unwrap_err().to_string();
+        assert!(
+            err.contains("always, never, if-failed or if-succeeded"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_skipped_run_is_final_and_as_good_as_the_run_it_follows() {
+        for (previous, succeeded) in [(PastOutcome::Succeeded, true), (PastOutcome::Failed, false)]
+        {
+            let view = fold(&[
+                RunEvent::Offered,
+                RunEvent::Skipped {
+                    rule: RerunRule::Never,
+                    previous_job: 4,
+                    previous,
+                },
+                RunEvent::Expired,
+            ]);
+            assert_eq!(view.state, RunState::Skipped { previous });
+            assert!(view.state.is_final());
+            assert_eq!(view.state.succeeded(), succeeded);
+            assert_eq!(view.state.failed(), !succeeded);
+            let reason = view.reason.unwrap();
+            assert!(
+                reason.contains("rerun rule never") && reason.contains("job 4"),
+                "{reason}"
+            );
         }
     }
 

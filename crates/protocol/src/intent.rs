@@ -12,6 +12,7 @@
 pub use crate::signed::SignedIntent;
 use crate::types::{JobInfo, JobOffer};
 use cascade_content::{SigningKey, VerifyingKey};
+use cascade_domain::run::RerunRule;
 use serde::{Deserialize, Serialize};
 
 /// What every intent signature covers before the intent's bytes: a
@@ -68,6 +69,13 @@ pub struct JobIntent {
     pub timeout_ms: Option<u64>,
     /// Exit codes that mean success.
     pub success_codes: Vec<i32>,
+    /// Whether it runs a program (this package version and command) that
+    /// already ran on the workstation.
+    #[serde(
+        default = "crate::states::rerun_rule::before_rules",
+        with = "crate::states::rerun_rule"
+    )]
+    pub rerun: RerunRule,
     /// The DP group it distributes to.
     pub dp_group: Option<String>,
     /// When the central site signed it.
@@ -326,6 +334,7 @@ impl JobIntent {
             retry_delay_ms: offer.retry_delay_ms,
             timeout_ms: offer.timeout_ms,
             success_codes: offer.success_codes.clone(),
+            rerun: offer.rerun,
             dp_group: info.dp_group.clone(),
             issued_at_ms,
         }
@@ -392,6 +401,9 @@ impl JobIntent {
         if offer.success_codes != self.success_codes {
             return altered("success codes");
         }
+        if offer.rerun != self.rerun {
+            return altered("rerun rule");
+        }
         Ok(())
     }
 }
@@ -446,6 +458,7 @@ mod tests {
                 retry_delay_ms: 500,
                 timeout_ms: Some(60_000),
                 success_codes: vec![0, 3010],
+                rerun: RerunRule::IfFailed,
                 dps: vec!["http://dp".into()],
                 intent: None,
             },
@@ -525,12 +538,47 @@ mod tests {
                 field: "collection"
             })
         );
-        let mut job = good;
+        let mut job = good.clone();
         job.offer.expires_at_ms = None;
         assert_eq!(
             verify_offer(&job.offer, &public),
             Err(IntentError::Altered { field: "expiry" })
         );
+        // A site that would have a workstation install again what it holds.
+        let mut job = good;
+        job.offer.rerun = RerunRule::Always;
+        assert_eq!(
+            verify_offer(&job.offer, &public),
+            Err(IntentError::Altered {
+                field: "rerun rule"
+            })
+        );
+    }
+
+    /// A job signed before rerun rules existed carries none, and ran
+    /// whatever ran before: an upgraded agent keeps doing so.
+    #[test]
+    fn an_intent_signed_before_rerun_rules_runs_always() {
+        let key = key(1);
+        let mut info = info();
+        info.offer.rerun = RerunRule::Always;
+        let mut job = signed(&info, &key);
+        let signed_intent = job.offer.intent.as_mut().unwrap();
+        let mut text: serde_json::Value = serde_json::from_str(&signed_intent.intent).unwrap();
+        assert_eq!(text["rerun"], "always");
+        text.as_object_mut().unwrap().remove("rerun");
+        let text = text.to_string();
+        let signature = cascade_content::sign_statement(INTENT_CONTEXT, text.as_bytes(), &key);
+        *signed_intent = SignedIntent {
+            intent: text,
+            signature: hex::encode(signature),
+        };
+        let mut offer = serde_json::to_value(&job.offer).unwrap();
+        offer.as_object_mut().unwrap().remove("rerun");
+        let offer: JobOffer = serde_json::from_value(offer).unwrap();
+        assert_eq!(offer.rerun, RerunRule::Always);
+        let intent = verify_offer(&offer, &key.verifying_key()).unwrap();
+        assert_eq!(intent.rerun, RerunRule::Always);
     }
 
     /// A compromised site offered a job signed for one machine to all of

@@ -133,6 +133,9 @@ wire_states! {
         Retrying = "retrying",
         /// The command runs.
         Running = "running",
+        /// Not run: the same program ran here before and the job's rerun
+        /// rule says not again.
+        Skipped = "skipped",
         /// The agent stopped the work (cancel, or expiry before the
         /// command started).
         Stopped = "stopped",
@@ -227,6 +230,7 @@ impl From<&RunState> for WorkstationState {
             RunState::Stopped => WorkstationState::Stopped,
             RunState::Refused => WorkstationState::Refused,
             RunState::Held => WorkstationState::Held,
+            RunState::Skipped { .. } => WorkstationState::Skipped,
         }
     }
 }
@@ -267,6 +271,54 @@ pub(crate) mod site_kind {
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SiteKind, D::Error> {
         let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
         SiteKind::parse(&text).map_err(D::Error::custom)
+    }
+}
+
+/// Serde for a [`run::RerunRule`] field: its name, parsed back with
+/// [`run::RerunRule::parse`]. A job signed before rerun rules existed
+/// carries none, and ran whatever ran before: it reads as
+/// [`run::RerunRule::Always`] (`#[serde(default = "crate::states::rerun_rule::before_rules",
+/// with = "crate::states::rerun_rule")]`).
+pub(crate) mod rerun_rule {
+    use cascade_domain::run::RerunRule;
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(rule: &RerunRule, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(rule.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<RerunRule, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        RerunRule::parse(&text).map_err(D::Error::custom)
+    }
+
+    /// What a job signed before rerun rules existed did.
+    pub fn before_rules() -> RerunRule {
+        RerunRule::Always
+    }
+
+    /// For an optional field (a request that may leave the rule to the
+    /// default).
+    pub mod optional {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            rule: &Option<RerunRule>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match rule {
+                Some(rule) => serializer.serialize_some(rule.name()),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<RerunRule>, D::Error> {
+            Option::<std::borrow::Cow<'_, str>>::deserialize(deserializer)?
+                .map(|text| RerunRule::parse(&text).map_err(D::Error::custom))
+                .transpose()
+        }
     }
 }
 
@@ -347,8 +399,8 @@ mod tests {
             names(&JobState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
             "scheduled active expired canceled"
         );
-        // `refused` and `held` are new with issue 12; the others are as
-        // before.
+        // `refused` and `held` are new with issue 12, `skipped` with issue
+        // 14; the others are as before.
         assert_eq!(
             names(
                 &WorkstationState::ALL
@@ -356,7 +408,7 @@ mod tests {
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
             ),
-            "complete downloading failed held interrupted none offered refused retrying running stopped"
+            "complete downloading failed held interrupted none offered refused retrying running skipped stopped"
         );
     }
 

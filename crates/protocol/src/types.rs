@@ -571,6 +571,19 @@ pub enum StatusBody {
         package: String,
         reason: String,
     },
+    /// Agent: the job did not run, because the same program (package
+    /// version and command) ran here before, in job `previous_job`, and
+    /// the job's rerun rule `rule` says not again. Nothing more happens
+    /// for the job on this workstation.
+    JobSkipped {
+        job: u64,
+        package: String,
+        #[serde(with = "crate::states::rerun_rule")]
+        rule: cascade_domain::run::RerunRule,
+        previous_job: u64,
+        /// Whether that run succeeded.
+        previous_succeeded: bool,
+    },
     /// Agent: attempt `attempt` started.
     JobRunning {
         job: u64,
@@ -722,6 +735,7 @@ impl StatusBody {
             | StatusBody::JobContentRefused { package, .. }
             | StatusBody::JobRefused { package, .. }
             | StatusBody::JobHeld { package, .. }
+            | StatusBody::JobSkipped { package, .. }
             | StatusBody::JobRunning { package, .. }
             | StatusBody::JobCompleted { package, .. }
             | StatusBody::JobInterrupted { package, .. }
@@ -771,6 +785,7 @@ impl StatusBody {
             StatusBody::JobContentRefused { .. } => "job_content_refused",
             StatusBody::JobRefused { .. } => "job_refused",
             StatusBody::JobHeld { .. } => "job_held",
+            StatusBody::JobSkipped { .. } => "job_skipped",
             StatusBody::JobRunning { .. } => "job_running",
             StatusBody::JobCompleted { .. } => "job_completed",
             StatusBody::JobInterrupted { .. } => "job_interrupted",
@@ -819,6 +834,7 @@ impl StatusBody {
             | StatusBody::JobContentRefused { job, .. }
             | StatusBody::JobRefused { job, .. }
             | StatusBody::JobHeld { job, .. }
+            | StatusBody::JobSkipped { job, .. }
             | StatusBody::JobRunning { job, .. }
             | StatusBody::JobCompleted { job, .. }
             | StatusBody::JobInterrupted { job, .. }
@@ -840,6 +856,7 @@ impl StatusBody {
             | StatusBody::JobContentRefused { job, .. }
             | StatusBody::JobRefused { job, .. }
             | StatusBody::JobHeld { job, .. }
+            | StatusBody::JobSkipped { job, .. }
             | StatusBody::JobRunning { job, .. }
             | StatusBody::JobCompleted { job, .. }
             | StatusBody::JobInterrupted { job, .. }
@@ -871,6 +888,20 @@ impl StatusBody {
             },
             StatusBody::JobHeld { reason, .. } => RunEvent::Held {
                 reason: reason.clone(),
+            },
+            StatusBody::JobSkipped {
+                rule,
+                previous_job,
+                previous_succeeded,
+                ..
+            } => RunEvent::Skipped {
+                rule: *rule,
+                previous_job: *previous_job,
+                previous: if *previous_succeeded {
+                    cascade_domain::run::PastOutcome::Succeeded
+                } else {
+                    cascade_domain::run::PastOutcome::Failed
+                },
             },
             StatusBody::JobRunning { attempt, .. } => RunEvent::Running { attempt: *attempt },
             StatusBody::JobCompleted {
@@ -1230,6 +1261,14 @@ pub struct JobOffer {
     pub timeout_ms: Option<u64>,
     /// Exit codes that mean success.
     pub success_codes: Vec<i32>,
+    /// Whether it runs a program (this package version and command) that
+    /// already ran on the workstation: `always`, `never`, `if-failed`,
+    /// `if-succeeded`.
+    #[serde(
+        default = "crate::states::rerun_rule::before_rules",
+        with = "crate::states::rerun_rule"
+    )]
+    pub rerun: cascade_domain::run::RerunRule,
     /// Content URLs to download from, in order: the DPs the job distributes
     /// to at the agent's site. Empty: the site's DPs from the policy; the
     /// agent's own site server comes last either way.
@@ -1275,6 +1314,15 @@ pub struct JobRequest {
     /// Exit codes that mean success (default: 0).
     #[serde(default)]
     pub success_codes: Vec<i32>,
+    /// Whether it runs a program that already ran on a workstation
+    /// (`always`, `never`, `if-failed`, `if-succeeded`; default
+    /// `if-failed`).
+    #[serde(
+        default,
+        with = "crate::states::rerun_rule::optional",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rerun: Option<cascade_domain::run::RerunRule>,
     /// Distribute to this DP group's DPs instead of each target site's DPs.
     #[serde(default)]
     pub dp_group: Option<String>,

@@ -183,6 +183,9 @@ impl From<cascade_domain::Error> for Error {
             cascade_domain::Error::InvalidRule { .. } => {
                 Error::invalid("invalid_rule", err.to_string())
             }
+            cascade_domain::Error::InvalidValue { .. } => {
+                Error::invalid("invalid_value", err.to_string())
+            }
             cascade_domain::Error::VersionNotNewer { .. } => Error::Conflict(err.to_string()),
             cascade_domain::Error::Hierarchy(_) => Error::invalid("invalid_site", err.to_string()),
         }

@@ -301,4 +301,9 @@ CREATE TABLE local_ingest_files (
     PRIMARY KEY (package_id, path)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Rerun rules (issue 14): whether a job runs a program that already ran on
+-- a workstation. Jobs made before signed none and ran regardless.
+ALTER TABLE jobs ADD COLUMN rerun TEXT NOT NULL DEFAULT 'always';
+"#,
 ];

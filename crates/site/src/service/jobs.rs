@@ -105,6 +105,7 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
             retry_delay_ms: request.retry_delay_ms,
             timeout_ms: Some(request.timeout_ms.unwrap_or(db::DEFAULT_TIMEOUT_MS)),
             success_codes: &success_codes,
+            rerun: request.rerun.unwrap_or_default(),
             created_at_ms: now,
             canceled_at_ms: None,
             dp_group: request.dp_group.as_deref(),
@@ -187,6 +188,7 @@ pub async fn apply_job(state: &AppState, tx: &mut WriteTx<'_>, job: &JobInfo) ->
             retry_delay_ms: offer.retry_delay_ms,
             timeout_ms: offer.timeout_ms,
             success_codes: &offer.success_codes,
+            rerun: offer.rerun,
             created_at_ms: job.created_at_ms,
             // Not from the instruction's unsigned fields: a job is canceled
             // here only by a signed cancellation (`apply_cancel`).

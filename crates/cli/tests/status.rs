@@ -37,6 +37,9 @@ fn create_job(site: &Site, collection: &str) -> String {
         collection,
         "--command",
         "test -f big.bin",
+        // Every job here runs the same program, and each must run.
+        "--rerun",
+        "always",
     ])["id"]
         .as_u64()
         .unwrap()

@@ -70,6 +70,36 @@ pub struct Executor {
     pub reported: std::sync::Mutex<HashSet<(u64, String, String)>>,
     /// The chunk cache's budget (`cache.rs`).
     pub cache_bytes: u64,
+    /// The identity of the boot the agent runs in.
+    pub boot: Boot,
+}
+
+/// A job waiting for a reboot, as stored: its offer, attempts, the boot
+/// its command ran in, and the command's exit code and output tail.
+type RebootingRow = (String, i64, Option<String>, Option<i64>, Option<String>);
+
+/// The identity of the current boot, read once when the agent starts: a
+/// job whose command asked for a reboot (one of its reboot codes) waits
+/// in state `rebooting` until an agent starts in another boot.
+pub struct Boot {
+    id: std::result::Result<String, String>,
+}
+
+impl Boot {
+    /// Reads the boot's identity from `file` (Linux's
+    /// `/proc/sys/kernel/random/boot_id`, unless the agent was told
+    /// another); what went wrong, if it cannot.
+    pub fn read(file: PathBuf) -> Boot {
+        let id = match std::fs::read_to_string(&file) {
+            Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+            Ok(_) => Err(format!("{} is empty", file.display())),
+            Err(err) => Err(format!("reading {}: {err}", file.display())),
+        };
+        if let Err(why) = &id {
+            tracing::warn!(%why, "the boot's identity is unknown: jobs asking for a reboot will fail");
+        }
+        Boot { id }
+    }
 }
 
 /// A download waiting for its sources to come back.
@@ -250,6 +280,7 @@ impl Work for DueJobs<'_> {
         let executor = self.executor;
         if !self.recovered {
             executor.recover_interrupted().await?;
+            executor.resume_after_reboot().await?;
             self.recovered = true;
         }
         if let Err(err) = executor.stop_abandoned_waits().await {
@@ -477,23 +508,7 @@ impl Executor {
             let intent = match cascade_protocol::intent::verify_offer(&offer, &self.site_key) {
                 Ok(intent) => intent,
                 Err(err) => {
-                    let reason = format!("the stored offer was refused: {err}");
-                    tracing::warn!(job = offer.id, %reason, "job refused");
-                    self.report(
-                        &offer,
-                        StatusBody::JobRefused {
-                            job: offer.id,
-                            package: offer.package.clone(),
-                            reason,
-                        },
-                        Some(NewState {
-                            state: "done",
-                            next_at: None,
-                            attempts: attempts as u32,
-                            run: None,
-                        }),
-                    )
-                    .await?;
+                    self.refuse_stored(&offer, attempts as u32, err).await?;
                     continue;
                 }
             };
@@ -523,6 +538,33 @@ impl Executor {
             }));
         }
         Ok(None)
+    }
+
+    /// Reports a stored offer refused (it no longer verifies: agent.db was
+    /// altered) and marks its job done.
+    async fn refuse_stored(
+        &self,
+        offer: &JobOffer,
+        attempts: u32,
+        err: cascade_protocol::intent::IntentError,
+    ) -> Result<()> {
+        let reason = format!("the stored offer was refused: {err}");
+        tracing::warn!(job = offer.id, %reason, "job refused");
+        self.report(
+            offer,
+            StatusBody::JobRefused {
+                job: offer.id,
+                package: offer.package.clone(),
+                reason,
+            },
+            Some(NewState {
+                state: "done",
+                next_at: None,
+                attempts,
+                run: None,
+            }),
+        )
+        .await
     }
 
     /// Reports `offer` skipped: the same program ended as `previous` here
@@ -736,14 +778,37 @@ impl Executor {
             }),
         )
         .await?;
-        let env = [
+        let env = self.job_env(offer, attempt);
+        let outcome = self
+            .run_command(offer, &offer.command, &job_dir, &env, deadline)
+            .await?;
+        self.after_command(offer, attempt, outcome, &job_dir, deadline)
+            .await
+    }
+
+    /// The environment of a job's command (and of its check).
+    fn job_env(&self, offer: &JobOffer, attempt: u32) -> Vec<(&'static str, String)> {
+        vec![
             ("CASCADE_AGENT", self.name.clone()),
             ("CASCADE_JOB", offer.id.to_string()),
             ("CASCADE_PACKAGE", offer.package.clone()),
             ("CASCADE_VERSION", offer.version.to_string()),
             ("CASCADE_ATTEMPT", attempt.to_string()),
-        ];
-        let outcome = match spawn_command(&offer.command, &job_dir, &env) {
+        ]
+    }
+
+    /// Runs `command` for `offer` in `dir` until it ends, the deadline
+    /// passes (a failure: timeout) or the job is canceled (stopped); its
+    /// process group is recorded first, for a restarted agent to stop.
+    async fn run_command(
+        &self,
+        offer: &JobOffer,
+        command: &str,
+        dir: &Path,
+        env: &[(&str, String)],
+        deadline: Option<Instant>,
+    ) -> Result<Outcome> {
+        let outcome = match spawn_command(command, dir, env) {
             Ok(running) => {
                 if let Some(pgid) = running.pgid {
                     sqlx::query("UPDATE jobs SET pgid = ? WHERE id = ?")
@@ -763,7 +828,7 @@ impl Executor {
             }
             Err(err) => Outcome::failed(err.to_string(), String::new()),
         };
-        let outcome = match outcome.stopped {
+        Ok(match outcome.stopped {
             Some(Interruption::TimedOut) => Outcome::failed(
                 format!(
                     "timeout: not finished after {}",
@@ -772,8 +837,212 @@ impl Executor {
                 outcome.output_tail,
             ),
             _ => outcome,
+        })
+    }
+
+    /// What follows a command that ended: one of the job's reboot codes
+    /// waits for the workstation to restart; a success code runs the
+    /// job's check, if it has one; then the attempt is finished.
+    async fn after_command(
+        &self,
+        offer: &JobOffer,
+        attempt: u32,
+        outcome: Outcome,
+        job_dir: &Path,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let code = match (&outcome.reason, outcome.stopped, outcome.exit_code) {
+            (None, None, Some(code)) => code,
+            _ => return self.finish(offer, attempt, outcome).await,
         };
+        if offer.reboot_codes.contains(&code) {
+            return self
+                .await_reboot(offer, attempt, code, outcome.output_tail)
+                .await;
+        }
+        if !offer.success_codes.contains(&code) {
+            return self.finish(offer, attempt, outcome).await;
+        }
+        let outcome = self
+            .check(offer, attempt, outcome, job_dir, deadline)
+            .await?;
         self.finish(offer, attempt, outcome).await
+    }
+
+    /// Runs the job's check command, if it has one, after its command
+    /// succeeded with `outcome`: the outcome stays a success only if the
+    /// check exits 0. The check's output follows the command's in the
+    /// tail.
+    async fn check(
+        &self,
+        offer: &JobOffer,
+        attempt: u32,
+        outcome: Outcome,
+        job_dir: &Path,
+        deadline: Option<Instant>,
+    ) -> Result<Outcome> {
+        let Some(check) = &offer.check else {
+            return Ok(outcome);
+        };
+        tracing::info!(
+            job = offer.id,
+            attempt,
+            "the command succeeded; running the check"
+        );
+        // State `running` still: a crash during the check is an
+        // interrupted attempt.
+        self.report(
+            offer,
+            StatusBody::JobChecking {
+                job: offer.id,
+                package: offer.package.clone(),
+                attempt,
+            },
+            Some(NewState {
+                state: "running",
+                next_at: None,
+                attempts: attempt,
+                run: None,
+            }),
+        )
+        .await?;
+        let mut env = self.job_env(offer, attempt);
+        env.push(("CASCADE_CHECK", "1".to_owned()));
+        let checked = self
+            .run_command(offer, check, job_dir, &env, deadline)
+            .await?;
+        let output_tail = joined_tail(&outcome.output_tail, &checked.output_tail);
+        if checked.stopped == Some(Interruption::Canceled) {
+            return Ok(Outcome {
+                output_tail,
+                ..checked
+            });
+        }
+        let failure = match (checked.reason, checked.exit_code) {
+            (None, Some(0)) => None,
+            (Some(reason), _) => Some(reason),
+            (None, code) => Some(format!(
+                "exit code {}",
+                code.map_or("none".into(), |c| c.to_string())
+            )),
+        };
+        Ok(Outcome {
+            exit_code: outcome.exit_code,
+            reason: failure.map(|why| format!("the check `{check}` failed: {why}")),
+            output_tail,
+            stopped: None,
+        })
+    }
+
+    /// The command of attempt `attempt` ended with reboot code `code`:
+    /// records the boot it ran in, reports `job_reboot_pending`, and leaves
+    /// the job in state `rebooting` until an agent starts in another boot
+    /// ([`Executor::resume_after_reboot`]).
+    async fn await_reboot(
+        &self,
+        offer: &JobOffer,
+        attempt: u32,
+        code: i32,
+        output_tail: String,
+    ) -> Result<()> {
+        let boot = match &self.boot.id {
+            Ok(boot) => boot.clone(),
+            Err(why) => {
+                let reason = format!(
+                    "exit code {code} asks for a reboot, but the agent cannot tell when the \
+                     workstation restarts: {why}"
+                );
+                return self
+                    .finish(offer, attempt, Outcome::failed(reason, output_tail))
+                    .await;
+            }
+        };
+        tracing::info!(
+            job = offer.id,
+            attempt,
+            exit_code = code,
+            "the command asks for a reboot"
+        );
+        // Before the report: a crash in between leaves the row `running`,
+        // an interrupted attempt, as any crash after the command ended.
+        sqlx::query("UPDATE jobs SET boot_id = ?, exit_code = ?, output_tail = ? WHERE id = ?")
+            .bind(&boot)
+            .bind(code)
+            .bind(&output_tail)
+            .bind(offer.id as i64)
+            .execute(self.db.pool())
+            .await
+            .map_err(cascade_store::Error::from)?;
+        self.report(
+            offer,
+            StatusBody::JobRebootPending {
+                job: offer.id,
+                package: offer.package.clone(),
+                attempt,
+                exit_code: code,
+                output_tail,
+            },
+            Some(NewState {
+                state: "rebooting",
+                next_at: None,
+                attempts: attempt,
+                run: None,
+            }),
+        )
+        .await
+    }
+
+    /// Finishes the jobs waiting for a reboot (state `rebooting`) once the
+    /// agent runs in another boot than theirs: the check runs, if the job
+    /// has one, and the attempt ends as the check says. A job whose boot
+    /// has not changed waits on.
+    async fn resume_after_reboot(&self) -> Result<()> {
+        let rows: Vec<RebootingRow> = sqlx::query_as(
+            "SELECT offer, attempts, boot_id, exit_code, output_tail FROM jobs
+                 WHERE state = 'rebooting'",
+        )
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(cascade_store::Error::from)?;
+        let Ok(now_booted) = &self.boot.id else {
+            return Ok(());
+        };
+        for (text, attempts, boot, exit_code, output_tail) in rows {
+            if boot.as_deref() == Some(now_booted.as_str()) {
+                continue;
+            }
+            let offer: JobOffer = serde_json::from_str(&text)
+                .map_err(|err| Error::Config(format!("stored offer is damaged: {err}")))?;
+            let attempt = attempts as u32;
+            // Verified again before its check runs: agent.db is not
+            // trusted either.
+            if let Err(err) = cascade_protocol::intent::verify_offer(&offer, &self.site_key) {
+                self.refuse_stored(&offer, attempt, err).await?;
+                continue;
+            }
+            tracing::info!(
+                job = offer.id,
+                attempt,
+                "the workstation restarted since the command asked for it"
+            );
+            let job_dir = self.dir.join("jobs").join(offer.id.to_string());
+            std::fs::create_dir_all(&job_dir)
+                .map_err(crate::io(format!("creating {}", job_dir.display())))?;
+            let deadline = offer
+                .timeout_ms
+                .map(|ms| Instant::now() + Duration::from_millis(ms));
+            let outcome = Outcome {
+                exit_code: exit_code.map(|code| code as i32),
+                reason: None,
+                output_tail: output_tail.unwrap_or_default(),
+                stopped: None,
+            };
+            let outcome = self
+                .check(&offer, attempt, outcome, &job_dir, deadline)
+                .await?;
+            self.finish(&offer, attempt, outcome).await?;
+        }
+        Ok(())
     }
 
     /// Reports how attempt `attempt` ended: completed, stopped (canceled),
@@ -808,10 +1077,11 @@ impl Executor {
                 )
                 .await;
         }
+        // A reboot code reaches here once the workstation restarted.
         let succeeded = outcome.reason.is_none()
-            && outcome
-                .exit_code
-                .is_some_and(|code| offer.success_codes.contains(&code));
+            && outcome.exit_code.is_some_and(|code| {
+                offer.success_codes.contains(&code) || offer.reboot_codes.contains(&code)
+            });
         if succeeded {
             let exit_code = outcome.exit_code.unwrap_or(0);
             tracing::info!(job = offer.id, attempt, exit_code, "job complete");
@@ -1222,6 +1492,18 @@ impl Outcome {
             stopped: None,
         }
     }
+}
+
+/// The output tails of a command and of its check as one tail: the
+/// check's after a marker line, the command's cut from the front so that
+/// the whole stays within [`OUTPUT_TAIL`].
+fn joined_tail(command: &str, check: &str) -> String {
+    let joined = format!("{command}\n--- check ---\n{check}");
+    let mut start = joined.len().saturating_sub(OUTPUT_TAIL);
+    while !joined.is_char_boundary(start) {
+        start += 1;
+    }
+    joined[start..].to_owned()
 }
 
 /// A command started by [`spawn_command`].

@@ -65,6 +65,12 @@ const MIGRATIONS: &[&str] = &[
     cache::SCHEMA,
     // Issue 14: what ran here, by program, for rerun rules.
     history::SCHEMA,
+    // Issue 14: a job whose command asked for a reboot waits in state
+    // `rebooting` for the boot to change: the boot it ran in, and its
+    // command's exit code and output tail, for the report that ends it.
+    "ALTER TABLE jobs ADD COLUMN boot_id TEXT;
+     ALTER TABLE jobs ADD COLUMN exit_code INTEGER;
+     ALTER TABLE jobs ADD COLUMN output_tail TEXT;",
 ];
 
 /// Everything an agent can fail at.
@@ -108,6 +114,23 @@ pub struct Config {
     /// [`cache::DEFAULT_CACHE_BYTES`] when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_bytes: Option<u64>,
+    /// Where the agent reads the identity of the current boot (`agent init
+    /// --boot-id-file`); [`DEFAULT_BOOT_ID_FILE`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id_file: Option<std::path::PathBuf>,
+}
+
+/// Linux's identity of the current boot: a new one at every restart. A
+/// job whose command asked for a reboot completes once it changed.
+pub const DEFAULT_BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
+
+/// What `init` may be told besides the enrollment.
+#[derive(Clone, Debug, Default)]
+pub struct InitOptions {
+    /// The chunk cache's budget in bytes.
+    pub cache_bytes: Option<u64>,
+    /// Where the identity of the current boot is read.
+    pub boot_id_file: Option<std::path::PathBuf>,
 }
 
 /// Parses `key=value` tags.
@@ -169,7 +192,7 @@ pub async fn init(
     join_token: &str,
     name: &str,
     tags: &[String],
-    cache_bytes: Option<u64>,
+    options: InitOptions,
 ) -> Result<Enrolled> {
     cascade_domain::validate_name("agent name", name)
         .map_err(|err| Error::Config(err.to_string()))?;
@@ -199,7 +222,8 @@ pub async fn init(
             Some(&status_key),
         ),
         tags,
-        cache_bytes,
+        cache_bytes: options.cache_bytes,
+        boot_id_file: options.boot_id_file,
     };
     let text =
         serde_json::to_string_pretty(&config).map_err(|err| Error::Config(err.to_string()))?;
@@ -569,6 +593,12 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
         waits: Default::default(),
         reported: Default::default(),
         cache_bytes: config.cache_bytes.unwrap_or(cache::DEFAULT_CACHE_BYTES),
+        boot: execute::Boot::read(
+            config
+                .boot_id_file
+                .clone()
+                .unwrap_or_else(|| DEFAULT_BOOT_ID_FILE.into()),
+        ),
     };
     let executor = tokio::spawn(executor.run(stop_rx));
     // The poll ends when `shutdown` resolves; the executor and the

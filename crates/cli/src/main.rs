@@ -319,6 +319,12 @@ enum AgentCommand {
         /// needs are kept whatever this says.
         #[arg(long, value_parser = parse_size)]
         cache_size: Option<u64>,
+        /// Where the agent reads the identity of the current boot, which
+        /// tells it the workstation restarted (a job whose command asked
+        /// for a reboot completes after one). Default:
+        /// /proc/sys/kernel/random/boot_id.
+        #[arg(long)]
+        boot_id_file: Option<PathBuf>,
     },
     /// Run the agent until SIGTERM or Ctrl-C.
     Run {
@@ -351,64 +357,82 @@ enum AgentCommand {
     },
 }
 
+/// `job create`'s arguments (boxed: they are most of `JobCommand`).
+#[derive(clap::Args)]
+struct JobCreate {
+    /// Package name.
+    #[arg(long)]
+    package: String,
+    /// Pinned package version (default: the newest).
+    #[arg(long)]
+    version: Option<u64>,
+    /// Target collection.
+    #[arg(long)]
+    collection: String,
+    /// The command line, run by `sh -c` in the package's directory.
+    #[arg(long)]
+    command: String,
+    /// When the job may run (default: now): 2026-12-02T17:00:00Z,
+    /// "2026-12-02 17:00 +01:00", "2026-12-02 17:00" (local time),
+    /// "in 2h", "+2h" or now.
+    #[arg(long, value_parser = when::parse_time)]
+    offer_at: Option<std::time::SystemTime>,
+    /// When the offer is withdrawn for good, in the forms of --offer-at.
+    #[arg(long, value_parser = when::parse_time, conflicts_with = "expires_in")]
+    expires_at: Option<std::time::SystemTime>,
+    /// Expiry relative to the offer time (e.g. 2d, 90m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    expires_in: Option<std::time::Duration>,
+    /// Offer only: runs when requested on the workstation.
+    #[arg(long)]
+    optional: bool,
+    /// Further attempts after a failure.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Wait between attempts (e.g. 30s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    retry_delay: std::time::Duration,
+    /// Longest a download and run may take (e.g. 10m; default 1h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<std::time::Duration>,
+    /// Exit codes that mean success, comma-separated (default: 0).
+    #[arg(long, value_delimiter = ',')]
+    success_codes: Vec<i32>,
+    /// Distribute to this DP group's DPs (default: the DPs of each site
+    /// whose workstations the job targets).
+    #[arg(long)]
+    dp_group: Option<String>,
+    /// Whether the job runs on a workstation where the same program
+    /// (this package version and command line) already ran, by any
+    /// job: always; never; if-failed (unless its last run there
+    /// succeeded; the default); if-succeeded (unless its last run
+    /// there failed). Decided by the agent from its own history; a
+    /// job not run shows as skipped. An optional job, run when
+    /// requested, runs regardless.
+    #[arg(long, value_parser = parse_rerun, value_name = "RULE")]
+    rerun: Option<cascade_domain::run::RerunRule>,
+    /// A command run after the command succeeded, in the package's
+    /// directory with the same environment and CASCADE_CHECK=1 (e.g.
+    /// 'test -x /opt/tool/bin/tool'): the job completes on a
+    /// workstation only if it exits 0; otherwise the attempt failed
+    /// (and is retried as --retries allows). Runs after the reboot the
+    /// command asked for, if it did (--reboot-codes).
+    #[arg(long, value_name = "COMMAND")]
+    check: Option<String>,
+    /// Exit codes of the command that mean "succeeded, and needs a
+    /// reboot", comma-separated (0 to 255, e.g. 100). The workstation shows
+    /// reboot_pending until it restarted (the agent does not restart
+    /// it); then the check runs and the job completes.
+    #[arg(long, value_delimiter = ',')]
+    reboot_codes: Vec<i32>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
 #[derive(Subcommand)]
 enum JobCommand {
     /// Create a job; the package goes to the site's DPs that lack it.
-    Create {
-        /// Package name.
-        #[arg(long)]
-        package: String,
-        /// Pinned package version (default: the newest).
-        #[arg(long)]
-        version: Option<u64>,
-        /// Target collection.
-        #[arg(long)]
-        collection: String,
-        /// The command line, run by `sh -c` in the package's directory.
-        #[arg(long)]
-        command: String,
-        /// When the job may run (default: now): 2026-12-02T17:00:00Z,
-        /// "2026-12-02 17:00 +01:00", "2026-12-02 17:00" (local time),
-        /// "in 2h", "+2h" or now.
-        #[arg(long, value_parser = when::parse_time)]
-        offer_at: Option<std::time::SystemTime>,
-        /// When the offer is withdrawn for good, in the forms of --offer-at.
-        #[arg(long, value_parser = when::parse_time, conflicts_with = "expires_in")]
-        expires_at: Option<std::time::SystemTime>,
-        /// Expiry relative to the offer time (e.g. 2d, 90m).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        expires_in: Option<std::time::Duration>,
-        /// Offer only: runs when requested on the workstation.
-        #[arg(long)]
-        optional: bool,
-        /// Further attempts after a failure.
-        #[arg(long, default_value_t = 0)]
-        retries: u32,
-        /// Wait between attempts (e.g. 30s).
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-        retry_delay: std::time::Duration,
-        /// Longest a download and run may take (e.g. 10m; default 1h).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        timeout: Option<std::time::Duration>,
-        /// Exit codes that mean success, comma-separated (default: 0).
-        #[arg(long, value_delimiter = ',')]
-        success_codes: Vec<i32>,
-        /// Distribute to this DP group's DPs (default: the DPs of each site
-        /// whose workstations the job targets).
-        #[arg(long)]
-        dp_group: Option<String>,
-        /// Whether the job runs on a workstation where the same program
-        /// (this package version and command line) already ran, by any
-        /// job: always; never; if-failed (unless its last run there
-        /// succeeded; the default); if-succeeded (unless its last run
-        /// there failed). Decided by the agent from its own history; a
-        /// job not run shows as skipped. An optional job, run when
-        /// requested, runs regardless.
-        #[arg(long, value_parser = parse_rerun, value_name = "RULE")]
-        rerun: Option<cascade_domain::run::RerunRule>,
-        #[command(flatten)]
-        connection: Connection,
-    },
+    Create(Box<JobCreate>),
     /// List jobs.
     List {
         #[command(flatten)]
@@ -909,9 +933,14 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             name,
             tags,
             cache_size,
+            boot_id_file,
         }) => {
             init_logging("warn")?;
-            let enrolled = cascade_agent::init(&dir, &site, &join_token, &name, &tags, cache_size)
+            let options = cascade_agent::InitOptions {
+                cache_bytes: cache_size,
+                boot_id_file,
+            };
+            let enrolled = cascade_agent::init(&dir, &site, &join_token, &name, &tags, options)
                 .await
                 .with_context(|| format!("enrolling agent {name} with {site}"))?;
             out.enrolled(
@@ -1009,23 +1038,26 @@ fn parse_rerun(text: &str) -> std::result::Result<cascade_domain::run::RerunRule
 
 async fn job(command: JobCommand, out: Output) -> Result<std::process::ExitCode> {
     match command {
-        JobCommand::Create {
-            package,
-            version,
-            collection,
-            command,
-            offer_at,
-            expires_at,
-            expires_in,
-            optional,
-            retries,
-            retry_delay,
-            timeout,
-            success_codes,
-            dp_group,
-            rerun,
-            connection,
-        } => {
+        JobCommand::Create(create) => {
+            let JobCreate {
+                package,
+                version,
+                collection,
+                command,
+                offer_at,
+                expires_at,
+                expires_in,
+                optional,
+                retries,
+                retry_delay,
+                timeout,
+                success_codes,
+                dp_group,
+                rerun,
+                check,
+                reboot_codes,
+                connection,
+            } = *create;
             let offer_at_ms = offer_at.map(ms);
             let expires_at_ms = match (expires_at, expires_in) {
                 (Some(at), _) => Some(ms(at)),
@@ -1050,6 +1082,8 @@ async fn job(command: JobCommand, out: Output) -> Result<std::process::ExitCode>
                     timeout_ms: timeout.map(|t| t.as_millis() as u64),
                     success_codes,
                     dp_group,
+                    check,
+                    reboot_codes,
                     rerun,
                 })
                 .await?;

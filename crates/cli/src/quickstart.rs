@@ -241,7 +241,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
                 &site.join_token,
                 &name,
                 &["fleet=demo".to_owned()],
-                None,
+                Default::default(),
             )
             .await?;
             children.spawn(&name, &["agent", "run", path_str(&dir)?], &logs)?;
@@ -294,6 +294,8 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
             timeout_ms: Some(120_000),
             success_codes: Vec::new(),
             dp_group: None,
+            check: None,
+            reboot_codes: Vec::new(),
             rerun: None,
         })
         .await?;

@@ -66,6 +66,15 @@ fn ws_row<'a>(status: &'a Value, agent: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no row for {agent}: {status:#}"))
 }
 
+/// The state of workstation `agent` in a job's status, once it has a row.
+fn ws_state<'a>(status: &'a Value, agent: &str) -> Option<&'a str> {
+    status["workstations"]
+        .as_array()?
+        .iter()
+        .find(|row| row["agent"] == agent)?["state"]
+        .as_str()
+}
+
 /// Creates a job at `site` with `extra` options and waits, at `site`, for
 /// its outcome to be final; returns the job's status there.
 fn run_job(site: &Site, package: &str, command: &str, extra: &[&str]) -> Value {
@@ -189,4 +198,146 @@ fn each_rerun_rule_is_decided_from_the_workstations_history() {
         err.contains("always, never, if-failed or if-succeeded"),
         "{err}"
     );
+}
+
+/// Issue 14, health after the run: a job's check command runs after its
+/// command succeeded, and after the reboot the command asked for (one of
+/// the job's reboot codes); the job completes on a workstation only once
+/// the check passed. hawkBit's users saw "success" before the device had
+/// even restarted: here the workstation shows `reboot_pending` until the
+/// agent starts in another boot (its boot identity is read from a file
+/// this test changes, as a restart changes Linux's).
+#[test]
+fn a_job_completes_only_after_the_reboot_it_asked_for_and_its_check() {
+    let root = tempfile::tempdir().unwrap();
+    let tree = Tree::new(root.path(), &[]);
+    let cen = &tree.cen;
+    let boot = root.path().join("boot_id");
+    std::fs::write(&boot, "boot-1\n").unwrap();
+    let dir = root.path().join("ws1");
+    run_ok(
+        std::process::Command::new(BIN)
+            .args(["agent", "init"])
+            .arg(&dir)
+            .args([
+                "--site",
+                &tree.s01.url,
+                "--join-token",
+                &tree.s01.join_token,
+            ])
+            .args(["--name", "ws1", "--boot-id-file"])
+            .arg(&boot),
+    );
+    let log = root.path().join("ws1.log");
+    let mut ws1 = Process::spawn(&["agent", "run", dir.to_str().unwrap()], &log);
+    let source = root.path().join("src");
+    make_tree(&source, 2, 10_000, 15);
+    cen.create_package("app", &source);
+    tree.collection("all", "ws1");
+
+    let installed = root.path().join("installed");
+    let command = format!("echo installing; touch {}; exit 100", installed.display());
+    let check = format!("test -f {} && echo installed", installed.display());
+    let job = cen.create_job(
+        "app",
+        "all",
+        &command,
+        &["--reboot-codes", "100,101", "--check", &check],
+    );
+    assert_eq!(
+        job["reboot_codes"],
+        serde_json::json!([100, 101]),
+        "{job:#}"
+    );
+    assert_eq!(job["check"], check.as_str(), "{job:#}");
+    let id = job["id"].as_u64().unwrap();
+    let pending = cen.wait_job(id, Duration::from_secs(60), |status| {
+        ws_state(status, "ws1") == Some("reboot_pending")
+    });
+    let row = ws_row(&pending, "ws1");
+    assert_eq!(row["exit_code"], 100, "{row:#}");
+    assert_eq!(pending["outcome"], "in_progress", "{pending:#}");
+    // Restarting the agent in the same boot changes nothing.
+    ws1.stop();
+    ws1.start();
+    std::thread::sleep(Duration::from_secs(2));
+    let still = cen.job(id);
+    assert_eq!(
+        ws_row(&still, "ws1")["state"],
+        "reboot_pending",
+        "{still:#}"
+    );
+
+    // The workstation restarts: a new boot, the agent starts again.
+    ws1.stop();
+    std::fs::write(&boot, "boot-2\n").unwrap();
+    ws1.start();
+    let done = cen.wait_job(id, Duration::from_secs(60), |status| {
+        status["outcome"] != "in_progress"
+    });
+    assert_eq!(done["outcome"], "complete", "{done:#}");
+    let row = ws_row(&done, "ws1");
+    assert_eq!(row["state"], "complete", "{row:#}");
+    assert_eq!(row["exit_code"], 100, "{row:#}");
+    let shown = cen.json(&["job", "status", &id.to_string(), "--machine", "ws1"]);
+    let tail = serde_json::to_string(&shown).unwrap();
+    assert!(
+        tail.contains("installing") && tail.contains("--- check ---") && tail.contains("installed"),
+        "{shown:#}"
+    );
+
+    // A check that fails fails the job there, whatever the command said.
+    let job = cen.create_job(
+        "app",
+        "all",
+        "echo fine",
+        &["--check", "echo not there >&2; exit 4"],
+    );
+    let id = job["id"].as_u64().unwrap();
+    let failed = cen.wait_job(id, Duration::from_secs(60), |status| {
+        status["outcome"] != "in_progress"
+    });
+    assert_eq!(failed["outcome"], "failed", "{failed:#}");
+    let row = ws_row(&failed, "ws1");
+    assert_eq!(row["state"], "failed", "{row:#}");
+    let reason = row["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the check `echo not there >&2; exit 4` failed: exit code 4"),
+        "{reason}"
+    );
+
+    // An exit code cannot mean both "succeeded" and "reboot needed".
+    let err = cen.fails(&[
+        "job",
+        "create",
+        "--package",
+        "app",
+        "--collection",
+        "all",
+        "--command",
+        "true",
+        "--success-codes",
+        "0,100",
+        "--reboot-codes",
+        "100",
+    ]);
+    assert!(
+        err.contains("exit code 100 is both a success code and a reboot code"),
+        "{err}"
+    );
+    // Nor can a command exit with 3010 here (Windows' "reboot needed").
+    let err = cen.fails(&[
+        "job",
+        "create",
+        "--package",
+        "app",
+        "--collection",
+        "all",
+        "--command",
+        "true",
+        "--reboot-codes",
+        "3010",
+    ]);
+    assert!(err.contains("a command exits with 0 to 255"), "{err}");
+    ws1.stop();
 }

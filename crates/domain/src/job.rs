@@ -382,7 +382,7 @@ fn outcome(
     let still_running = workstations.iter().any(|ws| {
         matches!(
             ws.run.state,
-            RunState::Downloading { .. } | RunState::Running
+            RunState::Downloading { .. } | RunState::Running | RunState::Checking
         ) && ws.run.since + job.timeout_ms + RUN_REPORT_GRACE_MS > now
     });
     let any_failed = workstations.iter().any(|ws| ws.run.state.failed());

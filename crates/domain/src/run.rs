@@ -101,7 +101,21 @@ pub enum RunEvent {
     Downloading { bytes_done: u64, bytes_total: u64 },
     /// Reported by the agent: attempt `attempt` of the command started.
     Running { attempt: u32 },
-    /// Reported by the agent: the command ended with a success exit code.
+    /// Reported by the agent: the command of attempt `attempt` succeeded
+    /// and the job's check command runs; the job completes only if it
+    /// passes.
+    Checking { attempt: u32 },
+    /// Reported by the agent: the command of attempt `attempt` ended with
+    /// one of the job's reboot codes (it succeeded, and asked for a
+    /// reboot): the job completes once the workstation has restarted and
+    /// the check, if any, passed.
+    RebootPending {
+        attempt: u32,
+        exit_code: i32,
+        output_tail: String,
+    },
+    /// Reported by the agent: the command ended with a success exit code
+    /// (and the check, if the job has one, passed).
     Completed {
         attempt: u32,
         exit_code: i32,
@@ -169,7 +183,12 @@ pub enum RunState {
     Downloading { bytes_done: u64, bytes_total: u64 },
     /// The command runs.
     Running,
-    /// The command succeeded.
+    /// The command succeeded; the job's check command runs.
+    Checking,
+    /// The command succeeded and asked for a reboot; the workstation has
+    /// not restarted since.
+    RebootPending,
+    /// The command succeeded (and the check passed).
     Complete,
     /// The command failed and will not be retried.
     Failed,
@@ -308,6 +327,21 @@ impl RunFold {
             RunEvent::Running { attempt } => {
                 set(RunState::Running);
                 view.attempts = view.attempts.max(*attempt);
+            }
+            RunEvent::Checking { attempt } => {
+                set(RunState::Checking);
+                view.attempts = view.attempts.max(*attempt);
+            }
+            RunEvent::RebootPending {
+                attempt,
+                exit_code,
+                output_tail,
+            } => {
+                set(RunState::RebootPending);
+                view.attempts = view.attempts.max(*attempt);
+                view.exit_code = Some(*exit_code);
+                view.reason = None;
+                view.output_tail = Some(output_tail.clone());
             }
             RunEvent::Completed {
                 attempt,

@@ -69,6 +69,13 @@ pub struct JobIntent {
     pub timeout_ms: Option<u64>,
     /// Exit codes that mean success.
     pub success_codes: Vec<i32>,
+    /// Run after the command succeeded (after the reboot it asked for, if
+    /// it did): the job completes only if it exits 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// Exit codes that mean "succeeded, and needs a reboot".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reboot_codes: Vec<i32>,
     /// Whether it runs a program (this package version and command) that
     /// already ran on the workstation.
     #[serde(
@@ -334,6 +341,8 @@ impl JobIntent {
             retry_delay_ms: offer.retry_delay_ms,
             timeout_ms: offer.timeout_ms,
             success_codes: offer.success_codes.clone(),
+            check: offer.check.clone(),
+            reboot_codes: offer.reboot_codes.clone(),
             rerun: offer.rerun,
             dp_group: info.dp_group.clone(),
             issued_at_ms,
@@ -401,6 +410,12 @@ impl JobIntent {
         if offer.success_codes != self.success_codes {
             return altered("success codes");
         }
+        if offer.check != self.check {
+            return altered("check command");
+        }
+        if offer.reboot_codes != self.reboot_codes {
+            return altered("reboot codes");
+        }
         if offer.rerun != self.rerun {
             return altered("rerun rule");
         }
@@ -458,6 +473,8 @@ mod tests {
                 retry_delay_ms: 500,
                 timeout_ms: Some(60_000),
                 success_codes: vec![0, 3010],
+                check: Some("test -f installed".into()),
+                reboot_codes: vec![100],
                 rerun: RerunRule::IfFailed,
                 dps: vec!["http://dp".into()],
                 intent: None,
@@ -543,6 +560,15 @@ mod tests {
         assert_eq!(
             verify_offer(&job.offer, &public),
             Err(IntentError::Altered { field: "expiry" })
+        );
+        // A site that would have a failed install reported complete.
+        let mut job = good.clone();
+        job.offer.check = None;
+        assert_eq!(
+            verify_offer(&job.offer, &public),
+            Err(IntentError::Altered {
+                field: "check command"
+            })
         );
         // A site that would have a workstation install again what it holds.
         let mut job = good;

@@ -112,6 +112,8 @@ wire_states! {
     /// by it (a job's counts per state) list in that order, as they
     /// always did.
     pub enum WorkstationState {
+        /// The command succeeded; the job's check command runs.
+        Checking = "checking",
         /// The command succeeded.
         Complete = "complete",
         /// Downloading the package.
@@ -127,6 +129,10 @@ wire_states! {
         None = "none",
         /// The agent has the offer.
         Offered = "offered",
+        /// The command succeeded and asked for a reboot; the check (if
+        /// any) runs, and the job completes, once the workstation
+        /// restarted.
+        RebootPending = "reboot_pending",
         /// The agent refused the offer: not as the central site signed it.
         Refused = "refused",
         /// An attempt failed; another follows.
@@ -223,6 +229,8 @@ impl From<&RunState> for WorkstationState {
             RunState::Offered => WorkstationState::Offered,
             RunState::Downloading { .. } => WorkstationState::Downloading,
             RunState::Running => WorkstationState::Running,
+            RunState::Checking => WorkstationState::Checking,
+            RunState::RebootPending => WorkstationState::RebootPending,
             RunState::Complete => WorkstationState::Complete,
             RunState::Failed => WorkstationState::Failed,
             RunState::Retrying { .. } => WorkstationState::Retrying,
@@ -399,8 +407,9 @@ mod tests {
             names(&JobState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
             "scheduled active expired canceled"
         );
-        // `refused` and `held` are new with issue 12, `skipped` with issue
-        // 14; the others are as before.
+        // `refused` and `held` are new with issue 12; `skipped`,
+        // `checking` and `reboot_pending` with issue 14; the others are as
+        // before.
         assert_eq!(
             names(
                 &WorkstationState::ALL
@@ -408,7 +417,7 @@ mod tests {
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
             ),
-            "complete downloading failed held interrupted none offered refused retrying running skipped stopped"
+            "checking complete downloading failed held interrupted none offered reboot_pending refused retrying running skipped stopped"
         );
     }
 

@@ -584,6 +584,23 @@ pub enum StatusBody {
         /// Whether that run succeeded.
         previous_succeeded: bool,
     },
+    /// Agent: the command of attempt `attempt` succeeded, and the job's
+    /// check command runs.
+    JobChecking {
+        job: u64,
+        package: String,
+        attempt: u32,
+    },
+    /// Agent: the command of attempt `attempt` ended with one of the job's
+    /// reboot codes; the check runs, and the job completes, once the
+    /// workstation has restarted.
+    JobRebootPending {
+        job: u64,
+        package: String,
+        attempt: u32,
+        exit_code: i32,
+        output_tail: String,
+    },
     /// Agent: attempt `attempt` started.
     JobRunning {
         job: u64,
@@ -736,6 +753,8 @@ impl StatusBody {
             | StatusBody::JobRefused { package, .. }
             | StatusBody::JobHeld { package, .. }
             | StatusBody::JobSkipped { package, .. }
+            | StatusBody::JobChecking { package, .. }
+            | StatusBody::JobRebootPending { package, .. }
             | StatusBody::JobRunning { package, .. }
             | StatusBody::JobCompleted { package, .. }
             | StatusBody::JobInterrupted { package, .. }
@@ -786,6 +805,8 @@ impl StatusBody {
             StatusBody::JobRefused { .. } => "job_refused",
             StatusBody::JobHeld { .. } => "job_held",
             StatusBody::JobSkipped { .. } => "job_skipped",
+            StatusBody::JobChecking { .. } => "job_checking",
+            StatusBody::JobRebootPending { .. } => "job_reboot_pending",
             StatusBody::JobRunning { .. } => "job_running",
             StatusBody::JobCompleted { .. } => "job_completed",
             StatusBody::JobInterrupted { .. } => "job_interrupted",
@@ -835,6 +856,8 @@ impl StatusBody {
             | StatusBody::JobRefused { job, .. }
             | StatusBody::JobHeld { job, .. }
             | StatusBody::JobSkipped { job, .. }
+            | StatusBody::JobChecking { job, .. }
+            | StatusBody::JobRebootPending { job, .. }
             | StatusBody::JobRunning { job, .. }
             | StatusBody::JobCompleted { job, .. }
             | StatusBody::JobInterrupted { job, .. }
@@ -857,6 +880,8 @@ impl StatusBody {
             | StatusBody::JobRefused { job, .. }
             | StatusBody::JobHeld { job, .. }
             | StatusBody::JobSkipped { job, .. }
+            | StatusBody::JobChecking { job, .. }
+            | StatusBody::JobRebootPending { job, .. }
             | StatusBody::JobRunning { job, .. }
             | StatusBody::JobCompleted { job, .. }
             | StatusBody::JobInterrupted { job, .. }
@@ -904,6 +929,17 @@ impl StatusBody {
                 },
             },
             StatusBody::JobRunning { attempt, .. } => RunEvent::Running { attempt: *attempt },
+            StatusBody::JobChecking { attempt, .. } => RunEvent::Checking { attempt: *attempt },
+            StatusBody::JobRebootPending {
+                attempt,
+                exit_code,
+                output_tail,
+                ..
+            } => RunEvent::RebootPending {
+                attempt: *attempt,
+                exit_code: *exit_code,
+                output_tail: output_tail.clone(),
+            },
             StatusBody::JobCompleted {
                 attempt,
                 exit_code,
@@ -1261,6 +1297,15 @@ pub struct JobOffer {
     pub timeout_ms: Option<u64>,
     /// Exit codes that mean success.
     pub success_codes: Vec<i32>,
+    /// Run after the command succeeded (after the reboot it asked for, if
+    /// it did), in the package's directory: the job completes only if it
+    /// exits 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// Exit codes that mean "succeeded, and needs a reboot": the check runs, and the job completes, after the workstation
+    /// restarted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reboot_codes: Vec<i32>,
     /// Whether it runs a program (this package version and command) that
     /// already ran on the workstation: `always`, `never`, `if-failed`,
     /// `if-succeeded`.
@@ -1314,6 +1359,13 @@ pub struct JobRequest {
     /// Exit codes that mean success (default: 0).
     #[serde(default)]
     pub success_codes: Vec<i32>,
+    /// Run after the command succeeded (and after the reboot it asked
+    /// for): the job completes only if it exits 0.
+    #[serde(default)]
+    pub check: Option<String>,
+    /// Exit codes that mean "succeeded, and needs a reboot".
+    #[serde(default)]
+    pub reboot_codes: Vec<i32>,
     /// Whether it runs a program that already ran on a workstation
     /// (`always`, `never`, `if-failed`, `if-succeeded`; default
     /// `if-failed`).

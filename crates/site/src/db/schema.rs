@@ -306,4 +306,10 @@ CREATE TABLE local_ingest_files (
 -- a workstation. Jobs made before signed none and ran regardless.
 ALTER TABLE jobs ADD COLUMN rerun TEXT NOT NULL DEFAULT 'always';
 "#,
+    r#"
+-- Health after the run (issue 14): a check command run after the command
+-- succeeded, and the exit codes that mean "succeeded, reboot needed".
+ALTER TABLE jobs ADD COLUMN check_command TEXT;
+ALTER TABLE jobs ADD COLUMN reboot_codes TEXT NOT NULL DEFAULT '[]';
+"#,
 ];

@@ -59,11 +59,22 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
             "at most 64 success codes",
         ));
     }
+    if let Some(code) = request
+        .success_codes
+        .iter()
+        .find(|code| !(0..=255).contains(*code))
+    {
+        return Err(Error::invalid(
+            "invalid_success_codes",
+            format!("success code {code} is not an exit status: a command exits with 0 to 255"),
+        ));
+    }
     let success_codes = if request.success_codes.is_empty() {
         vec![0]
     } else {
         request.success_codes.clone()
     };
+    check_health_options(request, &success_codes)?;
     let mut tx = state.db.write().await?;
     let package = db::require_package(&mut *tx.tx, &request.package).await?;
     let latest = db::latest_version(&mut *tx.tx, package.id)
@@ -105,6 +116,8 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
             retry_delay_ms: request.retry_delay_ms,
             timeout_ms: Some(request.timeout_ms.unwrap_or(db::DEFAULT_TIMEOUT_MS)),
             success_codes: &success_codes,
+            check: request.check.as_deref(),
+            reboot_codes: &request.reboot_codes,
             rerun: request.rerun.unwrap_or_default(),
             created_at_ms: now,
             canceled_at_ms: None,
@@ -134,6 +147,50 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
     state.notify_everything();
     tracing::info!(job = id, package = %package.name, version, collection = %request.collection, "job created");
     Ok(info)
+}
+
+/// Refuses a check command that is empty or too long, and reboot codes
+/// that are too many or that are success codes too (an exit code must say
+/// one thing).
+fn check_health_options(request: &JobRequest, success_codes: &[i32]) -> Result<()> {
+    if let Some(check) = &request.check {
+        if check.trim().is_empty() || check.len() > MAX_COMMAND_LEN {
+            return Err(Error::invalid(
+                "invalid_check",
+                format!("the check command must be 1 to {MAX_COMMAND_LEN} bytes"),
+            ));
+        }
+    }
+    if request.reboot_codes.len() > 64 {
+        return Err(Error::invalid(
+            "invalid_reboot_codes",
+            "at most 64 reboot codes",
+        ));
+    }
+    if let Some(code) = request
+        .reboot_codes
+        .iter()
+        .find(|code| !(0..=255).contains(*code))
+    {
+        return Err(Error::invalid(
+            "invalid_reboot_codes",
+            format!("reboot code {code} is not an exit status: a command exits with 0 to 255"),
+        ));
+    }
+    if let Some(code) = request
+        .reboot_codes
+        .iter()
+        .find(|code| success_codes.contains(code))
+    {
+        return Err(Error::invalid(
+            "invalid_reboot_codes",
+            format!(
+                "exit code {code} is both a success code and a reboot code; a reboot code already \
+                 means success (with a reboot needed)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 async fn collection_id(tx: &mut WriteTx<'_>, name: &str) -> Result<i64> {
@@ -188,6 +245,8 @@ pub async fn apply_job(state: &AppState, tx: &mut WriteTx<'_>, job: &JobInfo) ->
             retry_delay_ms: offer.retry_delay_ms,
             timeout_ms: offer.timeout_ms,
             success_codes: &offer.success_codes,
+            check: offer.check.as_deref(),
+            reboot_codes: &offer.reboot_codes,
             rerun: offer.rerun,
             created_at_ms: job.created_at_ms,
             // Not from the instruction's unsigned fields: a job is canceled

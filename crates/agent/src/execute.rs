@@ -24,10 +24,12 @@ use crate::{history, Error, Result};
 use cascade_content::{ChunkStore, Manifest, VerifyingKey};
 use cascade_domain::backoff::Backoff;
 use cascade_domain::run::{PastOutcome, RerunRule};
+use cascade_domain::window::{self, WindowVerdict};
+use cascade_protocol::intent::JobIntent;
 use cascade_protocol::intent::{Freshness, Timestamp};
 use cascade_protocol::tls::Fingerprint;
 use cascade_protocol::worker::{Step, Work, Worker};
-use cascade_protocol::{Client, JobOffer, StatusBody};
+use cascade_protocol::{Client, JobOffer, StatusBody, WindowSpec};
 use cascade_store::{now_ms, Db, Outbox};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -72,6 +74,9 @@ pub struct Executor {
     pub cache_bytes: u64,
     /// The identity of the boot the agent runs in.
     pub boot: Boot,
+    /// Jobs reported waiting for a maintenance window, with the opening
+    /// reported: each is reported once per opening.
+    pub window_reported: std::sync::Mutex<HashSet<(u64, Option<i64>)>>,
 }
 
 /// A job waiting for a reboot, as stored: its offer, attempts, the boot
@@ -532,6 +537,11 @@ impl Executor {
                     continue;
                 }
             }
+            // A mandatory job starts only inside a maintenance window
+            // with room for its timeout.
+            if !offer.optional && self.outside_window(&offer, &intent, now).await? {
+                continue;
+            }
             return Ok(Some(Due {
                 offer,
                 attempts: attempts as u32,
@@ -594,6 +604,49 @@ impl Executor {
             }),
         )
         .await
+    }
+
+    /// Whether `offer` must wait for a maintenance window at `now` (its
+    /// signed windows, unless it may run at any time); reports when the
+    /// next one with room for its timeout opens, once per opening time.
+    async fn outside_window(&self, offer: &JobOffer, intent: &JobIntent, now: i64) -> Result<bool> {
+        if intent.any_time || intent.windows.is_empty() {
+            return Ok(false);
+        }
+        let windows: std::result::Result<Vec<_>, String> =
+            intent.windows.iter().map(WindowSpec::resolve).collect();
+        let timeout = intent.timeout_ms.unwrap_or(0) as i64;
+        let verdict = match windows {
+            Ok(windows) => window::may_start(&windows, now, timeout),
+            Err(why) => {
+                tracing::warn!(job = offer.id, %why, "a maintenance window cannot be read here; the job waits");
+                WindowVerdict::Never
+            }
+        };
+        let opens_at = match verdict {
+            WindowVerdict::Open => return Ok(false),
+            WindowVerdict::OpensAt(at) => Some(at),
+            WindowVerdict::Never => None,
+        };
+        let first = self
+            .window_reported
+            .lock()
+            .expect("window lock")
+            .insert((offer.id, opens_at));
+        if first {
+            tracing::info!(
+                job = offer.id,
+                ?opens_at,
+                "job waits for a maintenance window"
+            );
+            let body = StatusBody::JobWaitingForWindow {
+                job: offer.id,
+                package: offer.package.clone(),
+                opens_at_ms: opens_at,
+            };
+            self.report(offer, body, None).await?;
+        }
+        Ok(true)
     }
 
     /// Whether `offer` must wait for a current timestamp at `now`; reports

@@ -599,6 +599,7 @@ pub async fn run(dir: &Path, shutdown: impl Future<Output = ()> + Send + 'static
                 .clone()
                 .unwrap_or_else(|| DEFAULT_BOOT_ID_FILE.into()),
         ),
+        window_reported: Default::default(),
     };
     let executor = tokio::spawn(executor.run(stop_rx));
     // The poll ends when `shutdown` resolves; the executor and the

@@ -411,6 +411,11 @@ struct JobCreate {
     /// requested, runs regardless.
     #[arg(long, value_parser = parse_rerun, value_name = "RULE")]
     rerun: Option<cascade_domain::run::RerunRule>,
+    /// Start outside the collection's maintenance windows too (a
+    /// mandatory job otherwise starts only inside one with room for its
+    /// timeout).
+    #[arg(long)]
+    any_time: bool,
     /// A command run after the command succeeded, in the package's
     /// directory with the same environment and CASCADE_CHECK=1 (e.g.
     /// 'test -x /opt/tool/bin/tool'): the job completes on a
@@ -497,6 +502,47 @@ enum CollectionCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Add a maintenance window to a collection (or remove them all with
+    /// --clear). A mandatory job made for the collection afterwards starts
+    /// on a workstation only inside one of its windows with room for the
+    /// job's timeout (unless the job is --any-time); with no window, at
+    /// any time. Jobs carry the windows of when they were made.
+    Window {
+        /// Collection name.
+        name: String,
+        /// The first opening, a wall-clock time in --tz:
+        /// 2026-12-08T22:00:00 or "2026-12-08 22:00".
+        #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+        start: Option<String>,
+        /// How long it stays open (e.g. 4h; at most 7 days).
+        #[arg(long, value_parser = humantime::parse_duration, required_unless_present = "clear")]
+        duration: Option<std::time::Duration>,
+        /// Opens again every so many days: 1d (daily), 7d (weekly), 14d...
+        /// (default: once).
+        #[arg(long, value_parser = parse_days)]
+        every: Option<u32>,
+        /// The time zone of --start: an IANA name such as Europe/Paris
+        /// (default: UTC).
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+        /// Remove every window of the collection.
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+/// A whole number of days (`1d`, `7d`, `2w`), as `collection window
+/// --every` takes it.
+fn parse_days(text: &str) -> std::result::Result<u32, String> {
+    let refuse = || format!("{text:?} is not a whole number of days (e.g. 1d, 7d, 2w)");
+    let period = humantime::parse_duration(text).map_err(|_| refuse())?;
+    let secs = period.as_secs();
+    if secs == 0 || secs % 86_400 != 0 || period.subsec_nanos() != 0 {
+        return Err(refuse());
+    }
+    u32::try_from(secs / 86_400).map_err(|_| refuse())
 }
 
 #[derive(Subcommand)]
@@ -1011,6 +1057,30 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                 CollectionCommand::Show { name, connection } => {
                     out.collection(&connection.client()?.collection(&name).await?);
                 }
+                CollectionCommand::Window {
+                    name,
+                    start,
+                    duration,
+                    every,
+                    tz,
+                    clear,
+                    connection,
+                } => {
+                    let client = connection.client()?;
+                    let info = match (start, duration) {
+                        (Some(start), Some(duration)) if !clear => {
+                            let window = cascade_protocol::WindowSpec {
+                                start: start.trim().replacen(' ', "T", 1),
+                                zone: tz,
+                                duration_ms: duration.as_millis() as u64,
+                                every_days: every,
+                            };
+                            client.add_collection_window(&name, &window).await?
+                        }
+                        _ => client.clear_collection_windows(&name).await?,
+                    };
+                    out.collection(&info);
+                }
             }
         }
         Command::Package(command) => {
@@ -1056,6 +1126,7 @@ async fn job(command: JobCommand, out: Output) -> Result<std::process::ExitCode>
                 rerun,
                 check,
                 reboot_codes,
+                any_time,
                 connection,
             } = *create;
             let offer_at_ms = offer_at.map(ms);
@@ -1084,6 +1155,7 @@ async fn job(command: JobCommand, out: Output) -> Result<std::process::ExitCode>
                     dp_group,
                     check,
                     reboot_codes,
+                    any_time,
                     rerun,
                 })
                 .await?;

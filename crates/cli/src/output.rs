@@ -364,15 +364,29 @@ impl Output {
                         collection.not_enrolled.join(",")
                     ));
                 }
+                let windows = collection
+                    .windows
+                    .iter()
+                    .map(window_text)
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 vec![
                     collection.name.clone(),
                     definition,
                     collection.members.len().to_string(),
                     member_list(&collection.members),
+                    if windows.is_empty() {
+                        "any time".into()
+                    } else {
+                        windows
+                    },
                 ]
             })
             .collect();
-        table(&["COLLECTION", "DEFINITION", "COUNT", "MEMBERS"], &rows);
+        table(
+            &["COLLECTION", "DEFINITION", "COUNT", "MEMBERS", "WINDOWS"],
+            &rows,
+        );
     }
 
     pub fn offers(&self, offers: &[JobOffer]) {
@@ -478,6 +492,12 @@ impl Output {
                 if let Some(at) = ws.unreachable_since_ms {
                     flags.push(format!("unreachable since {}", time(at)));
                 }
+                if ws.state == WorkstationState::WaitingForWindow {
+                    flags.push(match ws.window_opens_at_ms {
+                        Some(at) => format!("window opens {}", time(at)),
+                        None => "no window is long enough for its timeout".into(),
+                    });
+                }
                 if ws.state == WorkstationState::Held {
                     flags.push("held until a current central timestamp arrives".into());
                 }
@@ -552,6 +572,9 @@ impl Output {
         }
         if let Some(at) = ws.unreachable_since_ms {
             outln!("unreachable since {}", time(at));
+        }
+        if let Some(at) = ws.window_opens_at_ms {
+            outln!("window:    opens {}", time(at));
         }
         if let Some(tail) = ws.output_tail.as_deref().filter(|tail| !tail.is_empty()) {
             outln!("output (last 4 KiB):");
@@ -1146,6 +1169,19 @@ pub async fn watch_package(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// A maintenance window in a table: `2026-12-08T22:00:00 Europe/Paris for
+/// 4h, every 1 day`.
+fn window_text(window: &cascade_protocol::WindowSpec) -> String {
+    let lasts = humantime::format_duration(std::time::Duration::from_millis(window.duration_ms));
+    let every = match window.every_days {
+        Some(1) => ", every day".to_owned(),
+        Some(7) => ", every week".to_owned(),
+        Some(days) => format!(", every {days} days"),
+        None => ", once".to_owned(),
+    };
+    format!("{} {} for {lasts}{every}", window.start, window.zone)
 }
 
 /// A workstation's state, with the bytes so far while it downloads

@@ -296,6 +296,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
             dp_group: None,
             check: None,
             reboot_codes: Vec::new(),
+            any_time: false,
             rerun: None,
         })
         .await?;

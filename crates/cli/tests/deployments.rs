@@ -341,3 +341,121 @@ fn a_job_completes_only_after_the_reboot_it_asked_for_and_its_check() {
     assert!(err.contains("a command exits with 0 to 255"), "{err}");
     ws1.stop();
 }
+
+/// `secs` since the epoch as a wall-clock time in UTC, as `collection
+/// window --start` takes it.
+fn utc_civil(secs: u64) -> String {
+    let out = run_ok(std::process::Command::new("date").args([
+        "-u",
+        "-d",
+        &format!("@{secs}"),
+        "+%Y-%m-%dT%H:%M:%S",
+    ]));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Issue 14, maintenance windows: a mandatory job starts on a workstation
+/// only inside a window of its collection with room for its timeout; it
+/// shows `waiting_for_window` with the next opening until then, and a job
+/// whose timeout no window can hold never starts. A job made `--any-time`
+/// runs at once. The agent enforces the windows the central site signed
+/// into the job, at a secondary site's workstation.
+#[test]
+fn a_mandatory_job_waits_for_a_window_with_room_for_its_timeout() {
+    let root = tempfile::tempdir().unwrap();
+    let tree = Tree::new(root.path(), &["ws1"]);
+    let cen = &tree.cen;
+    let source = root.path().join("src");
+    make_tree(&source, 2, 10_000, 16);
+    cen.create_package("app", &source);
+    tree.collection("all", "ws1");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let opens = now + 10;
+    let start = utc_civil(opens);
+    let info = cen.json(&[
+        "collection",
+        "window",
+        "all",
+        "--start",
+        &start,
+        "--duration",
+        "12s",
+        "--every",
+        "1d",
+    ]);
+    assert_eq!(info["windows"][0]["start"], start.as_str(), "{info:#}");
+    assert_eq!(info["windows"][0]["every_days"], 1, "{info:#}");
+    let err = cen.fails(&[
+        "collection",
+        "window",
+        "all",
+        "--start",
+        &start,
+        "--duration",
+        "1h",
+        "--tz",
+        "Mars/Olympus",
+    ]);
+    assert!(err.contains("time zone \"Mars/Olympus\""), "{err}");
+
+    let marker = |name: &str| root.path().join(name);
+    let started_at = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(marker(name))
+            .ok()
+            .map(|text| text.trim().parse().unwrap())
+    };
+    let command = |name: &str| format!("date +%s > {}", marker(name).display());
+    let fits = cen.create_job("app", "all", &command("fits"), &["--timeout", "5s"])["id"]
+        .as_u64()
+        .unwrap();
+    let too_long = cen.create_job("app", "all", &command("too-long"), &["--timeout", "15s"])["id"]
+        .as_u64()
+        .unwrap();
+    let waiting = cen.wait_job(fits, Duration::from_secs(30), |status| {
+        ws_state(status, "ws1") == Some("waiting_for_window")
+    });
+    let row = ws_row(&waiting, "ws1");
+    assert_eq!(row["window_opens_at_ms"], opens * 1000, "{row:#}");
+    let never = cen.wait_job(too_long, Duration::from_secs(30), |status| {
+        ws_state(status, "ws1") == Some("waiting_for_window")
+    });
+    let row = ws_row(&never, "ws1");
+    assert!(row.get("window_opens_at_ms").is_none(), "{row:#}");
+    assert!(
+        row["reason"].as_str().unwrap().contains("long enough"),
+        "{row:#}"
+    );
+
+    // Any time: runs at once, before the window opens.
+    let now_job = cen.create_job("app", "all", &command("any-time"), &["--any-time"])["id"]
+        .as_u64()
+        .unwrap();
+    let done = cen.wait_job(now_job, Duration::from_secs(30), |status| {
+        status["outcome"] != "in_progress"
+    });
+    assert_eq!(done["outcome"], "complete", "{done:#}");
+    assert!(started_at("any-time").unwrap() < opens);
+
+    // The job that fits runs once the window opens, not before.
+    let done = cen.wait_job(fits, Duration::from_secs(40), |status| {
+        status["outcome"] != "in_progress"
+    });
+    assert_eq!(done["outcome"], "complete", "{done:#}");
+    let ran = started_at("fits").unwrap();
+    assert!(
+        ran >= opens,
+        "started at {ran}, the window opened at {opens}"
+    );
+
+    // The other never started, and still says why.
+    let still = cen.job(too_long);
+    assert_eq!(
+        ws_state(&still, "ws1"),
+        Some("waiting_for_window"),
+        "{still:#}"
+    );
+    assert_eq!(started_at("too-long"), None);
+}

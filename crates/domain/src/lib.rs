@@ -14,6 +14,7 @@ pub mod rule;
 pub mod run;
 pub mod status;
 mod version;
+pub mod window;
 
 pub use error::{Error, Result};
 pub use names::{validate_name, DpName, PackageName, SiteCode};

@@ -145,6 +145,11 @@ pub enum RunEvent {
     /// Reported by the agent: the job is due but held, not started, because
     /// the instructions its site passes on are not known current.
     Held { reason: String },
+    /// Reported by the agent: the job is due but not started, because no
+    /// maintenance window of its collection is open with room for its
+    /// timeout: the next such window opens at `opens_at` (none: no window
+    /// is long enough).
+    WaitingForWindow { opens_at: Option<TimestampMs> },
     /// Reported by the agent: the job did not run because the same program
     /// ran here before (in job `previous_job`, ending as `previous`) and the
     /// job's rerun rule says not again. Final.
@@ -205,6 +210,9 @@ pub enum RunState {
     Refused,
     /// Due, but held until the central site's timestamp is current again.
     Held,
+    /// Due, but waiting for a maintenance window (when it opens is the
+    /// view's `window_opens_at`).
+    WaitingForWindow,
     /// Not run: the same program ran here before, and the rerun rule says
     /// not again. The workstation is left as that run left it (`previous`).
     Skipped { previous: PastOutcome },
@@ -274,6 +282,9 @@ pub struct RunView {
     pub expired_at: Option<TimestampMs>,
     /// When the job was canceled, shown beside the state.
     pub canceled_at: Option<TimestampMs>,
+    /// While it waits for a maintenance window: when the next one with
+    /// room for the job's timeout opens (none: no window is long enough).
+    pub window_opens_at: Option<TimestampMs>,
 }
 
 /// Folds the events of one (job, workstation) pair.
@@ -294,6 +305,7 @@ impl Default for RunFold {
                 output_tail: None,
                 expired_at: None,
                 canceled_at: None,
+                window_opens_at: None,
             },
         }
     }
@@ -307,6 +319,7 @@ impl RunFold {
         let mut set = |state: RunState| {
             view.state = state;
             view.since = at;
+            view.window_opens_at = None;
         };
         match event {
             // Flags only: expiry and cancellation never rewrite history.
@@ -390,6 +403,17 @@ impl RunFold {
             RunEvent::Held { reason } => {
                 set(RunState::Held);
                 view.reason = Some(reason.clone());
+            }
+            RunEvent::WaitingForWindow { opens_at } => {
+                set(RunState::WaitingForWindow);
+                view.window_opens_at = *opens_at;
+                view.reason = match opens_at {
+                    Some(_) => None,
+                    None => Some(
+                        "no maintenance window of its collection is long enough for its timeout"
+                            .into(),
+                    ),
+                };
             }
             RunEvent::Skipped {
                 rule,
@@ -579,6 +603,28 @@ mod tests {
             err.contains("always, never, if-failed or if-succeeded"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn waiting_for_a_window_shows_when_it_opens_until_the_run_starts() {
+        let view = fold(&[
+            RunEvent::Offered,
+            RunEvent::WaitingForWindow {
+                opens_at: Some(9_000),
+            },
+        ]);
+        assert_eq!(view.state, RunState::WaitingForWindow);
+        assert_eq!(view.window_opens_at, Some(9_000));
+        assert!(!view.state.is_final());
+        let never = fold(&[RunEvent::WaitingForWindow { opens_at: None }]);
+        assert!(never.reason.unwrap().contains("long enough"));
+        let started = fold(&[
+            RunEvent::WaitingForWindow {
+                opens_at: Some(9_000),
+            },
+            RunEvent::Running { attempt: 1 },
+        ]);
+        assert_eq!(started.window_opens_at, None);
     }
 
     #[test]

@@ -222,6 +222,18 @@ impl Client {
         Self::json(&url, response).await
     }
 
+    async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = self.url(path);
+        let response = self
+            .send(
+                &url,
+                self.request(reqwest::Method::DELETE, &url)
+                    .timeout(JSON_DEADLINE),
+            )
+            .await?;
+        Self::json(&url, response).await
+    }
+
     async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let url = self.url(path);
         let response = self
@@ -464,6 +476,21 @@ impl Client {
     /// One collection with its members.
     pub async fn collection(&self, name: &str) -> Result<CollectionInfo> {
         self.get(&format!("/collections/{name}")).await
+    }
+
+    /// Adds a maintenance window to a collection.
+    pub async fn add_collection_window(
+        &self,
+        name: &str,
+        window: &WindowSpec,
+    ) -> Result<CollectionInfo> {
+        self.post(&format!("/collections/{name}/windows"), window)
+            .await
+    }
+
+    /// Removes every maintenance window of a collection.
+    pub async fn clear_collection_windows(&self, name: &str) -> Result<CollectionInfo> {
+        self.delete(&format!("/collections/{name}/windows")).await
     }
 
     /// The site's settings.

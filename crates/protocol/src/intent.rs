@@ -69,6 +69,13 @@ pub struct JobIntent {
     pub timeout_ms: Option<u64>,
     /// Exit codes that mean success.
     pub success_codes: Vec<i32>,
+    /// The maintenance windows of its collection when it was signed: a
+    /// mandatory job starts only inside one with room for its timeout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<crate::types::WindowSpec>,
+    /// Starts outside the maintenance windows too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_time: bool,
     /// Run after the command succeeded (after the reboot it asked for, if
     /// it did): the job completes only if it exits 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -341,6 +348,8 @@ impl JobIntent {
             retry_delay_ms: offer.retry_delay_ms,
             timeout_ms: offer.timeout_ms,
             success_codes: offer.success_codes.clone(),
+            windows: offer.windows.clone(),
+            any_time: offer.any_time,
             check: offer.check.clone(),
             reboot_codes: offer.reboot_codes.clone(),
             rerun: offer.rerun,
@@ -410,6 +419,12 @@ impl JobIntent {
         if offer.success_codes != self.success_codes {
             return altered("success codes");
         }
+        if offer.windows != self.windows {
+            return altered("maintenance windows");
+        }
+        if offer.any_time != self.any_time {
+            return altered("any-time flag");
+        }
         if offer.check != self.check {
             return altered("check command");
         }
@@ -473,6 +488,8 @@ mod tests {
                 retry_delay_ms: 500,
                 timeout_ms: Some(60_000),
                 success_codes: vec![0, 3010],
+                windows: Vec::new(),
+                any_time: false,
                 check: Some("test -f installed".into()),
                 reboot_codes: vec![100],
                 rerun: RerunRule::IfFailed,

@@ -145,6 +145,9 @@ wire_states! {
         /// The agent stopped the work (cancel, or expiry before the
         /// command started).
         Stopped = "stopped",
+        /// Due, but waiting for a maintenance window with room for the
+        /// job's timeout.
+        WaitingForWindow = "waiting_for_window",
     }
 
     /// Where a job's instruction stands at one site
@@ -230,6 +233,7 @@ impl From<&RunState> for WorkstationState {
             RunState::Downloading { .. } => WorkstationState::Downloading,
             RunState::Running => WorkstationState::Running,
             RunState::Checking => WorkstationState::Checking,
+            RunState::WaitingForWindow => WorkstationState::WaitingForWindow,
             RunState::RebootPending => WorkstationState::RebootPending,
             RunState::Complete => WorkstationState::Complete,
             RunState::Failed => WorkstationState::Failed,
@@ -408,8 +412,8 @@ mod tests {
             "scheduled active expired canceled"
         );
         // `refused` and `held` are new with issue 12; `skipped`,
-        // `checking` and `reboot_pending` with issue 14; the others are as
-        // before.
+        // `checking`, `reboot_pending` and `waiting_for_window` with issue
+        // 14; the others are as before.
         assert_eq!(
             names(
                 &WorkstationState::ALL
@@ -417,7 +421,7 @@ mod tests {
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
             ),
-            "checking complete downloading failed held interrupted none offered reboot_pending refused retrying running skipped stopped"
+            "checking complete downloading failed held interrupted none offered reboot_pending refused retrying running skipped stopped waiting_for_window"
         );
     }
 

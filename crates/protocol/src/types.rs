@@ -584,6 +584,16 @@ pub enum StatusBody {
         /// Whether that run succeeded.
         previous_succeeded: bool,
     },
+    /// Agent: a mandatory job is due but no maintenance window of its
+    /// collection is open with room for its timeout; the next such window
+    /// opens at `opens_at_ms` (absent: none is long enough). Reported once
+    /// per opening time.
+    JobWaitingForWindow {
+        job: u64,
+        package: String,
+        #[serde(default)]
+        opens_at_ms: Option<i64>,
+    },
     /// Agent: the command of attempt `attempt` succeeded, and the job's
     /// check command runs.
     JobChecking {
@@ -754,6 +764,7 @@ impl StatusBody {
             | StatusBody::JobHeld { package, .. }
             | StatusBody::JobSkipped { package, .. }
             | StatusBody::JobChecking { package, .. }
+            | StatusBody::JobWaitingForWindow { package, .. }
             | StatusBody::JobRebootPending { package, .. }
             | StatusBody::JobRunning { package, .. }
             | StatusBody::JobCompleted { package, .. }
@@ -806,6 +817,7 @@ impl StatusBody {
             StatusBody::JobHeld { .. } => "job_held",
             StatusBody::JobSkipped { .. } => "job_skipped",
             StatusBody::JobChecking { .. } => "job_checking",
+            StatusBody::JobWaitingForWindow { .. } => "job_waiting_for_window",
             StatusBody::JobRebootPending { .. } => "job_reboot_pending",
             StatusBody::JobRunning { .. } => "job_running",
             StatusBody::JobCompleted { .. } => "job_completed",
@@ -857,6 +869,7 @@ impl StatusBody {
             | StatusBody::JobHeld { job, .. }
             | StatusBody::JobSkipped { job, .. }
             | StatusBody::JobChecking { job, .. }
+            | StatusBody::JobWaitingForWindow { job, .. }
             | StatusBody::JobRebootPending { job, .. }
             | StatusBody::JobRunning { job, .. }
             | StatusBody::JobCompleted { job, .. }
@@ -881,6 +894,7 @@ impl StatusBody {
             | StatusBody::JobHeld { job, .. }
             | StatusBody::JobSkipped { job, .. }
             | StatusBody::JobChecking { job, .. }
+            | StatusBody::JobWaitingForWindow { job, .. }
             | StatusBody::JobRebootPending { job, .. }
             | StatusBody::JobRunning { job, .. }
             | StatusBody::JobCompleted { job, .. }
@@ -930,6 +944,9 @@ impl StatusBody {
             },
             StatusBody::JobRunning { attempt, .. } => RunEvent::Running { attempt: *attempt },
             StatusBody::JobChecking { attempt, .. } => RunEvent::Checking { attempt: *attempt },
+            StatusBody::JobWaitingForWindow { opens_at_ms, .. } => RunEvent::WaitingForWindow {
+                opens_at: *opens_at_ms,
+            },
             StatusBody::JobRebootPending {
                 attempt,
                 exit_code,
@@ -1297,6 +1314,14 @@ pub struct JobOffer {
     pub timeout_ms: Option<u64>,
     /// Exit codes that mean success.
     pub success_codes: Vec<i32>,
+    /// The maintenance windows of its collection when it was made: a
+    /// mandatory job starts only inside one with room for its timeout
+    /// (none: any time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowSpec>,
+    /// Starts outside the maintenance windows too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_time: bool,
     /// Run after the command succeeded (after the reboot it asked for, if
     /// it did), in the package's directory: the job completes only if it
     /// exits 0.
@@ -1359,6 +1384,9 @@ pub struct JobRequest {
     /// Exit codes that mean success (default: 0).
     #[serde(default)]
     pub success_codes: Vec<i32>,
+    /// Starts outside its collection's maintenance windows too.
+    #[serde(default)]
+    pub any_time: bool,
     /// Run after the command succeeded (and after the reboot it asked
     /// for): the job completes only if it exits 0.
     #[serde(default)]
@@ -1441,6 +1469,10 @@ pub struct WorkstationStatus {
     /// poll), shown beside the state; absent while it is heard from.
     #[serde(default)]
     pub unreachable_since_ms: Option<i64>,
+    /// While `waiting_for_window`: when the next maintenance window with
+    /// room for the job's timeout opens (absent: none is long enough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_opens_at_ms: Option<i64>,
 }
 
 /// `GET /api/v1/jobs/{id}/status`, derived from status messages.
@@ -1538,6 +1570,54 @@ pub struct CollectionInfo {
     /// Listed workstations not enrolled at this site or below (yet).
     #[serde(default)]
     pub not_enrolled: Vec<String>,
+    /// Its maintenance windows (the central site's; none: any time).
+    #[serde(default)]
+    pub windows: Vec<WindowSpec>,
+}
+
+/// A maintenance window, as a collection holds it and a job's signed
+/// intent carries it (`cascade_domain::window`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSpec {
+    /// The first opening, as a wall-clock time in `zone`
+    /// (`2026-12-08T22:00:00`).
+    pub start: String,
+    /// An IANA time zone (`Europe/Paris`) or `UTC`.
+    pub zone: String,
+    /// How long it stays open, in milliseconds.
+    pub duration_ms: u64,
+    /// Opens again every this many days (7: weekly); absent: once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_days: Option<u32>,
+}
+
+/// Longest maintenance window: a week.
+pub const MAX_WINDOW_MS: u64 = 7 * 24 * 3_600_000;
+
+impl WindowSpec {
+    /// The window with its zone resolved, or what is wrong with it.
+    pub fn resolve(&self) -> Result<cascade_domain::window::Window, String> {
+        let start: jiff::civil::DateTime = self.start.parse().map_err(|err| {
+            format!(
+                "window start {:?} is not a date and time such as 2026-12-08T22:00:00: {err}",
+                self.start
+            )
+        })?;
+        let zone = jiff::tz::TimeZone::get(&self.zone)
+            .map_err(|err| format!("time zone {:?} is not known here: {err}", self.zone))?;
+        if self.duration_ms == 0 || self.duration_ms > MAX_WINDOW_MS {
+            return Err("a window lasts more than 0 and at most 7 days".into());
+        }
+        if self.every_days == Some(0) || self.every_days.is_some_and(|days| days > 366) {
+            return Err("a window repeats every 1 to 366 days".into());
+        }
+        Ok(cascade_domain::window::Window {
+            start,
+            zone,
+            duration_ms: self.duration_ms as i64,
+            every_days: self.every_days,
+        })
+    }
 }
 
 /// `GET`/`PUT /api/v1/settings`: site settings.

@@ -2,7 +2,9 @@
 
 use crate::error::{Error, Result};
 use cascade_domain::rule::AgentAttributes;
-use cascade_protocol::{AgentReport, SignedIntent, SiteSettings, DEFAULT_TIMESTAMP_VALIDITY_MS};
+use cascade_protocol::{
+    AgentReport, SignedIntent, SiteSettings, WindowSpec, DEFAULT_TIMESTAMP_VALIDITY_MS,
+};
 use cascade_store::WriteTx;
 use sqlx::{Row, Sqlite};
 
@@ -505,6 +507,34 @@ where
             .await?;
     row.map(|(machines, rule)| Ok((machines_of(machines)?, rule)))
         .transpose()
+}
+
+/// A collection's maintenance windows.
+pub async fn collection_windows<'e, E>(executor: E, id: i64) -> Result<Vec<WindowSpec>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let text: String = sqlx::query_scalar("SELECT windows FROM collections WHERE id = ?")
+        .bind(id)
+        .fetch_one(executor)
+        .await?;
+    serde_json::from_str(&text)
+        .map_err(|err| Error::Internal(format!("stored windows do not parse: {err}")))
+}
+
+/// Replaces a collection's maintenance windows.
+pub async fn set_collection_windows(
+    tx: &mut WriteTx<'_>,
+    id: i64,
+    windows: &[WindowSpec],
+) -> Result<()> {
+    let text = serde_json::to_string(windows).map_err(Error::json("encoding windows"))?;
+    sqlx::query("UPDATE collections SET windows = ? WHERE id = ?")
+        .bind(text)
+        .bind(id)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(())
 }
 
 /// A collection's id by name.

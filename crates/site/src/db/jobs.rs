@@ -14,7 +14,7 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 const JOB_COLUMNS: &str = "j.id, p.name, j.version, c.name, j.command, j.offer_at_ms, j.expires_at_ms, j.optional,
      j.retries, j.retry_delay_ms, j.timeout_ms, j.success_codes, j.created_at_ms, j.canceled_at_ms, j.collection_id,
      j.dp_group, j.intent, j.intent_signature, j.cancel_intent, j.cancel_signature, j.rerun,
-     j.check_command, j.reboot_codes";
+     j.check_command, j.reboot_codes, j.windows, j.any_time";
 
 const JOB_FROM: &str =
     "jobs j JOIN packages p ON p.id = j.package_id JOIN collections c ON c.id = j.collection_id";
@@ -34,6 +34,9 @@ fn job_from_row(row: sqlx::sqlite::SqliteRow, now: i64) -> Result<(JobInfo, i64)
         timeout_ms: row.get::<Option<i64>, _>(10).map(|t| t as u64),
         success_codes: serde_json::from_str(&codes)
             .map_err(|err| Error::Internal(format!("stored success codes do not parse: {err}")))?,
+        windows: serde_json::from_str(&row.get::<String, _>(23))
+            .map_err(|err| Error::Internal(format!("stored windows do not parse: {err}")))?,
+        any_time: row.get(24),
         check: row.get(21),
         reboot_codes: serde_json::from_str(&row.get::<String, _>(22))
             .map_err(|err| Error::Internal(format!("stored reboot codes do not parse: {err}")))?,
@@ -181,6 +184,8 @@ pub struct NewJob<'a> {
     pub retry_delay_ms: u64,
     pub timeout_ms: Option<u64>,
     pub success_codes: &'a [i32],
+    pub windows: &'a [cascade_protocol::WindowSpec],
+    pub any_time: bool,
     pub check: Option<&'a str>,
     pub reboot_codes: &'a [i32],
     pub rerun: RerunRule,
@@ -205,12 +210,13 @@ pub async fn insert_job(
         serde_json::to_string(job.success_codes).map_err(Error::json("encoding success codes"))?;
     let reboot_codes =
         serde_json::to_string(job.reboot_codes).map_err(Error::json("encoding reboot codes"))?;
+    let windows = serde_json::to_string(job.windows).map_err(Error::json("encoding windows"))?;
     Ok(sqlx::query_scalar(
         "INSERT OR IGNORE INTO jobs (id, package_id, version, collection_id, command, offer_at_ms, expires_at_ms,
                            optional, retries, retry_delay_ms, timeout_ms, success_codes, created_at_ms,
                            canceled_at_ms, dp_group, intent, intent_signature, rerun,
-                           check_command, reboot_codes)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                           check_command, reboot_codes, windows, any_time)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(id)
     .bind(job.package_id)
@@ -232,6 +238,8 @@ pub async fn insert_job(
     .bind(job.rerun.name())
     .bind(job.check)
     .bind(reboot_codes)
+    .bind(windows)
+    .bind(job.any_time)
     .fetch_optional(&mut *tx.tx)
     .await?)
 }

@@ -312,4 +312,11 @@ ALTER TABLE jobs ADD COLUMN rerun TEXT NOT NULL DEFAULT 'always';
 ALTER TABLE jobs ADD COLUMN check_command TEXT;
 ALTER TABLE jobs ADD COLUMN reboot_codes TEXT NOT NULL DEFAULT '[]';
 "#,
+    r#"
+-- Maintenance windows (issue 14): a collection's (JSON list of WindowSpec,
+-- kept at the central site), and the ones a job carries in its intent.
+ALTER TABLE collections ADD COLUMN windows TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE jobs ADD COLUMN windows TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE jobs ADD COLUMN any_time INTEGER NOT NULL DEFAULT 0;
+"#,
 ];

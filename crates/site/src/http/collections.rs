@@ -7,7 +7,7 @@ use crate::service::collections;
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::Json;
-use cascade_protocol::{CollectionInfo, CollectionRequest};
+use cascade_protocol::{CollectionInfo, CollectionRequest, WindowSpec};
 
 /// `POST /api/v1/collections`.
 pub async fn create(
@@ -36,4 +36,25 @@ pub async fn show(
 ) -> Result<Json<CollectionInfo>> {
     principal.require_admin()?;
     Ok(Json(collections::show(&state, &name).await?))
+}
+
+/// `POST /api/v1/collections/{name}/windows`: adds a maintenance window.
+pub async fn add_window(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    ApiJson(window): ApiJson<WindowSpec>,
+) -> Result<Json<CollectionInfo>> {
+    principal.require_admin()?;
+    Ok(Json(collections::add_window(&state, &name, &window).await?))
+}
+
+/// `DELETE /api/v1/collections/{name}/windows`: removes them all.
+pub async fn clear_windows(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<CollectionInfo>> {
+    principal.require_admin()?;
+    Ok(Json(collections::clear_windows(&state, &name).await?))
 }

@@ -78,6 +78,10 @@ pub fn router(state: AppState) -> Router {
             get(collections::list).post(collections::create),
         )
         .route("/api/v1/collections/{name}", get(collections::show))
+        .route(
+            "/api/v1/collections/{name}/windows",
+            post(collections::add_window).delete(collections::clear_windows),
+        )
         .route("/api/v1/jobs", get(jobs::list).post(jobs::create))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/v1/jobs/{id}/status", get(jobs::status))

@@ -8,7 +8,7 @@ use crate::service::send;
 use crate::state::AppState;
 use cascade_domain::rule::Rule;
 use cascade_domain::validate_name;
-use cascade_protocol::{CollectionInfo, CollectionRequest, Instruction};
+use cascade_protocol::{CollectionInfo, CollectionRequest, Instruction, WindowSpec};
 use cascade_store::now_ms;
 
 /// Creates a collection at the central site: listed workstations (each
@@ -111,6 +111,10 @@ async fn collection_info(
     let (machines, rule) = db::collection_definition(&mut *tx.tx, name)
         .await?
         .ok_or_else(|| Error::not_found(Entity::Collection, name))?;
+    let id = db::collection_id(&mut *tx.tx, name)
+        .await?
+        .ok_or_else(|| Error::not_found(Entity::Collection, name))?;
+    let windows = db::collection_windows(&mut *tx.tx, id).await?;
     let agents = db::all_agents(&mut *tx.tx).await?;
     let membership = Membership::new(machines.clone(), rule.as_deref())?;
     let members = agents
@@ -130,7 +134,55 @@ async fn collection_info(
         rule,
         members,
         not_enrolled,
+        windows,
     })
+}
+
+/// Most maintenance windows a collection holds.
+const MAX_WINDOWS: usize = 32;
+
+/// Adds a maintenance window to a collection (central site only): jobs
+/// made for it afterwards carry its windows in their signed intent.
+pub async fn add_window(
+    state: &AppState,
+    name: &str,
+    window: &WindowSpec,
+) -> Result<CollectionInfo> {
+    state.require_central("changing maintenance windows")?;
+    window
+        .resolve()
+        .map_err(|reason| Error::invalid("invalid_window", reason))?;
+    let mut tx = state.db.write().await?;
+    let id = db::collection_id(&mut *tx.tx, name)
+        .await?
+        .ok_or_else(|| Error::not_found(Entity::Collection, name))?;
+    let mut windows = db::collection_windows(&mut *tx.tx, id).await?;
+    if windows.len() >= MAX_WINDOWS {
+        return Err(Error::invalid(
+            "too_many_windows",
+            format!("collection {name} holds {MAX_WINDOWS} windows, the most it may"),
+        ));
+    }
+    windows.push(window.clone());
+    db::set_collection_windows(&mut tx, id, &windows).await?;
+    let info = collection_info(state, &mut tx, name).await?;
+    tx.commit().await?;
+    tracing::info!(collection = name, start = %window.start, zone = %window.zone, "maintenance window added");
+    Ok(info)
+}
+
+/// Removes every maintenance window of a collection (central site only).
+pub async fn clear_windows(state: &AppState, name: &str) -> Result<CollectionInfo> {
+    state.require_central("changing maintenance windows")?;
+    let mut tx = state.db.write().await?;
+    let id = db::collection_id(&mut *tx.tx, name)
+        .await?
+        .ok_or_else(|| Error::not_found(Entity::Collection, name))?;
+    db::set_collection_windows(&mut tx, id, &[]).await?;
+    let info = collection_info(state, &mut tx, name).await?;
+    tx.commit().await?;
+    tracing::info!(collection = name, "maintenance windows cleared");
+    Ok(info)
 }
 
 /// Every collection with its members now.

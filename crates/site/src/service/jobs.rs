@@ -98,6 +98,8 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
         )));
     }
     let collection_id = collection_id(&mut tx, &request.collection).await?;
+    // Signed into the job: the agent enforces what it was given.
+    let windows = db::collection_windows(&mut *tx.tx, collection_id).await?;
     if let Some(group) = &request.dp_group {
         groups::require_group(&mut tx, group).await?;
     }
@@ -116,6 +118,8 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
             retry_delay_ms: request.retry_delay_ms,
             timeout_ms: Some(request.timeout_ms.unwrap_or(db::DEFAULT_TIMEOUT_MS)),
             success_codes: &success_codes,
+            windows: &windows,
+            any_time: request.any_time,
             check: request.check.as_deref(),
             reboot_codes: &request.reboot_codes,
             rerun: request.rerun.unwrap_or_default(),
@@ -245,6 +249,8 @@ pub async fn apply_job(state: &AppState, tx: &mut WriteTx<'_>, job: &JobInfo) ->
             retry_delay_ms: offer.retry_delay_ms,
             timeout_ms: offer.timeout_ms,
             success_codes: &offer.success_codes,
+            windows: &offer.windows,
+            any_time: offer.any_time,
             check: offer.check.as_deref(),
             reboot_codes: &offer.reboot_codes,
             rerun: offer.rerun,
@@ -682,6 +688,7 @@ async fn status_with(state: &AppState, id: u64, views: &mut PackageViews) -> Res
                 expired_at_ms: row.run.expired_at,
                 canceled_at_ms: row.run.canceled_at,
                 unreachable_since_ms: row.unreachable_since,
+                window_opens_at_ms: row.run.window_opens_at,
             }
         })
         .collect();

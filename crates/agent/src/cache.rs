@@ -143,7 +143,10 @@ pub async fn tidy(db: &Db, dir: &Path, store: &ChunkStore, budget: u64) -> Resul
             .and_then(|offer| offer.expires_at_ms)
             .is_some_and(|at| at <= now);
         let offered = withdrawn.is_none() && !expired;
-        if offered && state != "done" {
+        // A run not over (its check, or the reboot it waits for, is to
+        // come) keeps its directory and chunks, offered or not.
+        let run_open = state == "rebooting" || state == "checking";
+        if (offered && state != "done") || run_open {
             continue;
         }
         // Done here, or no longer offered: its chunks are cache.

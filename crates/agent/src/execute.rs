@@ -79,9 +79,18 @@ pub struct Executor {
     pub window_reported: std::sync::Mutex<HashSet<(u64, Option<i64>)>>,
 }
 
-/// A job waiting for a reboot, as stored: its offer, attempts, the boot
-/// its command ran in, and the command's exit code and output tail.
-type RebootingRow = (String, i64, Option<String>, Option<i64>, Option<String>);
+/// A run to resume, as stored: its offer, state, attempts, the boot its
+/// command ran in, the command's exit code and output tail, and the
+/// process group of a check under way.
+type ResumedRow = (
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+);
 
 /// The identity of the current boot, read once when the agent starts: a
 /// job whose command asked for a reboot (one of its reboot codes) waits
@@ -285,7 +294,7 @@ impl Work for DueJobs<'_> {
         let executor = self.executor;
         if !self.recovered {
             executor.recover_interrupted().await?;
-            executor.resume_after_reboot().await?;
+            executor.resume_runs().await?;
             self.recovered = true;
         }
         if let Err(err) = executor.stop_abandoned_waits().await {
@@ -616,11 +625,14 @@ impl Executor {
         let windows: std::result::Result<Vec<_>, String> =
             intent.windows.iter().map(WindowSpec::resolve).collect();
         let timeout = intent.timeout_ms.unwrap_or(0) as i64;
-        let verdict = match windows {
-            Ok(windows) => window::may_start(&windows, now, timeout),
+        let (verdict, reason) = match windows {
+            Ok(windows) => (window::may_start(&windows, now, timeout), None),
             Err(why) => {
                 tracing::warn!(job = offer.id, %why, "a maintenance window cannot be read here; the job waits");
-                WindowVerdict::Never
+                (
+                    WindowVerdict::Never,
+                    Some(format!("a maintenance window cannot be read here: {why}")),
+                )
             }
         };
         let opens_at = match verdict {
@@ -643,6 +655,7 @@ impl Executor {
                 job: offer.id,
                 package: offer.package.clone(),
                 opens_at_ms: opens_at,
+                reason,
             };
             self.report(offer, body, None).await?;
         }
@@ -681,6 +694,14 @@ impl Executor {
         state: Option<NewState>,
     ) -> Result<()> {
         let job = offer.id;
+        if !matches!(body, StatusBody::JobWaitingForWindow { .. }) {
+            // Another state is shown now: a wait for the same opening is
+            // reported again.
+            self.window_reported
+                .lock()
+                .expect("window lock")
+                .retain(|(waiting, _)| *waiting != job);
+        }
         let text = serde_json::to_string(&body).map_err(|err| Error::Config(err.to_string()))?;
         let mut tx = self.db.write().await?;
         let now = now_ms();
@@ -942,8 +963,16 @@ impl Executor {
             attempt,
             "the command succeeded; running the check"
         );
-        // State `running` still: a crash during the check is an
-        // interrupted attempt.
+        // The command's result is kept, and the state is `checking`: an
+        // agent stopped during the check runs the check again when it
+        // starts (`resume_runs`), never the command.
+        sqlx::query("UPDATE jobs SET exit_code = ?, output_tail = ? WHERE id = ?")
+            .bind(outcome.exit_code)
+            .bind(&outcome.output_tail)
+            .bind(offer.id as i64)
+            .execute(self.db.pool())
+            .await
+            .map_err(cascade_store::Error::from)?;
         self.report(
             offer,
             StatusBody::JobChecking {
@@ -952,7 +981,7 @@ impl Executor {
                 attempt,
             },
             Some(NewState {
-                state: "running",
+                state: "checking",
                 next_at: None,
                 attempts: attempt,
                 run: None,
@@ -990,7 +1019,7 @@ impl Executor {
     /// The command of attempt `attempt` ended with reboot code `code`:
     /// records the boot it ran in, reports `job_reboot_pending`, and leaves
     /// the job in state `rebooting` until an agent starts in another boot
-    /// ([`Executor::resume_after_reboot`]).
+    /// ([`Executor::resume_runs`]).
     async fn await_reboot(
         &self,
         offer: &JobOffer,
@@ -1039,57 +1068,81 @@ impl Executor {
                 state: "rebooting",
                 next_at: None,
                 attempts: attempt,
-                run: None,
+                // The command succeeded, a reboot to come: so it counts
+                // for rerun rules until the check says otherwise.
+                run: Some(history::Entry::Ended { succeeded: true }),
             }),
         )
         .await
     }
 
-    /// Finishes the jobs waiting for a reboot (state `rebooting`) once the
-    /// agent runs in another boot than theirs: the check runs, if the job
-    /// has one, and the attempt ends as the check says. A job whose boot
-    /// has not changed waits on.
-    async fn resume_after_reboot(&self) -> Result<()> {
-        let rows: Vec<RebootingRow> = sqlx::query_as(
-            "SELECT offer, attempts, boot_id, exit_code, output_tail FROM jobs
-                 WHERE state = 'rebooting'",
+    /// Finishes the runs whose command had ended when the agent last
+    /// stopped: a check the stop cut short (state `checking`) runs again,
+    /// after whatever it left running is killed, and never the command; a
+    /// job waiting for a reboot (state `rebooting`) has its check run once
+    /// the agent runs in another boot than the command's, and waits on in
+    /// the same boot. If this boot's identity cannot be read, such a job
+    /// fails, saying why, rather than wait forever.
+    async fn resume_runs(&self) -> Result<()> {
+        let rows: Vec<ResumedRow> = sqlx::query_as(
+            "SELECT offer, state, attempts, boot_id, exit_code, output_tail, pgid FROM jobs
+             WHERE state IN ('rebooting', 'checking')",
         )
         .fetch_all(self.db.pool())
         .await
         .map_err(cascade_store::Error::from)?;
-        let Ok(now_booted) = &self.boot.id else {
-            return Ok(());
-        };
-        for (text, attempts, boot, exit_code, output_tail) in rows {
-            if boot.as_deref() == Some(now_booted.as_str()) {
-                continue;
-            }
+        for (text, state, attempts, boot, exit_code, output_tail, pgid) in rows {
             let offer: JobOffer = serde_json::from_str(&text)
                 .map_err(|err| Error::Config(format!("stored offer is damaged: {err}")))?;
             let attempt = attempts as u32;
-            // Verified again before its check runs: agent.db is not
-            // trusted either.
-            if let Err(err) = cascade_protocol::intent::verify_offer(&offer, &self.site_key) {
-                self.refuse_stored(&offer, attempt, err).await?;
-                continue;
-            }
-            tracing::info!(
-                job = offer.id,
-                attempt,
-                "the workstation restarted since the command asked for it"
-            );
-            let job_dir = self.dir.join("jobs").join(offer.id.to_string());
-            std::fs::create_dir_all(&job_dir)
-                .map_err(crate::io(format!("creating {}", job_dir.display())))?;
-            let deadline = offer
-                .timeout_ms
-                .map(|ms| Instant::now() + Duration::from_millis(ms));
             let outcome = Outcome {
                 exit_code: exit_code.map(|code| code as i32),
                 reason: None,
                 output_tail: output_tail.unwrap_or_default(),
                 stopped: None,
             };
+            if state == "checking" {
+                if let Some(pgid) = pgid {
+                    kill_leftover(pgid as i32, offer.id, &self.name);
+                }
+                tracing::warn!(
+                    job = offer.id,
+                    attempt,
+                    "the check was cut short by a stop; running it again"
+                );
+            } else {
+                match &self.boot.id {
+                    Ok(now_booted) if boot.as_deref() == Some(now_booted.as_str()) => continue,
+                    Ok(_) => {
+                        tracing::info!(
+                            job = offer.id,
+                            attempt,
+                            "the workstation restarted since the command asked for it"
+                        );
+                    }
+                    Err(why) => {
+                        let reason = format!(
+                            "the command asked for a reboot, but the agent cannot tell whether \
+                             the workstation restarted: {why}"
+                        );
+                        let failed = Outcome::failed(reason, outcome.output_tail);
+                        self.finish(&offer, attempt, failed).await?;
+                        continue;
+                    }
+                }
+            }
+            // Verified again before its check runs: agent.db is not
+            // trusted either.
+            if let Err(err) = cascade_protocol::intent::verify_offer(&offer, &self.site_key) {
+                self.refuse_stored(&offer, attempt, err).await?;
+                continue;
+            }
+            let job_dir = self.dir.join("jobs").join(offer.id.to_string());
+            std::fs::create_dir_all(&job_dir)
+                .map_err(crate::io(format!("creating {}", job_dir.display())))?;
+            let deadline = offer
+                .timeout_ms
+                .map(|ms| Instant::now() + Duration::from_millis(ms));
             let outcome = self
                 .check(&offer, attempt, outcome, &job_dir, deadline)
                 .await?;
@@ -1728,15 +1781,28 @@ pub async fn request(db: &Db, job: u64) -> Result<()> {
             "job {job} was withdrawn (expired or canceled)"
         )));
     }
-    if state == "done" {
-        return Err(Error::Config(format!(
-            "job {job} already ran on this workstation"
-        )));
-    }
-    if state == "running" {
-        return Err(Error::Config(format!(
-            "job {job} is running on this workstation"
-        )));
+    match state.as_str() {
+        "offered" | "requested" => {}
+        "done" => {
+            return Err(Error::Config(format!(
+                "job {job} already ran on this workstation"
+            )))
+        }
+        "running" | "checking" => {
+            return Err(Error::Config(format!(
+                "job {job} is running on this workstation"
+            )))
+        }
+        "rebooting" => {
+            return Err(Error::Config(format!(
+                "job {job} ran and waits for this workstation to restart"
+            )))
+        }
+        other => {
+            return Err(Error::Config(format!(
+                "job {job} is {other} on this workstation"
+            )))
+        }
     }
     sqlx::query("UPDATE jobs SET state = 'requested' WHERE id = ?")
         .bind(job as i64)

@@ -203,7 +203,8 @@ fn each_rerun_rule_is_decided_from_the_workstations_history() {
 /// Issue 14, health after the run: a job's check command runs after its
 /// command succeeded, and after the reboot the command asked for (one of
 /// the job's reboot codes); the job completes on a workstation only once
-/// the check passed. hawkBit's users saw "success" before the device had
+/// the check passed, and an agent killed during the check runs the check
+/// again, not the command. hawkBit's users saw "success" before the device had
 /// even restarted: here the workstation shows `reboot_pending` until the
 /// agent starts in another boot (its boot identity is read from a file
 /// this test changes, as a restart changes Linux's).
@@ -304,6 +305,31 @@ fn a_job_completes_only_after_the_reboot_it_asked_for_and_its_check() {
     assert!(
         reason.contains("the check `echo not there >&2; exit 4` failed: exit code 4"),
         "{reason}"
+    );
+
+    // The agent killed during a check runs the check again when it
+    // starts, never the command (review of issue 14).
+    let counted = root.path().join("command-ran");
+    let job = cen.create_job(
+        "app",
+        "all",
+        &format!("echo once >> {}", counted.display()),
+        &["--check", "sleep 3"],
+    );
+    let id = job["id"].as_u64().unwrap();
+    cen.wait_job(id, Duration::from_secs(60), |status| {
+        ws_state(status, "ws1") == Some("checking")
+    });
+    ws1.kill();
+    ws1.start();
+    let done = cen.wait_job(id, Duration::from_secs(60), |status| {
+        status["outcome"] != "in_progress"
+    });
+    assert_eq!(done["outcome"], "complete", "{done:#}");
+    assert_eq!(
+        std::fs::read_to_string(&counted).unwrap(),
+        "once\n",
+        "the command ran again"
     );
 
     // An exit code cannot mean both "succeeded" and "reboot needed".

@@ -149,7 +149,11 @@ pub enum RunEvent {
     /// maintenance window of its collection is open with room for its
     /// timeout: the next such window opens at `opens_at` (none: no window
     /// is long enough).
-    WaitingForWindow { opens_at: Option<TimestampMs> },
+    WaitingForWindow {
+        opens_at: Option<TimestampMs>,
+        /// Why none will do, if not that none is long enough.
+        reason: Option<String>,
+    },
     /// Reported by the agent: the job did not run because the same program
     /// ran here before (in job `previous_job`, ending as `previous`) and the
     /// job's rerun rule says not again. Final.
@@ -404,12 +408,13 @@ impl RunFold {
                 set(RunState::Held);
                 view.reason = Some(reason.clone());
             }
-            RunEvent::WaitingForWindow { opens_at } => {
+            RunEvent::WaitingForWindow { opens_at, reason } => {
                 set(RunState::WaitingForWindow);
                 view.window_opens_at = *opens_at;
-                view.reason = match opens_at {
-                    Some(_) => None,
-                    None => Some(
+                view.reason = match (opens_at, reason) {
+                    (_, Some(reason)) => Some(reason.clone()),
+                    (Some(_), None) => None,
+                    (None, None) => Some(
                         "no maintenance window of its collection is long enough for its timeout"
                             .into(),
                     ),
@@ -611,16 +616,21 @@ mod tests {
             RunEvent::Offered,
             RunEvent::WaitingForWindow {
                 opens_at: Some(9_000),
+                reason: None,
             },
         ]);
         assert_eq!(view.state, RunState::WaitingForWindow);
         assert_eq!(view.window_opens_at, Some(9_000));
         assert!(!view.state.is_final());
-        let never = fold(&[RunEvent::WaitingForWindow { opens_at: None }]);
+        let never = fold(&[RunEvent::WaitingForWindow {
+            opens_at: None,
+            reason: None,
+        }]);
         assert!(never.reason.unwrap().contains("long enough"));
         let started = fold(&[
             RunEvent::WaitingForWindow {
                 opens_at: Some(9_000),
+                reason: None,
             },
             RunEvent::Running { attempt: 1 },
         ]);

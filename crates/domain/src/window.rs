@@ -51,9 +51,15 @@ impl Window {
         if k < 0 || (k > 0 && self.every_days.is_none()) {
             return None;
         }
-        let first = self.start.to_zoned_datetime(self.zone.clone()).ok()?;
+        // Days are added to the wall-clock start, then read in the zone: a
+        // start that falls in a daylight-saving gap moves (forward, as
+        // `jiff`'s "compatible" reading does) on that day only.
         let days = k.checked_mul(i64::from(self.every_days.unwrap_or(0)))?;
-        let at = first.checked_add(Span::new().try_days(days).ok()?).ok()?;
+        let civil = self
+            .start
+            .checked_add(Span::new().try_days(days).ok()?)
+            .ok()?;
+        let at = civil.to_zoned_datetime(self.zone.clone()).ok()?;
         Some(at.timestamp().as_millisecond())
     }
 
@@ -76,8 +82,8 @@ impl Window {
             let Some(opens) = self.opening(k) else {
                 return WindowVerdict::Never;
             };
-            let closes = opens + self.duration_ms;
-            if opens <= now && now + timeout_ms <= closes {
+            let closes = opens.saturating_add(self.duration_ms);
+            if opens <= now && now.saturating_add(timeout_ms) <= closes {
                 return WindowVerdict::Open;
             }
             if opens > now {
@@ -170,6 +176,21 @@ mod tests {
         assert_eq!(
             may_start(&paris, at("2026-03-30T12:00:00Z"), HOUR),
             WindowVerdict::OpensAt(at("2026-03-30T20:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_start_in_a_daylight_saving_gap_moves_that_day_only() {
+        // 02:30 does not exist in Paris on 2026-03-29 (02:00 → 03:00).
+        let paris = [window("2026-03-29T02:30:00", "Europe/Paris", 2, Some(1))];
+        assert_eq!(
+            may_start(&paris, at("2026-03-28T12:00:00Z"), HOUR),
+            WindowVerdict::OpensAt(at("2026-03-29T01:30:00Z"))
+        );
+        // The next day it opens at 02:30 local time again (00:30 UTC).
+        assert_eq!(
+            may_start(&paris, at("2026-03-29T12:00:00Z"), HOUR),
+            WindowVerdict::OpensAt(at("2026-03-30T00:30:00Z"))
         );
     }
 

@@ -20,6 +20,15 @@ use serde::{Deserialize, Serialize};
 /// message's.
 pub const INTENT_CONTEXT: &[u8] = b"cascade intent v1\n";
 
+/// What a signature covers instead, before the intent's bytes, when the
+/// intent is a job with a restriction that agents and sites from before
+/// issue 14 would not know and so silently drop (maintenance windows, a
+/// check command, reboot codes): they verify under [`INTENT_CONTEXT`]
+/// only, so they refuse such a job (its signature does not verify) rather
+/// than run it outside its windows or report it complete unchecked. A
+/// later restriction of the kind takes a context of its own again.
+pub const INTENT_CONTEXT_V2: &[u8] = b"cascade intent v2\n";
+
 /// Longest signed intent accepted (its JSON text): a command is at most
 /// 8 KiB, everything else is small.
 pub const MAX_INTENT_LEN: usize = 64 * 1024;
@@ -269,10 +278,16 @@ pub enum IntentError {
 }
 
 impl SignedIntent {
-    /// Serialises `intent` and signs it with the central site's key.
+    /// Serialises `intent` and signs it with the central site's key (under
+    /// [`INTENT_CONTEXT_V2`] when it carries a restriction older receivers
+    /// would drop).
     pub fn sign(intent: &Intent, key: &SigningKey) -> SignedIntent {
         let text = serde_json::to_string(intent).expect("an intent always serialises");
-        let signature = cascade_content::sign_statement(INTENT_CONTEXT, text.as_bytes(), key);
+        let context = match intent {
+            Intent::Job(job) if job.restricts_beyond_v1() => INTENT_CONTEXT_V2,
+            _ => INTENT_CONTEXT,
+        };
+        let signature = cascade_content::sign_statement(context, text.as_bytes(), key);
         SignedIntent {
             intent: text,
             signature: hex::encode(signature),
@@ -289,9 +304,24 @@ impl SignedIntent {
         let mut signature = [0u8; 64];
         hex::decode_to_slice(&self.signature, &mut signature)
             .map_err(|_| IntentError::BadSignature)?;
-        cascade_content::verify_statement(INTENT_CONTEXT, self.intent.as_bytes(), &signature, key)
-            .map_err(|_| IntentError::BadSignature)?;
-        serde_json::from_str(&self.intent).map_err(|err| IntentError::Malformed(err.to_string()))
+        let under = |context| {
+            cascade_content::verify_statement(context, self.intent.as_bytes(), &signature, key)
+                .is_ok()
+        };
+        let v1 = under(INTENT_CONTEXT);
+        if !v1 && !under(INTENT_CONTEXT_V2) {
+            return Err(IntentError::BadSignature);
+        }
+        let intent: Intent = serde_json::from_str(&self.intent)
+            .map_err(|err| IntentError::Malformed(err.to_string()))?;
+        // Signed for receivers that would drop its restrictions: not as
+        // the central site signs it.
+        if let Intent::Job(job) = &intent {
+            if v1 && job.restricts_beyond_v1() {
+                return Err(IntentError::BadSignature);
+            }
+        }
+        Ok(intent)
     }
 
     /// Verifies a job's cancellation and returns the job's id.
@@ -356,6 +386,12 @@ impl JobIntent {
             dp_group: info.dp_group.clone(),
             issued_at_ms,
         }
+    }
+
+    /// Whether it carries a restriction that receivers from before issue
+    /// 14 would drop ([`INTENT_CONTEXT_V2`]).
+    pub fn restricts_beyond_v1(&self) -> bool {
+        !self.windows.is_empty() || self.check.is_some() || !self.reboot_codes.is_empty()
     }
 
     /// Whether the workstation with `attributes` is in the signed target.
@@ -605,6 +641,8 @@ mod tests {
         let key = key(1);
         let mut info = info();
         info.offer.rerun = RerunRule::Always;
+        info.offer.check = None;
+        info.offer.reboot_codes = Vec::new();
         let mut job = signed(&info, &key);
         let signed_intent = job.offer.intent.as_mut().unwrap();
         let mut text: serde_json::Value = serde_json::from_str(&signed_intent.intent).unwrap();
@@ -622,6 +660,39 @@ mod tests {
         assert_eq!(offer.rerun, RerunRule::Always);
         let intent = verify_offer(&offer, &key.verifying_key()).unwrap();
         assert_eq!(intent.rerun, RerunRule::Always);
+    }
+
+    /// Review of issue 14: an agent from before maintenance windows, checks
+    /// and reboot codes would verify a job carrying them and drop them. It
+    /// verifies under the first context only, so such a job is signed
+    /// under another, and one signed under the first is refused.
+    #[test]
+    fn restrictions_are_signed_so_that_older_receivers_refuse_them() {
+        let key = key(1);
+        let job = signed(&info(), &key);
+        let signed_intent = job.offer.intent.as_ref().unwrap();
+        let mut signature = [0u8; 64];
+        hex::decode_to_slice(&signed_intent.signature, &mut signature).unwrap();
+        let as_before = cascade_content::verify_statement(
+            INTENT_CONTEXT,
+            signed_intent.intent.as_bytes(),
+            &signature,
+            &key.verifying_key(),
+        );
+        assert!(as_before.is_err(), "an older agent would accept it");
+        assert!(verify_offer(&job.offer, &key.verifying_key()).is_ok());
+
+        let text = signed_intent.intent.clone();
+        let old_style = cascade_content::sign_statement(INTENT_CONTEXT, text.as_bytes(), &key);
+        let mut offer = job.offer.clone();
+        offer.intent = Some(SignedIntent {
+            intent: text,
+            signature: hex::encode(old_style),
+        });
+        assert_eq!(
+            verify_offer(&offer, &key.verifying_key()),
+            Err(IntentError::BadSignature)
+        );
     }
 
     /// A compromised site offered a job signed for one machine to all of

@@ -593,6 +593,10 @@ pub enum StatusBody {
         package: String,
         #[serde(default)]
         opens_at_ms: Option<i64>,
+        /// Why no window will do, when it is not that none is long enough
+        /// (a window the agent cannot read).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Agent: the command of attempt `attempt` succeeded, and the job's
     /// check command runs.
@@ -944,8 +948,13 @@ impl StatusBody {
             },
             StatusBody::JobRunning { attempt, .. } => RunEvent::Running { attempt: *attempt },
             StatusBody::JobChecking { attempt, .. } => RunEvent::Checking { attempt: *attempt },
-            StatusBody::JobWaitingForWindow { opens_at_ms, .. } => RunEvent::WaitingForWindow {
+            StatusBody::JobWaitingForWindow {
+                opens_at_ms,
+                reason,
+                ..
+            } => RunEvent::WaitingForWindow {
                 opens_at: *opens_at_ms,
+                reason: reason.clone(),
             },
             StatusBody::JobRebootPending {
                 attempt,

@@ -24,6 +24,9 @@ use std::sync::Arc;
 /// Longest command line accepted.
 const MAX_COMMAND_LEN: usize = 8192;
 
+/// Longest timeout a job may have: 30 days.
+const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3_600_000;
+
 /// Creates a job at the central site; it arrives here at once and is
 /// passed down.
 pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
@@ -44,10 +47,10 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
             ));
         }
     }
-    if request.timeout_ms == Some(0) {
+    if request.timeout_ms == Some(0) || request.timeout_ms.is_some_and(|ms| ms > MAX_TIMEOUT_MS) {
         return Err(Error::invalid(
             "invalid_timeout",
-            "the timeout must be longer than 0",
+            "the timeout must be longer than 0 and at most 30 days",
         ));
     }
     if request.retries > 100 {

@@ -443,6 +443,28 @@ enum JobCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Change an open job's offer time or expiry. The central site signs
+    /// the job again and the change flows down like any instruction;
+    /// workstations holding the offer take it from their next policy. A
+    /// canceled or expired job cannot be changed.
+    Edit {
+        /// Job id.
+        id: u64,
+        /// When the job may run, in the forms of `job create --offer-at`.
+        #[arg(long, value_parser = when::parse_time)]
+        offer_at: Option<std::time::SystemTime>,
+        /// When the offer is withdrawn for good, in the same forms.
+        #[arg(long, value_parser = when::parse_time, conflicts_with_all = ["expires_in", "no_expiry"])]
+        expires_at: Option<std::time::SystemTime>,
+        /// Expiry relative to the (new) offer time (e.g. 2d, 90m).
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "no_expiry")]
+        expires_in: Option<std::time::Duration>,
+        /// The job no longer expires.
+        #[arg(long)]
+        no_expiry: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Cancel a job: withdrawn everywhere, never runs afterwards.
     Cancel {
         /// Job id.
@@ -1162,6 +1184,39 @@ async fn job(command: JobCommand, out: Output) -> Result<std::process::ExitCode>
             out.job(&info);
         }
         JobCommand::List { connection } => out.jobs(&connection.client()?.jobs().await?),
+        JobCommand::Edit {
+            id,
+            offer_at,
+            expires_at,
+            expires_in,
+            no_expiry,
+            connection,
+        } => {
+            if offer_at.is_none() && expires_at.is_none() && expires_in.is_none() && !no_expiry {
+                anyhow::bail!(
+                    "nothing to change: give --offer-at, --expires-at, --expires-in or --no-expiry"
+                );
+            }
+            let client = connection.client()?;
+            let offer_at_ms = offer_at.map(ms);
+            let expires_at_ms = match (expires_at, expires_in) {
+                (Some(at), _) => Some(ms(at)),
+                (None, Some(after)) => {
+                    let from = match offer_at_ms {
+                        Some(at) => at,
+                        None => client.job_status(id).await?.job.offer.offer_at_ms,
+                    };
+                    Some(from + after.as_millis() as i64)
+                }
+                (None, None) => None,
+            };
+            let request = cascade_protocol::JobEditRequest {
+                offer_at_ms,
+                expires_at_ms,
+                no_expiry,
+            };
+            out.job(&client.edit_job(id, &request).await?)
+        }
         JobCommand::Cancel { id, connection } => {
             out.job(&connection.client()?.cancel_job(id).await?)
         }

@@ -485,3 +485,88 @@ fn a_mandatory_job_waits_for_a_window_with_room_for_its_timeout() {
     );
     assert_eq!(started_at("too-long"), None);
 }
+
+/// Issue 14, editing: a job's offer time and expiry changed at the central
+/// site flow down like any instruction and apply at every site (the
+/// secondary holds the new times) and on the workstation, which runs the
+/// job at its new time. A canceled job is not changed; wrong input is
+/// refused clearly.
+#[test]
+fn a_job_edited_at_the_central_site_changes_at_every_level() {
+    let root = tempfile::tempdir().unwrap();
+    let tree = Tree::new(root.path(), &["ws1"]);
+    let cen = &tree.cen;
+    let source = root.path().join("src");
+    make_tree(&source, 2, 10_000, 17);
+    cen.create_package("app", &source);
+    tree.collection("all", "ws1");
+    let ran = root.path().join("ran");
+    let job = cen.create_job(
+        "app",
+        "all",
+        &format!("touch {}", ran.display()),
+        &["--offer-at", "in 1h"],
+    );
+    let id = job["id"].as_u64().unwrap();
+    cen.wait_job(id, Duration::from_secs(60), |status| {
+        ws_state(status, "ws1") == Some("offered")
+    });
+    assert!(!ran.exists());
+
+    let edited = cen.json(&[
+        "job",
+        "edit",
+        &id.to_string(),
+        "--offer-at",
+        "now",
+        "--expires-in",
+        "2h",
+    ]);
+    let offer_at = edited["offer_at_ms"].as_i64().unwrap();
+    assert!(
+        offer_at < job["offer_at_ms"].as_i64().unwrap(),
+        "{edited:#}"
+    );
+    assert_eq!(
+        edited["expires_at_ms"].as_i64().unwrap(),
+        offer_at + 2 * 3_600_000
+    );
+    let done = cen.wait_job(id, Duration::from_secs(60), |status| {
+        status["outcome"] != "in_progress"
+    });
+    assert_eq!(done["outcome"], "complete", "{done:#}");
+    assert!(ran.exists());
+    let held = tree.s01.json(&["job", "list"]);
+    let at_s01 = held
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|job| job["id"] == id)
+        .unwrap_or_else(|| panic!("S01 holds no job {id}: {held:#}"));
+    assert_eq!(at_s01["offer_at_ms"], offer_at, "{at_s01:#}");
+    assert_eq!(
+        at_s01["expires_at_ms"], edited["expires_at_ms"],
+        "{at_s01:#}"
+    );
+
+    // Wrong input, and a canceled job.
+    let err = cen.fails(&["job", "edit", &id.to_string()]);
+    assert!(err.contains("nothing to change"), "{err}");
+    let err = cen.fails(&[
+        "job",
+        "edit",
+        &id.to_string(),
+        "--expires-at",
+        "2020-01-01T00:00:00Z",
+    ]);
+    assert!(err.contains("expire before it is offered"), "{err}");
+    let other = cen.create_job("app", "all", "true", &["--offer-at", "in 1h"]);
+    let other = other["id"].as_u64().unwrap().to_string();
+    cen.json(&["job", "cancel", &other]);
+    let err = cen.fails(&["job", "edit", &other, "--offer-at", "now"]);
+    assert!(err.contains("is canceled"), "{err}");
+    let err = tree
+        .s01
+        .fails(&["job", "edit", &id.to_string(), "--offer-at", "now"]);
+    assert!(err.contains("central"), "{err}");
+}

@@ -514,6 +514,11 @@ impl Client {
     }
 
     /// Cancels a job.
+    pub async fn edit_job(&self, id: u64, request: &JobEditRequest) -> Result<JobInfo> {
+        self.post(&format!("/jobs/{id}/edit"), request).await
+    }
+
+    /// Cancels a job everywhere.
     pub async fn cancel_job(&self, id: u64) -> Result<JobInfo> {
         self.post(&format!("/jobs/{id}/cancel"), &serde_json::json!({}))
             .await

@@ -1417,6 +1417,21 @@ pub struct JobRequest {
     pub dp_group: Option<String>,
 }
 
+/// `POST /api/v1/jobs/{id}/edit`: new times for an open job (what is
+/// absent stays).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct JobEditRequest {
+    /// When the job may run.
+    #[serde(default)]
+    pub offer_at_ms: Option<i64>,
+    /// When the offer is withdrawn for good.
+    #[serde(default)]
+    pub expires_at_ms: Option<i64>,
+    /// The job no longer expires.
+    #[serde(default)]
+    pub no_expiry: bool,
+}
+
 /// A stored job.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobInfo {

@@ -278,6 +278,22 @@ pub async fn set_intent(tx: &mut WriteTx<'_>, id: i64, intent: &SignedIntent) ->
     Ok(())
 }
 
+/// Sets a job's offer time and expiry (a newer revision of its intent).
+pub async fn set_times(
+    tx: &mut WriteTx<'_>,
+    id: i64,
+    offer_at_ms: i64,
+    expires_at_ms: Option<i64>,
+) -> Result<()> {
+    sqlx::query("UPDATE jobs SET offer_at_ms = ?, expires_at_ms = ? WHERE id = ?")
+        .bind(offer_at_ms)
+        .bind(expires_at_ms)
+        .bind(id)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(())
+}
+
 /// Records that a job was canceled, with the central site's signed
 /// cancellation.
 pub async fn set_canceled(

@@ -7,7 +7,7 @@ use crate::service::jobs;
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::Json;
-use cascade_protocol::{JobInfo, JobRequest, JobStatus};
+use cascade_protocol::{JobEditRequest, JobInfo, JobRequest, JobStatus};
 
 /// `POST /api/v1/jobs`.
 pub async fn create(
@@ -26,6 +26,17 @@ pub async fn list(
 ) -> Result<Json<Vec<JobInfo>>> {
     principal.require_admin()?;
     Ok(Json(jobs::list(&state).await?))
+}
+
+/// `POST /api/v1/jobs/{id}/edit`.
+pub async fn edit(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<u64>,
+    ApiJson(request): ApiJson<JobEditRequest>,
+) -> Result<Json<JobInfo>> {
+    principal.require_admin()?;
+    Ok(Json(jobs::edit(&state, id, &request).await?))
 }
 
 /// `POST /api/v1/jobs/{id}/cancel`.

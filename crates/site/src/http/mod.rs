@@ -84,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/jobs", get(jobs::list).post(jobs::create))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/v1/jobs/{id}/edit", post(jobs::edit))
         .route("/api/v1/jobs/{id}/status", get(jobs::status))
         .route("/api/v1/sites", get(sites::list))
         .route("/api/v1/sites/enroll", post(sites::enroll))

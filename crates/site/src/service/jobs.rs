@@ -206,13 +206,75 @@ async fn collection_id(tx: &mut WriteTx<'_>, name: &str) -> Result<i64> {
         .ok_or_else(|| Error::not_found(Entity::Collection, name))
 }
 
+/// Changes an open job's offer time or expiry at the central site: the
+/// job is signed again under its next revision (everything else as it
+/// was: command, target, windows) and passed down like any instruction;
+/// every site applies the newer revision once, and agents holding the
+/// offer take it from their next policy. A job canceled or expired is not
+/// changed.
+pub async fn edit(state: &AppState, id: u64, request: &JobEditRequest) -> Result<JobInfo> {
+    state.require_central("changing jobs")?;
+    let now = now_ms();
+    let mut tx = state.db.write().await?;
+    let (info, _) = db::job_by_id(&mut *tx.tx, id).await?;
+    if matches!(
+        info.state,
+        cascade_protocol::JobState::Canceled | cascade_protocol::JobState::Expired
+    ) {
+        return Err(Error::Conflict(format!(
+            "job {id} is {}: it cannot be changed; create a new job",
+            info.state
+        )));
+    }
+    if request.expires_at_ms.is_some() && request.no_expiry {
+        return Err(Error::invalid(
+            "invalid_expiry",
+            "give either a new expiry or no expiry, not both",
+        ));
+    }
+    let offer_at = request.offer_at_ms.unwrap_or(info.offer.offer_at_ms);
+    let expires_at = match (request.expires_at_ms, request.no_expiry) {
+        (_, true) => None,
+        (Some(at), false) => Some(at),
+        (None, false) => info.offer.expires_at_ms,
+    };
+    if let Some(expires) = expires_at {
+        if expires <= offer_at.max(now) {
+            return Err(Error::invalid(
+                "invalid_expiry",
+                "the job would expire before it is offered; give a later --expires-at or --expires-in",
+            ));
+        }
+    }
+    let held = cascade_protocol::intent::verify_offer(&info.offer, &state.trust)
+        .map_err(|err| Error::Internal(format!("job {id}'s stored intent: {err}")))?;
+    let intent = JobIntent {
+        revision: held.revision + 1,
+        offer_at_ms: offer_at,
+        expires_at_ms: expires_at,
+        issued_at_ms: now,
+        ..held
+    };
+    let signed = SignedIntent::sign(&Intent::Job(Box::new(intent)), &*state.signing_key()?);
+    db::set_times(&mut tx, id as i64, offer_at, expires_at).await?;
+    db::set_intent(&mut tx, id as i64, &signed).await?;
+    // This site's agents take the new offer from their next answer.
+    db::bump_agents(&mut tx).await?;
+    let (info, _) = db::job_by_id(&mut *tx.tx, id).await?;
+    send::send_down(state, &mut tx, &Instruction::Job { job: info.clone() }).await?;
+    tx.commit().await?;
+    state.notify_everything();
+    tracing::info!(job = id, offer_at, ?expires_at, "job changed");
+    Ok(status_of(state, id).await?.job)
+}
+
 /// A job's instruction arrived from the parent: stores it under the central
 /// site's id and lets it arrive here. Applying it twice changes nothing.
 pub async fn apply_job(state: &AppState, tx: &mut WriteTx<'_>, job: &JobInfo) -> Result<()> {
     let offer = &job.offer;
     // Stored only as the central site signed it: a site above that
     // altered it is refused here already, not only by the agents.
-    cascade_protocol::intent::verify_job(job, &state.trust).map_err(|err| {
+    let intent = cascade_protocol::intent::verify_job(job, &state.trust).map_err(|err| {
         Error::invalid(
             "job_refused",
             format!(
@@ -269,6 +331,25 @@ pub async fn apply_job(state: &AppState, tx: &mut WriteTx<'_>, job: &JobInfo) ->
     .is_some();
     if inserted {
         arrive(state, tx, offer.id as i64).await?;
+        return Ok(());
+    }
+    // Held already: a newer revision (new times from the central site)
+    // replaces the held one; the same or an older one changes nothing.
+    let (held, _) = db::job_by_id(&mut *tx.tx, offer.id).await?;
+    let held_revision = cascade_protocol::intent::verify_offer(&held.offer, &state.trust)
+        .map_or(0, |held| held.revision);
+    if intent.revision > held_revision {
+        if let Some(signed) = &offer.intent {
+            db::set_times(tx, offer.id as i64, offer.offer_at_ms, offer.expires_at_ms).await?;
+            db::set_intent(tx, offer.id as i64, signed).await?;
+            db::bump_agents(tx).await?;
+            state.notify_everything();
+            tracing::info!(
+                job = offer.id,
+                revision = intent.revision,
+                "job changed by the central site"
+            );
+        }
     }
     Ok(())
 }

@@ -199,6 +199,17 @@ enum SiteCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Replace one of the site's tokens, on the site's machine (running or
+    /// not): the old one stops working at once and the new one is written
+    /// to its file in DIR and printed. Agents, DPs and child sites enrolled
+    /// with an old join token keep their own credentials.
+    RotateToken {
+        /// The site's data directory.
+        dir: PathBuf,
+        /// Which token: admin, join (workstations), dp-join or site-join.
+        #[arg(long, value_parser = ["admin", "join", "dp-join", "site-join"])]
+        role: String,
+    },
     /// Show the site's settings, or change them.
     Settings {
         /// Hold new agents until `cascade agent approve` (true or false).
@@ -792,6 +803,13 @@ fn init_logging(default: &str) -> Result<()> {
 async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCode> {
     use std::process::ExitCode;
     match command {
+        Command::Site(SiteCommand::RotateToken { dir, role }) => {
+            init_logging("warn")?;
+            let (token, file) = cascade_site::rotate_token(&dir, &role)
+                .await
+                .with_context(|| format!("rotating the {role} token of {}", dir.display()))?;
+            out.rotated(&role, &token, &file);
+        }
         Command::Site(SiteCommand::Init {
             dir,
             code,

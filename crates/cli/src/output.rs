@@ -264,6 +264,22 @@ impl Output {
         self.collections(std::slice::from_ref(collection));
     }
 
+    /// A rotated token: `{role, token, file}` under `-o json`.
+    pub fn rotated(&self, role: &str, token: &str, file: &Path) {
+        if self.json {
+            return print_json(&serde_json::json!({
+                "role": role,
+                "token": token,
+                "file": file,
+            }));
+        }
+        outln!(
+            "new {role} token (the old one is revoked), written to {}:",
+            file.display()
+        );
+        outln!("{token}");
+    }
+
     /// One job: an object under `-o json`.
     pub fn job(&self, job: &JobInfo) {
         if self.json {

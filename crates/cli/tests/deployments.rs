@@ -570,3 +570,82 @@ fn a_job_edited_at_the_central_site_changes_at_every_level() {
         .fails(&["job", "edit", &id.to_string(), "--offer-at", "now"]);
     assert!(err.contains("central"), "{err}");
 }
+
+/// Issue 14, rotating tokens: on the site's machine, while it runs, the
+/// admin and join tokens are replaced; the old ones stop working at once,
+/// the new ones work, and an agent enrolled with the old join token keeps
+/// working.
+#[test]
+fn tokens_are_rotated_while_the_site_runs() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cen = Site::central(root.path(), "CEN");
+    let _ws1 = cen.add_agent("ws1", &[]);
+    let rotate = |role: &str| -> Value {
+        let out = run_ok(
+            std::process::Command::new(BIN)
+                .args(["-o", "json", "site", "rotate-token"])
+                .arg(&cen.dir)
+                .args(["--role", role]),
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let old_admin = cen.admin_token.clone();
+    let rotated = rotate("admin");
+    let new_admin = rotated["token"].as_str().unwrap().to_owned();
+    assert_ne!(new_admin, old_admin);
+    let file = std::fs::read_to_string(rotated["file"].as_str().unwrap()).unwrap();
+    assert_eq!(file.trim(), new_admin);
+    let err = cen.fails(&["agent", "list"]);
+    assert!(err.contains("401"), "{err}");
+    cen.admin_token = new_admin;
+    let agents = cen.json(&["agent", "list"]);
+    assert_eq!(agents.as_array().unwrap().len(), 1, "{agents:#}");
+
+    let old_join = cen.join_token.clone();
+    let new_join = rotate("join")["token"].as_str().unwrap().to_owned();
+    let enroll = |name: &str, token: &str| {
+        std::process::Command::new(BIN)
+            .args(["agent", "init"])
+            .arg(root.path().join(name))
+            .args(["--site", &cen.url, "--join-token", token, "--name", name])
+            .output()
+            .unwrap()
+    };
+    let refused = enroll("ws2", &old_join);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("invalid join token"), "{err}");
+    assert!(enroll("ws3", &new_join).status.success());
+    // ws1, enrolled before, is still heard from with its own credential.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let agents = cen.json(&["agent", "list"]);
+        let ws1 = agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|agent| agent["agent"] == "ws1")
+            .cloned()
+            .unwrap();
+        if ws1["reachability"] == "reachable" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ws1:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let err = run_ok(
+        std::process::Command::new(BIN)
+            .args(["site", "rotate-token"])
+            .arg(&cen.dir)
+            .args(["--role", "admin"]),
+    );
+    assert!(String::from_utf8_lossy(&err.stdout).contains("the old one is revoked"));
+    let wrong = std::process::Command::new(BIN)
+        .args(["site", "rotate-token"])
+        .arg(root.path())
+        .args(["--role", "join"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("holds no site"));
+}

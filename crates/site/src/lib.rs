@@ -209,6 +209,54 @@ pub async fn init(
     })
 }
 
+/// Replaces the site's token of `role` (`admin`, `join`, `site-join` or
+/// `dp-join`) in its data directory `dir`, running or not: a new token is
+/// minted (pinning the central key and the site's certificate), every
+/// credential of the old one is revoked in the same transaction, and the
+/// token file is replaced atomically. Agents, DPs and child sites enrolled
+/// with the old join token keep their own credentials. Returns the new
+/// token and its file.
+pub async fn rotate_token(dir: &Path, role: &str) -> Result<(String, PathBuf)> {
+    let wanted = role.replace('-', "_");
+    let Some((role, prefix, file)) = TOKENS.into_iter().find(|(name, ..)| *name == wanted) else {
+        return Err(Error::invalid(
+            "invalid_role",
+            format!("{role:?} is not a token of a site: admin, join, site-join or dp-join"),
+        ));
+    };
+    let db_path = dir.join(layout::DB);
+    if !db_path.exists() {
+        return Err(Error::invalid(
+            "not_a_site",
+            format!("{} holds no site", dir.display()),
+        ));
+    }
+    let db = db::Db::open(&db_path, false, db::MIGRATIONS).await?;
+    let own = db::own_site(db.pool()).await?;
+    let trust = if SiteKind::parse(&own.kind)? == SiteKind::Central {
+        cascade_content::read_key(&dir.join(layout::KEY))?.verifying_key()
+    } else {
+        let parent = state::Parent::read(&dir.join(layout::PARENT))?;
+        cascade_content::public_key_from_hex(&parent.config.enrollment.site_public_key)?
+    };
+    let certificate = cascade_protocol::tls::Identity::load(dir)?.fingerprint();
+    let token = cascade_protocol::pinning_token(
+        &service::auth::mint_token(prefix),
+        &cascade_content::public_key_hex(&trust),
+        &certificate,
+    );
+    let mut tx = db.write().await?;
+    db::delete_credentials(&mut tx, role, role).await?;
+    service::auth::store_credential(&mut tx, &token, role, role, now_ms()).await?;
+    tx.commit().await?;
+    db.close().await;
+    let path = dir.join(file);
+    cascade_store::write_atomically(&path, format!("{token}\n").as_bytes(), 0o600)
+        .map_err(Error::io(format!("writing {}", path.display())))?;
+    tracing::info!(role, path = %path.display(), "token rotated; the old one is revoked");
+    Ok((token, path))
+}
+
 /// Every token the site hands out, with the prefix of a new one and the
 /// file it is written to.
 const TOKENS: [(&str, &str, &str); 4] = [

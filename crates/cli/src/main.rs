@@ -523,6 +523,30 @@ enum CollectionCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Change a collection's definition at the central site: its listed
+    /// workstations or its rule. The change flows down to every site, and
+    /// the open jobs for the collection follow it: a new member is offered
+    /// them, one no longer in it is not (a run under way finishes).
+    Edit {
+        /// Collection name.
+        name: String,
+        /// Workstations by name, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "rule",
+            conflicts_with = "rule"
+        )]
+        machines: Vec<String>,
+        /// A rule such as `tag.role = kiosk and os = linux`.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Accept listed workstations not enrolled yet.
+        #[arg(long, conflicts_with = "rule")]
+        allow_unknown: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// List collections with their current members.
     List {
         #[command(flatten)]
@@ -1083,6 +1107,24 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
                     let info = connection
                         .client()?
                         .create_collection(&cascade_protocol::CollectionRequest {
+                            name,
+                            machines,
+                            rule,
+                            allow_unknown,
+                        })
+                        .await?;
+                    out.collection(&info);
+                }
+                CollectionCommand::Edit {
+                    name,
+                    machines,
+                    rule,
+                    allow_unknown,
+                    connection,
+                } => {
+                    let info = connection
+                        .client()?
+                        .edit_collection(&cascade_protocol::CollectionRequest {
                             name,
                             machines,
                             rule,

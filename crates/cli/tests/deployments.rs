@@ -649,3 +649,71 @@ fn tokens_are_rotated_while_the_site_runs() {
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("holds no site"));
 }
+
+/// Issue 14, editing a collection: its definition changed at the central
+/// site flows down to a secondary site, and the open job for it follows:
+/// a workstation added is offered the job and runs it; one removed keeps
+/// what it did, and nothing runs twice.
+#[test]
+fn a_collection_edited_at_the_central_site_changes_who_runs_its_job() {
+    let root = tempfile::tempdir().unwrap();
+    let tree = Tree::new(root.path(), &["ws1", "ws2", "ws3"]);
+    let cen = &tree.cen;
+    let source = root.path().join("src");
+    make_tree(&source, 2, 10_000, 18);
+    cen.create_package("app", &source);
+    tree.collection("pilots", "ws1,ws3");
+    let ran = root.path().join("ran");
+    let job = cen.create_job(
+        "app",
+        "pilots",
+        &format!("echo $CASCADE_AGENT >> {}", ran.display()),
+        &[],
+    );
+    let id = job["id"].as_u64().unwrap();
+    let done = cen.wait_job(id, Duration::from_secs(60), |status| {
+        status["outcome"] != "in_progress"
+    });
+    assert_eq!(done["outcome"], "complete", "{done:#}");
+
+    // ws2 joins the pilots, ws3 leaves: ws2 runs the job, nobody again.
+    let edited = cen.json(&["collection", "edit", "pilots", "--machines", "ws1,ws2"]);
+    assert_eq!(
+        edited["machines"],
+        serde_json::json!(["ws1", "ws2"]),
+        "{edited:#}"
+    );
+    let done = cen.wait_job(id, Duration::from_secs(60), |status| {
+        ws_state(status, "ws2") == Some("complete")
+    });
+    assert_eq!(done["outcome"], "complete", "{done:#}");
+    let mut lines: Vec<String> = std::fs::read_to_string(&ran)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["ws1", "ws2", "ws3"]);
+    // S01 holds the new definition.
+    let at_s01 = tree.s01.json(&["collection", "show", "pilots"]);
+    assert_eq!(
+        at_s01["machines"],
+        serde_json::json!(["ws1", "ws2"]),
+        "{at_s01:#}"
+    );
+    let members = at_s01["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{at_s01:#}");
+
+    // Wrong input.
+    let err = cen.fails(&["collection", "edit", "nobody", "--machines", "ws1"]);
+    assert!(
+        err.contains("404") || err.contains("not found") || err.contains("no collection"),
+        "{err}"
+    );
+    let err = cen.fails(&["collection", "edit", "pilots", "--machines", "ghost"]);
+    assert!(err.contains("unknown_machines"), "{err}");
+    let err = tree
+        .s01
+        .fails(&["collection", "edit", "pilots", "--machines", "ws1"]);
+    assert!(err.contains("central"), "{err}");
+}

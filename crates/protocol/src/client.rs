@@ -468,6 +468,12 @@ impl Client {
         self.post("/collections", request).await
     }
 
+    /// Changes a collection's definition (`request.name` names it).
+    pub async fn edit_collection(&self, request: &CollectionRequest) -> Result<CollectionInfo> {
+        self.post(&format!("/collections/{}/edit", request.name), request)
+            .await
+    }
+
     /// Every collection with its members.
     pub async fn collections(&self) -> Result<Vec<CollectionInfo>> {
         self.get("/collections").await

@@ -58,3 +58,15 @@ pub async fn clear_windows(
     principal.require_admin()?;
     Ok(Json(collections::clear_windows(&state, &name).await?))
 }
+
+/// `POST /api/v1/collections/{name}/edit`: a new definition.
+pub async fn edit(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    ApiJson(mut request): ApiJson<CollectionRequest>,
+) -> Result<Json<CollectionInfo>> {
+    principal.require_admin()?;
+    request.name = name;
+    Ok(Json(collections::edit(&state, &request).await?))
+}

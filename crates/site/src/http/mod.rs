@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> Router {
             get(collections::list).post(collections::create),
         )
         .route("/api/v1/collections/{name}", get(collections::show))
+        .route("/api/v1/collections/{name}/edit", post(collections::edit))
         .route(
             "/api/v1/collections/{name}/windows",
             post(collections::add_window).delete(collections::clear_windows),

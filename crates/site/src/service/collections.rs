@@ -4,7 +4,7 @@
 
 use crate::db::{self, Membership, WriteTx};
 use crate::error::{Entity, Error, Result};
-use crate::service::send;
+use crate::service::{jobs, send};
 use crate::state::AppState;
 use cascade_domain::rule::Rule;
 use cascade_domain::validate_name;
@@ -15,8 +15,75 @@ use cascade_store::now_ms;
 /// enrolled somewhere in the hierarchy, unless `allow_unknown`) or a rule.
 pub async fn create(state: &AppState, request: &CollectionRequest) -> Result<CollectionInfo> {
     state.require_central("creating collections")?;
+    let (machines, rule) = definition(state, request).await?;
+    let mut tx = state.db.write().await?;
+    if db::collection_id(&mut *tx.tx, &request.name)
+        .await?
+        .is_some()
+    {
+        return Err(Error::Conflict(format!(
+            "collection {} already exists",
+            request.name
+        )));
+    }
+    apply_collection(&mut tx, &request.name, machines.clone(), rule.clone()).await?;
+    send::send_down(
+        state,
+        &mut tx,
+        &Instruction::Collection {
+            name: request.name.clone(),
+            machines,
+            rule,
+        },
+    )
+    .await?;
+    let info = collection_info(state, &mut tx, &request.name).await?;
+    tx.commit().await?;
+    state.notify_outbox_changed();
+    Ok(info)
+}
+
+/// Changes a collection's definition at the central site (`machines` or
+/// `rule`, checked as at creation): the new definition flows down like any
+/// instruction, and every open job for the collection is signed again with
+/// it as its target, so that its workstations everywhere follow
+/// (`jobs::retarget`): a new member is offered the job, one no longer in
+/// it is not (a run under way finishes).
+pub async fn edit(state: &AppState, request: &CollectionRequest) -> Result<CollectionInfo> {
+    state.require_central("changing collections")?;
+    let (machines, rule) = definition(state, request).await?;
+    let mut tx = state.db.write().await?;
+    let id = db::collection_id(&mut *tx.tx, &request.name)
+        .await?
+        .ok_or_else(|| Error::not_found(Entity::Collection, &request.name))?;
+    apply_collection(&mut tx, &request.name, machines.clone(), rule.clone()).await?;
+    send::send_down(
+        state,
+        &mut tx,
+        &Instruction::Collection {
+            name: request.name.clone(),
+            machines,
+            rule,
+        },
+    )
+    .await?;
+    let jobs = jobs::retarget(state, &mut tx, id).await?;
+    let info = collection_info(state, &mut tx, &request.name).await?;
+    tx.commit().await?;
+    state.notify_everything();
+    tracing::info!(collection = %request.name, jobs, "collection changed");
+    Ok(info)
+}
+
+/// A collection's definition as a request gives it: listed workstations
+/// (each enrolled somewhere in the hierarchy, unless `allow_unknown`) or a
+/// rule that parses.
+async fn definition(
+    state: &AppState,
+    request: &CollectionRequest,
+) -> Result<(Option<Vec<String>>, Option<String>)> {
     validate_name("collection name", &request.name)?;
-    let (machines, rule) = match (&request.rule, request.machines.is_empty()) {
+    Ok(match (&request.rule, request.machines.is_empty()) {
         (Some(_), false) => {
             return Err(Error::invalid(
                 "conflicting_members",
@@ -53,32 +120,7 @@ pub async fn create(state: &AppState, request: &CollectionRequest) -> Result<Col
             }
             (Some(request.machines.clone()), None)
         }
-    };
-    let mut tx = state.db.write().await?;
-    if db::collection_id(&mut *tx.tx, &request.name)
-        .await?
-        .is_some()
-    {
-        return Err(Error::Conflict(format!(
-            "collection {} already exists",
-            request.name
-        )));
-    }
-    apply_collection(&mut tx, &request.name, machines.clone(), rule.clone()).await?;
-    send::send_down(
-        state,
-        &mut tx,
-        &Instruction::Collection {
-            name: request.name.clone(),
-            machines,
-            rule,
-        },
-    )
-    .await?;
-    let info = collection_info(state, &mut tx, &request.name).await?;
-    tx.commit().await?;
-    state.notify_outbox_changed();
-    Ok(info)
+    })
 }
 
 /// Stores a collection (replacing one of the same name: applying it twice

@@ -246,26 +246,64 @@ pub async fn edit(state: &AppState, id: u64, request: &JobEditRequest) -> Result
             ));
         }
     }
-    let held = cascade_protocol::intent::verify_offer(&info.offer, &state.trust)
-        .map_err(|err| Error::Internal(format!("job {id}'s stored intent: {err}")))?;
-    let intent = JobIntent {
-        revision: held.revision + 1,
+    resign(state, &mut tx, &info, |intent| JobIntent {
         offer_at_ms: offer_at,
         expires_at_ms: expires_at,
-        issued_at_ms: now,
-        ..held
-    };
-    let signed = SignedIntent::sign(&Intent::Job(Box::new(intent)), &*state.signing_key()?);
-    db::set_times(&mut tx, id as i64, offer_at, expires_at).await?;
-    db::set_intent(&mut tx, id as i64, &signed).await?;
-    // This site's agents take the new offer from their next answer.
-    db::bump_agents(&mut tx).await?;
-    let (info, _) = db::job_by_id(&mut *tx.tx, id).await?;
-    send::send_down(state, &mut tx, &Instruction::Job { job: info.clone() }).await?;
+        ..intent
+    })
+    .await?;
     tx.commit().await?;
     state.notify_everything();
     tracing::info!(job = id, offer_at, ?expires_at, "job changed");
     Ok(status_of(state, id).await?.job)
+}
+
+/// Signs job `info` again at the central site with what `change` makes of
+/// its intent, under the next revision, stores it and passes it down;
+/// this site's agents take it from their next answer.
+async fn resign(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    info: &JobInfo,
+    change: impl FnOnce(JobIntent) -> JobIntent,
+) -> Result<()> {
+    let id = info.offer.id;
+    let held = cascade_protocol::intent::verify_offer(&info.offer, &state.trust)
+        .map_err(|err| Error::Internal(format!("job {id}'s stored intent: {err}")))?;
+    let revision = held.revision + 1;
+    let intent = JobIntent {
+        revision,
+        issued_at_ms: now_ms(),
+        ..change(held)
+    };
+    let (offer_at, expires_at) = (intent.offer_at_ms, intent.expires_at_ms);
+    let signed = SignedIntent::sign(&Intent::Job(Box::new(intent)), &*state.signing_key()?);
+    db::set_times(tx, id as i64, offer_at, expires_at).await?;
+    db::set_intent(tx, id as i64, &signed).await?;
+    db::bump_agents(tx).await?;
+    let (info, _) = db::job_by_id(&mut *tx.tx, id).await?;
+    send::send_down(state, tx, &Instruction::Job { job: info }).await
+}
+
+/// A collection's definition changed at the central site: every open job
+/// for it is signed again with the new definition as its target (under the
+/// next revision), arrives here again (its workstations here follow the
+/// new definition) and is passed down, where each site does the same.
+/// Returns how many jobs changed.
+pub async fn retarget(state: &AppState, tx: &mut WriteTx<'_>, collection_id: i64) -> Result<usize> {
+    let (machines, rule) = db::collection_definition_by_id(&mut *tx.tx, collection_id).await?;
+    let jobs = db::open_jobs(&mut *tx.tx, now_ms()).await?;
+    let mut changed = 0;
+    for (info, _) in jobs.iter().filter(|(_, id)| *id == collection_id) {
+        let target = JobTarget {
+            machines: machines.clone(),
+            rule: rule.clone(),
+        };
+        arrive(state, tx, info.offer.id as i64).await?;
+        resign(state, tx, info, |intent| JobIntent { target, ..intent }).await?;
+        changed += 1;
+    }
+    Ok(changed)
 }
 
 /// A job's instruction arrived from the parent: stores it under the central
@@ -343,6 +381,13 @@ pub async fn apply_job(state: &AppState, tx: &mut WriteTx<'_>, job: &JobInfo) ->
             db::set_times(tx, offer.id as i64, offer.offer_at_ms, offer.expires_at_ms).await?;
             db::set_intent(tx, offer.id as i64, signed).await?;
             db::bump_agents(tx).await?;
+            let held_target = cascade_protocol::intent::verify_offer(&held.offer, &state.trust)
+                .ok()
+                .map(|held| held.target);
+            if held_target.as_ref() != Some(&intent.target) {
+                // Its collection changed: its workstations here follow.
+                arrive(state, tx, offer.id as i64).await?;
+            }
             state.notify_everything();
             tracing::info!(
                 job = offer.id,

@@ -218,6 +218,108 @@ pub async fn tidy(db: &Db, dir: &Path, store: &ChunkStore, budget: u64) -> Resul
     Ok(tidied)
 }
 
+/// After a removal job (`removal`) of `package` succeeded: removes the
+/// directories of every job of the package that is over here (done, or no
+/// longer offered; the removal's own included) and the chunks the removal's
+/// version was made of that no open job needs, and forgets the runs of
+/// the package's programs but the removal's (`history.rs`), so that a
+/// later install runs whatever its rerun rule. Chunks of older versions
+/// held in the cache age out under its budget.
+pub async fn forget_package(
+    db: &Db,
+    dir: &Path,
+    store: &ChunkStore,
+    package: &str,
+    removal: u64,
+) -> Result<Tidied> {
+    let now = now_ms();
+    let rows: Vec<(i64, String, String, Option<i64>)> =
+        sqlx::query_as("SELECT id, offer, state, withdrawn_at_ms FROM jobs")
+            .fetch_all(db.pool())
+            .await
+            .map_err(cascade_store::Error::from)?;
+    let mut over = Vec::new();
+    for (id, offer, state, withdrawn) in &rows {
+        let Ok(offer) = serde_json::from_str::<JobOffer>(offer) else {
+            continue;
+        };
+        let expired = offer.expires_at_ms.is_some_and(|at| at <= now);
+        if offer.package == package && (state == "done" || withdrawn.is_some() || expired) {
+            over.push(*id);
+        }
+    }
+    let chunks: Vec<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM job_chunks WHERE job = ?")
+        .bind(removal as i64)
+        .fetch_all(db.pool())
+        .await
+        .map_err(cascade_store::Error::from)?;
+    let mut tx = db.write().await?;
+    for id in &over {
+        sqlx::query("DELETE FROM job_chunks WHERE job = ?")
+            .bind(id)
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(cascade_store::Error::from)?;
+    }
+    sqlx::query("DELETE FROM runs WHERE package = ? AND job != ?")
+        .bind(package)
+        .bind(removal as i64)
+        .execute(&mut *tx.tx)
+        .await
+        .map_err(cascade_store::Error::from)?;
+    tx.commit().await?;
+    let needed: Vec<Vec<u8>> = sqlx::query_scalar("SELECT DISTINCT hash FROM job_chunks")
+        .fetch_all(db.pool())
+        .await
+        .map_err(cascade_store::Error::from)?;
+    let needed: HashSet<Vec<u8>> = needed.into_iter().collect();
+    let mut tidied = Tidied::default();
+    for id in over {
+        let job_dir = dir.join("jobs").join(id.to_string());
+        let removed = tokio::task::spawn_blocking(move || remove_tree(&job_dir))
+            .await
+            .map_err(|err| Error::Config(format!("cleanup task failed: {err}")))?
+            .map_err(|err| Error::Config(format!("removing job {id}'s directory: {err}")))?;
+        tidied.job_dirs += removed as usize;
+    }
+    let gone: Vec<ChunkHash> = chunks
+        .into_iter()
+        .filter(|hash| !needed.contains(hash))
+        .filter_map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok().map(ChunkHash))
+        .collect();
+    let store = store.clone();
+    let (removed, bytes) = tokio::task::spawn_blocking(move || -> Result<(usize, u64)> {
+        let sizes: std::collections::HashMap<ChunkHash, u64> = store
+            .list()
+            .map_err(|err| Error::Config(format!("listing the chunk store: {err}")))?
+            .into_iter()
+            .map(|chunk| (chunk.hash, chunk.stored_bytes))
+            .collect();
+        let (mut removed, mut bytes) = (0, 0);
+        for hash in gone {
+            let Some(size) = sizes.get(&hash) else {
+                continue;
+            };
+            store
+                .remove(&hash)
+                .map_err(|err| Error::Config(format!("removing a chunk: {err}")))?;
+            removed += 1;
+            bytes += size;
+        }
+        if removed > 0 {
+            store
+                .compact()
+                .map_err(|err| Error::Config(format!("compacting the chunk store: {err}")))?;
+        }
+        Ok((removed, bytes))
+    })
+    .await
+    .map_err(|err| Error::Config(format!("cleanup task failed: {err}")))??;
+    tidied.chunks = removed;
+    tidied.bytes = bytes;
+    Ok(tidied)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1191,24 +1191,44 @@ impl Executor {
         if succeeded {
             let exit_code = outcome.exit_code.unwrap_or(0);
             tracing::info!(job = offer.id, attempt, exit_code, "job complete");
-            return self
-                .report(
-                    offer,
-                    StatusBody::JobCompleted {
-                        job: offer.id,
-                        package,
-                        attempt,
-                        exit_code,
-                        output_tail: outcome.output_tail,
-                    },
-                    Some(NewState {
-                        state: "done",
-                        next_at: None,
-                        attempts: attempt,
-                        run: Some(history::Entry::Ended { succeeded: true }),
-                    }),
+            self.report(
+                offer,
+                StatusBody::JobCompleted {
+                    job: offer.id,
+                    package,
+                    attempt,
+                    exit_code,
+                    output_tail: outcome.output_tail,
+                },
+                Some(NewState {
+                    state: "done",
+                    next_at: None,
+                    attempts: attempt,
+                    run: Some(history::Entry::Ended { succeeded: true }),
+                }),
+            )
+            .await?;
+            if offer.remove {
+                // The package is gone from the workstation: so is what the
+                // agent held of it. A failure here is tidied later.
+                match crate::cache::forget_package(
+                    &self.db,
+                    &self.dir,
+                    &self.store,
+                    &offer.package,
+                    offer.id,
                 )
-                .await;
+                .await
+                {
+                    Ok(tidied) => {
+                        tracing::info!(job = offer.id, package = %offer.package, ?tidied, "package removed")
+                    }
+                    Err(err) => {
+                        tracing::warn!(job = offer.id, error = %err, "the package's content was not all removed")
+                    }
+                }
+            }
+            return Ok(());
         }
         let reason = outcome.reason.unwrap_or_else(|| {
             format!(

@@ -422,6 +422,13 @@ struct JobCreate {
     /// requested, runs regardless.
     #[arg(long, value_parser = parse_rerun, value_name = "RULE")]
     rerun: Option<cascade_domain::run::RerunRule>,
+    /// A removal job: --command uninstalls the package (e.g. 'sh
+    /// uninstall.sh' from the package itself); once it succeeded the
+    /// agent deletes the package's job directories and the chunks no open
+    /// job needs, and forgets that the package's programs ran here (a
+    /// later install job runs whatever its rerun rule).
+    #[arg(long)]
+    remove: bool,
     /// Start outside the collection's maintenance windows too (a
     /// mandatory job otherwise starts only inside one with room for its
     /// timeout).
@@ -1209,6 +1216,7 @@ async fn job(command: JobCommand, out: Output) -> Result<std::process::ExitCode>
                 check,
                 reboot_codes,
                 any_time,
+                remove,
                 connection,
             } = *create;
             let offer_at_ms = offer_at.map(ms);
@@ -1238,6 +1246,7 @@ async fn job(command: JobCommand, out: Output) -> Result<std::process::ExitCode>
                     check,
                     reboot_codes,
                     any_time,
+                    remove,
                     rerun,
                 })
                 .await?;

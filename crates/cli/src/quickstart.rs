@@ -297,6 +297,7 @@ pub async fn run(args: QuickstartArgs, out: Output) -> Result<ExitCode> {
             check: None,
             reboot_codes: Vec::new(),
             any_time: false,
+            remove: false,
             rerun: None,
         })
         .await?;

@@ -14,7 +14,7 @@ struct Tree {
     cen: Site,
     _p01: Site,
     s01: Site,
-    _agents: Vec<Agent>,
+    agents: Vec<Agent>,
 }
 
 impl Tree {
@@ -27,7 +27,7 @@ impl Tree {
             cen,
             _p01: p01,
             s01,
-            _agents: agents,
+            agents,
         }
     }
 }
@@ -716,4 +716,57 @@ fn a_collection_edited_at_the_central_site_changes_who_runs_its_job() {
         .s01
         .fails(&["collection", "edit", "pilots", "--machines", "ws1"]);
     assert!(err.contains("central"), "{err}");
+}
+
+/// Issue 14, removal: a job made `--remove` runs its (uninstall) command;
+/// once it succeeded the workstation holds nothing more of the package (no
+/// job directory, no chunk of it) and has forgotten that the package's
+/// programs ran, so that installing again runs under the default rerun
+/// rule.
+#[test]
+fn a_removal_job_uninstalls_and_leaves_nothing_of_the_package() {
+    let root = tempfile::tempdir().unwrap();
+    let tree = Tree::new(root.path(), &["ws1"]);
+    let cen = &tree.cen;
+    let ws1 = &tree.agents[0];
+    let source = root.path().join("src");
+    make_tree(&source, 3, 300_000, 19);
+    cen.create_package("app", &source);
+    tree.collection("all", "ws1");
+    let installed = root.path().join("installed");
+    let install = format!("test -f big.bin && touch {}", installed.display());
+    let run = |command: &str, extra: &[&str]| -> Value {
+        let job = cen.create_job("app", "all", command, extra);
+        let id = job["id"].as_u64().unwrap();
+        cen.wait_job(id, Duration::from_secs(60), |status| {
+            status["outcome"] != "in_progress"
+        })
+    };
+    let first = run(&install, &[]);
+    assert_eq!(first["outcome"], "complete", "{first:#}");
+    assert!(installed.exists());
+    let jobs_dir = ws1.dir.join("jobs");
+    assert!(std::fs::read_dir(&jobs_dir).unwrap().count() > 0);
+    assert!(stored_chunks(&ws1.dir) > 0);
+
+    let removal = run(&format!("rm {}", installed.display()), &["--remove"]);
+    assert_eq!(removal["outcome"], "complete", "{removal:#}");
+    assert_eq!(removal["job"]["remove"], true, "{removal:#}");
+    assert!(!installed.exists());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&jobs_dir).unwrap().count() > 0 || stored_chunks(&ws1.dir) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workstation still holds {} job directories and {} chunks",
+            std::fs::read_dir(&jobs_dir).unwrap().count(),
+            stored_chunks(&ws1.dir)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Installing again runs (if-failed, the default, finds no run).
+    let again = run(&install, &[]);
+    let row = ws_row(&again, "ws1");
+    assert_eq!(row["state"], "complete", "{row:#}");
+    assert!(installed.exists());
 }

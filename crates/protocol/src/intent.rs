@@ -78,6 +78,12 @@ pub struct JobIntent {
     pub timeout_ms: Option<u64>,
     /// Exit codes that mean success.
     pub success_codes: Vec<i32>,
+    /// A removal: the command uninstalls the package, and once it
+    /// succeeded the agent deletes what it holds of the package (its job
+    /// directories, the chunks no open job needs) and forgets that the
+    /// package's programs ran (rerun rules start afresh).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove: bool,
     /// The maintenance windows of its collection when it was signed: a
     /// mandatory job starts only inside one with room for its timeout.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -378,6 +384,7 @@ impl JobIntent {
             retry_delay_ms: offer.retry_delay_ms,
             timeout_ms: offer.timeout_ms,
             success_codes: offer.success_codes.clone(),
+            remove: offer.remove,
             windows: offer.windows.clone(),
             any_time: offer.any_time,
             check: offer.check.clone(),
@@ -455,6 +462,9 @@ impl JobIntent {
         if offer.success_codes != self.success_codes {
             return altered("success codes");
         }
+        if offer.remove != self.remove {
+            return altered("removal flag");
+        }
         if offer.windows != self.windows {
             return altered("maintenance windows");
         }
@@ -524,6 +534,7 @@ mod tests {
                 retry_delay_ms: 500,
                 timeout_ms: Some(60_000),
                 success_codes: vec![0, 3010],
+                remove: false,
                 windows: Vec::new(),
                 any_time: false,
                 check: Some("test -f installed".into()),

@@ -1323,6 +1323,10 @@ pub struct JobOffer {
     pub timeout_ms: Option<u64>,
     /// Exit codes that mean success.
     pub success_codes: Vec<i32>,
+    /// A removal: the command uninstalls the package; once it succeeded
+    /// the agent deletes what it holds of the package.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove: bool,
     /// The maintenance windows of its collection when it was made: a
     /// mandatory job starts only inside one with room for its timeout
     /// (none: any time).
@@ -1393,6 +1397,10 @@ pub struct JobRequest {
     /// Exit codes that mean success (default: 0).
     #[serde(default)]
     pub success_codes: Vec<i32>,
+    /// A removal job: the command uninstalls the package; once it
+    /// succeeded the agent deletes what it holds of the package.
+    #[serde(default)]
+    pub remove: bool,
     /// Starts outside its collection's maintenance windows too.
     #[serde(default)]
     pub any_time: bool,

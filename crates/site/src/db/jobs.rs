@@ -14,7 +14,7 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 const JOB_COLUMNS: &str = "j.id, p.name, j.version, c.name, j.command, j.offer_at_ms, j.expires_at_ms, j.optional,
      j.retries, j.retry_delay_ms, j.timeout_ms, j.success_codes, j.created_at_ms, j.canceled_at_ms, j.collection_id,
      j.dp_group, j.intent, j.intent_signature, j.cancel_intent, j.cancel_signature, j.rerun,
-     j.check_command, j.reboot_codes, j.windows, j.any_time";
+     j.check_command, j.reboot_codes, j.windows, j.any_time, j.remove";
 
 const JOB_FROM: &str =
     "jobs j JOIN packages p ON p.id = j.package_id JOIN collections c ON c.id = j.collection_id";
@@ -37,6 +37,7 @@ fn job_from_row(row: sqlx::sqlite::SqliteRow, now: i64) -> Result<(JobInfo, i64)
         windows: serde_json::from_str(&row.get::<String, _>(23))
             .map_err(|err| Error::Internal(format!("stored windows do not parse: {err}")))?,
         any_time: row.get(24),
+        remove: row.get(25),
         check: row.get(21),
         reboot_codes: serde_json::from_str(&row.get::<String, _>(22))
             .map_err(|err| Error::Internal(format!("stored reboot codes do not parse: {err}")))?,
@@ -186,6 +187,7 @@ pub struct NewJob<'a> {
     pub success_codes: &'a [i32],
     pub windows: &'a [cascade_protocol::WindowSpec],
     pub any_time: bool,
+    pub remove: bool,
     pub check: Option<&'a str>,
     pub reboot_codes: &'a [i32],
     pub rerun: RerunRule,
@@ -215,8 +217,8 @@ pub async fn insert_job(
         "INSERT OR IGNORE INTO jobs (id, package_id, version, collection_id, command, offer_at_ms, expires_at_ms,
                            optional, retries, retry_delay_ms, timeout_ms, success_codes, created_at_ms,
                            canceled_at_ms, dp_group, intent, intent_signature, rerun,
-                           check_command, reboot_codes, windows, any_time)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                           check_command, reboot_codes, windows, any_time, remove)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(id)
     .bind(job.package_id)
@@ -240,6 +242,7 @@ pub async fn insert_job(
     .bind(reboot_codes)
     .bind(windows)
     .bind(job.any_time)
+    .bind(job.remove)
     .fetch_optional(&mut *tx.tx)
     .await?)
 }

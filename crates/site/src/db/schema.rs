@@ -319,4 +319,9 @@ ALTER TABLE collections ADD COLUMN windows TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE jobs ADD COLUMN windows TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE jobs ADD COLUMN any_time INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- Removal jobs (issue 14): the command uninstalls the package and the
+-- agent then deletes what it holds of it.
+ALTER TABLE jobs ADD COLUMN remove INTEGER NOT NULL DEFAULT 0;
+"#,
 ];

@@ -191,25 +191,15 @@ pub async fn tidy(db: &Db, dir: &Path, store: &ChunkStore, budget: u64) -> Resul
         // Newest first: what was stored last is kept.
         cached.sort_by_key(|chunk| std::cmp::Reverse(chunk.written));
         let mut kept = 0u64;
-        let (mut chunks, mut bytes) = (0, 0);
+        let mut past_budget = Vec::new();
         for chunk in cached {
             if kept + chunk.stored_bytes <= budget {
                 kept += chunk.stored_bytes;
                 continue;
             }
-            store
-                .remove(&chunk.hash)
-                .map_err(|err| Error::Config(format!("removing a cached chunk: {err}")))?;
-            chunks += 1;
-            bytes += chunk.stored_bytes;
+            past_budget.push((chunk.hash, chunk.stored_bytes));
         }
-        // The packs mostly removed give their disk back.
-        if chunks > 0 {
-            store
-                .compact()
-                .map_err(|err| Error::Config(format!("compacting the chunk store: {err}")))?;
-        }
-        Ok((chunks, bytes))
+        remove_chunks(&store, past_budget)
     })
     .await
     .map_err(|err| Error::Config(format!("cleanup task failed: {err}")))??;
@@ -295,29 +285,39 @@ pub async fn forget_package(
             .into_iter()
             .map(|chunk| (chunk.hash, chunk.stored_bytes))
             .collect();
-        let (mut removed, mut bytes) = (0, 0);
-        for hash in gone {
-            let Some(size) = sizes.get(&hash) else {
-                continue;
-            };
-            store
-                .remove(&hash)
-                .map_err(|err| Error::Config(format!("removing a chunk: {err}")))?;
-            removed += 1;
-            bytes += size;
-        }
-        if removed > 0 {
-            store
-                .compact()
-                .map_err(|err| Error::Config(format!("compacting the chunk store: {err}")))?;
-        }
-        Ok((removed, bytes))
+        let gone = gone
+            .into_iter()
+            .filter_map(|hash| sizes.get(&hash).map(|size| (hash, *size)));
+        remove_chunks(&store, gone)
     })
     .await
     .map_err(|err| Error::Config(format!("cleanup task failed: {err}")))??;
     tidied.chunks = removed;
     tidied.bytes = bytes;
     Ok(tidied)
+}
+
+/// Removes `chunks` (hash, stored bytes) from the store, then compacts it
+/// so that packs mostly removed give their disk back; returns the count
+/// and bytes removed.
+fn remove_chunks(
+    store: &ChunkStore,
+    chunks: impl IntoIterator<Item = (ChunkHash, u64)>,
+) -> Result<(usize, u64)> {
+    let (mut removed, mut bytes) = (0, 0);
+    for (hash, size) in chunks {
+        store
+            .remove(&hash)
+            .map_err(|err| Error::Config(format!("removing a cached chunk: {err}")))?;
+        removed += 1;
+        bytes += size;
+    }
+    if removed > 0 {
+        store
+            .compact()
+            .map_err(|err| Error::Config(format!("compacting the chunk store: {err}")))?;
+    }
+    Ok((removed, bytes))
 }
 
 #[cfg(test)]

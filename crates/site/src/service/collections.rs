@@ -26,17 +26,7 @@ pub async fn create(state: &AppState, request: &CollectionRequest) -> Result<Col
             request.name
         )));
     }
-    apply_collection(&mut tx, &request.name, machines.clone(), rule.clone()).await?;
-    send::send_down(
-        state,
-        &mut tx,
-        &Instruction::Collection {
-            name: request.name.clone(),
-            machines,
-            rule,
-        },
-    )
-    .await?;
+    store_and_send(state, &mut tx, &request.name, machines, rule).await?;
     let info = collection_info(state, &mut tx, &request.name).await?;
     tx.commit().await?;
     state.notify_outbox_changed();
@@ -56,23 +46,30 @@ pub async fn edit(state: &AppState, request: &CollectionRequest) -> Result<Colle
     let id = db::collection_id(&mut *tx.tx, &request.name)
         .await?
         .ok_or_else(|| Error::not_found(Entity::Collection, &request.name))?;
-    apply_collection(&mut tx, &request.name, machines.clone(), rule.clone()).await?;
-    send::send_down(
-        state,
-        &mut tx,
-        &Instruction::Collection {
-            name: request.name.clone(),
-            machines,
-            rule,
-        },
-    )
-    .await?;
+    store_and_send(state, &mut tx, &request.name, machines, rule).await?;
     let jobs = jobs::retarget(state, &mut tx, id).await?;
     let info = collection_info(state, &mut tx, &request.name).await?;
     tx.commit().await?;
     state.notify_everything();
     tracing::info!(collection = %request.name, jobs, "collection changed");
     Ok(info)
+}
+
+/// Stores a collection's definition made here and passes it down.
+async fn store_and_send(
+    state: &AppState,
+    tx: &mut WriteTx<'_>,
+    name: &str,
+    machines: Option<Vec<String>>,
+    rule: Option<String>,
+) -> Result<()> {
+    apply_collection(tx, name, machines.clone(), rule.clone()).await?;
+    let instruction = Instruction::Collection {
+        name: name.to_owned(),
+        machines,
+        rule,
+    };
+    send::send_down(state, tx, &instruction).await
 }
 
 /// A collection's definition as a request gives it: listed workstations

@@ -143,6 +143,7 @@ async fn try_local(
         allow_unchanged: options.allow_unchanged,
         allow_setuid: options.allow_setuid,
         read_all: options.read_all,
+        uninstall_command: options.uninstall_command.clone(),
     };
     match client.ingest_local(&request).await {
         Ok(report) => Ok(Some(IngestReport {
@@ -167,7 +168,7 @@ async fn try_local(
 }
 
 /// What a new version may be, beyond the defaults.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct VersionOptions {
     /// Make a version even when the tree is the newest version's exactly.
     pub allow_unchanged: bool,
@@ -175,6 +176,8 @@ pub struct VersionOptions {
     pub allow_setuid: bool,
     /// A site reading the tree itself reads every file again.
     pub read_all: bool,
+    /// The command that uninstalls the version.
+    pub uninstall_command: Option<String>,
 }
 
 /// Ingests `source` as a new version of `name`.
@@ -198,7 +201,7 @@ pub async fn ingest(
         (_, Err(err)) if err.status() != Some(404) => return Err(err.into()),
         _ => {}
     }
-    if let Some(report) = try_local(client, name, source, intent, options).await? {
+    if let Some(report) = try_local(client, name, source, intent, options.clone()).await? {
         return Ok(report);
     }
     let source = source.to_owned();
@@ -296,6 +299,7 @@ pub async fn ingest(
             entries,
             allow_unchanged: options.allow_unchanged,
             allow_setuid: options.allow_setuid,
+            uninstall_command: options.uninstall_command.clone(),
         })
         .await?;
     bar.finish_and_clear();

@@ -380,9 +380,10 @@ struct JobCreate {
     /// Target collection.
     #[arg(long)]
     collection: String,
-    /// The command line, run by `sh -c` in the package's directory.
-    #[arg(long)]
-    command: String,
+    /// The command line, run by `sh -c` in the package's directory (for
+    /// a removal job, default: the version's uninstall command).
+    #[arg(long, required_unless_present = "remove")]
+    command: Option<String>,
     /// When the job may run (default: now): 2026-12-02T17:00:00Z,
     /// "2026-12-02 17:00 +01:00", "2026-12-02 17:00" (local time),
     /// "in 2h", "+2h" or now.
@@ -685,6 +686,11 @@ enum PackageCommand {
         /// without it).
         #[arg(long)]
         allow_setuid: bool,
+        /// The command that uninstalls this version (e.g. 'sh
+        /// uninstall.sh'), run by a removal job made without a command
+        /// (`job create --remove`).
+        #[arg(long, value_name = "COMMAND")]
+        uninstall_command: Option<String>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -712,6 +718,10 @@ enum PackageCommand {
         /// rsync's quick check does).
         #[arg(long)]
         read_all: bool,
+        /// The command that uninstalls this version, run by a removal job
+        /// made without a command (`job create --remove`).
+        #[arg(long, value_name = "COMMAND")]
+        uninstall_command: Option<String>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -1234,7 +1244,7 @@ async fn job(command: JobCommand, out: Output) -> Result<std::process::ExitCode>
                     package,
                     version,
                     collection,
-                    command,
+                    command: command.unwrap_or_default(),
                     offer_at_ms,
                     expires_at_ms,
                     optional,
@@ -1339,12 +1349,14 @@ async fn package(command: PackageCommand, out: Output) -> Result<std::process::E
             name,
             source,
             allow_setuid,
+            uninstall_command,
             connection,
         } => {
             let options = ingest::VersionOptions {
                 allow_unchanged: false,
                 allow_setuid,
                 read_all: false,
+                uninstall_command,
             };
             ingest_version(
                 &connection,
@@ -1362,12 +1374,14 @@ async fn package(command: PackageCommand, out: Output) -> Result<std::process::E
             allow_unchanged,
             allow_setuid,
             read_all,
+            uninstall_command,
             connection,
         } => {
             let options = ingest::VersionOptions {
                 allow_unchanged,
                 allow_setuid,
                 read_all,
+                uninstall_command,
             };
             ingest_version(
                 &connection,

@@ -718,7 +718,8 @@ fn a_collection_edited_at_the_central_site_changes_who_runs_its_job() {
     assert!(err.contains("central"), "{err}");
 }
 
-/// Issue 14, removal: a job made `--remove` runs its (uninstall) command;
+/// Issue 14, removal: a job made `--remove` runs its version's uninstall
+/// command (given at `package create --uninstall-command`, or the job's own);
 /// once it succeeded the workstation holds nothing more of the package (no
 /// job directory, no chunk of it) and has forgotten that the package's
 /// programs ran, so that installing again runs under the default rerun
@@ -731,9 +732,23 @@ fn a_removal_job_uninstalls_and_leaves_nothing_of_the_package() {
     let ws1 = &tree.agents[0];
     let source = root.path().join("src");
     make_tree(&source, 3, 300_000, 19);
-    cen.create_package("app", &source);
-    tree.collection("all", "ws1");
     let installed = root.path().join("installed");
+    let uninstall = format!("rm {}", installed.display());
+    let created = cen.json(&[
+        "package",
+        "create",
+        "app",
+        "--source",
+        source.to_str().unwrap(),
+        "--uninstall-command",
+        &uninstall,
+    ]);
+    assert_eq!(
+        created["uninstall_command"],
+        uninstall.as_str(),
+        "{created:#}"
+    );
+    tree.collection("all", "ws1");
     let install = format!("test -f big.bin && touch {}", installed.display());
     let run = |command: &str, extra: &[&str]| -> Value {
         let job = cen.create_job("app", "all", command, extra);
@@ -749,7 +764,21 @@ fn a_removal_job_uninstalls_and_leaves_nothing_of_the_package() {
     assert!(std::fs::read_dir(&jobs_dir).unwrap().count() > 0);
     assert!(stored_chunks(&ws1.dir) > 0);
 
-    let removal = run(&format!("rm {}", installed.display()), &["--remove"]);
+    // No --command: the version's uninstall command.
+    let job = cen.json(&[
+        "job",
+        "create",
+        "--package",
+        "app",
+        "--collection",
+        "all",
+        "--remove",
+    ]);
+    assert_eq!(job["command"], uninstall.as_str(), "{job:#}");
+    let id = job["id"].as_u64().unwrap();
+    let removal = cen.wait_job(id, Duration::from_secs(60), |status| {
+        status["outcome"] != "in_progress"
+    });
     assert_eq!(removal["outcome"], "complete", "{removal:#}");
     assert_eq!(removal["job"]["remove"], true, "{removal:#}");
     assert!(!installed.exists());
@@ -763,6 +792,26 @@ fn a_removal_job_uninstalls_and_leaves_nothing_of_the_package() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // A version without an uninstall command needs --command.
+    std::fs::write(source.join("extra.txt"), b"v2").unwrap();
+    cen.json(&[
+        "package",
+        "update",
+        "app",
+        "--source",
+        source.to_str().unwrap(),
+    ]);
+    let err = cen.fails(&[
+        "job",
+        "create",
+        "--package",
+        "app",
+        "--collection",
+        "all",
+        "--remove",
+    ]);
+    assert!(err.contains("carries no uninstall command"), "{err}");
 
     // Installing again runs (if-failed, the default, finds no run).
     let again = run(&install, &[]);

@@ -115,6 +115,10 @@ pub struct NewVersionRequest {
     /// package would install a program that runs as its owner).
     #[serde(default)]
     pub allow_setuid: bool,
+    /// The command that uninstalls this version (run by a removal job
+    /// made without a command of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uninstall_command: Option<String>,
 }
 
 /// `POST /api/v1/ingest/local`: the site reads a directory of its own
@@ -138,6 +142,9 @@ pub struct LocalIngestRequest {
     /// otherwise taken unchanged, as rsync's quick check does).
     #[serde(default)]
     pub read_all: bool,
+    /// As in [`NewVersionRequest`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uninstall_command: Option<String>,
 }
 
 /// What a local ingest did.
@@ -184,6 +191,10 @@ pub struct VersionInfo {
     /// settings --keep-versions`): its chunks are gone, no job can use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired_at_ms: Option<i64>,
+    /// The command that uninstalls it, kept at the central site (a
+    /// removal job made without a command runs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uninstall_command: Option<String>,
 }
 
 fn yes() -> bool {
@@ -1374,7 +1385,9 @@ pub struct JobRequest {
     pub version: Option<u64>,
     /// Target collection.
     pub collection: String,
-    /// The command line.
+    /// The command line (for a removal job, absent: the version's
+    /// uninstall command).
+    #[serde(default)]
     pub command: String,
     /// When the job may run (now when absent).
     #[serde(default)]

@@ -95,6 +95,7 @@ impl TestSite {
                     }],
                     allow_unchanged: false,
                     allow_setuid: false,
+                    uninstall_command: None,
                 })
                 .await
                 .unwrap();

@@ -24,6 +24,8 @@ pub struct VersionRow {
     pub complete: bool,
     /// When the retention stopped keeping it.
     pub retired_at_ms: Option<i64>,
+    /// The command that uninstalls it (central site only).
+    pub uninstall_command: Option<String>,
 }
 
 pub async fn package_by_name<'e, E>(executor: E, name: &str) -> Result<Option<PackageRow>>
@@ -88,7 +90,8 @@ where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
     let rows = sqlx::query(
-        "SELECT version, total_size, file_count, chunk_count, created_at_ms, complete, retired_at_ms
+        "SELECT version, total_size, file_count, chunk_count, created_at_ms, complete, retired_at_ms,
+                uninstall_command
          FROM package_versions WHERE package_id = ? ORDER BY version",
     )
     .bind(package_id)
@@ -104,6 +107,7 @@ where
             created_at_ms: row.get(4),
             complete: row.get(5),
             retired_at_ms: row.get(6),
+            uninstall_command: row.get(7),
         })
         .collect())
 }
@@ -239,6 +243,7 @@ pub async fn insert_version(
         created_at_ms: manifest.created_at_ms,
         complete,
         retired_at_ms: None,
+        uninstall_command: None,
     };
     sqlx::query(
         "INSERT INTO package_versions
@@ -257,6 +262,43 @@ pub async fn insert_version(
     .execute(&mut *tx.tx)
     .await?;
     Ok(row)
+}
+
+/// Sets the command that uninstalls a version.
+pub async fn set_uninstall_command(
+    tx: &mut WriteTx<'_>,
+    package_id: i64,
+    version: i64,
+    command: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE package_versions SET uninstall_command = ? WHERE package_id = ? AND version = ?",
+    )
+    .bind(command)
+    .bind(package_id)
+    .bind(version)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
+}
+
+/// The command that uninstalls a version, if it has one.
+pub async fn uninstall_command<'e, E>(
+    executor: E,
+    package_id: i64,
+    version: i64,
+) -> Result<Option<String>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query_scalar(
+        "SELECT uninstall_command FROM package_versions WHERE package_id = ? AND version = ?",
+    )
+    .bind(package_id)
+    .bind(version)
+    .fetch_optional(executor)
+    .await?
+    .flatten())
 }
 
 /// Creates a package (with no version yet); returns its id.

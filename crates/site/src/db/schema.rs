@@ -324,4 +324,8 @@ ALTER TABLE jobs ADD COLUMN any_time INTEGER NOT NULL DEFAULT 0;
 -- agent then deletes what it holds of it.
 ALTER TABLE jobs ADD COLUMN remove INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- A version's uninstall command (issue 14), kept at the central site.
+ALTER TABLE package_versions ADD COLUMN uninstall_command TEXT;
+"#,
 ];

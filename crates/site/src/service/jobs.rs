@@ -32,7 +32,10 @@ const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3_600_000;
 pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
     state.require_central("creating jobs")?;
     let now = now_ms();
-    if request.command.trim().is_empty() || request.command.len() > MAX_COMMAND_LEN {
+    // A removal job may leave its command to the version's uninstall
+    // command (resolved below).
+    let no_command = request.command.trim().is_empty();
+    if (no_command && !request.remove) || request.command.len() > MAX_COMMAND_LEN {
         return Err(Error::invalid(
             "invalid_command",
             format!("the command must be 1 to {MAX_COMMAND_LEN} bytes"),
@@ -100,6 +103,22 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
             package.name
         )));
     }
+    let command = if no_command {
+        db::uninstall_command(&mut *tx.tx, package.id, version)
+            .await?
+            .ok_or_else(|| {
+                Error::invalid(
+                    "no_uninstall_command",
+                    format!(
+                        "version {version} of {} carries no uninstall command: give --command, \
+                         or make a version with package update --uninstall-command",
+                        package.name
+                    ),
+                )
+            })?
+    } else {
+        request.command.clone()
+    };
     let collection_id = collection_id(&mut tx, &request.collection).await?;
     // Signed into the job: the agent enforces what it was given.
     let windows = db::collection_windows(&mut *tx.tx, collection_id).await?;
@@ -113,7 +132,7 @@ pub async fn create(state: &AppState, request: &JobRequest) -> Result<JobInfo> {
             package_id: package.id,
             version,
             collection_id,
-            command: &request.command,
+            command: &command,
             offer_at_ms: offer_at,
             expires_at_ms: request.expires_at_ms,
             optional: request.optional,

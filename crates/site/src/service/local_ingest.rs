@@ -72,6 +72,7 @@ pub async fn ingest(state: &AppState, request: LocalIngestRequest) -> Result<Loc
             entries: read.entries,
             allow_unchanged: request.allow_unchanged,
             allow_setuid: request.allow_setuid,
+            uninstall_command: request.uninstall_command.clone(),
         },
     )
     .await?;

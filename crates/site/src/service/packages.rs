@@ -26,6 +26,7 @@ fn version_info(package: &str, row: &db::VersionRow) -> VersionInfo {
         complete: row.complete,
         unchanged: false,
         retired_at_ms: row.retired_at_ms,
+        uninstall_command: row.uninstall_command.clone(),
     }
 }
 
@@ -50,6 +51,9 @@ fn refuse_setuid(manifest: &Manifest) -> Result<()> {
     }
 }
 
+/// Longest uninstall command accepted (as a job's command).
+const MAX_UNINSTALL_LEN: usize = 8192;
+
 /// Commits a new version of a package (or creates the package): the
 /// manifest is validated, every chunk must be in the library, and the
 /// version is signed and passed down.
@@ -57,6 +61,14 @@ pub async fn new_version(state: &AppState, request: NewVersionRequest) -> Result
     state.require_central("creating and updating packages")?;
     let key = state.signing_key()?;
     let name = PackageName::new(&request.name)?;
+    if let Some(command) = &request.uninstall_command {
+        if command.trim().is_empty() || command.len() > MAX_UNINSTALL_LEN {
+            return Err(Error::invalid(
+                "invalid_uninstall_command",
+                format!("the uninstall command must be 1 to {MAX_UNINSTALL_LEN} bytes"),
+            ));
+        }
+    }
     // Validate the tree before anything is stored; version and origin are
     // filled in below and do not affect validity.
     let mut manifest = Manifest {
@@ -120,7 +132,12 @@ pub async fn new_version(state: &AppState, request: NewVersionRequest) -> Result
                 .await?
                 .unwrap_or(0);
             if !request.allow_unchanged {
-                if let Some(row) = unchanged(state, &mut tx, package.id, latest, &manifest).await? {
+                // The same tree with another uninstall command is a new
+                // version (it says how to remove what it installs).
+                let same = unchanged(state, &mut tx, package.id, latest, &manifest)
+                    .await?
+                    .filter(|row| row.uninstall_command == request.uninstall_command);
+                if let Some(row) = same {
                     tracing::info!(package = %name, version = latest, "update with an unchanged tree: no new version");
                     let mut info = version_info(name.as_str(), &row);
                     info.unchanged = true;
@@ -132,7 +149,15 @@ pub async fn new_version(state: &AppState, request: NewVersionRequest) -> Result
     };
     manifest.version = version as u64;
     let signed = cascade_content::sign(&manifest, &key)?;
-    let row = db::insert_version(&mut tx, package_id, &manifest, &signed, true).await?;
+    let mut row = db::insert_version(&mut tx, package_id, &manifest, &signed, true).await?;
+    db::set_uninstall_command(
+        &mut tx,
+        package_id,
+        version,
+        request.uninstall_command.as_deref(),
+    )
+    .await?;
+    row.uninstall_command = request.uninstall_command.clone();
     let superseded =
         distribution::supersede(state, &mut tx, package_id, name.as_str(), version).await?;
     send::send_down(

@@ -208,13 +208,13 @@ pub async fn tidy(db: &Db, dir: &Path, store: &ChunkStore, budget: u64) -> Resul
     Ok(tidied)
 }
 
-/// After a removal job (`removal`) of `package` succeeded: removes the
-/// directories of every job of the package that is over here (done, or no
-/// longer offered; the removal's own included) and the chunks the removal's
-/// version was made of that no open job needs, and forgets the runs of
-/// the package's programs but the removal's (`history.rs`), so that a
-/// later install runs whatever its rerun rule. Chunks of older versions
-/// held in the cache age out under its budget.
+/// After a removal job (`removal`) of `package` succeeded (and its report
+/// forgot the package's runs, `history.rs`): removes the directories of
+/// every job of the package that is over here (done, or no longer offered,
+/// and not waiting for its check or a reboot; the removal's own included)
+/// and the chunks the removal's version was made of that no open job
+/// needs. Chunks of older versions held in the cache age out under its
+/// budget; a stop in the middle leaves the rest to [`tidy`].
 pub async fn forget_package(
     db: &Db,
     dir: &Path,
@@ -234,7 +234,11 @@ pub async fn forget_package(
             continue;
         };
         let expired = offer.expires_at_ms.is_some_and(|at| at <= now);
-        if offer.package == package && (state == "done" || withdrawn.is_some() || expired) {
+        let run_open = state == "rebooting" || state == "checking";
+        if offer.package == package
+            && !run_open
+            && (state == "done" || withdrawn.is_some() || expired)
+        {
             over.push(*id);
         }
     }
@@ -251,12 +255,6 @@ pub async fn forget_package(
             .await
             .map_err(cascade_store::Error::from)?;
     }
-    sqlx::query("DELETE FROM runs WHERE package = ? AND job != ?")
-        .bind(package)
-        .bind(removal as i64)
-        .execute(&mut *tx.tx)
-        .await
-        .map_err(cascade_store::Error::from)?;
     tx.commit().await?;
     let needed: Vec<Vec<u8>> = sqlx::query_scalar("SELECT DISTINCT hash FROM job_chunks")
         .fetch_all(db.pool())

@@ -1204,7 +1204,12 @@ impl Executor {
                     state: "done",
                     next_at: None,
                     attempts: attempt,
-                    run: Some(history::Entry::Ended { succeeded: true }),
+                    // A removal forgets the package's runs with its report.
+                    run: Some(if offer.remove {
+                        history::Entry::Removed
+                    } else {
+                        history::Entry::Ended { succeeded: true }
+                    }),
                 }),
             )
             .await?;

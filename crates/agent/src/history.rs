@@ -35,6 +35,10 @@ pub enum Entry {
     /// timeout, stopped, interrupted). Recorded only for a run that
     /// started.
     Ended { succeeded: bool },
+    /// A removal of the package succeeded: every run of its programs,
+    /// the removal's included, is forgotten (an install runs again under
+    /// its rerun rule, and so does a later removal).
+    Removed,
 }
 
 /// Records `entry` for `offer`'s run, at `now`, in `tx`.
@@ -56,6 +60,7 @@ pub async fn record(tx: &mut WriteTx<'_>, offer: &JobOffer, entry: Entry, now: i
                 .bind(now)
                 .bind(offer.id as i64)
         }
+        Entry::Removed => sqlx::query("DELETE FROM runs WHERE package = ?").bind(&offer.package),
     };
     query
         .execute(&mut *tx.tx)

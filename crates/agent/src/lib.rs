@@ -280,6 +280,35 @@ async fn apply_policy(
                     .and_then(|text| serde_json::from_str::<JobOffer>(text).ok())
                     .is_some_and(|held| intent::verify_offer(&held, key).is_ok()) =>
             {
+                // A newer revision the central site signed that no longer
+                // targets this workstation (its collection changed): the
+                // held one must not run, so the job is withdrawn here.
+                let held_revision = held
+                    .as_deref()
+                    .and_then(|text| serde_json::from_str::<JobOffer>(text).ok())
+                    .and_then(|held| intent::verify_offer(&held, key).ok())
+                    .map_or(0, |held| held.revision);
+                let newer = intent::verify_offer(offer, key)
+                    .is_ok_and(|newer| newer.revision > held_revision);
+                if matches!(err, intent::IntentError::NotTargeted(_)) && newer {
+                    let text = serde_json::to_string(offer)
+                        .map_err(|err| Error::Config(err.to_string()))?;
+                    sqlx::query(
+                        "UPDATE jobs SET offer = ?, withdrawn_at_ms = COALESCE(withdrawn_at_ms, ?)
+                         WHERE id = ?",
+                    )
+                    .bind(text)
+                    .bind(now)
+                    .bind(offer.id as i64)
+                    .execute(&mut *tx.tx)
+                    .await
+                    .map_err(cascade_store::Error::from)?;
+                    tracing::info!(
+                        job = offer.id,
+                        "job no longer targets this workstation; withdrawn"
+                    );
+                    continue;
+                }
                 tracing::warn!(job = offer.id, error = %err, "ignored an altered copy of a job already held");
                 continue;
             }
@@ -308,12 +337,19 @@ async fn apply_policy(
                 tracing::warn!(job = offer.id, error = %err, "ignored an older intent of a job already held");
                 continue;
             }
-            sqlx::query("UPDATE jobs SET offer = ? WHERE id = ?")
-                .bind(text)
-                .bind(offer.id as i64)
-                .execute(&mut *tx.tx)
-                .await
-                .map_err(cascade_store::Error::from)?;
+            // A job withdrawn here and offered again under a newer
+            // revision (its expiry moved, its collection took this
+            // workstation back) is open again, unless it ran.
+            sqlx::query(
+                "UPDATE jobs SET offer = ?,
+                        withdrawn_at_ms = CASE WHEN state = 'done' THEN withdrawn_at_ms END
+                 WHERE id = ?",
+            )
+            .bind(text)
+            .bind(offer.id as i64)
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(cascade_store::Error::from)?;
             tracing::info!(
                 job = offer.id,
                 revision = intent.revision,

@@ -1281,10 +1281,13 @@ async fn job(command: JobCommand, out: Output) -> Result<std::process::ExitCode>
             let expires_at_ms = match (expires_at, expires_in) {
                 (Some(at), _) => Some(ms(at)),
                 (None, Some(after)) => {
-                    let from = match offer_at_ms {
+                    // From the (new) offer time, or from now for a job
+                    // offered already.
+                    let offered = match offer_at_ms {
                         Some(at) => at,
                         None => client.job_status(id).await?.job.offer.offer_at_ms,
                     };
+                    let from = offered.max(ms(std::time::SystemTime::now()));
                     Some(from + after.as_millis() as i64)
                 }
                 (None, None) => None,

@@ -23,7 +23,7 @@ pub const INTENT_CONTEXT: &[u8] = b"cascade intent v1\n";
 /// What a signature covers instead, before the intent's bytes, when the
 /// intent is a job with a restriction that agents and sites from before
 /// issue 14 would not know and so silently drop (maintenance windows, a
-/// check command, reboot codes): they verify under [`INTENT_CONTEXT`]
+/// check command, reboot codes, a removal): they verify under [`INTENT_CONTEXT`]
 /// only, so they refuse such a job (its signature does not verify) rather
 /// than run it outside its windows or report it complete unchecked. A
 /// later restriction of the kind takes a context of its own again.
@@ -398,7 +398,10 @@ impl JobIntent {
     /// Whether it carries a restriction that receivers from before issue
     /// 14 would drop ([`INTENT_CONTEXT_V2`]).
     pub fn restricts_beyond_v1(&self) -> bool {
-        !self.windows.is_empty() || self.check.is_some() || !self.reboot_codes.is_empty()
+        !self.windows.is_empty()
+            || self.check.is_some()
+            || !self.reboot_codes.is_empty()
+            || self.remove
     }
 
     /// Whether the workstation with `attributes` is in the signed target.

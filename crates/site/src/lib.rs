@@ -245,14 +245,18 @@ pub async fn rotate_token(dir: &Path, role: &str) -> Result<(String, PathBuf)> {
         &cascade_content::public_key_hex(&trust),
         &certificate,
     );
+    // The new token is valid and in its file before the old one is
+    // revoked: a crash in between leaves both valid, never neither.
     let mut tx = db.write().await?;
-    db::delete_credentials(&mut tx, role, role).await?;
     service::auth::store_credential(&mut tx, &token, role, role, now_ms()).await?;
     tx.commit().await?;
-    db.close().await;
     let path = dir.join(file);
     cascade_store::write_atomically(&path, format!("{token}\n").as_bytes(), 0o600)
         .map_err(Error::io(format!("writing {}", path.display())))?;
+    let mut tx = db.write().await?;
+    service::auth::revoke_all_but(&mut tx, role, role, &token).await?;
+    tx.commit().await?;
+    db.close().await;
     tracing::info!(role, path = %path.display(), "token rotated; the old one is revoked");
     Ok((token, path))
 }

@@ -48,6 +48,23 @@ where
     Ok(found.is_some())
 }
 
+/// Revokes every credential of `role` held by `principal` but the one
+/// whose hash is `keep`.
+pub async fn delete_credentials_but(
+    tx: &mut WriteTx<'_>,
+    role: &str,
+    principal: &str,
+    keep: &[u8],
+) -> Result<()> {
+    sqlx::query("DELETE FROM credentials WHERE role = ? AND principal = ? AND token_hash != ?")
+        .bind(role)
+        .bind(principal)
+        .bind(keep)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(())
+}
+
 /// Revokes every credential of `role` held by `principal`.
 pub async fn delete_credentials(tx: &mut WriteTx<'_>, role: &str, principal: &str) -> Result<()> {
     sqlx::query("DELETE FROM credentials WHERE role = ? AND principal = ?")

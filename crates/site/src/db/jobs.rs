@@ -288,12 +288,18 @@ pub async fn set_times(
     offer_at_ms: i64,
     expires_at_ms: Option<i64>,
 ) -> Result<()> {
-    sqlx::query("UPDATE jobs SET offer_at_ms = ?, expires_at_ms = ? WHERE id = ?")
-        .bind(offer_at_ms)
-        .bind(expires_at_ms)
-        .bind(id)
-        .execute(&mut *tx.tx)
-        .await?;
+    // An expiry moved past now is to be recorded again when it comes.
+    sqlx::query(
+        "UPDATE jobs SET offer_at_ms = ?1, expires_at_ms = ?2,
+                expiry_recorded = CASE WHEN ?2 IS NULL OR ?2 > ?4 THEN 0 ELSE expiry_recorded END
+         WHERE id = ?3",
+    )
+    .bind(offer_at_ms)
+    .bind(expires_at_ms)
+    .bind(id)
+    .bind(now_ms())
+    .execute(&mut *tx.tx)
+    .await?;
     Ok(())
 }
 

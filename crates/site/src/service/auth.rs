@@ -156,6 +156,16 @@ pub async fn store_credential(
     db::insert_credential(tx, &token_hash(token), role, principal, now_ms).await
 }
 
+/// Revokes every credential of `role` held by `principal` but `token`.
+pub async fn revoke_all_but(
+    tx: &mut WriteTx<'_>,
+    role: &str,
+    principal: &str,
+    token: &str,
+) -> Result<()> {
+    db::delete_credentials_but(tx, role, principal, &token_hash(token)).await
+}
+
 /// Looks up a token: its role and principal name.
 pub async fn lookup(state: &AppState, token: &str) -> Result<Option<(String, String)>> {
     db::credential(state.db.pool(), &token_hash(token)).await

@@ -494,7 +494,7 @@ fn a_mandatory_job_waits_for_a_window_with_room_for_its_timeout() {
 #[test]
 fn a_job_edited_at_the_central_site_changes_at_every_level() {
     let root = tempfile::tempdir().unwrap();
-    let tree = Tree::new(root.path(), &["ws1"]);
+    let mut tree = Tree::new(root.path(), &["ws1"]);
     let cen = &tree.cen;
     let source = root.path().join("src");
     make_tree(&source, 2, 10_000, 17);
@@ -571,6 +571,25 @@ fn a_job_edited_at_the_central_site_changes_at_every_level() {
         .s01
         .fails(&["job", "edit", &id.to_string(), "--offer-at", "now"]);
     assert!(err.contains("central"), "{err}");
+
+    // The central site lists every listed workstation of a job from the
+    // start, with its site, before the site reports the job: ws9 enrolled
+    // at S01, which is down when the job is made.
+    tree.s01.init_agent("ws9", &[]);
+    tree.collection("listed", "ws1,ws9");
+    tree.s01.process.kill();
+    let job = cen.create_job("app", "listed", "true", &["--offer-at", "in 1h"]);
+    let status = cen.job(job["id"].as_u64().unwrap());
+    let row = ws_row(&status, "ws9");
+    assert_eq!(row["site"], "S01", "{row:#}");
+    assert_eq!(row["state"], "none", "{row:#}");
+    let s01 = status["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|site| site["site"] == "S01")
+        .unwrap();
+    assert_ne!(s01["instruction"], "arrived", "{status:#}");
 }
 
 /// Issue 14, rotating tokens: on the site's machine, while it runs, the

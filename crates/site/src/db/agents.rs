@@ -45,6 +45,23 @@ where
     .is_some())
 }
 
+/// Of the workstations `names`, those that enrolled at a site below this
+/// one, with that site (by their `agent_enrolled` that came up).
+pub async fn enrolled_below<'e, E>(executor: E, names: &[String]) -> Result<Vec<(String, String)>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let names = serde_json::to_string(names).map_err(Error::json("encoding names"))?;
+    Ok(sqlx::query_as(
+        "SELECT DISTINCT json_extract(body, '$.agent'), site FROM status_messages
+         WHERE kind = 'agent_enrolled' AND site IS NOT NULL
+           AND json_extract(body, '$.agent') IN (SELECT value FROM json_each(?))",
+    )
+    .bind(names)
+    .fetch_all(executor)
+    .await?)
+}
+
 /// The revision an agent's policy gets when it changes: one more than any
 /// agent's, so that revisions grow across the whole site and a policy read
 /// for one revision covers every change up to it (see `jobs::PolicyCache`).

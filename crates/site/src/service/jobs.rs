@@ -757,6 +757,16 @@ async fn status_with(state: &AppState, id: u64, views: &mut PackageViews) -> Res
     for agent in agents.iter().filter(|agent| members.contains(&own, agent)) {
         fold.target(&own, &agent.name);
     }
+    // Listed workstations of the sites below are rows from the start, not
+    // only once their site or they report.
+    let (machines, _) = db::collection_definition_by_id(pool, collection_id).await?;
+    if let Some(machines) = machines {
+        for (agent, site) in db::enrolled_below(pool, &machines).await? {
+            if site != own {
+                fold.target(&site, &agent);
+            }
+        }
+    }
     let poll_interval = db::read_settings(pool).await?.agent_poll_interval_ms as i64;
     let silent_since = |_: &str, name: &str| {
         let agent = agents.iter().find(|agent| agent.name == name)?;

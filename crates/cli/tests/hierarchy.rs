@@ -350,6 +350,10 @@ fn package_watch_waits_for_every_dp_of_the_subtree() {
         assert_eq!(row["state"], "installed", "{status:#}");
         assert_eq!(row["installed_version"], 1, "{status:#}");
     }
+    // Issue 14: `package list` at the central site counts the DPs of the
+    // whole hierarchy (it counted its own only).
+    let list = cen.json(&["package", "list"]);
+    assert_eq!(list[0]["dp_count"], 3, "{list:#}");
 }
 
 /// Review of issue 10: a child site restored from a backup numbers its own

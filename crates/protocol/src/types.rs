@@ -209,7 +209,7 @@ pub struct PackageSummary {
     pub name: String,
     /// The newest version.
     pub latest: VersionInfo,
-    /// DPs the package is distributed to.
+    /// DPs of the site's subtree the package is distributed to.
     pub dp_count: u64,
 }
 

@@ -4,7 +4,7 @@
 
 use crate::db::{self, WriteTx};
 use crate::error::{Entity, Error, Result};
-use crate::service::{distribution, groups, send};
+use crate::service::{distribution, groups, send, status};
 use crate::state::AppState;
 use cascade_content::{EntryKind, Manifest, MANIFEST_FORMAT};
 use cascade_domain::PackageName;
@@ -211,7 +211,9 @@ async fn unchanged(
         .find(|row| row.version == latest))
 }
 
-/// Every package with its newest version and how many DPs it is queued for.
+/// Every package with its newest version and how many DPs of this site's
+/// subtree it is placed on: this site's own, and those below whose status
+/// came up (issue 14: the central site counted only its own).
 pub async fn list(state: &AppState) -> Result<Vec<PackageSummary>> {
     let pool = state.db.pool();
     let mut out = Vec::new();
@@ -220,7 +222,7 @@ pub async fn list(state: &AppState) -> Result<Vec<PackageSummary>> {
         let Some(latest) = versions.last() else {
             continue;
         };
-        let dp_count = db::distributions_of_package(pool, package.id).await?.len() as u64;
+        let dp_count = status::distribution_views(state, &package.name).await?.len() as u64;
         out.push(PackageSummary {
             name: package.name.clone(),
             latest: version_info(&package.name, latest),

@@ -222,7 +222,9 @@ pub async fn list(state: &AppState) -> Result<Vec<PackageSummary>> {
         let Some(latest) = versions.last() else {
             continue;
         };
-        let dp_count = status::distribution_views(state, &package.name).await?.len() as u64;
+        let dp_count = status::distribution_views(state, &package.name)
+            .await?
+            .len() as u64;
         out.push(PackageSummary {
             name: package.name.clone(),
             latest: version_info(&package.name, latest),

@@ -127,59 +127,109 @@ pub struct Tidied {
     pub bytes: u64,
 }
 
-/// Removes the directories of jobs no longer offered and the chunks past
-/// the budget that no open job needs, oldest first.
-pub async fn tidy(db: &Db, dir: &Path, store: &ChunkStore, budget: u64) -> Result<Tidied> {
-    let now = now_ms();
+/// A job as the cache sees it.
+struct JobHere {
+    id: i64,
+    /// Its package (empty if its stored offer does not parse).
+    package: String,
+    /// Neither withdrawn nor past its expiry by the local clock.
+    offered: bool,
+    /// Done here.
+    done: bool,
+    /// Its check, or the reboot it waits for, is to come: it keeps its
+    /// directory and chunks, offered or not.
+    run_open: bool,
+}
+
+impl JobHere {
+    /// Done here, or no longer offered: its chunks are cache.
+    fn over(&self) -> bool {
+        !self.run_open && (self.done || !self.offered)
+    }
+}
+
+/// Every job the agent holds, at `now`.
+async fn jobs_here(db: &Db, now: i64) -> Result<Vec<JobHere>> {
     let rows: Vec<(i64, String, String, Option<i64>)> =
         sqlx::query_as("SELECT id, offer, state, withdrawn_at_ms FROM jobs")
             .fetch_all(db.pool())
             .await
             .map_err(cascade_store::Error::from)?;
-    let mut tidied = Tidied::default();
-    for (id, offer, state, withdrawn) in &rows {
-        let expired = serde_json::from_str::<JobOffer>(offer)
-            .ok()
-            .and_then(|offer| offer.expires_at_ms)
-            .is_some_and(|at| at <= now);
-        let offered = withdrawn.is_none() && !expired;
-        // A run not over (its check, or the reboot it waits for, is to
-        // come) keeps its directory and chunks, offered or not.
-        let run_open = state == "rebooting" || state == "checking";
-        if (offered && state != "done") || run_open {
-            continue;
-        }
-        // Done here, or no longer offered: its chunks are cache.
+    Ok(rows
+        .into_iter()
+        .map(|(id, offer, state, withdrawn)| {
+            let offer = serde_json::from_str::<JobOffer>(&offer).ok();
+            let expired = offer
+                .as_ref()
+                .and_then(|offer| offer.expires_at_ms)
+                .is_some_and(|at| at <= now);
+            JobHere {
+                id,
+                package: offer.map(|offer| offer.package).unwrap_or_default(),
+                offered: withdrawn.is_none() && !expired,
+                done: state == "done",
+                run_open: state == "rebooting" || state == "checking",
+            }
+        })
+        .collect())
+}
+
+/// Stops protecting the chunks of jobs `ids`.
+async fn release_chunks(db: &Db, ids: &[i64]) -> Result<()> {
+    let mut tx = db.write().await?;
+    for id in ids {
         sqlx::query("DELETE FROM job_chunks WHERE job = ?")
             .bind(id)
-            .execute(db.pool())
+            .execute(&mut *tx.tx)
             .await
             .map_err(cascade_store::Error::from)?;
-        if offered {
-            continue;
-        }
-        let job_dir = dir.join("jobs").join(id.to_string());
-        let removed = tokio::task::spawn_blocking(move || {
-            remove_tree(&job_dir).map_err(|err| (job_dir, err))
-        })
-        .await
-        .map_err(|err| Error::Config(format!("cleanup task failed: {err}")))?;
-        match removed {
-            Ok(removed) => tidied.job_dirs += removed as usize,
-            // The rest is tidied all the same; this one again next time.
-            Err((job_dir, err)) => {
-                tracing::warn!(dir = %job_dir.display(), error = %err, "a job's directory was not removed")
-            }
-        }
     }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The chunks some open job needs.
+async fn needed_chunks(db: &Db) -> Result<HashSet<ChunkHash>> {
     let needed: Vec<Vec<u8>> = sqlx::query_scalar("SELECT DISTINCT hash FROM job_chunks")
         .fetch_all(db.pool())
         .await
         .map_err(cascade_store::Error::from)?;
-    let needed: HashSet<ChunkHash> = needed
+    Ok(needed
         .into_iter()
         .filter_map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok().map(ChunkHash))
-        .collect();
+        .collect())
+}
+
+/// Removes job `id`'s directory; 1 if there was one. A failure is
+/// logged and left for the next tidy.
+async fn remove_job_dir(dir: &Path, id: i64) -> Result<usize> {
+    let job_dir = dir.join("jobs").join(id.to_string());
+    let removed =
+        tokio::task::spawn_blocking(move || remove_tree(&job_dir).map_err(|err| (job_dir, err)))
+            .await
+            .map_err(|err| Error::Config(format!("cleanup task failed: {err}")))?;
+    Ok(match removed {
+        Ok(removed) => removed as usize,
+        Err((job_dir, err)) => {
+            tracing::warn!(dir = %job_dir.display(), error = %err, "a job's directory was not removed");
+            0
+        }
+    })
+}
+
+/// Removes the directories of jobs no longer offered and the chunks past
+/// the budget that no open job needs, oldest first.
+pub async fn tidy(db: &Db, dir: &Path, store: &ChunkStore, budget: u64) -> Result<Tidied> {
+    let jobs = jobs_here(db, now_ms()).await?;
+    let over: Vec<&JobHere> = jobs.iter().filter(|job| job.over()).collect();
+    release_chunks(db, &over.iter().map(|job| job.id).collect::<Vec<_>>()).await?;
+    let mut tidied = Tidied::default();
+    // A job done but still offered keeps its directory: its command may
+    // keep files there.
+    for job in over.iter().filter(|job| !job.offered) {
+        tidied.job_dirs += remove_job_dir(dir, job.id).await?;
+    }
+    let needed = needed_chunks(db).await?;
     let store = store.clone();
     let (chunks, bytes) = tokio::task::spawn_blocking(move || -> Result<(usize, u64)> {
         let mut cached: Vec<_> = store
@@ -222,58 +272,27 @@ pub async fn forget_package(
     package: &str,
     removal: u64,
 ) -> Result<Tidied> {
-    let now = now_ms();
-    let rows: Vec<(i64, String, String, Option<i64>)> =
-        sqlx::query_as("SELECT id, offer, state, withdrawn_at_ms FROM jobs")
-            .fetch_all(db.pool())
-            .await
-            .map_err(cascade_store::Error::from)?;
-    let mut over = Vec::new();
-    for (id, offer, state, withdrawn) in &rows {
-        let Ok(offer) = serde_json::from_str::<JobOffer>(offer) else {
-            continue;
-        };
-        let expired = offer.expires_at_ms.is_some_and(|at| at <= now);
-        let run_open = state == "rebooting" || state == "checking";
-        if offer.package == package
-            && !run_open
-            && (state == "done" || withdrawn.is_some() || expired)
-        {
-            over.push(*id);
-        }
-    }
+    let over: Vec<i64> = jobs_here(db, now_ms())
+        .await?
+        .into_iter()
+        .filter(|job| job.package == package && job.over())
+        .map(|job| job.id)
+        .collect();
     let chunks: Vec<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM job_chunks WHERE job = ?")
         .bind(removal as i64)
         .fetch_all(db.pool())
         .await
         .map_err(cascade_store::Error::from)?;
-    let mut tx = db.write().await?;
-    for id in &over {
-        sqlx::query("DELETE FROM job_chunks WHERE job = ?")
-            .bind(id)
-            .execute(&mut *tx.tx)
-            .await
-            .map_err(cascade_store::Error::from)?;
-    }
-    tx.commit().await?;
-    let needed: Vec<Vec<u8>> = sqlx::query_scalar("SELECT DISTINCT hash FROM job_chunks")
-        .fetch_all(db.pool())
-        .await
-        .map_err(cascade_store::Error::from)?;
-    let needed: HashSet<Vec<u8>> = needed.into_iter().collect();
+    release_chunks(db, &over).await?;
+    let needed = needed_chunks(db).await?;
     let mut tidied = Tidied::default();
     for id in over {
-        let job_dir = dir.join("jobs").join(id.to_string());
-        let removed = tokio::task::spawn_blocking(move || remove_tree(&job_dir))
-            .await
-            .map_err(|err| Error::Config(format!("cleanup task failed: {err}")))?
-            .map_err(|err| Error::Config(format!("removing job {id}'s directory: {err}")))?;
-        tidied.job_dirs += removed as usize;
+        tidied.job_dirs += remove_job_dir(dir, id).await?;
     }
     let gone: Vec<ChunkHash> = chunks
         .into_iter()
-        .filter(|hash| !needed.contains(hash))
         .filter_map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok().map(ChunkHash))
+        .filter(|hash| !needed.contains(hash))
         .collect();
     let store = store.clone();
     let (removed, bytes) = tokio::task::spawn_blocking(move || -> Result<(usize, u64)> {

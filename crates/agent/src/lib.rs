@@ -267,48 +267,46 @@ async fn apply_policy(
             .fetch_optional(&mut *tx.tx)
             .await
             .map_err(cascade_store::Error::from)?;
-        let verified = intent::verify_offer(offer, key)
-            .and_then(|intent| intent.check_target(me).map(|()| intent));
+        // The held offer, and its intent if it still verifies.
+        let stored = held.is_some();
+        let held: Option<JobOffer> = held.and_then(|text| serde_json::from_str(&text).ok());
+        let held_intent = held
+            .as_ref()
+            .and_then(|held| intent::verify_offer(held, key).ok());
+        let held_revision = held_intent.as_ref().map_or(0, |held| held.revision);
+        let signed = intent::verify_offer(offer, key);
+        let newer = signed
+            .as_ref()
+            .is_ok_and(|signed| signed.revision > held_revision);
+        let verified = signed.and_then(|intent| intent.check_target(me).map(|()| intent));
         let intent = match verified {
             Ok(intent) => intent,
+            // A newer revision the central site signed that no longer
+            // targets this workstation (its collection changed): the held
+            // one must not run, so the job is withdrawn here.
+            Err(intent::IntentError::NotTargeted(_)) if held_intent.is_some() && newer => {
+                let text =
+                    serde_json::to_string(offer).map_err(|err| Error::Config(err.to_string()))?;
+                sqlx::query(
+                    "UPDATE jobs SET offer = ?, withdrawn_at_ms = COALESCE(withdrawn_at_ms, ?)
+                     WHERE id = ?",
+                )
+                .bind(text)
+                .bind(now)
+                .bind(offer.id as i64)
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(cascade_store::Error::from)?;
+                tracing::info!(
+                    job = offer.id,
+                    "job no longer targets this workstation; withdrawn"
+                );
+                continue;
+            }
             // A valid offer of the job is held: the altered copy changes
             // nothing here, and is not reported as the run's state (it
             // would hide what the run did).
-            Err(err)
-                if held
-                    .as_deref()
-                    .and_then(|text| serde_json::from_str::<JobOffer>(text).ok())
-                    .is_some_and(|held| intent::verify_offer(&held, key).is_ok()) =>
-            {
-                // A newer revision the central site signed that no longer
-                // targets this workstation (its collection changed): the
-                // held one must not run, so the job is withdrawn here.
-                let held_revision = held
-                    .as_deref()
-                    .and_then(|text| serde_json::from_str::<JobOffer>(text).ok())
-                    .and_then(|held| intent::verify_offer(&held, key).ok())
-                    .map_or(0, |held| held.revision);
-                let newer = intent::verify_offer(offer, key)
-                    .is_ok_and(|newer| newer.revision > held_revision);
-                if matches!(err, intent::IntentError::NotTargeted(_)) && newer {
-                    let text = serde_json::to_string(offer)
-                        .map_err(|err| Error::Config(err.to_string()))?;
-                    sqlx::query(
-                        "UPDATE jobs SET offer = ?, withdrawn_at_ms = COALESCE(withdrawn_at_ms, ?)
-                         WHERE id = ?",
-                    )
-                    .bind(text)
-                    .bind(now)
-                    .bind(offer.id as i64)
-                    .execute(&mut *tx.tx)
-                    .await
-                    .map_err(cascade_store::Error::from)?;
-                    tracing::info!(
-                        job = offer.id,
-                        "job no longer targets this workstation; withdrawn"
-                    );
-                    continue;
-                }
+            Err(err) if held_intent.is_some() => {
                 tracing::warn!(job = offer.id, error = %err, "ignored an altered copy of a job already held");
                 continue;
             }
@@ -318,15 +316,10 @@ async fn apply_policy(
             }
         };
         let text = serde_json::to_string(offer).map_err(|err| Error::Config(err.to_string()))?;
-        if let Some(held) = held {
-            let held: Option<JobOffer> = serde_json::from_str(&held).ok();
+        if stored {
             if held.as_ref().and_then(|held| held.intent.as_ref()) == offer.intent.as_ref() {
                 continue;
             }
-            let held_revision = held
-                .as_ref()
-                .and_then(|held| intent::verify_offer(held, key).ok())
-                .map_or(0, |held| held.revision);
             if intent.revision <= held_revision {
                 // Refused, and not reported as the run's state: the held
                 // offer stays what the run follows.

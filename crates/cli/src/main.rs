@@ -507,27 +507,45 @@ enum JobCommand {
     },
 }
 
+/// Who a collection holds, as `collection create` and `edit` take it.
+#[derive(clap::Args)]
+struct CollectionDefinition {
+    /// Workstations by name, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "rule",
+        conflicts_with = "rule"
+    )]
+    machines: Vec<String>,
+    /// A rule such as `tag.role = kiosk and os = linux`.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Accept listed workstations not enrolled yet (pre-staging); they
+    /// are shown as not enrolled until they are.
+    #[arg(long, conflicts_with = "rule")]
+    allow_unknown: bool,
+}
+
+impl CollectionDefinition {
+    fn request(self, name: String) -> cascade_protocol::CollectionRequest {
+        cascade_protocol::CollectionRequest {
+            name,
+            machines: self.machines,
+            rule: self.rule,
+            allow_unknown: self.allow_unknown,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum CollectionCommand {
     /// Create a collection from names or a rule over agent attributes.
     Create {
         /// Collection name.
         name: String,
-        /// Workstations by name, comma-separated.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            required_unless_present = "rule",
-            conflicts_with = "rule"
-        )]
-        machines: Vec<String>,
-        /// A rule such as `tag.role = kiosk and os = linux`.
-        #[arg(long)]
-        rule: Option<String>,
-        /// Accept listed workstations not enrolled yet (pre-staging); they
-        /// are shown as not enrolled until they are.
-        #[arg(long, conflicts_with = "rule")]
-        allow_unknown: bool,
+        #[command(flatten)]
+        definition: CollectionDefinition,
         #[command(flatten)]
         connection: Connection,
     },
@@ -538,20 +556,8 @@ enum CollectionCommand {
     Edit {
         /// Collection name.
         name: String,
-        /// Workstations by name, comma-separated.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            required_unless_present = "rule",
-            conflicts_with = "rule"
-        )]
-        machines: Vec<String>,
-        /// A rule such as `tag.role = kiosk and os = linux`.
-        #[arg(long)]
-        rule: Option<String>,
-        /// Accept listed workstations not enrolled yet.
-        #[arg(long, conflicts_with = "rule")]
-        allow_unknown: bool,
+        #[command(flatten)]
+        definition: CollectionDefinition,
         #[command(flatten)]
         connection: Connection,
     },
@@ -1116,39 +1122,19 @@ async fn dispatch(command: Command, out: Output) -> Result<std::process::ExitCod
             match command {
                 CollectionCommand::Create {
                     name,
-                    machines,
-                    rule,
-                    allow_unknown,
+                    definition,
                     connection,
                 } => {
-                    let info = connection
-                        .client()?
-                        .create_collection(&cascade_protocol::CollectionRequest {
-                            name,
-                            machines,
-                            rule,
-                            allow_unknown,
-                        })
-                        .await?;
-                    out.collection(&info);
+                    let request = definition.request(name);
+                    out.collection(&connection.client()?.create_collection(&request).await?);
                 }
                 CollectionCommand::Edit {
                     name,
-                    machines,
-                    rule,
-                    allow_unknown,
+                    definition,
                     connection,
                 } => {
-                    let info = connection
-                        .client()?
-                        .edit_collection(&cascade_protocol::CollectionRequest {
-                            name,
-                            machines,
-                            rule,
-                            allow_unknown,
-                        })
-                        .await?;
-                    out.collection(&info);
+                    let request = definition.request(name);
+                    out.collection(&connection.client()?.edit_collection(&request).await?);
                 }
                 CollectionCommand::List { connection } => {
                     out.collections(&connection.client()?.collections().await?);

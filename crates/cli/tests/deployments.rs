@@ -56,23 +56,17 @@ impl Tree {
     }
 }
 
-/// The row of workstation `agent` in a job's status.
-fn ws_row<'a>(status: &'a Value, agent: &str) -> &'a Value {
-    status["workstations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|row| row["agent"] == agent)
-        .unwrap_or_else(|| panic!("no row for {agent}: {status:#}"))
-}
-
 /// The state of workstation `agent` in a job's status, once it has a row.
 fn ws_state<'a>(status: &'a Value, agent: &str) -> Option<&'a str> {
-    status["workstations"]
-        .as_array()?
-        .iter()
-        .find(|row| row["agent"] == agent)?["state"]
-        .as_str()
+    workstation(status, agent)?["state"].as_str()
+}
+
+/// Waits, at `site`, for job `id`'s outcome to be final; returns its
+/// status there.
+fn finished(site: &Site, id: u64) -> Value {
+    site.wait_job(id, Duration::from_secs(90), |status| {
+        status["outcome"] != "in_progress"
+    })
 }
 
 /// Creates a job at `site` with `extra` options and waits, at `site`, for
@@ -80,9 +74,7 @@ fn ws_state<'a>(status: &'a Value, agent: &str) -> Option<&'a str> {
 fn run_job(site: &Site, package: &str, command: &str, extra: &[&str]) -> Value {
     let job = site.create_job(package, "all", command, extra);
     let id = job["id"].as_u64().unwrap();
-    site.wait_job(id, Duration::from_secs(90), |status| {
-        status["outcome"] != "in_progress"
-    })
+    finished(site, id)
 }
 
 /// Issue 14, rerun rules (Configuration Manager's four), decided on the
@@ -273,9 +265,7 @@ fn a_job_completes_only_after_the_reboot_it_asked_for_and_its_check() {
     ws1.stop();
     std::fs::write(&boot, "boot-2\n").unwrap();
     ws1.start();
-    let done = cen.wait_job(id, Duration::from_secs(60), |status| {
-        status["outcome"] != "in_progress"
-    });
+    let done = finished(cen, id);
     assert_eq!(done["outcome"], "complete", "{done:#}");
     let row = ws_row(&done, "ws1");
     assert_eq!(row["state"], "complete", "{row:#}");
@@ -295,9 +285,7 @@ fn a_job_completes_only_after_the_reboot_it_asked_for_and_its_check() {
         &["--check", "echo not there >&2; exit 4"],
     );
     let id = job["id"].as_u64().unwrap();
-    let failed = cen.wait_job(id, Duration::from_secs(60), |status| {
-        status["outcome"] != "in_progress"
-    });
+    let failed = finished(cen, id);
     assert_eq!(failed["outcome"], "failed", "{failed:#}");
     let row = ws_row(&failed, "ws1");
     assert_eq!(row["state"], "failed", "{row:#}");
@@ -322,9 +310,7 @@ fn a_job_completes_only_after_the_reboot_it_asked_for_and_its_check() {
     });
     ws1.kill();
     ws1.start();
-    let done = cen.wait_job(id, Duration::from_secs(60), |status| {
-        status["outcome"] != "in_progress"
-    });
+    let done = finished(cen, id);
     assert_eq!(done["outcome"], "complete", "{done:#}");
     assert_eq!(
         std::fs::read_to_string(&counted).unwrap(),
@@ -459,16 +445,12 @@ fn a_mandatory_job_waits_for_a_window_with_room_for_its_timeout() {
     let now_job = cen.create_job("app", "all", &command("any-time"), &["--any-time"])["id"]
         .as_u64()
         .unwrap();
-    let done = cen.wait_job(now_job, Duration::from_secs(30), |status| {
-        status["outcome"] != "in_progress"
-    });
+    let done = finished(cen, now_job);
     assert_eq!(done["outcome"], "complete", "{done:#}");
     assert!(started_at("any-time").unwrap() < opens);
 
     // The job that fits runs once the window opens, not before.
-    let done = cen.wait_job(fits, Duration::from_secs(40), |status| {
-        status["outcome"] != "in_progress"
-    });
+    let done = finished(cen, fits);
     assert_eq!(done["outcome"], "complete", "{done:#}");
     let ran = started_at("fits").unwrap();
     assert!(
@@ -484,6 +466,9 @@ fn a_mandatory_job_waits_for_a_window_with_room_for_its_timeout() {
         "{still:#}"
     );
     assert_eq!(started_at("too-long"), None);
+
+    let cleared = cen.json(&["collection", "window", "all", "--clear"]);
+    assert_eq!(cleared["windows"], serde_json::json!([]), "{cleared:#}");
 }
 
 /// Issue 14, editing: a job's offer time and expiry changed at the central
@@ -533,9 +518,7 @@ fn a_job_edited_at_the_central_site_changes_at_every_level() {
         (2 * 3_600_000..2 * 3_600_000 + 60_000).contains(&expires),
         "{edited:#}"
     );
-    let done = cen.wait_job(id, Duration::from_secs(60), |status| {
-        status["outcome"] != "in_progress"
-    });
+    let done = finished(cen, id);
     assert_eq!(done["outcome"], "complete", "{done:#}");
     assert!(ran.exists());
     let held = tree.s01.json(&["job", "list"]);
@@ -600,6 +583,7 @@ fn a_job_edited_at_the_central_site_changes_at_every_level() {
 fn tokens_are_rotated_while_the_site_runs() {
     let root = tempfile::tempdir().unwrap();
     let mut cen = Site::central(root.path(), "CEN");
+    cen.json(&["site", "settings", "--agent-poll-interval", "2s"]);
     let _ws1 = cen.add_agent("ws1", &[]);
     let rotate = |role: &str| -> Value {
         let out = run_ok(
@@ -637,7 +621,10 @@ fn tokens_are_rotated_while_the_site_runs() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("invalid join token"), "{err}");
     assert!(enroll("ws3", &new_join).status.success());
-    // ws1, enrolled before, is still heard from with its own credential.
+    // ws1, enrolled before, polls again with its own credential after
+    // both rotations (a revoked credential would be answered 401 and leave
+    // its last contact where it was).
+    let rotated_at = cascade_store::now_ms();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let agents = cen.json(&["agent", "list"]);
@@ -648,7 +635,10 @@ fn tokens_are_rotated_while_the_site_runs() {
             .find(|agent| agent["agent"] == "ws1")
             .cloned()
             .unwrap();
-        if ws1["reachability"] == "reachable" {
+        if ws1["last_seen_ms"]
+            .as_i64()
+            .is_some_and(|seen| seen > rotated_at)
+        {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{ws1:#}");
@@ -693,9 +683,7 @@ fn a_collection_edited_at_the_central_site_changes_who_runs_its_job() {
         &[],
     );
     let id = job["id"].as_u64().unwrap();
-    let done = cen.wait_job(id, Duration::from_secs(60), |status| {
-        status["outcome"] != "in_progress"
-    });
+    let done = finished(cen, id);
     assert_eq!(done["outcome"], "complete", "{done:#}");
 
     // ws2 joins the pilots, ws3 leaves: ws2 runs the job, nobody again.
@@ -742,9 +730,7 @@ fn a_collection_edited_at_the_central_site_changes_who_runs_its_job() {
     cen.json(&["collection", "edit", "pilots", "--machines", "ws1"]);
     cen.json(&["collection", "edit", "pilots", "--machines", "ws1,ws2"]);
     cen.json(&["job", "edit", &later_id.to_string(), "--offer-at", "now"]);
-    let done = cen.wait_job(later_id, Duration::from_secs(60), |status| {
-        status["outcome"] != "in_progress"
-    });
+    let done = finished(cen, later_id);
     assert_eq!(done["outcome"], "complete", "{done:#}");
     let mut lines: Vec<String> = std::fs::read_to_string(&later)
         .unwrap()
@@ -803,9 +789,7 @@ fn a_removal_job_uninstalls_and_leaves_nothing_of_the_package() {
     let run = |command: &str, extra: &[&str]| -> Value {
         let job = cen.create_job("app", "all", command, extra);
         let id = job["id"].as_u64().unwrap();
-        cen.wait_job(id, Duration::from_secs(60), |status| {
-            status["outcome"] != "in_progress"
-        })
+        finished(cen, id)
     };
     let first = run(&install, &[]);
     assert_eq!(first["outcome"], "complete", "{first:#}");
@@ -826,9 +810,7 @@ fn a_removal_job_uninstalls_and_leaves_nothing_of_the_package() {
     ]);
     assert_eq!(job["command"], uninstall.as_str(), "{job:#}");
     let id = job["id"].as_u64().unwrap();
-    let removal = cen.wait_job(id, Duration::from_secs(60), |status| {
-        status["outcome"] != "in_progress"
-    });
+    let removal = finished(cen, id);
     assert_eq!(removal["outcome"], "complete", "{removal:#}");
     assert_eq!(removal["job"]["remove"], true, "{removal:#}");
     assert!(!installed.exists());

@@ -631,6 +631,19 @@ impl Dp {
     }
 }
 
+/// The row of workstation `agent` in a job's status, once it has one.
+pub fn workstation<'a>(status: &'a Value, agent: &str) -> Option<&'a Value> {
+    status["workstations"]
+        .as_array()?
+        .iter()
+        .find(|row| row["agent"] == agent)
+}
+
+/// The row of workstation `agent` in a job's status (which must have it).
+pub fn ws_row<'a>(status: &'a Value, agent: &str) -> &'a Value {
+    workstation(status, agent).unwrap_or_else(|| panic!("no row for {agent}: {status:#}"))
+}
+
 /// A blocking GET (a fresh runtime per call keeps tests synchronous).
 pub fn http_get(url: &str) -> Result<Vec<u8>, String> {
     http(reqwest::Method::GET, url, None, None, &[])

@@ -14,15 +14,6 @@ fn wait_for(site: &Site, what: &str, mut check: impl FnMut(&Site) -> bool) {
     }
 }
 
-fn row<'a>(status: &'a serde_json::Value, agent: &str) -> &'a serde_json::Value {
-    status["workstations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|row| row["agent"] == agent)
-        .unwrap_or_else(|| panic!("no row for {agent}: {status:#}"))
-}
-
 fn offers(agent: &Agent) -> Vec<u64> {
     let out = run_ok(
         std::process::Command::new(BIN)
@@ -82,13 +73,13 @@ fn q152229_expiry_keeps_last_status() {
         status["counts"]["complete"] == 3 && status["counts"]["failed"] == 1
     });
     let status = site.json(&["job", "status", &id]);
-    assert_eq!(row(&status, "ws4")["exit_code"], 1);
-    assert!(row(&status, "ws4")["output_tail"]
+    assert_eq!(ws_row(&status, "ws4")["exit_code"], 1);
+    assert!(ws_row(&status, "ws4")["output_tail"]
         .as_str()
         .unwrap()
         .contains("ran on ws4"));
-    assert_eq!(row(&status, "ws1")["exit_code"], 0);
-    assert_eq!(row(&status, "ws5")["state"], "none");
+    assert_eq!(ws_row(&status, "ws1")["exit_code"], 0);
+    assert_eq!(ws_row(&status, "ws5")["state"], "none");
     assert!(status["workstations"]
         .as_array()
         .unwrap()
@@ -113,19 +104,19 @@ fn q152229_expiry_keeps_last_status() {
         ("ws4", "failed"),
         ("ws5", "none"),
     ] {
-        assert_eq!(row(&status, agent)["state"], state, "{status:#}");
+        assert_eq!(ws_row(&status, agent)["state"], state, "{status:#}");
     }
     assert_eq!(status["counts"]["complete"], 3);
     assert_eq!(site.json(&["job", "list"])[0]["state"], "expired");
     // The offline workstation is shown unreachable beside its state.
     assert!(
-        row(&status, "ws5")["unreachable_since_ms"]
+        ws_row(&status, "ws5")["unreachable_since_ms"]
             .as_i64()
             .is_some(),
         "{status:#}"
     );
     assert!(
-        row(&status, "ws1")["unreachable_since_ms"].is_null(),
+        ws_row(&status, "ws1")["unreachable_since_ms"].is_null(),
         "{status:#}"
     );
 
@@ -145,7 +136,7 @@ fn q152229_expiry_keeps_last_status() {
         "the expired job ran"
     );
     assert_eq!(
-        row(&site.json(&["job", "status", &id]), "ws5")["state"],
+        ws_row(&site.json(&["job", "status", &id]), "ws5")["state"],
         "none"
     );
 
@@ -223,7 +214,7 @@ fn optional_cancel_retry_and_timeout() {
         site.json(&["job", "status", &retried])["counts"]["failed"] == 1
     });
     let row_retried = site.json(&["job", "status", &retried]);
-    let ws = row(&row_retried, "ws1");
+    let ws = ws_row(&row_retried, "ws1");
     assert_eq!(ws["attempts"], 3);
     assert_eq!(ws["exit_code"], 3);
     assert!(
@@ -253,7 +244,7 @@ fn optional_cancel_retry_and_timeout() {
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["counts"]["failed"], 1, "{status:#}");
     assert!(
-        row(&status, "ws1")["reason"]
+        ws_row(&status, "ws1")["reason"]
             .as_str()
             .unwrap()
             .contains("timeout"),
@@ -262,7 +253,7 @@ fn optional_cancel_retry_and_timeout() {
 
     // The optional job waits until requested.
     assert_eq!(
-        row(&site.json(&["job", "status", &optional]), "ws1")["state"],
+        ws_row(&site.json(&["job", "status", &optional]), "ws1")["state"],
         "offered"
     );
     site.json(&["job", "cancel", &canceled]);
@@ -322,11 +313,11 @@ fn optional_cancel_retry_and_timeout() {
     }
     let status = site.json(&["job", "status", &canceled]);
     assert_eq!(
-        row(&status, "ws1")["state"],
+        ws_row(&status, "ws1")["state"],
         "offered",
         "a canceled job ran"
     );
-    assert!(row(&status, "ws1")["canceled_at_ms"].as_i64().is_some());
+    assert!(ws_row(&status, "ws1")["canceled_at_ms"].as_i64().is_some());
 }
 
 /// Content tampered on one DP is refused, the refusal is reported, and the

@@ -9,15 +9,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn row<'a>(status: &'a Value, agent: &str) -> &'a Value {
-    status["workstations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|row| row["agent"] == agent)
-        .unwrap_or_else(|| panic!("no row for {agent}: {status:#}"))
-}
-
 fn job_id(job: &Value) -> u64 {
     job["id"]
         .as_u64()
@@ -27,9 +18,9 @@ fn job_id(job: &Value) -> u64 {
 /// Waits until `check` holds for `agent`'s row of job `id`.
 fn wait_row(site: &Site, id: u64, agent: &str, secs: u64, check: impl Fn(&Value) -> bool) -> Value {
     let status = site.wait_job(id, Duration::from_secs(secs), |status| {
-        check(row(status, agent))
+        check(ws_row(status, agent))
     });
-    row(&status, agent).clone()
+    ws_row(&status, agent).clone()
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -159,7 +150,7 @@ fn agent_killed_mid_run_is_interrupted_and_reruns_only_as_retries_allow() {
         "the command ran again with --retries 0"
     );
     let status = site.job(no_retry);
-    assert_eq!(row(&status, "ws1")["state"], "interrupted");
+    assert_eq!(ws_row(&status, "ws1")["state"], "interrupted");
     assert_eq!(status["outcome"], "failed", "{status:#}");
     let kinds: Vec<Value> = site
         .history("tool")

@@ -24,13 +24,6 @@ fn wait_until_known(site: &Site, id: &str) {
     }
 }
 
-fn row<'a>(status: &'a Value, agent: &str) -> Option<&'a Value> {
-    status["workstations"]
-        .as_array()?
-        .iter()
-        .find(|row| row["agent"] == agent)
-}
-
 /// Issue 12: rewriting `jobs.command` in a site's database before its
 /// agents polled made a workstation run the attacker's command as root while
 /// the central site showed the legitimate one and `complete`. Now the
@@ -107,10 +100,10 @@ fn a_command_altered_in_a_child_sites_database_is_refused_by_the_agent() {
     ];
     for (id, reason) in ids.iter().zip(reasons) {
         let status = cen.wait_job(*id, Duration::from_secs(60), |status| {
-            row(status, "ws1").is_some_and(|ws| ws["state"] == "refused")
+            workstation(status, "ws1").is_some_and(|ws| ws["state"] == "refused")
                 && status["outcome"] == "failed"
         });
-        let ws = row(&status, "ws1").unwrap();
+        let ws = workstation(&status, "ws1").unwrap();
         assert_eq!(ws["site"], "S01", "{ws:#}");
         assert!(
             ws["reason"].as_str().unwrap().contains(reason),
@@ -817,13 +810,13 @@ fn a_frozen_site_is_detected_and_its_agents_start_nothing() {
         .unwrap();
     wait_until_known(&p01, &id.to_string());
     p01.wait_job(id, Duration::from_secs(30), |status| {
-        row(status, "ws1").is_some_and(|ws| ws["state"] == "offered")
+        workstation(status, "ws1").is_some_and(|ws| ws["state"] == "offered")
     });
     cen.process.kill();
     let status = p01.wait_job(id, Duration::from_secs(60), |status| {
-        row(status, "ws1").is_some_and(|ws| ws["state"] == "held")
+        workstation(status, "ws1").is_some_and(|ws| ws["state"] == "held")
     });
-    let ws = row(&status, "ws1").unwrap();
+    let ws = workstation(&status, "ws1").unwrap();
     let reason = ws["reason"].as_str().unwrap();
     assert!(
         reason.contains("expired") && reason.contains("frozen or cut off"),
@@ -895,7 +888,7 @@ fn a_cancellation_withheld_by_a_site_still_stops_the_job() {
     let id_text = id.to_string();
     wait_until_known(&p01, &id_text);
     p01.wait_job(id, Duration::from_secs(30), |status| {
-        row(status, "ws1").is_some_and(|ws| ws["state"] == "offered")
+        workstation(status, "ws1").is_some_and(|ws| ws["state"] == "offered")
     });
     // The workstation is away while the job is canceled; P01 then forgets
     // the cancellation and offers the job again, as a compromised site
@@ -918,16 +911,16 @@ fn a_cancellation_withheld_by_a_site_still_stops_the_job() {
     std::thread::sleep(Duration::from_secs(2));
     agent.process.start();
     let status = p01.wait_job(id, Duration::from_secs(60), |status| {
-        row(status, "ws1").is_some_and(|ws| ws["state"] == "stopped")
+        workstation(status, "ws1").is_some_and(|ws| ws["state"] == "stopped")
     });
-    let ws = row(&status, "ws1").unwrap();
+    let ws = workstation(&status, "ws1").unwrap();
     assert!(
         ws["reason"].as_str().unwrap().contains("canceled"),
         "{ws:#}"
     );
     // The central site sees it too.
     cen.wait_job(id, Duration::from_secs(30), |status| {
-        row(status, "ws1").is_some_and(|ws| ws["state"] == "stopped")
+        workstation(status, "ws1").is_some_and(|ws| ws["state"] == "stopped")
     });
     std::thread::sleep(Duration::from_secs(2));
     assert!(!ran.exists(), "a job canceled at the central site ran");

@@ -121,6 +121,26 @@ where
         .collect())
 }
 
+/// The DPs of this site's subtree with a distribution message about
+/// `package`, as (site, DP): those a package's distribution views are
+/// folded for, counted without folding them.
+pub async fn dps_with_distribution<'e, E>(
+    executor: E,
+    package: &str,
+) -> Result<Vec<(String, String)>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query_as(
+        "SELECT DISTINCT site, dp FROM status_messages
+         WHERE package = ? AND site IS NOT NULL AND dp IS NOT NULL
+           AND (kind = 'distribution_targeted' OR substr(kind, 1, 3) = 'dp_')",
+    )
+    .bind(package)
+    .fetch_all(executor)
+    .await?)
+}
+
 /// Sources whose numbers one statement records (two parameters each, well
 /// under SQLite's limit).
 const SOURCES_PER_STATEMENT: usize = 5_000;

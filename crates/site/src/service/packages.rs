@@ -4,7 +4,7 @@
 
 use crate::db::{self, WriteTx};
 use crate::error::{Entity, Error, Result};
-use crate::service::{distribution, groups, send, status};
+use crate::service::{distribution, groups, send};
 use crate::state::AppState;
 use cascade_content::{EntryKind, Manifest, MANIFEST_FORMAT};
 use cascade_domain::PackageName;
@@ -222,9 +222,17 @@ pub async fn list(state: &AppState) -> Result<Vec<PackageSummary>> {
         let Some(latest) = versions.last() else {
             continue;
         };
-        let dp_count = status::distribution_views(state, &package.name)
-            .await?
-            .len() as u64;
+        // Counted, not folded: the DPs a package's distribution views
+        // are folded for (`status::distribution_views`).
+        let own = state.code.to_string();
+        let mut dps: std::collections::BTreeSet<(String, String)> =
+            db::distributions_of_package(pool, package.id)
+                .await?
+                .into_iter()
+                .map(|queued| (own.clone(), queued.dp))
+                .collect();
+        dps.extend(db::dps_with_distribution(pool, &package.name).await?);
+        let dp_count = dps.len() as u64;
         out.push(PackageSummary {
             name: package.name.clone(),
             latest: version_info(&package.name, latest),
